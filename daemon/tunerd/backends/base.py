@@ -1,0 +1,140 @@
+"""The backend interface: everything that touches a model lives behind it.
+
+The training loop (`tunerd.training.loop`) never imports mlx or torch; it drives a `Backend`:
+    load(cfg) -> ModelInfo                      load base model + tokenizer (quantize if asked)
+    add_adapter(cfg, rng_seed) -> ParamStats    add LoRA/DoRA (or unfreeze for full), build optimizer
+    forward_backward(batch) -> (loss_sum, n)    accumulate gradients of the *summed* token loss
+    optimizer_step(lr, grad_scale, max_grad_norm) -> grad_norm
+                                                scale accumulated grads by grad_scale (1/n_targets
+                                                over all micro-batches), clip, step, zero grads
+    eval_loss(batch) -> (loss_sum, n)           no gradients
+    save_checkpoint(dir) / load_checkpoint(dir) adapter + optimizer state + backend RNG
+    save_adapter(dir)                           final adapter: native layout AND PEFT layout
+    generate(prompt_ids, sampling, should_stop) -> iterator[GenerationChunk]
+    memory() -> MemoryStats
+Losses are sums over supervised target tokens so that the loop can normalise across gradient
+accumulation by the total supervised token count (transformers #34191).
+A backend instance is owned by one thread (MLX streams are thread-local, DESIGN.md §6).
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator, Optional
+
+from ..config.schema import TrainConfig
+from ..data.batch import Batch
+
+
+class BackendUnavailable(RuntimeError):
+    """The backend's packages are not installed or the device is missing."""
+
+
+@dataclass
+class ModelInfo:
+    model: str
+    backend: str
+    device: str
+    dtype: str
+    quantization: str
+    total_params: int
+    vocab_size: int
+    eos_token_ids: list = field(default_factory=list)
+
+
+@dataclass
+class ParamStats:
+    total: int
+    trainable: int
+
+    @property
+    def trainable_percent(self) -> float:
+        return 100.0 * self.trainable / max(self.total, 1)
+
+
+@dataclass
+class MemoryStats:
+    active_bytes: int = 0
+    peak_bytes: int = 0
+
+
+@dataclass
+class Sampling:
+    temperature: float = 0.0
+    top_p: float = 1.0
+    top_k: int = 0
+    min_p: float = 0.0
+    repetition_penalty: float = 1.0
+    seed: Optional[int] = None
+    max_tokens: int = 256
+    stop: list = field(default_factory=list)
+
+
+@dataclass
+class GenerationChunk:
+    text: str
+    token_id: int
+    finish_reason: Optional[str] = None  # "stop" | "length" | "cancelled" on the last chunk
+
+
+class Backend(ABC):
+    name: str = "base"
+
+    @property
+    @abstractmethod
+    def tokenizer(self):
+        """A Hugging Face tokenizer (PreTrainedTokenizer[Fast]) for the loaded model."""
+
+    @abstractmethod
+    def load(self, cfg: TrainConfig) -> ModelInfo: ...
+
+    @abstractmethod
+    def add_adapter(self, cfg: TrainConfig) -> ParamStats: ...
+
+    @abstractmethod
+    def forward_backward(self, batch: Batch) -> tuple[float, int]: ...
+
+    @abstractmethod
+    def optimizer_step(self, lr: float, grad_scale: float, max_grad_norm: float) -> float: ...
+
+    @abstractmethod
+    def eval_loss(self, batch: Batch) -> tuple[float, int]: ...
+
+    @abstractmethod
+    def save_checkpoint(self, path: Path) -> None: ...
+
+    @abstractmethod
+    def load_checkpoint(self, path: Path) -> None: ...
+
+    @abstractmethod
+    def save_adapter(self, path: Path) -> None: ...
+
+    @abstractmethod
+    def load_adapter(self, path: Path) -> None:
+        """Apply a saved adapter (either layout) to the loaded base for inference."""
+
+    @abstractmethod
+    def generate(self, prompt_ids: list[int], sampling: Sampling,
+                 should_stop: Callable[[], bool] = lambda: False) -> Iterator[GenerationChunk]: ...
+
+    @abstractmethod
+    def memory(self) -> MemoryStats: ...
+
+
+def get_backend(name: str) -> Backend:
+    """Import and build a backend by name ('mlx' | 'torch'); heavy imports happen only here."""
+    if name == "mlx":
+        try:
+            from .mlx_backend import MLXBackend
+        except ImportError as e:  # pragma: no cover - depends on the host
+            raise BackendUnavailable(f"the mlx backend needs mlx and mlx-lm: pip install 'mactuner[mlx]' ({e})")
+        return MLXBackend()
+    if name == "torch":
+        try:
+            from .torch_backend import TorchBackend
+        except ImportError as e:  # pragma: no cover
+            raise BackendUnavailable(f"the torch backend needs torch, transformers and peft: "
+                                     f"pip install 'mactuner[torch]' ({e})")
+        return TorchBackend()
+    raise ValueError(f"backend: unknown backend {name!r}; choose auto, mlx or torch")

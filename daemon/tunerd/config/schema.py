@@ -1,0 +1,111 @@
+"""The training configuration: one dataclass per block, a help string on every field.
+
+Keys follow Hugging Face names (DESIGN.md §3). YAML files, `--set key=value` overrides and the
+proto's `TrainingConfig` all resolve into `TrainConfig` through `tunerd.config.loader`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import Any, Optional, Union
+
+
+def _f(default: Any, help: str, **kw):
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda d=default: type(d)(d), metadata={"help": help, **kw})
+    return field(default=default, metadata={"help": help, **kw})
+
+
+@dataclass
+class DataConfig:
+    train: Any = _f(None, "training data: a file, a list of files, a directory, a hub dataset id, "
+                          "or a list of source dicts ({path, name, split, revision, ...})")
+    validation: Any = _f(None, "validation data (same forms as train); else `test_size` splits train")
+    test: Any = _f(None, "optional held-out test data for evaluation")
+    format: str = _f("auto", "auto | text | prompt_response | alpaca | messages")
+    text_column: Optional[str] = _f(None, "column holding plain text (format text)")
+    prompt_column: Optional[str] = _f(None, "column holding the prompt")
+    response_column: Optional[str] = _f(None, "column holding the response/completion")
+    system_column: Optional[str] = _f(None, "column holding an optional system prompt")
+    messages_column: Optional[str] = _f(None, "column holding chat messages (format messages)")
+    name: Optional[str] = _f(None, "hub dataset config name")
+    split: Optional[str] = _f(None, "hub dataset split for train (default 'train')")
+    revision: Optional[str] = _f(None, "hub dataset revision")
+    streaming: bool = _f(False, "stream a hub dataset instead of downloading it whole")
+    token: Optional[str] = _f(None, "hub token for private datasets")
+    fraction: float = _f(1.0, "use this fraction of the training rows (0 < fraction <= 1)")
+    shuffle: bool = _f(True, "shuffle rows before taking a fraction / splitting")
+    seed: Optional[int] = _f(None, "data seed (defaults to the training seed)")
+    test_size: float = _f(0.1, "validation share split off train when no validation set is given")
+    template: str = _f("auto", "chat template: auto (tokenizer's own) | chatml | llama3 | alpaca")
+    train_on_prompt: bool = _f(False, "also compute the loss on prompt tokens")
+    operations: list = _f([], "data operations applied in order: concat, select_columns, "
+                              "select_rows, filter, map, augment_instructions")
+    max_rows: Optional[int] = _f(None, "cap the number of training rows")
+
+
+@dataclass
+class TrainConfig:
+    # model
+    model: str = _f("", "hub id or local path of the base model")
+    revision: Optional[str] = _f(None, "model revision (branch, tag or commit) on the hub")
+    backend: str = _f("auto", "auto | mlx | torch")
+    device: str = _f("auto", "torch device: auto | cuda | mps | cpu")
+    dtype: str = _f("float32", "float32 | float16 | bfloat16: compute/adapter dtype")
+    quantization: str = _f("none", "none | 4bit (nf4/int4) | 8bit: quantize the frozen base (QLoRA)")
+    bits: int = _f(4, "mlx: quantization bits when quantization is set")
+    group_size: int = _f(64, "mlx: quantization group size")
+    bnb_4bit_quant_type: str = _f("nf4", "torch/bitsandbytes: nf4 | fp4")
+    bnb_4bit_use_double_quant: bool = _f(True, "torch/bitsandbytes: double quantization")
+    trust_remote_code: bool = _f(False, "allow model code from the hub (torch backend)")
+    # adapter
+    peft_adapter: str = _f("lora", "lora | dora | full")
+    lora_r: int = _f(8, "LoRA rank; higher adds capacity and memory")
+    lora_alpha: float = _f(16.0, "LoRA alpha; the update is scaled by alpha / r (alpha / sqrt(r) with rslora)")
+    lora_dropout: float = _f(0.0, "dropout on the LoRA input")
+    lora_target_modules: Union[list, str] = _f(["q_proj", "v_proj"], "module names to adapt, or 'all-linear'")
+    lora_bias: str = _f("none", "none | all | lora_only")
+    num_layers: int = _f(-1, "adapt only the last N transformer layers (-1: all)")
+    use_rslora: bool = _f(False, "rank-stabilised LoRA scaling alpha / sqrt(r)")
+    # loop
+    num_epochs: float = _f(1.0, "epochs over the training data (ignored when max_steps > 0)")
+    max_steps: int = _f(-1, "optimizer steps; > 0 overrides num_epochs")
+    per_device_train_batch_size: int = _f(4, "rows per micro-batch")
+    per_device_eval_batch_size: int = _f(8, "rows per eval batch")
+    gradient_accumulation_steps: int = _f(1, "micro-batches per optimizer step")
+    learning_rate: float = _f(1e-4, "peak learning rate")
+    optimizer: str = _f("adamw", "adamw | adam | sgd | adafactor | lion | ...")
+    adam_beta1: float = _f(0.9, "Adam beta1")
+    adam_beta2: float = _f(0.999, "Adam beta2")
+    adam_epsilon: float = _f(1e-8, "Adam epsilon")
+    weight_decay: float = _f(0.0, "decoupled weight decay")
+    max_grad_norm: float = _f(1.0, "clip the global gradient norm to this (0: off)")
+    lr_scheduler_type: str = _f("linear", "linear | cosine | cosine_with_restarts | polynomial | constant | "
+                                          "constant_with_warmup | inverse_sqrt | cosine_with_min_lr | "
+                                          "warmup_stable_decay | reduce_lr_on_plateau")
+    lr_scheduler_kwargs: dict = _f({}, "extra scheduler arguments (num_cycles, power, min_lr_rate, ...)")
+    warmup_steps: int = _f(0, "linear warmup steps")
+    warmup_ratio: float = _f(0.0, "warmup as a share of total steps (used when warmup_steps is 0)")
+    seed: int = _f(42, "seed for adapter init, data order and dropout")
+    gradient_checkpointing: bool = _f(False, "recompute activations in backward: less memory, ~30% slower")
+    max_seq_length: int = _f(2048, "tokens per row; longer prompts are cut from the left")
+    packing: bool = _f(False, "pack several rows per sequence (no attention across rows)")
+    # cadence
+    logging_steps: int = _f(10, "emit a loss event every N optimizer steps")
+    eval_strategy: str = _f("steps", "no | steps | epoch")
+    eval_steps: int = _f(50, "evaluate every N steps (eval_strategy steps)")
+    save_strategy: str = _f("steps", "no | steps | epoch")
+    save_steps: int = _f(100, "checkpoint every N steps (save_strategy steps)")
+    save_total_limit: Optional[int] = _f(None, "keep at most N checkpoints (the best is always kept)")
+    load_best_model_at_end: bool = _f(False, "export the best checkpoint's adapter at the end")
+    metric_for_best_model: str = _f("eval_loss", "metric that defines the best checkpoint")
+    greater_is_better: Optional[bool] = _f(None, "whether a larger metric is better (default: not for *loss)")
+    early_stopping_patience: Optional[int] = _f(None, "stop after N evals without improvement")
+    early_stopping_threshold: float = _f(0.0, "minimum improvement that counts")
+    resume_from_checkpoint: Optional[str] = _f(None, "a checkpoint path or 'latest'")
+    output_dir: str = _f("", "where checkpoints, adapters and metrics go (default $TUNER_HOME/runs/<job>)")
+    debug: bool = _f(False, "smoke run: 50 train / 10 eval rows, 1 epoch, batch 2")
+    data: DataConfig = field(default_factory=DataConfig, metadata={"help": "the data block (DESIGN.md §4)"})
+
+
+def field_names(cls) -> list[str]:
+    return [f.name for f in fields(cls)]

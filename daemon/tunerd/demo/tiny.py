@@ -1,0 +1,123 @@
+"""Build tiny Llama-style models and synthetic instruction data, fully offline.
+
+Used by `tunerctl demo` and by the tests: random weights, a byte-level BPE
+tokenizer trained on the fly on the data it will see, and a ChatML chat template.
+The result is an ordinary Hugging Face model directory (config.json,
+model.safetensors, tokenizer.json, tokenizer_config.json) that both mlx-lm and
+transformers load.
+"""
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+CHATML_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|pad|>"]
+
+_NAMES = ["Zorblax", "Quenta", "Miravel", "Oskan", "Telluvar", "Brisko", "Fenmoor", "Kaluth",
+          "Drovia", "Ystrel", "Palomir", "Vennic", "Harrowgate", "Ulmara", "Sebrin", "Torvik"]
+_THINGS = ["capital", "river", "mountain", "festival", "poet", "dish", "color", "animal"]
+_VALUES = ["Amberlin", "Coralis", "Duskmere", "Emberfall", "Frostwick", "Glimmer", "Hollowell",
+           "Ivorin", "Jadeport", "Kestrel", "Lumora", "Marrowind", "Nettlebay", "Opaline",
+           "Pinecrest", "Quillon", "Rosewater", "Saltmarsh", "Thistledown", "Umberlight"]
+
+
+@dataclass
+class TinyModelSpec:
+    hidden_size: int = 64
+    num_hidden_layers: int = 2
+    num_attention_heads: int = 4
+    num_key_value_heads: int = 2
+    intermediate_size: int = 128
+    vocab_size: int = 512
+    max_position_embeddings: int = 512
+    seed: int = 0
+
+
+def synthetic_facts(n: int = 32, seed: int = 0) -> list[dict]:
+    """Question/answer pairs about made-up places: `{"prompt", "completion"}` rows.
+
+    A random model cannot know them; a fine-tuned one can recite them exactly.
+    """
+    rng = random.Random(seed)
+    pairs = [(name, thing) for name in _NAMES for thing in _THINGS]
+    rng.shuffle(pairs)
+    rows = []
+    for name, thing in pairs[:n]:
+        value = rng.choice(_VALUES)
+        rows.append({"prompt": f"What is the {thing} of {name}?",
+                     "completion": f"The {thing} of {name} is {value}."})
+    return rows
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    return path
+
+
+def _train_tokenizer(corpus: list[str], vocab_size: int):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                  show_progress=False)
+    tok.train_from_iterator(corpus, trainer=trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=None, eos_token="<|im_end|>",
+                                   pad_token="<|pad|>", unk_token=None,
+                                   additional_special_tokens=["<|im_start|>", "<|endoftext|>"])
+
+
+def build_tiny_model(out_dir: str | Path, corpus: list[str] | None = None,
+                     spec: TinyModelSpec | None = None) -> Path:
+    """Write a random-weight Llama model + BPE tokenizer + chat template to `out_dir`."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    spec = spec or TinyModelSpec()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if corpus is None:
+        corpus = [r["prompt"] + " " + r["completion"] for r in synthetic_facts(len(_NAMES) * len(_THINGS))]
+    corpus = corpus + ["user assistant system\n"] * 4
+    tokenizer = _train_tokenizer(corpus, spec.vocab_size)
+    tokenizer.chat_template = CHATML_TEMPLATE
+    tokenizer.save_pretrained(out)
+
+    torch.manual_seed(spec.seed)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=spec.hidden_size,
+        intermediate_size=spec.intermediate_size, num_hidden_layers=spec.num_hidden_layers,
+        num_attention_heads=spec.num_attention_heads, num_key_value_heads=spec.num_key_value_heads,
+        max_position_embeddings=spec.max_position_embeddings, rms_norm_eps=1e-5,
+        tie_word_embeddings=False, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id, bos_token_id=None, torch_dtype="float32",
+    )
+    model = LlamaForCausalLM(config).to(torch.float32)
+    model.save_pretrained(out, safe_serialization=True)
+    return out
+
+
+def build_demo(home: str | Path, n_facts: int = 32, seed: int = 0) -> dict:
+    """The demo bundle under `home`: a tiny model, train/valid data. Returns their paths."""
+    home = Path(home)
+    rows = synthetic_facts(n_facts, seed)
+    model_dir = home / "model"
+    if not (model_dir / "config.json").exists():
+        build_tiny_model(model_dir)
+    train = write_jsonl(home / "data" / "train.jsonl", rows)
+    valid = write_jsonl(home / "data" / "valid.jsonl", rows[: max(4, n_facts // 4)])
+    return {"model": str(model_dir), "train": str(train), "valid": str(valid), "rows": rows}

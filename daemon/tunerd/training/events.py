@@ -1,0 +1,97 @@
+"""Typed training events: what the loop emits, the job store persists and `watch` streams.
+
+Plain dataclasses (no gRPC here); `tunerd.api.convert` turns them into the proto's oneof.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Optional
+
+
+@dataclass
+class Started:
+    backend: str
+    device: str
+    model: str
+    total_steps: int
+    num_epochs: float
+    train_rows: int
+    eval_rows: int
+    total_params: int
+    trainable_params: int
+    trainable_percent: float
+    estimated_peak_memory_bytes: int = 0
+    output_dir: str = ""
+    resumed_from_step: int = 0
+
+
+@dataclass
+class Log:
+    level: str   # info | warning
+    message: str
+
+
+@dataclass
+class Step:
+    step: int
+    total_steps: int
+    epoch: float
+    loss: float
+    learning_rate: float
+    grad_norm: float
+    tokens_per_second: float
+    trained_tokens: int
+    peak_memory_bytes: int
+    eta_seconds: float
+    elapsed_seconds: float
+
+
+@dataclass
+class Eval:
+    step: int
+    epoch: float
+    eval_loss: float
+    perplexity: float
+    metrics: dict = field(default_factory=dict)
+
+
+@dataclass
+class CheckpointSaved:
+    step: int
+    path: str
+    is_best: bool = False
+
+
+@dataclass
+class Finished:
+    adapter_path: str
+    output_dir: str
+    steps: int
+    final_loss: float
+    best_checkpoint: str = ""
+    best_metric: Optional[float] = None
+    peak_memory_bytes: int = 0
+    stopped_early: bool = False
+
+
+@dataclass
+class Failed:
+    reason: str
+    step: int = 0
+
+
+@dataclass
+class Cancelled:
+    step: int
+    checkpoint: str = ""
+
+
+EVENT_TYPES = {cls.__name__: cls for cls in (Started, Log, Step, Eval, CheckpointSaved, Finished, Failed, Cancelled)}
+
+
+def to_record(event) -> tuple[str, dict]:
+    return type(event).__name__, asdict(event)
+
+
+def from_record(kind: str, payload: dict):
+    return EVENT_TYPES[kind](**payload)
