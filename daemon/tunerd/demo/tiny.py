@@ -121,3 +121,36 @@ def build_demo(home: str | Path, n_facts: int = 32, seed: int = 0) -> dict:
     train = write_jsonl(home / "data" / "train.jsonl", rows)
     valid = write_jsonl(home / "data" / "valid.jsonl", rows[: max(4, n_facts // 4)])
     return {"model": str(model_dir), "train": str(train), "valid": str(valid), "rows": rows}
+
+
+# The demo's training config; configs/examples/demo.yaml is the same with placeholder paths
+# (tests/test_configs.py keeps the two in step).
+DEMO_CONFIG = """\
+# The built-in demo: a tiny random Llama learns 32 made-up facts.
+# `tunerctl demo` writes this file next to the model and data it builds.
+model: {model}
+backend: auto
+peft_adapter: lora
+lora_r: 16
+lora_alpha: 32
+lora_target_modules: all-linear   # a random base needs capacity everywhere to memorise facts
+learning_rate: 0.003              # high: tiny model, tiny data
+lr_scheduler_type: cosine
+warmup_steps: 10
+max_steps: 240
+per_device_train_batch_size: 8
+max_seq_length: 128
+logging_steps: 10
+eval_strategy: steps
+eval_steps: 60
+save_steps: 60
+save_total_limit: 2
+seed: 0
+data:
+  train: {train}
+  validation: {valid}
+"""
+
+
+def demo_config_yaml(model: str, train: str, valid: str) -> str:
+    return DEMO_CONFIG.format(model=model, train=train, valid=valid)

@@ -1,0 +1,1 @@
+"""Generated gRPC stubs for the tuner API (see proto/generate.py)."""

@@ -1,0 +1,590 @@
+"""tunerctl: every command is a call to the daemon's public gRPC API (proto/tuner/v1)."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import grpc
+from google.protobuf.json_format import MessageToDict
+from tuner.v1 import tuner_pb2 as pb
+
+from . import service as svc
+from .connection import DaemonUnavailable, Target, connect, default_home, is_healthy, open_channel, start_daemon
+from .progress import JobView, job_state_name
+from .ui import console, err, print_json, table
+
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+
+
+# -- arguments --------------------------------------------------------------------------------------
+def _common() -> argparse.ArgumentParser:
+    """Global options, accepted before or after the subcommand."""
+    c = argparse.ArgumentParser(add_help=False)
+    S = argparse.SUPPRESS
+    c.add_argument("--home", type=Path, default=S, help="daemon state dir (default $TUNER_HOME or ~/.tuner)")
+    c.add_argument("--socket", type=Path, default=S, help="Unix socket (default $TUNER_HOME/tunerd.sock)")
+    c.add_argument("--listen", default=S, metavar="HOST:PORT", help="talk to a daemon over TCP instead")
+    c.add_argument("--token", default=S, help="bearer token for TCP (default $TUNER_HOME/token or $TUNER_TOKEN)")
+    c.add_argument("--tls-ca", default=S, help="CA certificate for a TLS TCP daemon")
+    c.add_argument("--json", action="store_true", default=S, help="machine-readable output (JSON lines)")
+    return c
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = _common()
+    p = argparse.ArgumentParser(prog="tunerctl", parents=[common],
+                                description="MacTuner: fine-tune LLMs with a local daemon (tunerd).")
+    sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
+
+    def cmd(parent, name, help, **kw):
+        return parent.add_parser(name, parents=[common], help=help, description=help, **kw)
+
+    t = cmd(sub, "train", "submit a training job and watch it with a live progress bar")
+    t.add_argument("config", help="YAML config (see configs/)")
+    t.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key (repeatable), e.g. --set lora_r=8 --set data.train=x.jsonl")
+    t.add_argument("--name", default="", help="a name for the job")
+    t.add_argument("--detach", "-d", action="store_true", help="submit and return the job id at once")
+
+    j = cmd(sub, "jobs", "list, show, watch, cancel and resume jobs")
+    js = j.add_subparsers(dest="action", required=True, metavar="ACTION")
+    jl = cmd(js, "list", "list jobs, newest first")
+    jl.add_argument("--limit", type=int, default=20)
+    cmd(js, "show", "show one job").add_argument("job_id")
+    jw = cmd(js, "watch", "stream a job's events (replays stored ones first)")
+    jw.add_argument("job_id")
+    jw.add_argument("--from", dest="from_sequence", type=int, default=0, help="start at this sequence number")
+    jw.add_argument("--no-follow", action="store_true", help="print stored events and exit")
+    cmd(js, "cancel", "cancel a queued or running job").add_argument("job_id")
+    jr = cmd(js, "resume", "resume an interrupted, failed or cancelled job from its latest checkpoint")
+    jr.add_argument("job_id")
+    jr.add_argument("--detach", "-d", action="store_true")
+
+    m = cmd(sub, "models", "resident models: list, load, unload")
+    ms = m.add_subparsers(dest="action", required=True, metavar="ACTION")
+    cmd(ms, "list", "models held in memory")
+    ml = cmd(ms, "load", "load a model and keep it resident")
+    ml.add_argument("model")
+    ml.add_argument("--backend", default="auto")
+    ml.add_argument("--quantization", default="none")
+    ml.add_argument("--keep-alive", type=float, default=0.0, help="seconds (< 0: forever)")
+    cmd(ms, "unload", "free a resident model").add_argument("model")
+
+    c = cmd(sub, "chat", "chat with a model (interactive, or one-shot with -p)")
+    c.add_argument("--model", "-m", default="", help="hub id, local path, or job:<id>")
+    c.add_argument("--adapter", "-a", default="", help="adapter dir, or job:<id> (latest adapter/checkpoint)")
+    c.add_argument("--backend", default="auto")
+    c.add_argument("--prompt", "-p", default=None, help="one-shot: answer this and exit")
+    c.add_argument("--system", "-s", default="", help="system prompt")
+    c.add_argument("--temperature", type=float, default=None)
+    c.add_argument("--top-p", type=float, default=None)
+    c.add_argument("--top-k", type=int, default=None)
+    c.add_argument("--min-p", type=float, default=None)
+    c.add_argument("--repetition-penalty", type=float, default=None)
+    c.add_argument("--seed", type=int, default=None)
+    c.add_argument("--max-tokens", type=int, default=None)
+    c.add_argument("--stop", action="append", default=[])
+
+    d = cmd(sub, "daemon", "start, stop, status and logs of the local daemon")
+    ds = d.add_subparsers(dest="action", required=True, metavar="ACTION")
+    cmd(ds, "start", "start tunerd in the background")
+    cmd(ds, "stop", "stop tunerd (a running job is checkpointed and marked interrupted)")
+    cmd(ds, "status", "is tunerd running? version, backends, memory")
+    dl = cmd(ds, "logs", "print the daemon log")
+    dl.add_argument("-n", type=int, default=50, help="last N lines")
+    dl.add_argument("-f", "--follow", action="store_true")
+
+    s = cmd(sub, "service", "run tunerd as a launchd agent (macOS) or systemd user unit (Linux)")
+    ss = s.add_subparsers(dest="action", required=True, metavar="ACTION")
+    for name, help in (("install", "install and start the service"), ("uninstall", "stop and remove it"),
+                       ("status", "is it installed and running?")):
+        x = cmd(ss, name, help)
+        x.add_argument("--platform", choices=["launchd", "systemd"], default="",
+                       help="render for this service manager (default: this OS's)")
+        if name == "install":
+            x.add_argument("--dry-run", action="store_true", help="print the service file, change nothing")
+
+    dm = cmd(sub, "demo", "build a tiny model + data, fine-tune it live, then chat: base vs tuned")
+    dm.add_argument("--steps", type=int, default=0, help="override the demo's max_steps")
+    dm.add_argument("--backend", default="auto")
+
+    da = cmd(sub, "data", "inspect training data")
+    das = da.add_subparsers(dest="action", required=True, metavar="ACTION")
+    di = cmd(das, "inspect", "rows, format, token lengths, truncation, padding waste, loss masks")
+    di.add_argument("source", help="a config (.yaml) or a data file")
+    di.add_argument("--model", default="", help="tokenizer to use for a data file")
+    di.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+
+    ev = cmd(sub, "evaluate", "loss and perplexity of a model (+ adapter) on data")
+    ev.add_argument("--model", "-m", default="")
+    ev.add_argument("--adapter", "-a", default="")
+    ev.add_argument("--data", default="")
+    ev.add_argument("--config", default="")
+    ev.add_argument("--backend", default="")
+
+    rc = cmd(sub, "recommend", "suggest hyper-parameters for a model and data set")
+    rc.add_argument("--model", "-m", default="")
+    rc.add_argument("--config", default="")
+    rc.add_argument("--rows", type=int, default=0, help="training rows (else counted from the config)")
+
+    ad = cmd(sub, "adapters", "list, export and fuse trained adapters")
+    ads = ad.add_subparsers(dest="action", required=True, metavar="ACTION")
+    cmd(ads, "list", "adapters from finished jobs")
+    ae = cmd(ads, "export", "copy an adapter in one layout (peft or mlx)")
+    ae.add_argument("adapter", help="path or job:<id>")
+    ae.add_argument("out_dir")
+    ae.add_argument("--layout", choices=["peft", "mlx"], default="peft")
+    af = cmd(ads, "fuse", "merge an adapter into its base and write a standalone model")
+    af.add_argument("adapter", help="path or job:<id>")
+    af.add_argument("out_dir")
+    af.add_argument("--model", default="", help="base model (default: the adapter's)")
+    af.add_argument("--dequantize", action="store_true", help="write a de-quantized (16/32-bit) model")
+
+    cmd(sub, "info", "daemon version, backends, devices, memory")
+    return p
+
+
+def parse(argv):
+    args = build_parser().parse_args(argv)
+    for k, v in (("home", None), ("socket", None), ("listen", ""), ("token", ""), ("tls_ca", ""), ("json", False)):
+        if not hasattr(args, k):
+            setattr(args, k, v)
+    args.home = (args.home or default_home()).expanduser().resolve()
+    return args
+
+
+def target(args) -> Target:
+    return Target(home=args.home, socket=args.socket, listen=args.listen, token=args.token, tls_ca=args.tls_ca)
+
+
+def stub(args, autostart: bool = True):
+    s, _ = connect(target(args), autostart=autostart)
+    return s
+
+
+# -- commands ---------------------------------------------------------------------------------------
+def cmd_train(args) -> int:
+    cfg_path = Path(args.config).expanduser()
+    req = pb.SubmitJobRequest(overrides=args.overrides, name=args.name, base_dir=os.getcwd())
+    if target(args).is_local:
+        req.config_path = str(cfg_path.resolve())
+    else:  # a remote daemon cannot read our files: send the YAML text
+        if not cfg_path.exists():
+            raise FileNotFoundError(f"config file not found: {cfg_path}")
+        req.config_yaml = cfg_path.read_text(encoding="utf-8")
+    s = stub(args)
+    job = s.SubmitJob(req)
+    if args.detach:
+        print_json(MessageToDict(job)) if args.json else console.print(
+            f"submitted job [bold]{job.id}[/] ({job_state_name(job.state)}); "
+            f"watch it with `tunerctl jobs watch {job.id}`")
+        return 0
+    if not args.json:
+        console.print(f"job [bold]{job.id}[/] submitted" + (f", position {job.queue_position} in the queue"
+                                                           if job.queue_position > 1 else ""))
+    return watch(s, job.id, args, interactive=True)
+
+
+def watch(s, job_id: str, args, from_sequence: int = 0, follow: bool = True, interactive: bool = False) -> int:
+    view = None if args.json else JobView(console)
+    try:
+        for e in s.WatchJob(pb.WatchJobRequest(job_id=job_id, from_sequence=from_sequence, follow=follow)):
+            if args.json:
+                print_json(MessageToDict(e, preserving_proto_field_name=True))
+            else:
+                view.update(e)
+    except KeyboardInterrupt:
+        if view:
+            view.stop()
+        return _interrupted(s, job_id, args, interactive)
+    finally:
+        if view:
+            view.stop()
+    job = s.GetJob(pb.GetJobRequest(job_id=job_id))
+    if not follow:
+        return 0
+    state = job_state_name(job.state)
+    if not args.json:
+        view.summary(job)
+    return 0 if state == "succeeded" else EXIT_FAILED
+
+
+def _interrupted(s, job_id, args, interactive: bool) -> int:
+    choice = "d"
+    if interactive and sys.stdin.isatty():
+        try:
+            choice = input(f"\nDetach (job keeps running) or cancel job {job_id}? [D/c] ").strip().lower() or "d"
+        except (EOFError, KeyboardInterrupt):
+            choice = "d"
+    if choice.startswith("c"):
+        s.CancelJob(pb.CancelJobRequest(job_id=job_id))
+        err.print(f"cancel requested for {job_id}; it will checkpoint and stop")
+        return 130
+    err.print(f"detached; the job keeps running. Re-attach: tunerctl jobs watch {job_id}")
+    return 0
+
+
+def cmd_jobs(args) -> int:
+    s = stub(args)
+    if args.action == "list":
+        jobs = s.ListJobs(pb.ListJobsRequest(limit=args.limit)).jobs
+        if args.json:
+            for j in jobs:
+                print_json(_job_dict(j))
+            return 0
+        table(["id", "name", "state", "step", "loss", "model", "created"],
+              [[j.id, j.name, job_state_name(j.state), f"{j.step}/{j.total_steps}",
+                f"{j.last_loss:.4f}" if j.step else "", _short(j.model),
+                time.strftime("%Y-%m-%d %H:%M", time.localtime(j.created_at))] for j in jobs],
+              empty="no jobs yet: tunerctl train CONFIG")
+        return 0
+    if args.action == "show":
+        j = s.GetJob(pb.GetJobRequest(job_id=args.job_id))
+        if args.json:
+            print_json(_job_dict(j))
+        else:
+            d = _job_dict(j)
+            d.pop("config_json", None)
+            for k, v in d.items():
+                console.print(f"[bold]{k:>15}[/] {v}")
+        return 0
+    if args.action == "watch":
+        return watch(s, args.job_id, args, args.from_sequence, follow=not args.no_follow)
+    if args.action == "cancel":
+        j = s.CancelJob(pb.CancelJobRequest(job_id=args.job_id))
+        print_json(_job_dict(j)) if args.json else console.print(
+            f"{j.id}: {job_state_name(j.state)}" + (" (cancel requested; it checkpoints and stops)"
+                                                    if job_state_name(j.state) == "running" else ""))
+        return 0
+    if args.action == "resume":
+        j = s.ResumeJob(pb.ResumeJobRequest(job_id=args.job_id))
+        if args.detach:
+            print_json(_job_dict(j)) if args.json else console.print(f"{j.id}: {job_state_name(j.state)}")
+            return 0
+        return watch(s, j.id, args, from_sequence=j.last_sequence, interactive=True)
+    return EXIT_USAGE
+
+
+def _job_dict(j) -> dict:
+    d = MessageToDict(j, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
+    d["state"] = job_state_name(j.state)
+    return d
+
+
+def _short(model: str) -> str:
+    return model if len(model) < 40 else "…" + model[-38:]
+
+
+def cmd_models(args) -> int:
+    s = stub(args)
+    if args.action == "list":
+        models = s.ListModels(pb.ListModelsRequest()).models
+        if args.json:
+            for m in models:
+                print_json(MessageToDict(m, preserving_proto_field_name=True))
+            return 0
+        table(["model", "backend", "quantization", "memory", "adapters", "expires"],
+              [[_short(m.model), m.backend, m.quantization, _bytes(m.memory_bytes), ", ".join(m.adapters),
+                "never" if not m.expires_at else time.strftime("%H:%M:%S", time.localtime(m.expires_at))]
+               for m in models], empty="no models loaded")
+        return 0
+    if args.action == "load":
+        m = s.LoadModel(pb.LoadModelRequest(model=args.model, backend=args.backend,
+                                            quantization=args.quantization, keep_alive_seconds=args.keep_alive))
+        print_json(MessageToDict(m, preserving_proto_field_name=True)) if args.json else console.print(
+            f"loaded {m.model} on {m.backend} ({_bytes(m.memory_bytes)})")
+        return 0
+    r = s.UnloadModel(pb.UnloadModelRequest(model=args.model))
+    print_json({"unloaded": r.unloaded}) if args.json else console.print(
+        "unloaded" if r.unloaded else f"{args.model} was not loaded")
+    return 0
+
+
+def _bytes(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def _sampling(args) -> pb.SamplingParams:
+    sp = pb.SamplingParams(stop=args.stop)
+    for name in ("temperature", "top_p", "top_k", "min_p", "repetition_penalty", "seed", "max_tokens"):
+        v = getattr(args, name)
+        if v is not None:
+            setattr(sp, name, v)
+    return sp
+
+
+def chat_once(s, args, messages) -> tuple[str, dict]:
+    req = pb.ChatRequest(model=args.model, adapter=args.adapter, backend=args.backend,
+                         messages=[pb.ChatMessage(**m) for m in messages], sampling=_sampling(args))
+    text, final = [], {}
+    for chunk in s.Chat(req):
+        if chunk.delta:
+            text.append(chunk.delta)
+            if args.json:
+                print_json({"delta": chunk.delta})
+            else:
+                console.print(chunk.delta, end="", markup=False, highlight=False, soft_wrap=True)
+        if chunk.finish_reason:
+            final = {"finish_reason": chunk.finish_reason,
+                     "usage": MessageToDict(chunk.usage, preserving_proto_field_name=True)}
+    if args.json:
+        print_json(final)
+    else:
+        console.print()
+    return "".join(text), final
+
+
+def cmd_chat(args) -> int:
+    if not args.model and not args.adapter:
+        raise ValueError("--model: required (a hub id, a local path, or job:<id>)")
+    s = stub(args)
+    system = [{"role": "system", "content": args.system}] if args.system else []
+    if args.prompt is not None:
+        chat_once(s, args, system + [{"role": "user", "content": args.prompt}])
+        return 0
+    history: list = []
+    console.print("[dim]chat: /system TEXT, /reset, /adapter PATH|job:ID|none, /save FILE, /quit[/]")
+    while True:
+        try:
+            line = input(">>> ")
+        except (EOFError, KeyboardInterrupt):
+            console.print()
+            return 0
+        if not line.strip():
+            continue
+        if line.startswith("/"):
+            name, _, rest = line[1:].partition(" ")
+            if name in ("quit", "exit", "bye"):
+                return 0
+            if name == "reset":
+                history = []
+                console.print("[dim]history cleared[/]")
+            elif name == "system":
+                system = [{"role": "system", "content": rest}] if rest else []
+                console.print(f"[dim]system prompt {'set' if rest else 'cleared'}[/]")
+            elif name == "adapter":
+                args.adapter = "" if rest.strip() in ("", "none") else rest.strip()
+                console.print(f"[dim]adapter: {args.adapter or 'none'}[/]")
+            elif name == "save":
+                Path(rest.strip() or "chat.json").write_text(json.dumps(system + history, indent=2, ensure_ascii=False))
+                console.print(f"[dim]saved to {rest.strip() or 'chat.json'}[/]")
+            else:
+                console.print("[dim]unknown command; /system, /reset, /adapter, /save, /quit[/]")
+            continue
+        history.append({"role": "user", "content": line})
+        try:
+            reply, _ = chat_once(s, args, system + history)
+        except KeyboardInterrupt:
+            console.print("\n[dim](stopped)[/]")
+            history.pop()
+            continue
+        history.append({"role": "assistant", "content": reply})
+
+
+def cmd_daemon(args) -> int:
+    t = target(args)
+    if args.action == "start":
+        ch = open_channel(t)
+        if is_healthy(ch):
+            console.print(f"tunerd is already running on {t.address()}")
+            return 0
+        pid = start_daemon(t)
+        print_json({"pid": pid, "address": t.address()}) if args.json else console.print(
+            f"tunerd started (pid {pid}) on {t.address()}")
+        return 0
+    if args.action == "stop":
+        pid_file = t.home / "tunerd.pid"
+        if not pid_file.exists():
+            console.print("tunerd is not running")
+            return 0
+        pid = int(pid_file.read_text().strip() or 0)
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pid_file.unlink(missing_ok=True)
+            console.print("tunerd was not running (stale pid file removed)")
+            return 0
+        deadline = time.time() + 120
+        while time.time() < deadline and _alive(pid):
+            time.sleep(0.2)
+        if _alive(pid):
+            err.print(f"tunerd (pid {pid}) did not stop within 120 s")
+            return EXIT_FAILED
+        console.print("tunerd stopped")
+        return 0
+    if args.action == "status":
+        ch = open_channel(t)
+        if not is_healthy(ch):
+            print_json({"running": False, "address": t.address()}) if args.json else console.print(
+                f"tunerd is not running ({t.address()})")
+            return 3
+        from tuner.v1 import tuner_pb2_grpc
+        info = tuner_pb2_grpc.TunerStub(ch).GetInfo(pb.GetInfoRequest())
+        return _print_info(info, args)
+    if args.action == "logs":
+        log = t.home / "tunerd.log"
+        if not log.exists():
+            err.print(f"no log yet at {log}")
+            return EXIT_FAILED
+        if args.follow:
+            return subprocess.call(["tail", "-n", str(args.n), "-F", str(log)])
+        lines = log.read_text(errors="replace").splitlines()[-args.n:]
+        print("\n".join(lines))
+        return 0
+    return EXIT_USAGE
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # a zombie child of ours counts as gone
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split()[2] != "Z"
+    except OSError:
+        return True
+
+
+def _print_info(info, args) -> int:
+    if args.json:
+        print_json(MessageToDict(info, preserving_proto_field_name=True))
+        return 0
+    console.print(f"tunerd {info.version} ({info.api_version}), pid {info.pid}, up {info.uptime_seconds:.0f}s, "
+                  f"home {info.home}")
+    console.print(f"memory: {_bytes(info.memory_available_bytes)} free of {_bytes(info.memory_total_bytes)}; "
+                  f"default backend: {info.default_backend or '?'}")
+    table(["backend", "available", "version", "note"],
+          [[b.name, "yes" if b.available else "no", b.version, b.reason] for b in info.backends])
+    table(["device", "backend", "detail"], [[d.name, d.backend, d.detail] for d in info.devices])
+    return 0
+
+
+def cmd_service(args) -> int:
+    kind = svc.platform_kind(args.platform)
+    if args.action == "install":
+        if args.dry_run:
+            sys.stdout.write(svc.render(kind, args.home))
+            return 0
+        for note in svc.install(kind, args.home):
+            console.print(note)
+        return 0
+    if args.action == "uninstall":
+        for note in svc.uninstall(kind):
+            console.print(note)
+        return 0
+    st = svc.status(kind)
+    print_json(st) if args.json else console.print(
+        f"{st['kind']}: {'installed' if st['installed'] else 'not installed'} at {st['path']}"
+        + (f" ({st['manager']})" if st["manager"] else ""))
+    return 0
+
+
+def cmd_data(args) -> int:
+    s = stub(args)
+    src = Path(args.source).expanduser().resolve()
+    is_cfg = src.suffix in (".yaml", ".yml")
+    r = s.InspectData(pb.InspectDataRequest(config_path=str(src) if is_cfg else "",
+                                            data_path="" if is_cfg else str(src), model=args.model,
+                                            overrides=args.overrides, base_dir=os.getcwd()))
+    if args.json:
+        print_json(json.loads(r.report_json) if r.report_json else MessageToDict(r))
+        return 0
+    from .ui import print_data_report
+    print_data_report(r)
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    s = stub(args)
+    r = s.Evaluate(pb.EvaluateRequest(model=args.model, adapter=args.adapter, backend=args.backend,
+                                      data_path=str(Path(args.data).resolve()) if args.data else "",
+                                      config_path=str(Path(args.config).resolve()) if args.config else ""))
+    print_json(MessageToDict(r, preserving_proto_field_name=True)) if args.json else console.print(
+        f"loss {r.loss:.4f}  perplexity {r.perplexity:.2f}  rows {r.rows}")
+    return 0
+
+
+def cmd_recommend(args) -> int:
+    s = stub(args)
+    r = s.Recommend(pb.RecommendRequest(model=args.model, train_rows=args.rows,
+                                        config_path=str(Path(args.config).resolve()) if args.config else ""))
+    cfg = MessageToDict(r.config, preserving_proto_field_name=True)
+    if args.json:
+        print_json({"config": cfg, "reasons": list(r.reasons)})
+        return 0
+    for reason in r.reasons:
+        console.print(f"• {reason}")
+    console.print("\n# suggested config keys")
+    for k, v in cfg.items():
+        console.print(f"{k}: {json.dumps(v)}")
+    return 0
+
+
+def cmd_adapters(args) -> int:
+    s = stub(args)
+    if args.action == "list":
+        ads = s.ListAdapters(pb.ListAdaptersRequest()).adapters
+        if args.json:
+            for a in ads:
+                print_json(MessageToDict(a, preserving_proto_field_name=True))
+            return 0
+        table(["job", "adapter", "r", "base model", "layouts", "path"],
+              [[a.job_id, a.peft_adapter, a.lora_r, _short(a.base_model), ",".join(a.layouts), a.path] for a in ads],
+              empty="no adapters yet")
+        return 0
+    if args.action == "export":
+        r = s.ExportAdapter(pb.ExportAdapterRequest(adapter=args.adapter, out_dir=str(Path(args.out_dir).resolve()),
+                                                    layout=args.layout))
+    else:
+        r = s.FuseAdapter(pb.FuseAdapterRequest(adapter=args.adapter, out_dir=str(Path(args.out_dir).resolve()),
+                                                model=args.model, dequantize=args.dequantize))
+    print_json({"path": r.path}) if args.json else console.print(f"wrote {r.path}")
+    return 0
+
+
+def cmd_info(args) -> int:
+    return _print_info(stub(args).GetInfo(pb.GetInfoRequest()), args)
+
+
+def cmd_demo(args) -> int:
+    from .demo import run_demo
+    return run_demo(args, stub, watch)
+
+
+COMMANDS = {"train": cmd_train, "jobs": cmd_jobs, "models": cmd_models, "chat": cmd_chat,
+            "daemon": cmd_daemon, "service": cmd_service, "data": cmd_data, "evaluate": cmd_evaluate,
+            "recommend": cmd_recommend, "adapters": cmd_adapters, "info": cmd_info, "demo": cmd_demo}
+
+
+def main(argv=None) -> int:
+    args = parse(argv)
+    try:
+        return COMMANDS[args.cmd](args)
+    except grpc.RpcError as e:
+        code = e.code().name if e.code() else "UNKNOWN"
+        if args.json:
+            print_json({"error": {"code": code, "message": e.details()}})
+        else:
+            err.print(f"[bold red]error[/] ({code}): {e.details()}", markup=True, highlight=False)
+        return EXIT_FAILED
+    except (DaemonUnavailable, FileNotFoundError, ValueError) as e:
+        if args.json:
+            print_json({"error": {"code": type(e).__name__, "message": str(e)}})
+        else:
+            err.print(f"[bold red]error[/]: {e}", highlight=False)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        return 130

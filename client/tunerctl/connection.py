@@ -1,0 +1,133 @@
+"""Reaching the daemon: Unix socket (default) or TCP with a bearer token; start it on demand."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import grpc
+from tuner.v1 import tuner_pb2_grpc
+
+HEALTH_SERVICE = "tuner.v1.Tuner"
+
+
+class DaemonUnavailable(RuntimeError):
+    pass
+
+
+@dataclass
+class Target:
+    home: Path
+    socket: Optional[Path] = None
+    listen: str = ""
+    token: str = ""
+    tls_ca: str = ""
+
+    @property
+    def socket_path(self) -> Path:
+        return self.socket or self.home / "tunerd.sock"
+
+    @property
+    def is_local(self) -> bool:
+        return not self.listen
+
+    def address(self) -> str:
+        return self.listen if self.listen else f"unix://{self.socket_path}"
+
+
+def default_home() -> Path:
+    return Path(os.environ.get("TUNER_HOME") or Path.home() / ".tuner").expanduser()
+
+
+class _Bearer(grpc.AuthMetadataPlugin):
+    def __init__(self, token: str):
+        self._token = token
+
+    def __call__(self, context, callback):
+        callback((("authorization", f"Bearer {self._token}"),), None)
+
+
+def _token_interceptor(token: str):
+    class Add(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor):
+        def _md(self, details):
+            md = list(details.metadata or []) + [("authorization", f"Bearer {token}")]
+            return details._replace(metadata=md)
+
+        def intercept_unary_unary(self, cont, details, request):
+            return cont(self._md(details), request)
+
+        def intercept_unary_stream(self, cont, details, request):
+            return cont(self._md(details), request)
+    return Add()
+
+
+def open_channel(t: Target) -> grpc.Channel:
+    opts = [("grpc.max_receive_message_length", 64 << 20)]
+    if t.is_local:
+        return grpc.insecure_channel(t.address(), options=opts)
+    token = t.token or _read_token(t.home)
+    if t.tls_ca:
+        creds = grpc.ssl_channel_credentials(Path(t.tls_ca).read_bytes())
+        if token:
+            creds = grpc.composite_channel_credentials(creds, grpc.metadata_call_credentials(_Bearer(token)))
+        return grpc.secure_channel(t.listen, creds, options=opts)
+    ch = grpc.insecure_channel(t.listen, options=opts)
+    return grpc.intercept_channel(ch, _token_interceptor(token)) if token else ch
+
+
+def _read_token(home: Path) -> str:
+    p = home / "token"
+    return p.read_text().strip() if p.exists() else os.environ.get("TUNER_TOKEN", "")
+
+
+def is_healthy(channel: grpc.Channel, timeout: float = 1.0) -> bool:
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+    try:
+        r = health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(service=HEALTH_SERVICE), timeout=timeout)
+        return r.status == health_pb2.HealthCheckResponse.SERVING
+    except grpc.RpcError as e:
+        if e.code() == grpc.StatusCode.UNAUTHENTICATED:
+            raise DaemonUnavailable(f"the daemon rejected the token: {e.details()}") from None
+        return False
+
+
+def start_daemon(t: Target, wait: float = 60.0) -> int:
+    """Start tunerd in the background (detached, logging to $TUNER_HOME/tunerd.log)."""
+    t.home.mkdir(parents=True, exist_ok=True)
+    os.chmod(t.home, 0o700)
+    cmd = [sys.executable, "-m", "tunerd", "--home", str(t.home)]
+    if t.socket:
+        cmd += ["--socket", str(t.socket)]
+    with open(t.home / "tunerd.out", "ab") as out:
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    ch = open_channel(t)
+    deadline = time.time() + wait
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            tail = (t.home / "tunerd.out").read_text(errors="replace")[-2000:]
+            raise DaemonUnavailable(f"tunerd exited with code {proc.returncode}:\n{tail}")
+        if t.socket_path.exists() and is_healthy(ch, 0.5):
+            ch.close()
+            return proc.pid
+        time.sleep(0.2)
+    raise DaemonUnavailable(f"tunerd did not answer on {t.address()} within {wait:.0f}s "
+                            f"(see {t.home / 'tunerd.log'})")
+
+
+def connect(t: Target, autostart: bool = True):
+    """A TunerStub for a healthy daemon; starts a local daemon when none answers."""
+    ch = open_channel(t)
+    if not is_healthy(ch):
+        if not (autostart and t.is_local):
+            raise DaemonUnavailable(f"no daemon answers on {t.address()}"
+                                    + ("" if t.is_local else " (check --listen and --token)"))
+        ch.close()
+        start_daemon(t)
+        ch = open_channel(t)
+    return tuner_pb2_grpc.TunerStub(ch), ch

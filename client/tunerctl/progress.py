@@ -1,0 +1,103 @@
+"""Live view of a training job's event stream: progress bar + event lines."""
+from __future__ import annotations
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from tuner.v1 import tuner_pb2 as pb
+
+_STATES = {pb.QUEUED: "queued", pb.RUNNING: "running", pb.SUCCEEDED: "succeeded", pb.FAILED: "failed",
+           pb.CANCELLED: "cancelled", pb.INTERRUPTED: "interrupted", pb.JOB_STATE_UNSPECIFIED: "unknown"}
+
+
+def job_state_name(state: int) -> str:
+    return _STATES.get(state, "unknown")
+
+
+def _eta(seconds: float) -> str:
+    if seconds <= 0:
+        return "-"
+    m, s = divmod(int(seconds), 60)
+    h, m = divmod(m, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+class JobView:
+    def __init__(self, console: Console):
+        self.console = console
+        self.progress = None
+        self.task = None
+        self.live = console.is_terminal
+
+    def _line(self, text: str) -> None:
+        (self.progress.console if self.progress else self.console).print(text, highlight=False)
+
+    def _start_bar(self, total: int) -> None:
+        if not self.live or self.progress:
+            return
+        self.progress = Progress(
+            TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("loss [cyan]{task.fields[loss]}"), TextColumn("lr {task.fields[lr]}"),
+            TextColumn("{task.fields[tps]} tok/s"), TextColumn("ETA {task.fields[eta]}"),
+            TimeElapsedColumn(), console=self.console, transient=False)
+        self.progress.start()
+        self.task = self.progress.add_task("train", total=total or None, loss="-", lr="-", tps="-", eta="-")
+
+    def update(self, e: pb.JobEvent) -> None:
+        kind = e.WhichOneof("event")
+        if kind == "state_changed":
+            self._line(f"[dim]#{e.sequence}[/] state → [bold]{job_state_name(e.state_changed.state)}[/]"
+                       + (f" ({e.state_changed.reason})" if e.state_changed.reason else ""))
+        elif kind == "started":
+            s = e.started
+            self._line(f"[dim]#{e.sequence}[/] {s.model} on [bold]{s.backend}[/] ({s.device}): "
+                       f"{s.trainable_params:,} of {s.total_params:,} parameters trainable "
+                       f"({s.trainable_percent:.3f}%), {s.train_rows} train / {s.eval_rows} eval rows, "
+                       f"{s.total_steps} steps" + (f", resumed at step {s.resumed_from_step}"
+                                                   if s.resumed_from_step else ""))
+            self._start_bar(s.total_steps)
+            if self.progress and s.resumed_from_step:
+                self.progress.update(self.task, completed=s.resumed_from_step)
+        elif kind == "step":
+            s = e.step
+            if self.progress:
+                self.progress.update(self.task, completed=s.step, total=s.total_steps or None,
+                                     loss=f"{s.loss:.4f}", lr=f"{s.learning_rate:.2e}",
+                                     tps=f"{s.tokens_per_second:,.0f}", eta=_eta(s.eta_seconds))
+            else:
+                self._line(f"step {s.step}/{s.total_steps} loss {s.loss:.4f} lr {s.learning_rate:.2e} "
+                           f"grad_norm {s.grad_norm:.3f} {s.tokens_per_second:,.0f} tok/s "
+                           f"peak {s.peak_memory_bytes / 2**20:.0f} MiB ETA {_eta(s.eta_seconds)}")
+        elif kind == "eval":
+            v = e.eval
+            self._line(f"[dim]#{e.sequence}[/] step {v.step} eval_loss [bold]{v.eval_loss:.4f}[/] "
+                       f"perplexity {v.perplexity:.2f}")
+        elif kind == "checkpoint":
+            self._line(f"[dim]#{e.sequence} checkpoint {e.checkpoint.path}"
+                       + (" (best)" if e.checkpoint.is_best else "") + "[/]")
+        elif kind == "log":
+            style = "yellow" if e.log.level == "warning" else "dim"
+            self._line(f"[{style}]{e.log.message}[/]")
+        elif kind == "finished":
+            f = e.finished
+            self._line(f"[green]finished[/]: {f.steps} steps, final loss {f.final_loss:.4f}"
+                       + (" (stopped early)" if f.stopped_early else "") + f"\nadapter: {f.adapter_path}")
+        elif kind == "failed":
+            self._line(f"[bold red]failed[/] at step {e.failed.step}: {e.failed.reason}")
+        elif kind == "cancelled":
+            self._line(f"[yellow]stopped[/] at step {e.cancelled.step}"
+                       + (f"; checkpoint {e.cancelled.checkpoint}" if e.cancelled.checkpoint else ""))
+
+    def stop(self) -> None:
+        if self.progress:
+            self.progress.stop()
+            self.progress = None
+
+    def summary(self, job: pb.Job) -> None:
+        state = job_state_name(job.state)
+        if state == "succeeded":
+            self.console.print(f"job {job.id} [green]succeeded[/]; chat with it: "
+                               f"tunerctl chat --adapter job:{job.id}")
+        elif state == "failed":
+            self.console.print(f"job {job.id} [bold red]failed[/]: {job.error}")
+        else:
+            self.console.print(f"job {job.id} {state}" + (f": {job.error}" if job.error else ""))

@@ -1,0 +1,63 @@
+"""`tunerd`: run the MacTuner daemon in the foreground (the CLI and launchd/systemd start it)."""
+from __future__ import annotations
+
+import argparse
+import logging
+import logging.handlers
+import os
+import sys
+from pathlib import Path
+
+
+def _maybe_preload_blas(argv: list[str]) -> None:
+    """On Linux, re-exec with OpenBLAS preloaded so MLX does not use its reference BLAS (~30x
+    slower matmuls, DESIGN.md §2). Set TUNERD_NO_BLAS_PRELOAD=1 to skip."""
+    from .host import blas_preloaded, optimized_blas_path
+
+    path = optimized_blas_path()
+    if not path or blas_preloaded() or os.environ.get("TUNERD_NO_BLAS_PRELOAD"):
+        return
+    env = dict(os.environ)
+    env["LD_PRELOAD"] = ":".join(p for p in (path, env.get("LD_PRELOAD", "")) if p)
+    os.execve(sys.executable, [sys.executable, "-m", "tunerd", *argv], env)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    from .server import Daemon, default_home
+
+    p = argparse.ArgumentParser(prog="tunerd", description="MacTuner daemon: fine-tuning over gRPC")
+    p.add_argument("--home", type=Path, default=None, help="state directory (default $TUNER_HOME or ~/.tuner)")
+    p.add_argument("--socket", type=Path, default=None, help="Unix socket path (default $TUNER_HOME/tunerd.sock)")
+    p.add_argument("--listen", default="", help="also listen on TCP HOST:PORT (bearer token required)")
+    p.add_argument("--insecure-tcp", action="store_true", help="no token on TCP (loopback only)")
+    p.add_argument("--tls-cert", default="", help="TLS certificate (PEM) for --listen")
+    p.add_argument("--tls-key", default="", help="TLS private key (PEM) for --listen")
+    p.add_argument("--log-level", default="INFO")
+    args = p.parse_args(argv)
+    _maybe_preload_blas(argv)
+
+    home = (args.home or default_home()).expanduser().resolve()
+    home.mkdir(parents=True, exist_ok=True)
+    handlers = [logging.handlers.RotatingFileHandler(home / "tunerd.log", maxBytes=10 << 20, backupCount=3)]
+    if sys.stderr.isatty():
+        handlers.append(logging.StreamHandler())
+    logging.basicConfig(level=args.log_level.upper(), handlers=handlers,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    log = logging.getLogger("tunerd")
+    from .host import blas_preloaded, is_apple_silicon
+    if sys.platform == "linux" and not blas_preloaded():
+        log.warning("MLX will use its reference BLAS (slow on CPU): install an optimized one, "
+                    "e.g. `apt-get install libopenblas0-pthread`")
+    elif not is_apple_silicon():
+        log.info("MLX uses OpenBLAS (LD_PRELOAD=%s)", os.environ.get("LD_PRELOAD"))
+    d = Daemon(home, args.socket, args.listen, args.insecure_tcp, args.tls_cert, args.tls_key)
+    d.start()
+    log.info("tunerd %s ready (pid %d, home %s)", __import__("tunerd").__version__, os.getpid(), home)
+    print(f"tunerd ready on unix://{d.socket_path}", flush=True)
+    d.serve_forever()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

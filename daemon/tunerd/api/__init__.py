@@ -1,0 +1,1 @@
+"""The gRPC edge: conversions and the servicer. Nothing below tunerd.api imports grpc."""

@@ -1,0 +1,71 @@
+"""Core values <-> proto messages. Pure translation, no logic."""
+from __future__ import annotations
+
+import json
+
+from tuner.v1 import tuner_pb2 as pb
+
+from ..jobs.store import JobRecord, StoredEvent
+
+_STATE = {"queued": pb.QUEUED, "running": pb.RUNNING, "succeeded": pb.SUCCEEDED, "failed": pb.FAILED,
+          "cancelled": pb.CANCELLED, "interrupted": pb.INTERRUPTED}
+STATE_NAMES = {v: k for k, v in _STATE.items()}
+
+# core event kind -> (oneof field, proto message)
+_EVENTS = {
+    "StateChanged": ("state_changed", pb.StateChanged),
+    "Started": ("started", pb.TrainingStarted),
+    "Log": ("log", pb.LogMessage),
+    "Step": ("step", pb.StepMetrics),
+    "Eval": ("eval", pb.EvalMetrics),
+    "CheckpointSaved": ("checkpoint", pb.CheckpointSaved),
+    "Finished": ("finished", pb.TrainingFinished),
+    "Failed": ("failed", pb.TrainingFailed),
+    "Cancelled": ("cancelled", pb.TrainingCancelled),
+}
+
+
+def job(rec: JobRecord, queue_position: int = 0) -> pb.Job:
+    return pb.Job(id=rec.id, name=rec.name, state=_STATE[rec.state], created_at=rec.created_at,
+                  started_at=rec.started_at, finished_at=rec.finished_at, model=rec.model,
+                  backend=rec.backend, output_dir=rec.output_dir, adapter_path=rec.adapter_path,
+                  error=rec.error, step=rec.step, total_steps=rec.total_steps, last_loss=rec.last_loss,
+                  best_eval_loss=rec.best_eval_loss, config_json=rec.config_json,
+                  last_sequence=rec.last_sequence, queue_position=queue_position)
+
+
+def event(e: StoredEvent) -> pb.JobEvent:
+    out = pb.JobEvent(job_id=e.job_id, sequence=e.seq, time=e.time)
+    if e.kind not in _EVENTS:  # an event kind this build does not know: show it as a log line
+        out.log.CopyFrom(pb.LogMessage(level="info", message=f"{e.kind}: {json.dumps(e.payload)}"))
+        return out
+    name, cls = _EVENTS[e.kind]
+    payload = dict(e.payload)
+    if e.kind == "StateChanged":
+        payload["state"] = _STATE.get(payload.get("state"), pb.JOB_STATE_UNSPECIFIED)
+    known = {f.name for f in cls.DESCRIPTOR.fields}
+    msg = cls(**{k: v for k, v in payload.items() if k in known and v is not None})
+    getattr(out, name).CopyFrom(msg)
+    return out
+
+
+def training_config(msg: pb.TrainingConfig) -> dict:
+    """Only the fields the client set (presence), as a config dict."""
+    return _fields(msg)
+
+
+def _fields(msg) -> dict:
+    doc = {}
+    for fd, value in msg.ListFields():
+        if fd.message_type is not None and fd.label != fd.LABEL_REPEATED:
+            doc[fd.name] = _fields(value)
+        elif fd.label == fd.LABEL_REPEATED:
+            doc[fd.name] = list(value)
+        else:
+            doc[fd.name] = value
+    data = doc.get("data")
+    if data:
+        for k in ("train", "validation", "test"):
+            if k in data and len(data[k]) == 1:
+                data[k] = data[k][0]
+    return doc

@@ -1,0 +1,177 @@
+"""The gRPC servicer: request -> core call -> response, nothing else.
+
+Errors leave through one decorator (`_errors`) that maps exceptions to status codes.
+"""
+from __future__ import annotations
+
+import functools
+import inspect
+import json
+import logging
+import threading
+
+import grpc
+from tuner.v1 import tuner_pb2 as pb
+from tuner.v1 import tuner_pb2_grpc as pb_grpc
+
+from ..backends.base import Sampling
+from ..chat import ChatParams
+from ..core import Core
+from ..errors import status_for
+from . import convert
+
+log = logging.getLogger(__name__)
+
+
+def _errors(fn):
+    def fail(context, e):
+        code, msg = status_for(e)
+        if code == grpc.StatusCode.INTERNAL:
+            log.exception("%s failed", fn.__name__)
+        context.abort(code, msg)
+
+    if inspect.isgeneratorfunction(fn):
+        @functools.wraps(fn)
+        def stream(self, request, context):
+            try:
+                yield from fn(self, request, context)
+            except Exception as e:  # noqa: BLE001
+                fail(context, e)
+        return stream
+
+    @functools.wraps(fn)
+    def unary(self, request, context):
+        try:
+            return fn(self, request, context)
+        except Exception as e:  # noqa: BLE001
+            fail(context, e)
+    return unary
+
+
+def _cancel_event(context) -> threading.Event:
+    ev = threading.Event()
+    context.add_callback(ev.set)
+    return ev
+
+
+class TunerServicer(pb_grpc.TunerServicer):
+    def __init__(self, core: Core):
+        self.core = core
+
+    @_errors
+    def GetInfo(self, request, context):
+        i = self.core.info()
+        return pb.Info(version=i["version"], api_version=i["api_version"],
+                       backends=[pb.BackendInfo(**b) for b in i["backends"]],
+                       devices=[pb.Device(**d) for d in i["devices"]],
+                       default_backend=i["default_backend"], home=i["home"], pid=i["pid"],
+                       uptime_seconds=i["uptime_seconds"], memory_total_bytes=i["memory_total_bytes"],
+                       memory_available_bytes=i["memory_available_bytes"])
+
+    # -- models
+    @_errors
+    def LoadModel(self, request, context):
+        return pb.ModelStatus(**self.core.load_model(request.model, request.backend or "auto",
+                                                     request.quantization or "none",
+                                                     request.dtype or "float32", request.keep_alive_seconds))
+
+    @_errors
+    def UnloadModel(self, request, context):
+        return pb.UnloadModelResponse(unloaded=self.core.unload_model(request.model))
+
+    @_errors
+    def ListModels(self, request, context):
+        return pb.ListModelsResponse(models=[pb.ModelStatus(**m) for m in self.core.list_models()])
+
+    # -- jobs
+    @_errors
+    def SubmitJob(self, request, context):
+        rec = self.core.submit(config_path=request.config_path, config_yaml=request.config_yaml,
+                               doc=convert.training_config(request.config) if request.HasField("config") else None,
+                               overrides=list(request.overrides), base_dir=request.base_dir,
+                               name=request.name)
+        return convert.job(rec, self.core.jobs.queue_position(rec.id))
+
+    @_errors
+    def WatchJob(self, request, context):
+        for e in self.core.jobs.watch(request.job_id, request.from_sequence, request.follow,
+                                      context.is_active):
+            yield convert.event(e)
+
+    @_errors
+    def GetJob(self, request, context):
+        return convert.job(self.core.store.get(request.job_id), self.core.jobs.queue_position(request.job_id))
+
+    @_errors
+    def ListJobs(self, request, context):
+        states = [convert.STATE_NAMES[s] for s in request.states if s in convert.STATE_NAMES]
+        recs = self.core.store.list(limit=request.limit, states=states or None)
+        return pb.ListJobsResponse(jobs=[convert.job(r, self.core.jobs.queue_position(r.id)) for r in recs])
+
+    @_errors
+    def CancelJob(self, request, context):
+        return convert.job(self.core.jobs.cancel(request.job_id))
+
+    @_errors
+    def ResumeJob(self, request, context):
+        rec = self.core.jobs.resume(request.job_id)
+        return convert.job(rec, self.core.jobs.queue_position(rec.id))
+
+    # -- chat
+    @_errors
+    def Chat(self, request, context):
+        s = request.sampling
+        sampling = Sampling(**{f.name: v for f, v in s.ListFields() if f.name != "stop"},
+                            stop=list(s.stop))
+        params = ChatParams(messages=[{"role": m.role, "content": m.content} for m in request.messages],
+                            model=request.model, adapter=request.adapter,
+                            backend=request.backend or "auto", sampling=sampling)
+        for d in self.core.chat(params, _cancel_event(context)):
+            yield pb.ChatChunk(delta=d.text, finish_reason=d.finish_reason,
+                               usage=pb.Usage(**d.usage) if d.usage else None)
+
+    # -- data, evaluation, recommendation
+    @_errors
+    def InspectData(self, request, context):
+        r = self.core.inspect_data(config_path=request.config_path, data_path=request.data_path,
+                                   model=request.model, overrides=list(request.overrides),
+                                   base_dir=request.base_dir)
+        return pb.DataReport(
+            train_rows=r.get("train_rows", 0), validation_rows=r.get("validation_rows", 0),
+            format=r.get("format", ""), columns=r.get("columns", []),
+            length_histogram=[pb.HistogramBucket(lo=lo, hi=hi, count=c) for lo, hi, c in r.get("length_histogram", [])],
+            prompt_tokens=r.get("prompt_tokens", 0), response_tokens=r.get("response_tokens", 0),
+            rows_over_max_seq_length=r.get("rows_over_max_seq_length", 0),
+            over_length_row_ids=r.get("over_length_row_ids", []),
+            padding_waste_percent=r.get("padding_waste_percent", 0.0),
+            examples=[pb.RenderedExample(segments=[pb.TextSegment(text=t, supervised=s) for t, s in ex])
+                      for ex in r.get("examples", [])],
+            report_json=json.dumps(r.get("full", r), default=str))
+
+    @_errors
+    def Evaluate(self, request, context):
+        r = self.core.evaluate(model=request.model, adapter=request.adapter, backend=request.backend,
+                               data_path=request.data_path, config_path=request.config_path)
+        return pb.EvaluateResponse(loss=r["loss"], perplexity=r["perplexity"], rows=r["rows"],
+                                   metrics=r.get("metrics", {}))
+
+    @_errors
+    def Recommend(self, request, context):
+        r = self.core.recommend(model=request.model, config_path=request.config_path,
+                                train_rows=request.train_rows)
+        return pb.Recommendation(config=pb.TrainingConfig(**r["config"]), reasons=r["reasons"])
+
+    # -- adapters
+    @_errors
+    def ListAdapters(self, request, context):
+        return pb.ListAdaptersResponse(adapters=[pb.Adapter(**a) for a in self.core.list_adapters()])
+
+    @_errors
+    def ExportAdapter(self, request, context):
+        return pb.ExportAdapterResponse(path=self.core.export_adapter(request.adapter, request.out_dir,
+                                                                      request.layout or "peft"))
+
+    @_errors
+    def FuseAdapter(self, request, context):
+        return pb.FuseAdapterResponse(path=self.core.fuse_adapter(request.adapter, request.out_dir,
+                                                                  request.model, request.dequantize))

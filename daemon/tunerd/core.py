@@ -1,0 +1,189 @@
+"""The daemon's core: jobs, resident models, chat, data, adapters. Knows nothing of gRPC.
+
+`tunerd.api.servicer` translates requests into calls on one `Core` and results back.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import threading
+import time
+from pathlib import Path
+from typing import Iterator, Optional
+
+import yaml
+
+from . import __version__, host
+from .chat import ChatDelta, ChatParams, ChatService, resolve_job_ref
+from .config.loader import load_config
+from .jobs.manager import JobManager
+from .jobs.runner import resolve_backend
+from .jobs.store import SUCCEEDED, JobRecord, JobStore
+from .models.registry import ModelRegistry
+
+
+class Core:
+    def __init__(self, home: Path, run_training=None, keep_alive: float = 300.0):
+        self.home = Path(home)
+        self.started_at = time.time()
+        self.store = JobStore(self.home / "jobs.db")
+        self.interrupted_on_start = self.store.mark_orphans_interrupted()
+        self.jobs = JobManager(self.store, self.home / "runs", run_training)
+        self.registry = ModelRegistry(resolve_backend, keep_alive)
+        self.chat_service = ChatService(self.jobs.worker, self.registry, self.store)
+
+    def start(self) -> None:
+        self.jobs.start()
+
+    def shutdown(self, timeout: float = 60.0) -> None:
+        self.jobs.shutdown(timeout)
+        self.store.close()
+
+    # -- info ----------------------------------------------------------------------------------
+    def info(self) -> dict:
+        total, avail = host.memory()
+        backends = host.backend_status()
+        blas = host.optimized_blas_path()
+        devices = [{"name": "cpu", "backend": "torch", "memory_total_bytes": total,
+                    "memory_free_bytes": avail, "detail": ""}]
+        if any(b["name"] == "mlx" and b["available"] for b in backends):
+            detail = "Metal" if host.is_apple_silicon() else (
+                "OpenBLAS preloaded" if host.blas_preloaded() else
+                f"reference BLAS (slow): install libopenblas0-pthread{'' if not blas else ' and restart tunerd'}")
+            devices.append({"name": "gpu" if host.is_apple_silicon() else "cpu", "backend": "mlx",
+                            "memory_total_bytes": total, "memory_free_bytes": avail, "detail": detail})
+        try:
+            from .backends.auto import choose_backend
+            from .config.schema import TrainConfig
+            default = choose_backend(TrainConfig(model="?"))
+        except Exception:  # noqa: BLE001 - info must answer even on a broken install
+            default = ""
+        return {"version": __version__, "api_version": "tuner.v1", "backends": backends,
+                "devices": devices, "default_backend": default, "home": str(self.home),
+                "pid": os.getpid(), "uptime_seconds": time.time() - self.started_at,
+                "memory_total_bytes": total, "memory_available_bytes": avail}
+
+    # -- jobs ----------------------------------------------------------------------------------
+    def submit(self, config_path: str = "", config_yaml: str = "", doc: Optional[dict] = None,
+               overrides: Optional[list] = None, base_dir: str = "", name: str = "") -> JobRecord:
+        layer = dict(doc or {})
+        if config_yaml:
+            parsed = yaml.safe_load(config_yaml) or {}
+            if not isinstance(parsed, dict):
+                raise ValueError("config_yaml: top level must be a mapping")
+            if "_base_" in parsed:
+                raise ValueError("config_yaml: `_base_` needs a file; send config_path instead")
+            from .config.loader import _merge
+            layer = _merge(parsed, layer)
+        path = config_path
+        if path and base_dir and not os.path.isabs(path):
+            path = os.path.join(base_dir, path)
+        cfg = load_config(path or None, overrides or [], layer)
+        if not base_dir and path:
+            base_dir = str(Path(path).resolve().parent)
+        if cfg.model and not _looks_like_hub_id(cfg.model):
+            model_path = Path(base_dir or ".", cfg.model).expanduser()
+            if not model_path.exists():
+                raise FileNotFoundError(f"model: local path not found: {model_path}")
+            cfg = dataclasses.replace(cfg, model=str(model_path.resolve()))
+        return self.jobs.submit(cfg, name=name, base_dir=base_dir)
+
+    # -- models --------------------------------------------------------------------------------
+    def load_model(self, model: str, backend: str = "auto", quantization: str = "none",
+                   dtype: str = "float32", keep_alive: float = 0.0) -> dict:
+        res = self.jobs.worker.call(lambda: self.registry.get(
+            model, backend, quantization, dtype, keep_alive=keep_alive or None)).result()
+        return self._resident(res)
+
+    def unload_model(self, model: str) -> bool:
+        return self.jobs.worker.call(lambda: self.registry.unload(model)).result()
+
+    def list_models(self) -> list[dict]:
+        return [self._resident(r) for r in self.registry.list()]
+
+    @staticmethod
+    def _resident(r) -> dict:
+        mem = 0
+        try:
+            mem = r.backend.memory().active_bytes
+        except Exception:  # noqa: BLE001
+            pass
+        return {"model": r.model, "backend": r.backend_name, "quantization": r.quantization,
+                "memory_bytes": mem, "loaded_at": r.loaded_at, "last_used_at": r.last_used_at,
+                "expires_at": r.expires_at, "adapters": [r.adapter] if r.adapter else []}
+
+    # -- chat ----------------------------------------------------------------------------------
+    def chat(self, params: ChatParams, cancelled: threading.Event) -> Iterator[ChatDelta]:
+        return self.chat_service.stream(params, cancelled)
+
+    # -- adapters ------------------------------------------------------------------------------
+    def list_adapters(self) -> list[dict]:
+        out = []
+        for rec in self.store.list(states=[SUCCEEDED]):
+            if not rec.adapter_path or not Path(rec.adapter_path).exists():
+                continue
+            cfg = rec.config
+            p = Path(rec.adapter_path)
+            layouts = [name for name, f in (("peft", "adapter_model.safetensors"), ("mlx", "adapters.safetensors"))
+                       if (p / f).exists() or any(p.rglob(f))]
+            out.append({"path": rec.adapter_path, "job_id": rec.id, "base_model": rec.model,
+                        "peft_adapter": cfg.get("peft_adapter", ""), "lora_r": cfg.get("lora_r", 0),
+                        "created_at": rec.finished_at, "layouts": layouts})
+        return out
+
+    def resolve_adapter(self, ref: str) -> str:
+        return resolve_job_ref(self.store, ref, "adapter") if ref.startswith("job:") else ref
+
+    def export_adapter(self, adapter: str, out_dir: str, layout: str = "peft") -> str:
+        src = Path(self.resolve_adapter(adapter))
+        if not src.exists():
+            raise FileNotFoundError(f"adapter not found: {src}")
+        if layout not in ("peft", "mlx"):
+            raise ValueError(f"layout: {layout!r} is not peft or mlx")
+        marker = "adapter_model.safetensors" if layout == "peft" else "adapters.safetensors"
+        found = next(iter(sorted(src.rglob(marker))), None)
+        if found is None:
+            raise FileNotFoundError(f"{src} has no {layout} layout ({marker})")
+        out = Path(out_dir).expanduser()
+        shutil.copytree(found.parent, out, dirs_exist_ok=True)
+        return str(out)
+
+    def fuse_adapter(self, adapter: str, out_dir: str, model: str = "", dequantize: bool = False) -> str:
+        from .export.fuse import fuse
+        src = self.resolve_adapter(adapter)
+        if not model:
+            cfg_file = Path(src) / "adapter_config.json"
+            if cfg_file.exists():
+                model = json.loads(cfg_file.read_text()).get("base_model_name_or_path", "")
+        if not model:
+            raise ValueError("model: the adapter does not name its base model; pass --model")
+        return str(self.jobs.worker.call(lambda: fuse(model, src, out_dir, dequantize=dequantize)).result())
+
+
+
+    # -- evaluation and advice -------------------------------------------------------------------
+    def evaluate(self, model: str = "", adapter: str = "", backend: str = "", data_path: str = "",
+                 config_path: str = "") -> dict:
+        from .evaluation import evaluate_loss
+        data = data_path
+        if config_path:
+            cfg = load_config(config_path)
+            model = model or cfg.model
+            data = data or cfg.data.test or cfg.data.validation or cfg.data.train
+        if not model or not data:
+            raise ValueError("evaluate needs a model and data (data_path, or a config with data)")
+        adapter = self.resolve_adapter(adapter) if adapter else ""
+        return self.jobs.worker.call(lambda: evaluate_loss(
+            self.registry.get(model, backend or "auto", adapter=adapter).backend, model, data)).result()
+
+    def recommend(self, model: str = "", config_path: str = "", train_rows: int = 0) -> dict:
+        from .recommend import recommend
+        return recommend(model, config_path, train_rows)
+
+
+def _looks_like_hub_id(name: str) -> bool:
+    """`org/name` that is not an existing path and not absolute/relative-looking."""
+    return (name.count("/") == 1 and not name.startswith((".", "/", "~"))
+            and not Path(name).exists())

@@ -1,0 +1,30 @@
+"""One place maps exceptions to gRPC status codes (the servicer's decorator uses it)."""
+from __future__ import annotations
+
+import grpc
+
+from .backends.base import BackendUnavailable
+from .jobs.manager import JobStateError
+from .jobs.store import JobNotFound
+
+
+def status_for(e: BaseException) -> tuple[grpc.StatusCode, str]:
+    if isinstance(e, JobNotFound):
+        return grpc.StatusCode.NOT_FOUND, str(e)
+    if isinstance(e, FileNotFoundError):
+        return grpc.StatusCode.NOT_FOUND, str(e)
+    if isinstance(e, JobStateError):
+        return grpc.StatusCode.FAILED_PRECONDITION, str(e)
+    if isinstance(e, BackendUnavailable):
+        return grpc.StatusCode.FAILED_PRECONDITION, str(e)
+    if isinstance(e, MemoryError):
+        return grpc.StatusCode.RESOURCE_EXHAUSTED, (
+            f"out of memory: {e}. Unload models (`tunerctl models unload`), use quantization: 4bit, "
+            "or a smaller batch size / max_seq_length")
+    if isinstance(e, (ValueError, TypeError)):
+        return grpc.StatusCode.INVALID_ARGUMENT, str(e)
+    if isinstance(e, PermissionError):
+        return grpc.StatusCode.PERMISSION_DENIED, str(e)
+    if isinstance(e, NotImplementedError):
+        return grpc.StatusCode.UNIMPLEMENTED, str(e) or "not implemented yet"
+    return grpc.StatusCode.INTERNAL, f"{type(e).__name__}: {e}"

@@ -1,0 +1,61 @@
+"""Facts about the host: memory, backends installed, devices, the BLAS MLX will use."""
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+import os
+import platform
+import sys
+
+OPENBLAS_CANDIDATES = (
+    "/usr/lib/x86_64-linux-gnu/openblas-pthread/libblas.so.3",
+    "/usr/lib/aarch64-linux-gnu/openblas-pthread/libblas.so.3",
+    "/usr/lib64/libopenblas.so.0",
+)
+
+
+def memory() -> tuple[int, int]:
+    """(total, available) bytes of host memory."""
+    try:
+        info = {}
+        with open("/proc/meminfo") as f:
+            for line in f:
+                k, v = line.split(":", 1)
+                info[k] = int(v.split()[0]) * 1024
+        return info["MemTotal"], info.get("MemAvailable", info["MemFree"])
+    except OSError:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        return total, total  # macOS: no cheap "available"; callers treat it as an upper bound
+
+
+def package_version(name: str) -> str:
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return ""
+
+
+def backend_status() -> list[dict]:
+    out = []
+    for name, mods in (("mlx", ("mlx", "mlx_lm")), ("torch", ("torch", "transformers", "peft"))):
+        missing = [m for m in mods if importlib.util.find_spec(m) is None]
+        out.append({"name": name, "available": not missing,
+                    "version": package_version(name),
+                    "reason": f"not installed: {', '.join(missing)} (pip install 'mactuner[{name}]')"
+                    if missing else ""})
+    return out
+
+
+def optimized_blas_path() -> str:
+    """An OpenBLAS to preload for MLX on Linux, or '' (macOS uses Accelerate)."""
+    if sys.platform != "linux":
+        return ""
+    return next((p for p in OPENBLAS_CANDIDATES if os.path.exists(p)), "")
+
+
+def blas_preloaded() -> bool:
+    return "openblas" in os.environ.get("LD_PRELOAD", "")
+
+
+def is_apple_silicon() -> bool:
+    return sys.platform == "darwin" and platform.machine() == "arm64"

@@ -1,0 +1,201 @@
+"""Training jobs: submit, queue, run on the device worker, cancel, resume, watch.
+
+Knows nothing of gRPC. The thing that actually trains is a collaborator, `run_training(cfg,
+emit, should_stop, base_dir)`, by default `tunerd.jobs.runner.run_training`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+import time
+from collections import deque
+from pathlib import Path
+from typing import Callable, Iterator, Optional
+
+from ..config.loader import from_dict, to_dict
+from ..config.schema import TrainConfig
+from ..training import events as ev
+from .store import (CANCELLED, FAILED, FINAL_STATES, INTERRUPTED, QUEUED, RESUMABLE_STATES, RUNNING,
+                    SUCCEEDED, JobRecord, JobStore, StoredEvent)
+from .worker import DeviceWorker
+
+log = logging.getLogger(__name__)
+
+
+class JobStateError(ValueError):
+    """An operation that the job's current state does not allow (e.g. resume a running job)."""
+
+
+class JobManager:
+    def __init__(self, store: JobStore, runs_dir: Path, run_training: Optional[Callable] = None):
+        if run_training is None:
+            from .runner import run_training
+        self.store = store
+        self.runs_dir = Path(runs_dir)
+        self._run_training = run_training
+        self._queue: deque[str] = deque()
+        self._lock = threading.Lock()
+        self._cancel: dict[str, threading.Event] = {}
+        self._interrupting = threading.Event()
+        self.current_job: Optional[str] = None
+        self.worker = DeviceWorker(self._next_job)
+        for rec in sorted(store.list(states=[QUEUED]), key=lambda r: r.created_at):
+            self._queue.append(rec.id)
+
+    def start(self) -> None:
+        self.worker.start()
+
+    # -- API ----------------------------------------------------------------------------------
+    def submit(self, cfg: TrainConfig, name: str = "", base_dir: str = "") -> JobRecord:
+        rec = self.store.create(to_dict(cfg), name=name, base_dir=base_dir)
+        out = cfg.output_dir or str(self.runs_dir / rec.id)
+        cfg = dataclasses.replace(cfg, output_dir=str(Path(out).expanduser()))
+        rec = self.store.update(rec.id, config_json=_json(cfg), output_dir=cfg.output_dir)
+        self.store.append(rec.id, "StateChanged", {"state": QUEUED, "reason": "submitted"})
+        self._enqueue(rec.id)
+        return self.store.get(rec.id)
+
+    def cancel(self, job_id: str) -> JobRecord:
+        rec = self.store.get(job_id)
+        with self._lock:
+            if rec.state == QUEUED:
+                if job_id in self._queue:
+                    self._queue.remove(job_id)
+                self._finish(job_id, CANCELLED, reason="cancelled while queued")
+            elif rec.state == RUNNING:
+                self._cancel.setdefault(job_id, threading.Event()).set()
+            # a finished job: cancelling it is a no-op
+        return self.store.get(job_id)
+
+    def resume(self, job_id: str) -> JobRecord:
+        rec = self.store.get(job_id)
+        if rec.state not in RESUMABLE_STATES:
+            raise JobStateError(f"job {job_id} is {rec.state}; only {', '.join(RESUMABLE_STATES)} jobs resume")
+        cfg = rec.config
+        has_ckpt = any(Path(rec.output_dir).glob("checkpoint-*")) if rec.output_dir else False
+        cfg["resume_from_checkpoint"] = "latest" if has_ckpt else None
+        self.store.update(job_id, state=QUEUED, error="", finished_at=0.0, config_json=_json_dict(cfg))
+        self.store.append(job_id, "StateChanged", {
+            "state": QUEUED, "reason": "resumed from the latest checkpoint" if has_ckpt
+            else "restarted from the beginning (no checkpoint was saved)"})
+        self._enqueue(job_id)
+        return self.store.get(job_id)
+
+    def queue_position(self, job_id: str) -> int:
+        with self._lock:
+            return self._queue.index(job_id) + 1 if job_id in self._queue else 0
+
+    def watch(self, job_id: str, from_sequence: int = 0, follow: bool = True,
+              is_active: Callable[[], bool] = lambda: True) -> Iterator[StoredEvent]:
+        """Stored events from `from_sequence`, then live ones until the job reaches a final state."""
+        self.store.get(job_id)  # raises JobNotFound
+        seq = max(from_sequence, 1)
+        while is_active():
+            batch = self.store.events(job_id, seq)
+            for e in batch:
+                yield e
+                seq = e.seq + 1
+            if batch:
+                continue
+            if not follow or self.store.get(job_id).state in FINAL_STATES:
+                # final state reached and every event up to it was delivered
+                if not self.store.events(job_id, seq, limit=1):
+                    return
+                continue
+            self.store.wait_for_change(0.5)
+
+    def shutdown(self, timeout: float = 60.0) -> None:
+        """Stop taking work; the running job checkpoints and becomes interrupted."""
+        self._interrupting.set()
+        with self._lock:
+            self._queue.clear()
+        self.worker.stop(timeout)
+
+    # -- worker side -----------------------------------------------------------------------------
+    def _enqueue(self, job_id: str) -> None:
+        with self._lock:
+            self._queue.append(job_id)
+        self.worker.wake()
+
+    def _next_job(self) -> Optional[Callable[[], None]]:
+        with self._lock:
+            if self._interrupting.is_set() or not self._queue:
+                return None
+            job_id = self._queue.popleft()
+        return lambda: self._run(job_id)
+
+    def _should_stop(self, job_id: str) -> bool:
+        self.worker.service_interactive()
+        return self._interrupting.is_set() or self._cancel.get(job_id, threading.Event()).is_set()
+
+    def _record(self, job_id: str, event) -> None:
+        kind, payload = ev.to_record(event)
+        self.store.append(job_id, kind, payload)
+        if isinstance(event, ev.Started):
+            self.store.update(job_id, backend=event.backend, total_steps=event.total_steps)
+        elif isinstance(event, ev.Step):
+            self.store.update(job_id, step=event.step, last_loss=event.loss)
+        elif isinstance(event, ev.Eval):
+            best = self.store.get(job_id).best_eval_loss
+            if best == 0 or event.eval_loss < best:
+                self.store.update(job_id, best_eval_loss=event.eval_loss)
+
+    def _run(self, job_id: str) -> None:
+        rec = self.store.get(job_id)
+        if rec.state != QUEUED:
+            return
+        self.current_job = job_id
+        self._cancel[job_id] = threading.Event()
+        self.store.update(job_id, state=RUNNING, started_at=time.time())
+        self.store.append(job_id, "StateChanged", {"state": RUNNING, "reason": "started"})
+        try:
+            cfg = from_dict(rec.config)
+            result = self._run_training(cfg, lambda e: self._record(job_id, e),
+                                        lambda: self._should_stop(job_id), rec.base_dir or None)
+            self._record(job_id, result)
+            self.store.update(job_id, adapter_path=result.adapter_path)
+            self._finish(job_id, SUCCEEDED, reason="finished")
+        except Exception as e:  # noqa: BLE001 - every failure becomes a recorded state
+            if type(e).__name__ == "TrainingCancelled":
+                step, ckpt = getattr(e, "step", 0), getattr(e, "checkpoint", "") or ""
+                self._record(job_id, ev.Cancelled(step=step, checkpoint=str(ckpt)))
+                if self._interrupting.is_set():
+                    self._finish(job_id, INTERRUPTED, reason="the daemon is shutting down; "
+                                 "resume with `tunerctl jobs resume`")
+                else:
+                    self._finish(job_id, CANCELLED, reason="cancelled by request")
+            else:
+                log.exception("job %s failed", job_id)
+                reason = _describe(e)
+                self._record(job_id, ev.Failed(reason=reason, step=self.store.get(job_id).step))
+                self._finish(job_id, FAILED, reason=reason, error=reason)
+        finally:
+            self.current_job = None
+            self._cancel.pop(job_id, None)
+
+    def _finish(self, job_id: str, state: str, reason: str, error: str = "") -> None:
+        fields = {"state": state, "finished_at": time.time()}
+        if error or state != SUCCEEDED:
+            fields["error"] = error or reason
+        self.store.update(job_id, **fields)
+        self.store.append(job_id, "StateChanged", {"state": state, "reason": reason})
+
+
+def _describe(e: BaseException) -> str:
+    msg = str(e) or type(e).__name__
+    if isinstance(e, MemoryError):
+        return f"out of memory: {msg}. Try a smaller per_device_train_batch_size or max_seq_length, " \
+               "gradient_checkpointing: true, or quantization: 4bit"
+    if isinstance(e, (KeyError,)) and e.args:
+        return f"{type(e).__name__}: {e.args[0]}"
+    return msg if isinstance(e, (ValueError, FileNotFoundError, RuntimeError)) else f"{type(e).__name__}: {msg}"
+
+
+def _json(cfg: TrainConfig) -> str:
+    return _json_dict(to_dict(cfg))
+
+
+def _json_dict(d: dict) -> str:
+    import json
+    return json.dumps(d)

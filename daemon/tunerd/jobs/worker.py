@@ -1,0 +1,89 @@
+"""The device worker: one thread that owns every model and backend (DESIGN.md §6).
+
+MLX streams are thread-local, so loading, training and generation all happen on this thread.
+gRPC handlers only put work on its queues and read results. Two kinds of work:
+- jobs (training): one at a time, in order;
+- interactive tasks (chat, evaluate, model load/unload): run as soon as possible, also *between
+  training steps* (the training loop's stop-check calls `service_interactive`), so chat stays
+  responsive while a job trains.
+"""
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from concurrent.futures import Future
+from typing import Callable, Optional
+
+log = logging.getLogger(__name__)
+
+
+class DeviceWorker:
+    def __init__(self, next_job: Callable[[], Optional[Callable[[], None]]]):
+        """`next_job()` returns the next training job to run (a callable) or None."""
+        self._next_job = next_job
+        self._interactive: "queue.Queue[tuple[Callable, Future]]" = queue.Queue()
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="device-worker", daemon=True)
+        self.busy_with_job = False
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        self._stopping.set()
+        self._wake.set()
+        self._thread.join(timeout)
+
+    @property
+    def on_worker_thread(self) -> bool:
+        return threading.current_thread() is self._thread
+
+    def call(self, fn: Callable):
+        """Run `fn` on the worker thread and return a Future of its result."""
+        fut: Future = Future()
+        if self.on_worker_thread:
+            self._run_task(fn, fut)
+        else:
+            self._interactive.put((fn, fut))
+            self._wake.set()
+        return fut
+
+    def service_interactive(self) -> None:
+        """Run queued interactive tasks now (called by the training loop between steps)."""
+        while True:
+            try:
+                fn, fut = self._interactive.get_nowait()
+            except queue.Empty:
+                return
+            self._run_task(fn, fut)
+
+    @staticmethod
+    def _run_task(fn: Callable, fut: Future) -> None:
+        if not fut.set_running_or_notify_cancel():
+            return
+        try:
+            fut.set_result(fn())
+        except BaseException as e:  # delivered to the caller
+            fut.set_exception(e)
+
+    def _loop(self) -> None:
+        while not self._stopping.is_set():
+            self.service_interactive()
+            job = None if self._stopping.is_set() else self._next_job()
+            if job is not None:
+                self.busy_with_job = True
+                try:
+                    job()
+                except Exception:  # the job runner records its own failures
+                    log.exception("job runner crashed")
+                finally:
+                    self.busy_with_job = False
+                continue
+            self._wake.wait(0.5)
+            self._wake.clear()
+        self.service_interactive()
