@@ -33,6 +33,7 @@ class Core:
         self.jobs = JobManager(self.store, self.home / "runs", run_training)
         self.registry = ModelRegistry(resolve_backend, keep_alive)
         self.chat_service = ChatService(self.jobs.worker, self.registry, self.store)
+        self.jobs.worker.on_idle = self.registry.evict_expired
 
     def start(self) -> None:
         self.jobs.start()

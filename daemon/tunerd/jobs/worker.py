@@ -22,6 +22,7 @@ class DeviceWorker:
     def __init__(self, next_job: Callable[[], Optional[Callable[[], None]]]):
         """`next_job()` returns the next training job to run (a callable) or None."""
         self._next_job = next_job
+        self.on_idle: Callable[[], None] = lambda: None  # e.g. evict models past their keep-alive
         self._interactive: "queue.Queue[tuple[Callable, Future]]" = queue.Queue()
         self._wake = threading.Event()
         self._stopping = threading.Event()
@@ -84,6 +85,10 @@ class DeviceWorker:
                 finally:
                     self.busy_with_job = False
                 continue
+            try:
+                self.on_idle()
+            except Exception:  # noqa: BLE001 - housekeeping must not kill the worker
+                log.exception("idle hook failed")
             self._wake.wait(0.5)
             self._wake.clear()
         self.service_interactive()

@@ -1,0 +1,193 @@
+"""The real daemon process over a real Unix socket, driven by the real CLI (DESIGN.md §8)."""
+from __future__ import annotations
+
+import signal
+import stat
+import time
+
+import grpc
+import pytest
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from tuner.v1 import tuner_pb2 as pb
+
+from daemon_utils import DaemonProcess, cli, job_state, json_lines, short_home, wait_for, write_config
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def daemon():
+    d = DaemonProcess(short_home()).start()
+    yield d
+    d.stop()
+
+
+def test_health_and_reflection(daemon):
+    assert daemon.healthy()
+    with daemon.channel() as ch:
+        stub = reflection_pb2_grpc.ServerReflectionStub(ch)
+        resp = next(stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")])))
+    names = {s.name for s in resp.list_services_response.service}
+    assert {"tuner.v1.Tuner", "grpc.health.v1.Health"} <= names
+
+
+def test_home_and_socket_permissions(daemon):
+    assert stat.S_IMODE(daemon.home.stat().st_mode) == 0o700
+    assert stat.S_IMODE(daemon.socket.stat().st_mode) == 0o600
+    assert stat.S_ISSOCK(daemon.socket.stat().st_mode)
+
+
+def test_info_lists_backends(daemon):
+    info = daemon.stub().GetInfo(pb.GetInfoRequest())
+    assert info.api_version == "tuner.v1"
+    assert {b.name for b in info.backends} == {"mlx", "torch"}
+
+
+def test_unknown_job_is_not_found(daemon):
+    with pytest.raises(grpc.RpcError) as e:
+        daemon.stub().GetJob(pb.GetJobRequest(job_id="nope"))
+    assert e.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_bad_config_is_invalid_argument_with_suggestion(daemon, demo_bundle, tmp_path):
+    cfg = write_config(tmp_path / "bad.yaml", demo_bundle, learning_rat=0.1)
+    p = cli(daemon.home, "train", str(cfg), "--json")
+    assert p.returncode == 1
+    err = json_lines(p.stdout)[-1]["error"]
+    assert err["code"] == "INVALID_ARGUMENT"
+    assert "did you mean learning_rate" in err["message"]
+
+
+def test_missing_model_is_not_found(daemon, demo_bundle, tmp_path):
+    cfg = write_config(tmp_path / "c.yaml", demo_bundle, model=str(tmp_path / "no-such-model"))
+    p = cli(daemon.home, "train", str(cfg), "--json")
+    assert p.returncode == 1 and json_lines(p.stdout)[-1]["error"]["code"] == "NOT_FOUND"
+
+
+def test_train_watch_completes_and_loss_falls(daemon, demo_bundle, tmp_path):
+    cfg = write_config(tmp_path / "train.yaml", demo_bundle, max_steps=40)
+    p = cli(daemon.home, "train", str(cfg), "--json", check=True)
+    events = json_lines(p.stdout)
+    steps = [e["step"] for e in events if "step" in e]
+    evals = [e["eval"] for e in events if "eval" in e]
+    finished = [e["finished"] for e in events if "finished" in e]
+    assert finished, p.stdout[-2000:]
+    assert steps[-1]["step"] == 40
+    assert steps[-1]["loss"] < 0.6 * steps[0]["loss"], [s["loss"] for s in steps]
+    assert all(s["tokens_per_second"] > 0 for s in steps)
+    assert evals and evals[-1]["eval_loss"] < evals[0]["eval_loss"]
+    # sequence numbers are contiguous from 1
+    seqs = [e["sequence"] for e in events]
+    assert seqs == list(range(1, len(seqs) + 1))
+
+    # replay after the job ended, from the middle: exactly the stored tail, then the stream ends
+    job_id = events[0]["job_id"]
+    mid = len(seqs) // 2
+    replay = json_lines(cli(daemon.home, "jobs", "watch", job_id, "--from", str(mid), "--json", check=True).stdout)
+    assert [e["sequence"] for e in replay] == seqs[mid - 1:]
+    assert replay == events[mid - 1:]
+
+    # the trained adapter answers through Chat
+    q, a = demo_bundle["rows"][0]["prompt"], demo_bundle["rows"][0]["completion"]
+    out = cli(daemon.home, "chat", "--adapter", f"job:{job_id}", "-p", q, "--temperature", "0",
+              "--max-tokens", "24", check=True).stdout
+    assert out.strip()
+
+
+def test_cancel_running_and_queued(daemon, demo_bundle, tmp_path):
+    stub = daemon.stub()
+    long = write_config(tmp_path / "long.yaml", demo_bundle, max_steps=100000, save_steps=5, eval_steps=100000)
+    first = json_lines(cli(daemon.home, "train", str(long), "--detach", "--json", check=True).stdout)[0]["id"]
+    second = json_lines(cli(daemon.home, "train", str(long), "--detach", "--json", check=True).stdout)[0]["id"]
+    wait_for(lambda: job_state(stub, first) == "running", what="first job running")
+    wait_for(lambda: stub.GetJob(pb.GetJobRequest(job_id=first)).step >= 2, what="a few steps")
+    assert job_state(stub, second) == "queued"
+    assert stub.GetJob(pb.GetJobRequest(job_id=second)).queue_position == 1
+
+    cli(daemon.home, "jobs", "cancel", second, check=True)
+    assert job_state(stub, second) == "cancelled"
+    cli(daemon.home, "jobs", "cancel", first, check=True)
+    wait_for(lambda: job_state(stub, first) == "cancelled", what="first job cancelled")
+    events = json_lines(cli(daemon.home, "jobs", "watch", first, "--json").stdout)
+    cancelled = [e["cancelled"] for e in events if "cancelled" in e]
+    assert cancelled and cancelled[0].get("checkpoint"), "cancelling checkpoints the job"
+    # a failed watch exit code for a cancelled job
+    assert cli(daemon.home, "jobs", "watch", first, "--json").returncode == 1
+
+
+def test_sigkill_then_restart_keeps_jobs_and_resume_finishes(demo_bundle, tmp_path):
+    home = short_home()
+    d = DaemonProcess(home).start()
+    stub = d.stub()
+    cfg = write_config(tmp_path / "k.yaml", demo_bundle, max_steps=60, save_steps=5, eval_steps=1000)
+    job_id = json_lines(cli(home, "train", str(cfg), "--detach", "--json", check=True).stdout)[0]["id"]
+    wait_for(lambda: any((home / "runs" / job_id).glob("checkpoint-*")), what="a checkpoint")
+    before = stub.GetJob(pb.GetJobRequest(job_id=job_id))
+    d.signal(signal.SIGKILL)
+    d.wait()
+
+    d = DaemonProcess(home).start()
+    try:
+        stub = d.stub()
+        rec = stub.GetJob(pb.GetJobRequest(job_id=job_id))
+        assert pb.JobState.Name(rec.state) == "INTERRUPTED"
+        assert rec.last_sequence >= before.last_sequence  # no event lost
+        p = cli(home, "jobs", "resume", job_id, "--json")
+        assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
+        events = json_lines(p.stdout)
+        started = [e["started"] for e in events if "started" in e]
+        assert started and int(started[-1].get("resumed_from_step", 0)) > 0
+        assert job_state(stub, job_id) == "succeeded"
+    finally:
+        d.stop()
+
+
+def test_sigterm_checkpoints_and_marks_interrupted(demo_bundle, tmp_path):
+    home = short_home()
+    d = DaemonProcess(home).start()
+    stub = d.stub()
+    cfg = write_config(tmp_path / "t.yaml", demo_bundle, max_steps=100000, save_steps=100000, eval_steps=100000)
+    job_id = json_lines(cli(home, "train", str(cfg), "--detach", "--json", check=True).stdout)[0]["id"]
+    wait_for(lambda: stub.GetJob(pb.GetJobRequest(job_id=job_id)).step >= 2, what="a few steps")
+    d.signal(signal.SIGTERM)
+    assert d.wait(60) == 0
+    assert not d.socket.exists()
+    d = DaemonProcess(home).start()
+    try:
+        assert job_state(d.stub(), job_id) == "interrupted"
+        assert list((home / "runs" / job_id).glob("checkpoint-*")), "SIGTERM saved a checkpoint"
+    finally:
+        d.stop()
+
+
+def test_tcp_requires_token(tmp_path):
+    import socket as s
+    with s.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    home = short_home()
+    d = DaemonProcess(home, "--listen", f"127.0.0.1:{port}").start()
+    try:
+        token = (home / "token").read_text().strip()
+        assert stat.S_IMODE((home / "token").stat().st_mode) == 0o600
+        from tuner.v1 import tuner_pb2_grpc
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
+            stub = tuner_pb2_grpc.TunerStub(ch)
+            with pytest.raises(grpc.RpcError) as e:
+                stub.GetInfo(pb.GetInfoRequest(), timeout=10)
+            assert e.value.code() == grpc.StatusCode.UNAUTHENTICATED
+            with pytest.raises(grpc.RpcError) as e:
+                stub.GetInfo(pb.GetInfoRequest(), metadata=[("authorization", "Bearer wrong")], timeout=10)
+            assert e.value.code() == grpc.StatusCode.UNAUTHENTICATED
+            with pytest.raises(grpc.RpcError) as e:  # streams too
+                list(stub.WatchJob(pb.WatchJobRequest(job_id="x"), timeout=10))
+            assert e.value.code() == grpc.StatusCode.UNAUTHENTICATED
+            info = stub.GetInfo(pb.GetInfoRequest(), metadata=[("authorization", f"Bearer {token}")], timeout=10)
+            assert info.api_version == "tuner.v1"
+        # the CLI over TCP with the token
+        p = cli(home, "--listen", f"127.0.0.1:{port}", "--token", token, "info", "--json", check=True)
+        assert json_lines(p.stdout)[0]["api_version"] == "tuner.v1"
+        p = cli(home, "--listen", f"127.0.0.1:{port}", "--token", "nope", "info", "--json")
+        assert p.returncode == 1
+    finally:
+        d.stop()
