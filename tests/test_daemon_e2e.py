@@ -191,3 +191,16 @@ def test_tcp_requires_token(tmp_path):
         assert p.returncode == 1
     finally:
         d.stop()
+
+
+def test_demo_learns_the_facts():
+    """The README's demo, end to end: base model 0 right, tuned model answers trained questions."""
+    home = short_home()
+    try:
+        p = cli(home, "demo", "--backend", "mlx", "--json", timeout=600)
+        assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+        result = json_lines(p.stdout)[-1]
+        assert result["base_correct"] == 0
+        assert result["tuned_correct"] >= 3, result
+    finally:
+        cli(home, "daemon", "stop")

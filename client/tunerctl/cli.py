@@ -11,13 +11,12 @@ import time
 from pathlib import Path
 
 import grpc
-from google.protobuf.json_format import MessageToDict
 from tuner.v1 import tuner_pb2 as pb
 
 from . import service as svc
 from .connection import DaemonUnavailable, Target, connect, default_home, is_healthy, open_channel, start_daemon
 from .progress import JobView, job_state_name
-from .ui import console, err, print_json, table
+from .ui import as_dict, console, err, print_json, table
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
@@ -182,7 +181,7 @@ def cmd_train(args) -> int:
     s = stub(args)
     job = s.SubmitJob(req)
     if args.detach:
-        print_json(MessageToDict(job)) if args.json else console.print(
+        print_json(as_dict(job)) if args.json else console.print(
             f"submitted job [bold]{job.id}[/] ({job_state_name(job.state)}); "
             f"watch it with `tunerctl jobs watch {job.id}`")
         return 0
@@ -197,7 +196,7 @@ def watch(s, job_id: str, args, from_sequence: int = 0, follow: bool = True, int
     try:
         for e in s.WatchJob(pb.WatchJobRequest(job_id=job_id, from_sequence=from_sequence, follow=follow)):
             if args.json:
-                print_json(MessageToDict(e, preserving_proto_field_name=True))
+                print_json(as_dict(e))
             else:
                 view.update(e)
     except KeyboardInterrupt:
@@ -273,8 +272,7 @@ def cmd_jobs(args) -> int:
 
 
 def _job_dict(j) -> dict:
-    d = MessageToDict(j, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
-    d["state"] = job_state_name(j.state)
+    d = as_dict(j, with_defaults=True)
     return d
 
 
@@ -288,7 +286,7 @@ def cmd_models(args) -> int:
         models = s.ListModels(pb.ListModelsRequest()).models
         if args.json:
             for m in models:
-                print_json(MessageToDict(m, preserving_proto_field_name=True))
+                print_json(as_dict(m))
             return 0
         table(["model", "backend", "quantization", "memory", "adapters", "expires"],
               [[_short(m.model), m.backend, m.quantization, _bytes(m.memory_bytes), ", ".join(m.adapters),
@@ -298,7 +296,7 @@ def cmd_models(args) -> int:
     if args.action == "load":
         m = s.LoadModel(pb.LoadModelRequest(model=args.model, backend=args.backend,
                                             quantization=args.quantization, keep_alive_seconds=args.keep_alive))
-        print_json(MessageToDict(m, preserving_proto_field_name=True)) if args.json else console.print(
+        print_json(as_dict(m)) if args.json else console.print(
             f"loaded {m.model} on {m.backend} ({_bytes(m.memory_bytes)})")
         return 0
     r = s.UnloadModel(pb.UnloadModelRequest(model=args.model))
@@ -337,7 +335,7 @@ def chat_once(s, args, messages) -> tuple[str, dict]:
                 console.print(chunk.delta, end="", markup=False, highlight=False, soft_wrap=True)
         if chunk.finish_reason:
             final = {"finish_reason": chunk.finish_reason,
-                     "usage": MessageToDict(chunk.usage, preserving_proto_field_name=True)}
+                     "usage": as_dict(chunk.usage)}
     if args.json:
         print_json(final)
     else:
@@ -460,7 +458,7 @@ def _alive(pid: int) -> bool:
 
 def _print_info(info, args) -> int:
     if args.json:
-        print_json(MessageToDict(info, preserving_proto_field_name=True))
+        print_json(as_dict(info))
         return 0
     console.print(f"tunerd {info.version} ({info.api_version}), pid {info.pid}, up {info.uptime_seconds:.0f}s, "
                   f"home {info.home}")
@@ -500,7 +498,7 @@ def cmd_data(args) -> int:
                                             data_path="" if is_cfg else str(src), model=args.model,
                                             overrides=args.overrides, base_dir=os.getcwd()))
     if args.json:
-        print_json(json.loads(r.report_json) if r.report_json else MessageToDict(r))
+        print_json(json.loads(r.report_json) if r.report_json else as_dict(r))
         return 0
     from .ui import print_data_report
     print_data_report(r)
@@ -512,7 +510,7 @@ def cmd_evaluate(args) -> int:
     r = s.Evaluate(pb.EvaluateRequest(model=args.model, adapter=args.adapter, backend=args.backend,
                                       data_path=str(Path(args.data).resolve()) if args.data else "",
                                       config_path=str(Path(args.config).resolve()) if args.config else ""))
-    print_json(MessageToDict(r, preserving_proto_field_name=True)) if args.json else console.print(
+    print_json(as_dict(r)) if args.json else console.print(
         f"loss {r.loss:.4f}  perplexity {r.perplexity:.2f}  rows {r.rows}")
     return 0
 
@@ -521,7 +519,7 @@ def cmd_recommend(args) -> int:
     s = stub(args)
     r = s.Recommend(pb.RecommendRequest(model=args.model, train_rows=args.rows,
                                         config_path=str(Path(args.config).resolve()) if args.config else ""))
-    cfg = MessageToDict(r.config, preserving_proto_field_name=True)
+    cfg = as_dict(r.config)
     if args.json:
         print_json({"config": cfg, "reasons": list(r.reasons)})
         return 0
@@ -539,7 +537,7 @@ def cmd_adapters(args) -> int:
         ads = s.ListAdapters(pb.ListAdaptersRequest()).adapters
         if args.json:
             for a in ads:
-                print_json(MessageToDict(a, preserving_proto_field_name=True))
+                print_json(as_dict(a))
             return 0
         table(["job", "adapter", "r", "base model", "layouts", "path"],
               [[a.job_id, a.peft_adapter, a.lora_r, _short(a.base_model), ",".join(a.layouts), a.path] for a in ads],

@@ -47,3 +47,30 @@ def print_data_report(r) -> None:
         for seg in ex.segments:
             t.append(seg.text, style="green" if seg.supervised else "dim")
         console.print(t)
+
+
+def as_dict(msg, with_defaults: bool = False) -> dict:
+    """A proto message as plain JSON-able Python: int64 stays a number, enums become lower-case
+    names (state: "succeeded"), unset fields are left out unless `with_defaults`."""
+    out = {}
+    fields = msg.DESCRIPTOR.fields if with_defaults else [f for f, _ in msg.ListFields()]
+    for f in fields:
+        if with_defaults and f.message_type and not f.is_repeated and not msg.HasField(f.name):
+            continue
+        v = getattr(msg, f.name)
+        if f.message_type and f.message_type.GetOptions().map_entry:
+            vf = f.message_type.fields_by_name["value"]
+            out[f.name] = {k: as_dict(x) if vf.message_type else x for k, x in v.items()}
+        elif f.is_repeated:
+            out[f.name] = [as_dict(x) if f.message_type else _scalar(f, x) for x in v]
+        elif f.message_type:
+            out[f.name] = as_dict(v, with_defaults)
+        else:
+            out[f.name] = _scalar(f, v)
+    return out
+
+
+def _scalar(f, v):
+    if f.enum_type is not None:
+        return f.enum_type.values_by_number[v].name.lower() if v in f.enum_type.values_by_number else v
+    return v

@@ -61,7 +61,9 @@ class ChatService:
         for m in p.messages:
             if m.get("role") not in ("system", "user", "assistant"):
                 raise ValueError(f"messages: role {m.get('role')!r} is not system, user or assistant")
-        model, adapter = p.model, p.adapter
+        model, adapter, backend = p.model, p.adapter, p.backend
+        if adapter.startswith("job:") and backend in ("", "auto"):
+            backend = self.store.get(adapter.split(":", 1)[1]).backend or backend  # the job's own backend
         if adapter.startswith("job:") and not model:
             model = resolve_job_ref(self.store, adapter, "model")
         if model.startswith("job:"):
@@ -74,7 +76,7 @@ class ChatService:
 
         def task():
             try:
-                res = self.registry.get(model, p.backend, adapter=adapter)
+                res = self.registry.get(model, backend, adapter=adapter)
                 tok = res.backend.tokenizer
                 ids = tok.apply_chat_template(p.messages, tokenize=True, add_generation_prompt=True)
                 ids = list(ids["input_ids"] if hasattr(ids, "keys") else ids)

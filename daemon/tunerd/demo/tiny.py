@@ -38,6 +38,10 @@ class TinyModelSpec:
     intermediate_size: int = 128
     vocab_size: int = 512
     max_position_embeddings: int = 512
+    # 1/sqrt(hidden): with HF's default 0.02 the frozen lm_head of a tiny model caps the logits at
+    # about +-1.3 (the final RMSNorm fixes the hidden state's scale), so no adapter could push
+    # the loss much below ln(vocab).
+    initializer_range: float = 0.125
     seed: int = 0
 
 
@@ -103,6 +107,7 @@ def build_tiny_model(out_dir: str | Path, corpus: list[str] | None = None,
         intermediate_size=spec.intermediate_size, num_hidden_layers=spec.num_hidden_layers,
         num_attention_heads=spec.num_attention_heads, num_key_value_heads=spec.num_key_value_heads,
         max_position_embeddings=spec.max_position_embeddings, rms_norm_eps=1e-5,
+        initializer_range=spec.initializer_range,
         tie_word_embeddings=False, eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id, bos_token_id=None, torch_dtype="float32",
     )

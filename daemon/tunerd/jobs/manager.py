@@ -153,8 +153,7 @@ class JobManager:
             cfg = from_dict(rec.config)
             result = self._run_training(cfg, lambda e: self._record(job_id, e),
                                         lambda: self._should_stop(job_id), rec.base_dir or None)
-            self._record(job_id, result)
-            self.store.update(job_id, adapter_path=result.adapter_path)
+            self.store.update(job_id, adapter_path=result.adapter_path)  # the loop emitted Finished
             self._finish(job_id, SUCCEEDED, reason="finished")
         except Exception as e:  # noqa: BLE001 - every failure becomes a recorded state
             if type(e).__name__ == "TrainingCancelled":
@@ -178,8 +177,9 @@ class JobManager:
         fields = {"state": state, "finished_at": time.time()}
         if error or state != SUCCEEDED:
             fields["error"] = error or reason
-        self.store.update(job_id, **fields)
+        # the event first: a watcher that sees the final state has then seen every event
         self.store.append(job_id, "StateChanged", {"state": state, "reason": reason})
+        self.store.update(job_id, **fields)
 
 
 def _describe(e: BaseException) -> str:

@@ -154,9 +154,9 @@ class JobStore:
         with self._lock:
             ids = [r["id"] for r in self._db.execute("SELECT id FROM jobs WHERE state = ?", (RUNNING,))]
         for job_id in ids:
+            self.append(job_id, "StateChanged", {"state": INTERRUPTED, "reason": "daemon restarted"})
             self.update(job_id, state=INTERRUPTED, finished_at=time.time(),
                         error="the daemon stopped while this job ran; resume it with `tunerctl jobs resume`")
-            self.append(job_id, "StateChanged", {"state": INTERRUPTED, "reason": "daemon restarted"})
         return ids
 
     # -- events -----------------------------------------------------------------------------
