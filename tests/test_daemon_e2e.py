@@ -204,3 +204,30 @@ def test_demo_learns_the_facts():
         assert result["tuned_correct"] >= 3, result
     finally:
         cli(home, "daemon", "stop")
+
+
+def test_data_inspect_through_the_daemon(daemon, demo_bundle, tmp_path):
+    cfg = write_config(tmp_path / "i.yaml", demo_bundle)
+    r = json_lines(cli(daemon.home, "data", "inspect", str(cfg), "--json", check=True).stdout)[0]
+    assert (r["format"], r["train_rows"], r["validation_rows"]) == ("prompt_response", 32, 8)
+    assert r["response_tokens_total"] > 0 and r["prompt_tokens_total"] > r["response_tokens_total"]
+    supervised = "".join(s["text"] for s in r["examples"][0]["segments"] if s["supervised"])
+    assert demo_bundle["rows"][0]["completion"] in supervised or supervised.startswith("The ")
+    assert "<|im_end|>" in supervised, "the end-of-turn token carries loss"
+
+
+@pytest.mark.parametrize("content, code, needle", [
+    ('{"prompt": "a", "completion": "b"}\n{"prompt": "x"\n', "INVALID_ARGUMENT", "bad.jsonl:2"),
+    ('{"foo": "a", "bar": "b"}\n', "INVALID_ARGUMENT", "foo"),
+    ("", "INVALID_ARGUMENT", "bad.jsonl"),
+    (None, "NOT_FOUND", "bad.jsonl"),
+], ids=["malformed-json", "unknown-columns", "empty-file", "missing-file"])
+def test_data_inspect_bad_files(daemon, demo_bundle, tmp_path, content, code, needle):
+    f = tmp_path / "bad.jsonl"
+    if content is not None:
+        f.write_text(content)
+    p = cli(daemon.home, "data", "inspect", str(f), "--model", demo_bundle["model"], "--json")
+    assert p.returncode == 1
+    err = json_lines(p.stdout)[-1]["error"]
+    assert err["code"] == code and needle in err["message"], err
+    assert daemon.healthy(), "bad input never crashes the daemon"

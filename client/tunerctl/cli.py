@@ -120,6 +120,8 @@ def build_parser() -> argparse.ArgumentParser:
     di.add_argument("source", help="a config (.yaml) or a data file")
     di.add_argument("--model", default="", help="tokenizer to use for a data file")
     di.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    di.add_argument("--batch-size", type=int, default=0, help="for the padding-waste figures")
+    di.add_argument("--max-seq-length", type=int, default=0)
 
     ev = cmd(sub, "evaluate", "loss and perplexity of a model (+ adapter) on data")
     ev.add_argument("--model", "-m", default="")
@@ -251,6 +253,8 @@ def cmd_jobs(args) -> int:
         else:
             d = _job_dict(j)
             d.pop("config_json", None)
+            for k in ("created_at", "started_at", "finished_at"):
+                d[k] = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(d[k])) if d.get(k) else "-"
             for k, v in d.items():
                 console.print(f"[bold]{k:>15}[/] {v}")
         return 0
@@ -496,9 +500,10 @@ def cmd_data(args) -> int:
     is_cfg = src.suffix in (".yaml", ".yml")
     r = s.InspectData(pb.InspectDataRequest(config_path=str(src) if is_cfg else "",
                                             data_path="" if is_cfg else str(src), model=args.model,
-                                            overrides=args.overrides, base_dir=os.getcwd()))
+                                            overrides=args.overrides, base_dir=os.getcwd(),
+                                            batch_size=args.batch_size, max_seq_length=args.max_seq_length))
     if args.json:
-        print_json(json.loads(r.report_json) if r.report_json else as_dict(r))
+        print_json(as_dict(r, with_defaults=True))
         return 0
     from .ui import print_data_report
     print_data_report(r)

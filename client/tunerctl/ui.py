@@ -28,21 +28,29 @@ def table(headers: list[str], rows: list[list], empty: str = "") -> None:
 
 
 def print_data_report(r) -> None:
-    console.print(f"[bold]format[/] {r.format}   [bold]rows[/] train {r.train_rows}, validation {r.validation_rows}"
-                  + (f"   [bold]columns[/] {', '.join(r.columns)}" if r.columns else ""))
-    console.print(f"[bold]tokens[/] prompt {r.prompt_tokens}, response {r.response_tokens}   "
-                  f"[bold]padding waste[/] {r.padding_waste_percent:.1f}%")
-    if r.rows_over_max_seq_length:
-        ids = ", ".join(map(str, r.over_length_row_ids[:10]))
-        console.print(f"[yellow]{r.rows_over_max_seq_length} rows exceed max_seq_length "
-                      f"(prompts cut from the left): rows {ids}[/]")
+    console.print(f"[bold]{r.source}[/]: format [bold]{r.format}[/]"
+                  + (f", template {r.template} (end of turn {r.end_of_turn_token!r})" if r.template else "")
+                  + (f", columns {', '.join(r.columns)}" if r.columns else ""))
+    console.print(f"rows: train {r.train_rows}, validation {r.validation_rows}")
+    console.print(f"tokens per row: mean {r.tokens_mean:.1f}, max {r.tokens_max}; prompt {r.prompt_tokens_total} "
+                  f"(mean {r.prompt_tokens_mean:.1f}), response {r.response_tokens_total} "
+                  f"(mean {r.response_tokens_mean:.1f}) — only response tokens carry loss")
+    console.print(f"padding waste at batch {r.batch_size}: {r.padding_waste_percent:.1f}% in order, "
+                  f"{r.padding_waste_grouped_percent:.1f}% length-grouped, {r.padding_waste_packed_percent:.1f}% packed")
+    if r.over_length_rows:
+        console.print(f"[yellow]{r.over_length_rows} rows exceed max_seq_length={r.max_seq_length}: "
+                      f"{r.truncated_prompt_rows} fit by cutting the prompt from the left, {r.overlong_rows} do not "
+                      f"({', '.join(list(r.overlong_ids)[:5] or list(r.over_length_ids)[:5])})[/]")
     if r.length_histogram:
         console.print("[bold]token lengths[/]")
         peak = max(b.count for b in r.length_histogram) or 1
         for b in r.length_histogram:
-            console.print(f"  {b.lo:>6}-{b.hi:<6} {'█' * max(1, int(30 * b.count / peak)) if b.count else ''} {b.count}")
+            bar = "█" * max(1, int(40 * b.count / peak)) if b.count else ""
+            console.print(f"  {b.lo:>6} - {b.hi:<6} {bar} {b.count}")
+    for w in r.warnings:
+        console.print(f"[yellow]warning:[/] {w}")
     for i, ex in enumerate(r.examples, 1):
-        console.print(f"[bold]example {i}[/] ([green]green[/] = carries loss)")
+        console.print(f"[bold]example {i}[/] ([green]green[/] tokens carry loss, [dim]dim[/] ones do not)")
         t = Text()
         for seg in ex.segments:
             t.append(seg.text, style="green" if seg.supervised else "dim")
@@ -62,7 +70,7 @@ def as_dict(msg, with_defaults: bool = False) -> dict:
             vf = f.message_type.fields_by_name["value"]
             out[f.name] = {k: as_dict(x) if vf.message_type else x for k, x in v.items()}
         elif f.is_repeated:
-            out[f.name] = [as_dict(x) if f.message_type else _scalar(f, x) for x in v]
+            out[f.name] = [as_dict(x, with_defaults) if f.message_type else _scalar(f, x) for x in v]
         elif f.message_type:
             out[f.name] = as_dict(v, with_defaults)
         else:

@@ -34,6 +34,7 @@ class Core:
         self.registry = ModelRegistry(resolve_backend, keep_alive)
         self.chat_service = ChatService(self.jobs.worker, self.registry, self.store)
         self.jobs.worker.on_idle = self.registry.evict_expired
+        self._tokenizers: dict = {}
 
     def start(self) -> None:
         self.jobs.start()
@@ -163,6 +164,35 @@ class Core:
         return str(self.jobs.worker.call(lambda: fuse(model, src, out_dir, dequantize=dequantize)).result())
 
 
+
+    # -- data --------------------------------------------------------------------------------------
+    def inspect_data(self, config_path: str = "", data_path: str = "", model: str = "",
+                     overrides: Optional[list] = None, base_dir: str = "", batch_size: int = 0,
+                     max_seq_length: int = 0) -> dict:
+        from .data.inspect import inspect_data
+        base = Path(base_dir or ".")
+        if config_path:
+            cfg = load_config(base / config_path, overrides or [])
+            model = model or cfg.model
+            source = cfg
+        elif data_path:
+            source = str(base / data_path) if (base / data_path).exists() else data_path
+        else:
+            raise ValueError("inspect needs a config_path or a data_path")
+        if not model:
+            raise ValueError("model: required to tokenize a data file (tunerctl data inspect FILE --model M)")
+        report = inspect_data(source, self._tokenizer(model, base), batch_size=batch_size or None,
+                              max_seq_length=max_seq_length or None, base_dir=base)
+        return dataclasses.asdict(report)
+
+    def _tokenizer(self, model: str, base: Path):
+        """Tokenizers for inspection are cheap and thread-safe to load; keep them cached."""
+        path = base / model
+        key = str(path.resolve()) if path.exists() else model
+        if key not in self._tokenizers:
+            from transformers import AutoTokenizer
+            self._tokenizers[key] = AutoTokenizer.from_pretrained(key)
+        return self._tokenizers[key]
 
     # -- evaluation and advice -------------------------------------------------------------------
     def evaluate(self, model: str = "", adapter: str = "", backend: str = "", data_path: str = "",

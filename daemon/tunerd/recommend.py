@@ -23,7 +23,7 @@ def recommend(model: str = "", config_path: str = "", train_rows: int = 0) -> di
     out: dict = {"model": model}
     if params < 1e9:
         out.update(peft_adapter="lora", quantization="none", lora_r=32, lora_alpha=64.0)
-        reasons.append(f"{params / 1e6:.0f}M parameters (< 1B): LoRA r 32 on the full-precision base")
+        reasons.append(f"{params / 1e6:.1f}M parameters (< 1B): LoRA r 32 on the full-precision base")
     elif params <= 7.5e9:
         out.update(peft_adapter="lora", quantization="4bit", lora_r=16, lora_alpha=32.0)
         reasons.append(f"{params / 1e9:.1f}B parameters (1-7B): QLoRA (4-bit base) r 16")

@@ -655,18 +655,22 @@ class EvaluateResponse(_message.Message):
     def __init__(self, loss: _Optional[float] = ..., perplexity: _Optional[float] = ..., rows: _Optional[int] = ..., metrics: _Optional[_Mapping[str, float]] = ...) -> None: ...
 
 class InspectDataRequest(_message.Message):
-    __slots__ = ("config_path", "data_path", "model", "overrides", "base_dir")
+    __slots__ = ("config_path", "data_path", "model", "overrides", "base_dir", "batch_size", "max_seq_length")
     CONFIG_PATH_FIELD_NUMBER: _ClassVar[int]
     DATA_PATH_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     OVERRIDES_FIELD_NUMBER: _ClassVar[int]
     BASE_DIR_FIELD_NUMBER: _ClassVar[int]
+    BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
+    MAX_SEQ_LENGTH_FIELD_NUMBER: _ClassVar[int]
     config_path: str
     data_path: str
     model: str
     overrides: _containers.RepeatedScalarFieldContainer[str]
     base_dir: str
-    def __init__(self, config_path: _Optional[str] = ..., data_path: _Optional[str] = ..., model: _Optional[str] = ..., overrides: _Optional[_Iterable[str]] = ..., base_dir: _Optional[str] = ...) -> None: ...
+    batch_size: int
+    max_seq_length: int
+    def __init__(self, config_path: _Optional[str] = ..., data_path: _Optional[str] = ..., model: _Optional[str] = ..., overrides: _Optional[_Iterable[str]] = ..., base_dir: _Optional[str] = ..., batch_size: _Optional[int] = ..., max_seq_length: _Optional[int] = ...) -> None: ...
 
 class HistogramBucket(_message.Message):
     __slots__ = ("lo", "hi", "count")
@@ -693,32 +697,64 @@ class RenderedExample(_message.Message):
     def __init__(self, segments: _Optional[_Iterable[_Union[TextSegment, _Mapping]]] = ...) -> None: ...
 
 class DataReport(_message.Message):
-    __slots__ = ("train_rows", "validation_rows", "format", "columns", "length_histogram", "prompt_tokens", "response_tokens", "rows_over_max_seq_length", "over_length_row_ids", "padding_waste_percent", "examples", "report_json")
-    TRAIN_ROWS_FIELD_NUMBER: _ClassVar[int]
-    VALIDATION_ROWS_FIELD_NUMBER: _ClassVar[int]
+    __slots__ = ("source", "format", "columns", "train_rows", "validation_rows", "template", "end_of_turn_token", "added_tokens", "max_seq_length", "batch_size", "tokens_total", "tokens_mean", "tokens_max", "prompt_tokens_total", "prompt_tokens_mean", "response_tokens_total", "response_tokens_mean", "length_histogram", "over_length_rows", "over_length_ids", "truncated_prompt_rows", "overlong_rows", "overlong_ids", "padding_waste_percent", "padding_waste_grouped_percent", "padding_waste_packed_percent", "examples", "warnings")
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
     FORMAT_FIELD_NUMBER: _ClassVar[int]
     COLUMNS_FIELD_NUMBER: _ClassVar[int]
+    TRAIN_ROWS_FIELD_NUMBER: _ClassVar[int]
+    VALIDATION_ROWS_FIELD_NUMBER: _ClassVar[int]
+    TEMPLATE_FIELD_NUMBER: _ClassVar[int]
+    END_OF_TURN_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    ADDED_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    MAX_SEQ_LENGTH_FIELD_NUMBER: _ClassVar[int]
+    BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
+    TOKENS_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    TOKENS_MEAN_FIELD_NUMBER: _ClassVar[int]
+    TOKENS_MAX_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_TOKENS_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_TOKENS_MEAN_FIELD_NUMBER: _ClassVar[int]
+    RESPONSE_TOKENS_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    RESPONSE_TOKENS_MEAN_FIELD_NUMBER: _ClassVar[int]
     LENGTH_HISTOGRAM_FIELD_NUMBER: _ClassVar[int]
-    PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
-    RESPONSE_TOKENS_FIELD_NUMBER: _ClassVar[int]
-    ROWS_OVER_MAX_SEQ_LENGTH_FIELD_NUMBER: _ClassVar[int]
-    OVER_LENGTH_ROW_IDS_FIELD_NUMBER: _ClassVar[int]
+    OVER_LENGTH_ROWS_FIELD_NUMBER: _ClassVar[int]
+    OVER_LENGTH_IDS_FIELD_NUMBER: _ClassVar[int]
+    TRUNCATED_PROMPT_ROWS_FIELD_NUMBER: _ClassVar[int]
+    OVERLONG_ROWS_FIELD_NUMBER: _ClassVar[int]
+    OVERLONG_IDS_FIELD_NUMBER: _ClassVar[int]
     PADDING_WASTE_PERCENT_FIELD_NUMBER: _ClassVar[int]
+    PADDING_WASTE_GROUPED_PERCENT_FIELD_NUMBER: _ClassVar[int]
+    PADDING_WASTE_PACKED_PERCENT_FIELD_NUMBER: _ClassVar[int]
     EXAMPLES_FIELD_NUMBER: _ClassVar[int]
-    REPORT_JSON_FIELD_NUMBER: _ClassVar[int]
-    train_rows: int
-    validation_rows: int
+    WARNINGS_FIELD_NUMBER: _ClassVar[int]
+    source: str
     format: str
     columns: _containers.RepeatedScalarFieldContainer[str]
+    train_rows: int
+    validation_rows: int
+    template: str
+    end_of_turn_token: str
+    added_tokens: _containers.RepeatedScalarFieldContainer[str]
+    max_seq_length: int
+    batch_size: int
+    tokens_total: int
+    tokens_mean: float
+    tokens_max: int
+    prompt_tokens_total: int
+    prompt_tokens_mean: float
+    response_tokens_total: int
+    response_tokens_mean: float
     length_histogram: _containers.RepeatedCompositeFieldContainer[HistogramBucket]
-    prompt_tokens: int
-    response_tokens: int
-    rows_over_max_seq_length: int
-    over_length_row_ids: _containers.RepeatedScalarFieldContainer[int]
+    over_length_rows: int
+    over_length_ids: _containers.RepeatedScalarFieldContainer[str]
+    truncated_prompt_rows: int
+    overlong_rows: int
+    overlong_ids: _containers.RepeatedScalarFieldContainer[str]
     padding_waste_percent: float
+    padding_waste_grouped_percent: float
+    padding_waste_packed_percent: float
     examples: _containers.RepeatedCompositeFieldContainer[RenderedExample]
-    report_json: str
-    def __init__(self, train_rows: _Optional[int] = ..., validation_rows: _Optional[int] = ..., format: _Optional[str] = ..., columns: _Optional[_Iterable[str]] = ..., length_histogram: _Optional[_Iterable[_Union[HistogramBucket, _Mapping]]] = ..., prompt_tokens: _Optional[int] = ..., response_tokens: _Optional[int] = ..., rows_over_max_seq_length: _Optional[int] = ..., over_length_row_ids: _Optional[_Iterable[int]] = ..., padding_waste_percent: _Optional[float] = ..., examples: _Optional[_Iterable[_Union[RenderedExample, _Mapping]]] = ..., report_json: _Optional[str] = ...) -> None: ...
+    warnings: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, source: _Optional[str] = ..., format: _Optional[str] = ..., columns: _Optional[_Iterable[str]] = ..., train_rows: _Optional[int] = ..., validation_rows: _Optional[int] = ..., template: _Optional[str] = ..., end_of_turn_token: _Optional[str] = ..., added_tokens: _Optional[_Iterable[str]] = ..., max_seq_length: _Optional[int] = ..., batch_size: _Optional[int] = ..., tokens_total: _Optional[int] = ..., tokens_mean: _Optional[float] = ..., tokens_max: _Optional[int] = ..., prompt_tokens_total: _Optional[int] = ..., prompt_tokens_mean: _Optional[float] = ..., response_tokens_total: _Optional[int] = ..., response_tokens_mean: _Optional[float] = ..., length_histogram: _Optional[_Iterable[_Union[HistogramBucket, _Mapping]]] = ..., over_length_rows: _Optional[int] = ..., over_length_ids: _Optional[_Iterable[str]] = ..., truncated_prompt_rows: _Optional[int] = ..., overlong_rows: _Optional[int] = ..., overlong_ids: _Optional[_Iterable[str]] = ..., padding_waste_percent: _Optional[float] = ..., padding_waste_grouped_percent: _Optional[float] = ..., padding_waste_packed_percent: _Optional[float] = ..., examples: _Optional[_Iterable[_Union[RenderedExample, _Mapping]]] = ..., warnings: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class RecommendRequest(_message.Message):
     __slots__ = ("model", "config_path", "train_rows")

@@ -57,9 +57,9 @@ def training_config(msg: pb.TrainingConfig) -> dict:
 def _fields(msg) -> dict:
     doc = {}
     for fd, value in msg.ListFields():
-        if fd.message_type is not None and fd.label != fd.LABEL_REPEATED:
+        if fd.message_type is not None and not fd.is_repeated:
             doc[fd.name] = _fields(value)
-        elif fd.label == fd.LABEL_REPEATED:
+        elif fd.is_repeated:
             doc[fd.name] = list(value)
         else:
             doc[fd.name] = value
@@ -69,3 +69,20 @@ def _fields(msg) -> dict:
             if k in data and len(data[k]) == 1:
                 data[k] = data[k][0]
     return doc
+
+
+def data_report(r: dict) -> pb.DataReport:
+    """`dataclasses.asdict(DataReport)` -> proto: same field names; buckets and examples nested."""
+    out = pb.DataReport(
+        length_histogram=[pb.HistogramBucket(lo=lo, hi=hi, count=n) for lo, hi, n in r.get("length_histogram", [])],
+        examples=[pb.RenderedExample(segments=[pb.TextSegment(text=seg["text"], supervised=seg["supervised"])
+                                               for seg in ex]) for ex in r.get("examples", [])])
+    for f in pb.DataReport.DESCRIPTOR.fields:
+        if f.message_type is not None or r.get(f.name) is None:
+            continue
+        value = r[f.name]
+        if f.is_repeated:
+            getattr(out, f.name).extend(str(v) if f.type == f.TYPE_STRING else v for v in value)
+        else:
+            setattr(out, f.name, value)
+    return out

@@ -135,18 +135,9 @@ class TunerServicer(pb_grpc.TunerServicer):
     def InspectData(self, request, context):
         r = self.core.inspect_data(config_path=request.config_path, data_path=request.data_path,
                                    model=request.model, overrides=list(request.overrides),
-                                   base_dir=request.base_dir)
-        return pb.DataReport(
-            train_rows=r.get("train_rows", 0), validation_rows=r.get("validation_rows", 0),
-            format=r.get("format", ""), columns=r.get("columns", []),
-            length_histogram=[pb.HistogramBucket(lo=lo, hi=hi, count=c) for lo, hi, c in r.get("length_histogram", [])],
-            prompt_tokens=r.get("prompt_tokens", 0), response_tokens=r.get("response_tokens", 0),
-            rows_over_max_seq_length=r.get("rows_over_max_seq_length", 0),
-            over_length_row_ids=r.get("over_length_row_ids", []),
-            padding_waste_percent=r.get("padding_waste_percent", 0.0),
-            examples=[pb.RenderedExample(segments=[pb.TextSegment(text=t, supervised=s) for t, s in ex])
-                      for ex in r.get("examples", [])],
-            report_json=json.dumps(r.get("full", r), default=str))
+                                   base_dir=request.base_dir, batch_size=request.batch_size,
+                                   max_seq_length=request.max_seq_length)
+        return convert.data_report(r)
 
     @_errors
     def Evaluate(self, request, context):
