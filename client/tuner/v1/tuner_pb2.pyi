@@ -151,7 +151,7 @@ class DataSource(_message.Message):
     def __init__(self, path: _Optional[str] = ..., name: _Optional[str] = ..., split: _Optional[str] = ..., revision: _Optional[str] = ..., streaming: _Optional[bool] = ...) -> None: ...
 
 class DataConfig(_message.Message):
-    __slots__ = ("train", "validation", "test", "format", "text_column", "prompt_column", "response_column", "system_column", "messages_column", "name", "split", "revision", "streaming", "fraction", "shuffle", "seed", "test_size", "template", "train_on_prompt", "max_rows")
+    __slots__ = ("train", "validation", "test", "format", "text_column", "prompt_column", "response_column", "system_column", "messages_column", "name", "split", "revision", "streaming", "fraction", "shuffle", "seed", "test_size", "template", "train_on_prompt", "max_rows", "overlong", "group_by_length")
     TRAIN_FIELD_NUMBER: _ClassVar[int]
     VALIDATION_FIELD_NUMBER: _ClassVar[int]
     TEST_FIELD_NUMBER: _ClassVar[int]
@@ -172,6 +172,8 @@ class DataConfig(_message.Message):
     TEMPLATE_FIELD_NUMBER: _ClassVar[int]
     TRAIN_ON_PROMPT_FIELD_NUMBER: _ClassVar[int]
     MAX_ROWS_FIELD_NUMBER: _ClassVar[int]
+    OVERLONG_FIELD_NUMBER: _ClassVar[int]
+    GROUP_BY_LENGTH_FIELD_NUMBER: _ClassVar[int]
     train: _containers.RepeatedScalarFieldContainer[str]
     validation: _containers.RepeatedScalarFieldContainer[str]
     test: _containers.RepeatedScalarFieldContainer[str]
@@ -192,7 +194,9 @@ class DataConfig(_message.Message):
     template: str
     train_on_prompt: bool
     max_rows: int
-    def __init__(self, train: _Optional[_Iterable[str]] = ..., validation: _Optional[_Iterable[str]] = ..., test: _Optional[_Iterable[str]] = ..., format: _Optional[str] = ..., text_column: _Optional[str] = ..., prompt_column: _Optional[str] = ..., response_column: _Optional[str] = ..., system_column: _Optional[str] = ..., messages_column: _Optional[str] = ..., name: _Optional[str] = ..., split: _Optional[str] = ..., revision: _Optional[str] = ..., streaming: _Optional[bool] = ..., fraction: _Optional[float] = ..., shuffle: _Optional[bool] = ..., seed: _Optional[int] = ..., test_size: _Optional[float] = ..., template: _Optional[str] = ..., train_on_prompt: _Optional[bool] = ..., max_rows: _Optional[int] = ...) -> None: ...
+    overlong: str
+    group_by_length: bool
+    def __init__(self, train: _Optional[_Iterable[str]] = ..., validation: _Optional[_Iterable[str]] = ..., test: _Optional[_Iterable[str]] = ..., format: _Optional[str] = ..., text_column: _Optional[str] = ..., prompt_column: _Optional[str] = ..., response_column: _Optional[str] = ..., system_column: _Optional[str] = ..., messages_column: _Optional[str] = ..., name: _Optional[str] = ..., split: _Optional[str] = ..., revision: _Optional[str] = ..., streaming: _Optional[bool] = ..., fraction: _Optional[float] = ..., shuffle: _Optional[bool] = ..., seed: _Optional[int] = ..., test_size: _Optional[float] = ..., template: _Optional[str] = ..., train_on_prompt: _Optional[bool] = ..., max_rows: _Optional[int] = ..., overlong: _Optional[str] = ..., group_by_length: _Optional[bool] = ...) -> None: ...
 
 class TrainingConfig(_message.Message):
     __slots__ = ("model", "revision", "backend", "device", "dtype", "quantization", "bits", "group_size", "trust_remote_code", "peft_adapter", "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules", "lora_bias", "num_layers", "use_rslora", "num_epochs", "max_steps", "per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps", "learning_rate", "optimizer", "weight_decay", "max_grad_norm", "lr_scheduler_type", "warmup_steps", "warmup_ratio", "seed", "gradient_checkpointing", "max_seq_length", "packing", "logging_steps", "eval_strategy", "eval_steps", "save_strategy", "save_steps", "save_total_limit", "load_best_model_at_end", "metric_for_best_model", "early_stopping_patience", "resume_from_checkpoint", "output_dir", "debug", "data")

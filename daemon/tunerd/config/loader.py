@@ -150,7 +150,8 @@ _CHOICES = {
     "bnb_4bit_quant_type": ("nf4", "fp4"),
 }
 _DATA_CHOICES = {"format": ("auto", "text", "prompt_response", "alpaca", "messages"),
-                 "template": ("auto", "chatml", "qwen", "llama3", "alpaca")}
+                 "template": ("auto", "chatml", "qwen", "llama3", "alpaca"),
+                 "overlong": ("truncate", "drop", "error")}
 
 
 def validate(cfg: TrainConfig) -> list[str]:

@@ -41,6 +41,11 @@ class DataConfig:
     operations: list = _f([], "data operations applied in order: concat, select_columns, "
                               "select_rows, filter, map, augment_instructions")
     max_rows: Optional[int] = _f(None, "cap the number of training rows")
+    overlong: str = _f("truncate", "rows whose answer alone exceeds max_seq_length (after the prompt "
+                                   "is cut from the left): truncate (cut the answer's end) | drop | "
+                                   "error; they are always counted and named in the data report")
+    group_by_length: bool = _f(True, "batch rows of similar length together (less padding); "
+                                     "the order is still shuffled per epoch")
 
 
 @dataclass

@@ -66,7 +66,12 @@ def collate(rows: list[tuple[list[int], list[float]]], pad_id: int, pack_into: i
             seqs.append(cur)
     else:
         seqs = [[r] for r in rows]
-    width = max(sum(len(ids) - 1 for ids, _ in seq) for seq in seqs)
+    return collate_sequences(seqs, pad_id)
+
+
+def collate_sequences(seqs: list[list[tuple[list[int], list[float]]]], pad_id: int) -> Batch:
+    """Build a Batch whose row i packs the rows `seqs[i]` (one or more), padded to the longest."""
+    width = max(1, max(sum(len(ids) - 1 for ids, _ in seq) for seq in seqs))
     b = len(seqs)
     inputs = np.full((b, width), pad_id, dtype=np.int32)
     targets = np.full((b, width), pad_id, dtype=np.int32)
@@ -77,6 +82,8 @@ def collate(rows: list[tuple[list[int], list[float]]], pad_id: int, pack_into: i
         t = 0
         for k, (ids, mask) in enumerate(seq, start=1):
             n = len(ids) - 1
+            if n <= 0:
+                continue
             inputs[i, t:t + n] = ids[:-1]
             targets[i, t:t + n] = ids[1:]
             loss_mask[i, t:t + n] = mask[1:]

@@ -1,32 +1,44 @@
 """Turn a config's data block into tokenized rows with loss masks, and rows into batches.
 
 Public API (the training loop and the daemon use only these):
-    prepare(cfg, tokenizer, base_dir) -> PreparedData
-    iterate_batches(rows, batch_size, pad_id, packing, max_seq_length, shuffle, seed, epoch) -> list[Batch]
+    prepare(cfg, tokenizer, base_dir) -> PreparedData(train, validation, report)
+    iterate_batches(rows, batch_size, pad_id, *, packing, max_seq_length, shuffle, seed, epoch,
+                    group_by_length) -> list[Batch]
+    DataError (a ValueError); a missing file is a FileNotFoundError.
 
-MINIMAL FIRST VERSION: local jsonl with prompt/completion or messages rows, rendered with the
-tokenizer's chat template. Issue #3 extends it to every format, source and operation.
+The steps, in order (each in its own module):
+    sources     load data.train / data.validation (files, directories, hub) as Records
+    prepare     shuffle (data.seed), take data.fraction and data.max_rows of train; split
+                data.test_size off train when no validation set is given
+    operations  data.operations, per split
+    formats     detect or take the declared format and column mapping; rows -> Examples
+    templates   resolve data.template; add missing chat special tokens (report["added_tokens"])
+    masking     render + tokenize with exact per-turn loss masks; cut long prompts from the left
+    packing     length-grouped or packed batches, deterministic in (seed, epoch)
 """
 from __future__ import annotations
 
-import json
+import math
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
 from ..config.schema import TrainConfig
-from .batch import Batch, collate
+from .batch import Batch, collate_sequences
+from .errors import DataError
+from .formats import Example, FormatSpec, columns_of, detect_format, to_examples
+from .masking import TokenizedRow, fit_row, tokenize_example
+from .operations import apply_operations, parse
+from .packing import batch_order, epoch_rng, pack, padding_waste
+from .sources import load_source, split_files_in
+from .templates import ChatTemplate, setup_template
 
+__all__ = ["prepare", "iterate_batches", "PreparedData", "TokenizedRow", "DataError", "pad_id_of",
+           "load_records", "Loaded"]
 
-class DataError(ValueError):
-    """Bad data input; the message names the file, line and field."""
-
-
-@dataclass
-class TokenizedRow:
-    ids: list
-    mask: list  # 1.0 where token j is supervised (as a target), else 0.0
+OVERLONG = ("truncate", "drop", "error")
+REPORT_IDS = 20
 
 
 @dataclass
@@ -36,90 +48,190 @@ class PreparedData:
     report: dict = field(default_factory=dict)
 
 
-def _read_jsonl(path: Path) -> list[dict]:
-    if not path.exists():
-        raise FileNotFoundError(f"data file not found: {path}")
-    rows = []
-    with open(path, encoding="utf-8-sig") as f:
-        for n, line in enumerate(f, start=1):
-            if not line.strip():
+@dataclass
+class Loaded:
+    """Raw rows of both splits after sampling, splitting and operations, with their format."""
+    train: list
+    validation: list
+    spec: FormatSpec
+    columns: list
+
+
+def pad_id_of(tokenizer) -> int:
+    for t in (tokenizer.pad_token_id, tokenizer.eos_token_id):
+        if t is not None:
+            return int(t)
+    return 0
+
+
+def _data_seed(cfg: TrainConfig) -> int:
+    return cfg.data.seed if cfg.data.seed is not None else cfg.seed
+
+
+def _check(cfg: TrainConfig) -> None:
+    d = cfg.data
+    if d.train is None:
+        raise DataError("data.train: no training data given (a file, a list of files, a directory "
+                        "or a hub dataset id)")
+    if d.text_column and d.prompt_column:
+        raise DataError("data.text_column and data.prompt_column: declare one or the other, not both")
+    if not 0 < d.fraction <= 1:
+        raise DataError(f"data.fraction: must be in (0, 1], got {d.fraction}")
+    if not 0 <= d.test_size < 1:
+        raise DataError(f"data.test_size: must be in [0, 1), got {d.test_size}")
+    if d.overlong not in OVERLONG:
+        raise DataError(f"data.overlong: {d.overlong!r} is not one of {', '.join(OVERLONG)}")
+    parse(d.operations)
+
+
+def load_records(cfg: TrainConfig, base_dir: Optional[Path] = None) -> Loaded:
+    """Load, sample, split and transform the raw rows of both splits; detect their format."""
+    _check(cfg)
+    d, base = cfg.data, Path(base_dir or ".")
+    hub = dict(name=d.name, revision=d.revision, streaming=d.streaming, token=d.token)
+    seed = _data_seed(cfg)
+    train = load_source(d.train, base, d.split or "train", max_rows=d.max_rows if d.streaming else None, **hub)
+    valid_spec = d.validation
+    if valid_spec is None and isinstance(d.train, str) and (base / Path(d.train).expanduser()).is_dir():
+        files = split_files_in(base / Path(d.train).expanduser(), "validation")
+        valid_spec = [str(f) for f in files] or None
+    valid = load_source(valid_spec, base, "validation", **hub)
+    if d.shuffle:
+        random.Random(seed).shuffle(train)
+    keep = len(train) if d.fraction >= 1 else max(1, math.ceil(len(train) * d.fraction))
+    if d.max_rows:
+        keep = min(keep, d.max_rows)
+    train = train[:keep]
+    if valid_spec is None and d.test_size > 0 and len(train) > 1:
+        n_val = min(len(train) - 1, max(1, round(len(train) * d.test_size)))
+        valid, train = train[:n_val], train[n_val:]
+
+    def load(spec):
+        return load_source(spec, base, "train", **hub)
+
+    train = apply_operations(train, d.operations, "train", load=load, seed=seed, prompt_column=d.prompt_column)
+    valid = apply_operations(valid, d.operations, "validation", load=load, seed=seed,
+                             prompt_column=d.prompt_column)
+    if not train:
+        raise DataError("data.train: no rows left after data.operations / data.fraction")
+    columns = columns_of(train)
+    spec = detect_format(columns, d, _source_name(d.train))
+    if valid:
+        vcols = columns_of(valid)
+        missing = [c for c in spec.columns.values() if c and c not in vcols and c != spec.columns.get("system")
+                   and c != spec.columns.get("input")]
+        if missing:
+            raise DataError(f"{_source_name(valid_spec)}: validation rows lack column(s) "
+                            f"{', '.join(map(repr, missing))} used by train; the columns are: {', '.join(vcols)}")
+    return Loaded(train, valid, spec, columns)
+
+
+def _source_name(spec) -> str:
+    if isinstance(spec, dict):
+        return str(spec.get("path", spec))
+    if isinstance(spec, (list, tuple)):
+        return ", ".join(_source_name(s) for s in spec[:3]) + (" ..." if len(spec) > 3 else "")
+    return str(spec)
+
+
+def tokenize_all(examples: list[Example], tokenizer, template: Optional[ChatTemplate], cfg: TrainConfig,
+                 max_seq_length: int) -> tuple[list[TokenizedRow], dict]:
+    """Tokenize and fit every example; returns the rows and the truncation facts."""
+    rows = [tokenize_example(tokenizer, template, ex, cfg.data.train_on_prompt) for ex in examples]
+    return fit_all(rows, tokenizer, max_seq_length, cfg.data.overlong)
+
+
+def fit_all(rows: list[TokenizedRow], tokenizer, max_seq_length: int,
+            overlong: str = "truncate") -> tuple[list[TokenizedRow], dict]:
+    """Fit rows into max_seq_length (prompt cut from the left, a BOS kept); count and name the
+    rows cut, and apply `overlong` to those whose answer alone does not fit."""
+    bos = tokenizer.bos_token_id
+    out, cut, over, dropped = [], [], [], []
+    for row in rows:
+        keep_head = 1 if bos is not None and row.ids and row.ids[0] == bos else 0
+        fitted, status = fit_row(row, max_seq_length, keep_head)
+        if status == "prompt_cut":
+            cut.append(row.origin)
+        elif status == "answer_cut":
+            over.append(row.origin)
+            if overlong == "drop":
+                dropped.append(row.origin)
                 continue
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{n}: malformed JSON ({e.msg} at column {e.colno})") from None
-    if not rows:
-        raise DataError(f"{path}: file has no rows")
-    return rows
-
-
-def _to_messages(row: dict, where: str) -> list[dict]:
-    if "messages" in row:
-        return row["messages"]
-    if "prompt" in row and ("completion" in row or "response" in row):
-        msgs = [{"role": "system", "content": row["system"]}] if row.get("system") else []
-        return msgs + [{"role": "user", "content": row["prompt"]},
-                       {"role": "assistant", "content": row.get("completion", row.get("response"))}]
-    raise DataError(f"{where}: no known columns; found {sorted(row)}")
-
-
-def _ids(tokenizer, messages, add_generation_prompt=False) -> list[int]:
-    out = tokenizer.apply_chat_template(messages, tokenize=True, add_generation_prompt=add_generation_prompt)
-    return list(out["input_ids"] if hasattr(out, "keys") else out)
-
-
-def tokenize_messages(tokenizer, messages: list[dict], train_on_prompt: bool = False) -> TokenizedRow:
-    """Render with the chat template; supervise each assistant turn (incl. its end-of-turn token)."""
-    ids = _ids(tokenizer, messages)
-    mask = [1.0 if train_on_prompt else 0.0] * len(ids)
-    if not train_on_prompt:
-        for i, m in enumerate(messages):
-            if m["role"] != "assistant":
-                continue
-            start = len(_ids(tokenizer, messages[:i], add_generation_prompt=True))
-            end = len(_ids(tokenizer, messages[: i + 1]))
-            for j in range(start, min(end, len(ids))):
-                mask[j] = 1.0
-    return TokenizedRow(ids, mask)
-
-
-def _load_split(spec, base_dir: Path, tokenizer, cfg: TrainConfig) -> list[TokenizedRow]:
-    path = Path(spec).expanduser()
-    if not path.is_absolute():
-        path = base_dir / path
-    out = []
-    for n, row in enumerate(_read_jsonl(path), start=1):
-        out.append(tokenize_messages(tokenizer, _to_messages(row, f"{path}:{n}"), cfg.data.train_on_prompt))
-    return out
+        out.append(fitted)
+    if over and overlong == "error":
+        raise DataError(f"{len(over)} row(s) do not fit max_seq_length={max_seq_length} even with the "
+                        f"prompt cut: {', '.join(over[:5])}{' ...' if len(over) > 5 else ''}; raise "
+                        "max_seq_length or set data.overlong to truncate or drop")
+    facts = {"truncated_prompt_rows": {"count": len(cut), "ids": cut[:REPORT_IDS]},
+             "overlong_rows": {"count": len(over), "ids": over[:REPORT_IDS]},
+             "dropped_rows": {"count": len(dropped), "ids": dropped[:REPORT_IDS]}}
+    return out, facts
 
 
 def prepare(cfg: TrainConfig, tokenizer, base_dir: Optional[Path] = None) -> PreparedData:
-    base_dir = Path(base_dir or ".")
-    if cfg.data.train is None:
-        raise DataError("data.train: no training data given")
-    train = _load_split(cfg.data.train, base_dir, tokenizer, cfg)
-    if cfg.data.validation is not None:
-        valid = _load_split(cfg.data.validation, base_dir, tokenizer, cfg)
-    else:
-        rng = random.Random(cfg.seed)
-        order = list(range(len(train)))
-        rng.shuffle(order)
-        n_val = max(1, int(len(train) * cfg.data.test_size)) if len(train) > 1 else 0
-        valid = [train[i] for i in order[:n_val]]
-        train = [train[i] for i in order[n_val:]]
-    return PreparedData(train, valid, {"train_rows": len(train), "validation_rows": len(valid)})
+    """Load, format, template, tokenize and mask the data of `cfg` (see the module docstring).
+
+    May add chat special tokens to `tokenizer` (`report["added_tokens"]` says how many: the
+    backend must resize its embeddings), and installs a built-in template as the tokenizer's
+    chat template when it had none (`report["chat_template"]`, to save with the adapter)."""
+    loaded = load_records(cfg, base_dir)
+    template = None if loaded.spec.format == "text" else setup_template(tokenizer, cfg.data.template)
+    train, facts = tokenize_all(to_examples(loaded.train, loaded.spec), tokenizer, template, cfg,
+                                cfg.max_seq_length)
+    valid, vfacts = tokenize_all(to_examples(loaded.validation, loaded.spec), tokenizer, template, cfg,
+                                 cfg.max_seq_length)
+    if not train:
+        raise DataError("data.train: every row was dropped (data.overlong: drop); raise max_seq_length")
+    pad = pad_id_of(tokenizer)
+    batches = iterate_batches(train, cfg.per_device_train_batch_size, pad, packing=cfg.packing,
+                              max_seq_length=cfg.max_seq_length, seed=_data_seed(cfg), epoch=0,
+                              group_by_length=cfg.data.group_by_length)
+    report = {
+        "train_rows": len(train), "validation_rows": len(valid),
+        "format": loaded.spec.format, "columns": loaded.columns,
+        "template": template.name if template else None,
+        "chat_template": template.template if template else None,
+        "end_of_turn_token": template.end_of_turn if template else tokenizer.eos_token,
+        "added_tokens": len(template.added_tokens) if template else 0,
+        "added_token_list": list(template.added_tokens) if template else [],
+        "pad_id": pad,
+        "train_tokens": sum(len(r.ids) for r in train),
+        "supervised_tokens": sum(r.n_response for r in train),
+        "padding_waste": round(100 * padding_waste(batches), 2),
+        **facts,
+        "validation_overlong_rows": vfacts["overlong_rows"],
+    }
+    return PreparedData(train, valid, report)
 
 
 def iterate_batches(rows: list[TokenizedRow], batch_size: int, pad_id: int, *, packing: bool = False,
                     max_seq_length: int = 2048, shuffle: bool = True, seed: int = 0,
-                    epoch: int = 0) -> list[Batch]:
-    """The batches of one epoch, deterministic in (seed, epoch) so a resume can skip to a position."""
-    order = list(range(len(rows)))
-    if shuffle:
-        random.Random(seed * 1_000_003 + epoch).shuffle(order)
-    batches = []
-    for i in range(0, len(order), batch_size):
-        chunk = [rows[j] for j in order[i:i + batch_size]]
-        chunk = [(r.ids[-max_seq_length:], r.mask[-max_seq_length:]) for r in chunk]
-        batches.append(collate(chunk, pad_id, pack_into=max_seq_length if packing else 0))
-    return batches
+                    epoch: int = 0, group_by_length: bool = True) -> list[Batch]:
+    """The batches of one epoch, deterministic in (seed, epoch) so a resume can skip to a position.
+
+    Without packing each batch holds `batch_size` rows padded to its own longest row (rows of
+    similar length together with `group_by_length`). With packing each batch holds `batch_size`
+    sequences of up to `max_seq_length` tokens, each packing several rows (position ids restart
+    per row, segment ids tell them apart). Rows longer than `max_seq_length` are fitted the way
+    `prepare` does (prompt cut from the left)."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    fitted = [fit_row(r, max_seq_length)[0] if len(r.ids) > max_seq_length else r for r in rows]
+    fitted = [r for r in fitted if len(r.ids) >= 2]
+    pairs = [(r.ids, r.mask) for r in fitted]
+    lengths = [len(r.ids) - 1 for r in fitted]
+    if not pairs:
+        return []
+    if packing:
+        order = list(range(len(pairs)))
+        rng = epoch_rng(seed, epoch)
+        if shuffle:
+            rng.shuffle(order)
+        bins = pack(lengths, max_seq_length, order)
+        if shuffle:
+            rng.shuffle(bins)
+        return [collate_sequences([[pairs[i] for i in b] for b in bins[k:k + batch_size]], pad_id)
+                for k in range(0, len(bins), batch_size)]
+    groups = batch_order(lengths, batch_size, shuffle=shuffle, group_by_length=group_by_length,
+                         seed=seed, epoch=epoch)
+    return [collate_sequences([[pairs[i]] for i in g], pad_id) for g in groups]

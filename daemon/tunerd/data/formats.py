@@ -1,0 +1,179 @@
+"""Row formats: detect (or take the declared) format, map columns, and turn each row into an
+`Example` — either plain text or a list of chat messages.
+
+    text             {"text": ...}                                     -> Example(text=...)
+    prompt_response  {"prompt", "completion" | "response", "system"?}  -> system?, user, assistant
+    alpaca           {"instruction", "input"?, "output", "system"?}     -> system?, user, assistant
+    messages         {"messages": [{"role", "content"}, ...]}          -> the messages (multi-turn)
+
+Column mapping (`text_column`, `prompt_column`, `response_column`, `system_column`,
+`messages_column`) overrides the default names. ShareGPT-style `conversations` with
+`from`/`value` keys are accepted as messages.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+from ..config.schema import DataConfig
+from .errors import DataError
+from .sources import Record
+
+FORMATS = ("text", "prompt_response", "alpaca", "messages")
+PROMPT_NAMES = ("prompt", "question", "query", "input")
+RESPONSE_NAMES = ("completion", "response", "answer", "output")
+MESSAGES_NAMES = ("messages", "conversations", "conversation")
+_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
+          "model": "assistant", "bot": "assistant", "system": "system", "tool": "tool"}
+
+
+@dataclass
+class Example:
+    origin: str
+    text: Optional[str] = None                      # format text
+    messages: list = field(default_factory=list)    # chat formats
+
+    @property
+    def is_text(self) -> bool:
+        return self.text is not None
+
+
+@dataclass
+class FormatSpec:
+    format: str
+    columns: dict  # role -> column name: text | prompt | response | system | input | messages
+
+
+def _where(source: str) -> str:
+    return f"{source}: " if source else ""
+
+
+def _need(col: str, key: str, columns: list[str], source: str) -> str:
+    if col not in columns:
+        raise DataError(f"{_where(source)}{key} {col!r} not found; the columns are: {', '.join(columns)}")
+    return col
+
+
+def _first(names, columns) -> Optional[str]:
+    return next((n for n in names if n in columns), None)
+
+
+def detect_format(columns: list[str], cfg: DataConfig, source: str = "") -> FormatSpec:
+    """The format and column mapping for rows with these columns (declared, mapped or detected)."""
+    columns = list(columns)
+    if cfg.text_column and cfg.prompt_column:
+        raise DataError("data.text_column and data.prompt_column: declare one or the other, not both")
+    fmt = cfg.format or "auto"
+    if fmt not in FORMATS + ("auto",):
+        raise DataError(f"data.format: {fmt!r} is not one of auto, {', '.join(FORMATS)}")
+    system = cfg.system_column or _first(("system",), columns)
+    if cfg.system_column:
+        _need(cfg.system_column, "data.system_column", columns, source)
+    if fmt == "auto":
+        if cfg.messages_column:
+            fmt = "messages"
+        elif cfg.text_column:
+            fmt = "text"
+        elif cfg.prompt_column or cfg.response_column:
+            fmt = "alpaca" if "instruction" == cfg.prompt_column else "prompt_response"
+        elif _first(MESSAGES_NAMES, columns):
+            fmt = "messages"
+        elif "instruction" in columns and "output" in columns:
+            fmt = "alpaca"
+        elif _first(PROMPT_NAMES, columns) and _first(RESPONSE_NAMES, columns):
+            fmt = "prompt_response"
+        elif "text" in columns:
+            fmt = "text"
+        else:
+            raise DataError(
+                f"{_where(source)}cannot detect the data format from the columns: {', '.join(columns)}. "
+                "Expected text, prompt+completion (or response), instruction+output (alpaca) or messages; "
+                "or map yours with data.text_column / data.prompt_column + data.response_column / "
+                "data.messages_column")
+    if fmt == "text":
+        col = cfg.text_column or "text"
+        return FormatSpec(fmt, {"text": _need(col, "data.text_column" if cfg.text_column else "text column",
+                                              columns, source)})
+    if fmt == "messages":
+        col = cfg.messages_column or _first(MESSAGES_NAMES, columns) or "messages"
+        return FormatSpec(fmt, {"messages": _need(col, "data.messages_column" if cfg.messages_column
+                                                  else "messages column", columns, source)})
+    if fmt == "alpaca":
+        prompt = _need(cfg.prompt_column or "instruction", "data.prompt_column" if cfg.prompt_column
+                       else "instruction column", columns, source)
+        response = _need(cfg.response_column or "output", "data.response_column" if cfg.response_column
+                         else "output column", columns, source)
+        out = {"prompt": prompt, "response": response, "input": "input" if "input" in columns else None}
+        return FormatSpec(fmt, {**out, "system": system})
+    prompt = cfg.prompt_column or _first(PROMPT_NAMES, columns) or "prompt"
+    response = cfg.response_column or _first(RESPONSE_NAMES, columns) or "completion"
+    _need(prompt, "data.prompt_column" if cfg.prompt_column else "prompt column", columns, source)
+    _need(response, "data.response_column" if cfg.response_column else
+          "response column (completion or response)", columns, source)
+    return FormatSpec("prompt_response", {"prompt": prompt, "response": response, "system": system})
+
+
+def _str(value, origin: str, col: str, *, required: bool) -> str:
+    if value is None:
+        value = ""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        value = str(value)
+    if not isinstance(value, str):
+        raise DataError(f"{origin}: field {col!r} must be text, got {type(value).__name__}")
+    if required and not value.strip():
+        raise DataError(f"{origin}: field {col!r} is empty")
+    return value
+
+
+def _messages(value, origin: str, col: str) -> list[dict]:
+    if not isinstance(value, list) or not value:
+        raise DataError(f"{origin}: field {col!r} must be a non-empty list of {{role, content}} messages")
+    out = []
+    for i, m in enumerate(value):
+        if not isinstance(m, dict):
+            raise DataError(f"{origin}: {col}[{i}] must be an object with role and content")
+        role = m.get("role", m.get("from"))
+        content = m.get("content", m.get("value"))
+        if role not in _ROLES:
+            raise DataError(f"{origin}: {col}[{i}].role {role!r} is not one of system, user, assistant")
+        role = _ROLES[role]
+        content = _str(content, origin, f"{col}[{i}].content", required=(role == "assistant"))
+        out.append({"role": role, "content": content})
+    if not any(m["role"] == "assistant" for m in out):
+        raise DataError(f"{origin}: field {col!r} has no assistant message to learn from")
+    return out
+
+
+def to_example(record: Record, spec: FormatSpec) -> Example:
+    """One row as an Example; empty responses and wrong types are errors naming row and field."""
+    row, origin, c = record.data, record.origin, spec.columns
+    if spec.format == "text":
+        return Example(origin, text=_str(row.get(c["text"]), origin, c["text"], required=True))
+    if spec.format == "messages":
+        return Example(origin, messages=_messages(row.get(c["messages"]), origin, c["messages"]))
+    prompt = _str(row.get(c["prompt"]), origin, c["prompt"], required=False)
+    if spec.format == "alpaca" and c.get("input"):
+        extra = _str(row.get(c["input"]), origin, c["input"], required=False)
+        if extra.strip():
+            prompt = f"{prompt}\n\n{extra}" if prompt else extra
+    response = _str(row.get(c["response"]), origin, c["response"], required=True)
+    msgs = []
+    if c.get("system"):
+        system = _str(row.get(c["system"]), origin, c["system"], required=False)
+        if system.strip():
+            msgs.append({"role": "system", "content": system})
+    msgs += [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}]
+    return Example(origin, messages=msgs)
+
+
+def to_examples(records: list[Record], spec: FormatSpec) -> list[Example]:
+    return [to_example(r, spec) for r in records]
+
+
+def columns_of(records: list[Record]) -> list[str]:
+    """Column names in first-seen order over the rows (rows of JSON Lines may differ)."""
+    seen: dict = {}
+    for r in records[:1000]:
+        for k in r.data:
+            seen.setdefault(k, None)
+    return list(seen)

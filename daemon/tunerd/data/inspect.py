@@ -1,0 +1,149 @@
+"""`tunerctl data inspect`: what the data looks like to the model, before any training.
+
+    inspect_data(cfg_or_path, tokenizer, batch_size=None, max_seq_length=None) -> DataReport
+
+`cfg_or_path` is a TrainConfig, a YAML config path (.yaml/.yml) or a data source (a file, a
+directory, a hub id). The tokenizer is not changed: when the template needs new special tokens
+a copy gets them. `dataclasses.asdict(report)` is JSON-serialisable.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional, Union
+
+from ..config.schema import DataConfig, TrainConfig
+from .formats import to_examples
+from .masking import segments
+from .packing import padding_waste
+from .prepare import fit_all, iterate_batches, load_records, pad_id_of, tokenize_all
+from .templates import missing_tokens, resolve_name, setup_template
+
+N_EXAMPLES = 3
+
+
+@dataclass
+class Segment:
+    text: str
+    supervised: bool  # True where these tokens are targets that carry loss
+
+
+@dataclass
+class DataReport:
+    source: str
+    format: str
+    columns: list
+    train_rows: int
+    validation_rows: int
+    template: Optional[str]               # tokenizer | chatml | llama3 | alpaca (None for text)
+    end_of_turn_token: Optional[str]      # supervised at the end of every assistant turn
+    added_tokens: list                    # special tokens training would add to the tokenizer
+    max_seq_length: int
+    batch_size: int
+    tokens_total: int
+    tokens_mean: float
+    tokens_max: int
+    prompt_tokens_total: int              # unsupervised tokens (train split)
+    prompt_tokens_mean: float
+    response_tokens_total: int            # supervised tokens (train split)
+    response_tokens_mean: float
+    length_histogram: list                # [lo, hi, count]: rows with lo <= tokens < hi
+    over_length_rows: int                 # rows longer than max_seq_length before fitting
+    over_length_ids: list
+    truncated_prompt_rows: int            # fitted by cutting the prompt from the left
+    overlong_rows: int                    # whose answer alone does not fit (see data.overlong)
+    overlong_ids: list
+    padding_waste_percent: float          # batches in order, padded to each batch's longest row
+    padding_waste_grouped_percent: float  # length-grouped batches
+    padding_waste_packed_percent: float   # packed sequences of max_seq_length
+    examples: list = field(default_factory=list)   # N_EXAMPLES lists of Segment
+    warnings: list = field(default_factory=list)
+
+
+def _config(cfg_or_path, base_dir) -> tuple[TrainConfig, Path, str]:
+    if isinstance(cfg_or_path, TrainConfig):
+        return cfg_or_path, Path(base_dir or "."), str(cfg_or_path.data.train)
+    path = Path(str(cfg_or_path)).expanduser()
+    if path.suffix.lower() in (".yaml", ".yml"):
+        from ..config.loader import load_config
+
+        return load_config(path), path.resolve().parent, str(path)
+    data = DataConfig(train=str(cfg_or_path), test_size=0.0, shuffle=False)
+    return TrainConfig(data=data), Path(base_dir or "."), str(cfg_or_path)
+
+
+def _histogram(lengths: list[int], max_seq_length: int) -> list:
+    if not lengths:
+        return []
+    edges, e = [0], 16
+    while e <= max(lengths):
+        edges.append(e)
+        e *= 2
+    edges.append(e)
+    if max_seq_length not in edges and max_seq_length < edges[-1]:
+        edges = sorted(edges + [max_seq_length])
+    out = []
+    for lo, hi in zip(edges, edges[1:]):
+        n = sum(1 for x in lengths if lo <= x < hi)
+        if n or out:
+            out.append([lo, hi, n])
+    while out and out[-1][2] == 0:
+        out.pop()
+    return out
+
+
+def inspect_data(cfg_or_path: Union[TrainConfig, str, Path], tokenizer, batch_size: Optional[int] = None,
+                 max_seq_length: Optional[int] = None, base_dir: Optional[Path] = None) -> DataReport:
+    cfg, base, source = _config(cfg_or_path, base_dir)
+    bs = batch_size or cfg.per_device_train_batch_size
+    msl = max_seq_length or cfg.max_seq_length
+    loaded = load_records(cfg, base)
+    template, warnings, added = None, [], []
+    if loaded.spec.format != "text":
+        name = resolve_name(tokenizer, cfg.data.template)
+        added = missing_tokens(tokenizer, name)
+        if added:
+            tokenizer = copy.deepcopy(tokenizer)
+            warnings.append(f"training adds {len(added)} special token(s) {added}: the model's embeddings grow")
+        template = setup_template(tokenizer, cfg.data.template, install=False)
+    full_rows, _ = tokenize_all(to_examples(loaded.train, loaded.spec), tokenizer, template, cfg, 10 ** 9)
+    rows, facts = fit_all(full_rows, tokenizer, msl, "truncate")
+    lengths = [len(r.ids) for r in full_rows]
+    over = [r.origin for r in full_rows if len(r.ids) > msl]
+    pad = pad_id_of(tokenizer)
+
+    def waste(**kw):
+        return round(100 * padding_waste(iterate_batches(rows, bs, pad, max_seq_length=msl, shuffle=False, **kw)), 2)
+
+    n = max(len(full_rows), 1)
+    prompt = sum(r.n_prompt for r in full_rows)
+    response = sum(r.n_response for r in full_rows)
+    if template and rows and not cfg.data.train_on_prompt:
+        eot = tokenizer.convert_tokens_to_ids(template.end_of_turn) if template.end_of_turn else None
+        r0 = rows[0]
+        if eot is None or not any(t == eot and m > 0 for t, m in zip(r0.ids, r0.mask)):
+            warnings.append(f"the end-of-turn token {template.end_of_turn!r} is not supervised in "
+                            f"{r0.origin}: the tuned model may not learn to stop")
+    if facts["overlong_rows"]["count"]:
+        warnings.append(f"{facts['overlong_rows']['count']} row(s) do not fit max_seq_length={msl} even "
+                        f"with the prompt cut (data.overlong: {cfg.data.overlong})")
+    return DataReport(
+        source=source, format=loaded.spec.format, columns=loaded.columns,
+        train_rows=len(loaded.train), validation_rows=len(loaded.validation),
+        template=template.name if template else None,
+        end_of_turn_token=template.end_of_turn if template else tokenizer.eos_token,
+        added_tokens=added, max_seq_length=msl, batch_size=bs,
+        tokens_total=sum(lengths), tokens_mean=round(sum(lengths) / n, 2), tokens_max=max(lengths, default=0),
+        prompt_tokens_total=prompt, prompt_tokens_mean=round(prompt / n, 2),
+        response_tokens_total=response, response_tokens_mean=round(response / n, 2),
+        length_histogram=_histogram(lengths, msl),
+        over_length_rows=len(over), over_length_ids=over[:20],
+        truncated_prompt_rows=facts["truncated_prompt_rows"]["count"],
+        overlong_rows=facts["overlong_rows"]["count"], overlong_ids=facts["overlong_rows"]["ids"],
+        padding_waste_percent=waste(group_by_length=False),
+        padding_waste_grouped_percent=waste(group_by_length=True),
+        padding_waste_packed_percent=waste(packing=True),
+        examples=[[Segment(t, s) for t, s in segments(tokenizer, r)] for r in rows[:N_EXAMPLES]],
+        warnings=warnings,
+    )
