@@ -10,6 +10,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Optional
 
+from pathlib import Path
+
+from .. import host
 from ..backends.base import Backend, get_backend
 from ..config.schema import TrainConfig
 
@@ -48,6 +51,7 @@ class ModelRegistry:
         key = (model, name, cfg.quantization, adapter)
         res = self._models.get(key)
         if res is None:
+            check_fits_in_memory(model, cfg.quantization)
             b = get_backend(name)
             info = b.load(dataclasses.replace(cfg, backend=name))
             if adapter:
@@ -79,3 +83,18 @@ class ModelRegistry:
         for k in gone:
             del self._models[k]
         return [k[0] for k in gone]
+
+
+def check_fits_in_memory(model: str, quantization: str = "none", available: Optional[int] = None) -> None:
+    """Refuse to load a local model whose weights cannot fit in free memory (a clear
+    RESOURCE_EXHAUSTED instead of the OOM killer). Hub models are checked after download."""
+    path = Path(model).expanduser()
+    if not path.is_dir():
+        return
+    size = sum(f.stat().st_size for f in path.glob("*.safetensors"))
+    if quantization in ("4bit", "nf4", "int4"):
+        size //= 3   # a 16-bit checkpoint quantized to 4 bits (+ scales) needs ~1/3..1/4
+    avail = host.memory()[1] if available is None else available
+    if size > 0.9 * avail:
+        raise MemoryError(f"{model} needs about {size / 2**30:.1f} GiB for its weights but only "
+                          f"{avail / 2**30:.1f} GiB is free")
