@@ -1,0 +1,399 @@
+"""The MLX backend: mlx-lm models, LoRA/DoRA layers and sampling behind `Backend`.
+
+Training math (what the loop relies on):
+- `forward_backward` returns the *summed* cross-entropy over `loss_mask` and adds the gradient of
+  that sum to an accumulator; `optimizer_step` multiplies the accumulated gradient by
+  `grad_scale` (1 / supervised tokens of the whole accumulation group), clips the global norm
+  (torch's formula: max_norm / (norm + 1e-6)), and steps. Both are compiled once per shape.
+- Packed rows: block-diagonal causal mask through `PackedAttention` (see model.py for why
+  position ids need no reset with RoPE).
+- LoRA scale = lora_alpha / r (alpha / sqrt(r) with use_rslora), PEFT's scaling; Adam/AdamW use
+  `bias_correction=True`, as torch does (DESIGN.md §2).
+- Dropout randomness is seeded per micro-batch from (seed, micro-batch index), so a resumed run
+  draws the same masks as an uninterrupted one.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+from functools import partial
+from pathlib import Path
+from typing import Callable, Iterator
+
+import mlx.core as mx
+import mlx.nn as nn
+import mlx.optimizers as optim
+import numpy as np
+from mlx.utils import tree_flatten, tree_map, tree_map_with_path
+
+from ...config.schema import TrainConfig
+from ...data.batch import Batch
+from .. import adapter_layout as layout
+from ..base import Backend, GenerationChunk, MemoryStats, ModelInfo, ParamStats, Sampling
+from .model import (PACKING_MODEL_TYPES, PackedAttention, apply_lora, blas_warning, block_causal_mask,
+                    enable_grad_checkpoint, is_quantized, quantize_base, resolve_lora_keys, strip_adapters)
+
+log = logging.getLogger("tunerd.mlx")
+
+DTYPES = {"float32": mx.float32, "float16": mx.float16, "bfloat16": mx.bfloat16}
+QUANT_BITS = {"none": 0, "": 0, "4bit": 4, "nf4": 4, "int4": 4, "8bit": 8, "int8": 8}
+OPTIMIZERS = ("adamw", "adam", "sgd", "adafactor", "lion")
+
+
+def quant_bits(cfg: TrainConfig) -> int:
+    """0 (no quantization), 8 for 8bit/int8, else `cfg.bits` (default 4) for 4bit/nf4/int4: the
+    mlx-only `bits` key picks another MLX affine width (2, 3, 5, 6) under a 4-bit request."""
+    q = (cfg.quantization or "none").lower()
+    if q not in QUANT_BITS:
+        raise ValueError(f"quantization: {cfg.quantization!r} is not one of none, 4bit, nf4, int4, 8bit")
+    bits = QUANT_BITS[q]
+    return cfg.bits if bits == 4 and cfg.bits in (2, 3, 4, 5, 6, 8) else bits
+
+
+def make_optimizer(cfg: TrainConfig, warnings: list) -> optim.Optimizer:
+    name = cfg.optimizer.lower()
+    lr, betas, eps, wd = cfg.learning_rate, [cfg.adam_beta1, cfg.adam_beta2], cfg.adam_epsilon, cfg.weight_decay
+    if name.startswith("adamw") or name.startswith("paged_adamw"):
+        return optim.AdamW(lr, betas=betas, eps=eps, weight_decay=wd, bias_correction=True)
+    if name == "adam":
+        if wd:
+            warnings.append(f"optimizer adam on mlx has no weight decay; weight_decay={wd} ignored (use adamw)")
+        return optim.Adam(lr, betas=betas, eps=eps, bias_correction=True)
+    if name == "sgd":
+        return optim.SGD(lr, momentum=float(cfg.lr_scheduler_kwargs.get("momentum", 0.0)), weight_decay=wd)
+    if name == "adafactor":  # external learning rate, like HF's Adafactor(relative_step=False)
+        return optim.Adafactor(lr, relative_step=False, scale_parameter=False, warmup_init=False, weight_decay=wd)
+    if name == "lion":
+        return optim.Lion(lr, weight_decay=wd)
+    raise ValueError(f"optimizer: {cfg.optimizer!r} is not available on mlx; choose one of {', '.join(OPTIMIZERS)}")
+
+
+def _loss(model, inputs, targets, loss_mask, segment_ids=None, mask_dtype=mx.float32):
+    cache = None
+    if segment_ids is not None:
+        cache = [PackedAttention(block_causal_mask(segment_ids, mask_dtype))] * len(model.layers)
+    logits = model(inputs, cache=cache).astype(mx.float32)
+    ce = nn.losses.cross_entropy(logits, targets, reduction="none")
+    return (ce * loss_mask).sum(), loss_mask.sum()
+
+
+class MLXBackend(Backend):
+    name = "mlx"
+
+    def __init__(self, compile: bool | None = None):
+        # mx.compile retraces for every new sequence length; on the CPU that costs more than the
+        # fusion saves (measured: tiny model, 0.5 s per new shape vs 5 ms steps). Default: compile
+        # on Metal/GPU, not on the CPU. Compiled steps pad rows to a multiple of 32 (fewer shapes).
+        self.compile = (mx.default_device().type != mx.cpu) if compile is None else compile
+        self.model = None
+        self.cfg: TrainConfig | None = None
+        self.optimizer = None
+        self.model_type = ""
+        self.warnings: list[str] = []   # the loop emits these as Log(warning) events
+        self._wrapper = None
+        self._acc = None
+        self._fns: dict = {}
+        self._micro = 0
+        self._base_params = 0
+        self._kind = "lora"
+        self._loaded_spec = None
+
+    # ---- load ---------------------------------------------------------------------------------
+    @property
+    def tokenizer(self):
+        return self._wrapper._tokenizer
+
+    def load(self, cfg: TrainConfig) -> ModelInfo:
+        from mlx_lm.utils import get_total_parameters, load
+
+        if (w := blas_warning()) and w not in self.warnings:
+            log.warning(w)
+            self.warnings.append(w)
+        if cfg.dtype not in DTYPES:
+            raise ValueError(f"dtype: {cfg.dtype!r} is not one of {', '.join(DTYPES)}")
+        bits = quant_bits(cfg)
+        self.cfg = cfg
+        model, wrapper, config = load(cfg.model, return_config=True, revision=cfg.revision,
+                                      trust_remote_code=cfg.trust_remote_code)
+        model.set_dtype(DTYPES[cfg.dtype])
+        if bits:
+            if is_quantized(model):
+                self.warnings.append(f"{cfg.model} is already quantized; quantization={cfg.quantization} "
+                                     f"keeps its own bits/group size")
+            else:
+                quantize_base(model, bits, cfg.group_size)
+        model.freeze()
+        mx.eval(model.parameters())
+        self.model, self._wrapper, self.model_type = model, wrapper, config.get("model_type", "")
+        self._config = config
+        self.optimizer, self._kind = None, "lora"
+        self._base_params = get_total_parameters(model)
+        self._fns, self._acc = {}, None
+        q = ("none" if not is_quantized(model) else
+             f"{bits}bit/g{cfg.group_size}" if bits and "quantization" not in config else "pre-quantized")
+        return ModelInfo(model=cfg.model, backend="mlx", device=str(mx.default_device()), dtype=cfg.dtype,
+                         quantization=q, total_params=self._base_params,
+                         vocab_size=int(config.get("vocab_size", 0)),
+                         eos_token_ids=sorted(int(i) for i in wrapper.eos_token_ids))
+
+    def add_adapter(self, cfg: TrainConfig) -> ParamStats:
+        self._require_model()
+        model = self.model
+        kind = cfg.peft_adapter.lower()
+        if kind not in ("lora", "dora", "full"):
+            raise ValueError(f"peft_adapter: {cfg.peft_adapter!r} is not one of lora, dora, full")
+        if cfg.lora_bias != "none":
+            raise ValueError(f"lora_bias: {cfg.lora_bias!r} is not supported by the mlx backend; use none")
+        mx.random.seed(cfg.seed)
+        if kind == "full":
+            if is_quantized(model):
+                raise ValueError("peft_adapter full needs an unquantized base; set quantization: none "
+                                 "or use lora/dora for QLoRA")
+            model.unfreeze()
+        else:
+            keys = resolve_lora_keys(model, cfg.lora_target_modules)
+            apply_lora(model, kind=kind, keys=keys, num_layers=cfg.num_layers, r=cfg.lora_r,
+                       scale=self._scale(cfg), dropout=cfg.lora_dropout)
+        if cfg.gradient_checkpointing:
+            enable_grad_checkpoint(model)
+        self.cfg, self._kind, self._loaded_spec = cfg, kind, None
+        self.optimizer = make_optimizer(cfg, self.warnings)
+        self.optimizer.init(model.trainable_parameters())
+        self._fns, self._acc, self._micro = {}, None, 0
+        model.train()
+        mx.eval(model.parameters(), self.optimizer.state)
+        trainable = sum(v.size for _, v in tree_flatten(model.trainable_parameters()))
+        total = self._base_params if kind == "full" else self._base_params + trainable
+        return ParamStats(total=int(total), trainable=int(trainable))
+
+    @staticmethod
+    def _scale(cfg: TrainConfig) -> float:
+        return cfg.lora_alpha / (math.sqrt(cfg.lora_r) if cfg.use_rslora else cfg.lora_r)
+
+    def _require_model(self):
+        if self.model is None:
+            raise RuntimeError("mlx backend: load(cfg) first")
+
+    # ---- compiled functions -------------------------------------------------------------------
+    def _fn(self, name: str):
+        if name in self._fns:
+            return self._fns[name]
+        model, opt = self.model, self.optimizer
+        dtype = DTYPES[self.cfg.dtype]
+        wrap = (lambda f, i, o: partial(mx.compile, inputs=i, outputs=o)(f)) if self.compile else (lambda f, i, o: f)
+        if name in ("fb", "fb_packed"):
+            vg = nn.value_and_grad(model, _loss)
+
+            def fb(inputs, targets, loss_mask, segment_ids, acc):
+                (loss, ntok), grads = vg(model, inputs, targets, loss_mask,
+                                         segment_ids if name == "fb_packed" else None, dtype)
+                return loss, ntok, tree_map(lambda a, g: a + g, acc, grads)
+            # value_and_grad writes traced params into the model: model.state must be an output too
+            fn = wrap(fb, [model.state, mx.random.state], [model.state, mx.random.state])
+        elif name in ("eval", "eval_packed"):
+            def ev(inputs, targets, loss_mask, segment_ids):
+                return _loss(model, inputs, targets, loss_mask, segment_ids if name == "eval_packed" else None, dtype)
+            fn = wrap(ev, [model.state], [])
+        elif name == "update":
+            def update(grads, grad_scale, max_norm):
+                grads = tree_map(lambda g: g * grad_scale, grads)
+                norm = mx.sqrt(sum(mx.sum(mx.square(g.astype(mx.float32))) for _, g in tree_flatten(grads)))
+                factor = mx.where(max_norm > 0, mx.minimum(max_norm / (norm + 1e-6), 1.0), 1.0)
+                opt.update(model, tree_map(lambda g: (g * factor).astype(g.dtype), grads))
+                return norm
+            fn = wrap(update, [model.state, opt.state], [model.state, opt.state])
+        else:  # pragma: no cover
+            raise KeyError(name)
+        self._fns[name] = fn
+        return fn
+
+    def _arrays(self, batch: Batch):
+        packed = batch.is_packed
+        if packed and self.model_type not in PACKING_MODEL_TYPES:
+            raise ValueError(f"packing: model type {self.model_type!r} is not supported for packing on mlx "
+                             f"(RoPE families only: {', '.join(sorted(PACKING_MODEL_TYPES))}); set packing: false")
+        arrays = (batch.inputs, batch.targets, batch.loss_mask, batch.segment_ids)
+        pad = (-batch.inputs.shape[1]) % 32 if self.compile else 0
+        if pad:  # padding: mask 0, its own segment 0, after every real token (causal): no effect
+            arrays = tuple(np.pad(a, ((0, 0), (0, pad))) for a in arrays)
+        return packed, tuple(mx.array(a) for a in arrays)
+
+    # ---- training -----------------------------------------------------------------------------
+    def forward_backward(self, batch: Batch) -> tuple[float, int]:
+        if self.optimizer is None:
+            raise RuntimeError("mlx backend: add_adapter(cfg) before training")
+        self.model.train()
+        if self.cfg.lora_dropout > 0:
+            mx.random.seed((self.cfg.seed * 1_000_003 + self._micro) % (2 ** 63))
+        self._micro += 1
+        packed, arrays = self._arrays(batch)
+        if self._acc is None:
+            self._acc = tree_map(mx.zeros_like, self.model.trainable_parameters())
+        loss, ntok, self._acc = self._fn("fb_packed" if packed else "fb")(*arrays, self._acc)
+        mx.eval(loss, ntok, self._acc)
+        return float(loss), int(ntok)
+
+    def optimizer_step(self, lr: float, grad_scale: float, max_grad_norm: float) -> float:
+        if self._acc is None:
+            raise RuntimeError("optimizer_step without forward_backward")
+        self.optimizer.learning_rate = lr
+        norm = self._fn("update")(self._acc, mx.array(grad_scale, mx.float32),
+                                  mx.array(max_grad_norm or 0.0, mx.float32))
+        mx.eval(norm, self.model.state, self.optimizer.state)
+        self._acc = None
+        return float(norm)
+
+    def eval_loss(self, batch: Batch) -> tuple[float, int]:
+        self._require_model()
+        self.model.eval()
+        packed, arrays = self._arrays(batch)
+        loss, ntok = self._fn("eval_packed" if packed else "eval")(*arrays)
+        mx.eval(loss, ntok)
+        return float(loss), int(ntok)
+
+    # ---- checkpoints and adapters -------------------------------------------------------------
+    def save_checkpoint(self, path: Path) -> None:
+        path = Path(path)
+        self.save_adapter(path)
+        mx.save_safetensors(str(path / "optimizer.safetensors"), dict(tree_flatten(self.optimizer.state)))
+        (path / "backend_state.json").write_text(json.dumps({"backend": "mlx", "micro_batches": self._micro}))
+
+    def load_checkpoint(self, path: Path) -> None:
+        path = Path(path)
+        self._load_weights(self._read_weights(path), trainable_only=True)
+        saved = mx.load(str(path / "optimizer.safetensors"))
+        missing = [k for k, _ in tree_flatten(self.optimizer.state) if k not in saved]
+        if missing:
+            raise ValueError(f"{path}: optimizer state does not match this run's optimizer/adapter "
+                             f"(missing {missing[:3]}...)")
+        self.optimizer.state = tree_map_with_path(lambda k, v: saved[k], self.optimizer.state)
+        state = json.loads((path / "backend_state.json").read_text())
+        self._micro = int(state.get("micro_batches", 0))
+        self._fns, self._acc = {}, None  # compiled functions captured the old optimizer state
+        mx.eval(self.model.parameters(), self.optimizer.state)
+
+    @staticmethod
+    def _read_weights(path: Path) -> dict:
+        """Adapter tensors (mlx layout) of a checkpoint, or every tensor of a full-model dir."""
+        if (path / layout.MLX_SUBDIR / layout.MLX_WEIGHTS).exists():
+            return mx.load(str(path / layout.MLX_SUBDIR / layout.MLX_WEIGHTS))
+        weights = {}
+        for f in sorted(path.glob("model*.safetensors")):
+            weights.update(mx.load(str(f)))
+        if not weights:
+            raise FileNotFoundError(f"{path}: no adapter or model weights")
+        return weights
+
+    def _load_weights(self, weights: dict, trainable_only: bool) -> None:
+        params = dict(tree_flatten(self.model.trainable_parameters() if trainable_only else self.model.parameters()))
+        bad = [k for k, v in weights.items() if k not in params or tuple(params[k].shape) != tuple(v.shape)]
+        if bad:
+            raise ValueError(f"adapter tensors do not fit this model: {bad[:5]}")
+        self.model.load_weights([(k, v.astype(params[k].dtype)) for k, v in weights.items()], strict=False)
+
+    def _spec(self) -> layout.AdapterSpec:
+        if self._loaded_spec is not None:  # an adapter applied with load_adapter
+            return self._loaded_spec
+        cfg = self.cfg
+        return layout.AdapterSpec(kind=self._kind, r=cfg.lora_r, lora_alpha=cfg.lora_alpha,
+                                  lora_dropout=cfg.lora_dropout, use_rslora=cfg.use_rslora,
+                                  num_layers=cfg.num_layers, base_model=cfg.model)
+
+    def save_adapter(self, path: Path) -> None:
+        """`path/` PEFT layout + `path/mlx/` mlx-lm layout (see adapter_layout); full fine-tuning
+        writes a standalone model (model.safetensors, config.json, tokenizer) that both
+        mlx_lm.load and transformers load."""
+        path = Path(path)
+        self._require_model()
+        trained = dict(tree_flatten(self.model.trainable_parameters()))
+        if not trained:
+            raise RuntimeError("mlx backend: no adapter to save (add_adapter or load_adapter first)")
+        if self._kind == "full":  # the "adapter" is the whole model: a standalone HF/mlx-lm model dir
+            from mlx_lm.utils import save_config, save_model
+
+            save_model(path, self.model)
+            save_config(dict(self._config), path / "config.json")
+            self.tokenizer.save_pretrained(str(path))
+            return
+        weights = {k: np.array(v.astype(mx.float32)) for k, v in trained.items()}
+        layout.write_adapter(path, weights, self._spec(), n_model_layers=len(self.model.layers))
+
+    def load_adapter(self, path: Path) -> None:
+        self._require_model()
+        path = Path(path)
+        if (path / "config.json").exists() and list(path.glob("model*.safetensors")):  # full fine-tune
+            strip_adapters(self.model)
+            self._load_weights(self._read_weights(path), trainable_only=False)
+            self.model.eval()
+            return
+        kind, where = layout.find_layout(path)
+        if kind == "mlx":
+            mcfg = json.loads((where / layout.MLX_CONFIG).read_text())
+            if mcfg.get("fine_tune_type") == "full":
+                self._load_weights(mx.load(str(where / layout.MLX_WEIGHTS)), trainable_only=False)
+                self.model.eval()
+                return
+        spec, weights = layout.read_adapter(path)
+        model = self.model
+        strip_adapters(model)
+        keys = spec.keys or resolve_lora_keys(model, spec.target_modules)
+        n = len(model.layers)
+        num_layers = n - min(spec.layers) if spec.layers else spec.num_layers
+        apply_lora(model, kind=spec.kind, keys=keys, num_layers=num_layers, r=spec.r, scale=spec.scale, dropout=0.0)
+        params = dict(tree_flatten(model.parameters()))
+        bad = [k for k, v in weights.items() if k not in params or tuple(params[k].shape) != tuple(v.shape)]
+        if bad:
+            raise ValueError(f"{path}: adapter tensors do not fit this model: {bad[:5]}")
+        model.load_weights([(k, mx.array(v).astype(params[k].dtype)) for k, v in weights.items()], strict=False)
+        model.eval()
+        self._fns, self._kind, self._loaded_spec = {}, spec.kind, spec
+        mx.eval(model.parameters())
+
+    # ---- generation ---------------------------------------------------------------------------
+    def generate(self, prompt_ids: list[int], sampling: Sampling,
+                 should_stop: Callable[[], bool] = lambda: False) -> Iterator[GenerationChunk]:
+        from mlx_lm.generate import stream_generate
+        from mlx_lm.sample_utils import make_logits_processors, make_sampler
+
+        self._require_model()
+        self.model.eval()
+        if sampling.seed is not None:
+            mx.random.seed(sampling.seed)
+        sampler = make_sampler(temp=sampling.temperature, top_p=sampling.top_p if sampling.top_p < 1.0 else 0.0,
+                               min_p=sampling.min_p, top_k=sampling.top_k)
+        processors = make_logits_processors(
+            repetition_penalty=sampling.repetition_penalty if sampling.repetition_penalty != 1.0 else None)
+        stops = [s for s in sampling.stop if s]
+        text, emitted = "", 0
+        for resp in stream_generate(self.model, self._wrapper, list(prompt_ids), max_tokens=sampling.max_tokens,
+                                    sampler=sampler, logits_processors=processors):
+            if should_stop():
+                yield GenerationChunk(text[emitted:], int(resp.token), "cancelled")
+                return
+            text += resp.text
+            hits = [i for i in (text.find(s, max(0, emitted - len(s))) for s in stops) if i >= 0]
+            if hits:
+                yield GenerationChunk(text[emitted:min(hits)], int(resp.token), "stop")
+                return
+            if resp.finish_reason:
+                yield GenerationChunk(text[emitted:], int(resp.token), resp.finish_reason)
+                return
+            safe = len(text) - _partial_stop_len(text, stops)
+            if safe > emitted:
+                yield GenerationChunk(text[emitted:safe], int(resp.token))
+                emitted = safe
+
+    def memory(self) -> MemoryStats:
+        return MemoryStats(active_bytes=int(mx.get_active_memory()), peak_bytes=int(mx.get_peak_memory()))
+
+
+def _partial_stop_len(text: str, stops: list[str]) -> int:
+    """Length of the longest suffix of `text` that is a proper prefix of a stop string (held back)."""
+    best = 0
+    for s in stops:
+        for n in range(min(len(s) - 1, len(text)), best, -1):
+            if text.endswith(s[:n]):
+                best = n
+                break
+    return best

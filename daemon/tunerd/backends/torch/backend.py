@@ -1,0 +1,376 @@
+"""The torch backend: transformers models, PEFT LoRA/DoRA, bitsandbytes QLoRA behind `Backend`.
+
+Training math (what the loop relies on; the MLX backend computes the same):
+- `forward_backward` returns the *summed* cross-entropy over `loss_mask` and adds the gradient of
+  that sum to `.grad`; `optimizer_step` multiplies the grads by `grad_scale`, clips the global
+  norm (`clip_grad_norm_`: max_norm / (norm + 1e-6)), sets the lr, steps and zeroes.
+- The LM head runs only on supervised positions (hidden states are gathered first) for the model
+  families in `PLAIN_HEAD`: same loss, far less memory and time with large vocabularies.
+- Packing: position ids restart per packed row and no `attention_mask` is passed
+  (`use_cache=False`); transformers (>= 5) then derives a block-diagonal causal mask from the
+  position-id resets (`masking_utils.find_packed_sequence_indices`) for sdpa/eager attention.
+  The first packed batch verifies that rows do not see each other on this model; if they do (an
+  architecture that builds its own mask), the backend switches to an explicit 4D block mask.
+  Padding is trailing and gets continuing position ids, so unpacked batches keep SDPA's causal
+  fast path and padding never changes real-token results.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ...config.schema import TrainConfig
+from ...data.batch import Batch
+from .. import adapter_layout as layout
+from ..base import Backend, GenerationChunk, MemoryStats, ModelInfo, ParamStats, Sampling
+from . import model as tmodel
+from .device import memory_bytes, pick_device, pick_dtype
+from .generate import stream
+from .optim import build_optimizer
+
+log = logging.getLogger("tunerd.torch")
+
+# model types whose logits are exactly lm_head(final hidden state): no softcap or logit scaling
+PLAIN_HEAD = {"llama", "mistral", "qwen2", "qwen3", "qwen2_moe", "qwen3_moe", "phi3", "gemma", "gpt2",
+              "smollm3", "olmo", "olmo2", "phi", "starcoder2", "stablelm"}
+STATE_FILE = "torch_state.pt"
+TRAINABLE_FILE = "trainable.safetensors"
+
+
+def _atomic(path: Path, write: Callable[[str], None]) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+class TorchBackend(Backend):
+    name = "torch"
+
+    def __init__(self):
+        self.cfg: TrainConfig | None = None
+        self.model = None          # the trained/inference model (a PeftModel once an adapter exists)
+        self.base = None           # the transformers model without adapter
+        self.optimizer = None
+        self.device: torch.device | None = None
+        self.dtype: torch.dtype | None = None
+        self.warnings: list[str] = []
+        self.packing_mode: str | None = None   # "position_ids" | "mask", decided on the first packed batch
+        self.packing_check_diff: float | None = None
+        self._tok = None
+        self._kind = "lora"
+        self._params: list = []
+        self._scaler = None
+        self._eos: set = set()
+
+    # ---- load ---------------------------------------------------------------------------------
+    @property
+    def tokenizer(self):
+        return self._tok
+
+    def load(self, cfg: TrainConfig) -> ModelInfo:
+        from transformers import AutoTokenizer
+
+        self.cfg = cfg
+        self.device = pick_device(cfg.device)
+        self.dtype = pick_dtype(cfg.dtype, self.device)
+        if tmodel.quant_mode(cfg) and self.device.type == "mps":
+            self.warnings.append("4-bit/8-bit on MPS through bitsandbytes is experimental; "
+                                 "the mlx backend is the tested QLoRA path on a Mac")
+        self._tok = AutoTokenizer.from_pretrained(cfg.model, revision=cfg.revision,
+                                                  trust_remote_code=cfg.trust_remote_code)
+        self.base = self.model = tmodel.load_model(cfg, self.device, self.dtype)
+        self.optimizer, self.packing_mode = None, None
+        eos = self.base.generation_config.eos_token_id if self.base.generation_config else None
+        eos = [eos] if isinstance(eos, int) else list(eos or [])
+        if self._tok.eos_token_id is not None:
+            eos.append(self._tok.eos_token_id)
+        self._eos = set(int(e) for e in eos)
+        _, total = tmodel.count_params(self.base)
+        q = tmodel.quant_mode(cfg) or "none"
+        if q == "4bit":
+            q = "fp4" if cfg.quantization.lower() == "fp4" else cfg.bnb_4bit_quant_type
+        return ModelInfo(model=cfg.model, backend="torch", device=str(self.device), dtype=cfg.dtype,
+                         quantization=q, total_params=int(total),
+                         vocab_size=int(self.base.config.vocab_size), eos_token_ids=sorted(self._eos))
+
+    def add_adapter(self, cfg: TrainConfig) -> ParamStats:
+        self._require_model()
+        self.cfg, self._kind = cfg, cfg.peft_adapter.lower()
+        self.model = tmodel.add_adapter(self.base, cfg)
+        self._params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = build_optimizer(cfg, self._params, self.device)
+        self._scaler = torch.amp.GradScaler(self.device.type) if self.dtype == torch.float16 else None
+        self.model.train()
+        trainable, total = tmodel.count_params(self.model)
+        return ParamStats(total=total, trainable=trainable)
+
+    def _require_model(self):
+        if self.base is None:
+            raise RuntimeError("torch backend: load(cfg) first")
+
+    def _underlying(self):
+        return self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+
+    # ---- batches ------------------------------------------------------------------------------
+    def _model_inputs(self, batch: Batch) -> dict:
+        seg, pos = batch.segment_ids, batch.position_ids.astype(np.int64)
+        real = seg > 0
+        n = real.sum(axis=1)
+        t = np.arange(seg.shape[1])[None, :]
+        last = pos[np.arange(len(n)), np.maximum(n - 1, 0)]
+        pos = np.where(real, pos, last[:, None] + 1 + t - n[:, None])  # padding continues the last row
+        kw = dict(input_ids=torch.from_numpy(batch.inputs.astype(np.int64)).to(self.device),
+                  position_ids=torch.from_numpy(pos).to(self.device), use_cache=False)
+        if batch.is_packed:
+            if self.packing_mode is None:
+                self._check_packing()
+            if self.packing_mode == "mask":
+                kw["attention_mask"] = self._block_mask(seg)
+        return kw
+
+    def _block_mask(self, seg: np.ndarray) -> torch.Tensor:
+        """[B, 1, T, T] block-diagonal causal mask: bool for sdpa, additive float for eager.
+        Trailing padding joins the last row (it is never a key for a real token, and every query
+        keeps at least itself: no all-masked softmax rows)."""
+        seg = np.where(seg > 0, seg, seg.max(axis=1, keepdims=True))
+        s = torch.from_numpy(seg).to(self.device)
+        allowed = (s[:, :, None] == s[:, None, :]) & torch.ones(
+            seg.shape[1], seg.shape[1], dtype=torch.bool, device=self.device).tril()
+        if self.base.config._attn_implementation == "sdpa":
+            return allowed[:, None]
+        dtype = self.base.get_input_embeddings().weight.dtype
+        mask = torch.zeros(allowed.shape, dtype=dtype, device=self.device)
+        return mask.masked_fill(~allowed, torch.finfo(dtype).min)[:, None]
+
+    @torch.no_grad()
+    def _check_packing(self) -> None:
+        """Two copies of a short sequence packed in one row must give the same logits twice."""
+        was_training = self.model.training
+        self.model.eval()
+        ids = torch.tensor([[1, 2, 3, 4, 1, 2, 3, 4]], device=self.device) % self.base.config.vocab_size
+        pos = torch.tensor([[0, 1, 2, 3, 0, 1, 2, 3]], device=self.device)
+        logits = self.model(input_ids=ids, position_ids=pos, use_cache=False).logits.float()[0]
+        diff = float((logits[:4] - logits[4:]).abs().max())
+        tol = (1e-4 if self.dtype == torch.float32 else 2e-2) * max(1.0, float(logits.abs().max()))
+        self.packing_check_diff = diff
+        self.packing_mode = "position_ids" if diff <= tol else "mask"
+        if self.packing_mode == "mask":
+            log.info("packing: position-id resets do not isolate rows on %s (diff %.3g); using a 4D block mask",
+                     self.base.config.model_type, diff)
+        self.model.train(was_training)
+
+    def _loss(self, batch: Batch) -> tuple[torch.Tensor, int]:
+        kw = self._model_inputs(batch)
+        mask = torch.from_numpy(batch.loss_mask).to(self.device)
+        sel = mask > 0
+        targets = torch.from_numpy(batch.targets.astype(np.int64)).to(self.device)[sel]
+        m = self._underlying()
+        decoder = getattr(m, getattr(m, "base_model_prefix", ""), None)
+        if m.config.model_type in PLAIN_HEAD and decoder is not None and m.get_output_embeddings() is not None:
+            hidden = decoder(**kw).last_hidden_state[sel]
+            logits = m.get_output_embeddings()(hidden).float()
+        else:
+            logits = self.model(**kw).logits[sel].float()
+        ce = F.cross_entropy(logits, targets, reduction="none")
+        return (ce * mask[sel]).sum(), int(batch.loss_mask.sum())
+
+    # ---- training -----------------------------------------------------------------------------
+    def forward_backward(self, batch: Batch) -> tuple[float, int]:
+        if self.optimizer is None:
+            raise RuntimeError("torch backend: add_adapter(cfg) before training")
+        self.model.train()
+        loss, n = self._loss(batch)
+        (self._scaler.scale(loss) if self._scaler else loss).backward()
+        return float(loss.detach()), n
+
+    def optimizer_step(self, lr: float, grad_scale: float, max_grad_norm: float) -> float:
+        if self._scaler:
+            self._scaler.unscale_(self.optimizer)
+        grads = [p.grad for p in self._params if p.grad is not None]
+        if not grads:
+            raise RuntimeError("optimizer_step without forward_backward")
+        torch._foreach_mul_(grads, grad_scale)
+        norm = torch.nn.utils.clip_grad_norm_(self._params, max_grad_norm if max_grad_norm and max_grad_norm > 0
+                                              else float("inf"))
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        if self._scaler:
+            self._scaler.step(self.optimizer)
+            self._scaler.update()
+        else:
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return float(norm)
+
+    @torch.no_grad()
+    def eval_loss(self, batch: Batch) -> tuple[float, int]:
+        self._require_model()
+        self.model.eval()
+        loss, n = self._loss(batch)
+        return float(loss), n
+
+    @torch.no_grad()
+    def logits(self, input_ids: list[int]) -> np.ndarray:
+        """float32 logits [T, V] of one unpacked sequence (for parity and interchange checks)."""
+        self.model.eval()
+        ids = torch.tensor([input_ids], dtype=torch.long, device=self.device)
+        return self.model(input_ids=ids, use_cache=False).logits[0].float().cpu().numpy()
+
+    # ---- checkpoints --------------------------------------------------------------------------
+    def _trainable(self) -> dict:
+        return {n: p for n, p in self.model.named_parameters() if p.requires_grad}
+
+    def save_checkpoint(self, path: Path) -> None:
+        """Adapter (both layouts, so chat can use a checkpoint), exact trainable tensors, optimizer
+        and GradScaler state, torch RNG. Each file is written atomically."""
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        if self._kind != "full":
+            self.save_adapter(path)
+        tensors = {n: p.detach().cpu().contiguous() for n, p in self._trainable().items()}
+        _atomic(path / TRAINABLE_FILE, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
+        state = {"backend": "torch", "kind": self._kind, "optimizer": self.optimizer.state_dict(),
+                 "scaler": self._scaler.state_dict() if self._scaler else None,
+                 "rng_cpu": torch.get_rng_state(),
+                 "rng_cuda": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else None}
+        _atomic(path / STATE_FILE, lambda tmp: torch.save(state, tmp))
+
+    def load_checkpoint(self, path: Path) -> None:
+        from safetensors.torch import load_file
+
+        path = Path(path)
+        if not (path / STATE_FILE).exists():
+            raise FileNotFoundError(f"{path}: not a torch checkpoint (no {STATE_FILE}); "
+                                    f"a checkpoint resumes on the backend that wrote it")
+        saved = load_file(str(path / TRAINABLE_FILE))
+        params = self._trainable()
+        if set(saved) != set(params):
+            missing, extra = sorted(set(params) - set(saved)), sorted(set(saved) - set(params))
+            raise ValueError(f"{path}: checkpoint does not match this adapter (missing {missing[:3]}, "
+                             f"unexpected {extra[:3]})")
+        with torch.no_grad():
+            for n, p in params.items():
+                p.copy_(saved[n].to(p.device, p.dtype))
+        state = torch.load(path / STATE_FILE, map_location="cpu", weights_only=True)
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self._scaler and state.get("scaler"):
+            self._scaler.load_state_dict(state["scaler"])
+        torch.set_rng_state(state["rng_cpu"])
+        if state.get("rng_cuda") is not None and self.device.type == "cuda":
+            torch.cuda.set_rng_state_all(state["rng_cuda"])
+        self.optimizer.zero_grad(set_to_none=True)
+
+    # ---- adapters -----------------------------------------------------------------------------
+    def _spec(self) -> layout.AdapterSpec:
+        cfg = self.cfg
+        return layout.AdapterSpec(kind=self._kind, r=cfg.lora_r, lora_alpha=cfg.lora_alpha,
+                                  lora_dropout=cfg.lora_dropout, use_rslora=cfg.use_rslora,
+                                  num_layers=cfg.num_layers, base_model=cfg.model)
+
+    def save_adapter(self, path: Path) -> None:
+        """`path/` PEFT layout + `path/mlx/` mlx-lm layout (adapter_layout). Full fine-tuning writes
+        a standalone Hugging Face model directory (which mlx_lm.load also reads). Adapters that
+        mlx-lm cannot express (lora_bias other than none) are written in PEFT layout only."""
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        if self._kind == "full":
+            self._underlying().save_pretrained(path, safe_serialization=True)
+            self._tok.save_pretrained(path)
+            return
+        if self.cfg.lora_bias != "none":
+            self.model.save_pretrained(path)
+            return
+        from peft import get_peft_model_state_dict
+
+        sd = get_peft_model_state_dict(self.model)
+        weights = {k: v.detach().float().cpu().numpy() for k, v in sd.items()}
+        layout.write_adapter(path, weights, self._spec(), layout="peft",
+                             n_model_layers=tmodel.n_layers(self.base))
+
+    def _strip_adapter(self):
+        from peft import PeftModel
+
+        if isinstance(self.model, PeftModel):
+            self.base = self.model.unload()
+        self.model = self.base
+        return self.base
+
+    def load_adapter(self, path: Path, trainable: bool = False) -> None:
+        """Apply an adapter in either layout for inference. With `trainable=True` and an adapter of
+        the same shape already added, copy its weights into that adapter instead (the optimizer
+        keeps its parameters): how the parity test starts both backends from the same weights."""
+        from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
+
+        self._require_model()
+        kind, where = layout.find_layout(path)
+        if kind == "mlx" and json.loads((where / layout.MLX_CONFIG).read_text()).get("fine_tune_type") == "full":
+            return self._load_full(where / layout.MLX_WEIGHTS)
+        spec, mlx_weights = layout.read_adapter(path, prefer="peft")
+        sd = {k: torch.from_numpy(np.asarray(v, dtype=np.float32))
+              for k, v in layout.mlx_to_peft(mlx_weights).items()}
+        if trainable and self.optimizer is not None and self._kind != "full":
+            self._copy_into_adapter(sd)
+            return
+        base = self._strip_adapter()
+        config = LoraConfig(r=spec.r, lora_alpha=spec.lora_alpha, lora_dropout=0.0, use_rslora=spec.use_rslora,
+                            use_dora=spec.kind == "dora", target_modules=spec.target_modules,
+                            layers_to_transform=spec.layers, task_type="CAUSAL_LM")
+        self.model = get_peft_model(base, config)
+        res = set_peft_model_state_dict(self.model, sd)
+        if res.unexpected_keys:
+            raise ValueError(f"{path}: adapter tensors do not fit this model: {res.unexpected_keys[:5]}")
+        self.model.to(self.device).eval()
+        self.optimizer = None
+
+    @torch.no_grad()
+    def _copy_into_adapter(self, sd: dict) -> None:
+        params = dict(self.model.named_parameters())
+        done = 0
+        for k, v in sd.items():
+            name = k.replace(".lora_A.weight", ".lora_A.default.weight").replace(
+                ".lora_B.weight", ".lora_B.default.weight").replace(
+                ".lora_magnitude_vector", ".lora_magnitude_vector.default.weight")
+            if name not in params or tuple(params[name].shape) != tuple(v.shape):
+                raise ValueError(f"adapter tensor {k} {tuple(v.shape)} does not fit this adapter")
+            params[name].copy_(v.to(params[name].device, params[name].dtype))
+            done += 1
+        adapter = [n for n, p in params.items() if p.requires_grad and ".default." in n]
+        if done != len(adapter):
+            raise ValueError(f"adapter has {done} tensors; this model's adapter has {len(adapter)}")
+
+    @torch.no_grad()
+    def _load_full(self, weights_file: Path) -> None:
+        from safetensors.torch import load_file
+
+        base = self._strip_adapter()
+        saved = load_file(str(weights_file))
+        res = base.load_state_dict(saved, strict=False)
+        if res.unexpected_keys:
+            raise ValueError(f"{weights_file}: tensors not in this model: {res.unexpected_keys[:5]}")
+        base.eval()
+
+    # ---- generation and memory ----------------------------------------------------------------
+    def generate(self, prompt_ids: list[int], sampling: Sampling,
+                 should_stop: Callable[[], bool] = lambda: False) -> Iterator[GenerationChunk]:
+        self._require_model()
+        self.model.eval()
+        return stream(self.model, self._tok, list(prompt_ids), sampling, self._eos, self.device, should_stop)
+
+    def memory(self) -> MemoryStats:
+        active, peak = memory_bytes(self.device or torch.device("cpu"))
+        return MemoryStats(active_bytes=int(active), peak_bytes=int(peak))

@@ -1,0 +1,83 @@
+"""Token-by-token generation with a KV cache, HF-style sampling, and streamed text deltas."""
+from __future__ import annotations
+
+from typing import Callable, Iterator, Optional
+
+import torch
+
+from ..base import GenerationChunk, Sampling
+
+
+def sample_next(logits: torch.Tensor, context: torch.Tensor, s: Sampling,
+                gen: Optional[torch.Generator]) -> int:
+    """One token from float32 logits [V]; HF order: repetition penalty, temperature, top-k, top-p, min-p."""
+    logits = logits.float().clone()
+    if s.repetition_penalty and s.repetition_penalty != 1.0 and context.numel():
+        seen = logits[context]
+        logits[context] = torch.where(seen > 0, seen / s.repetition_penalty, seen * s.repetition_penalty)
+    if s.temperature <= 0:
+        return int(logits.argmax())
+    logits = logits / s.temperature
+    if s.top_k and 0 < s.top_k < logits.numel():
+        kth = torch.topk(logits, s.top_k).values[-1]
+        logits[logits < kth] = float("-inf")
+    probs = torch.softmax(logits, dim=-1)
+    if 0 < s.top_p < 1.0:
+        sp, idx = torch.sort(probs, descending=True)
+        drop = sp.cumsum(0) - sp > s.top_p  # keep the smallest prefix whose mass reaches top_p
+        probs[idx[drop]] = 0.0
+    if s.min_p and s.min_p > 0:
+        probs[probs < s.min_p * probs.max()] = 0.0
+    return int(torch.multinomial(probs / probs.sum(), 1, generator=gen))
+
+
+def _partial_stop_len(text: str, stops: list[str]) -> int:
+    """Length of the longest suffix of `text` that is a proper prefix of a stop string (held back)."""
+    best = 0
+    for st in stops:
+        for n in range(min(len(st) - 1, len(text)), best, -1):
+            if text.endswith(st[:n]):
+                best = n
+                break
+    return best
+
+
+@torch.no_grad()
+def stream(model, tokenizer, prompt_ids: list[int], s: Sampling, eos_ids: set, device: torch.device,
+           should_stop: Callable[[], bool]) -> Iterator[GenerationChunk]:
+    """Yield one chunk per new token (text may be empty while a character or a possible stop
+    string is incomplete); the last chunk carries finish_reason stop | length | cancelled."""
+    gen = torch.Generator().manual_seed(s.seed) if s.seed is not None else None
+    stops = [x for x in s.stop if x]
+    ids = torch.tensor([prompt_ids], dtype=torch.long, device=device)
+    context = ids[0].cpu()
+    out = model(input_ids=ids, use_cache=True)
+    past, logits = out.past_key_values, out.logits[0, -1]
+    generated: list[int] = []
+    text, emitted = "", 0
+    for i in range(max(s.max_tokens, 0)):
+        if should_stop():
+            yield GenerationChunk(text[emitted:], -1, "cancelled")
+            return
+        tok = sample_next(logits.cpu(), context, s, gen)
+        if tok in eos_ids:
+            yield GenerationChunk(text[emitted:], tok, "stop")
+            return
+        generated.append(tok)
+        context = torch.cat([context, torch.tensor([tok])])
+        text = tokenizer.decode(generated, skip_special_tokens=True)
+        hits = [j for j in (text.find(st, max(0, emitted - len(st))) for st in stops) if j >= 0]
+        if hits:
+            yield GenerationChunk(text[emitted:min(hits)], tok, "stop")
+            return
+        if i == s.max_tokens - 1:
+            yield GenerationChunk(text[emitted:], tok, "length")
+            return
+        safe = len(text) - _partial_stop_len(text, stops)
+        while safe > emitted and text[safe - 1] == "\ufffd":  # an incomplete UTF-8 character
+            safe -= 1
+        yield GenerationChunk(text[emitted:safe], tok)
+        emitted = max(emitted, safe)
+        out = model(input_ids=torch.tensor([[tok]], device=device), past_key_values=past, use_cache=True)
+        past, logits = out.past_key_values, out.logits[0, -1]
+    yield GenerationChunk(text[emitted:], -1, "length")  # max_tokens == 0

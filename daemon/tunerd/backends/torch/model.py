@@ -1,0 +1,147 @@
+"""Loading a Hugging Face causal LM (optionally bitsandbytes-quantized) and adding adapters.
+
+- QLoRA: `quantization` 4bit/nf4/int4 (or fp4) -> bitsandbytes 4-bit with the config's quant type,
+  double quant and compute dtype = `dtype`; 8bit/int8 -> LLM.int8(). The whole model is placed on
+  the chosen device with `device_map={"": device}` (transformers' default map sends bnb models to
+  the CPU, DESIGN.md §3).
+- Adapters: PEFT LoRA / DoRA (`use_dora`) with PEFT's own names; `num_layers: N` adapts the last N
+  layers (`layers_to_transform`); `lora_bias` maps to PEFT's `bias` (none | all | lora_only).
+"""
+from __future__ import annotations
+
+import logging
+
+import torch
+
+log = logging.getLogger("tunerd.torch")
+
+QUANT = {"none": None, "": None, "4bit": "4bit", "nf4": "4bit", "int4": "4bit", "fp4": "4bit",
+         "8bit": "8bit", "int8": "8bit"}
+
+
+def quant_mode(cfg) -> str | None:
+    q = (cfg.quantization or "none").lower()
+    if q not in QUANT:
+        raise ValueError(f"quantization: {cfg.quantization!r} is not one of {', '.join(k for k in QUANT if k)}")
+    return QUANT[q]
+
+
+def bnb_config(cfg, dtype: torch.dtype, device: torch.device):
+    from transformers import BitsAndBytesConfig
+
+    mode = quant_mode(cfg)
+    if device.type == "mps":
+        log.warning("bitsandbytes on MPS is new and partial; 4-bit on a Mac is best done on the mlx backend")
+    if mode == "4bit":
+        qt = "fp4" if cfg.quantization.lower() == "fp4" else cfg.bnb_4bit_quant_type
+        if qt not in ("nf4", "fp4"):
+            raise ValueError(f"bnb_4bit_quant_type: {qt!r} is not one of nf4, fp4")
+        return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=qt,
+                                  bnb_4bit_use_double_quant=cfg.bnb_4bit_use_double_quant,
+                                  bnb_4bit_compute_dtype=dtype)
+    return BitsAndBytesConfig(load_in_8bit=True)
+
+
+def load_model(cfg, device: torch.device, dtype: torch.dtype):
+    from transformers import AutoModelForCausalLM
+
+    kw = dict(revision=cfg.revision, trust_remote_code=cfg.trust_remote_code, dtype=dtype)
+    if quant_mode(cfg):
+        try:
+            import bitsandbytes  # noqa: F401
+        except ImportError as e:
+            raise ValueError(f"quantization: {cfg.quantization} on torch needs bitsandbytes "
+                             f"(pip install bitsandbytes): {e}") from None
+        kw.update(quantization_config=bnb_config(cfg, dtype, device), device_map={"": str(device)})
+    try:
+        model = AutoModelForCausalLM.from_pretrained(cfg.model, attn_implementation="sdpa", **kw)
+    except (ValueError, ImportError) as e:  # an architecture without SDPA support
+        if "sdpa" not in str(e).lower():
+            raise
+        model = AutoModelForCausalLM.from_pretrained(cfg.model, attn_implementation="eager", **kw)
+    if not quant_mode(cfg):
+        model.to(device)
+    elif device.type == "cpu":
+        keep_4bit_trainable_on_cpu(model)
+    model.config.use_cache = False
+    return model
+
+
+def keep_4bit_trainable_on_cpu(model) -> None:
+    """bitsandbytes 0.50 on an AVX512-BF16 CPU repacks a Linear4bit weight for a fast inference
+    kernel the first time it runs in eval mode without grad, and keeps it packed; later training
+    forwards then go through `gemv_4bit`, which has no autograd: the gradient graph is cut and the
+    LoRA weights below get no gradient (measured: every LoRA grad None after one eval pass).
+    Turning that repacking off keeps train/eval/train interleaving correct."""
+    for module in model.modules():
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False
+
+
+def n_layers(model) -> int:
+    cfg = model.config
+    n = getattr(cfg, "num_hidden_layers", None) or getattr(cfg, "n_layer", None)
+    if n is None:
+        raise ValueError(f"num_layers: cannot tell how many layers {type(model).__name__} has")
+    return int(n)
+
+
+def lora_config(cfg, model):
+    from peft import LoraConfig
+
+    targets = cfg.lora_target_modules
+    if isinstance(targets, str) and targets != "all-linear":
+        targets = [t.strip() for t in targets.split(",") if t.strip()]
+    if cfg.lora_bias not in ("none", "all", "lora_only"):
+        raise ValueError(f"lora_bias: {cfg.lora_bias!r} is not one of none, all, lora_only")
+    total = n_layers(model)
+    layers = None
+    if 0 < cfg.num_layers < total:
+        layers = list(range(total - cfg.num_layers, total))
+    elif cfg.num_layers == 0 or cfg.num_layers < -1:
+        raise ValueError(f"num_layers: {cfg.num_layers} must be -1 (all) or 1..{total}")
+    return LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                      target_modules=targets, bias=cfg.lora_bias, use_rslora=cfg.use_rslora,
+                      use_dora=cfg.peft_adapter.lower() == "dora", layers_to_transform=layers,
+                      task_type="CAUSAL_LM")
+
+
+def add_adapter(model, cfg):
+    """Wrap `model` for training: PEFT LoRA/DoRA, or every (unquantized) weight for `full`."""
+    kind = cfg.peft_adapter.lower()
+    if kind not in ("lora", "dora", "full"):
+        raise ValueError(f"peft_adapter: {cfg.peft_adapter!r} is not one of lora, dora, full")
+    quantized = bool(getattr(model, "is_quantized", False) or getattr(model, "hf_quantizer", None))
+    torch.manual_seed(cfg.seed)
+    gc = bool(cfg.gradient_checkpointing)
+    if kind == "full":
+        if quantized:
+            raise ValueError("peft_adapter full needs an unquantized base; set quantization: none "
+                             "or use lora/dora for QLoRA")
+        for p in model.parameters():
+            p.requires_grad_(True)
+    else:
+        from peft import get_peft_model, prepare_model_for_kbit_training
+
+        if quantized:  # norms to fp32, input grads on; checkpointing as configured
+            model = prepare_model_for_kbit_training(
+                model, use_gradient_checkpointing=gc,
+                gradient_checkpointing_kwargs={"use_reentrant": False})
+        model = get_peft_model(model, lora_config(cfg, model))
+    if gc:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if hasattr(model, "enable_input_require_grads"):
+            model.enable_input_require_grads()
+    return model
+
+
+def count_params(model) -> tuple[int, int]:
+    """(trainable, total); 4-bit weights count as their unpacked size (PEFT's convention)."""
+    if hasattr(model, "get_nb_trainable_parameters"):
+        return tuple(int(x) for x in model.get_nb_trainable_parameters())
+    trainable = total = 0
+    for p in model.parameters():
+        n = p.numel() * (2 if p.__class__.__name__ == "Params4bit" else 1)
+        total += n
+        trainable += n if p.requires_grad else 0
+    return trainable, total

@@ -1,0 +1,1 @@
+"""Export: fuse adapters into standalone models."""
