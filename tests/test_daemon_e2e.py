@@ -197,7 +197,7 @@ def test_demo_learns_the_facts():
     """The README's demo, end to end: base model 0 right, tuned model answers trained questions."""
     home = short_home()
     try:
-        p = cli(home, "demo", "--backend", "mlx", "--json", timeout=600)
+        p = cli(home, "demo", "--json", timeout=600)  # backend auto, as `make demo` runs it
         assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
         result = json_lines(p.stdout)[-1]
         assert result["base_correct"] == 0

@@ -45,12 +45,14 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=args.log_level.upper(), handlers=handlers,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     log = logging.getLogger("tunerd")
-    from .host import blas_preloaded, is_apple_silicon
-    if sys.platform == "linux" and not blas_preloaded():
-        log.warning("MLX will use its reference BLAS (slow on CPU): install an optimized one, "
-                    "e.g. `apt-get install libopenblas0-pthread`")
-    elif not is_apple_silicon():
-        log.info("MLX uses OpenBLAS (LD_PRELOAD=%s)", os.environ.get("LD_PRELOAD"))
+    if sys.platform == "linux":
+        from .backends.auto import mlx_blas_library
+        lib = mlx_blas_library()
+        if lib:
+            log.info("MLX matmuls use %s", lib)
+        else:
+            log.warning("MLX will use its reference BLAS (slow on CPU): install an optimized one, "
+                        "e.g. `apt-get install libopenblas0-pthread`")
     d = Daemon(home, args.socket, args.listen, args.insecure_tcp, args.tls_cert, args.tls_key)
     d.start()
     log.info("tunerd %s ready (pid %d, home %s)", __import__("tunerd").__version__, os.getpid(), home)

@@ -51,8 +51,10 @@ class Core:
         devices = [{"name": "cpu", "backend": "torch", "memory_total_bytes": total,
                     "memory_free_bytes": avail, "detail": ""}]
         if any(b["name"] == "mlx" and b["available"] for b in backends):
+            from .backends.auto import mlx_blas_library
+            lib = "" if host.is_apple_silicon() else mlx_blas_library()
             detail = "Metal" if host.is_apple_silicon() else (
-                "OpenBLAS preloaded" if host.blas_preloaded() else
+                f"BLAS: {lib}" if lib else
                 f"reference BLAS (slow): install libopenblas0-pthread{'' if not blas else ' and restart tunerd'}")
             devices.append({"name": "gpu" if host.is_apple_silicon() else "cpu", "backend": "mlx",
                             "memory_total_bytes": total, "memory_free_bytes": avail, "detail": detail})

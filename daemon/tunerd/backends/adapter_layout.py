@@ -49,6 +49,7 @@ MLX_SUBDIR = "mlx"
 MLX_CONFIG = "adapter_config.json"
 MLX_WEIGHTS = "adapters.safetensors"
 PEFT_PREFIX = "base_model.model."
+TUNERD_SIDECAR = "tunerd_adapter.json"   # num_layers / keys that PEFT's config cannot hold
 
 
 class AdapterLayoutError(ValueError):
@@ -168,8 +169,12 @@ def peft_config(spec: AdapterSpec) -> dict:
         "init_lora_weights": True,
         "inference_mode": True,
         "modules_to_save": None,
-        "tunerd": {"num_layers": spec.num_layers, "keys": spec.keys, **spec.extra},
     }
+
+
+def tunerd_metadata(spec: AdapterSpec) -> dict:
+    """What PEFT's config has no key for; kept in a sidecar (PEFT warns on unknown keys)."""
+    return {"num_layers": spec.num_layers, "keys": spec.keys, **spec.extra}
 
 
 def mlx_config(spec: AdapterSpec, n_model_layers: Optional[int] = None) -> dict:
@@ -190,7 +195,7 @@ def mlx_config(spec: AdapterSpec, n_model_layers: Optional[int] = None) -> dict:
 def spec_from_peft_config(cfg: dict) -> AdapterSpec:
     if cfg.get("peft_type", "LORA") != "LORA":
         raise AdapterLayoutError(f"peft_type {cfg.get('peft_type')!r}: only LORA (incl. DoRA) adapters are supported")
-    ours = cfg.get("tunerd") or {}
+    ours = cfg.get("tunerd") or {}   # the sidecar's content (read_adapter), or older configs
     tm = cfg.get("target_modules") or []
     return AdapterSpec(kind="dora" if cfg.get("use_dora") else "lora", r=int(cfg["r"]),
                        lora_alpha=float(cfg.get("lora_alpha", cfg["r"])),
@@ -249,6 +254,7 @@ def write_adapter(directory, weights: dict, spec: AdapterSpec, layout: str = "ml
     (directory / MLX_SUBDIR).mkdir(parents=True, exist_ok=True)
     _write_tensors(directory / PEFT_WEIGHTS, mlx_to_peft(mlx_w), {"format": "pt"})
     _write_json(directory / PEFT_CONFIG, peft_config(spec))
+    _write_json(directory / TUNERD_SIDECAR, tunerd_metadata(spec))
     _write_tensors(directory / MLX_SUBDIR / MLX_WEIGHTS, mlx_w, {"format": "mlx"})
     _write_json(directory / MLX_SUBDIR / MLX_CONFIG, mlx_config(spec, n_model_layers))
     return directory
@@ -283,6 +289,8 @@ def read_adapter(directory, prefer: str = "mlx") -> tuple[AdapterSpec, dict]:
         spec = spec_from_mlx_config(cfg)
         weights = load_file(str(where / MLX_WEIGHTS))
     else:
+        if (where / TUNERD_SIDECAR).exists():
+            cfg["tunerd"] = json.loads((where / TUNERD_SIDECAR).read_text())
         spec = spec_from_peft_config(cfg)
         weights = peft_to_mlx(load_file(str(where / PEFT_WEIGHTS)))
     filled = spec_from_tensors(weights, spec)

@@ -23,19 +23,14 @@ from mlx_lm.tuner.utils import linear_to_lora_layers
 from mlx.utils import tree_unflatten
 
 OPENBLAS_HINT = "/usr/lib/x86_64-linux-gnu/openblas-pthread/libblas.so.3"
-_OPTIMIZED_BLAS = ("openblas", "libmkl", "blis", "accelerate")
 
 
 def blas_warning() -> Optional[str]:
     """None when MLX runs on Metal or with an optimized BLAS loaded; else a warning to log."""
     if sys.platform != "linux":
         return None
-    try:
-        with open("/proc/self/maps") as f:
-            maps = f.read().lower()
-    except OSError:  # pragma: no cover
-        return None
-    if any(name in maps for name in _OPTIMIZED_BLAS):
+    from ..auto import mlx_blas_library  # which library really serves MLX's cblas calls
+    if mlx_blas_library():
         return None
     hint = (f"set LD_PRELOAD={OPENBLAS_HINT}" if os.path.exists(OPENBLAS_HINT)
             else "install libopenblas0-pthread (apt) and set LD_PRELOAD to its libblas.so.3")
