@@ -250,3 +250,22 @@ def test_each_adapter_kind_learns_through_the_daemon(daemon, demo_bundle, tmp_pa
     assert started["backend"] == backend
     evals = [e["eval"]["eval_loss"] for e in events if "eval" in e]
     assert len(evals) >= 2 and evals[-1] < 0.7 * evals[0], evals
+
+
+def test_chat_with_a_running_jobs_latest_checkpoint(daemon, demo_bundle, tmp_path):
+    """Chat is served between training steps by the same device thread; training goes on."""
+    stub = daemon.stub()
+    cfg = write_config(tmp_path / "c.yaml", demo_bundle, max_steps=100000, save_steps=5, eval_steps=100000)
+    job_id = json_lines(cli(daemon.home, "train", str(cfg), "--detach", "--json", check=True).stdout)[0]["id"]
+    try:
+        wait_for(lambda: any((daemon.home / "runs" / job_id).glob("checkpoint-*")), what="a checkpoint")
+        p = cli(daemon.home, "chat", "--adapter", f"job:{job_id}", "-p", demo_bundle["rows"][0]["prompt"],
+                "--max-tokens", "8", "--json", check=True)
+        final = json_lines(p.stdout)[-1]
+        assert final["finish_reason"] in ("stop", "length") and final["usage"]["completion_tokens"] > 0
+        step = stub.GetJob(pb.GetJobRequest(job_id=job_id)).step
+        wait_for(lambda: stub.GetJob(pb.GetJobRequest(job_id=job_id)).step > step, what="training goes on")
+        assert job_state(stub, job_id) == "running"
+    finally:
+        cli(daemon.home, "jobs", "cancel", job_id)
+        wait_for(lambda: job_state(stub, job_id) == "cancelled", what="cancelled")
