@@ -269,3 +269,24 @@ def test_chat_with_a_running_jobs_latest_checkpoint(daemon, demo_bundle, tmp_pat
     finally:
         cli(daemon.home, "jobs", "cancel", job_id)
         wait_for(lambda: job_state(stub, job_id) == "cancelled", what="cancelled")
+
+
+def test_torch_adapter_serves_mlx_chat_and_fuses(daemon, demo_bundle, tmp_path):
+    """Train on torch; chat with its mlx-layout export on MLX; the fused model loads on both."""
+    cfg = write_config(tmp_path / "f.yaml", demo_bundle, backend="torch", max_steps=40, save_steps=1000)
+    events = json_lines(cli(daemon.home, "train", str(cfg), "--json", check=True).stdout)
+    job_id = events[0]["job_id"]
+    q = demo_bundle["rows"][0]["prompt"]
+    ask = ("-p", q, "--temperature", "0", "--max-tokens", "16", "--json")
+
+    def reply(*args):
+        return "".join(e.get("delta", "") for e in json_lines(cli(daemon.home, "chat", *args, *ask, check=True).stdout))
+
+    on_torch = reply("--adapter", f"job:{job_id}", "--backend", "torch")
+    cli(daemon.home, "adapters", "export", f"job:{job_id}", str(tmp_path / "mlx"), "--layout", "mlx", check=True)
+    assert (tmp_path / "mlx" / "adapters.safetensors").exists()
+    on_mlx = reply("--model", demo_bundle["model"], "--adapter", str(tmp_path / "mlx"), "--backend", "mlx")
+    assert on_torch and on_mlx == on_torch
+    cli(daemon.home, "adapters", "fuse", f"job:{job_id}", str(tmp_path / "fused"), check=True)
+    assert reply("--model", str(tmp_path / "fused"), "--backend", "mlx") == on_torch
+    assert reply("--model", str(tmp_path / "fused"), "--backend", "torch") == on_torch
