@@ -6,6 +6,7 @@ emit, should_stop, base_dir)`, by default `tunerd.jobs.runner.run_training`.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import threading
 import time
@@ -51,7 +52,7 @@ class JobManager:
         rec = self.store.create(to_dict(cfg), name=name, base_dir=base_dir)
         out = cfg.output_dir or str(self.runs_dir / rec.id)
         cfg = dataclasses.replace(cfg, output_dir=str(Path(out).expanduser()))
-        rec = self.store.update(rec.id, config_json=_json(cfg), output_dir=cfg.output_dir)
+        rec = self.store.update(rec.id, config_json=json.dumps(to_dict(cfg)), output_dir=cfg.output_dir)
         self.store.append(rec.id, "StateChanged", {"state": QUEUED, "reason": "submitted"})
         self._enqueue(rec.id)
         return self.store.get(rec.id)
@@ -75,7 +76,7 @@ class JobManager:
         cfg = rec.config
         has_ckpt = any(Path(rec.output_dir).glob("checkpoint-*")) if rec.output_dir else False
         cfg["resume_from_checkpoint"] = "latest" if has_ckpt else None
-        self.store.update(job_id, state=QUEUED, error="", finished_at=0.0, config_json=_json_dict(cfg))
+        self.store.update(job_id, state=QUEUED, error="", finished_at=0.0, config_json=json.dumps(cfg))
         self.store.append(job_id, "StateChanged", {
             "state": QUEUED, "reason": "resumed from the latest checkpoint" if has_ckpt
             else "restarted from the beginning (no checkpoint was saved)"})
@@ -190,12 +191,3 @@ def _describe(e: BaseException) -> str:
     if isinstance(e, (KeyError,)) and e.args:
         return f"{type(e).__name__}: {e.args[0]}"
     return msg if isinstance(e, (ValueError, FileNotFoundError, RuntimeError)) else f"{type(e).__name__}: {msg}"
-
-
-def _json(cfg: TrainConfig) -> str:
-    return _json_dict(to_dict(cfg))
-
-
-def _json_dict(d: dict) -> str:
-    import json
-    return json.dumps(d)
