@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import signal
 import stat
-import time
 
 import grpc
 import pytest
@@ -88,7 +87,7 @@ def test_train_watch_completes_and_loss_falls(daemon, demo_bundle, tmp_path):
     assert replay == events[mid - 1:]
 
     # the trained adapter answers through Chat
-    q, a = demo_bundle["rows"][0]["prompt"], demo_bundle["rows"][0]["completion"]
+    q = demo_bundle["rows"][0]["prompt"]
     out = cli(daemon.home, "chat", "--adapter", f"job:{job_id}", "-p", q, "--temperature", "0",
               "--max-tokens", "24", check=True).stdout
     assert out.strip()

@@ -8,7 +8,6 @@ import sys
 from rich.table import Table
 from tuner.v1 import tuner_pb2 as pb
 
-from .progress import job_state_name
 from .ui import console, print_json
 
 
