@@ -22,6 +22,22 @@ The math is the same on both sides: y = W x + scale * B A x with
 and DoRA rescales each output row by m / ||W + scale B A||_row (PEFT's lora_magnitude_vector == m).
 mlx-lm's `scale` is the raw multiplier (its default 20.0), not alpha: `AdapterSpec.scale` converts.
 
+Added chat special tokens (a built-in template such as `data.template: llama3` on a tokenizer that
+lacks its tokens; DESIGN.md §4): the training grows the base's vocabulary and trains the new rows
+of `embed_tokens` (and of an untied `lm_head`). They are saved next to the LoRA tensors:
+
+    dir/added_tokens.safetensors    `embed_tokens` (k, hidden) and, for an untied head, `lm_head`
+                                    (k, hidden): the trained rows (absolute values, not deltas) of
+                                    token ids `token_ids`; metadata `tunerd_added_tokens` (JSON):
+                                    {token_ids, tokens, vocab_size, end_of_turn}
+    dir/tokenizer.json, tokenizer_config.json, ...   the tokenizer with those tokens and the chat
+                                    template the adapter was trained with (`load_adapter` uses it)
+
+Both backends' `load_adapter` resize the base to `vocab_size`, write the rows in, use this
+tokenizer for chat and stop generation at `end_of_turn`. Plain `PeftModel.from_pretrained` and
+`mlx_lm.load(adapter_path=dir/mlx)` do not know this file: resize the base and copy the rows
+first (or load through tunerd).
+
 Tensors are numpy arrays. numpy has no bfloat16: callers upcast bf16 tensors to float32 first.
 
 Typical use:
@@ -49,6 +65,7 @@ MLX_SUBDIR = "mlx"
 MLX_CONFIG = "adapter_config.json"
 MLX_WEIGHTS = "adapters.safetensors"
 PEFT_PREFIX = "base_model.model."
+ADDED_TOKENS = "added_tokens.safetensors"   # rows of chat special tokens the training added
 TUNERD_SIDECAR = "tunerd_adapter.json"   # num_layers / keys that PEFT's config cannot hold
 
 
@@ -296,3 +313,50 @@ def read_adapter(directory, prefer: str = "mlx") -> tuple[AdapterSpec, dict]:
     filled = spec_from_tensors(weights, spec)
     filled.keys = spec.keys or filled.keys
     return filled, weights
+
+
+# ---- added tokens ---------------------------------------------------------------------------
+
+def write_added_tokens(directory, embed_rows, head_rows, info: dict, tokenizer=None) -> Path:
+    """Write the trained rows of added tokens (`info`: token_ids, tokens, vocab_size,
+    end_of_turn) and, when given, the tokenizer (with its chat template) into `directory`."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    tensors = {"embed_tokens": np.asarray(embed_rows, dtype=np.float32)}
+    if head_rows is not None:
+        tensors["lm_head"] = np.asarray(head_rows, dtype=np.float32)
+    if len(info["token_ids"]) != tensors["embed_tokens"].shape[0]:
+        raise AdapterLayoutError(f"added tokens: {len(info['token_ids'])} ids but "
+                                 f"{tensors['embed_tokens'].shape[0]} rows")
+    meta = {"token_ids": [int(i) for i in info["token_ids"]], "tokens": list(info.get("tokens") or []),
+            "vocab_size": int(info["vocab_size"]), "end_of_turn": info.get("end_of_turn")}
+    _write_tensors(directory / ADDED_TOKENS, tensors, {"format": "np", "tunerd_added_tokens": json.dumps(meta)})
+    if tokenizer is not None:
+        tokenizer.save_pretrained(str(directory))
+    return directory
+
+
+def added_tokens_dir(directory) -> Optional[Path]:
+    """The folder holding `added_tokens.safetensors` for an adapter path (dir or dir/mlx), if any."""
+    d = Path(directory)
+    for cand in (d, d.parent if d.name == MLX_SUBDIR else None):
+        if cand is not None and (cand / ADDED_TOKENS).exists():
+            return cand
+    return None
+
+
+def read_added_tokens(directory) -> Optional[dict]:
+    """{token_ids, tokens, vocab_size, end_of_turn, embed_tokens, lm_head (or None), dir} or None."""
+    from safetensors import safe_open
+
+    d = added_tokens_dir(directory)
+    if d is None:
+        return None
+    with safe_open(str(d / ADDED_TOKENS), framework="np") as f:
+        meta = json.loads(f.metadata()["tunerd_added_tokens"])
+        keys = set(f.keys())
+        meta["embed_tokens"] = f.get_tensor("embed_tokens")
+        meta["lm_head"] = f.get_tensor("lm_head") if "lm_head" in keys else None
+    meta["dir"] = d
+    meta["has_tokenizer"] = (d / "tokenizer_config.json").exists()
+    return meta

@@ -12,6 +12,10 @@ The training loop (`tunerd.training.loop`) never imports mlx or torch; it drives
     save_adapter(dir)                           final adapter: native layout AND PEFT layout
     generate(prompt_ids, sampling, should_stop) -> iterator[GenerationChunk]
     memory() -> MemoryStats
+    resize_token_embeddings(vocab_size, token_ids, end_of_turn, chat_template)   optional; before
+                                                add_adapter when the data pipeline added chat special
+                                                tokens: grow the vocabulary, train the new rows, save
+                                                them with the adapter (adapter_layout: added tokens)
 Losses are sums over supervised target tokens so that the loop can normalise across gradient
 accumulation by the total supervised token count (transformers #34191).
 A backend instance is owned by one thread (MLX streams are thread-local, DESIGN.md §6).

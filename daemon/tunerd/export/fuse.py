@@ -64,6 +64,9 @@ def fuse(model_path, adapter_path, out_dir, dequantize: bool = False) -> Path:
         fused = [(name, m.fuse(dequantize=True)) for name, m in model.named_modules()
                  if isinstance(m, (LoRALinear, DoRALinear))]
         model.update_modules(tree_unflatten(fused))
+    added = layout.read_added_tokens(adapter_path)
+    if added is not None:  # chat special tokens the training added: grow the vocabulary, write the rows
+        wrapper = _fuse_added_tokens(model, config, added, wrapper)
     model.set_dtype(save_dtype)
     mx.eval(model.parameters())
 
@@ -78,7 +81,52 @@ def fuse(model_path, adapter_path, out_dir, dequantize: bool = False) -> Path:
     for extra in ("generation_config.json",):
         if (src / extra).exists():
             shutil.copy(src / extra, tmp / extra)
+    if added is not None and added.get("end_of_turn") and (tmp / "generation_config.json").exists():
+        gen = json.loads((tmp / "generation_config.json").read_text())
+        eos = gen.get("eos_token_id")
+        eos = [eos] if isinstance(eos, int) else list(eos or [])
+        eot = int(wrapper._tokenizer.convert_tokens_to_ids(added["end_of_turn"]))
+        gen["eos_token_id"] = eos + [eot] if eot not in eos else eos
+        (tmp / "generation_config.json").write_text(json.dumps(gen, indent=2))
     if out.exists():
         shutil.rmtree(out)
     tmp.rename(out)
     return out
+
+
+def _fuse_added_tokens(model, config: dict, added: dict, wrapper):
+    """Dense embed_tokens / lm_head of the grown vocabulary with the adapter's rows; config
+    vocab_size and the adapter's tokenizer (its tokens, chat template, end-of-turn stop)."""
+    import mlx.core as mx
+    import mlx.nn as nn
+    import numpy as np
+    from mlx_lm.tokenizer_utils import TokenizerWrapper
+    from transformers import AutoTokenizer
+
+    from ..backends.mlx.model import _embed_owner
+
+    owner = _embed_owner(model)
+    ids = np.asarray(added["token_ids"])
+
+    def grown(weight, rows):
+        w = np.array(weight.astype(mx.float32))
+        if added["vocab_size"] > w.shape[0]:
+            w = np.concatenate([w, np.zeros((added["vocab_size"] - w.shape[0], w.shape[1]), np.float32)])
+        w[ids] = rows
+        return mx.array(w)
+
+    emb = nn.Embedding(added["vocab_size"], owner.embed_tokens.weight.shape[1])
+    emb.weight = grown(owner.embed_tokens.weight, added["embed_tokens"])
+    owner.embed_tokens = emb
+    if getattr(model, "lm_head", None) is not None:
+        if added["lm_head"] is None:
+            raise FuseError("added tokens: the adapter has no lm_head rows but this model's head is untied")
+        head = nn.Linear(model.lm_head.weight.shape[1], added["vocab_size"], bias=False)
+        head.weight = grown(model.lm_head.weight, added["lm_head"])
+        model.lm_head = head
+    config["vocab_size"] = int(added["vocab_size"])
+    if hasattr(getattr(model, "args", None), "vocab_size"):
+        model.args.vocab_size = int(added["vocab_size"])
+    if added["has_tokenizer"]:
+        wrapper = TokenizerWrapper(AutoTokenizer.from_pretrained(str(added["dir"])))
+    return wrapper

@@ -162,7 +162,9 @@ def train(cfg: TrainConfig, backend: Backend, emit: Callable[[object], None],
             raise ValueError(f"data.template: the chat template needs {data.report['added_tokens']} new special "
                              f"tokens ({data.report.get('added_token_list')}), and the {info.backend} backend cannot "
                              f"add tokens yet; use a model whose tokenizer has them or data.template: auto")
-        resize(len(backend.tokenizer))
+        tok = backend.tokenizer
+        resize(len(tok), token_ids=[int(i) for i in tok.convert_tokens_to_ids(data.report["added_token_list"])],
+               end_of_turn=data.report.get("end_of_turn_token"), chat_template=data.report.get("chat_template"))
     stats = backend.add_adapter(cfg)
     for w in getattr(backend, "warnings", []):  # optional: backends may list set-up warnings (e.g. no BLAS)
         emit(ev.Log("warning", w))

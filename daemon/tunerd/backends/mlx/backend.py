@@ -31,8 +31,9 @@ from ...config.schema import TrainConfig
 from ...data.batch import Batch
 from .. import adapter_layout as layout
 from ..base import Backend, GenerationChunk, MemoryStats, ModelInfo, ParamStats, Sampling
-from .model import (PACKING_MODEL_TYPES, PackedAttention, apply_lora, blas_warning, block_causal_mask,
-                    enable_grad_checkpoint, is_quantized, quantize_base, resolve_lora_keys, strip_adapters)
+from .model import (PACKING_MODEL_TYPES, PackedAttention, add_token_rows, apply_lora, blas_warning,
+                    block_causal_mask, enable_grad_checkpoint, is_quantized, quantize_base, resolve_lora_keys,
+                    strip_adapters, strip_token_rows, token_rows)
 
 log = logging.getLogger("tunerd.mlx")
 
@@ -98,6 +99,7 @@ class MLXBackend(Backend):
         self._base_params = 0
         self._kind = "lora"
         self._loaded_spec = None
+        self._added: dict | None = None   # chat special tokens added (resize_token_embeddings / load_adapter)
 
     # ---- load ---------------------------------------------------------------------------------
     @property
@@ -127,7 +129,7 @@ class MLXBackend(Backend):
         mx.eval(model.parameters())
         self.model, self._wrapper, self.model_type = model, wrapper, config.get("model_type", "")
         self._config = config
-        self.optimizer, self._kind = None, "lora"
+        self.optimizer, self._kind, self._added = None, "lora", None
         self._base_params = get_total_parameters(model)
         self._fns, self._acc = {}, None
         q = ("none" if not is_quantized(model) else
@@ -137,12 +139,51 @@ class MLXBackend(Backend):
                          vocab_size=int(config.get("vocab_size", 0)),
                          eos_token_ids=sorted(int(i) for i in wrapper.eos_token_ids))
 
+    def resize_token_embeddings(self, vocab_size: int, token_ids=None, end_of_turn=None,
+                                chat_template=None) -> int:
+        """Grow the vocabulary for chat special tokens the data pipeline added (before add_adapter):
+        the rows of the new ids come from small trainable matrices next to the frozen (possibly
+        quantized) embedding and lm_head (model.add_token_rows), initialised at the mean row and
+        saved with the adapter (adapter_layout: added tokens)."""
+        self._require_model()
+        old = self._vocab_rows()
+        ids = sorted(int(i) for i in token_ids) if token_ids is not None else list(range(old, vocab_size))
+        new = add_token_rows(self.model, vocab_size, ids)
+        tok = self.tokenizer
+        if chat_template:  # what the adapter was trained with: saved with its tokenizer, used by chat
+            tok.chat_template = chat_template
+        self._set_tokenizer(tok, end_of_turn)
+        self._added = {"token_ids": ids, "tokens": tok.convert_ids_to_tokens(ids), "vocab_size": new,
+                       "end_of_turn": end_of_turn}
+        self._fns, self._acc = {}, None
+        mx.eval(self.model.parameters())
+        return new
+
+    def _vocab_rows(self) -> int:
+        from .model import _embed_owner, dense_weight
+        emb = _embed_owner(self.model).embed_tokens
+        return int(emb._perm.shape[0]) if token_rows(self.model) else int(dense_weight(emb).shape[0])
+
+    def _set_tokenizer(self, hf_tokenizer, end_of_turn=None) -> None:
+        """Re-wrap the (grown) tokenizer: the streaming detokenizer maps the new ids, and the
+        end-of-turn token stops generation."""
+        from mlx_lm.tokenizer_utils import TokenizerWrapper
+
+        old = self._wrapper
+        eos = set(old.eos_token_ids)
+        if end_of_turn:
+            eos.add(int(hf_tokenizer.convert_tokens_to_ids(end_of_turn)))
+        self._wrapper = TokenizerWrapper(hf_tokenizer, type(old._detokenizer), eos_token_ids=eos)
+
     def add_adapter(self, cfg: TrainConfig) -> ParamStats:
         self._require_model()
         model = self.model
         kind = cfg.peft_adapter.lower()
         if kind not in ("lora", "dora", "full"):
             raise ValueError(f"peft_adapter: {cfg.peft_adapter!r} is not one of lora, dora, full")
+        if kind == "full" and self._added:
+            raise ValueError("peft_adapter full with added chat tokens is not supported on mlx yet; "
+                             "use lora/dora, the torch backend, or a model whose tokenizer has the tokens")
         if cfg.lora_bias != "none":
             raise ValueError(f"lora_bias: {cfg.lora_bias!r} is not supported by the mlx backend; use none")
         mx.random.seed(cfg.seed)
@@ -262,6 +303,11 @@ class MLXBackend(Backend):
     def load_checkpoint(self, path: Path) -> None:
         path = Path(path)
         self._load_weights(self._read_weights(path), trainable_only=True)
+        if self._added:
+            added = layout.read_added_tokens(path)
+            for name, w in token_rows(self.model).items():
+                if w is not None:
+                    w.rows = mx.array(added[name]).astype(w.rows.dtype)
         saved = mx.load(str(path / "optimizer.safetensors"))
         missing = [k for k, _ in tree_flatten(self.optimizer.state) if k not in saved]
         if missing:
@@ -317,7 +363,13 @@ class MLXBackend(Backend):
             self.tokenizer.save_pretrained(str(path))
             return
         weights = {k: np.array(v.astype(mx.float32)) for k, v in trained.items()}
+        rows = {k: weights.pop(k) for k in [k for k in weights if k.endswith(".rows")]}
         layout.write_adapter(path, weights, self._spec(), n_model_layers=len(self.model.layers))
+        if self._added:
+            head = [v for k, v in rows.items() if k.startswith("lm_head.")]
+            embed = [v for k, v in rows.items() if k.endswith("embed_tokens.rows")]
+            layout.write_added_tokens(path, embed[0], head[0] if head else None, self._added,
+                                      tokenizer=self.tokenizer)
 
     def load_adapter(self, path: Path) -> None:
         self._require_model()
@@ -337,6 +389,12 @@ class MLXBackend(Backend):
         spec, weights = layout.read_adapter(path)
         model = self.model
         strip_adapters(model)
+        added = layout.read_added_tokens(path)
+        if added is not None:
+            self._apply_added_tokens(added)
+        elif self._added:  # a previous adapter's token rows: back to the base vocabulary's rows
+            strip_token_rows(model)
+            self._added = None
         keys = spec.keys or resolve_lora_keys(model, spec.target_modules)
         n = len(model.layers)
         num_layers = n - min(spec.layers) if spec.layers else spec.num_layers
@@ -349,6 +407,17 @@ class MLXBackend(Backend):
         model.eval()
         self._fns, self._kind, self._loaded_spec = {}, spec.kind, spec
         mx.eval(model.parameters())
+
+    def _apply_added_tokens(self, added: dict) -> None:
+        """Grow the vocabulary to the adapter's, with its trained rows; use its tokenizer (tokens,
+        chat template) and stop at its end-of-turn token."""
+        from transformers import AutoTokenizer
+
+        add_token_rows(self.model, added["vocab_size"], added["token_ids"],
+                       rows={"embed_tokens": added["embed_tokens"], "lm_head": added["lm_head"]})
+        tok = AutoTokenizer.from_pretrained(str(added["dir"])) if added["has_tokenizer"] else self.tokenizer
+        self._set_tokenizer(tok, added.get("end_of_turn"))
+        self._added = {k: added[k] for k in ("token_ids", "tokens", "vocab_size", "end_of_turn")}
 
     # ---- generation ---------------------------------------------------------------------------
     def generate(self, prompt_ids: list[int], sampling: Sampling,

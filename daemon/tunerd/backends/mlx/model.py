@@ -8,6 +8,9 @@
 - `enable_grad_checkpoint()`: recompute each transformer block in backward, for this model only
   (mlx-lm's `grad_checkpoint` patches the layer *class*, i.e. every model in the process).
 - `PackedAttention`: how packed rows get a block-diagonal causal mask through mlx-lm's models.
+- `add_token_rows()` / `strip_token_rows()`: added chat special tokens: the (frozen, possibly
+  quantized) embedding and lm_head are wrapped so that the rows of the new token ids come from a
+  small trainable matrix (`...embed_tokens.rows`, `lm_head.rows`).
 """
 from __future__ import annotations
 
@@ -158,3 +161,97 @@ def enable_grad_checkpoint(model: nn.Module) -> None:
             return mx.checkpoint(inner)(self.trainable_parameters(), x)
 
         layer.__class__ = type(cls.__name__, (cls,), {"__call__": call, "_tunerd_checkpointed": True})
+
+
+def dense_weight(m: nn.Module) -> mx.array:
+    """The float weight of an Embedding/Linear, dequantized when quantized."""
+    if isinstance(m, (nn.QuantizedEmbedding, nn.QuantizedLinear)):
+        return mx.dequantize(m.weight, m.scales, m.biases, m.group_size, m.bits)
+    return m.weight
+
+
+class _TokenRows(nn.Module):
+    """Shared part: token ids `ids` (all >= the base vocabulary, or inside it) get their rows from
+    `self.rows`; `_perm` maps each id of the grown vocabulary to a column of [base | rows]."""
+
+    def __init__(self, base: nn.Module, rows: mx.array, ids: list, vocab_size: int, old: int):
+        super().__init__()
+        self.base = base
+        self.rows = rows
+        perm = list(range(old)) + [-1] * (vocab_size - old)
+        for k, i in enumerate(ids):
+            perm[i] = old + k
+        if -1 in perm:
+            raise ValueError(f"added tokens: ids {[i for i, p in enumerate(perm) if p < 0][:5]} have no row")
+        object.__setattr__(self, "_perm", mx.array(perm, dtype=mx.int32))
+        object.__setattr__(self, "_old", old)
+        object.__setattr__(self, "token_ids", list(ids))
+
+
+class TokenRowsEmbedding(_TokenRows):
+    def __call__(self, x):
+        p = self._perm[x]
+        new = p >= self._old
+        h = self.base(mx.where(new, 0, p))
+        return mx.where(new[..., None], self.rows[mx.maximum(p - self._old, 0)].astype(h.dtype), h)
+
+    def as_linear(self, x):
+        return mx.take(mx.concatenate([self.base.as_linear(x), x @ self.rows.T.astype(x.dtype)], axis=-1),
+                       self._perm, axis=-1)
+
+
+class TokenRowsHead(_TokenRows):
+    def __call__(self, x):
+        return mx.take(mx.concatenate([self.base(x), x @ self.rows.T.astype(x.dtype)], axis=-1),
+                       self._perm, axis=-1)
+
+
+def _embed_owner(model: nn.Module):
+    inner = getattr(model, "model", None) or getattr(model, "language_model", None)
+    if inner is None or not hasattr(inner, "embed_tokens"):
+        raise ValueError(f"added tokens: cannot find embed_tokens in {type(model).__module__}")
+    return inner
+
+
+def token_rows(model: nn.Module) -> dict:
+    """{"embed_tokens": wrapper, "lm_head": wrapper or None} when rows were added, else {}."""
+    emb = _embed_owner(model).embed_tokens
+    if not isinstance(emb, TokenRowsEmbedding):
+        return {}
+    head = getattr(model, "lm_head", None)
+    return {"embed_tokens": emb, "lm_head": head if isinstance(head, TokenRowsHead) else None}
+
+
+def strip_token_rows(model: nn.Module) -> None:
+    rows = token_rows(model)
+    if rows:
+        _embed_owner(model).embed_tokens = rows["embed_tokens"].base
+        if rows["lm_head"] is not None:
+            model.lm_head = rows["lm_head"].base
+
+
+def add_token_rows(model: nn.Module, vocab_size: int, ids: list, rows: Optional[dict] = None) -> int:
+    """Wrap embed_tokens (and an untied lm_head) so the token ids `ids` of a vocabulary grown to
+    `vocab_size` get trainable rows: `rows[...]` when given, else the mean of the base's rows (the
+    torch backend's init too). Returns the new vocabulary size."""
+    strip_token_rows(model)
+    owner = _embed_owner(model)
+    emb = owner.embed_tokens
+    old = dense_weight(emb).shape[0]
+    new = max(old, int(vocab_size))
+    head = getattr(model, "lm_head", None)
+
+    def init(m, name):
+        if rows is not None:
+            if rows.get(name) is None:
+                raise ValueError(f"added tokens: the adapter has no {name} rows for this model")
+            return mx.array(rows[name]).astype(mx.float32)
+        mean = dense_weight(m).astype(mx.float32)[:old].mean(axis=0)
+        return mx.broadcast_to(mean, (len(ids), mean.shape[0])) + 0
+
+    dtype = dense_weight(emb).dtype if not isinstance(emb, nn.QuantizedEmbedding) else emb.scales.dtype
+    owner.embed_tokens = TokenRowsEmbedding(emb, init(emb, "embed_tokens").astype(dtype), ids, new, old)
+    if head is not None:
+        hd = dense_weight(head).dtype if not isinstance(head, nn.QuantizedLinear) else head.scales.dtype
+        model.lm_head = TokenRowsHead(head, init(head, "lm_head").astype(hd), ids, new, old)
+    return new

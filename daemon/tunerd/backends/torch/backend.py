@@ -74,6 +74,7 @@ class TorchBackend(Backend):
         self._params: list = []
         self._scaler = None
         self._eos: set = set()
+        self._added: dict | None = None   # chat special tokens added for this run (resize_token_embeddings)
 
     # ---- load ---------------------------------------------------------------------------------
     @property
@@ -92,7 +93,7 @@ class TorchBackend(Backend):
         self._tok = AutoTokenizer.from_pretrained(cfg.model, revision=cfg.revision,
                                                   trust_remote_code=cfg.trust_remote_code)
         self.base = self.model = tmodel.load_model(cfg, self.device, self.dtype)
-        self.optimizer, self.packing_mode = None, None
+        self.optimizer, self.packing_mode, self._added = None, None, None
         eos = self.base.generation_config.eos_token_id if self.base.generation_config else None
         eos = [eos] if isinstance(eos, int) else list(eos or [])
         if self._tok.eos_token_id is not None:
@@ -106,10 +107,31 @@ class TorchBackend(Backend):
                          quantization=q, total_params=int(total),
                          vocab_size=int(self.base.config.vocab_size), eos_token_ids=sorted(self._eos))
 
+    def resize_token_embeddings(self, vocab_size: int, token_ids=None, end_of_turn=None,
+                                chat_template=None) -> int:
+        """Grow the base's vocabulary for chat special tokens the data pipeline added (before
+        add_adapter): new rows start at the mean embedding and are trained as PEFT trainable tokens
+        (`trainable_token_indices`), saved with the adapter (adapter_layout: added tokens)."""
+        self._require_model()
+        old = self.base.get_input_embeddings().weight.shape[0]
+        ids = sorted(int(i) for i in token_ids) if token_ids is not None else list(range(old, vocab_size))
+        new = tmodel.resize_vocab(self.base, vocab_size, ids)
+        if end_of_turn:
+            self._eos.add(int(self._tok.convert_tokens_to_ids(end_of_turn)))
+        if chat_template:  # what the adapter was trained with: saved with its tokenizer, used by chat
+            self._tok.chat_template = chat_template
+        self._added = {"token_ids": ids, "tokens": self._tok.convert_ids_to_tokens(ids), "vocab_size": new,
+                       "end_of_turn": end_of_turn, "tied": tmodel.tied_head(self.base),
+                       "names": {"embed_tokens": tmodel.module_leaf_name(self.base, self.base.get_input_embeddings()),
+                                 "lm_head": tmodel.module_leaf_name(self.base, self.base.get_output_embeddings())
+                                 if self.base.get_output_embeddings() is not None else None}}
+        return new
+
     def add_adapter(self, cfg: TrainConfig) -> ParamStats:
         self._require_model()
         self.cfg, self._kind = cfg, cfg.peft_adapter.lower()
-        self.model = tmodel.add_adapter(self.base, cfg)
+        token_ids = self._added["token_ids"] if self._added and self._kind != "full" else None
+        self.model = tmodel.add_adapter(self.base, cfg, token_ids)
         self._params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = build_optimizer(cfg, self._params, self.device)
         self._scaler = torch.amp.GradScaler(self.device.type) if self.dtype == torch.float16 else None
@@ -292,15 +314,33 @@ class TorchBackend(Backend):
             self._underlying().save_pretrained(path, safe_serialization=True)
             self._tok.save_pretrained(path)
             return
-        if self.cfg.lora_bias != "none":
-            self.model.save_pretrained(path)
-            return
         from peft import get_peft_model_state_dict
 
-        sd = get_peft_model_state_dict(self.model)
-        weights = {k: v.detach().float().cpu().numpy() for k, v in sd.items()}
+        sd = get_peft_model_state_dict(self.model, save_embedding_layers=False)
+        tokens = {k: v for k, v in sd.items() if "trainable_tokens_delta" in k}
+        if self._added:
+            self._write_added_tokens(path, tokens)
+        if self.cfg.lora_bias != "none":
+            self.model.save_pretrained(path, save_embedding_layers=False)
+            return
+        weights = {k: v.detach().float().cpu().numpy() for k, v in sd.items() if k not in tokens}
         layout.write_adapter(path, weights, self._spec(), layout="peft",
                              n_model_layers=tmodel.n_layers(self.base))
+
+    def _write_added_tokens(self, path: Path, deltas: dict) -> None:
+        """The added tokens' rows + tokenizer. While training, the rows are PEFT's trainable-token
+        parameters (`...embed_tokens.token_adapter.trainable_tokens_delta`: the rows' values, not
+        differences); with an adapter loaded for inference they sit in the resized base."""
+        def rows(which: str):
+            leaf = self._added.get("names", {}).get(which) or which   # the module's own name (embed_tokens, wte, ...)
+            hit = [v for k, v in deltas.items() if k.split(".token_adapter")[0].rpartition(".")[2] == leaf]
+            if hit:
+                return hit[0].detach().float().cpu().numpy()
+            layer = self.base.get_input_embeddings() if which == "embed_tokens" else self.base.get_output_embeddings()
+            w = getattr(layer, "base_layer", layer).weight
+            return w[self._added["token_ids"]].detach().float().cpu().numpy()
+        head = None if self._added["tied"] else rows("lm_head")
+        layout.write_added_tokens(path, rows("embed_tokens"), head, self._added, tokenizer=self._tok)
 
     def _strip_adapter(self):
         from peft import PeftModel
@@ -320,6 +360,7 @@ class TorchBackend(Backend):
         kind, where = layout.find_layout(path)
         if kind == "mlx" and json.loads((where / layout.MLX_CONFIG).read_text()).get("fine_tune_type") == "full":
             return self._load_full(where / layout.MLX_WEIGHTS)
+        added = None if trainable else layout.read_added_tokens(path)
         spec, mlx_weights = layout.read_adapter(path, prefer="peft")
         sd = {k: torch.from_numpy(np.asarray(v, dtype=np.float32))
               for k, v in layout.mlx_to_peft(mlx_weights).items()}
@@ -327,6 +368,8 @@ class TorchBackend(Backend):
             self._copy_into_adapter(sd)
             return
         base = self._strip_adapter()
+        if added is not None:
+            self._apply_added_tokens(base, added)
         config = LoraConfig(r=spec.r, lora_alpha=spec.lora_alpha, lora_dropout=0.0, use_rslora=spec.use_rslora,
                             use_dora=spec.kind == "dora", target_modules=spec.target_modules,
                             layers_to_transform=spec.layers, task_type="CAUSAL_LM")
@@ -336,6 +379,20 @@ class TorchBackend(Backend):
             raise ValueError(f"{path}: adapter tensors do not fit this model: {res.unexpected_keys[:5]}")
         self.model.to(self.device).eval()
         self.optimizer = None
+
+    def _apply_added_tokens(self, base, added: dict) -> None:
+        """Resize `base` to the adapter's vocabulary, write the trained rows in, switch to the
+        adapter's tokenizer (its tokens and chat template) and stop at its end-of-turn token."""
+        from transformers import AutoTokenizer
+
+        tmodel.resize_vocab(base, added["vocab_size"], added["token_ids"],
+                            rows={"embed_tokens": added["embed_tokens"], "lm_head": added["lm_head"]})
+        if added["has_tokenizer"]:
+            self._tok = AutoTokenizer.from_pretrained(str(added["dir"]))
+        if added.get("end_of_turn"):
+            self._eos.add(int(self._tok.convert_tokens_to_ids(added["end_of_turn"])))
+        self._added = {k: added[k] for k in ("token_ids", "tokens", "vocab_size", "end_of_turn")}
+        self._added["tied"] = tmodel.tied_head(base)
 
     @torch.no_grad()
     def _copy_into_adapter(self, sd: dict) -> None:

@@ -86,7 +86,7 @@ def n_layers(model) -> int:
     return int(n)
 
 
-def lora_config(cfg, model):
+def lora_config(cfg, model, token_ids=None):
     from peft import LoraConfig
 
     targets = cfg.lora_target_modules
@@ -100,13 +100,53 @@ def lora_config(cfg, model):
         layers = list(range(total - cfg.num_layers, total))
     elif cfg.num_layers == 0 or cfg.num_layers < -1:
         raise ValueError(f"num_layers: {cfg.num_layers} must be -1 (all) or 1..{total}")
+    extra = {}
+    if token_ids:  # rows of added chat tokens: PEFT trainable tokens on the input (and untied output) embedding
+        extra["trainable_token_indices"] = {module_leaf_name(model, model.get_input_embeddings()): list(token_ids)}
+        if not tied_head(model):
+            extra["trainable_token_indices"][module_leaf_name(model, model.get_output_embeddings())] = list(token_ids)
     return LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
                       target_modules=targets, bias=cfg.lora_bias, use_rslora=cfg.use_rslora,
                       use_dora=cfg.peft_adapter.lower() == "dora", layers_to_transform=layers,
-                      task_type="CAUSAL_LM")
+                      task_type="CAUSAL_LM", **extra)
 
 
-def add_adapter(model, cfg):
+def module_leaf_name(model, module) -> str:
+    return next(n for n, m in model.named_modules() if m is module).rpartition(".")[2]
+
+
+def tied_head(model) -> bool:
+    out = model.get_output_embeddings()
+    return out is None or out.weight is model.get_input_embeddings().weight
+
+
+@torch.no_grad()
+def resize_vocab(model, vocab_size: int, token_ids, rows: dict | None = None) -> int:
+    """Grow the embeddings (and an untied lm_head) to `vocab_size` rows (never shrink) and set the
+    rows `token_ids`: to `rows["embed_tokens"]` / `rows["lm_head"]` when given, else to the mean of
+    the original rows (the same deterministic init as the mlx backend). Returns the new size."""
+    old = model.get_input_embeddings().weight.shape[0]
+    new = max(old, int(vocab_size))
+    if new > old:
+        model.resize_token_embeddings(new, mean_resizing=False)
+    idx = torch.tensor(list(token_ids), dtype=torch.long)
+    layers = [("embed_tokens", model.get_input_embeddings())]
+    if not tied_head(model):
+        layers.append(("lm_head", model.get_output_embeddings()))
+    for name, layer in layers:
+        w = layer.weight
+        if rows is not None and rows.get(name) is not None:
+            src = torch.as_tensor(rows[name])
+        elif rows is not None and name == "lm_head":
+            raise ValueError("added tokens: the adapter has no lm_head rows but this model's head is untied")
+        else:
+            src = w[:old].float().mean(0, keepdim=True).expand(len(idx), -1)
+        w.index_copy_(0, idx.to(w.device), src.to(w.device, w.dtype))
+    model.config.vocab_size = new
+    return new
+
+
+def add_adapter(model, cfg, token_ids=None):
     """Wrap `model` for training: PEFT LoRA/DoRA, or every (unquantized) weight for `full`."""
     kind = cfg.peft_adapter.lower()
     if kind not in ("lora", "dora", "full"):
@@ -127,7 +167,7 @@ def add_adapter(model, cfg):
             model = prepare_model_for_kbit_training(
                 model, use_gradient_checkpointing=gc,
                 gradient_checkpointing_kwargs={"use_reentrant": False})
-        model = get_peft_model(model, lora_config(cfg, model))
+        model = get_peft_model(model, lora_config(cfg, model, token_ids))
     if gc:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if hasattr(model, "enable_input_require_grads"):
