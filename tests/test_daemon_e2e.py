@@ -289,3 +289,9 @@ def test_torch_adapter_serves_mlx_chat_and_fuses(daemon, demo_bundle, tmp_path):
     cli(daemon.home, "adapters", "fuse", f"job:{job_id}", str(tmp_path / "fused"), check=True)
     assert reply("--model", str(tmp_path / "fused"), "--backend", "mlx") == on_torch
     assert reply("--model", str(tmp_path / "fused"), "--backend", "torch") == on_torch
+
+
+def test_unreachable_model_is_a_clear_not_found(daemon, demo_bundle):
+    p = cli(daemon.home, "data", "inspect", demo_bundle["train"], "--model", "no-such-org/no-such-model", "--json")
+    err = json_lines(p.stdout)[-1]["error"]
+    assert p.returncode == 1 and err["code"] == "NOT_FOUND" and "no-such-org/no-such-model" in err["message"]

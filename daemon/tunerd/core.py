@@ -193,7 +193,12 @@ class Core:
         key = str(path.resolve()) if path.exists() else model
         if key not in self._tokenizers:
             from transformers import AutoTokenizer
-            self._tokenizers[key] = AutoTokenizer.from_pretrained(key)
+            try:
+                self._tokenizers[key] = AutoTokenizer.from_pretrained(key)
+            except OSError as e:  # not a local dir, and the hub is unreachable or has no such repo
+                first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                raise FileNotFoundError(f"model {model!r}: not a local directory, and its tokenizer could "
+                                        f"not be loaded from the hub ({first})") from None
         return self._tokenizers[key]
 
     # -- evaluation and advice -------------------------------------------------------------------
