@@ -16,6 +16,7 @@ from .backends.base import Sampling
 from .jobs.store import JobStore
 from .jobs.worker import DeviceWorker
 from .models.registry import ModelRegistry
+from .training.checkpoints import list_checkpoints
 
 
 @dataclass
@@ -44,8 +45,7 @@ def resolve_job_ref(store: JobStore, ref: str, want: str) -> str:
         return rec.model
     if rec.adapter_path and Path(rec.adapter_path).exists():
         return rec.adapter_path
-    ckpts = sorted(Path(rec.output_dir).glob("checkpoint-*"),
-                   key=lambda p: int(p.name.rsplit("-", 1)[-1]) if p.name.rsplit("-", 1)[-1].isdigit() else -1)
+    ckpts = list_checkpoints(Path(rec.output_dir)) if rec.output_dir else []
     if not ckpts:
         raise FileNotFoundError(f"job {rec.id} has no adapter or checkpoint yet (state {rec.state})")
     return str(ckpts[-1])

@@ -82,6 +82,18 @@ class GenerationChunk:
     finish_reason: Optional[str] = None  # "stop" | "length" | "cancelled" on the last chunk
 
 
+def partial_stop_len(text: str, stops: list[str]) -> int:
+    """Length of the longest suffix of `text` that is a proper prefix of a stop string: the
+    part of a streamed reply both backends hold back until it is known not to start a stop."""
+    best = 0
+    for stop in stops:
+        for n in range(min(len(stop) - 1, len(text)), best, -1):
+            if text.endswith(stop[:n]):
+                best = n
+                break
+    return best
+
+
 class Backend(ABC):
     name: str = "base"
 

@@ -30,7 +30,7 @@ from mlx.utils import tree_flatten, tree_map, tree_map_with_path
 from ...config.schema import TrainConfig
 from ...data.batch import Batch
 from .. import adapter_layout as layout
-from ..base import Backend, GenerationChunk, MemoryStats, ModelInfo, ParamStats, Sampling
+from ..base import Backend, GenerationChunk, MemoryStats, ModelInfo, ParamStats, Sampling, partial_stop_len
 from .model import (PACKING_MODEL_TYPES, PackedAttention, add_token_rows, apply_lora, blas_warning,
                     block_causal_mask, enable_grad_checkpoint, is_quantized, quantize_base, resolve_lora_keys,
                     strip_adapters, strip_token_rows, token_rows)
@@ -448,21 +448,10 @@ class MLXBackend(Backend):
             if resp.finish_reason:
                 yield GenerationChunk(text[emitted:], int(resp.token), resp.finish_reason)
                 return
-            safe = len(text) - _partial_stop_len(text, stops)
+            safe = len(text) - partial_stop_len(text, stops)
             if safe > emitted:
                 yield GenerationChunk(text[emitted:safe], int(resp.token))
                 emitted = safe
 
     def memory(self) -> MemoryStats:
         return MemoryStats(active_bytes=int(mx.get_active_memory()), peak_bytes=int(mx.get_peak_memory()))
-
-
-def _partial_stop_len(text: str, stops: list[str]) -> int:
-    """Length of the longest suffix of `text` that is a proper prefix of a stop string (held back)."""
-    best = 0
-    for s in stops:
-        for n in range(min(len(s) - 1, len(text)), best, -1):
-            if text.endswith(s[:n]):
-                best = n
-                break
-    return best

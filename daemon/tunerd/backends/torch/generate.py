@@ -5,7 +5,7 @@ from typing import Callable, Iterator, Optional
 
 import torch
 
-from ..base import GenerationChunk, Sampling
+from ..base import GenerationChunk, Sampling, partial_stop_len
 
 
 def sample_next(logits: torch.Tensor, context: torch.Tensor, s: Sampling,
@@ -29,17 +29,6 @@ def sample_next(logits: torch.Tensor, context: torch.Tensor, s: Sampling,
     if s.min_p and s.min_p > 0:
         probs[probs < s.min_p * probs.max()] = 0.0
     return int(torch.multinomial(probs / probs.sum(), 1, generator=gen))
-
-
-def _partial_stop_len(text: str, stops: list[str]) -> int:
-    """Length of the longest suffix of `text` that is a proper prefix of a stop string (held back)."""
-    best = 0
-    for st in stops:
-        for n in range(min(len(st) - 1, len(text)), best, -1):
-            if text.endswith(st[:n]):
-                best = n
-                break
-    return best
 
 
 @torch.no_grad()
@@ -73,7 +62,7 @@ def stream(model, tokenizer, prompt_ids: list[int], s: Sampling, eos_ids: set, d
         if i == s.max_tokens - 1:
             yield GenerationChunk(text[emitted:], tok, "length")
             return
-        safe = len(text) - _partial_stop_len(text, stops)
+        safe = len(text) - partial_stop_len(text, stops)
         while safe > emitted and text[safe - 1] == "\ufffd":  # an incomplete UTF-8 character
             safe -= 1
         yield GenerationChunk(text[emitted:safe], tok)
