@@ -17,7 +17,7 @@ import yaml
 
 from . import __version__, host
 from .chat import ChatDelta, ChatParams, ChatService, resolve_job_ref
-from .config.loader import load_config
+from .config.loader import load_config, merge
 from .jobs.manager import JobManager
 from .jobs.runner import resolve_backend
 from .jobs.store import SUCCEEDED, JobRecord, JobStore
@@ -79,8 +79,7 @@ class Core:
                 raise ValueError("config_yaml: top level must be a mapping")
             if "_base_" in parsed:
                 raise ValueError("config_yaml: `_base_` needs a file; send config_path instead")
-            from .config.loader import _merge
-            layer = _merge(parsed, layer)
+            layer = merge(parsed, layer)
         path = config_path
         if path and base_dir and not os.path.isabs(path):
             path = os.path.join(base_dir, path)

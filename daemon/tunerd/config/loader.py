@@ -24,11 +24,12 @@ class ConfigError(ValueError):
         super().__init__(where + "; ".join(problems))
 
 
-def _merge(base: dict, over: dict) -> dict:
+def merge(base: dict, over: dict) -> dict:
+    """`over` on top of `base`, recursively for nested mappings (the data block)."""
     out = dict(base)
     for k, v in over.items():
         if isinstance(v, dict) and isinstance(out.get(k), dict):
-            out[k] = _merge(out[k], v)
+            out[k] = merge(out[k], v)
         else:
             out[k] = v
     return out
@@ -54,8 +55,8 @@ def read_yaml(path: Union[str, Path], _seen: Optional[set] = None) -> dict:
     bases = doc.pop("_base_", None)
     merged: dict = {}
     for b in ([bases] if isinstance(bases, str) else bases or []):
-        merged = _merge(merged, read_yaml(path.parent / b, _seen))
-    return _merge(merged, doc)
+        merged = merge(merged, read_yaml(path.parent / b, _seen))
+    return merge(merged, doc)
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -229,7 +230,7 @@ def load_config(path: Optional[Union[str, Path]] = None, overrides: Optional[lis
     """The one way to resolve a config: file (with _base_), then a dict layer, then overrides."""
     merged = read_yaml(path) if path else {}
     if doc:
-        merged = _merge(merged, doc)
+        merged = merge(merged, doc)
     if isinstance(merged.get("data"), (str, list)):
         merged["data"] = {"train": merged["data"]}
     merged = apply_overrides(merged, overrides or [])

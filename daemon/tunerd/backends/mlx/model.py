@@ -14,7 +14,6 @@
 """
 from __future__ import annotations
 
-import os
 import sys
 from typing import Optional
 
@@ -25,9 +24,6 @@ from mlx_lm.tuner.lora import LoRALinear
 from mlx_lm.tuner.utils import linear_to_lora_layers
 from mlx.utils import tree_unflatten
 
-OPENBLAS_HINT = "/usr/lib/x86_64-linux-gnu/openblas-pthread/libblas.so.3"
-
-
 def blas_warning() -> Optional[str]:
     """None when MLX runs on Metal or with an optimized BLAS loaded; else a warning to log."""
     if sys.platform != "linux":
@@ -35,7 +31,9 @@ def blas_warning() -> Optional[str]:
     from ..auto import mlx_blas_library  # which library really serves MLX's cblas calls
     if mlx_blas_library():
         return None
-    hint = (f"set LD_PRELOAD={OPENBLAS_HINT}" if os.path.exists(OPENBLAS_HINT)
+    from ...host import optimized_blas_path
+    found = optimized_blas_path()
+    hint = (f"set LD_PRELOAD={found}" if found
             else "install libopenblas0-pthread (apt) and set LD_PRELOAD to its libblas.so.3")
     return ("MLX is using a reference BLAS on this Linux host: training runs ~14x slower than "
             f"with an optimized one; {hint} before starting tunerd")
