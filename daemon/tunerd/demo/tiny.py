@@ -43,6 +43,17 @@ class TinyModelSpec:
     # the loss much below ln(vocab).
     initializer_range: float = 0.125
     seed: int = 0
+    # Real-shape options (bench/bench_scale.py): a model vocabulary larger than the tokenizer's (the
+    # extra rows are never fed but the LM head computes them, as in a real 128k-vocab model), tied
+    # embeddings, rope settings, and the dtype the weights are saved in ("bfloat16" like real
+    # checkpoints). `rope_scaling` is written top-level in config.json next to `rope_theta`, the
+    # way real Llama 3.x checkpoints have it (mlx-lm 0.32's llama reads only those keys, not
+    # transformers 5's `rope_parameters`).
+    model_vocab_size: int | None = None
+    tie_word_embeddings: bool = False
+    rope_theta: float = 10000.0
+    rope_scaling: dict | None = None
+    torch_dtype: str = "float32"
 
 
 def synthetic_facts(n: int = 32, seed: int = 0) -> list[dict]:
@@ -102,17 +113,27 @@ def build_tiny_model(out_dir: str | Path, corpus: list[str] | None = None,
     tokenizer.save_pretrained(out)
 
     torch.manual_seed(spec.seed)
+    vocab = max(len(tokenizer), spec.model_vocab_size or 0)
+    rope = {"rope_theta": spec.rope_theta} if spec.rope_scaling is None else \
+        {"rope_theta": spec.rope_theta, "rope_scaling": dict(spec.rope_scaling)}
     config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=spec.hidden_size,
+        vocab_size=vocab, hidden_size=spec.hidden_size,
         intermediate_size=spec.intermediate_size, num_hidden_layers=spec.num_hidden_layers,
         num_attention_heads=spec.num_attention_heads, num_key_value_heads=spec.num_key_value_heads,
         max_position_embeddings=spec.max_position_embeddings, rms_norm_eps=1e-5,
         initializer_range=spec.initializer_range,
-        tie_word_embeddings=False, eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id, bos_token_id=None, torch_dtype="float32",
+        tie_word_embeddings=spec.tie_word_embeddings, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id, bos_token_id=None, torch_dtype=spec.torch_dtype, **rope,
     )
-    model = LlamaForCausalLM(config).to(torch.float32)
+    model = LlamaForCausalLM(config).to(getattr(torch, spec.torch_dtype))
     model.save_pretrained(out, safe_serialization=True)
+    if spec.rope_theta != 10000.0 or spec.rope_scaling is not None or spec.torch_dtype != "float32":
+        cfg_path = out / "config.json"  # also the keys real checkpoints (and older readers) use
+        saved = json.loads(cfg_path.read_text())
+        saved.update(rope_theta=spec.rope_theta, torch_dtype=spec.torch_dtype)
+        if spec.rope_scaling is not None:
+            saved["rope_scaling"] = dict(spec.rope_scaling)
+        cfg_path.write_text(json.dumps(saved, indent=2) + "\n")
     return out
 
 
