@@ -42,7 +42,9 @@ last quarter of the steps' losses (each runner sees its own batch order; JSON ha
 
 It uses CUDA (torch) or Metal (MLX) when present and the CPU otherwise (--device to choose). MLX
 children on Linux get OpenBLAS preloaded (DESIGN.md §2). Default steps: 40 on a GPU; on a CPU 6 for
-mid and 2 for llama-1b (the 1B shape is for GPUs). Results of committed runs: bench/results/scale_*.json.
+mid and 2 for llama-1b (the 1B shape is for GPUs), except MLX qlora on a CPU: 2 (mid) / 1, because
+MLX's 4-bit matmul on a CPU is ~7x slower than its float32 one (measured here: ~110 s per mid step).
+--steps sets every run's. Results of committed runs: bench/results/scale_*.json.
 """
 from __future__ import annotations
 
@@ -67,14 +69,14 @@ SHAPES = {
     "llama-1b": dict(model=dict(hidden_size=2048, num_hidden_layers=16, num_attention_heads=32, num_key_value_heads=8,
                                 intermediate_size=8192, model_vocab_size=128256, max_position_embeddings=131072,
                                 rope_scaling=LLAMA3_ROPE),
-                     tokenizer_vocab=16000, max_len=1024, row_tokens=(30, 1000), cpu_steps=2),
+                     tokenizer_vocab=16000, max_len=1024, row_tokens=(30, 1000), cpu_steps=2, cpu_steps_mlx_qlora=1),
     "mid": dict(model=dict(hidden_size=512, num_hidden_layers=8, num_attention_heads=8, num_key_value_heads=4,
                            intermediate_size=1536, model_vocab_size=32000, max_position_embeddings=4096),
-                tokenizer_vocab=8000, max_len=512, row_tokens=(30, 512), cpu_steps=6),
+                tokenizer_vocab=8000, max_len=512, row_tokens=(30, 512), cpu_steps=6, cpu_steps_mlx_qlora=2),
     # the smoke test's size (hidden flag --toy): the mid shape's make-up, tiny
     "toy": dict(model=dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
                            intermediate_size=128, model_vocab_size=2048, max_position_embeddings=512),
-                tokenizer_vocab=600, max_len=128, row_tokens=(30, 128), cpu_steps=1),
+                tokenizer_vocab=600, max_len=128, row_tokens=(30, 128), cpu_steps=1, cpu_steps_mlx_qlora=1),
 }
 COMMON_MODEL = dict(tie_word_embeddings=True, rope_theta=500000.0, torch_dtype="bfloat16", initializer_range=0.02)
 HP = dict(lora_r=16, lora_alpha=32, lr=2e-4, seed=0, scheduler="linear")
@@ -123,7 +125,7 @@ def build_model(work: Path, shape: str) -> Path:
     if (out / "config.json").exists() and (out / "spec.json").exists() and (out / "spec.json").read_text() == key:
         return out
     text = Text(seed=1)
-    corpus = [text(200) for _ in range(2000)]
+    corpus = [text(200) for _ in range(200 if shape == "toy" else 2000)]
     build_tiny_model(out, corpus, spec)
     (out / "spec.json").write_text(key)
     return out
@@ -206,6 +208,8 @@ def run_ours(job: dict) -> dict:
               data=DataConfig(train=job["data"], validation=job["valid"]))
     if mode == "qlora":
         kw["quantization"] = "4bit"
+        if backend_name == "torch" and (why := _no_bitsandbytes()):
+            return {"runner": "ours", "skipped": why}
     if mode == "packed":
         kw["packing"] = True
     elif job.get("packing") is not None:
@@ -235,6 +239,14 @@ def run_ours(job: dict) -> dict:
     return res
 
 
+def _no_bitsandbytes() -> str:
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError as e:
+        return f"4-bit on torch needs bitsandbytes, which is not installed here ({e})"
+    return ""
+
+
 def peer_dtype(job: dict, gpu: bool) -> str:
     return job.get("dtype") or ("bfloat16" if gpu else "float32")
 
@@ -244,11 +256,8 @@ def run_peer(job: dict) -> dict:
     if job["backend"] == "torch":
         device = torch_device(job["device"])
         dtype = peer_dtype(job, device != "cpu")
-        if mode == "qlora":
-            try:
-                import bitsandbytes  # noqa: F401
-            except ImportError as e:
-                return {"runner": "trl", "skipped": f"bitsandbytes is not installed ({e})"}
+        if mode == "qlora" and (why := _no_bitsandbytes()):
+            return {"runner": "trl", "skipped": why}
         res = common.run_trl(job["model"], job["data"], device=device, dtype=dtype,
                              quant="4bit" if mode == "qlora" else "none", packing=mode == "packed",
                              batch=job["batch"], lr=HP["lr"], max_len=job["max_len"], lora_r=HP["lora_r"],
@@ -404,7 +413,9 @@ def main(argv: list[str] | None = None) -> dict | None:
                         results.append({**ref, "mode": "packed", "reused": True})
                         continue
                 job = {"runner": runner, "backend": backend, "mode": mode, "model": setup["model"],
-                       "data": setup["data"], "valid": setup["valid"], "steps": steps, "batch": a.batch,
+                       "data": setup["data"], "valid": setup["valid"], "batch": a.batch,
+                       "steps": steps if a.steps or gpu or (backend, mode) != ("mlx", "qlora")
+                       else SHAPES[shape]["cpu_steps_mlx_qlora"],
                        "max_len": SHAPES[shape]["max_len"], "dtype": a.dtype or None, "packing": a.packing,
                        "device": a.device, "gradient_checkpointing": a.gradient_checkpointing}
                 t = time.perf_counter()
@@ -431,6 +442,8 @@ def _gpu_present(backends: list[str], device: str) -> bool:
     """Whether the runs use a GPU (CUDA/MPS for torch, Metal/CUDA for MLX): decides default steps,
     the peer's dtype and the memory measure shown."""
     if "torch" in backends:
+        if device == "cpu" and backends == ["torch"]:
+            return False
         return device in ("cuda", "mps") or (device == "auto" and _probe("import torch,sys; sys.exit(0 if "
                                                                            "torch.cuda.is_available() or "
                                                                            "torch.backends.mps.is_available() else 1)"))

@@ -32,14 +32,14 @@ import argparse
 import json
 import os
 import random
-import resource
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-OPENBLAS = "/usr/lib/x86_64-linux-gnu/openblas-pthread/libblas.so.3"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402
+
 HP = dict(lora_r=16, lora_alpha=32, lr=2e-4, batch=8, max_len=512, epochs=1, seed=0)
 
 
@@ -65,87 +65,25 @@ def build(work: Path, n_rows: int) -> dict:
     return {"model": str(model), "data": str(data), "rows": n_rows}
 
 
-def _peak_rss() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-
-def _rss() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-# ---- one measured run per subprocess -------------------------------------------------------
+# ---- one measured run per subprocess (bench/common.py holds the runners) ------------------------
 
 def run_ours(model: str, data: str, packing: bool, device: str) -> dict:
-    from tunerd.config.schema import DataConfig, TrainConfig
     from tunerd.backends.torch_backend import TorchBackend
-    from tunerd.training import events as ev
-    from tunerd.training.loop import train
+    from tunerd.config.schema import DataConfig, TrainConfig
 
-    out = tempfile.mkdtemp(prefix="bench-ours-")
-    cfg = TrainConfig(model=model, backend="torch", device=device, lora_r=HP["lora_r"], lora_alpha=HP["lora_alpha"],
-                      lora_target_modules="all-linear", learning_rate=HP["lr"], lr_scheduler_type="linear",
-                      per_device_train_batch_size=HP["batch"], num_epochs=HP["epochs"], max_seq_length=HP["max_len"],
-                      packing=packing, seed=HP["seed"], eval_strategy="no", save_strategy="no", logging_steps=1,
-                      output_dir=out, data=DataConfig(train=data, validation=data, max_rows=None))
-    marks, steps = {}, []
-
-    def emit(e):
-        if isinstance(e, ev.Started):
-            marks["start"], marks["rss0"] = time.perf_counter(), _rss()
-        elif isinstance(e, ev.Step):
-            marks["end"] = time.perf_counter()
-            steps.append(e)
-    backend = TorchBackend()
-    train(cfg, backend, emit)
-    elapsed = marks["end"] - marks["start"]
-    tokens = steps[-1].trained_tokens
-    return {"runner": "ours", "packing": packing, "steps": len(steps), "tokens": tokens, "seconds": elapsed,
-            "tokens_per_s": tokens / elapsed, "final_loss": steps[-1].loss,
-            "peak_bytes": backend.memory().peak_bytes, "rss_before_train": marks["rss0"]}
+    cfg = TrainConfig(model=model, backend="torch", device=device, dtype="float32", lora_r=HP["lora_r"],
+                      lora_alpha=HP["lora_alpha"], lora_target_modules="all-linear", learning_rate=HP["lr"],
+                      lr_scheduler_type="linear", per_device_train_batch_size=HP["batch"], num_epochs=HP["epochs"],
+                      max_seq_length=HP["max_len"], packing=packing, seed=HP["seed"], eval_strategy="no",
+                      save_strategy="no", logging_steps=1, output_dir=tempfile.mkdtemp(prefix="bench-ours-"),
+                      data=DataConfig(train=data, validation=data, max_rows=None))
+    return {**common.run_ours(cfg, TorchBackend(), device), "packing": packing}
 
 
 def run_trl(model: str, data: str, packing: bool, device: str) -> dict:
-    import torch
-    from datasets import load_dataset
-    from peft import LoraConfig
-    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
-    from trl import SFTConfig, SFTTrainer
-
-    torch.manual_seed(HP["seed"])
-    tok = AutoTokenizer.from_pretrained(model)
-    ds = load_dataset("json", data_files=data, split="train")
-    ds = ds.map(lambda r: {"prompt": [{"role": "user", "content": r["prompt"]}],
-                           "completion": [{"role": "assistant", "content": r["completion"]}]})
-    m = AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32, attn_implementation="sdpa")
-    args = SFTConfig(output_dir=tempfile.mkdtemp(prefix="bench-trl-"), per_device_train_batch_size=HP["batch"],
-                     learning_rate=HP["lr"], lr_scheduler_type="linear", num_train_epochs=HP["epochs"],
-                     max_length=HP["max_len"], packing=packing, padding_free=packing,
-                     gradient_checkpointing=False, completion_only_loss=True, bf16=False, fp16=False,
-                     use_cpu=device == "cpu", report_to=[], save_strategy="no", logging_steps=1,
-                     seed=HP["seed"], dataloader_num_workers=0, disable_tqdm=True, max_grad_norm=1.0,
-                     weight_decay=0.0, warmup_steps=0)
-    peft_cfg = LoraConfig(r=HP["lora_r"], lora_alpha=HP["lora_alpha"], lora_dropout=0.0,
-                          target_modules="all-linear", task_type="CAUSAL_LM")
-    trainer = SFTTrainer(model=m, args=args, train_dataset=ds, processing_class=tok, peft_config=peft_cfg)
-    lengths = [len(x) - 1 for x in trainer.train_dataset["input_ids"]]  # inputs after the shift, like ours
-    losses = []
-
-    class Keep(TrainerCallback):
-        def on_log(self, a, state, control, logs=None, **kw):
-            if logs and "loss" in logs:
-                losses.append(logs["loss"])
-    trainer.add_callback(Keep())
-    if device == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    rss0 = _rss()
-    out = trainer.train()
-    tokens = sum(lengths) * HP["epochs"]
-    secs = out.metrics["train_runtime"]
-    peak = torch.cuda.max_memory_allocated() if device == "cuda" else _peak_rss()
-    return {"runner": "trl", "packing": packing, "steps": out.global_step, "tokens": tokens, "seconds": secs,
-            "tokens_per_s": tokens / secs, "final_loss": losses[-1] if losses else None, "peak_bytes": peak,
-            "rss_before_train": rss0}
+    return {**common.run_trl(model, data, device=device, dtype="float32", packing=packing, batch=HP["batch"],
+                             lr=HP["lr"], max_len=HP["max_len"], lora_r=HP["lora_r"], lora_alpha=HP["lora_alpha"],
+                             epochs=HP["epochs"], seed=HP["seed"]), "packing": packing}
 
 
 def step_times(backend_name: str, model: str, data: str, steps: int, quantization: str = "none") -> dict:
@@ -183,18 +121,8 @@ def step_times(backend_name: str, model: str, data: str, steps: int, quantizatio
 
 # ---- orchestration --------------------------------------------------------------------------
 
-def _sub(args: list[str], env_extra: dict | None = None) -> dict:
-    env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}  # BLAS preload only when asked
-    env.update({"TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1", **(env_extra or {})})
-    res = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True, env=env)
-    lines = [x for x in res.stdout.splitlines() if x.startswith("RESULT ")]
-    if res.returncode or not lines:
-        raise RuntimeError(f"{args}: failed\n{res.stderr[-3000:]}")
-    return json.loads(lines[-1][len("RESULT "):])
-
-
-def _mib(b) -> str:
-    return f"{b / 2**20:,.0f}"
+def _sub(args: list[str], blas: bool = False) -> dict:
+    return common.run_child(__file__, args, blas=blas)
 
 
 def main() -> None:
@@ -232,11 +160,11 @@ def main() -> None:
         if not (tiny / "config.json").exists():
             build_tiny_model(tiny)
         for label, model in (("tiny (hidden 64, 2 layers)", str(tiny)), ("bench (hidden 256, 4 layers)", setup["model"])):
-            for name, env in (("torch", None), ("mlx", {"LD_PRELOAD": OPENBLAS}), ("mlx", None)):
+            for name, blas in (("torch", False), ("mlx", True), ("mlx", False)):
                 for q in ("none", "4bit"):
-                    if env is None and name == "mlx" and q == "4bit":
+                    if not blas and name == "mlx" and q == "4bit":
                         continue
-                    reps = [_sub(["--_run", name, model, setup["data"], "10", q], env) for _ in range(a.repeat)]
+                    reps = [_sub(["--_run", name, model, setup["data"], "10", q], blas) for _ in range(a.repeat)]
                     r = min(reps, key=lambda x: x["median_step_s"])  # the least disturbed run
                     r.update(model=label, all_median_step_s=[x["median_step_s"] for x in reps])
                     results.append(r)
@@ -252,17 +180,17 @@ def main() -> None:
                     r["repeat"] = rep
                     runs.append(r)
                     print(f"{runner:5s} packing={str(packing):5s} {r['tokens_per_s']:9.0f} tok/s  "
-                          f"peak {_mib(r['peak_bytes'])} MiB  ({r['steps']} steps, {r['tokens']} tokens, "
+                          f"peak {common.mib(r['peak_bytes'])} MiB  ({r['steps']} steps, {r['tokens']} tokens, "
                           f"{r['seconds']:.1f} s, final loss {r['final_loss']})", flush=True)
             for runner in ("ours", "trl"):
                 mine = [r for r in runs if r["runner"] == runner and r["packing"] == packing]
                 results.append({**max(mine, key=lambda r: r["tokens_per_s"]),
                                 "all_tokens_per_s": [r["tokens_per_s"] for r in mine]})
-        print("\n| runner | packing | real tokens/s | peak memory (MiB) | steps | final loss |")
-        print("|---|---|---:|---:|---:|---:|")
+        print("\n| runner | packing | real tokens/s | peak memory (MiB) | RSS growth in training (MiB) | steps | final loss |")
+        print("|---|---|---:|---:|---:|---:|---:|")
         for r in results:
-            print(f"| {r['runner']} | {r['packing']} | {r['tokens_per_s']:,.0f} | {_mib(r['peak_bytes'])} | "
-                  f"{r['steps']} | {r['final_loss']:.3f} |")
+            print(f"| {r['runner']} | {r['packing']} | {r['tokens_per_s']:,.0f} | {common.mib(r['peak_bytes'])} | "
+                  f"{common.mib(r.get('rss_growth_bytes'))} | {r['steps']} | {r['final_loss']:.3f} |")
         for packing in (False, True):
             o, t = [r for r in results if r["packing"] == packing]
             print(f"packing={packing}: ours / TRL = {o['tokens_per_s'] / t['tokens_per_s']:.2f}x tokens/s")

@@ -147,7 +147,7 @@ def _finish(runner: str, times: list[float], tokens: list[int], losses: list[flo
     rec = {"runner": runner, "steps": len(times), "tokens": tok, "seconds": secs,
            "tokens_per_s": tok / secs if secs else 0.0, "losses": losses,
            "final_loss": losses[-1] if losses else None, **mem, **extra}
-    if len(times) > 2:  # without the first step (compilation, allocator warm-up)
+    if len(times) > 1:  # without the first step (compilation, allocator warm-up)
         rec["tokens_per_s_after_first_step"] = sum(tokens[1:]) / (times[-1] - times[0])
     return rec
 
@@ -265,7 +265,8 @@ def run_trl(model: str, data: str, *, device: str, dtype: str = "float32", quant
             "packing": args.packing, "packing_strategy": getattr(args, "packing_strategy", None) if packing else None,
             "padding_free": getattr(trainer, "padding_free", args.padding_free),
             "train_sampling_strategy": getattr(args, "train_sampling_strategy", None),
-            "optim": str(args.optim), "lr_scheduler": str(args.lr_scheduler_type), "max_grad_norm": args.max_grad_norm,
+            "optim": getattr(args.optim, "value", str(args.optim)),
+            "lr_scheduler": getattr(args.lr_scheduler_type, "value", str(args.lr_scheduler_type)), "max_grad_norm": args.max_grad_norm,
             "gradient_checkpointing": args.gradient_checkpointing, "attn_implementation": "sdpa",
             "trainable_param_dtypes": lora_dtypes}
     return _finish("trl", times, tokens, losses, marks["t0"], probe.stop(), peer=peer,
