@@ -104,10 +104,9 @@ def main() -> None:
 
     work = Path(a.workdir or tempfile.mkdtemp(prefix="bench_mlx_"))
     paths = build(work, a.rows)
-    from tunerd.backends.mlx_backend import blas_warning
     results = {"config": {"rows": a.rows, "epochs": a.epochs, "batch_size": BATCH, "max_seq_length": MAX_LEN,
                           "lora_r": RANK, "lora_alpha": ALPHA, "learning_rate": LR, "model": "llama h384 L6",
-                          "blas_warning": blas_warning()}, "runs": {}}
+                          "openblas_preloaded": common.openblas_path() or None}, "runs": {}}
     for name in ("mlx_lm", "ours", "ours_packed"):
         try:
             results["runs"][name] = common.run_child(__file__, ["--worker", name, "--model", paths["model"],

@@ -294,7 +294,7 @@ def add_mfu(results: list[dict], model_config: dict, seq_len: float) -> str:
         ref = next((x for x in results if x["backend"] == r["backend"] and x["runner"] == "ours"
                     and x["mode"] == "lora" and x.get("total_params")), r)
         frac = ref["trainable_params"] / ref["total_params"]
-        dev = "cpu" if "cpu" in str(r.get("device", "")).lower() else str(r.get("device", "cpu")).split(":")[0]
+        dev = _device_kind(r.get("device"))
         dtype = r.get("dtype") or "float32"
         try:
             key = (dev, dtype)
@@ -308,6 +308,12 @@ def add_mfu(results: list[dict], model_config: dict, seq_len: float) -> str:
             r["mfu_error"] = f"{type(e).__name__}: {e}"
     return (f"tunerd.training.flops: flops_per_token(config.json, seq_len={seq_len:.0f} (token-weighted mean row "
             f"length), trainable fraction of ours' lora run) x tokens/s / peak_flops(device, run dtype)")
+
+
+def _device_kind(device) -> str:
+    """cuda | mps | gpu (MLX on Metal or CUDA) | cpu, from a torch device or an MLX `Device(gpu, 0)`."""
+    d = str(device or "cpu").lower()
+    return next((k for k in ("cuda", "mps", "gpu") if k in d), "cpu")
 
 
 # ---- table -----------------------------------------------------------------------------------------------
@@ -368,6 +374,8 @@ def main(argv: list[str] | None = None) -> dict | None:
     ap.add_argument("--work", default="", help="where the model and rows are built (kept between runs)")
     ap.add_argument("--json", default="", help="write the results here")
     ap.add_argument("--timeout", type=float, default=0, help="seconds per child run (0: none)")
+    ap.add_argument("--from-json", default="", help="recompute MFU and the table of a saved run (e.g. once "
+                                                    "tunerd.training.flops exists); writes --json (default: same file)")
     ap.add_argument("--toy", action="store_true", help=argparse.SUPPRESS)  # the smoke test's tiny shape
     ap.add_argument("--_child", default="", help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
@@ -377,6 +385,16 @@ def main(argv: list[str] | None = None) -> dict | None:
         res.update(backend=job["backend"], mode=job["mode"])
         common.report(res)
         return None
+
+    if a.from_json:
+        saved = json.loads(Path(a.from_json).read_text())
+        meta, results = saved["meta"], saved["results"]
+        meta["mfu"] = add_mfu(results, meta["model_config"],
+                              min(meta["data"]["row_tokens"]["token_weighted_mean"], meta["max_seq_length"]))
+        saved["table"] = table(results, cpu=not meta["gpu"])
+        print(saved["table"])
+        Path(a.json or a.from_json).write_text(json.dumps(saved, indent=2, default=float))
+        return saved
 
     shape = "toy" if a.toy else a.shape
     backends = ["torch", "mlx"] if a.backend == "both" else [a.backend]
