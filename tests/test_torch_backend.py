@@ -263,8 +263,9 @@ def test_devices_resolve_and_fail_clearly():
             pick_device("cuda")
     with pytest.raises(ValueError, match="unknown device"):
         pick_device("tpu")
-    with pytest.raises(ValueError, match="unknown dtype"):
+    with pytest.raises(ValueError, match="'float8' is not one of auto, float32"):
         pick_dtype("float8", auto)
+    assert pick_dtype("float32", auto, "bfloat16")[1:] == ("float32", "set in the config")
 
 
 @pytest.mark.gpu

@@ -63,6 +63,9 @@ class FakeBackend(Backend):
         self.steps += 1
         return norm
 
+    def peak_flops(self):
+        return 1e12
+
     def eval_loss(self, batch):
         if self.eval_losses:
             return self.eval_losses.pop(0) * 10, 10

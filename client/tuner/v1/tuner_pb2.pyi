@@ -95,7 +95,7 @@ class LoadModelRequest(_message.Message):
     def __init__(self, model: _Optional[str] = ..., backend: _Optional[str] = ..., quantization: _Optional[str] = ..., dtype: _Optional[str] = ..., revision: _Optional[str] = ..., keep_alive_seconds: _Optional[float] = ...) -> None: ...
 
 class ModelStatus(_message.Message):
-    __slots__ = ("model", "backend", "quantization", "memory_bytes", "loaded_at", "last_used_at", "expires_at", "adapters")
+    __slots__ = ("model", "backend", "quantization", "memory_bytes", "loaded_at", "last_used_at", "expires_at", "adapters", "dtype", "dtype_reason")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     BACKEND_FIELD_NUMBER: _ClassVar[int]
     QUANTIZATION_FIELD_NUMBER: _ClassVar[int]
@@ -104,6 +104,8 @@ class ModelStatus(_message.Message):
     LAST_USED_AT_FIELD_NUMBER: _ClassVar[int]
     EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
     ADAPTERS_FIELD_NUMBER: _ClassVar[int]
+    DTYPE_FIELD_NUMBER: _ClassVar[int]
+    DTYPE_REASON_FIELD_NUMBER: _ClassVar[int]
     model: str
     backend: str
     quantization: str
@@ -112,7 +114,9 @@ class ModelStatus(_message.Message):
     last_used_at: float
     expires_at: float
     adapters: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, model: _Optional[str] = ..., backend: _Optional[str] = ..., quantization: _Optional[str] = ..., memory_bytes: _Optional[int] = ..., loaded_at: _Optional[float] = ..., last_used_at: _Optional[float] = ..., expires_at: _Optional[float] = ..., adapters: _Optional[_Iterable[str]] = ...) -> None: ...
+    dtype: str
+    dtype_reason: str
+    def __init__(self, model: _Optional[str] = ..., backend: _Optional[str] = ..., quantization: _Optional[str] = ..., memory_bytes: _Optional[int] = ..., loaded_at: _Optional[float] = ..., last_used_at: _Optional[float] = ..., expires_at: _Optional[float] = ..., adapters: _Optional[_Iterable[str]] = ..., dtype: _Optional[str] = ..., dtype_reason: _Optional[str] = ...) -> None: ...
 
 class UnloadModelRequest(_message.Message):
     __slots__ = ("model",)
@@ -429,7 +433,7 @@ class StateChanged(_message.Message):
     def __init__(self, state: _Optional[_Union[JobState, str]] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class TrainingStarted(_message.Message):
-    __slots__ = ("backend", "device", "model", "total_steps", "num_epochs", "train_rows", "eval_rows", "total_params", "trainable_params", "trainable_percent", "estimated_peak_memory_bytes", "output_dir", "resumed_from_step")
+    __slots__ = ("backend", "device", "model", "total_steps", "num_epochs", "train_rows", "eval_rows", "total_params", "trainable_params", "trainable_percent", "estimated_peak_memory_bytes", "output_dir", "resumed_from_step", "dtype", "dtype_reason", "packing", "packing_reason", "peak_tflops")
     BACKEND_FIELD_NUMBER: _ClassVar[int]
     DEVICE_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
@@ -443,6 +447,11 @@ class TrainingStarted(_message.Message):
     ESTIMATED_PEAK_MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_DIR_FIELD_NUMBER: _ClassVar[int]
     RESUMED_FROM_STEP_FIELD_NUMBER: _ClassVar[int]
+    DTYPE_FIELD_NUMBER: _ClassVar[int]
+    DTYPE_REASON_FIELD_NUMBER: _ClassVar[int]
+    PACKING_FIELD_NUMBER: _ClassVar[int]
+    PACKING_REASON_FIELD_NUMBER: _ClassVar[int]
+    PEAK_TFLOPS_FIELD_NUMBER: _ClassVar[int]
     backend: str
     device: str
     model: str
@@ -456,7 +465,12 @@ class TrainingStarted(_message.Message):
     estimated_peak_memory_bytes: int
     output_dir: str
     resumed_from_step: int
-    def __init__(self, backend: _Optional[str] = ..., device: _Optional[str] = ..., model: _Optional[str] = ..., total_steps: _Optional[int] = ..., num_epochs: _Optional[float] = ..., train_rows: _Optional[int] = ..., eval_rows: _Optional[int] = ..., total_params: _Optional[int] = ..., trainable_params: _Optional[int] = ..., trainable_percent: _Optional[float] = ..., estimated_peak_memory_bytes: _Optional[int] = ..., output_dir: _Optional[str] = ..., resumed_from_step: _Optional[int] = ...) -> None: ...
+    dtype: str
+    dtype_reason: str
+    packing: bool
+    packing_reason: str
+    peak_tflops: float
+    def __init__(self, backend: _Optional[str] = ..., device: _Optional[str] = ..., model: _Optional[str] = ..., total_steps: _Optional[int] = ..., num_epochs: _Optional[float] = ..., train_rows: _Optional[int] = ..., eval_rows: _Optional[int] = ..., total_params: _Optional[int] = ..., trainable_params: _Optional[int] = ..., trainable_percent: _Optional[float] = ..., estimated_peak_memory_bytes: _Optional[int] = ..., output_dir: _Optional[str] = ..., resumed_from_step: _Optional[int] = ..., dtype: _Optional[str] = ..., dtype_reason: _Optional[str] = ..., packing: _Optional[bool] = ..., packing_reason: _Optional[str] = ..., peak_tflops: _Optional[float] = ...) -> None: ...
 
 class LogMessage(_message.Message):
     __slots__ = ("level", "message")
@@ -467,7 +481,7 @@ class LogMessage(_message.Message):
     def __init__(self, level: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...
 
 class StepMetrics(_message.Message):
-    __slots__ = ("step", "total_steps", "epoch", "loss", "learning_rate", "grad_norm", "tokens_per_second", "trained_tokens", "peak_memory_bytes", "eta_seconds", "elapsed_seconds")
+    __slots__ = ("step", "total_steps", "epoch", "loss", "learning_rate", "grad_norm", "tokens_per_second", "trained_tokens", "peak_memory_bytes", "eta_seconds", "elapsed_seconds", "tflops", "mfu")
     STEP_FIELD_NUMBER: _ClassVar[int]
     TOTAL_STEPS_FIELD_NUMBER: _ClassVar[int]
     EPOCH_FIELD_NUMBER: _ClassVar[int]
@@ -479,6 +493,8 @@ class StepMetrics(_message.Message):
     PEAK_MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
     ETA_SECONDS_FIELD_NUMBER: _ClassVar[int]
     ELAPSED_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    TFLOPS_FIELD_NUMBER: _ClassVar[int]
+    MFU_FIELD_NUMBER: _ClassVar[int]
     step: int
     total_steps: int
     epoch: float
@@ -490,7 +506,9 @@ class StepMetrics(_message.Message):
     peak_memory_bytes: int
     eta_seconds: float
     elapsed_seconds: float
-    def __init__(self, step: _Optional[int] = ..., total_steps: _Optional[int] = ..., epoch: _Optional[float] = ..., loss: _Optional[float] = ..., learning_rate: _Optional[float] = ..., grad_norm: _Optional[float] = ..., tokens_per_second: _Optional[float] = ..., trained_tokens: _Optional[int] = ..., peak_memory_bytes: _Optional[int] = ..., eta_seconds: _Optional[float] = ..., elapsed_seconds: _Optional[float] = ...) -> None: ...
+    tflops: float
+    mfu: float
+    def __init__(self, step: _Optional[int] = ..., total_steps: _Optional[int] = ..., epoch: _Optional[float] = ..., loss: _Optional[float] = ..., learning_rate: _Optional[float] = ..., grad_norm: _Optional[float] = ..., tokens_per_second: _Optional[float] = ..., trained_tokens: _Optional[int] = ..., peak_memory_bytes: _Optional[int] = ..., eta_seconds: _Optional[float] = ..., elapsed_seconds: _Optional[float] = ..., tflops: _Optional[float] = ..., mfu: _Optional[float] = ...) -> None: ...
 
 class EvalMetrics(_message.Message):
     __slots__ = ("step", "epoch", "eval_loss", "perplexity", "metrics")

@@ -12,6 +12,7 @@ The training loop (`tunerd.training.loop`) never imports mlx or torch; it drives
     save_adapter(dir)                           final adapter: native layout AND PEFT layout
     generate(prompt_ids, sampling, should_stop) -> iterator[GenerationChunk]
     memory() -> MemoryStats
+    peak_flops() -> float                       measured matmul FLOP/s of the device in the model's dtype
     resize_token_embeddings(vocab_size, token_ids, end_of_turn, chat_template)   optional; before
                                                 add_adapter when the data pipeline added chat special
                                                 tokens: grow the vocabulary, train the new rows, save
@@ -40,11 +41,15 @@ class ModelInfo:
     model: str
     backend: str
     device: str
-    dtype: str
+    dtype: str                  # the resolved dtype (never "auto")
     quantization: str
     total_params: int
     vocab_size: int
     eos_token_ids: list = field(default_factory=list)
+    dtype_reason: str = ""      # why that dtype (backends/dtypes.py)
+    device_kind: str = "cpu"    # cpu | cuda | mps | metal | gpu: what `dtype: auto` and `packing: auto` go by
+    packing_supported: bool = True   # rows of this model can be packed exactly on this backend
+    config: dict = field(default_factory=dict)   # the model's config.json (FLOPs per token, memory estimate)
 
 
 @dataclass
@@ -80,6 +85,14 @@ class GenerationChunk:
     text: str
     token_id: int
     finish_reason: Optional[str] = None  # "stop" | "length" | "cancelled" on the last chunk
+
+
+CE_CHUNK_BYTES = 256 * 2 ** 20   # float32 logits held at once by a backend's cross-entropy
+
+
+def ce_chunk_rows(vocab: int, chunk_bytes: int = CE_CHUNK_BYTES) -> int:
+    """Supervised positions per cross-entropy chunk: their float32 logits stay under `chunk_bytes`."""
+    return max(64, chunk_bytes // (4 * max(int(vocab), 1)))
 
 
 def partial_stop_len(text: str, stops: list[str]) -> int:
@@ -136,6 +149,11 @@ class Backend(ABC):
 
     @abstractmethod
     def memory(self) -> MemoryStats: ...
+
+    @abstractmethod
+    def peak_flops(self) -> float:
+        """The device's matmul FLOP/s in the loaded model's dtype: measured once per device and
+        dtype, then cached (training/flops.py); the denominator of MFU."""
 
 
 def get_backend(name: str) -> Backend:

@@ -139,7 +139,7 @@ def _build(cls, doc: dict, prefix: str, problems: list[str]):
 _CHOICES = {
     "backend": ("auto", "mlx", "torch"),
     "device": ("auto", "cuda", "mps", "cpu"),
-    "dtype": ("float32", "float16", "bfloat16"),
+    "dtype": ("auto", "float32", "float16", "bfloat16"),
     "quantization": ("none", "4bit", "nf4", "int4", "8bit", "int8"),
     "peft_adapter": ("lora", "dora", "full"),
     "lora_bias": ("none", "all", "lora_only"),
@@ -193,6 +193,10 @@ def validate(cfg: TrainConfig) -> list[str]:
             or cfg.lora_target_modules == "all-linear"):
         p.append(f"lora_target_modules: a non-empty list of module names or 'all-linear', "
                  f"got {cfg.lora_target_modules!r}")
+    if isinstance(cfg.packing, str) and cfg.packing.lower() in ("true", "false", "auto"):
+        cfg.packing = {"true": True, "false": False}.get(cfg.packing.lower(), "auto")
+    if cfg.packing not in (True, False, "auto"):
+        p.append(f"packing: {cfg.packing!r} is not one of true, false, auto")
     if cfg.save_total_limit is not None and cfg.save_total_limit < 1:
         p.append(f"save_total_limit: must be >= 1, got {cfg.save_total_limit}")
     d = cfg.data

@@ -55,7 +55,9 @@ class TrainConfig:
     revision: Optional[str] = _f(None, "model revision (branch, tag or commit) on the hub")
     backend: str = _f("auto", "auto | mlx | torch")
     device: str = _f("auto", "torch device: auto | cuda | mps | cpu")
-    dtype: str = _f("float32", "float32 | float16 | bfloat16: compute/adapter dtype")
+    dtype: str = _f("auto", "auto | float32 | float16 | bfloat16: weights and activations. auto keeps a 16-bit "
+                            "checkpoint's dtype on CUDA/MPS/Metal, and on a CPU where 16-bit matmuls are "
+                            "measured faster; float32 otherwise (backends/dtypes.py)")
     quantization: str = _f("none", "none | 4bit (nf4/int4) | 8bit: quantize the frozen base (QLoRA)")
     bits: int = _f(4, "mlx: quantization bits when quantization is set")
     group_size: int = _f(64, "mlx: quantization group size")
@@ -67,7 +69,8 @@ class TrainConfig:
     lora_r: int = _f(8, "LoRA rank; higher adds capacity and memory")
     lora_alpha: float = _f(16.0, "LoRA alpha; the update is scaled by alpha / r (alpha / sqrt(r) with rslora)")
     lora_dropout: float = _f(0.0, "dropout on the LoRA input")
-    lora_target_modules: Union[list, str] = _f(["q_proj", "v_proj"], "module names to adapt, or 'all-linear'")
+    lora_target_modules: Union[list, str] = _f("all-linear", "module names to adapt (e.g. [q_proj, v_proj]), or "
+                                                             "'all-linear' (QLoRA's, mlx-lm's and Unsloth's default)")
     lora_bias: str = _f("none", "none | all | lora_only")
     num_layers: int = _f(-1, "adapt only the last N transformer layers (-1: all)")
     use_rslora: bool = _f(False, "rank-stabilised LoRA scaling alpha / sqrt(r)")
@@ -93,7 +96,9 @@ class TrainConfig:
     seed: int = _f(42, "seed for adapter init, data order and dropout")
     gradient_checkpointing: bool = _f(False, "recompute activations in backward: less memory, ~30% slower")
     max_seq_length: int = _f(2048, "tokens per row; longer prompts are cut from the left")
-    packing: bool = _f(False, "pack several rows per sequence (no attention across rows)")
+    packing: Union[bool, str] = _f("auto", "pack several rows per sequence (no attention across rows; same loss): "
+                                           "true | false | auto (on for GPUs/Metal, where it is measured faster; "
+                                           "off on a CPU)")
     # cadence
     logging_steps: int = _f(10, "emit a loss event every N optimizer steps")
     eval_strategy: str = _f("steps", "no | steps | epoch")

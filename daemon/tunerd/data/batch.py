@@ -34,6 +34,15 @@ class Batch:
         return int(self.loss_mask.sum())
 
     @property
+    def mean_context(self) -> float:
+        """Token-weighted mean length of the (packed) row each real token sits in, sum L^2 / sum L:
+        the sequence length in attention's FLOPs (training/flops.py)."""
+        seg = self.segment_ids.astype(np.int64)
+        keys = (np.arange(seg.shape[0])[:, None] * (int(seg.max()) + 1) + seg)[seg > 0]
+        lens = np.bincount(keys).astype(np.float64)
+        return float((lens ** 2).sum() / max(lens.sum(), 1.0))
+
+    @property
     def is_packed(self) -> bool:
         return bool((self.segment_ids.max(axis=1) > 1).any())
 

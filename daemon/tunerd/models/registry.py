@@ -43,10 +43,10 @@ class ModelRegistry:
         self.default_keep_alive = default_keep_alive
         self._models: dict[tuple, Resident] = {}
 
-    def get(self, model: str, backend: str = "auto", quantization: str = "none", dtype: str = "float32",
+    def get(self, model: str, backend: str = "auto", quantization: str = "none", dtype: str = "auto",
             adapter: str = "", keep_alive: Optional[float] = None) -> Resident:
         cfg = TrainConfig(model=model, backend=backend or "auto", quantization=quantization or "none",
-                          dtype=dtype or "float32")
+                          dtype=dtype or "auto")
         name = self._resolve_backend(cfg)
         key = (model, name, cfg.quantization, adapter)
         res = self._models.get(key)

@@ -23,6 +23,11 @@ class Started:
     estimated_peak_memory_bytes: int = 0
     output_dir: str = ""
     resumed_from_step: int = 0
+    dtype: str = ""               # the resolved dtype, and why (dtype: auto)
+    dtype_reason: str = ""
+    packing: bool = False         # the resolved packing, and why (packing: auto)
+    packing_reason: str = ""
+    peak_tflops: float = 0.0      # the device's measured matmul peak in that dtype (MFU's denominator)
 
 
 @dataclass
@@ -44,6 +49,8 @@ class Step:
     peak_memory_bytes: int
     eta_seconds: float
     elapsed_seconds: float
+    tflops: float = 0.0           # achieved model TFLOP/s over the logging window (training/flops.py)
+    mfu: float = 0.0              # tflops / the device's measured peak
 
 
 @dataclass

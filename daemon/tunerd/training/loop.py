@@ -39,6 +39,7 @@ from ..backends.base import Backend
 from ..config.schema import TrainConfig
 from ..data.prepare import iterate_batches, prepare
 from . import events as ev
+from .flops import flops_per_token
 from .checkpoints import PREFIX, STATE_FILE, TrainerState, find_checkpoint, rotate, step_of, write_atomically
 from .schedulers import Scheduler, warmup_steps_for
 from .tensorboard import EventWriter
@@ -100,6 +101,19 @@ def validate_cadence(cfg: TrainConfig) -> None:
         raise ValueError("early_stopping_patience: needs eval_strategy steps or epoch")
 
 
+# packing: auto -- on where packed batches were measured faster than length-grouped padded ones
+# (GPUs: 2.3x TRL's tokens/s on a 1B model, DESIGN.md §2), off on a CPU, where the longer packed
+# rows make attention cost more than the padding they save (bench/bench_torch.py, bench_scale.py).
+def resolve_packing(requested, info) -> tuple[bool, str]:
+    if requested is True or requested is False:
+        return requested, "set in the config"
+    if not info.packing_supported:
+        return False, f"model type {info.config.get('model_type')!r} cannot be packed exactly on {info.backend}"
+    if info.device_kind == "cpu":
+        return False, "off on a CPU, where packed batches were measured slower than length-grouped ones"
+    return True, f"on for {info.device_kind}, where packed batches were measured faster (same loss)"
+
+
 def config_identity(cfg: TrainConfig) -> tuple[dict, str]:
     d = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in RESUME_FREE_KEYS}
     text = json.dumps(d, sort_keys=True, default=str)
@@ -144,12 +158,14 @@ def train(cfg: TrainConfig, backend: Backend, emit: Callable[[object], None],
     cfg = resolve_config(cfg, base_dir)
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    write_resolved_config(cfg, out)
     random.seed(cfg.seed)
     np.random.seed(cfg.seed % (2 ** 32))
 
     # ---- model, data, adapter -----------------------------------------------------------------
     info = backend.load(cfg)
+    packing, packing_reason = resolve_packing(cfg.packing, info)
+    cfg = dataclasses.replace(cfg, dtype=info.dtype, packing=packing)
+    write_resolved_config(cfg, out)
     data = prepare(cfg, backend.tokenizer, Path(base_dir) if base_dir else None)
     train_rows, eval_rows = list(data.train), list(data.validation)
     if cfg.debug:
@@ -215,12 +231,16 @@ def train(cfg: TrainConfig, backend: Backend, emit: Callable[[object], None],
     board = EventWriter(out / "tensorboard")
 
     mem = backend.memory()
+    peak_flops = backend.peak_flops()
+    trainable_fraction = stats.trainable / max(stats.total, 1)
     emit(ev.Started(backend=info.backend, device=info.device, model=info.model, total_steps=total_steps,
                     num_epochs=(total_steps / steps_per_epoch) if cfg.max_steps > 0 else cfg.num_epochs,
                     train_rows=len(train_rows), eval_rows=len(eval_rows), total_params=stats.total,
                     trainable_params=stats.trainable, trainable_percent=round(stats.trainable_percent, 4),
                     estimated_peak_memory_bytes=int(mem.active_bytes + 4 * 4 * stats.trainable),
-                    output_dir=str(out), resumed_from_step=resumed_from))
+                    output_dir=str(out), resumed_from_step=resumed_from, dtype=info.dtype,
+                    dtype_reason=info.dtype_reason, packing=packing, packing_reason=packing_reason,
+                    peak_tflops=peak_flops / 1e12))
 
     greater = cfg.greater_is_better
     metric_name = cfg.metric_for_best_model or "eval_loss"
@@ -269,7 +289,7 @@ def train(cfg: TrainConfig, backend: Backend, emit: Callable[[object], None],
     # ---- the loop -----------------------------------------------------------------------------
     t_start = time.perf_counter()
     steps_this_run = 0
-    window = {"loss": 0.0, "steps": 0, "tokens": 0, "t0": time.perf_counter()}
+    window = {"loss": 0.0, "steps": 0, "tokens": 0, "flops": 0.0, "t0": time.perf_counter()}
     last_grad_norm = 0.0
     stopped_early = False
     batches, batches_epoch = None, -1
@@ -308,23 +328,28 @@ def train(cfg: TrainConfig, backend: Backend, emit: Callable[[object], None],
         window["loss"] += loss
         window["steps"] += 1
         window["tokens"] += tokens
+        window["flops"] += sum(b.n_tokens * flops_per_token(info.config, b.mean_context, trainable_fraction,
+                                                             full=cfg.peft_adapter == "full") for b in group)
         last = state.global_step >= total_steps
 
         if state.global_step % cfg.logging_steps == 0 or last:
             now = time.perf_counter()
             elapsed = now - t_start
+            achieved = window["flops"] / max(now - window["t0"], 1e-9)
             step_ev = ev.Step(step=state.global_step, total_steps=total_steps, epoch=epoch_float(),
                               loss=window["loss"] / window["steps"], learning_rate=lr, grad_norm=last_grad_norm,
                               tokens_per_second=window["tokens"] / max(now - window["t0"], 1e-9),
                               trained_tokens=state.trained_tokens, peak_memory_bytes=backend.memory().peak_bytes,
                               eta_seconds=elapsed / steps_this_run * (total_steps - state.global_step),
-                              elapsed_seconds=elapsed)
+                              elapsed_seconds=elapsed, tflops=achieved / 1e12,
+                              mfu=achieved / peak_flops if peak_flops > 0 else 0.0)
             emit(step_ev)
             metrics.write("train", step_ev)
             board.scalars(step_ev.step, {"train/loss": step_ev.loss, "train/learning_rate": lr,
                                          "train/grad_norm": last_grad_norm, "train/epoch": step_ev.epoch,
-                                         "train/tokens_per_second": step_ev.tokens_per_second})
-            window.update(loss=0.0, steps=0, tokens=0, t0=now)
+                                         "train/tokens_per_second": step_ev.tokens_per_second,
+                                         "train/tflops": step_ev.tflops, "train/mfu": step_ev.mfu})
+            window.update(loss=0.0, steps=0, tokens=0, flops=0.0, t0=now)
 
         do_eval = (cfg.eval_strategy == "steps" and (state.global_step % cfg.eval_steps == 0 or last)) or \
                   (cfg.eval_strategy == "epoch" and (epoch_end or last))

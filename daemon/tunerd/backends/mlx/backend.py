@@ -30,7 +30,10 @@ from mlx.utils import tree_flatten, tree_map, tree_map_with_path
 from ...config.schema import TrainConfig
 from ...data.batch import Batch
 from .. import adapter_layout as layout
-from ..base import Backend, GenerationChunk, MemoryStats, ModelInfo, ParamStats, Sampling, partial_stop_len
+from ...training.flops import peak_flops
+from ..base import (Backend, GenerationChunk, MemoryStats, ModelInfo, ParamStats, Sampling, ce_chunk_rows,
+                    partial_stop_len)
+from ..dtypes import checkpoint_dtype, resolve_dtype
 from .model import (PACKING_MODEL_TYPES, PackedAttention, add_token_rows, apply_lora, blas_warning,
                     block_causal_mask, enable_grad_checkpoint, is_quantized, quantize_base, resolve_lora_keys,
                     strip_adapters, strip_token_rows, token_rows)
@@ -70,13 +73,58 @@ def make_optimizer(cfg: TrainConfig, warnings: list) -> optim.Optimizer:
     raise ValueError(f"optimizer: {cfg.optimizer!r} is not available on mlx; choose one of {', '.join(OPTIMIZERS)}")
 
 
-def _loss(model, inputs, targets, loss_mask, segment_ids=None, mask_dtype=mx.float32):
+# families whose logits are exactly lm_head(final hidden) (or the tied embedding's as_linear): no
+# logit scaling or soft-capping, so the head can run on the supervised positions alone
+PLAIN_HEAD = {"llama", "mistral", "qwen2", "qwen3", "phi3", "olmo2"}
+
+
+def _loss(model, inputs, idx, targets, weights, segment_ids=None, mask_dtype=mx.float32,
+          plain=True, chunk=0):
+    """Summed cross-entropy over the supervised positions `idx` (flat indices into [B*T]).
+
+    The LM head runs on the gathered positions only (`plain` families), so no [B, T, vocab] logits
+    exist, and float32 logits exist only for the supervised positions -- in chunks of `chunk` rows
+    recomputed in the backward pass (mx.checkpoint) when a frozen head's would be large
+    (base.ce_chunk_rows). Other families compute full logits and gather before the float32 cast."""
     cache = None
     if segment_ids is not None:
         cache = [PackedAttention(block_causal_mask(segment_ids, mask_dtype))] * len(model.layers)
-    logits = model(inputs, cache=cache).astype(mx.float32)
-    ce = nn.losses.cross_entropy(logits, targets, reduction="none")
-    return (ce * loss_mask).sum(), loss_mask.sum()
+    if not plain:
+        logits = model(inputs, cache=cache)
+        logits = logits.reshape(-1, logits.shape[-1])[idx].astype(mx.float32)
+        return (nn.losses.cross_entropy(logits, targets, reduction="none") * weights).sum(), weights.sum()
+    h = model.model(inputs, cache=cache)
+    h = h.reshape(-1, h.shape[-1])[idx]
+    head = model.lm_head if "lm_head" in model else model.model.embed_tokens.as_linear
+
+    def ce(h, t, w):
+        return (nn.losses.cross_entropy(head(h).astype(mx.float32), t, reduction="none") * w).sum()
+    if chunk and h.shape[0] > chunk:   # only h crosses mx.checkpoint: no gradient for ids and weights
+        loss = sum(mx.checkpoint(lambda x, t=targets[i:i + chunk], w=weights[i:i + chunk]: ce(x, t, w))(h[i:i + chunk])
+                   for i in range(0, h.shape[0], chunk))
+    else:
+        loss = ce(h, targets, weights)
+    return loss, weights.sum()
+
+
+def device_kind() -> str:
+    """cpu | metal | gpu (MLX's CUDA build)."""
+    if mx.default_device().type == mx.cpu:
+        return "cpu"
+    return "metal" if mx.metal.is_available() else "gpu"
+
+
+def set_memory_limits() -> None:
+    """On Metal, wire up to the recommended working set as mlx-lm does (fewer page-outs of model
+    weights under memory pressure). The buffer cache is bounded by clearing it after every step,
+    eval batch and reply (`clear_cache`), as mlx-lm's trainer does: with a new sequence length almost
+    every step, freed buffers of old shapes otherwise pile up until the device is full (DESIGN.md §2)."""
+    if device_kind() != "metal":
+        return
+    info = mx.device_info() if hasattr(mx, "device_info") else mx.metal.device_info()
+    limit = info.get("max_recommended_working_set_size")
+    if limit:
+        mx.set_wired_limit(int(limit))
 
 
 class MLXBackend(Backend):
@@ -112,13 +160,16 @@ class MLXBackend(Backend):
         if (w := blas_warning()) and w not in self.warnings:
             log.warning(w)
             self.warnings.append(w)
-        if cfg.dtype not in DTYPES:
-            raise ValueError(f"dtype: {cfg.dtype!r} is not one of {', '.join(DTYPES)}")
         bits = quant_bits(cfg)
         self.cfg = cfg
+        set_memory_limits()
         model, wrapper, config = load(cfg.model, return_config=True, revision=cfg.revision,
                                       trust_remote_code=cfg.trust_remote_code)
-        model.set_dtype(DTYPES[cfg.dtype])
+        device, kind = str(mx.default_device()), device_kind()
+        dtype_name, dtype_reason = resolve_dtype(cfg.dtype, kind, checkpoint_dtype(config),
+                                                 lambda dt: peak_flops(device, dt))
+        model.set_dtype(DTYPES[dtype_name])
+        self.dtype = DTYPES[dtype_name]
         if bits:
             if is_quantized(model):
                 self.warnings.append(f"{cfg.model} is already quantized; quantization={cfg.quantization} "
@@ -134,8 +185,10 @@ class MLXBackend(Backend):
         self._fns, self._acc = {}, None
         q = ("none" if not is_quantized(model) else
              f"{bits}bit/g{cfg.group_size}" if bits and "quantization" not in config else "pre-quantized")
-        return ModelInfo(model=cfg.model, backend="mlx", device=str(mx.default_device()), dtype=cfg.dtype,
-                         quantization=q, total_params=self._base_params,
+        return ModelInfo(model=cfg.model, backend="mlx", device=device, dtype=dtype_name,
+                         dtype_reason=dtype_reason, quantization=q, config=dict(config),
+                         device_kind=kind,
+                         packing_supported=self.model_type in PACKING_MODEL_TYPES, total_params=self._base_params,
                          vocab_size=int(config.get("vocab_size", 0)),
                          eos_token_ids=sorted(int(i) for i in wrapper.eos_token_ids))
 
@@ -221,20 +274,23 @@ class MLXBackend(Backend):
         if name in self._fns:
             return self._fns[name]
         model, opt = self.model, self.optimizer
-        dtype = DTYPES[self.cfg.dtype]
+        dtype, plain = self.dtype, self.model_type in PLAIN_HEAD
+        # chunk the float32 logits only under a frozen head (mx.checkpoint passes no gradient to it)
+        chunk = ce_chunk_rows(self._vocab_rows()) if self._kind != "full" and not self._added else 0
         wrap = (lambda f, i, o: partial(mx.compile, inputs=i, outputs=o)(f)) if self.compile else (lambda f, i, o: f)
         if name in ("fb", "fb_packed"):
             vg = nn.value_and_grad(model, _loss)
 
-            def fb(inputs, targets, loss_mask, segment_ids, acc):
-                (loss, ntok), grads = vg(model, inputs, targets, loss_mask,
-                                         segment_ids if name == "fb_packed" else None, dtype)
+            def fb(inputs, idx, targets, weights, segment_ids, acc):
+                (loss, ntok), grads = vg(model, inputs, idx, targets, weights,
+                                         segment_ids if name == "fb_packed" else None, dtype, plain, chunk)
                 return loss, ntok, tree_map(lambda a, g: a + g, acc, grads)
             # value_and_grad writes traced params into the model: model.state must be an output too
             fn = wrap(fb, [model.state, mx.random.state], [model.state, mx.random.state])
         elif name in ("eval", "eval_packed"):
-            def ev(inputs, targets, loss_mask, segment_ids):
-                return _loss(model, inputs, targets, loss_mask, segment_ids if name == "eval_packed" else None, dtype)
+            def ev(inputs, idx, targets, weights, segment_ids):
+                return _loss(model, inputs, idx, targets, weights, segment_ids if name == "eval_packed" else None,
+                             dtype, plain, chunk)
             fn = wrap(ev, [model.state], [])
         elif name == "update":
             def update(grads, grad_scale, max_norm):
@@ -254,11 +310,20 @@ class MLXBackend(Backend):
         if packed and self.model_type not in PACKING_MODEL_TYPES:
             raise ValueError(f"packing: model type {self.model_type!r} is not supported for packing on mlx "
                              f"(RoPE families only: {', '.join(sorted(PACKING_MODEL_TYPES))}); set packing: false")
-        arrays = (batch.inputs, batch.targets, batch.loss_mask, batch.segment_ids)
-        pad = (-batch.inputs.shape[1]) % 32 if self.compile else 0
-        if pad:  # padding: mask 0, its own segment 0, after every real token (causal): no effect
-            arrays = tuple(np.pad(a, ((0, 0), (0, pad))) for a in arrays)
-        return packed, tuple(mx.array(a) for a in arrays)
+        inputs, seg = batch.inputs, batch.segment_ids
+        pad = (-inputs.shape[1]) % 32 if self.compile else 0
+        if pad:  # padding: its own segment 0, after every real token (causal), never supervised: no effect
+            inputs, seg = (np.pad(a, ((0, 0), (0, pad))) for a in (inputs, seg))
+        width = inputs.shape[1]
+        rows, cols = np.nonzero(batch.loss_mask)        # the supervised positions, gathered before the head
+        idx = (rows * width + cols).astype(np.int32)
+        targets = batch.targets[rows, cols].astype(np.int32)
+        weights = batch.loss_mask[rows, cols].astype(np.float32)
+        extra = (-len(idx)) % 64 if self.compile else 0   # fewer distinct shapes to compile
+        if extra or not len(idx):
+            extra = extra or 1
+            idx, targets, weights = (np.pad(a, (0, extra)) for a in (idx, targets, weights))
+        return packed, tuple(mx.array(a) for a in (inputs, idx, targets, weights, seg))
 
     # ---- training -----------------------------------------------------------------------------
     def forward_backward(self, batch: Batch) -> tuple[float, int]:
@@ -283,6 +348,7 @@ class MLXBackend(Backend):
                                   mx.array(max_grad_norm or 0.0, mx.float32))
         mx.eval(norm, self.model.state, self.optimizer.state)
         self._acc = None
+        mx.clear_cache()
         return float(norm)
 
     def eval_loss(self, batch: Batch) -> tuple[float, int]:
@@ -291,6 +357,7 @@ class MLXBackend(Backend):
         packed, arrays = self._arrays(batch)
         loss, ntok = self._fn("eval_packed" if packed else "eval")(*arrays)
         mx.eval(loss, ntok)
+        mx.clear_cache()
         return float(loss), int(ntok)
 
     # ---- checkpoints and adapters -------------------------------------------------------------
@@ -435,23 +502,29 @@ class MLXBackend(Backend):
             repetition_penalty=sampling.repetition_penalty if sampling.repetition_penalty != 1.0 else None)
         stops = [s for s in sampling.stop if s]
         text, emitted = "", 0
-        for resp in stream_generate(self.model, self._wrapper, list(prompt_ids), max_tokens=sampling.max_tokens,
-                                    sampler=sampler, logits_processors=processors):
-            if should_stop():
-                yield GenerationChunk(text[emitted:], int(resp.token), "cancelled")
-                return
-            text += resp.text
-            hits = [i for i in (text.find(s, max(0, emitted - len(s))) for s in stops) if i >= 0]
-            if hits:
-                yield GenerationChunk(text[emitted:min(hits)], int(resp.token), "stop")
-                return
-            if resp.finish_reason:
-                yield GenerationChunk(text[emitted:], int(resp.token), resp.finish_reason)
-                return
-            safe = len(text) - partial_stop_len(text, stops)
-            if safe > emitted:
-                yield GenerationChunk(text[emitted:safe], int(resp.token))
-                emitted = safe
+        try:
+            for resp in stream_generate(self.model, self._wrapper, list(prompt_ids), max_tokens=sampling.max_tokens,
+                                        sampler=sampler, logits_processors=processors):
+                if should_stop():
+                    yield GenerationChunk(text[emitted:], int(resp.token), "cancelled")
+                    return
+                text += resp.text
+                hits = [i for i in (text.find(s, max(0, emitted - len(s))) for s in stops) if i >= 0]
+                if hits:
+                    yield GenerationChunk(text[emitted:min(hits)], int(resp.token), "stop")
+                    return
+                if resp.finish_reason:
+                    yield GenerationChunk(text[emitted:], int(resp.token), resp.finish_reason)
+                    return
+                safe = len(text) - partial_stop_len(text, stops)
+                if safe > emitted:
+                    yield GenerationChunk(text[emitted:safe], int(resp.token))
+                    emitted = safe
+        finally:
+            mx.clear_cache()   # the reply's KV cache and buffers go back (set_memory_limits)
 
     def memory(self) -> MemoryStats:
         return MemoryStats(active_bytes=int(mx.get_active_memory()), peak_bytes=int(mx.get_peak_memory()))
+
+    def peak_flops(self) -> float:
+        return peak_flops(str(mx.default_device()), {v: k for k, v in DTYPES.items()}[self.dtype])

@@ -5,7 +5,8 @@ Training math (what the loop relies on; the MLX backend computes the same):
   that sum to `.grad`; `optimizer_step` multiplies the grads by `grad_scale`, clips the global
   norm (`clip_grad_norm_`: max_norm / (norm + 1e-6)), sets the lr, steps and zeroes.
 - The LM head runs only on supervised positions (hidden states are gathered first) for the model
-  families in `PLAIN_HEAD`: same loss, far less memory and time with large vocabularies.
+  families in `PLAIN_HEAD`, in chunks whose logits are recomputed in backward when their float32
+  logits would pass 256 MiB (loss.py): same loss, far less memory and time with large vocabularies.
 - Packing: position ids restart per packed row and no `attention_mask` is passed
   (`use_cache=False`); transformers (>= 5) then derives a block-diagonal causal mask from the
   position-id resets (`masking_utils.find_packed_sequence_indices`) for sdpa/eager attention.
@@ -28,12 +29,14 @@ import torch
 import torch.nn.functional as F
 
 from ...config.schema import TrainConfig
+from ...training.flops import peak_flops
 from ...data.batch import Batch
 from .. import adapter_layout as layout
 from ..base import Backend, GenerationChunk, MemoryStats, ModelInfo, ParamStats, Sampling
 from . import model as tmodel
 from .device import memory_bytes, pick_device, pick_dtype
 from .generate import stream
+from .loss import head_cross_entropy
 from .optim import build_optimizer
 
 log = logging.getLogger("tunerd.torch")
@@ -86,7 +89,7 @@ class TorchBackend(Backend):
 
         self.cfg = cfg
         self.device = pick_device(cfg.device)
-        self.dtype = pick_dtype(cfg.dtype, self.device)
+        self.dtype, dtype_name, dtype_reason = pick_dtype(cfg.dtype, self.device, self._checkpoint_dtype(cfg))
         if tmodel.quant_mode(cfg) and self.device.type == "mps":
             self.warnings.append("4-bit/8-bit on MPS through bitsandbytes is experimental; "
                                  "the mlx backend is the tested QLoRA path on a Mac")
@@ -103,9 +106,22 @@ class TorchBackend(Backend):
         q = tmodel.quant_mode(cfg) or "none"
         if q == "4bit":
             q = "fp4" if cfg.quantization.lower() == "fp4" else cfg.bnb_4bit_quant_type
-        return ModelInfo(model=cfg.model, backend="torch", device=str(self.device), dtype=cfg.dtype,
+        return ModelInfo(model=cfg.model, backend="torch", device=str(self.device), dtype=dtype_name,
+                         dtype_reason=dtype_reason, device_kind=self.device.type, config=self.base.config.to_dict(),
                          quantization=q, total_params=int(total),
                          vocab_size=int(self.base.config.vocab_size), eos_token_ids=sorted(self._eos))
+
+    @staticmethod
+    def _checkpoint_dtype(cfg: TrainConfig) -> str:
+        from transformers import AutoConfig
+
+        from ..dtypes import checkpoint_dtype, read_checkpoint_dtype
+
+        local = read_checkpoint_dtype(cfg.model)
+        if local is not None:
+            return local
+        return checkpoint_dtype(AutoConfig.from_pretrained(cfg.model, revision=cfg.revision,
+                                                           trust_remote_code=cfg.trust_remote_code).to_dict())
 
     def resize_token_embeddings(self, vocab_size: int, token_ids=None, end_of_turn=None,
                                 chat_template=None) -> int:
@@ -201,13 +217,14 @@ class TorchBackend(Backend):
         targets = torch.from_numpy(batch.targets.astype(np.int64)).to(self.device)[sel]
         m = self._underlying()
         decoder = getattr(m, getattr(m, "base_model_prefix", ""), None)
-        if m.config.model_type in PLAIN_HEAD and decoder is not None and m.get_output_embeddings() is not None:
+        head = m.get_output_embeddings()
+        if m.config.model_type in PLAIN_HEAD and decoder is not None and head is not None:
             hidden = decoder(**kw).last_hidden_state[sel]
-            logits = m.get_output_embeddings()(hidden).float()
+            loss = head_cross_entropy(hidden, head, targets, mask[sel], vocab=head.weight.shape[0])
         else:
             logits = self.model(**kw).logits[sel].float()
-        ce = F.cross_entropy(logits, targets, reduction="none")
-        return (ce * mask[sel]).sum(), int(batch.loss_mask.sum())
+            loss = (F.cross_entropy(logits, targets, reduction="none") * mask[sel]).sum()
+        return loss, int(batch.loss_mask.sum())
 
     # ---- training -----------------------------------------------------------------------------
     def forward_backward(self, batch: Batch) -> tuple[float, int]:
@@ -431,3 +448,7 @@ class TorchBackend(Backend):
     def memory(self) -> MemoryStats:
         active, peak = memory_bytes(self.device or torch.device("cpu"))
         return MemoryStats(active_bytes=int(active), peak_bytes=int(peak))
+
+    def peak_flops(self) -> float:
+        self._require_model()
+        return peak_flops(str(self.device), str(self.dtype).replace("torch.", ""))

@@ -32,14 +32,18 @@ def pick_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
-def pick_dtype(name: str, device: torch.device) -> torch.dtype:
-    if name not in DTYPES:
-        raise ValueError(f"dtype: unknown dtype {name!r}; choose one of {sorted(DTYPES)}")
-    dtype = DTYPES[name]
-    if device.type == "cuda" and dtype == torch.bfloat16 and not torch.cuda.is_bf16_supported():
+def pick_dtype(name: str, device: torch.device, checkpoint: str = "float32") -> tuple[torch.dtype, str, str]:
+    """(dtype, its name, why) for `dtype: name` (auto | float32 | float16 | bfloat16) of a
+    checkpoint stored in `checkpoint` on `device`: the rule of backends/dtypes.py."""
+    from ...training.flops import peak_flops
+    from ..dtypes import resolve_dtype
+
+    bf16 = device.type != "cuda" or torch.cuda.is_bf16_supported()
+    chosen, why = resolve_dtype(name, device.type, checkpoint, lambda dt: peak_flops(str(device), dt), bf16)
+    if device.type == "cuda" and chosen == "bfloat16" and not bf16:
         raise ValueError("dtype: bfloat16 is not supported on this GPU "
                          f"({torch.cuda.get_device_name(device)}); use float16 or float32")
-    return dtype
+    return DTYPES[chosen], chosen, why
 
 
 def _rss_bytes() -> int:

@@ -1,7 +1,7 @@
 """Loading a Hugging Face causal LM (optionally bitsandbytes-quantized) and adding adapters.
 
 - QLoRA: `quantization` 4bit/nf4/int4 (or fp4) -> bitsandbytes 4-bit with the config's quant type,
-  double quant and compute dtype = `dtype`; 8bit/int8 -> LLM.int8(). The whole model is placed on
+  double quant and compute dtype = the resolved `dtype` (norms, embeddings and activations stay in it); 8bit/int8 -> LLM.int8(). The whole model is placed on
   the chosen device with `device_map={"": device}` (transformers' default map sends bnb models to
   the CPU, DESIGN.md §3).
 - Adapters: PEFT LoRA / DoRA (`use_dora`) with PEFT's own names; `num_layers: N` adapts the last N
@@ -161,13 +161,18 @@ def add_adapter(model, cfg, token_ids=None):
         for p in model.parameters():
             p.requires_grad_(True)
     else:
-        from peft import get_peft_model, prepare_model_for_kbit_training
+        from peft import get_peft_model
 
-        if quantized:  # norms to fp32, input grads on; checkpointing as configured
-            model = prepare_model_for_kbit_training(
-                model, use_gradient_checkpointing=gc,
-                gradient_checkpointing_kwargs={"use_reentrant": False})
+        # QLoRA as TRL does it: no `prepare_model_for_kbit_training`, whose float32 norms and
+        # embeddings made every activation float32 (2.8x TRL's peak on a 1B model, DESIGN.md §2);
+        # norms and embeddings stay in the compute dtype, and under bfloat16 the LoRA weights are
+        # cast to it too (the QLoRA paper's recipe; float16 keeps float32 adapters for GradScaler).
         model = get_peft_model(model, lora_config(cfg, model, token_ids))
+        compute = model.get_input_embeddings().weight.dtype
+        if quantized and compute == torch.bfloat16:
+            for p in model.parameters():
+                if p.requires_grad:
+                    p.data = p.data.to(compute)
     if gc:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if hasattr(model, "enable_input_require_grads"):

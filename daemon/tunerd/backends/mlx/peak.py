@@ -1,0 +1,15 @@
+"""The device's peak matmul FLOP/s in a dtype, measured with MLX (see training/flops.py)."""
+from __future__ import annotations
+
+import mlx.core as mx
+
+from ...training.flops import time_matmul
+
+
+def measure_peak(device: str, dtype: str) -> float:
+    n = 1024 if mx.default_device().type == mx.cpu else 8192
+    dt = {"float32": mx.float32, "float16": mx.float16, "bfloat16": mx.bfloat16}[dtype]
+    a = mx.random.normal((n, n)).astype(dt)
+    b = mx.random.normal((n, n)).astype(dt)
+    mx.eval(a, b)
+    return time_matmul(lambda: mx.eval(a @ b), n)

@@ -1,0 +1,23 @@
+"""The device's peak matmul FLOP/s in a dtype, measured with torch (see training/flops.py)."""
+from __future__ import annotations
+
+import torch
+
+from ...training.flops import time_matmul
+from .device import DTYPES
+
+
+def measure_peak(device: str, dtype: str) -> float:
+    dev = torch.device(device)
+    n = 8192 if dev.type == "cuda" else 4096 if dev.type == "mps" else 1024
+    a = torch.randn(n, n, device=dev).to(DTYPES[dtype])
+    b = torch.randn(n, n, device=dev).to(DTYPES[dtype])
+
+    def run():
+        torch.mm(a, b)
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+        elif dev.type == "mps":
+            torch.mps.synchronize()
+    with torch.no_grad():
+        return time_matmul(run, n)

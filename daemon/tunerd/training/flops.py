@@ -1,0 +1,113 @@
+"""Training FLOPs and the device's measured peak: the numbers behind TFLOP/s and MFU.
+
+MFU (model FLOPs utilisation, PaLM appendix B / nanoGPT) = model FLOPs per second / device peak.
+Model FLOPs per token, for a decoder with N matmul parameters (every linear layer of the blocks and
+the LM head; embedding lookups are free), L layers, attention width d and sequence length T:
+
+    forward                     2 N + 4 L d T          (QK^T and AV: 2 L d T each, no causal discount)
+    backward, input gradients   2 N + 8 L d T          (attention backward ~ 2x its forward)
+    backward, weight gradients  2 N_trainable          (LoRA: the adapter only; full: all N)
+
+so full fine-tuning is the familiar 6 N + 12 L d T and LoRA is 4 N + 2 N_trainable + 12 L d T: a frozen
+base has no weight-gradient matmuls, and counting them would flatter LoRA's MFU by 1.5x. Work a
+backend skips (the LM head on prompt positions) is not subtracted: MFU is a model figure.
+
+The peak is measured, not looked up: one large matmul in the training dtype on the device, timed
+after a warm-up, cached per (device, dtype) in memory and in `$TUNER_HOME/device_peak.json` so a
+daemon measures each device once. The measuring function comes from the backend (this module never
+imports mlx or torch at module level); `peak_flops(device, dtype)` picks one for scripts.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Callable, Optional
+
+_PEAKS: dict[tuple[str, str], float] = {}
+
+
+def matmul_params(model_config: dict) -> tuple[int, int, int]:
+    """(matmul parameters N incl. the LM head, layers L, attention width d) from an HF config.json;
+    (0, 0, 0) for a config without the usual architecture keys (MFU then reads 0)."""
+    c = model_config.get("text_config", model_config)
+    try:
+        d = int(c.get("hidden_size") or c.get("n_embd") or c.get("d_model"))
+        layers = int(c.get("num_hidden_layers") or c.get("n_layer"))
+        heads = int(c.get("num_attention_heads") or c.get("n_head"))
+        vocab = int(c.get("vocab_size"))
+    except (TypeError, ValueError):
+        return 0, 0, 0
+    head_dim = int(c.get("head_dim") or d // heads)
+    kv = int(c.get("num_key_value_heads") or heads)
+    ff = int(c.get("intermediate_size") or c.get("n_inner") or 4 * d)
+    gated = c.get("model_type") not in ("gpt2", "gpt_neox", "phi", "opt", "bloom", "falcon", "starcoder2")
+    attn = d * heads * head_dim * 2 + d * kv * head_dim * 2          # q, o and k, v
+    mlp = d * ff * (3 if gated else 2)
+    return layers * (attn + mlp) + d * vocab, layers, heads * head_dim
+
+
+def flops_per_token(model_config: dict, seq_len: float, trainable_fraction: float = 0.0,
+                    full: bool = False) -> float:
+    """Training FLOPs per token (forward + backward) at mean sequence length `seq_len`.
+    `trainable_fraction` is trainable / total parameters (the adapter's share); `full` counts
+    weight gradients for every matmul."""
+    n, layers, d = matmul_params(model_config)
+    trainable = n if full else trainable_fraction * n
+    return 4 * n + 2 * trainable + 12 * layers * d * float(seq_len)
+
+
+def _cache_file() -> Optional[Path]:
+    home = os.environ.get("TUNER_HOME")
+    return Path(home) / "device_peak.json" if home else None
+
+
+def cached_peak(device: str, dtype: str, measure: Callable[[], float]) -> float:
+    """The peak FLOP/s of `device` in `dtype`: measured once (by `measure`), then remembered."""
+    key = (device, dtype)
+    if key in _PEAKS:
+        return _PEAKS[key]
+    path = _cache_file()
+    stored = {}
+    if path is not None and path.exists():
+        try:
+            stored = json.loads(path.read_text())
+        except (OSError, ValueError):
+            stored = {}
+    name = f"{device}|{dtype}"
+    if isinstance(stored.get(name), (int, float)) and stored[name] > 0:
+        _PEAKS[key] = float(stored[name])
+        return _PEAKS[key]
+    _PEAKS[key] = value = float(measure())
+    if path is not None:
+        try:
+            stored[name] = value
+            tmp = path.with_name(f".{path.name}.{os.getpid()}")
+            tmp.write_text(json.dumps(stored, indent=1))
+            tmp.replace(path)
+        except OSError:
+            pass
+    return value
+
+
+def time_matmul(run: Callable[[], None], n: int, min_seconds: float = 0.2) -> float:
+    """FLOP/s of an n x n x n matmul: `run()` does one and waits for it; best of a few timed runs."""
+    run()  # warm-up (kernel selection, allocation)
+    best, total, reps = float("inf"), 0.0, 0
+    while total < min_seconds or reps < 3:
+        t0 = time.perf_counter()
+        run()
+        dt = time.perf_counter() - t0
+        best, total, reps = min(best, dt), total + dt, reps + 1
+    return 2.0 * n ** 3 / best
+
+
+def peak_flops(device: str, dtype: str) -> float:
+    """Measured peak FLOP/s for a device name as the backends report it ('cpu', 'cuda', 'cuda:0',
+    'mps', 'Device(gpu, 0)' for MLX) in dtype 'float32' | 'bfloat16' | 'float16'."""
+    if device.startswith("Device(") or device in ("gpu", "metal"):
+        from ..backends.mlx.peak import measure_peak
+    else:
+        from ..backends.torch.peak import measure_peak
+    return cached_peak(device, dtype, lambda: measure_peak(device, dtype))

@@ -1,0 +1,180 @@
+"""Peak training memory, estimated before a model is loaded, and advice when it will not fit.
+
+`estimate(model_config, cfg, backend, seq_len)` adds up, from config.json alone:
+- weights: every parameter in the resolved dtype; quantized linear layers at their packed size
+  (bitsandbytes nf4 + double quant ~0.51 B/param, leaving embeddings and the head in 16 bits; MLX
+  affine 4-bit: 0.5 B + a scale and bias per group, embeddings and head included);
+- adapter + gradients + AdamW state for the trainable parameters (LoRA in float32, or in the compute
+  dtype for torch QLoRA under bfloat16, as the backends keep them; full fine-tuning in the dtype);
+- activations saved for the backward pass, per token and layer (the norms, q/k/v/o, the gated MLP,
+  the float32 copies a LoRA layer makes of a 16-bit input, and on MLX the attention scores), or
+  one layer's worth plus each layer's input with gradient checkpointing;
+- the loss: float32 logits of the supervised positions only, at most one chunk at a time
+  (backends/base.ce_chunk_rows), the way both backends compute it.
+`seq_len` is the longest batch: `max_seq_length` at submit (the worst batch the data could make),
+the real longest batch once the data is tokenized. What it leaves out: the framework itself
+(imports, kernels; torch on a CPU counts it in its RSS) and allocator slack; its constants were
+checked against measured peaks of the scale benchmark's mid shape (tests/test_memory_estimate.py).
+
+`advise(...)` lists the changes that would fit (smaller batch, gradient checkpointing, 4-bit,
+shorter max_seq_length) for a RESOURCE_EXHAUSTED at submit and for an OOM that still happens.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Optional
+
+from ..backends.base import ce_chunk_rows
+
+BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
+LINEAR_NAMES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+GIB = 2 ** 30
+
+
+@dataclass
+class Shape:
+    d: int
+    ff: int
+    layers: int
+    heads: int
+    kv_dim: int
+    vocab: int
+    tied: bool
+
+    @classmethod
+    def of(cls, c: dict) -> "Shape":
+        c = c.get("text_config", c)
+        d = int(c.get("hidden_size") or c.get("n_embd"))
+        heads = int(c.get("num_attention_heads") or c.get("n_head"))
+        head_dim = int(c.get("head_dim") or d // heads)
+        return cls(d=d, ff=int(c.get("intermediate_size") or c.get("n_inner") or 4 * d),
+                   layers=int(c.get("num_hidden_layers") or c.get("n_layer")), heads=heads,
+                   kv_dim=int(c.get("num_key_value_heads") or heads) * head_dim,
+                   vocab=int(c.get("vocab_size")), tied=bool(c.get("tie_word_embeddings", False)))
+
+    def linear_shapes(self) -> dict:
+        """(in, out) of each linear layer of one block."""
+        d, f, kv = self.d, self.ff, self.kv_dim
+        return {"q_proj": (d, d), "k_proj": (d, kv), "v_proj": (d, kv), "o_proj": (d, d),
+                "gate_proj": (d, f), "up_proj": (d, f), "down_proj": (f, d)}
+
+
+@dataclass
+class MemoryEstimate:
+    weights: int
+    adapter_and_optimizer: int
+    activations: int
+    logits: int
+
+    @property
+    def total(self) -> int:
+        return self.weights + self.adapter_and_optimizer + self.activations + self.logits
+
+    def describe(self) -> str:
+        return (f"{self.total / GIB:.1f} GiB (weights {self.weights / GIB:.2f}, adapter+optimizer "
+                f"{self.adapter_and_optimizer / GIB:.2f}, activations {self.activations / GIB:.2f}, "
+                f"loss {self.logits / GIB:.2f})")
+
+
+def _quant_bits(q: str) -> int:
+    q = (q or "none").lower()
+    return 4 if q in ("4bit", "nf4", "int4", "fp4") else 8 if q in ("8bit", "int8") else 0
+
+
+def _targets(cfg, shape: Shape) -> list[str]:
+    t = cfg.lora_target_modules
+    if t == "all-linear":
+        return list(shape.linear_shapes())
+    names = [t] if isinstance(t, str) else list(t)
+    return [n for n in shape.linear_shapes() if any(n == x or x.endswith("." + n) or n.endswith(x) for x in names)]
+
+
+def estimate(model_config: dict, cfg, backend: str, seq_len: int, dtype: Optional[str] = None,
+             batch_size: Optional[int] = None, supervised_fraction: float = 0.5) -> MemoryEstimate:
+    """Peak bytes of training `cfg` on `backend` ('mlx' | 'torch') with batches of `batch_size`
+    (default: the config's) rows of `seq_len` tokens; `dtype` is the resolved one (not 'auto')."""
+    s = Shape.of(model_config)
+    b = BYTES.get(dtype or cfg.dtype, 4)
+    bits = _quant_bits(cfg.quantization)
+    rows = batch_size or cfg.per_device_train_batch_size
+    tokens = rows * seq_len
+    block = sum(i * o for i, o in s.linear_shapes().values())
+    embed = s.vocab * s.d * (1 if s.tied else 2)
+    # -- weights
+    if bits and backend == "mlx":
+        g = max(int(cfg.group_size), 1)
+        weights = (block * s.layers + embed) * (bits / 8 + 2 * b / g)
+    elif bits:
+        weights = block * s.layers * (bits / 8 + (0.01 if bits == 4 else 0.03)) + embed * b
+    else:
+        weights = (block * s.layers + embed) * b
+    # -- adapter, gradients, optimizer
+    kind = cfg.peft_adapter.lower()
+    if kind == "full":
+        trainable, pb = block * s.layers + embed, b
+    else:
+        n = s.layers if cfg.num_layers is None or cfg.num_layers < 0 else min(cfg.num_layers, s.layers)
+        shapes = s.linear_shapes()
+        trainable = n * sum(cfg.lora_r * (shapes[t][0] + shapes[t][1]) for t in _targets(cfg, s))
+        pb = 2 if bits and backend == "torch" and b == 2 else 4
+    adapter = trainable * (pb * 2 + (8 if pb == 4 else 2 * pb))     # weights + grads + AdamW's two moments
+    # -- activations saved for backward, per token and layer
+    lora_copies = 0
+    if kind != "full" and pb == 4 and b == 2:          # a 16-bit input cast to float32 for each LoRA layer
+        lora_copies = 4 * sum(s.linear_shapes()[t][0] for t in _targets(cfg, s))
+    attention = 2 * s.heads * seq_len * 4 if backend == "mlx" else 0
+    per_layer = b * (10 * s.d + 4 * s.ff + 2 * s.kv_dim) + lora_copies + attention
+    if cfg.gradient_checkpointing:
+        activations = tokens * (s.layers * s.d * b + per_layer)
+    else:
+        activations = tokens * s.layers * per_layer
+    activations += tokens * 2 * s.ff * b            # the largest transient of a layer's backward
+    # -- the loss over supervised positions (chunked float32 logits)
+    supervised = max(1, int(tokens * supervised_fraction))
+    logits = min(supervised, ce_chunk_rows(s.vocab)) * s.vocab * (b + 12) + supervised * s.d * 4
+    return MemoryEstimate(weights=int(weights), adapter_and_optimizer=int(adapter),
+                          activations=int(activations), logits=int(logits))
+
+
+def advise(model_config: dict, cfg, backend: str, seq_len: int, available: int, dtype: Optional[str] = None) -> list[str]:
+    """Changes to `cfg` under which the estimate fits in `available` bytes, as config settings."""
+    options = []
+    if cfg.per_device_train_batch_size > 1:
+        for bs in (cfg.per_device_train_batch_size // 2, cfg.per_device_train_batch_size // 4, 1):
+            if bs >= 1 and estimate(model_config, cfg, backend, seq_len, dtype, batch_size=bs).total <= available:
+                acc = cfg.gradient_accumulation_steps * cfg.per_device_train_batch_size // bs
+                options.append(f"per_device_train_batch_size: {bs} with gradient_accumulation_steps: {acc} "
+                               f"(same effective batch)")
+                break
+    trials = [("gradient_checkpointing: true", dict(gradient_checkpointing=True))]
+    if not _quant_bits(cfg.quantization) and cfg.peft_adapter.lower() != "full":
+        trials.append(("quantization: 4bit (QLoRA)", dict(quantization="4bit")))
+    for text, change in trials:
+        if estimate(model_config, dataclasses.replace(cfg, **change), backend, seq_len, dtype).total <= available:
+            options.append(text)
+    for n in (seq_len // 2, seq_len // 4):
+        if n >= 64 and estimate(model_config, cfg, backend, n, dtype).total <= available:
+            options.append(f"max_seq_length: {n}")
+            break
+    return options
+
+
+def oom_message(cause: str, est: Optional[MemoryEstimate], options: list[str]) -> str:
+    text = f"out of memory: {cause}"
+    if est is not None:
+        text += f"; this run needs about {est.describe()}"
+    if options:
+        text += "; it would fit with " + ", or ".join(options)
+    else:
+        text += "; unload other models (`tunerctl models unload`), or use a smaller model"
+    return text
+
+
+def is_oom(e: BaseException) -> bool:
+    """An allocator's out-of-memory error from any backend (torch CUDA/MPS, MLX Metal/CUDA, malloc)."""
+    if isinstance(e, MemoryError) or type(e).__name__ == "OutOfMemoryError":
+        return True
+    text = str(e).lower()
+    return isinstance(e, RuntimeError) and any(k in text for k in (
+        "out of memory", "insufficient memory", "failed to allocate", "[metal::malloc]", "cudaerrormemoryallocation"))
