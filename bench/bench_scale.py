@@ -22,18 +22,23 @@ steps, loss on the answers only, no gradient checkpointing unless --gradient-che
 in three modes: lora; qlora (ours `quantization: 4bit`; TRL bitsandbytes nf4 + double quant with
 compute in the run's dtype; on MLX both sides affine 4-bit, group 64); packed (ours `packing: true`,
 TRL `packing=True` with its default strategy, padding-free; mlx-lm cannot pack, so its lora run is
-the reference for the MLX packed row). Ours runs with the product's DEFAULT dtype and packing (the
-lora and qlora rows do not force packing either way); the peer gets bf16 on CUDA/Metal and float32
-on a CPU; --dtype / --packing override. What each side actually ran is in the JSON (`started` is
-ours' Started event; `peer` says what the peer ran).
+the reference for the MLX packed row). Ours runs with the product's DEFAULT dtype and packing
+(`dtype: auto`, `packing: auto`; the lora and qlora rows do not force packing either way); the peer
+gets the dtype ours resolved for the same backend and mode (bf16 on CUDA/Metal; float32 on a CPU
+unless ours chose 16-bit there, as torch does on a CPU with fast bf16 matmuls); --dtype sets both,
+--packing sets ours'. What each side actually ran is in the JSON (`started` is ours' Started event,
+with the resolved dtype/packing and why; `peer` says what the peer ran).
 
 Each (runner, mode) is a fresh subprocess, so peak memory is its own: torch.cuda.max_memory_allocated
 on CUDA, mx.get_peak_memory for MLX, and on a CPU the peak RSS (ru_maxrss) and the RSS growth during
 training (peak RSS from the first step on, minus the RSS after loading), the same measure for both
 sides. tokens/s counts real (non-padding) input tokens from the first step's start to the last
-step's end; loading and tokenization are excluded for both. MFU uses tunerd.training.flops
-(`flops_per_token`, `peak_flops`) when it is there, else it is null. Final loss: the mean of the
-last quarter of the steps' losses (each runner sees its own batch order; JSON has every step).
+step's end; loading and tokenization are excluded for both. MFU = tokens/s x
+tunerd.training.flops.flops_per_token(config, token-weighted mean row length, ours' trainable
+fraction) / the device's matmul peak in the run's dtype (`peak_flops`, measured once per run and
+shared by its children through a $TUNER_HOME cache), the same formula for both sides; ours' own
+per-step MFU is in `last_step`. Final loss: the mean of the last quarter of the steps' losses (each
+runner sees its own batch order; the JSON has every step's).
 
     python bench/bench_scale.py --shape mid                        # torch + mlx, all modes, CPU ok
     python bench/bench_scale.py --shape mid --backend torch --modes lora,packed --steps 6
@@ -229,13 +234,16 @@ def run_ours(job: dict) -> dict:
     res = common.run_ours(cfg, backend, kind)
     st = res["started"]
     # what ours actually used: the Started event's own fields where it has them, else the config's
-    res["dtype"] = st.get("dtype", cfg.dtype)
+    res["dtype"] = st.get("dtype") or cfg.dtype
     res["packing"] = st.get("packing", cfg.packing)
-    res["dtype_source"] = "Started" if "dtype" in st else "TrainConfig"
+    res["dtype_source"] = "Started" if st.get("dtype") else "TrainConfig"
     res["packing_source"] = "Started" if "packing" in st else "TrainConfig"
+    res["config"] = {"dtype": cfg.dtype, "packing": cfg.packing}  # what the config asked for (the defaults)
     res["device"] = st.get("device")
     res["quantization"] = cfg.quantization
     res["total_params"], res["trainable_params"] = st["total_params"], st["trainable_params"]
+    if st.get("peak_tflops"):
+        res["peak_tflops"] = st["peak_tflops"]
     return res
 
 
@@ -247,67 +255,79 @@ def _no_bitsandbytes() -> str:
     return ""
 
 
-def peer_dtype(job: dict, gpu: bool) -> str:
-    return job.get("dtype") or ("bfloat16" if gpu else "float32")
+def peer_dtype(job: dict, gpu: bool) -> tuple[str, str]:
+    """The peer's dtype and why: --dtype, else the dtype ours resolved in the same (backend, mode),
+    else bf16 on a GPU / float32 on a CPU."""
+    if job.get("dtype"):
+        return job["dtype"], "--dtype"
+    if job.get("match_dtype"):
+        return job["match_dtype"], "the dtype ours resolved for this backend and mode"
+    return ("bfloat16", "GPU default") if gpu else ("float32", "CPU default")
+
+
+def device_peak(device: str, dtype: str) -> dict:
+    """The device's measured matmul peak (tunerd.training.flops, cached across the run's children
+    through $TUNER_HOME/device_peak.json, so ours and the peer divide by the same number)."""
+    try:
+        from tunerd.training.flops import peak_flops
+    except ImportError:
+        return {}
+    try:
+        return {"peak_tflops": peak_flops(device, dtype) / 1e12}
+    except Exception as e:  # a device/dtype it cannot measure
+        return {"peak_error": f"{type(e).__name__}: {e}"}
 
 
 def run_peer(job: dict) -> dict:
     mode = job["mode"]
     if job["backend"] == "torch":
         device = torch_device(job["device"])
-        dtype = peer_dtype(job, device != "cpu")
-        if mode == "qlora" and (why := _no_bitsandbytes()):
-            return {"runner": "trl", "skipped": why}
+        dtype, why = peer_dtype(job, device != "cpu")
+        if mode == "qlora" and (missing := _no_bitsandbytes()):
+            return {"runner": "trl", "skipped": missing}
         res = common.run_trl(job["model"], job["data"], device=device, dtype=dtype,
                              quant="4bit" if mode == "qlora" else "none", packing=mode == "packed",
                              batch=job["batch"], lr=HP["lr"], max_len=job["max_len"], lora_r=HP["lora_r"],
                              lora_alpha=HP["lora_alpha"], max_steps=job["steps"], seed=HP["seed"],
                              gradient_checkpointing=job["gradient_checkpointing"], lr_scheduler=HP["scheduler"])
-        res.update(dtype=dtype, packing=mode == "packed", device=device)
+        res.update(dtype=dtype, dtype_source=why, packing=mode == "packed", device=device, **device_peak(device, dtype))
         return res
     import mlx.core as mx
 
-    dtype = peer_dtype(job, mx.default_device().type != mx.cpu)
+    dtype, why = peer_dtype(job, mx.default_device().type != mx.cpu)
     res = common.run_mlx_lm(job["model"], job["data"], iters=job["steps"], batch=job["batch"], lr=HP["lr"],
                             max_len=job["max_len"], lora_r=HP["lora_r"], lora_alpha=HP["lora_alpha"],
                             optimizer="adamw", schedule=HP["scheduler"], bias_correction=True, dtype=dtype,
                             quant_bits=4 if mode == "qlora" else 0, group_size=64, seed=HP["seed"])
-    res.update(dtype=dtype, packing=False, device=str(mx.default_device()))
+    res.update(dtype=dtype, dtype_source=why, packing=False, device=str(mx.default_device()),
+               **device_peak(str(mx.default_device()), dtype))
     return res
 
 
 # ---- MFU (tunerd.training.flops, when it exists) -------------------------------------------------------
 
 def add_mfu(results: list[dict], model_config: dict, seq_len: float) -> str:
-    """Adds `mfu` and `achieved_tflops` to each result; returns a note on how (or why not)."""
+    """Adds `mfu` and `achieved_tflops` to each result (None where there is no flops module or no
+    measured peak); returns a note on how."""
     try:
-        from tunerd.training.flops import flops_per_token, peak_flops
+        from tunerd.training.flops import flops_per_token
     except ImportError:
         for r in results:
             r["mfu"] = None
-        return "tunerd.training.flops is not there yet: MFU null"
-    peaks: dict = {}
+        return "tunerd.training.flops is not there: MFU null"
     for r in results:
         r["mfu"] = None
-        if r.get("skipped") or not r.get("tokens_per_s"):
+        if r.get("skipped") or r.get("error") or not r.get("tokens_per_s") or not r.get("peak_tflops"):
             continue
         ref = next((x for x in results if x["backend"] == r["backend"] and x["runner"] == "ours"
                     and x["mode"] == "lora" and x.get("total_params")), r)
         frac = ref["trainable_params"] / ref["total_params"]
-        dev = _device_kind(r.get("device"))
-        dtype = r.get("dtype") or "float32"
-        try:
-            key = (dev, dtype)
-            if key not in peaks:
-                peaks[key] = peak_flops(dev, dtype)
-            achieved = r["tokens_per_s"] * flops_per_token(model_config, seq_len, frac)
-            r["achieved_tflops"] = achieved / 1e12
-            r["mfu"] = achieved / peaks[key]
-            r["peak_tflops"] = peaks[key] / 1e12
-        except Exception as e:  # a device/dtype it cannot measure
-            r["mfu_error"] = f"{type(e).__name__}: {e}"
-    return (f"tunerd.training.flops: flops_per_token(config.json, seq_len={seq_len:.0f} (token-weighted mean row "
-            f"length), trainable fraction of ours' lora run) x tokens/s / peak_flops(device, run dtype)")
+        achieved = r["tokens_per_s"] * flops_per_token(model_config, seq_len, frac)
+        r["achieved_tflops"] = achieved / 1e12
+        r["mfu"] = achieved / (r["peak_tflops"] * 1e12)
+    return (f"tokens/s x tunerd.training.flops.flops_per_token(config.json, seq_len={seq_len:.0f} (token-weighted "
+            f"mean row length), trainable fraction of ours' lora run) / the device's measured matmul peak in the "
+            f"run's dtype (peak_tflops, one cached measurement per device and dtype for the whole run)")
 
 
 def _device_kind(device) -> str:
@@ -420,6 +440,8 @@ def main(argv: list[str] | None = None) -> dict | None:
             "overrides": {"dtype": a.dtype or None, "packing": a.packing}, "host": platform.platform(),
             "cpus": os.cpu_count(), "gpu": gpu, "gradient_checkpointing": a.gradient_checkpointing,
             "versions": _versions(), "command": "python bench/bench_scale.py " + " ".join(argv or sys.argv[1:])}
+    home = work / f"tuner-home-{os.getpid()}"  # this run's device-peak cache (training/flops.py)
+    home.mkdir(exist_ok=True)
     results = []
     for backend in backends:
         for mode in modes:
@@ -430,7 +452,10 @@ def main(argv: list[str] | None = None) -> dict | None:
                     if ref is not None:  # mlx-lm has no packing: its lora run is the reference
                         results.append({**ref, "mode": "packed", "reused": True})
                         continue
+                ours = next((r for r in results if r["backend"] == backend and r["mode"] == mode
+                             and r["runner"] == "ours" and r.get("dtype")), None)
                 job = {"runner": runner, "backend": backend, "mode": mode, "model": setup["model"],
+                       "match_dtype": ours["dtype"] if ours else None,
                        "data": setup["data"], "valid": setup["valid"], "batch": a.batch,
                        "steps": steps if a.steps or gpu or (backend, mode) != ("mlx", "qlora")
                        else SHAPES[shape]["cpu_steps_mlx_qlora"],
@@ -439,7 +464,7 @@ def main(argv: list[str] | None = None) -> dict | None:
                 t = time.perf_counter()
                 try:
                     r = common.run_child(__file__, ["--_child", json.dumps(job)], blas=backend == "mlx",
-                                         timeout=a.timeout or None)
+                                         env={"TUNER_HOME": str(home)}, timeout=a.timeout or None)
                 except Exception as e:  # keep going: one failed run should not lose the others
                     r = {"runner": runner, "backend": backend, "mode": mode, "error": str(e)[-3000:]}
                 r["wall_seconds"] = time.perf_counter() - t

@@ -172,12 +172,14 @@ def run_ours(cfg, backend, memory_kind: str, warm_seconds: float = 0.0) -> dict:
             probe.start()
             marks["t0"] = time.perf_counter()
         elif isinstance(e, ev.Step):
+            marks["last_step"] = dataclasses.asdict(e)
             times.append(time.perf_counter())
             tokens.append(e.trained_tokens - marks.get("seen", 0))
             marks["seen"] = e.trained_tokens
             losses.append(e.loss)
     train(cfg, backend, emit)
-    return _finish("ours", times, tokens, losses, marks["t0"], probe.stop(), started=marks["started"])
+    return _finish("ours", times, tokens, losses, marks["t0"], probe.stop(), started=marks["started"],
+                   last_step=marks.get("last_step"))
 
 
 # ---- TRL SFTTrainer + PEFT ----------------------------------------------------------------------------
