@@ -192,6 +192,34 @@ class TokenAuth(grpc.ServerInterceptor):
         return self._deny_unary
 
 
+class StreamLimit(grpc.ServerInterceptor):
+    """Streams (WatchJob, Chat, health Watch) hold a server thread for as long as they are open.
+    They may use at most `limit` threads; the server's pool has `limit + unary` threads, so
+    health, ListJobs, GetJob and the other unary calls always find a free one. A stream past the
+    limit is refused at once with RESOURCE_EXHAUSTED instead of queueing behind the others."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self._slots = threading.BoundedSemaphore(limit)
+
+    def intercept_service(self, continuation, details):
+        handler = continuation(details)
+        if handler is None or not handler.response_streaming or handler.request_streaming:
+            return handler
+        inner, slots, limit = handler.unary_stream, self._slots, self.limit
+
+        def limited(request, context):
+            if not slots.acquire(blocking=False):
+                context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                              f"too many open streams (limit {limit}): close some watchers or chats")
+            try:
+                yield from inner(request, context)
+            finally:
+                slots.release()
+        return grpc.unary_stream_rpc_method_handler(limited, request_deserializer=handler.request_deserializer,
+                                                    response_serializer=handler.response_serializer)
+
+
 def socket_in_use(path: Path) -> bool:
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
@@ -205,19 +233,20 @@ def socket_in_use(path: Path) -> bool:
 
 class Daemon:
     def __init__(self, home: Path, socket_path: Optional[Path] = None, listen: str = "",
-                 insecure_tcp: bool = False, tls_cert: str = "", tls_key: str = "", workers: int = 16):
+                 insecure_tcp: bool = False, tls_cert: str = "", tls_key: str = "", workers: int = 16,
+                 max_streams: int = 256):
         self.home = prepare_home(home)
         self.socket_path = Path(socket_path or self.home / "tunerd.sock")
         self.lock = HomeLock(self.home)
         self.listen, self.insecure_tcp, self.tls = listen, insecure_tcp, (tls_cert, tls_key)
-        self.workers = workers
+        self.workers, self.max_streams = workers, max_streams  # threads for unary calls, and for streams
         self.core: Optional[Core] = None
         self.servers: list[grpc.Server] = []
         self._stopped = threading.Event()
 
     def _make_server(self, interceptors=()) -> grpc.Server:
-        server = grpc.server(futures.ThreadPoolExecutor(max_workers=self.workers),
-                             interceptors=list(interceptors))
+        server = grpc.server(futures.ThreadPoolExecutor(max_workers=self.workers + self.max_streams),
+                             interceptors=[*interceptors, StreamLimit(self.max_streams)])
         tuner_pb2_grpc.add_TunerServicer_to_server(TunerServicer(self.core), server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
