@@ -17,7 +17,7 @@ import yaml
 
 from . import __version__, host
 from .chat import ChatDelta, ChatParams, ChatService, resolve_job_ref
-from .config.loader import load_config, merge
+from .config.loader import ConfigError, load_config, merge
 from .jobs.manager import JobManager
 from .jobs.runner import resolve_backend
 from .jobs.store import SUCCEEDED, JobRecord, JobStore
@@ -74,7 +74,12 @@ class Core:
                overrides: Optional[list] = None, base_dir: str = "", name: str = "") -> JobRecord:
         layer = dict(doc or {})
         if config_yaml:
-            parsed = yaml.safe_load(config_yaml) or {}
+            try:
+                parsed = yaml.safe_load(config_yaml) or {}
+            except yaml.YAMLError as e:
+                mark = getattr(e, "problem_mark", None)
+                raise ConfigError([f"invalid YAML ({getattr(e, 'problem', None) or e})"],
+                                  "config_yaml" + (f":{mark.line + 1}" if mark else "")) from None
             if not isinstance(parsed, dict):
                 raise ValueError("config_yaml: top level must be a mapping")
             if "_base_" in parsed:
@@ -83,9 +88,9 @@ class Core:
         path = config_path
         if path and base_dir and not os.path.isabs(path):
             path = os.path.join(base_dir, path)
-        cfg = load_config(path or None, overrides or [], layer)
         if not base_dir and path:
             base_dir = str(Path(path).resolve().parent)
+        cfg = load_config(path or None, overrides or [], layer, base_dir=base_dir or None, check_paths=True)
         if cfg.model and not _looks_like_hub_id(cfg.model):
             model_path = Path(base_dir or ".", cfg.model).expanduser()
             if not model_path.exists():
