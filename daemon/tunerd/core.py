@@ -40,6 +40,7 @@ class Core:
         self.jobs.start()
 
     def shutdown(self, timeout: float = 60.0) -> None:
+        self.chat_service.close()  # chats end at once; the running job checkpoints at its next step
         self.jobs.shutdown(timeout)
         self.store.close()
 

@@ -423,14 +423,11 @@ class MLXBackend(Backend):
     def generate(self, prompt_ids: list[int], sampling: Sampling,
                  should_stop: Callable[[], bool] = lambda: False) -> Iterator[GenerationChunk]:
         from mlx_lm.generate import stream_generate
-        from mlx_lm.sample_utils import make_logits_processors, make_sampler
+        from mlx_lm.sample_utils import make_logits_processors
 
         self._require_model()
         self.model.eval()
-        if sampling.seed is not None:
-            mx.random.seed(sampling.seed)
-        sampler = make_sampler(temp=sampling.temperature, top_p=sampling.top_p if sampling.top_p < 1.0 else 0.0,
-                               min_p=sampling.min_p, top_k=sampling.top_k)
+        sampler = _own_key_sampler(sampling)
         processors = make_logits_processors(
             repetition_penalty=sampling.repetition_penalty if sampling.repetition_penalty != 1.0 else None)
         stops = [s for s in sampling.stop if s]
@@ -455,3 +452,26 @@ class MLXBackend(Backend):
 
     def memory(self) -> MemoryStats:
         return MemoryStats(active_bytes=int(mx.get_active_memory()), peak_bytes=int(mx.get_peak_memory()))
+
+
+def _own_key_sampler(s: Sampling):
+    """mlx_lm's sampler chain (top-p, min-p, top-k, then temperature), drawing from its own key
+    instead of the global mx.random state that a training job's dropout uses."""
+    import secrets
+
+    from mlx_lm.sample_utils import apply_min_p, apply_top_k, apply_top_p
+
+    if s.temperature <= 0:
+        return lambda logprobs: mx.argmax(logprobs, axis=-1)
+    key = [mx.random.key(s.seed if s.seed is not None else secrets.randbits(62))]
+
+    def sampler(logprobs):
+        if 0 < s.top_p < 1.0:
+            logprobs = apply_top_p(logprobs, s.top_p)
+        if s.min_p:
+            logprobs = apply_min_p(logprobs, s.min_p, 1)
+        if s.top_k > 0:
+            logprobs = apply_top_k(logprobs, s.top_k)
+        key[0], sub = mx.random.split(key[0])
+        return mx.random.categorical(logprobs * (1.0 / s.temperature), key=sub)
+    return sampler

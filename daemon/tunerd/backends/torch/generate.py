@@ -1,6 +1,7 @@
 """Token-by-token generation with a KV cache, HF-style sampling, and streamed text deltas."""
 from __future__ import annotations
 
+import secrets
 from typing import Callable, Iterator, Optional
 
 import torch
@@ -36,7 +37,8 @@ def stream(model, tokenizer, prompt_ids: list[int], s: Sampling, eos_ids: set, d
            should_stop: Callable[[], bool]) -> Iterator[GenerationChunk]:
     """Yield one chunk per new token (text may be empty while a character or a possible stop
     string is incomplete); the last chunk carries finish_reason stop | length | cancelled."""
-    gen = torch.Generator().manual_seed(s.seed) if s.seed is not None else None
+    # its own generator, never the global RNG a training job draws its dropout from
+    gen = torch.Generator().manual_seed(s.seed if s.seed is not None else secrets.randbits(63))
     stops = [x for x in s.stop if x]
     ids = torch.tensor([prompt_ids], dtype=torch.long, device=device)
     context = ids[0].cpu()
