@@ -20,7 +20,7 @@ from .chat import ChatDelta, ChatParams, ChatService, resolve_job_ref
 from .config.loader import ConfigError, load_config, merge
 from .jobs.manager import JobManager
 from .jobs.runner import resolve_backend
-from .jobs.store import SUCCEEDED, JobRecord, JobStore
+from .jobs.store import RUNNING, SUCCEEDED, JobRecord, JobStore
 from .models.registry import ModelRegistry
 
 
@@ -30,6 +30,7 @@ class Core:
         self.started_at = time.time()
         self.store = JobStore(self.home / "jobs.db")
         self.interrupted_on_start = self.store.mark_orphans_interrupted()
+        self.cleaned_on_start = self._remove_stale_temporaries()
         self.jobs = JobManager(self.store, self.home / "runs", run_training)
         self.registry = ModelRegistry(resolve_backend, keep_alive)
         self.chat_service = ChatService(self.jobs.worker, self.registry, self.store)
@@ -38,6 +39,15 @@ class Core:
 
     def start(self) -> None:
         self.jobs.start()
+
+    def _remove_stale_temporaries(self) -> list[str]:
+        """Half-written checkpoint folders of jobs that are not running (at start-up: none runs)."""
+        from .training.checkpoints import remove_stale_temporaries
+        done = []
+        for rec in self.store.list():
+            if rec.output_dir and rec.state != RUNNING:
+                done += [f"job {rec.id}: {what}" for what in remove_stale_temporaries(Path(rec.output_dir))]
+        return done
 
     def shutdown(self, timeout: float = 60.0) -> None:
         self.chat_service.close()  # chats end at once; the running job checkpoints at its next step

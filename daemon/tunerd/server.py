@@ -264,6 +264,8 @@ class Daemon:
         self.core = Core(self.home)
         for job_id in self.core.interrupted_on_start:
             log.warning("job %s was running when the daemon stopped: marked interrupted", job_id)
+        for what in self.core.cleaned_on_start:
+            log.info("left by a process killed mid-write: %s", what)
         self.health = health.HealthServicer()
         unix = self._make_server()
         old = os.umask(0o177)
