@@ -141,3 +141,40 @@ def test_resume_is_compare_and_set(manager):
         manager.resume(j.id)
     assert not manager.store.transition(j.id, (QUEUED, RUNNING), CANCELLED, "late")
     assert manager.store.get(j.id).state == SUCCEEDED
+
+
+@pytest.mark.slow
+def test_burst_of_submits_and_cancels_through_the_real_daemon(demo_bundle, tmp_path):
+    """Finding 1 as it was found: 30 parallel SubmitJob + 30 parallel CancelJob over the real
+    socket; every job ends cancelled or succeeded once, nothing after its final state, and the
+    queue still runs a job afterwards."""
+    from tuner.v1 import tuner_pb2 as pb
+
+    from daemon_utils import DaemonProcess, short_home, wait_for, write_config
+
+    home = short_home()
+    cfg = write_config(tmp_path / "c.yaml", demo_bundle, max_steps=3, save_steps=100, eval_steps=100)
+    d = DaemonProcess(home).start()
+    try:
+        stub = d.stub()
+        submit = lambda i: stub.SubmitJob(pb.SubmitJobRequest(config_path=str(cfg), name=f"b{i}")).id  # noqa: E731
+        with ThreadPoolExecutor(30) as pool:
+            ids = list(pool.map(submit, range(30)))
+            list(pool.map(lambda j: stub.CancelJob(pb.CancelJobRequest(job_id=j)), ids))
+        final = {"SUCCEEDED", "CANCELLED", "FAILED", "INTERRUPTED"}
+        state = lambda j: pb.JobState.Name(stub.GetJob(pb.GetJobRequest(job_id=j)).state)  # noqa: E731
+        wait_for(lambda: all(state(j) in final for j in ids), timeout=120, what="every job final")
+        for j in ids:
+            events = list(stub.WatchJob(pb.WatchJobRequest(job_id=j, from_sequence=1, follow=False), timeout=30))
+            kinds = [e.WhichOneof("event") for e in events]
+            states = [e.state_changed.state for e in events if e.WhichOneof("event") == "state_changed"]
+            names = [pb.JobState.Name(s) for s in states]
+            assert sum(n in final for n in names) == 1 and names[-1] in final and kinds[-1] == "state_changed", \
+                (j, kinds, names)
+            assert names[-1] in ("CANCELLED", "SUCCEEDED"), names
+            assert kinds.count("finished") == (names[-1] == "SUCCEEDED")
+        after = stub.SubmitJob(pb.SubmitJobRequest(config_path=str(cfg))).id
+        wait_for(lambda: state(after) in final, timeout=60, what="a job after the burst")
+        assert state(after) == "SUCCEEDED"
+    finally:
+        d.stop()
