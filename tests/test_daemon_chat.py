@@ -98,11 +98,10 @@ def test_chats_share_the_device_with_training_and_each_other(daemon, demo_bundle
         print(f"long chat: {long_usage.completion_tokens} tokens in {long_total:.2f}s, job advanced "
               f"{result['steps']} steps; second chat: first chunk after {first:.3f}s, "
               f"usage ttft {usage.time_to_first_token_seconds:.3f}s, queue wait {usage.queue_wait_seconds:.3f}s")
-        assert first < 5.0
+        assert first < 5.0 and long_usage.completion_tokens > 100
         assert result["steps"] >= max(1, int(long_total / 3)), (result["steps"], long_total)
         # finding 10: from the request's arrival, with the queue wait reported separately
         assert 0 < usage.queue_wait_seconds <= usage.time_to_first_token_seconds <= first + 0.05
-        assert usage.time_to_first_token_seconds >= 0.5 * first, (usage, first)
         assert job_state(stub, job_id) == "running"
     finally:
         cancel(daemon, job_id)
@@ -116,10 +115,13 @@ def test_a_deadline_is_honoured(daemon, demo_bundle, tmp_path):
     try:
         t0 = time.perf_counter()
         with pytest.raises(grpc.RpcError) as e:
-            timed_chat(stub, chat_request(model, max_tokens=CONTEXT - 40, min_p=0.0), timeout=0.5)
+            timed_chat(stub, chat_request(model, max_tokens=CONTEXT - 40, seed=1), timeout=0.5)
         assert e.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
         assert time.perf_counter() - t0 < 2.0
-        # the abandoned chat does not hold the device: the next one answers at once
+        # the daemon stopped generating it (a chat that ran on would log "length after 472 tokens")
+        wait_for(lambda: "cancelled after" in (daemon.home / "tunerd.log").read_text(), timeout=2,
+                 interval=0.05, what="the chat ended on the daemon")
+        # and it does not hold the device: the next one answers at once
         first, *_ = timed_chat(stub, chat_request(model, max_tokens=4))
         assert first < 3.0
     finally:
@@ -137,7 +139,7 @@ def test_sigterm_during_chats_cancels_them_checkpoints_the_job_and_exits_fast(de
 
     def chat():
         try:
-            timed_chat(stub, chat_request(model, max_tokens=CONTEXT - 40))
+            timed_chat(stub, chat_request(model, max_tokens=CONTEXT - 40, seed=1))
             ended.append("finished")
         except grpc.RpcError as e:
             ended.append(e.code().name)

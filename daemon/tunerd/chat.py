@@ -5,6 +5,7 @@ streams the chunks back through a queue to whichever thread asked (a gRPC handle
 """
 from __future__ import annotations
 
+import logging
 import queue
 import sys
 import threading
@@ -39,6 +40,7 @@ class ChatParams:
 
 
 _DONE = object()
+log = logging.getLogger(__name__)
 
 
 @contextmanager
@@ -154,11 +156,15 @@ class ChatService:
         def finish():
             dt = time.perf_counter() - run.get("t0", arrived)
             n = run.get("n", 0)
-            out.put(ChatDelta(finish_reason="cancelled" if stop() else run.get("finish", "cancelled"), usage={
-                "prompt_tokens": len(run.get("ids", ())), "completion_tokens": n,
-                "time_to_first_token_seconds": run["first"] - arrived if run.get("first") else 0.0,
-                "queue_wait_seconds": run.get("started", time.perf_counter()) - arrived,
-                "tokens_per_second": n / dt if dt > 0 else 0.0}))
+            reason = "cancelled" if stop() else run.get("finish", "cancelled")
+            usage = {"prompt_tokens": len(run.get("ids", ())), "completion_tokens": n,
+                     "time_to_first_token_seconds": run["first"] - arrived if run.get("first") else 0.0,
+                     "queue_wait_seconds": run.get("started", time.perf_counter()) - arrived,
+                     "tokens_per_second": n / dt if dt > 0 else 0.0}
+            log.info("chat with %s%s: %s after %d tokens (queue wait %.3fs, first token %.3fs)", model,
+                     f" + {adapter}" if adapter else "", reason, n, usage["queue_wait_seconds"],
+                     usage["time_to_first_token_seconds"])
+            out.put(ChatDelta(finish_reason=reason, usage=usage))
             out.put(_DONE)
 
         def slice_():
