@@ -178,9 +178,10 @@ class ChatService:
                         start()
                     until = time.perf_counter() + SLICE_SECONDS
                     for chunk in run["gen"]:
-                        run["n"] += 1
-                        if run["first"] is None:
-                            run["first"] = time.perf_counter()
+                        if chunk.token_id >= 0:  # (-1: a chunk of the prompt was read)
+                            run["n"] += 1
+                            if run["first"] is None:
+                                run["first"] = time.perf_counter()
                         if chunk.text:
                             out.put(ChatDelta(text=chunk.text))
                         if chunk.finish_reason:

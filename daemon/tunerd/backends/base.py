@@ -77,9 +77,14 @@ class Sampling:
 
 @dataclass
 class GenerationChunk:
+    """One new token's text (maybe empty while held back), or with token_id -1 and no
+    finish_reason: a chunk of a long prompt was read (the caller may let others use the device)."""
     text: str
     token_id: int
     finish_reason: Optional[str] = None  # "stop" | "length" | "cancelled" on the last chunk
+
+
+PREFILL_CHUNK = 256  # prompt tokens per forward pass before generation; the device can be yielded between
 
 
 def partial_stop_len(text: str, stops: list[str]) -> int:

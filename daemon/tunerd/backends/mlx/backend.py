@@ -30,6 +30,7 @@ from mlx.utils import tree_flatten, tree_map, tree_map_with_path
 from ...config.schema import TrainConfig
 from ...data.batch import Batch
 from .. import adapter_layout as layout
+from .. import base
 from ..base import Backend, GenerationChunk, MemoryStats, ModelInfo, ParamStats, Sampling, partial_stop_len
 from .model import (PACKING_MODEL_TYPES, PackedAttention, add_token_rows, apply_lora, blas_warning,
                     block_causal_mask, enable_grad_checkpoint, is_quantized, quantize_base, resolve_lora_keys,
@@ -423,6 +424,7 @@ class MLXBackend(Backend):
     def generate(self, prompt_ids: list[int], sampling: Sampling,
                  should_stop: Callable[[], bool] = lambda: False) -> Iterator[GenerationChunk]:
         from mlx_lm.generate import stream_generate
+        from mlx_lm.models.cache import make_prompt_cache
         from mlx_lm.sample_utils import make_logits_processors
 
         self._require_model()
@@ -432,8 +434,17 @@ class MLXBackend(Backend):
             repetition_penalty=sampling.repetition_penalty if sampling.repetition_penalty != 1.0 else None)
         stops = [s for s in sampling.stop if s]
         text, emitted = "", 0
-        for resp in stream_generate(self.model, self._wrapper, list(prompt_ids), max_tokens=sampling.max_tokens,
-                                    sampler=sampler, logits_processors=processors):
+        prompt, cache = list(prompt_ids), make_prompt_cache(self.model)
+        while len(prompt) > base.PREFILL_CHUNK:  # a long prompt in chunks, yielding in between
+            self.model(mx.array(prompt[:base.PREFILL_CHUNK])[None], cache=cache)
+            mx.eval([c.state for c in cache])
+            prompt = prompt[base.PREFILL_CHUNK:]
+            yield GenerationChunk("", -1)
+            if should_stop():
+                yield GenerationChunk("", -1, "cancelled")
+                return
+        for resp in stream_generate(self.model, self._wrapper, prompt, max_tokens=sampling.max_tokens,
+                                    sampler=sampler, logits_processors=processors, prompt_cache=cache):
             if should_stop():
                 yield GenerationChunk(text[emitted:], int(resp.token), "cancelled")
                 return

@@ -6,6 +6,7 @@ from typing import Callable, Iterator, Optional
 
 import torch
 
+from .. import base
 from ..base import GenerationChunk, Sampling, partial_stop_len
 
 
@@ -42,8 +43,16 @@ def stream(model, tokenizer, prompt_ids: list[int], s: Sampling, eos_ids: set, d
     stops = [x for x in s.stop if x]
     ids = torch.tensor([prompt_ids], dtype=torch.long, device=device)
     context = ids[0].cpu()
-    out = model(input_ids=ids, use_cache=True)
-    past, logits = out.past_key_values, out.logits[0, -1]
+    past = None
+    for start in range(0, ids.shape[1], base.PREFILL_CHUNK):  # a long prompt in chunks
+        if start:
+            yield GenerationChunk("", -1)
+            if should_stop():
+                yield GenerationChunk("", -1, "cancelled")
+                return
+        out = model(input_ids=ids[:, start:start + base.PREFILL_CHUNK], past_key_values=past, use_cache=True)
+        past = out.past_key_values
+    logits = out.logits[0, -1]
     generated: list[int] = []
     text, emitted = "", 0
     for i in range(max(s.max_tokens, 0)):
