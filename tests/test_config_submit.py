@@ -2,6 +2,8 @@
 one validator, and the real daemon + CLI returning INVALID_ARGUMENT that names field and file."""
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from tuner.v1 import tuner_pb2 as pb
@@ -106,3 +108,11 @@ def test_submit_reports_every_problem_as_invalid_argument(demo_bundle, tmp_path)
         assert not d.stub().ListJobs(pb.ListJobsRequest()).jobs  # nothing was queued
     finally:
         d.stop()
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only directories")
+def test_read_only_output_dir_is_refused_at_submit(tmp_path):
+    ro = tmp_path / "ro"
+    ro.mkdir(mode=0o500)
+    ps = problems(doc={**BASE, "output_dir": str(ro / "run")}, check_paths=True)
+    assert any(f"output_dir: {ro / 'run'} is not writable" in p for p in ps), ps

@@ -154,6 +154,8 @@ class ChatService:
                        first=None, n=0, finish="stop")
 
         def finish():
+            if run.get("gen") is not None:
+                run["gen"].close()  # here on the worker thread (MLX streams are thread-local)
             dt = time.perf_counter() - run.get("t0", arrived)
             n = run.get("n", 0)
             reason = "cancelled" if stop() else run.get("finish", "cancelled")
@@ -192,6 +194,8 @@ class ChatService:
                         return finish()
                 self.worker.later(slice_)
             except BaseException as e:  # handed to the caller's thread
+                if run.get("gen") is not None:
+                    run["gen"].close()
                 out.put(e)
                 out.put(_DONE)
 
