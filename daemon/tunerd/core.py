@@ -17,10 +17,10 @@ import yaml
 
 from . import __version__, host
 from .chat import ChatDelta, ChatParams, ChatService, resolve_job_ref
-from .config.loader import load_config, merge
+from .config.loader import ConfigError, load_config, merge
 from .jobs.manager import JobManager
 from .jobs.runner import resolve_backend
-from .jobs.store import SUCCEEDED, JobRecord, JobStore
+from .jobs.store import RUNNING, SUCCEEDED, JobRecord, JobStore
 from .models.registry import ModelRegistry
 
 
@@ -30,6 +30,7 @@ class Core:
         self.started_at = time.time()
         self.store = JobStore(self.home / "jobs.db")
         self.interrupted_on_start = self.store.mark_orphans_interrupted()
+        self.cleaned_on_start = self._remove_stale_temporaries()
         self.jobs = JobManager(self.store, self.home / "runs", run_training)
         self.registry = ModelRegistry(resolve_backend, keep_alive)
         self.chat_service = ChatService(self.jobs.worker, self.registry, self.store)
@@ -39,7 +40,17 @@ class Core:
     def start(self) -> None:
         self.jobs.start()
 
+    def _remove_stale_temporaries(self) -> list[str]:
+        """Half-written checkpoint folders of jobs that are not running (at start-up: none runs)."""
+        from .training.checkpoints import remove_stale_temporaries
+        done = []
+        for rec in self.store.list():
+            if rec.output_dir and rec.state != RUNNING:
+                done += [f"job {rec.id}: {what}" for what in remove_stale_temporaries(Path(rec.output_dir))]
+        return done
+
     def shutdown(self, timeout: float = 60.0) -> None:
+        self.chat_service.close()  # chats end at once; the running job checkpoints at its next step
         self.jobs.shutdown(timeout)
         self.store.close()
 
@@ -74,7 +85,12 @@ class Core:
                overrides: Optional[list] = None, base_dir: str = "", name: str = "") -> JobRecord:
         layer = dict(doc or {})
         if config_yaml:
-            parsed = yaml.safe_load(config_yaml) or {}
+            try:
+                parsed = yaml.safe_load(config_yaml) or {}
+            except yaml.YAMLError as e:
+                mark = getattr(e, "problem_mark", None)
+                raise ConfigError([f"invalid YAML ({getattr(e, 'problem', None) or e})"],
+                                  "config_yaml" + (f":{mark.line + 1}" if mark else "")) from None
             if not isinstance(parsed, dict):
                 raise ValueError("config_yaml: top level must be a mapping")
             if "_base_" in parsed:
@@ -83,9 +99,9 @@ class Core:
         path = config_path
         if path and base_dir and not os.path.isabs(path):
             path = os.path.join(base_dir, path)
-        cfg = load_config(path or None, overrides or [], layer)
         if not base_dir and path:
             base_dir = str(Path(path).resolve().parent)
+        cfg = load_config(path or None, overrides or [], layer, base_dir=base_dir or None, check_paths=True)
         if cfg.model and not _looks_like_hub_id(cfg.model):
             model_path = Path(base_dir or ".", cfg.model).expanduser()
             if not model_path.exists():

@@ -36,6 +36,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from ..backends.base import Backend
+from ..config.loader import ConfigError, validate
 from ..config.schema import TrainConfig
 from ..data.prepare import iterate_batches, prepare
 from . import events as ev
@@ -74,31 +75,10 @@ def resolve_config(cfg: TrainConfig, base_dir: Optional[Path] = None) -> TrainCo
     cfg = dataclasses.replace(cfg, output_dir=str(out))
     if cfg.debug:
         cfg = dataclasses.replace(cfg, num_epochs=1.0, max_steps=-1, per_device_train_batch_size=DEBUG_BATCH)
-    validate_cadence(cfg)
+    problems = validate(cfg)  # the loader's validator (submit ran it too)
+    if problems:
+        raise ConfigError(problems)
     return cfg
-
-
-def validate_cadence(cfg: TrainConfig) -> None:
-    for key in ("eval_strategy", "save_strategy"):
-        if getattr(cfg, key) not in ("no", "steps", "epoch"):
-            raise ValueError(f"{key}: {getattr(cfg, key)!r} is not one of no, steps, epoch")
-    for key in ("logging_steps", "eval_steps", "save_steps", "per_device_train_batch_size",
-                "per_device_eval_batch_size", "gradient_accumulation_steps"):
-        if getattr(cfg, key) < 1:
-            raise ValueError(f"{key}: must be >= 1, got {getattr(cfg, key)}")
-    if cfg.max_steps <= 0 and cfg.num_epochs <= 0:
-        raise ValueError(f"num_epochs: must be > 0 when max_steps is not set, got {cfg.num_epochs}")
-    if cfg.load_best_model_at_end:
-        if cfg.eval_strategy == "no" or cfg.save_strategy == "no":
-            raise ValueError("load_best_model_at_end: needs eval_strategy and save_strategy other than 'no'")
-        if cfg.eval_strategy != cfg.save_strategy:
-            raise ValueError(f"load_best_model_at_end: eval_strategy ({cfg.eval_strategy}) and save_strategy "
-                             f"({cfg.save_strategy}) must match")
-        if cfg.save_strategy == "steps" and cfg.save_steps % cfg.eval_steps:
-            raise ValueError(f"load_best_model_at_end: save_steps ({cfg.save_steps}) must be a multiple of "
-                             f"eval_steps ({cfg.eval_steps})")
-    if cfg.early_stopping_patience is not None and cfg.eval_strategy == "no":
-        raise ValueError("early_stopping_patience: needs eval_strategy steps or epoch")
 
 
 # packing: auto -- on where packed batches were measured faster than length-grouped padded ones
