@@ -107,7 +107,24 @@ class Core:
             if not model_path.exists():
                 raise FileNotFoundError(f"model: local path not found: {model_path}")
             cfg = dataclasses.replace(cfg, model=str(model_path.resolve()))
+        self._check_fits(cfg)
         return self.jobs.submit(cfg, name=name, base_dir=base_dir)
+
+    @staticmethod
+    def _check_fits(cfg) -> None:
+        """Refuse (RESOURCE_EXHAUSTED, with what would fit) a job whose worst batch cannot fit in the
+        device's free memory (training/memory.py). Needs the model's config.json: a local model, or
+        one already in the hub cache; others are checked by the loop once downloaded."""
+        from .backends.dtypes import checkpoint_dtype, resolve_dtype
+        from .training.memory import check_fits
+
+        model_config = host.model_config(cfg.model, cfg.revision)
+        if model_config is None:
+            return
+        backend = resolve_backend(cfg)
+        kind, available = host.training_device(backend)
+        dtype, _ = resolve_dtype(cfg.dtype, kind, checkpoint_dtype(model_config))   # CPU auto: float32, the larger
+        check_fits(model_config, cfg, backend, kind, available, dtype)
 
     # -- models --------------------------------------------------------------------------------
     def load_model(self, model: str, backend: str = "auto", quantization: str = "none",

@@ -202,6 +202,8 @@ class JobManager:
 
 def _describe(e: BaseException) -> str:
     msg = str(e) or type(e).__name__
+    if type(e).__name__ == "DoesNotFit":   # already says what fits (training/memory.py)
+        return msg
     if isinstance(e, MemoryError):
         return f"out of memory: {msg}. Try a smaller per_device_train_batch_size or max_seq_length, " \
                "gradient_checkpointing: true, or quantization: 4bit"

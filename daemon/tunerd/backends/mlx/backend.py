@@ -501,8 +501,8 @@ class MLXBackend(Backend):
             repetition_penalty=sampling.repetition_penalty if sampling.repetition_penalty != 1.0 else None)
         stops = [s for s in sampling.stop if s]
         text, emitted = "", 0
+        prompt, cache, resp = list(prompt_ids), make_prompt_cache(self.model), None
         try:
-            prompt, cache = list(prompt_ids), make_prompt_cache(self.model)
             while len(prompt) > base.PREFILL_CHUNK:  # a long prompt in chunks, yielding in between
                 self.model(mx.array(prompt[:base.PREFILL_CHUNK])[None], cache=cache)
                 mx.eval([c.state for c in cache])
@@ -529,7 +529,8 @@ class MLXBackend(Backend):
                     yield GenerationChunk(text[emitted:safe], int(resp.token))
                     emitted = safe
         finally:
-            mx.clear_cache()   # the reply's KV cache and buffers go back (set_memory_limits)
+            cache = resp = None   # drop the reply's KV cache first, then return its buffers (set_memory_limits)
+            mx.clear_cache()
 
     def memory(self) -> MemoryStats:
         return MemoryStats(active_bytes=int(mx.get_active_memory()), peak_bytes=int(mx.get_peak_memory()))
