@@ -293,8 +293,8 @@ def cmd_models(args) -> int:
             for m in models:
                 print_json(as_dict(m))
             return 0
-        table(["model", "backend", "quantization", "memory", "adapters", "expires"],
-              [[_short(m.model), m.backend, m.quantization, _bytes(m.memory_bytes), ", ".join(m.adapters),
+        table(["model", "backend", "dtype", "quantization", "memory", "adapters", "expires"],
+              [[_short(m.model), m.backend, m.dtype, m.quantization, _bytes(m.memory_bytes), ", ".join(m.adapters),
                 "never" if not m.expires_at else time.strftime("%H:%M:%S", time.localtime(m.expires_at))]
                for m in models], empty="no models loaded")
         return 0
@@ -302,7 +302,7 @@ def cmd_models(args) -> int:
         m = s.LoadModel(pb.LoadModelRequest(model=args.model, backend=args.backend,
                                             quantization=args.quantization, keep_alive_seconds=args.keep_alive))
         print_json(as_dict(m)) if args.json else console.print(
-            f"loaded {m.model} on {m.backend} ({_bytes(m.memory_bytes)})")
+            f"loaded {m.model} on {m.backend} in {m.dtype} ({m.dtype_reason}; {_bytes(m.memory_bytes)})")
         return 0
     r = s.UnloadModel(pb.UnloadModelRequest(model=args.model))
     print_json({"unloaded": r.unloaded}) if args.json else console.print(

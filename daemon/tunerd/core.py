@@ -147,6 +147,7 @@ class Core:
         except Exception:  # noqa: BLE001
             pass
         return {"model": r.model, "backend": r.backend_name, "quantization": r.quantization,
+                "dtype": r.info.get("dtype", ""), "dtype_reason": r.info.get("dtype_reason", ""),
                 "memory_bytes": mem, "loaded_at": r.loaded_at, "last_used_at": r.last_used_at,
                 "expires_at": r.expires_at, "adapters": [r.adapter] if r.adapter else []}
 
