@@ -57,6 +57,15 @@ def test_bad_config_is_invalid_argument_with_suggestion(daemon, demo_bundle, tmp
     assert "did you mean learning_rate" in err["message"]
 
 
+def test_a_job_that_cannot_fit_is_refused_at_submit_with_what_would(daemon, demo_bundle, tmp_path):
+    cfg = write_config(tmp_path / "huge.yaml", demo_bundle, per_device_train_batch_size=200000, max_seq_length=512)
+    p = cli(daemon.home, "train", str(cfg), "--json")
+    assert p.returncode == 1
+    err = json_lines(p.stdout)[-1]["error"]
+    assert err["code"] == "RESOURCE_EXHAUSTED", err
+    assert "will not fit" in err["message"] and "per_device_train_batch_size:" in err["message"]
+
+
 def test_missing_model_is_not_found(daemon, demo_bundle, tmp_path):
     cfg = write_config(tmp_path / "c.yaml", demo_bundle, model=str(tmp_path / "no-such-model"))
     p = cli(daemon.home, "train", str(cfg), "--json")

@@ -273,3 +273,19 @@ def test_started_and_steps_say_dtype_packing_and_mfu(demo_bundle, tmp_path):
     assert steps and all(e.tflops > 0 and 0 < e.mfu < 1 for e in steps)
     resolved = json.loads((tmp_path / "run" / "config.json").read_text())
     assert resolved["dtype"] == "float32" and resolved["packing"] is False
+
+
+def test_measuring_the_peak_leaves_the_global_rngs_alone():
+    torch = pytest.importorskip("torch")
+    mx = pytest.importorskip("mlx.core")
+    from tunerd.backends.mlx.peak import measure_peak as mlx_peak
+    from tunerd.backends.torch.peak import measure_peak as torch_peak
+
+    torch.manual_seed(1)
+    mx.random.seed(1)
+    torch_peak("cpu", "float32")
+    mlx_peak("Device(cpu, 0)", "float32")
+    t, m = torch.rand(3), mx.random.uniform(shape=(3,))
+    torch.manual_seed(1)
+    mx.random.seed(1)
+    assert torch.equal(t, torch.rand(3)) and mx.array_equal(m, mx.random.uniform(shape=(3,)))

@@ -14,7 +14,8 @@ import grpc
 from tuner.v1 import tuner_pb2 as pb
 
 from . import service as svc
-from .connection import DaemonUnavailable, Target, connect, default_home, is_healthy, open_channel, start_daemon
+from .connection import (DaemonUnavailable, Target, describe_holder, connect, default_home, is_healthy,
+                         lock_holder, open_channel, start_daemon)
 from .progress import JobView, job_state_name
 from .ui import as_dict, console, err, print_json, table
 
@@ -292,8 +293,8 @@ def cmd_models(args) -> int:
             for m in models:
                 print_json(as_dict(m))
             return 0
-        table(["model", "backend", "quantization", "memory", "adapters", "expires"],
-              [[_short(m.model), m.backend, m.quantization, _bytes(m.memory_bytes), ", ".join(m.adapters),
+        table(["model", "backend", "dtype", "quantization", "memory", "adapters", "expires"],
+              [[_short(m.model), m.backend, m.dtype, m.quantization, _bytes(m.memory_bytes), ", ".join(m.adapters),
                 "never" if not m.expires_at else time.strftime("%H:%M:%S", time.localtime(m.expires_at))]
                for m in models], empty="no models loaded")
         return 0
@@ -301,7 +302,7 @@ def cmd_models(args) -> int:
         m = s.LoadModel(pb.LoadModelRequest(model=args.model, backend=args.backend,
                                             quantization=args.quantization, keep_alive_seconds=args.keep_alive))
         print_json(as_dict(m)) if args.json else console.print(
-            f"loaded {m.model} on {m.backend} ({_bytes(m.memory_bytes)})")
+            f"loaded {m.model} on {m.backend} in {m.dtype} ({m.dtype_reason}; {_bytes(m.memory_bytes)})")
         return 0
     r = s.UnloadModel(pb.UnloadModelRequest(model=args.model))
     print_json({"unloaded": r.unloaded}) if args.json else console.print(
@@ -406,21 +407,23 @@ def cmd_daemon(args) -> int:
             f"tunerd started (pid {pid}) on {t.address()}")
         return 0
     if args.action == "stop":
-        pid_file = t.home / "tunerd.pid"
-        if not pid_file.exists():
-            console.print("tunerd is not running")
-            return 0
-        pid = int(pid_file.read_text().strip() or 0)
+        holder = lock_holder(t.home)
+        if not holder or not holder.get("pid"):
+            console.print("tunerd is not running" if not holder else
+                          f"tunerd is starting for {t.home}; try again in a moment")
+            return 0 if not holder else EXIT_FAILED
+        pid = int(holder["pid"])  # the process holding the home's lock, never a stale pid file's
         try:
             os.kill(pid, signal.SIGTERM)
         except ProcessLookupError:
-            pid_file.unlink(missing_ok=True)
-            console.print("tunerd was not running (stale pid file removed)")
-            return 0
+            pass
+        def holds() -> bool:
+            return (lock_holder(t.home) or {}).get("pid") == pid
+
         deadline = time.time() + 120
-        while time.time() < deadline and _alive(pid):
+        while time.time() < deadline and holds():
             time.sleep(0.2)
-        if _alive(pid):
+        if holds():
             err.print(f"tunerd (pid {pid}) did not stop within 120 s")
             return EXIT_FAILED
         console.print("tunerd stopped")
@@ -428,6 +431,12 @@ def cmd_daemon(args) -> int:
     if args.action == "status":
         ch = open_channel(t)
         if not is_healthy(ch):
+            holder = lock_holder(t.home) if t.is_local else None
+            if holder:
+                print_json({"running": True, "answering": False, "pid": holder.get("pid"),
+                            "address": f"unix://{holder.get('socket')}"}) if args.json else err.print(
+                    describe_holder(t.home, holder))
+                return EXIT_FAILED
             print_json({"running": False, "address": t.address()}) if args.json else console.print(
                 f"tunerd is not running ({t.address()})")
             return 3
@@ -445,19 +454,6 @@ def cmd_daemon(args) -> int:
         print("\n".join(lines))
         return 0
     return EXIT_USAGE
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # a zombie child of ours counts as gone
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split()[2] != "Z"
-    except OSError:
-        return True
 
 
 def _print_info(info, args) -> int:

@@ -1,6 +1,8 @@
 """Reaching the daemon: Unix socket (default) or TCP with a bearer token; start it on demand."""
 from __future__ import annotations
 
+import fcntl
+import json
 import os
 import subprocess
 import sys
@@ -96,10 +98,47 @@ def is_healthy(channel: grpc.Channel, timeout: float = 1.0) -> bool:
         return False
 
 
+def lock_holder(home: Path) -> Optional[dict]:
+    """The daemon holding $TUNER_HOME/tunerd.lock ({"pid", "socket"}), or None when no daemon
+    runs for this home. The daemon holds an exclusive flock for its life, so a held lock means a
+    live daemon and its pid is the one it wrote (never a stale pid file's)."""
+    try:
+        fd = os.open(home / "tunerd.lock", os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError:
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            for _ in range(40):  # it writes its pid right after taking the lock
+                try:
+                    data = json.loads(os.pread(fd, 4096, 0) or b"{}")
+                except ValueError:
+                    data = {}
+                if data.get("pid"):
+                    return data
+                time.sleep(0.05)
+            return {"pid": 0, "socket": ""}
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
+
+
+def describe_holder(home: Path, holder: dict) -> str:
+    return (f"tunerd (pid {holder.get('pid') or '?'}) is running for {home} but does not answer on "
+            f"unix://{holder.get('socket') or '?'}; see `tunerctl daemon logs`, or stop it with "
+            "`tunerctl daemon stop`")
+
+
 def start_daemon(t: Target, wait: float = 60.0) -> int:
-    """Start tunerd in the background (detached, logging to $TUNER_HOME/tunerd.log)."""
-    t.home.mkdir(parents=True, exist_ok=True)
-    os.chmod(t.home, 0o700)
+    """Start tunerd in the background (detached, logging to $TUNER_HOME/tunerd.log). Never a
+    second one: if a daemon already holds the home's lock, wait for it instead."""
+    if not t.home.exists():
+        t.home.mkdir(mode=0o700, parents=True)  # the daemon checks an existing home's trust
+    holder = lock_holder(t.home)
+    if holder:  # it may still be starting; one that does not answer soon is reported, not doubled
+        return _wait_for_holder(t, holder, min(wait, 10.0))
     cmd = [sys.executable, "-m", "tunerd", "--home", str(t.home)]
     if t.socket:
         cmd += ["--socket", str(t.socket)]
@@ -110,14 +149,42 @@ def start_daemon(t: Target, wait: float = 60.0) -> int:
     deadline = time.time() + wait
     while time.time() < deadline:
         if proc.poll() is not None:
+            holder = lock_holder(t.home)
+            if holder:  # another client started one at the same moment: use that one
+                return _wait_for_holder(t, holder, deadline - time.time())
             tail = (t.home / "tunerd.out").read_text(errors="replace")[-2000:]
             raise DaemonUnavailable(f"tunerd exited with code {proc.returncode}:\n{tail}")
         if t.socket_path.exists() and is_healthy(ch, 0.5):
             ch.close()
-            return proc.pid
+            holder = lock_holder(t.home) or {}
+            if holder.get("pid") != proc.pid:  # another client's daemon won: ours gives up in ~1 s
+                try:
+                    proc.wait(10)
+                except subprocess.TimeoutExpired:
+                    pass
+            return int(holder.get("pid") or proc.pid)
         time.sleep(0.2)
     raise DaemonUnavailable(f"tunerd did not answer on {t.address()} within {wait:.0f}s "
                             f"(see {t.home / 'tunerd.log'})")
+
+
+def _wait_for_holder(t: Target, holder: dict, wait: float) -> int:
+    """The live daemon of this home (perhaps still starting) answers on its socket, or we say why not."""
+    sock = Path(holder.get("socket") or t.socket_path)
+    if sock != t.socket_path:
+        raise DaemonUnavailable(f"tunerd (pid {holder.get('pid')}) is already running for {t.home} on "
+                                f"unix://{sock}; use --socket {sock} (one daemon per home)")
+    ch = open_channel(t)
+    deadline = time.time() + max(min(wait, 2.0) if holder.get("ready") else wait, 0.0)
+    try:
+        while True:
+            if sock.exists() and is_healthy(ch, 0.5):
+                return int(holder.get("pid") or 0)
+            if time.time() >= deadline or not lock_holder(t.home):
+                raise DaemonUnavailable(describe_holder(t.home, holder))
+            time.sleep(0.2)
+    finally:
+        ch.close()
 
 
 def connect(t: Target, autostart: bool = True):
@@ -125,9 +192,11 @@ def connect(t: Target, autostart: bool = True):
     ch = open_channel(t)
     if not is_healthy(ch):
         if not (autostart and t.is_local):
-            raise DaemonUnavailable(f"no daemon answers on {t.address()}"
+            holder = lock_holder(t.home) if t.is_local else None
+            raise DaemonUnavailable(describe_holder(t.home, holder) if holder else
+                                    f"no daemon answers on {t.address()}"
                                     + ("" if t.is_local else " (check --listen and --token)"))
         ch.close()
-        start_daemon(t)
+        start_daemon(t, wait=60.0)
         ch = open_channel(t)
     return tuner_pb2_grpc.TunerStub(ch), ch

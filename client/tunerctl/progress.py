@@ -37,7 +37,7 @@ class JobView:
         self.progress = Progress(
             TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
             TextColumn("loss [cyan]{task.fields[loss]}"), TextColumn("lr {task.fields[lr]}"),
-            TextColumn("{task.fields[tps]} tok/s"), TextColumn("ETA {task.fields[eta]}"),
+            TextColumn("{task.fields[tps]}"), TextColumn("ETA {task.fields[eta]}"),
             TimeElapsedColumn(), console=self.console, transient=False)
         self.progress.start()
         self.task = self.progress.add_task("train", total=total or None, loss="-", lr="-", tps="-", eta="-")
@@ -54,6 +54,10 @@ class JobView:
                        f"({s.trainable_percent:.3f}%), {s.train_rows} train / {s.eval_rows} eval rows, "
                        f"{s.total_steps} steps" + (f", resumed at step {s.resumed_from_step}"
                                                    if s.resumed_from_step else ""))
+            if s.dtype:
+                self._line(f"[dim]#{e.sequence}[/] dtype [bold]{s.dtype}[/] ({s.dtype_reason}); packing "
+                           f"[bold]{'on' if s.packing else 'off'}[/] ({s.packing_reason}); estimated peak "
+                           f"{s.estimated_peak_memory_bytes / 2**30:.2f} GiB; device peak {s.peak_tflops:.2f} TFLOP/s")
             self._start_bar(s.total_steps)
             if self.progress and s.resumed_from_step:
                 self.progress.update(self.task, completed=s.resumed_from_step)
@@ -62,10 +66,12 @@ class JobView:
             if self.progress:
                 self.progress.update(self.task, completed=s.step, total=s.total_steps or None,
                                      loss=f"{s.loss:.4f}", lr=f"{s.learning_rate:.2e}",
-                                     tps=f"{s.tokens_per_second:,.0f}", eta=_eta(s.eta_seconds))
+                                     tps=f"{s.tokens_per_second:,.0f} tok/s, MFU {100 * s.mfu:.1f}%",
+                                     eta=_eta(s.eta_seconds))
             else:
                 self._line(f"step {s.step}/{s.total_steps} loss {s.loss:.4f} lr {s.learning_rate:.2e} "
                            f"grad_norm {s.grad_norm:.3f} {s.tokens_per_second:,.0f} tok/s "
+                           f"{s.tflops:.3f} TFLOP/s MFU {100 * s.mfu:.1f}% "
                            f"peak {s.peak_memory_bytes / 2**20:.0f} MiB ETA {_eta(s.eta_seconds)}")
         elif kind == "eval":
             v = e.eval

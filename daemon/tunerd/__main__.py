@@ -24,7 +24,7 @@ def _maybe_preload_blas(argv: list[str]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    from .server import Daemon, default_home
+    from .server import Daemon, HomeError, default_home, prepare_home
 
     p = argparse.ArgumentParser(prog="tunerd", description="MacTuner daemon: fine-tuning over gRPC")
     p.add_argument("--home", type=Path, default=None, help="state directory (default $TUNER_HOME or ~/.tuner)")
@@ -37,8 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     _maybe_preload_blas(argv)
 
-    home = (args.home or default_home()).expanduser().resolve()
-    home.mkdir(parents=True, exist_ok=True)
+    home = prepare_home((args.home or default_home()).expanduser().resolve())  # trusted, or exit
     handlers = [logging.handlers.RotatingFileHandler(home / "tunerd.log", maxBytes=10 << 20, backupCount=3)]
     if sys.stderr.isatty():
         handlers.append(logging.StreamHandler())
@@ -54,7 +53,11 @@ def main(argv: list[str] | None = None) -> int:
             log.warning("MLX will use its reference BLAS (slow on CPU): install an optimized one, "
                         "e.g. `apt-get install libopenblas0-pthread`")
     d = Daemon(home, args.socket, args.listen, args.insecure_tcp, args.tls_cert, args.tls_key)
-    d.start()
+    try:
+        d.start()
+    except HomeError as e:
+        log.error("%s", e)
+        raise
     log.info("tunerd %s ready (pid %d, home %s)", __import__("tunerd").__version__, os.getpid(), home)
     print(f"tunerd ready on unix://{d.socket_path}", flush=True)
     d.serve_forever()

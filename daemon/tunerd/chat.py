@@ -5,14 +5,18 @@ streams the chunks back through a queue to whichever thread asked (a gRPC handle
 """
 from __future__ import annotations
 
+import logging
 import queue
+import sys
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Optional
 
 from .backends.base import Sampling
+from .config.loader import model_context
 from .jobs.store import JobStore
 from .jobs.worker import DeviceWorker
 from .models.registry import ModelRegistry
@@ -36,6 +40,29 @@ class ChatParams:
 
 
 _DONE = object()
+log = logging.getLogger(__name__)
+
+
+@contextmanager
+def rng_untouched():
+    """Chat runs between a job's training steps: whatever it draws (a model or adapter being
+    initialised on load) must not move the global RNGs the job's dropout and shuffles use.
+    Sampling itself uses its own generator (both backends); this restores the rest."""
+    import random
+
+    import numpy as np
+    torch = sys.modules.get("torch")
+    saved = (random.getstate(), np.random.get_state(), torch.random.get_rng_state() if torch else None,
+             torch.cuda.get_rng_state_all() if torch and torch.cuda.is_initialized() else None)
+    try:
+        yield
+    finally:
+        random.setstate(saved[0])
+        np.random.set_state(saved[1])
+        if saved[2] is not None:
+            torch.random.set_rng_state(saved[2])
+        if saved[3] is not None:
+            torch.cuda.set_rng_state_all(saved[3])
 
 
 def resolve_job_ref(store: JobStore, ref: str, want: str) -> str:
@@ -51,11 +78,49 @@ def resolve_job_ref(store: JobStore, ref: str, want: str) -> str:
     return str(ckpts[-1])
 
 
+SLICE_SECONDS = 0.2  # generation between two turns of the device worker (training steps, other chats)
+
+
+def context_length(model: str) -> Optional[int]:
+    """Positions the model was trained for (config.json of a local dir or the hub cache), or None."""
+    ctx = model_context(model)
+    if ctx is None and not Path(model).exists():
+        try:
+            from huggingface_hub import try_to_load_from_cache
+            cached = try_to_load_from_cache(model, "config.json")
+            ctx = model_context(str(Path(cached).parent)) if isinstance(cached, str) else None
+        except Exception:  # noqa: BLE001 - no cache, no hub: no limit known
+            ctx = None
+    return ctx[0] if ctx else None
+
+
+def check_length(prompt_tokens: int, max_tokens: int, context: Optional[int]) -> None:
+    """INVALID_ARGUMENT (ValueError) when the prompt or the reply cannot fit the model's context."""
+    if max_tokens < 0:
+        raise ValueError(f"max_tokens: must be >= 0, got {max_tokens}")
+    if context is None:
+        return
+    if prompt_tokens >= context:
+        raise ValueError(f"messages: the prompt is {prompt_tokens} tokens; the model's context is {context} "
+                         "positions; shorten the conversation")
+    if prompt_tokens + max_tokens > context:
+        raise ValueError(f"max_tokens: {max_tokens} after a {prompt_tokens}-token prompt exceeds the model's "
+                         f"context of {context} positions; use max_tokens <= {context - prompt_tokens}")
+
+
 class ChatService:
     def __init__(self, worker: DeviceWorker, registry: ModelRegistry, store: JobStore):
         self.worker, self.registry, self.store = worker, registry, store
+        self._closing = threading.Event()
+
+    def close(self) -> None:
+        """Shutting down: every chat ends now (finish_reason cancelled)."""
+        self._closing.set()
 
     def stream(self, p: ChatParams, cancelled: threading.Event) -> Iterator[ChatDelta]:
+        """Chunks of the reply, then one with finish_reason and usage. Times are from the
+        request's arrival (here), so time to first token includes the wait for the device."""
+        arrived = time.perf_counter()
         if not p.messages:
             raise ValueError("messages: at least one message is required")
         for m in p.messages:
@@ -73,40 +138,75 @@ class ChatService:
         if not model:
             raise ValueError("model: required (a hub id, a local path, or job:<id>)")
         out: "queue.Queue" = queue.Queue()
+        run: dict = {}
 
-        def task():
+        def stop() -> bool:
+            return cancelled.is_set() or self._closing.is_set()
+
+        def start():
+            run["started"] = time.perf_counter()
+            res = self.registry.get(model, backend, adapter=adapter)
+            tok = res.backend.tokenizer
+            ids = tok.apply_chat_template(p.messages, tokenize=True, add_generation_prompt=True)
+            ids = list(ids["input_ids"] if hasattr(ids, "keys") else ids)
+            check_length(len(ids), p.sampling.max_tokens, context_length(res.model))
+            run.update(ids=ids, gen=res.backend.generate(ids, p.sampling, stop), t0=time.perf_counter(),
+                       first=None, n=0, finish="stop")
+
+        def finish():
+            if run.get("gen") is not None:
+                run["gen"].close()  # here on the worker thread (MLX streams are thread-local)
+            dt = time.perf_counter() - run.get("t0", arrived)
+            n = run.get("n", 0)
+            reason = "cancelled" if stop() else run.get("finish", "cancelled")
+            usage = {"prompt_tokens": len(run.get("ids", ())), "completion_tokens": n,
+                     "time_to_first_token_seconds": run["first"] - arrived if run.get("first") else 0.0,
+                     "queue_wait_seconds": run.get("started", time.perf_counter()) - arrived,
+                     "tokens_per_second": n / dt if dt > 0 else 0.0}
+            log.info("chat with %s%s: %s after %d tokens (queue wait %.3fs, first token %.3fs)", model,
+                     f" + {adapter}" if adapter else "", reason, n, usage["queue_wait_seconds"],
+                     usage["time_to_first_token_seconds"])
+            out.put(ChatDelta(finish_reason=reason, usage=usage))
+            out.put(_DONE)
+
+        def slice_():
+            """Up to SLICE_SECONDS of generation on the worker, then back in the queue: a
+            training job steps and other chats take their turn in between."""
             try:
-                res = self.registry.get(model, backend, adapter=adapter)
-                tok = res.backend.tokenizer
-                ids = tok.apply_chat_template(p.messages, tokenize=True, add_generation_prompt=True)
-                ids = list(ids["input_ids"] if hasattr(ids, "keys") else ids)
-                t0 = time.perf_counter()
-                first = None
-                n = 0
-                finish = "stop"
-                for chunk in res.backend.generate(ids, p.sampling, cancelled.is_set):
-                    n += 1
-                    if first is None:
-                        first = time.perf_counter() - t0
-                    if chunk.text:
-                        out.put(ChatDelta(text=chunk.text))
-                    if chunk.finish_reason:
-                        finish = chunk.finish_reason
-                if cancelled.is_set():
-                    finish = "cancelled"
-                dt = time.perf_counter() - t0
-                out.put(ChatDelta(finish_reason=finish, usage={
-                    "prompt_tokens": len(ids), "completion_tokens": n,
-                    "time_to_first_token_seconds": first or 0.0,
-                    "tokens_per_second": n / dt if dt > 0 else 0.0}))
+                with rng_untouched():
+                    if "gen" not in run:
+                        if stop():  # cancelled, past its deadline or shutting down while queued
+                            return finish()
+                        start()
+                    until = time.perf_counter() + SLICE_SECONDS
+                    for chunk in run["gen"]:
+                        if chunk.token_id >= 0:  # (-1: a chunk of the prompt was read)
+                            run["n"] += 1
+                            if run["first"] is None:
+                                run["first"] = time.perf_counter()
+                        if chunk.text:
+                            out.put(ChatDelta(text=chunk.text))
+                        if chunk.finish_reason:
+                            run["finish"] = chunk.finish_reason
+                        if time.perf_counter() >= until:
+                            break
+                    else:
+                        return finish()
+                self.worker.later(slice_)
             except BaseException as e:  # handed to the caller's thread
+                if run.get("gen") is not None:
+                    run["gen"].close()
                 out.put(e)
-            finally:
                 out.put(_DONE)
 
-        self.worker.call(task)
+        self.worker.later(slice_)
         while True:
-            item = out.get()
+            try:
+                item = out.get(timeout=1.0)
+            except queue.Empty:
+                if not self.worker.alive and self._closing.is_set():
+                    return  # the daemon stopped under us
+                continue
             if item is _DONE:
                 return
             if isinstance(item, BaseException):

@@ -17,10 +17,10 @@ import yaml
 
 from . import __version__, host
 from .chat import ChatDelta, ChatParams, ChatService, resolve_job_ref
-from .config.loader import load_config, merge
+from .config.loader import ConfigError, load_config, merge
 from .jobs.manager import JobManager
 from .jobs.runner import resolve_backend
-from .jobs.store import SUCCEEDED, JobRecord, JobStore
+from .jobs.store import RUNNING, SUCCEEDED, JobRecord, JobStore
 from .models.registry import ModelRegistry
 
 
@@ -30,6 +30,7 @@ class Core:
         self.started_at = time.time()
         self.store = JobStore(self.home / "jobs.db")
         self.interrupted_on_start = self.store.mark_orphans_interrupted()
+        self.cleaned_on_start = self._remove_stale_temporaries()
         self.jobs = JobManager(self.store, self.home / "runs", run_training)
         self.registry = ModelRegistry(resolve_backend, keep_alive)
         self.chat_service = ChatService(self.jobs.worker, self.registry, self.store)
@@ -39,7 +40,17 @@ class Core:
     def start(self) -> None:
         self.jobs.start()
 
+    def _remove_stale_temporaries(self) -> list[str]:
+        """Half-written checkpoint folders of jobs that are not running (at start-up: none runs)."""
+        from .training.checkpoints import remove_stale_temporaries
+        done = []
+        for rec in self.store.list():
+            if rec.output_dir and rec.state != RUNNING:
+                done += [f"job {rec.id}: {what}" for what in remove_stale_temporaries(Path(rec.output_dir))]
+        return done
+
     def shutdown(self, timeout: float = 60.0) -> None:
+        self.chat_service.close()  # chats end at once; the running job checkpoints at its next step
         self.jobs.shutdown(timeout)
         self.store.close()
 
@@ -74,7 +85,12 @@ class Core:
                overrides: Optional[list] = None, base_dir: str = "", name: str = "") -> JobRecord:
         layer = dict(doc or {})
         if config_yaml:
-            parsed = yaml.safe_load(config_yaml) or {}
+            try:
+                parsed = yaml.safe_load(config_yaml) or {}
+            except yaml.YAMLError as e:
+                mark = getattr(e, "problem_mark", None)
+                raise ConfigError([f"invalid YAML ({getattr(e, 'problem', None) or e})"],
+                                  "config_yaml" + (f":{mark.line + 1}" if mark else "")) from None
             if not isinstance(parsed, dict):
                 raise ValueError("config_yaml: top level must be a mapping")
             if "_base_" in parsed:
@@ -83,15 +99,32 @@ class Core:
         path = config_path
         if path and base_dir and not os.path.isabs(path):
             path = os.path.join(base_dir, path)
-        cfg = load_config(path or None, overrides or [], layer)
         if not base_dir and path:
             base_dir = str(Path(path).resolve().parent)
+        cfg = load_config(path or None, overrides or [], layer, base_dir=base_dir or None, check_paths=True)
         if cfg.model and not _looks_like_hub_id(cfg.model):
             model_path = Path(base_dir or ".", cfg.model).expanduser()
             if not model_path.exists():
                 raise FileNotFoundError(f"model: local path not found: {model_path}")
             cfg = dataclasses.replace(cfg, model=str(model_path.resolve()))
+        self._check_fits(cfg)
         return self.jobs.submit(cfg, name=name, base_dir=base_dir)
+
+    @staticmethod
+    def _check_fits(cfg) -> None:
+        """Refuse (RESOURCE_EXHAUSTED, with what would fit) a job whose worst batch cannot fit in the
+        device's free memory (training/memory.py). Needs the model's config.json: a local model, or
+        one already in the hub cache; others are checked by the loop once downloaded."""
+        from .backends.dtypes import checkpoint_dtype, resolve_dtype
+        from .training.memory import check_fits
+
+        model_config = host.model_config(cfg.model, cfg.revision)
+        if model_config is None:
+            return
+        backend = resolve_backend(cfg)
+        kind, available = host.training_device(backend)
+        dtype, _ = resolve_dtype(cfg.dtype, kind, checkpoint_dtype(model_config))   # CPU auto: float32, the larger
+        check_fits(model_config, cfg, backend, kind, available, dtype)
 
     # -- models --------------------------------------------------------------------------------
     def load_model(self, model: str, backend: str = "auto", quantization: str = "none",
@@ -114,6 +147,7 @@ class Core:
         except Exception:  # noqa: BLE001
             pass
         return {"model": r.model, "backend": r.backend_name, "quantization": r.quantization,
+                "dtype": r.info.get("dtype", ""), "dtype_reason": r.info.get("dtype_reason", ""),
                 "memory_bytes": mem, "loaded_at": r.loaded_at, "last_used_at": r.last_used_at,
                 "expires_at": r.expires_at, "adapters": [r.adapter] if r.adapter else []}
 

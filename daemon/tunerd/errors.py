@@ -6,6 +6,7 @@ import grpc
 from .backends.base import BackendUnavailable
 from .jobs.manager import JobStateError
 from .jobs.store import JobNotFound
+from .training.memory import DoesNotFit
 
 
 def status_for(e: BaseException) -> tuple[grpc.StatusCode, str]:
@@ -17,6 +18,8 @@ def status_for(e: BaseException) -> tuple[grpc.StatusCode, str]:
         return grpc.StatusCode.FAILED_PRECONDITION, str(e)
     if isinstance(e, BackendUnavailable):
         return grpc.StatusCode.FAILED_PRECONDITION, str(e)
+    if isinstance(e, DoesNotFit):
+        return grpc.StatusCode.RESOURCE_EXHAUSTED, str(e)
     if isinstance(e, MemoryError):
         return grpc.StatusCode.RESOURCE_EXHAUSTED, (
             f"out of memory: {e}. Unload models (`tunerctl models unload`), use quantization: 4bit, "

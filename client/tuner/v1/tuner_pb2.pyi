@@ -620,16 +620,18 @@ class ChatRequest(_message.Message):
     def __init__(self, model: _Optional[str] = ..., adapter: _Optional[str] = ..., backend: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[ChatMessage, _Mapping]]] = ..., sampling: _Optional[_Union[SamplingParams, _Mapping]] = ...) -> None: ...
 
 class Usage(_message.Message):
-    __slots__ = ("prompt_tokens", "completion_tokens", "time_to_first_token_seconds", "tokens_per_second")
+    __slots__ = ("prompt_tokens", "completion_tokens", "time_to_first_token_seconds", "tokens_per_second", "queue_wait_seconds")
     PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     COMPLETION_TOKENS_FIELD_NUMBER: _ClassVar[int]
     TIME_TO_FIRST_TOKEN_SECONDS_FIELD_NUMBER: _ClassVar[int]
     TOKENS_PER_SECOND_FIELD_NUMBER: _ClassVar[int]
+    QUEUE_WAIT_SECONDS_FIELD_NUMBER: _ClassVar[int]
     prompt_tokens: int
     completion_tokens: int
     time_to_first_token_seconds: float
     tokens_per_second: float
-    def __init__(self, prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., time_to_first_token_seconds: _Optional[float] = ..., tokens_per_second: _Optional[float] = ...) -> None: ...
+    queue_wait_seconds: float
+    def __init__(self, prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., time_to_first_token_seconds: _Optional[float] = ..., tokens_per_second: _Optional[float] = ..., queue_wait_seconds: _Optional[float] = ...) -> None: ...
 
 class ChatChunk(_message.Message):
     __slots__ = ("delta", "finish_reason", "usage")

@@ -82,6 +82,8 @@ class Sampling:
 
 @dataclass
 class GenerationChunk:
+    """One new token's text (maybe empty while held back), or with token_id -1 and no
+    finish_reason: a chunk of a long prompt was read (the caller may let others use the device)."""
     text: str
     token_id: int
     finish_reason: Optional[str] = None  # "stop" | "length" | "cancelled" on the last chunk
@@ -93,6 +95,9 @@ CE_CHUNK_BYTES = 256 * 2 ** 20   # float32 logits held at once by a backend's cr
 def ce_chunk_rows(vocab: int, chunk_bytes: int = CE_CHUNK_BYTES) -> int:
     """Supervised positions per cross-entropy chunk: their float32 logits stay under `chunk_bytes`."""
     return max(64, chunk_bytes // (4 * max(int(vocab), 1)))
+
+
+PREFILL_CHUNK = 256  # prompt tokens per forward pass before generation; the device can be yielded between
 
 
 def partial_stop_len(text: str, stops: list[str]) -> int:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import os
 from pathlib import Path
 from typing import Any, Optional, Union, get_args, get_origin, get_type_hints
 
@@ -44,8 +45,12 @@ def read_yaml(path: Union[str, Path], _seen: Optional[set] = None) -> dict:
     _seen.add(path)
     if not path.exists():
         raise FileNotFoundError(f"config file not found: {path}")
+    if path.is_dir():
+        raise ConfigError(["is a directory; give the YAML file inside it (e.g. config.yaml)"], str(path))
     try:
         doc = yaml.safe_load(path.read_text(encoding="utf-8-sig")) or {}
+    except UnicodeDecodeError as e:
+        raise ConfigError([f"not a UTF-8 text file ({e.reason} at byte {e.start})"], str(path)) from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         line = f":{mark.line + 1}" if mark else ""
@@ -64,19 +69,42 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if "=" not in text:
         raise ConfigError([f"override {text!r} is not key=value"])
     key, raw = text.split("=", 1)
-    value = yaml.safe_load(raw) if raw.strip() else ""
-    return key.strip().split("."), value
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as e:
+        raise ConfigError([f"override {text!r}: the value is not valid YAML "
+                           f"({getattr(e, 'problem', None) or e}); quote it, e.g. {key}='\"...\"'"]) from None
+    keys = key.strip().split(".")
+    if not all(keys):
+        raise ConfigError([f"override {text!r}: empty key"])
+    return keys, value
 
 
-def apply_overrides(doc: dict, overrides: list[str]) -> dict:
+def apply_overrides(doc: dict, overrides: list[str], problems: Optional[list[str]] = None) -> dict:
+    """Overrides on top of `doc`. With a `problems` list, bad overrides are added to it (and
+    skipped) instead of raising, so every problem is reported at once."""
     doc = dict(doc)
+    found: list[str] = []
     for text in overrides:
-        keys, value = parse_override(text)
+        try:
+            keys, value = parse_override(text)
+        except ConfigError as e:
+            found += e.problems
+            continue
         node = doc
-        for k in keys[:-1]:
+        for i, k in enumerate(keys[:-1]):
+            if node.get(k) is not None and not isinstance(node.get(k), dict):
+                found.append(f"override {text!r}: {'.'.join(keys[:i + 1])} is a value "
+                             f"({node[k]!r}), not a section with keys")
+                break
             node[k] = dict(node.get(k) or {})
             node = node[k]
-        node[keys[-1]] = value
+        else:
+            node[keys[-1]] = value
+    if found and problems is None:
+        raise ConfigError(found)
+    if problems is not None:
+        problems += found
     return doc
 
 
@@ -132,7 +160,13 @@ def _build(cls, doc: dict, prefix: str, problems: list[str]):
                 continue
             kwargs[key] = _build(DataConfig, value, "data.", problems)
             continue
-        kwargs[key] = _coerce(full, value, hints[key], problems)
+        if hints[key] is not dict and isinstance(value, dict):
+            problems.append(f"{full}: expected a single value, not a mapping (got {value!r})")
+            continue
+        before = len(problems)
+        coerced = _coerce(full, value, hints[key], problems)
+        if len(problems) == before:  # a value that failed keeps the default, so the rules below
+            kwargs[key] = coerced     # check the rest without tripping over it
     return cls(**kwargs)
 
 
@@ -155,8 +189,13 @@ _DATA_CHOICES = {"format": ("auto", "text", "prompt_response", "alpaca", "messag
                  "overlong": ("truncate", "drop", "error")}
 
 
-def validate(cfg: TrainConfig) -> list[str]:
-    """Every problem with a config, as messages naming the key, the value and what is allowed."""
+EVAL_METRICS = ("eval_loss", "eval_perplexity", "eval_tokens")  # what the training loop's evaluation reports
+
+
+def validate(cfg: TrainConfig, base_dir: Optional[Union[str, Path]] = None, check_paths: bool = False) -> list[str]:
+    """Every problem with a config, as messages naming the key, the value and what is allowed.
+    The one validator: submit runs it with `check_paths` (output_dir writable, max_seq_length
+    within a local model's context); the training loop runs it again before it starts."""
     p: list[str] = []
     for key, allowed in _CHOICES.items():
         if getattr(cfg, key) not in allowed:
@@ -208,14 +247,92 @@ def validate(cfg: TrainConfig) -> list[str]:
         p.append(f"data.fraction: must be in (0, 1], got {d.fraction}")
     if isinstance(d.test_size, (int, float)) and not 0 <= d.test_size < 1:
         p.append(f"data.test_size: must be in [0, 1), got {d.test_size}")
+    p += _run_rules(cfg)
+    if check_paths:
+        p += _path_rules(cfg, Path(base_dir or "."))
     return p
 
 
-def from_dict(doc: dict, source: str = "") -> TrainConfig:
-    problems: list[str] = []
+def _run_rules(cfg: TrainConfig) -> list[str]:
+    """Length, cadence, best-model, early-stopping and scheduler rules."""
+    from ..training.schedulers import kwargs_problems
+
+    p: list[str] = []
+    if isinstance(cfg.max_steps, int) and cfg.max_steps != -1 and cfg.max_steps <= 0:
+        p.append(f"max_steps: must be > 0, or -1 to train for num_epochs; got {cfg.max_steps}")
+    if isinstance(cfg.num_epochs, float) and not math.isfinite(cfg.num_epochs):
+        p.append(f"num_epochs: must be a finite number, got {cfg.num_epochs}")
+    for key, value in (("seed", cfg.seed), ("data.seed", cfg.data.seed)):
+        if isinstance(value, int) and not 0 <= value < 2 ** 32:
+            p.append(f"{key}: must be in [0, 2**32), got {value}")
+    if cfg.load_best_model_at_end:
+        if cfg.eval_strategy == "no" or cfg.save_strategy == "no":
+            p.append("load_best_model_at_end: needs eval_strategy and save_strategy other than 'no'")
+        elif cfg.eval_strategy != cfg.save_strategy:
+            p.append(f"load_best_model_at_end: eval_strategy ({cfg.eval_strategy}) and save_strategy "
+                     f"({cfg.save_strategy}) must match")
+        elif cfg.save_strategy == "steps" and isinstance(cfg.save_steps, int) and isinstance(cfg.eval_steps, int) \
+                and cfg.eval_steps > 0 and cfg.save_steps % cfg.eval_steps:
+            p.append(f"load_best_model_at_end: save_steps ({cfg.save_steps}) must be a multiple of "
+                     f"eval_steps ({cfg.eval_steps})")
+    if cfg.early_stopping_patience is not None:
+        if cfg.eval_strategy == "no":
+            p.append("early_stopping_patience: needs eval_strategy steps or epoch")
+        if not isinstance(cfg.early_stopping_patience, int) or cfg.early_stopping_patience < 1:
+            p.append(f"early_stopping_patience: must be >= 1, got {cfg.early_stopping_patience!r}")
+    metric = cfg.metric_for_best_model or "eval_loss"
+    if (metric if metric.startswith("eval_") else "eval_" + metric) not in EVAL_METRICS:
+        p.append(f"metric_for_best_model: {cfg.metric_for_best_model!r} is not an eval metric; "
+                 f"choose one of {', '.join(EVAL_METRICS)}")
+    p += kwargs_problems(cfg.lr_scheduler_type, cfg.lr_scheduler_kwargs, cfg.learning_rate)
+    return p
+
+
+def _path_rules(cfg: TrainConfig, base: Path) -> list[str]:
+    """output_dir can be created and written; max_seq_length fits a local model's context."""
+    p: list[str] = []
+    if cfg.output_dir:
+        out = Path(cfg.output_dir).expanduser()
+        out = out if out.is_absolute() else base / out
+        probe = out
+        while not probe.exists() and probe != probe.parent:
+            probe = probe.parent
+        if not probe.is_dir():
+            p.append(f"output_dir: {out} cannot be created: {probe} is not a directory")
+        elif not os.access(probe, os.W_OK | os.X_OK):
+            p.append(f"output_dir: {out} is not writable ({probe} does not let you write)")
+    ctx = model_context(cfg.model, base)
+    if ctx and isinstance(cfg.max_seq_length, int) and cfg.max_seq_length > ctx[0]:
+        p.append(f"max_seq_length: {cfg.max_seq_length} is beyond the model's context of {ctx[0]} positions "
+                 f"({ctx[1]}); use max_seq_length <= {ctx[0]}")
+    return p
+
+
+def model_context(model: str, base: Path = Path(".")) -> Optional[tuple[int, str]]:
+    """(positions, where it was read) for a local model directory with a config.json, else None."""
+    import json
+    if not model:
+        return None
+    path = Path(model).expanduser()
+    cfg_file = (path if path.is_absolute() else base / path) / "config.json"
+    try:
+        doc = json.loads(cfg_file.read_text())
+    except (OSError, ValueError):
+        return None
+    for d in (doc, doc.get("text_config") or {}):
+        for key in ("max_position_embeddings", "n_positions", "max_sequence_length"):
+            if isinstance(d.get(key), int) and d[key] > 0:
+                return d[key], f"{key} in {cfg_file}"
+    return None
+
+
+def from_dict(doc: dict, source: str = "", base_dir: Optional[Union[str, Path]] = None,
+              check_paths: bool = False, problems: Optional[list[str]] = None) -> TrainConfig:
+    """A validated TrainConfig, or a ConfigError with every problem (those in `problems`, e.g.
+    from overrides, included)."""
+    problems = list(problems or [])
     cfg = _build(TrainConfig, doc, "", problems)
-    if not problems:
-        problems = validate(cfg)
+    problems += validate(cfg, base_dir, check_paths)
     if problems:
         raise ConfigError(problems, source)
     if cfg.debug:
@@ -230,12 +347,30 @@ def to_dict(cfg: TrainConfig) -> dict:
 
 
 def load_config(path: Optional[Union[str, Path]] = None, overrides: Optional[list[str]] = None,
-                doc: Optional[dict] = None) -> TrainConfig:
-    """The one way to resolve a config: file (with _base_), then a dict layer, then overrides."""
+                doc: Optional[dict] = None, base_dir: Optional[Union[str, Path]] = None,
+                check_paths: bool = False) -> TrainConfig:
+    """The one way to resolve a config: file (with _base_), then a dict layer, then overrides.
+    Problems that an override caused name it ("(from --set lora_r=0)")."""
     merged = read_yaml(path) if path else {}
     if doc:
         merged = merge(merged, doc)
     if isinstance(merged.get("data"), (str, list)):
         merged["data"] = {"train": merged["data"]}
-    merged = apply_overrides(merged, overrides or [])
-    return from_dict(merged, str(path or ""))
+    problems: list[str] = []
+    merged = apply_overrides(merged, overrides or [], problems)
+    try:
+        return from_dict(merged, str(path or ""), base_dir, check_paths, problems)
+    except ConfigError as e:
+        raise ConfigError([_blame(msg, overrides or []) for msg in e.problems], str(path or "")) from None
+
+
+def _blame(problem: str, overrides: list[str]) -> str:
+    """Name the override (the last one, as that one won) that set the key a problem is about."""
+    if problem.startswith("override "):
+        return problem
+    field = problem.split(":", 1)[0].split(" ", 1)[0]
+    for text in reversed(overrides):
+        key = text.split("=", 1)[0].strip()
+        if key == field or key.startswith(field + ".") or field.startswith(key + "."):
+            return f"{problem} (from --set {text})"
+    return problem

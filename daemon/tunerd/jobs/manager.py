@@ -58,15 +58,24 @@ class JobManager:
         return self.store.get(rec.id)
 
     def cancel(self, job_id: str) -> JobRecord:
-        rec = self.store.get(job_id)
+        """A queued job becomes cancelled at once; a running one is told to stop (it checkpoints
+        and becomes cancelled); a finished one is left as it is. The state changes only by
+        compare-and-set, so a worker that dequeues the job at the same moment cannot also run it."""
         with self._lock:
-            if rec.state == QUEUED:
-                if job_id in self._queue:
-                    self._queue.remove(job_id)
-                self._finish(job_id, CANCELLED, reason="cancelled while queued")
-            elif rec.state == RUNNING:
-                self._cancel.setdefault(job_id, threading.Event()).set()
-            # a finished job: cancelling it is a no-op
+            if job_id in self._queue:
+                self._queue.remove(job_id)
+            # set before the compare-and-set: a worker that wins the race and starts the job
+            # sees the request at its first stop-check
+            flag = self._cancel.setdefault(job_id, threading.Event())
+            flag.set()
+        if self.store.transition(job_id, (QUEUED,), CANCELLED, "cancelled while queued",
+                                 finished_at=time.time(), error="cancelled while queued"):
+            with self._lock:
+                self._cancel.pop(job_id, None)
+        elif self.store.get(job_id).state in FINAL_STATES:
+            with self._lock:  # already final: nothing to stop
+                if self._cancel.get(job_id) is flag:
+                    self._cancel.pop(job_id, None)
         return self.store.get(job_id)
 
     def resume(self, job_id: str) -> JobRecord:
@@ -76,10 +85,14 @@ class JobManager:
         cfg = rec.config
         has_ckpt = any(Path(rec.output_dir).glob("checkpoint-*")) if rec.output_dir else False
         cfg["resume_from_checkpoint"] = "latest" if has_ckpt else None
-        self.store.update(job_id, state=QUEUED, error="", finished_at=0.0, config_json=json.dumps(cfg))
-        self.store.append(job_id, "StateChanged", {
-            "state": QUEUED, "reason": "resumed from the latest checkpoint" if has_ckpt
-            else "restarted from the beginning (no checkpoint was saved)"})
+        reason = ("resumed from the latest checkpoint" if has_ckpt
+                  else "restarted from the beginning (no checkpoint was saved)")
+        with self._lock:
+            self._cancel.pop(job_id, None)
+        if not self.store.transition(job_id, RESUMABLE_STATES, QUEUED, reason, error="", finished_at=0.0,
+                                     config_json=json.dumps(cfg)):
+            raise JobStateError(f"job {job_id} is {self.store.get(job_id).state}; "
+                                f"only {', '.join(RESUMABLE_STATES)} jobs resume")
         self._enqueue(job_id)
         return self.store.get(job_id)
 
@@ -128,7 +141,11 @@ class JobManager:
 
     def _should_stop(self, job_id: str) -> bool:
         self.worker.service_interactive()
-        return self._interrupting.is_set() or self._cancel.get(job_id, threading.Event()).is_set()
+        return self._interrupting.is_set() or self._cancel_flag(job_id).is_set()
+
+    def _cancel_flag(self, job_id: str) -> threading.Event:
+        with self._lock:
+            return self._cancel.setdefault(job_id, threading.Event())
 
     def _record(self, job_id: str, event) -> None:
         kind, payload = ev.to_record(event)
@@ -143,13 +160,11 @@ class JobManager:
                 self.store.update(job_id, best_eval_loss=event.eval_loss)
 
     def _run(self, job_id: str) -> None:
-        rec = self.store.get(job_id)
-        if rec.state != QUEUED:
-            return
         self.current_job = job_id
-        self._cancel[job_id] = threading.Event()
-        self.store.update(job_id, state=RUNNING, started_at=time.time())
-        self.store.append(job_id, "StateChanged", {"state": RUNNING, "reason": "started"})
+        if not self.store.transition(job_id, (QUEUED,), RUNNING, "started", started_at=time.time()):
+            self.current_job = None  # cancelled (or otherwise finished) before it could start
+            return
+        rec = self.store.get(job_id)
         try:
             cfg = from_dict(rec.config)
             result = self._run_training(cfg, lambda e: self._record(job_id, e),
@@ -171,20 +186,24 @@ class JobManager:
                 self._record(job_id, ev.Failed(reason=reason, step=self.store.get(job_id).step))
                 self._finish(job_id, FAILED, reason=reason, error=reason)
         finally:
-            self.current_job = None
-            self._cancel.pop(job_id, None)
+            with self._lock:
+                self.current_job = None
+                self._cancel.pop(job_id, None)
 
     def _finish(self, job_id: str, state: str, reason: str, error: str = "") -> None:
-        fields = {"state": state, "finished_at": time.time()}
+        """running -> a final state, once (the StateChanged event commits with the state)."""
+        fields = {"finished_at": time.time()}
         if error or state != SUCCEEDED:
             fields["error"] = error or reason
-        # the event first: a watcher that sees the final state has then seen every event
-        self.store.append(job_id, "StateChanged", {"state": state, "reason": reason})
-        self.store.update(job_id, **fields)
+        if not self.store.transition(job_id, (RUNNING,), state, reason, **fields):
+            log.error("job %s: %s -> %s refused (state changed underneath)", job_id,
+                      self.store.get(job_id).state, state)
 
 
 def _describe(e: BaseException) -> str:
     msg = str(e) or type(e).__name__
+    if type(e).__name__ == "DoesNotFit":   # already says what fits (training/memory.py)
+        return msg
     if isinstance(e, MemoryError):
         return f"out of memory: {msg}. Try a smaller per_device_train_batch_size or max_seq_length, " \
                "gradient_checkpointing: true, or quantization: 4bit"

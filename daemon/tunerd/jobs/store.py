@@ -140,6 +140,8 @@ class JobStore:
             return [JobRecord(**dict(r)) for r in self._db.execute(sql, args).fetchall()]
 
     def update(self, job_id: str, **fields) -> JobRecord:
+        """Fields other than the state (that changes only through `transition`)."""
+        assert "state" not in fields, "state changes go through JobStore.transition"
         if fields:
             cols = ", ".join(f"{k} = ?" for k in fields)
             with self._lock:
@@ -149,29 +151,62 @@ class JobStore:
                 self._changed.notify_all()
         return self.get(job_id)
 
+    def transition(self, job_id: str, expected: tuple[str, ...], state: str, reason: str,
+                   **fields) -> bool:
+        """Compare-and-set the job's state: `expected` -> `state`, with its StateChanged event,
+        in one transaction. False (and nothing written) when the job is no longer in an
+        expected state: another thread got there first."""
+        cols = ", ".join(f"{k} = ?" for k in ("state", *fields))
+        marks = ",".join("?" * len(expected))
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                cur = self._db.execute(f"UPDATE jobs SET {cols} WHERE id = ? AND state IN ({marks})",
+                                       (state, *fields.values(), job_id, *expected))
+                if cur.rowcount == 0:
+                    self._db.execute("ROLLBACK")
+                    if self._db.execute("SELECT 1 FROM jobs WHERE id = ?", (job_id,)).fetchone() is None:
+                        raise JobNotFound(job_id)
+                    return False
+                self._insert_event(job_id, "StateChanged", {"state": state, "reason": reason})
+                self._db.execute("COMMIT")
+            except BaseException:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                raise
+            self._changed.notify_all()
+        return True
+
     def mark_orphans_interrupted(self) -> list[str]:
         """Jobs left 'running' by a process that died: they become interrupted (resumable)."""
         with self._lock:
             ids = [r["id"] for r in self._db.execute("SELECT id FROM jobs WHERE state = ?", (RUNNING,))]
-        for job_id in ids:
-            self.append(job_id, "StateChanged", {"state": INTERRUPTED, "reason": "daemon restarted"})
-            self.update(job_id, state=INTERRUPTED, finished_at=time.time(),
-                        error="the daemon stopped while this job ran; resume it with `tunerctl jobs resume`")
-        return ids
+        return [job_id for job_id in ids if self.transition(
+            job_id, (RUNNING,), INTERRUPTED, "daemon restarted", finished_at=time.time(),
+            error="the daemon stopped while this job ran; resume it with `tunerctl jobs resume`")]
 
     # -- events -----------------------------------------------------------------------------
     def append(self, job_id: str, kind: str, payload: dict) -> int:
         with self._lock:
-            seq = self._db.execute("SELECT last_sequence FROM jobs WHERE id = ?", (job_id,)).fetchone()
-            if seq is None:
-                raise JobNotFound(job_id)
-            seq = seq[0] + 1
-            self._db.execute("BEGIN")
-            self._db.execute("INSERT INTO events (job_id, seq, time, kind, payload) VALUES (?, ?, ?, ?, ?)",
-                             (job_id, seq, time.time(), kind, json.dumps(payload)))
-            self._db.execute("UPDATE jobs SET last_sequence = ? WHERE id = ?", (seq, job_id))
-            self._db.execute("COMMIT")
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                seq = self._insert_event(job_id, kind, payload)
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
             self._changed.notify_all()
+        return seq
+
+    def _insert_event(self, job_id: str, kind: str, payload: dict) -> int:
+        """Inside a transaction, with the lock held."""
+        seq = self._db.execute("SELECT last_sequence FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        if seq is None:
+            raise JobNotFound(job_id)
+        seq = seq[0] + 1
+        self._db.execute("INSERT INTO events (job_id, seq, time, kind, payload) VALUES (?, ?, ?, ?, ?)",
+                         (job_id, seq, time.time(), kind, json.dumps(payload)))
+        self._db.execute("UPDATE jobs SET last_sequence = ? WHERE id = ?", (seq, job_id))
         return seq
 
     def events(self, job_id: str, from_sequence: int = 0, limit: int = 1000) -> list[StoredEvent]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from concurrent.futures import Future
 from typing import Callable, Optional
 
@@ -54,9 +55,19 @@ class DeviceWorker:
             self._wake.set()
         return fut
 
+    def later(self, fn: Callable) -> Future:
+        """Queue `fn` for the worker's next round even when called on the worker thread: a
+        long task (a chat) runs in slices that re-queue themselves, so training steps and
+        other tasks get their turn in between."""
+        fut: Future = Future()
+        self._interactive.put((fn, fut))
+        self._wake.set()
+        return fut
+
     def service_interactive(self) -> None:
-        """Run queued interactive tasks now (called by the training loop between steps)."""
-        while True:
+        """Run the interactive tasks queued so far (called by the training loop between steps);
+        tasks they queue wait for the next round."""
+        for _ in range(self._interactive.qsize()):
             try:
                 fn, fut = self._interactive.get_nowait()
             except queue.Empty:
@@ -91,4 +102,10 @@ class DeviceWorker:
                 log.exception("idle hook failed")
             self._wake.wait(0.5)
             self._wake.clear()
-        self.service_interactive()
+        deadline = time.monotonic() + 5.0  # tasks still queued finish (chats end at once on shutdown)
+        while not self._interactive.empty() and time.monotonic() < deadline:
+            self.service_interactive()
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()

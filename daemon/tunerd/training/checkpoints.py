@@ -120,6 +120,27 @@ def write_atomically(final: Path, fill) -> Path:
     return final
 
 
+def remove_stale_temporaries(output_dir: Path) -> list[str]:
+    """What a process killed inside `write_atomically` leaves: `.tmp-*` folders (never
+    complete: removed) and `.old-*` ones (removed, or renamed back when the kill came between
+    the two renames). Only for output dirs that no running job writes to."""
+    d = Path(output_dir)
+    done: list[str] = []
+    if not d.is_dir():
+        return done
+    for p in sorted(d.iterdir()):
+        if not p.is_dir() or not p.name.startswith((".tmp-", ".old-")):
+            continue
+        name = p.name.split("-", 1)[1].rsplit("-", 1)[0]  # .tmp-checkpoint-40-1234 -> checkpoint-40
+        if p.name.startswith(".old-") and name and not (d / name).exists():
+            os.replace(p, d / name)
+            done.append(f"restored {d / name} from {p.name}")
+        else:
+            shutil.rmtree(p, ignore_errors=True)
+            done.append(f"removed {p}")
+    return done
+
+
 def rotate(output_dir: Path, limit: Optional[int], keep: tuple = ()) -> list[Path]:
     """Delete the oldest checkpoints beyond `limit`, never the newest nor those in `keep` (best)."""
     if not limit or limit <= 0:

@@ -36,10 +36,13 @@ from typing import Callable, Optional
 import numpy as np
 
 from ..backends.base import Backend
+from ..config.loader import ConfigError, validate
 from ..config.schema import TrainConfig
 from ..data.prepare import iterate_batches, prepare
 from . import events as ev
 from .flops import flops_per_token
+from .memory import Shape, advise, explain_oom, oom_message
+from .memory import estimate as memory_estimate
 from .checkpoints import PREFIX, STATE_FILE, TrainerState, find_checkpoint, rotate, step_of, write_atomically
 from .schedulers import Scheduler, warmup_steps_for
 from .tensorboard import EventWriter
@@ -74,31 +77,10 @@ def resolve_config(cfg: TrainConfig, base_dir: Optional[Path] = None) -> TrainCo
     cfg = dataclasses.replace(cfg, output_dir=str(out))
     if cfg.debug:
         cfg = dataclasses.replace(cfg, num_epochs=1.0, max_steps=-1, per_device_train_batch_size=DEBUG_BATCH)
-    validate_cadence(cfg)
+    problems = validate(cfg)  # the loader's validator (submit ran it too)
+    if problems:
+        raise ConfigError(problems)
     return cfg
-
-
-def validate_cadence(cfg: TrainConfig) -> None:
-    for key in ("eval_strategy", "save_strategy"):
-        if getattr(cfg, key) not in ("no", "steps", "epoch"):
-            raise ValueError(f"{key}: {getattr(cfg, key)!r} is not one of no, steps, epoch")
-    for key in ("logging_steps", "eval_steps", "save_steps", "per_device_train_batch_size",
-                "per_device_eval_batch_size", "gradient_accumulation_steps"):
-        if getattr(cfg, key) < 1:
-            raise ValueError(f"{key}: must be >= 1, got {getattr(cfg, key)}")
-    if cfg.max_steps <= 0 and cfg.num_epochs <= 0:
-        raise ValueError(f"num_epochs: must be > 0 when max_steps is not set, got {cfg.num_epochs}")
-    if cfg.load_best_model_at_end:
-        if cfg.eval_strategy == "no" or cfg.save_strategy == "no":
-            raise ValueError("load_best_model_at_end: needs eval_strategy and save_strategy other than 'no'")
-        if cfg.eval_strategy != cfg.save_strategy:
-            raise ValueError(f"load_best_model_at_end: eval_strategy ({cfg.eval_strategy}) and save_strategy "
-                             f"({cfg.save_strategy}) must match")
-        if cfg.save_strategy == "steps" and cfg.save_steps % cfg.eval_steps:
-            raise ValueError(f"load_best_model_at_end: save_steps ({cfg.save_steps}) must be a multiple of "
-                             f"eval_steps ({cfg.eval_steps})")
-    if cfg.early_stopping_patience is not None and cfg.eval_strategy == "no":
-        raise ValueError("early_stopping_patience: needs eval_strategy steps or epoch")
 
 
 # packing: auto -- on where packed batches were measured faster than length-grouped padded ones
@@ -201,7 +183,24 @@ def train(cfg: TrainConfig, backend: Backend, emit: Callable[[object], None],
 
     # micro-batches per epoch (with packing the count can vary a little from epoch to epoch;
     # the total is planned from epoch 0, epoch boundaries follow each epoch's own batches)
-    n_micro = len(epoch_batches(0))
+    first_epoch = epoch_batches(0)
+    n_micro = len(first_epoch)
+    widest = max(first_epoch, key=lambda b: b.inputs.size)
+    need = None   # the estimate for the widest batch (None: an architecture training/memory.py cannot read)
+    if Shape.known(info.config):
+        need = memory_estimate(info.config, cfg, info.backend, widest.inputs.shape[1], info.dtype,
+                               batch_size=widest.inputs.shape[0], device_kind=info.device_kind,
+                               supervised_fraction=sum(b.n_targets for b in first_epoch)
+                               / max(sum(b.inputs.size for b in first_epoch), 1))
+
+    def out_of_memory(cause: str) -> str:
+        options = []
+        if need is not None:
+            reached = backend.memory().peak_bytes or need.total   # the budget the allocator ran out of
+            options = advise(info.config, cfg, info.backend, widest.inputs.shape[1], int(0.9 * reached),
+                             info.dtype, device_kind=info.device_kind)
+        return oom_message(f"out of memory at step {state.global_step + 1} ({cause.splitlines()[0][:200]})",
+                           need, options)
     steps_per_epoch = math.ceil(n_micro / gas)
     total_steps = cfg.max_steps if cfg.max_steps > 0 else max(1, math.ceil(cfg.num_epochs * steps_per_epoch))
     sched = Scheduler(cfg.lr_scheduler_type, cfg.learning_rate, total_steps,
@@ -237,7 +236,7 @@ def train(cfg: TrainConfig, backend: Backend, emit: Callable[[object], None],
                     num_epochs=(total_steps / steps_per_epoch) if cfg.max_steps > 0 else cfg.num_epochs,
                     train_rows=len(train_rows), eval_rows=len(eval_rows), total_params=stats.total,
                     trainable_params=stats.trainable, trainable_percent=round(stats.trainable_percent, 4),
-                    estimated_peak_memory_bytes=int(mem.active_bytes + 4 * 4 * stats.trainable),
+                    estimated_peak_memory_bytes=need.total if need else 0,
                     output_dir=str(out), resumed_from_step=resumed_from, dtype=info.dtype,
                     dtype_reason=info.dtype_reason, packing=packing, packing_reason=packing_reason,
                     peak_tflops=peak_flops / 1e12))
@@ -294,87 +293,88 @@ def train(cfg: TrainConfig, backend: Backend, emit: Callable[[object], None],
     stopped_early = False
     batches, batches_epoch = None, -1
 
-    while state.global_step < total_steps and not stopped_early:
-        if should_stop():
-            path = save(None) if state.global_step > 0 else ""
-            raise TrainingCancelled(state.global_step, path)
-        if batches_epoch != state.epoch:
-            batches, batches_epoch = epoch_batches(state.epoch), state.epoch
-        group = batches[state.batch_in_epoch: state.batch_in_epoch + gas]
-        n_targets = sum(b.n_targets for b in group)
-        loss_sum = 0.0
-        for b in group:
-            s, _ = backend.forward_backward(b)
-            loss_sum += s
-        step_no = state.global_step + 1
-        loss = loss_sum / max(n_targets, 1)
-        if not math.isfinite(loss):
-            raise NonFiniteLoss(f"step {step_no}: training loss is {loss} (learning_rate={cfg.learning_rate}, "
-                                f"dtype={cfg.dtype}); lower the learning rate, use float32/bfloat16, or check the data")
-        lr = sched.lr_at(state.global_step)
-        grad_norm = backend.optimizer_step(lr, 1.0 / max(n_targets, 1), cfg.max_grad_norm)
-        if not math.isfinite(grad_norm):
-            raise NonFiniteLoss(f"step {step_no}: gradient norm is {grad_norm} at loss {loss:.4f}; "
-                                f"lower the learning rate or set max_grad_norm")
-        last_grad_norm = grad_norm
-        tokens = sum(b.n_tokens for b in group)
-        state.global_step, state.last_loss = step_no, loss
-        state.trained_tokens += tokens
-        state.batch_in_epoch += len(group)
-        epoch_end = state.batch_in_epoch >= len(batches)
-        if epoch_end:
-            state.epoch, state.batch_in_epoch = state.epoch + 1, 0
-        steps_this_run += 1
-        window["loss"] += loss
-        window["steps"] += 1
-        window["tokens"] += tokens
-        window["flops"] += sum(b.n_tokens * flops_per_token(info.config, b.mean_context, trainable_fraction,
-                                                             full=cfg.peft_adapter == "full") for b in group)
-        last = state.global_step >= total_steps
+    with explain_oom(out_of_memory):   # an allocator OOM ends the job with what would fit
+        while state.global_step < total_steps and not stopped_early:
+            if should_stop():
+                path = save(None) if state.global_step > 0 else ""
+                raise TrainingCancelled(state.global_step, path)
+            if batches_epoch != state.epoch:
+                batches, batches_epoch = epoch_batches(state.epoch), state.epoch
+            group = batches[state.batch_in_epoch: state.batch_in_epoch + gas]
+            n_targets = sum(b.n_targets for b in group)
+            loss_sum = 0.0
+            for b in group:
+                s, _ = backend.forward_backward(b)
+                loss_sum += s
+            step_no = state.global_step + 1
+            loss = loss_sum / max(n_targets, 1)
+            if not math.isfinite(loss):
+                raise NonFiniteLoss(f"step {step_no}: training loss is {loss} (learning_rate={cfg.learning_rate}, "
+                                    f"dtype={cfg.dtype}); lower the learning rate, use float32/bfloat16, or check the data")
+            lr = sched.lr_at(state.global_step)
+            grad_norm = backend.optimizer_step(lr, 1.0 / max(n_targets, 1), cfg.max_grad_norm)
+            if not math.isfinite(grad_norm):
+                raise NonFiniteLoss(f"step {step_no}: gradient norm is {grad_norm} at loss {loss:.4f}; "
+                                    f"lower the learning rate or set max_grad_norm")
+            last_grad_norm = grad_norm
+            tokens = sum(b.n_tokens for b in group)
+            state.global_step, state.last_loss = step_no, loss
+            state.trained_tokens += tokens
+            state.batch_in_epoch += len(group)
+            epoch_end = state.batch_in_epoch >= len(batches)
+            if epoch_end:
+                state.epoch, state.batch_in_epoch = state.epoch + 1, 0
+            steps_this_run += 1
+            window["loss"] += loss
+            window["steps"] += 1
+            window["tokens"] += tokens
+            window["flops"] += sum(b.n_tokens * flops_per_token(info.config, b.mean_context, trainable_fraction,
+                                                                 full=cfg.peft_adapter == "full") for b in group)
+            last = state.global_step >= total_steps
 
-        if state.global_step % cfg.logging_steps == 0 or last:
-            now = time.perf_counter()
-            elapsed = now - t_start
-            achieved = window["flops"] / max(now - window["t0"], 1e-9)
-            step_ev = ev.Step(step=state.global_step, total_steps=total_steps, epoch=epoch_float(),
-                              loss=window["loss"] / window["steps"], learning_rate=lr, grad_norm=last_grad_norm,
-                              tokens_per_second=window["tokens"] / max(now - window["t0"], 1e-9),
-                              trained_tokens=state.trained_tokens, peak_memory_bytes=backend.memory().peak_bytes,
-                              eta_seconds=elapsed / steps_this_run * (total_steps - state.global_step),
-                              elapsed_seconds=elapsed, tflops=achieved / 1e12,
-                              mfu=achieved / peak_flops if peak_flops > 0 else 0.0)
-            emit(step_ev)
-            metrics.write("train", step_ev)
-            board.scalars(step_ev.step, {"train/loss": step_ev.loss, "train/learning_rate": lr,
-                                         "train/grad_norm": last_grad_norm, "train/epoch": step_ev.epoch,
-                                         "train/tokens_per_second": step_ev.tokens_per_second,
-                                         "train/tflops": step_ev.tflops, "train/mfu": step_ev.mfu})
-            window.update(loss=0.0, steps=0, tokens=0, flops=0.0, t0=now)
+            if state.global_step % cfg.logging_steps == 0 or last:
+                now = time.perf_counter()
+                elapsed = now - t_start
+                achieved = window["flops"] / max(now - window["t0"], 1e-9)
+                step_ev = ev.Step(step=state.global_step, total_steps=total_steps, epoch=epoch_float(),
+                                  loss=window["loss"] / window["steps"], learning_rate=lr, grad_norm=last_grad_norm,
+                                  tokens_per_second=window["tokens"] / max(now - window["t0"], 1e-9),
+                                  trained_tokens=state.trained_tokens, peak_memory_bytes=backend.memory().peak_bytes,
+                                  eta_seconds=elapsed / steps_this_run * (total_steps - state.global_step),
+                                  elapsed_seconds=elapsed, tflops=achieved / 1e12,
+                                  mfu=achieved / peak_flops if peak_flops > 0 else 0.0)
+                emit(step_ev)
+                metrics.write("train", step_ev)
+                board.scalars(step_ev.step, {"train/loss": step_ev.loss, "train/learning_rate": lr,
+                                             "train/grad_norm": last_grad_norm, "train/epoch": step_ev.epoch,
+                                             "train/tokens_per_second": step_ev.tokens_per_second,
+                                             "train/tflops": step_ev.tflops, "train/mfu": step_ev.mfu})
+                window.update(loss=0.0, steps=0, tokens=0, flops=0.0, t0=now)
 
-        do_eval = (cfg.eval_strategy == "steps" and (state.global_step % cfg.eval_steps == 0 or last)) or \
-                  (cfg.eval_strategy == "epoch" and (epoch_end or last))
-        do_save = (cfg.save_strategy == "steps" and (state.global_step % cfg.save_steps == 0 or last)) or \
-                  (cfg.save_strategy == "epoch" and (epoch_end or last))
-        metric = None
-        if do_eval and (e := evaluate()) is not None:
-            metric = e.metrics.get(metric_name)
-            if metric is None:
-                raise ValueError(f"metric_for_best_model: {cfg.metric_for_best_model!r} is not an eval metric; "
-                                 f"choose one of {', '.join(sorted(e.metrics))}")
-            sched.on_eval(e.eval_loss)
-            improved = state.best_eval_metric is None or (
-                _better(metric, state.best_eval_metric, greater)
-                and abs(metric - state.best_eval_metric) > cfg.early_stopping_threshold)
-            if improved:
-                state.best_eval_metric, state.evals_without_improvement = metric, 0
-            else:
-                state.evals_without_improvement += 1
-            if cfg.early_stopping_patience is not None and state.evals_without_improvement >= cfg.early_stopping_patience:
-                stopped_early = True
-                emit(ev.Log("info", f"early stopping at step {state.global_step}: {metric_name} did not improve "
-                                    f"for {state.evals_without_improvement} evaluations"))
-        if do_save or (stopped_early and cfg.save_strategy != "no"):
-            save(metric)
+            do_eval = (cfg.eval_strategy == "steps" and (state.global_step % cfg.eval_steps == 0 or last)) or \
+                      (cfg.eval_strategy == "epoch" and (epoch_end or last))
+            do_save = (cfg.save_strategy == "steps" and (state.global_step % cfg.save_steps == 0 or last)) or \
+                      (cfg.save_strategy == "epoch" and (epoch_end or last))
+            metric = None
+            if do_eval and (e := evaluate()) is not None:
+                metric = e.metrics.get(metric_name)
+                if metric is None:
+                    raise ValueError(f"metric_for_best_model: {cfg.metric_for_best_model!r} is not an eval metric; "
+                                     f"choose one of {', '.join(sorted(e.metrics))}")
+                sched.on_eval(e.eval_loss)
+                improved = state.best_eval_metric is None or (
+                    _better(metric, state.best_eval_metric, greater)
+                    and abs(metric - state.best_eval_metric) > cfg.early_stopping_threshold)
+                if improved:
+                    state.best_eval_metric, state.evals_without_improvement = metric, 0
+                else:
+                    state.evals_without_improvement += 1
+                if cfg.early_stopping_patience is not None and state.evals_without_improvement >= cfg.early_stopping_patience:
+                    stopped_early = True
+                    emit(ev.Log("info", f"early stopping at step {state.global_step}: {metric_name} did not improve "
+                                        f"for {state.evals_without_improvement} evaluations"))
+            if do_save or (stopped_early and cfg.save_strategy != "no"):
+                save(metric)
 
     # ---- the end ------------------------------------------------------------------------------
     if cfg.load_best_model_at_end and state.best_checkpoint and Path(state.best_checkpoint).exists():

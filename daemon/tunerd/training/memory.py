@@ -22,14 +22,23 @@ shorter max_seq_length) for a RESOURCE_EXHAUSTED at submit and for an OOM that s
 from __future__ import annotations
 
 import dataclasses
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Optional
+from typing import Callable, Optional
 
 from ..backends.base import ce_chunk_rows
 
 BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
 LINEAR_NAMES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 GIB = 2 ** 30
+# torch on a CPU: kernels and workspaces initialised by the first training step, seen as RSS growth
+# (measured 0.25-0.35 GiB on the scale benchmark's mid shape, fp32 and bf16)
+TORCH_CPU_WORKSPACE = 256 * 2 ** 20
+
+
+class DoesNotFit(MemoryError):
+    """A run that needs more memory than the device has: the message carries the estimate and the
+    settings that would fit (RESOURCE_EXHAUSTED at submit; the job's failure reason after an OOM)."""
 
 
 @dataclass
@@ -41,6 +50,14 @@ class Shape:
     kv_dim: int
     vocab: int
     tied: bool
+
+    @classmethod
+    def known(cls, c: dict) -> bool:
+        try:
+            cls.of(c)
+            return True
+        except (TypeError, ValueError, ZeroDivisionError):
+            return False
 
     @classmethod
     def of(cls, c: dict) -> "Shape":
@@ -91,9 +108,10 @@ def _targets(cfg, shape: Shape) -> list[str]:
 
 
 def estimate(model_config: dict, cfg, backend: str, seq_len: int, dtype: Optional[str] = None,
-             batch_size: Optional[int] = None, supervised_fraction: float = 0.5) -> MemoryEstimate:
-    """Peak bytes of training `cfg` on `backend` ('mlx' | 'torch') with batches of `batch_size`
-    (default: the config's) rows of `seq_len` tokens; `dtype` is the resolved one (not 'auto')."""
+             batch_size: Optional[int] = None, supervised_fraction: float = 0.5,
+             device_kind: str = "cpu") -> MemoryEstimate:
+    """Peak bytes of training `cfg` on `backend` ('mlx' | 'torch') on `device_kind` with batches of
+    `batch_size` (default: the config's) rows of `seq_len` tokens; `dtype` is the resolved one."""
     s = Shape.of(model_config)
     b = BYTES.get(dtype or cfg.dtype, 4)
     bits = _quant_bits(cfg.quantization)
@@ -123,7 +141,10 @@ def estimate(model_config: dict, cfg, backend: str, seq_len: int, dtype: Optiona
     lora_copies = 0
     if kind != "full" and pb == 4 and b == 2:          # a 16-bit input cast to float32 for each LoRA layer
         lora_copies = 4 * sum(s.linear_shapes()[t][0] for t in _targets(cfg, s))
-    attention = 2 * s.heads * seq_len * 4 if backend == "mlx" else 0
+    # attention probabilities kept for backward: MLX's (float32) and torch's CPU SDPA (in the dtype)
+    # hold [heads, T] per token; CUDA's flash / memory-efficient kernels keep only a log-sum-exp
+    attention = (s.heads * seq_len * 4 if backend == "mlx" else
+                 s.heads * seq_len * b if device_kind == "cpu" else 0)
     per_layer = b * (10 * s.d + 4 * s.ff + 2 * s.kv_dim) + lora_copies + attention
     if cfg.gradient_checkpointing:
         activations = tokens * (s.layers * s.d * b + per_layer)
@@ -133,16 +154,19 @@ def estimate(model_config: dict, cfg, backend: str, seq_len: int, dtype: Optiona
     # -- the loss over supervised positions (chunked float32 logits)
     supervised = max(1, int(tokens * supervised_fraction))
     logits = min(supervised, ce_chunk_rows(s.vocab)) * s.vocab * (b + 12) + supervised * s.d * 4
+    if backend == "torch" and device_kind == "cpu":
+        activations += TORCH_CPU_WORKSPACE
     return MemoryEstimate(weights=int(weights), adapter_and_optimizer=int(adapter),
                           activations=int(activations), logits=int(logits))
 
 
-def advise(model_config: dict, cfg, backend: str, seq_len: int, available: int, dtype: Optional[str] = None) -> list[str]:
+def advise(model_config: dict, cfg, backend: str, seq_len: int, available: int, dtype: Optional[str] = None,
+           device_kind: str = "cpu") -> list[str]:
     """Changes to `cfg` under which the estimate fits in `available` bytes, as config settings."""
     options = []
     if cfg.per_device_train_batch_size > 1:
         for bs in (cfg.per_device_train_batch_size // 2, cfg.per_device_train_batch_size // 4, 1):
-            if bs >= 1 and estimate(model_config, cfg, backend, seq_len, dtype, batch_size=bs).total <= available:
+            if bs >= 1 and estimate(model_config, cfg, backend, seq_len, dtype, batch_size=bs, device_kind=device_kind).total <= available:
                 acc = cfg.gradient_accumulation_steps * cfg.per_device_train_batch_size // bs
                 options.append(f"per_device_train_batch_size: {bs} with gradient_accumulation_steps: {acc} "
                                f"(same effective batch)")
@@ -151,24 +175,50 @@ def advise(model_config: dict, cfg, backend: str, seq_len: int, available: int, 
     if not _quant_bits(cfg.quantization) and cfg.peft_adapter.lower() != "full":
         trials.append(("quantization: 4bit (QLoRA)", dict(quantization="4bit")))
     for text, change in trials:
-        if estimate(model_config, dataclasses.replace(cfg, **change), backend, seq_len, dtype).total <= available:
+        if estimate(model_config, dataclasses.replace(cfg, **change), backend, seq_len, dtype, device_kind=device_kind).total <= available:
             options.append(text)
     for n in (seq_len // 2, seq_len // 4):
-        if n >= 64 and estimate(model_config, cfg, backend, n, dtype).total <= available:
+        if n >= 64 and estimate(model_config, cfg, backend, n, dtype, device_kind=device_kind).total <= available:
             options.append(f"max_seq_length: {n}")
             break
     return options
 
 
 def oom_message(cause: str, est: Optional[MemoryEstimate], options: list[str]) -> str:
-    text = f"out of memory: {cause}"
+    text = cause
     if est is not None:
-        text += f"; this run needs about {est.describe()}"
+        text += f" [estimate: {est.describe()}]"
     if options:
         text += "; it would fit with " + ", or ".join(options)
     else:
         text += "; unload other models (`tunerctl models unload`), or use a smaller model"
     return text
+
+
+def check_fits(model_config: dict, cfg, backend: str, device_kind: str, available: int, dtype: str) -> MemoryEstimate:
+    """Raise DoesNotFit, naming the settings that would fit, when the worst batch the config can
+    make (`per_device_train_batch_size` rows of `max_seq_length` tokens) needs more than `available`."""
+    est = estimate(model_config, cfg, backend, cfg.max_seq_length, dtype, device_kind=device_kind)
+    if est.total > available:
+        options = advise(model_config, cfg, backend, cfg.max_seq_length, available, dtype, device_kind)
+        raise DoesNotFit(oom_message(
+            f"this job will not fit: a batch of {cfg.per_device_train_batch_size} x {cfg.max_seq_length} tokens "
+            f"on {backend} ({device_kind}, {dtype}) needs about {est.total / GIB:.1f} GiB and "
+            f"{available / GIB:.1f} GiB is free", est, options))
+    return est
+
+
+@contextmanager
+def explain_oom(describe: Callable[[str], str]):
+    """Turn an allocator's out-of-memory error inside the block into DoesNotFit(describe(error))."""
+    try:
+        yield
+    except DoesNotFit:
+        raise
+    except Exception as e:  # noqa: BLE001 - only OOMs are translated
+        if is_oom(e):
+            raise DoesNotFit(describe(str(e) or type(e).__name__)) from e
+        raise
 
 
 def is_oom(e: BaseException) -> bool:

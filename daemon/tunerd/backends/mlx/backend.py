@@ -31,6 +31,7 @@ from ...config.schema import TrainConfig
 from ...data.batch import Batch
 from .. import adapter_layout as layout
 from ...training.flops import peak_flops
+from .. import base
 from ..base import (Backend, GenerationChunk, MemoryStats, ModelInfo, ParamStats, Sampling, ce_chunk_rows,
                     partial_stop_len)
 from ..dtypes import checkpoint_dtype, resolve_dtype
@@ -490,21 +491,28 @@ class MLXBackend(Backend):
     def generate(self, prompt_ids: list[int], sampling: Sampling,
                  should_stop: Callable[[], bool] = lambda: False) -> Iterator[GenerationChunk]:
         from mlx_lm.generate import stream_generate
-        from mlx_lm.sample_utils import make_logits_processors, make_sampler
+        from mlx_lm.models.cache import make_prompt_cache
+        from mlx_lm.sample_utils import make_logits_processors
 
         self._require_model()
         self.model.eval()
-        if sampling.seed is not None:
-            mx.random.seed(sampling.seed)
-        sampler = make_sampler(temp=sampling.temperature, top_p=sampling.top_p if sampling.top_p < 1.0 else 0.0,
-                               min_p=sampling.min_p, top_k=sampling.top_k)
+        sampler = _own_key_sampler(sampling)
         processors = make_logits_processors(
             repetition_penalty=sampling.repetition_penalty if sampling.repetition_penalty != 1.0 else None)
         stops = [s for s in sampling.stop if s]
         text, emitted = "", 0
+        prompt, cache, resp = list(prompt_ids), make_prompt_cache(self.model), None
         try:
-            for resp in stream_generate(self.model, self._wrapper, list(prompt_ids), max_tokens=sampling.max_tokens,
-                                        sampler=sampler, logits_processors=processors):
+            while len(prompt) > base.PREFILL_CHUNK:  # a long prompt in chunks, yielding in between
+                self.model(mx.array(prompt[:base.PREFILL_CHUNK])[None], cache=cache)
+                mx.eval([c.state for c in cache])
+                prompt = prompt[base.PREFILL_CHUNK:]
+                yield GenerationChunk("", -1)
+                if should_stop():
+                    yield GenerationChunk("", -1, "cancelled")
+                    return
+            for resp in stream_generate(self.model, self._wrapper, prompt, max_tokens=sampling.max_tokens,
+                                        sampler=sampler, logits_processors=processors, prompt_cache=cache):
                 if should_stop():
                     yield GenerationChunk(text[emitted:], int(resp.token), "cancelled")
                     return
@@ -521,10 +529,34 @@ class MLXBackend(Backend):
                     yield GenerationChunk(text[emitted:safe], int(resp.token))
                     emitted = safe
         finally:
-            mx.clear_cache()   # the reply's KV cache and buffers go back (set_memory_limits)
+            cache = resp = None   # drop the reply's KV cache first, then return its buffers (set_memory_limits)
+            mx.clear_cache()
 
     def memory(self) -> MemoryStats:
         return MemoryStats(active_bytes=int(mx.get_active_memory()), peak_bytes=int(mx.get_peak_memory()))
 
     def peak_flops(self) -> float:
         return peak_flops(str(mx.default_device()), {v: k for k, v in DTYPES.items()}[self.dtype])
+
+
+def _own_key_sampler(s: Sampling):
+    """mlx_lm's sampler chain (top-p, min-p, top-k, then temperature), drawing from its own key
+    instead of the global mx.random state that a training job's dropout uses."""
+    import secrets
+
+    from mlx_lm.sample_utils import apply_min_p, apply_top_k, apply_top_p
+
+    if s.temperature <= 0:
+        return lambda logprobs: mx.argmax(logprobs, axis=-1)
+    key = [mx.random.key(s.seed if s.seed is not None else secrets.randbits(62))]
+
+    def sampler(logprobs):
+        if 0 < s.top_p < 1.0:
+            logprobs = apply_top_p(logprobs, s.top_p)
+        if s.min_p:
+            logprobs = apply_min_p(logprobs, s.min_p, 1)
+        if s.top_k > 0:
+            logprobs = apply_top_k(logprobs, s.top_k)
+        key[0], sub = mx.random.split(key[0])
+        return mx.random.categorical(logprobs * (1.0 / s.temperature), key=sub)
+    return sampler

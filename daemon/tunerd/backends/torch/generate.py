@@ -1,10 +1,12 @@
 """Token-by-token generation with a KV cache, HF-style sampling, and streamed text deltas."""
 from __future__ import annotations
 
+import secrets
 from typing import Callable, Iterator, Optional
 
 import torch
 
+from .. import base
 from ..base import GenerationChunk, Sampling, partial_stop_len
 
 
@@ -36,12 +38,21 @@ def stream(model, tokenizer, prompt_ids: list[int], s: Sampling, eos_ids: set, d
            should_stop: Callable[[], bool]) -> Iterator[GenerationChunk]:
     """Yield one chunk per new token (text may be empty while a character or a possible stop
     string is incomplete); the last chunk carries finish_reason stop | length | cancelled."""
-    gen = torch.Generator().manual_seed(s.seed) if s.seed is not None else None
+    # its own generator, never the global RNG a training job draws its dropout from
+    gen = torch.Generator().manual_seed(s.seed if s.seed is not None else secrets.randbits(63))
     stops = [x for x in s.stop if x]
     ids = torch.tensor([prompt_ids], dtype=torch.long, device=device)
     context = ids[0].cpu()
-    out = model(input_ids=ids, use_cache=True)
-    past, logits = out.past_key_values, out.logits[0, -1]
+    past = None
+    for start in range(0, ids.shape[1], base.PREFILL_CHUNK):  # a long prompt in chunks
+        if start:
+            yield GenerationChunk("", -1)
+            if should_stop():
+                yield GenerationChunk("", -1, "cancelled")
+                return
+        out = model(input_ids=ids[:, start:start + base.PREFILL_CHUNK], past_key_values=past, use_cache=True)
+        past = out.past_key_values
+    logits = out.logits[0, -1]
     generated: list[int] = []
     text, emitted = "", 0
     for i in range(max(s.max_tokens, 0)):

@@ -10,8 +10,9 @@ from .device import DTYPES
 def measure_peak(device: str, dtype: str) -> float:
     dev = torch.device(device)
     n = 8192 if dev.type == "cuda" else 4096 if dev.type == "mps" else 1024
-    a = torch.randn(n, n, device=dev).to(DTYPES[dtype])
-    b = torch.randn(n, n, device=dev).to(DTYPES[dtype])
+    gen = torch.Generator().manual_seed(0)   # never the global RNG a training job draws from
+    a = torch.randn(n, n, generator=gen).to(dev, DTYPES[dtype])
+    b = torch.randn(n, n, generator=gen).to(dev, DTYPES[dtype])
 
     def run():
         torch.mm(a, b)
