@@ -2,7 +2,7 @@
 
 The training loop (`tunerd.training.loop`) never imports mlx or torch; it drives a `Backend`:
     load(cfg) -> ModelInfo                      load base model + tokenizer (quantize if asked)
-    add_adapter(cfg, rng_seed) -> ParamStats    add LoRA/DoRA (or unfreeze for full), build optimizer
+    add_adapter(cfg) -> ParamStats              add LoRA/DoRA (or unfreeze for full), build optimizer
     forward_backward(batch) -> (loss_sum, n)    accumulate gradients of the *summed* token loss
     optimizer_step(lr, grad_scale, max_grad_norm) -> grad_norm
                                                 scale accumulated grads by grad_scale (1/n_targets
