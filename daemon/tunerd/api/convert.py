@@ -5,6 +5,7 @@ import json
 
 from tuner.v1 import tuner_pb2 as pb
 
+from ..backends.base import Sampling
 from ..jobs.store import JobRecord, StoredEvent
 
 _STATE = {"queued": pb.QUEUED, "running": pb.RUNNING, "succeeded": pb.SUCCEEDED, "failed": pb.FAILED,
@@ -86,3 +87,27 @@ def data_report(r: dict) -> pb.DataReport:
         else:
             setattr(out, f.name, value)
     return out
+
+
+def sampling(s: pb.SamplingParams, default_max_tokens: int = 256) -> Sampling:
+    fields = {f.name: v for f, v in s.ListFields() if f.name != "stop"}
+    fields.setdefault("max_tokens", default_max_tokens)
+    return Sampling(**fields, stop=list(s.stop))
+
+
+def evaluate_request(r: pb.EvaluateRequest) -> dict:
+    return dict(model=r.model, adapter=r.adapter, backend=r.backend, data_path=r.data_path,
+                config_path=r.config_path, job_id=r.job_id, adapters=list(r.adapters),
+                compare_base=r.compare_base, base_dir=r.base_dir, split=r.split,
+                max_generations=r.max_generations, sampling=sampling(r.sampling, default_max_tokens=128),
+                tokenizer=r.tokenizer or "whitespace", predictions=list(r.predictions),
+                references=list(r.references))
+
+
+def evaluate_response(r: dict) -> pb.EvaluateResponse:
+    runs = [pb.EvaluateRun(label=u["label"], adapter=u["adapter"], loss=u["loss"], perplexity=u["perplexity"],
+                           rows=u["rows"], metrics=u["metrics"], deltas=u.get("deltas", {}),
+                           generations=[pb.GenerationResult(**g) for g in u["generations"]])
+            for u in r["runs"]]
+    return pb.EvaluateResponse(loss=r["loss"], perplexity=r["perplexity"], rows=r["rows"], metrics=r["metrics"],
+                               runs=runs, tokenizer=r["tokenizer"], split=r["split"])

@@ -140,10 +140,17 @@ class TunerServicer(pb_grpc.TunerServicer):
 
     @_errors
     def Evaluate(self, request, context):
-        r = self.core.evaluate(model=request.model, adapter=request.adapter, backend=request.backend,
-                               data_path=request.data_path, config_path=request.config_path)
-        return pb.EvaluateResponse(loss=r["loss"], perplexity=r["perplexity"], rows=r["rows"],
-                                   metrics=r.get("metrics", {}))
+        for p in self.core.evaluate_stream(_cancel_event(context), **convert.evaluate_request(request)):
+            if "result" in p:
+                return convert.evaluate_response(p["result"])
+
+    @_errors
+    def EvaluateStream(self, request, context):
+        for p in self.core.evaluate_stream(_cancel_event(context), **convert.evaluate_request(request)):
+            if "result" in p:
+                yield pb.EvaluateProgress(result=convert.evaluate_response(p["result"]))
+            else:
+                yield pb.EvaluateProgress(**p)
 
     @_errors
     def Recommend(self, request, context):
