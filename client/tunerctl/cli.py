@@ -124,12 +124,9 @@ def build_parser() -> argparse.ArgumentParser:
     di.add_argument("--batch-size", type=int, default=0, help="for the padding-waste figures")
     di.add_argument("--max-seq-length", type=int, default=0)
 
-    ev = cmd(sub, "evaluate", "loss and perplexity of a model (+ adapter) on data")
-    ev.add_argument("--model", "-m", default="")
-    ev.add_argument("--adapter", "-a", default="")
-    ev.add_argument("--data", default="")
-    ev.add_argument("--config", default="")
-    ev.add_argument("--backend", default="")
+    from . import evaluate as evaluate_cmd
+    ev = cmd(sub, "evaluate", "loss, perplexity and ROUGE/BLEU of a model, adapters or predictions; base vs tuned")
+    evaluate_cmd.add_arguments(ev)
 
     rc = cmd(sub, "recommend", "suggest hyper-parameters for a model and data set")
     rc.add_argument("--model", "-m", default="")
@@ -507,13 +504,8 @@ def cmd_data(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    s = stub(args)
-    r = s.Evaluate(pb.EvaluateRequest(model=args.model, adapter=args.adapter, backend=args.backend,
-                                      data_path=str(Path(args.data).resolve()) if args.data else "",
-                                      config_path=str(Path(args.config).resolve()) if args.config else ""))
-    print_json(as_dict(r)) if args.json else console.print(
-        f"loss {r.loss:.4f}  perplexity {r.perplexity:.2f}  rows {r.rows}")
-    return 0
+    from .evaluate import run
+    return run(stub(args), args)
 
 
 def cmd_recommend(args) -> int:

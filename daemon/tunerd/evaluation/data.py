@@ -80,5 +80,5 @@ def build_eval_set(cfg: TrainConfig, tokenizer, base_dir: Optional[Path] = None,
         if template is None:
             raise ValueError("generation metrics need prompt/response or chat rows; the data is plain text")
         gen = generation_rows(examples[:generate_rows], tokenizer, template,
-                              max(cfg.max_seq_length - max_new_tokens, 1))
+                              max(cfg.max_seq_length - max_new_tokens, cfg.max_seq_length // 2))
     return EvalSet(rows, gen, split)
