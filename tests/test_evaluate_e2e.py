@@ -1,0 +1,115 @@
+"""Evaluate through the real daemon and CLI: the job's own numbers, base vs tuned, ROUGE-based
+checkpoint selection, and scoring predictions made elsewhere (DESIGN.md §7)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from daemon_utils import DaemonProcess, cli, json_lines, short_home, write_config
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def daemon():
+    d = DaemonProcess(short_home()).start()
+    yield d
+    d.stop()
+
+
+def _train(daemon, path: Path, bundle: dict, **overrides) -> dict:
+    p = cli(daemon.home, "train", str(write_config(path, bundle, **overrides)), "--json", check=True)
+    events = json_lines(p.stdout)
+    return {"id": events[0]["job_id"], "config": path, "events": events,
+            "evals": [e["eval"] for e in events if "eval" in e],
+            "finished": next(e["finished"] for e in events if "finished" in e)}
+
+
+@pytest.fixture(scope="module")
+def rouge_job(daemon, demo_bundle, tmp_path_factory):
+    """40 steps; at steps 20 and 40 an eval with generation metrics and a checkpoint; the best by rougeL is kept."""
+    return _train(daemon, tmp_path_factory.mktemp("ev") / "rouge.yaml", demo_bundle, max_steps=40, eval_steps=20,
+                  save_steps=20, eval_generate_rows=4, eval_generate_max_tokens=16, metric_for_best_model="rougeL",
+                  load_best_model_at_end=True)
+
+
+def _eval_at(job: dict, step: int) -> dict:
+    return next(e for e in job["evals"] if int(e["step"]) == step)
+
+
+def _evaluate(daemon, *args) -> dict:
+    p = cli(daemon.home, "evaluate", *args, "--json")
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    return [x for x in json_lines(p.stdout) if "progress" not in x][-1]
+
+
+def test_metric_for_best_model_rougeL_selects_the_best_rouge_checkpoint(rouge_job):
+    evals = rouge_job["evals"]
+    assert [int(e["step"]) for e in evals] == [20, 40]
+    assert all({"eval_rouge1", "eval_rougeL", "eval_bleu", "eval_exact_match"} <= set(e["metrics"]) for e in evals)
+    best = max(evals, key=lambda e: (e["metrics"]["eval_rougeL"], -int(e["step"])))  # ties: the earlier one
+    fin = rouge_job["finished"]
+    assert fin["best_checkpoint"].endswith(f"checkpoint-{best['step']}")
+    assert fin["best_metric"] == pytest.approx(best["metrics"]["eval_rougeL"])
+
+
+def test_evaluate_adapter_job_with_data_knows_the_model(daemon, rouge_job, demo_bundle):
+    r = _evaluate(daemon, "--adapter", f"job:{rouge_job['id']}", "--data", demo_bundle["valid"])
+    assert r["rows"] == 8 and r["loss"] > 0 and r["perplexity"] > 1
+
+
+def test_evaluate_job_gives_the_jobs_own_eval_numbers(daemon, rouge_job):
+    # the job's adapter is its best checkpoint (load_best_model_at_end): compare with that step's eval
+    step = int(Path(rouge_job["finished"]["best_checkpoint"]).name.split("-")[1])
+    r = _evaluate(daemon, "--job", rouge_job["id"])
+    assert r["split"] == "validation"
+    assert r["loss"] == pytest.approx(_eval_at(rouge_job, step)["eval_loss"], rel=1e-4)
+    assert r["metrics"]["supervised_tokens"] == pytest.approx(_eval_at(rouge_job, step)["metrics"]["eval_tokens"])
+
+
+def test_evaluate_config_honours_its_max_seq_length(daemon, demo_bundle, tmp_path):
+    # rows are 27 tokens; at 20 the prompts are cut, as in training's own eval
+    job = _train(daemon, tmp_path / "short.yaml", demo_bundle, max_steps=10, eval_steps=10, save_steps=10,
+                 max_seq_length=20)
+    own = _eval_at(job, 10)
+    r = _evaluate(daemon, "--config", str(job["config"]), "--adapter", f"job:{job['id']}")
+    assert r["loss"] == pytest.approx(own["eval_loss"], rel=1e-4)
+    assert r["metrics"]["supervised_tokens"] == pytest.approx(own["metrics"]["eval_tokens"])
+
+
+def test_base_vs_tuned_side_by_side_the_adapter_wins(daemon, rouge_job):
+    p = cli(daemon.home, "evaluate", "--job", rouge_job["id"], "--base", "--generate", "8", "--max-tokens", "16",
+            "--json")
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    lines = json_lines(p.stdout)
+    progress = [x["progress"] for x in lines if "progress" in x]
+    assert progress[-1]["rows_done"] == progress[-1]["rows_total"] == 16
+    assert all(x.get("eta_seconds", 0) > 0 for x in progress if 0 < x.get("rows_done", 0) < x["rows_total"])
+    base, tuned = lines[-1]["runs"]
+    assert base["label"] == "base" and tuned["label"] == f"job:{rouge_job['id']}"
+    assert len(base["generations"]) == len(tuned["generations"]) == 8
+    assert [g["reference"] for g in base["generations"]] == [g["reference"] for g in tuned["generations"]]
+    assert tuned["metrics"]["rougeL"] > base["metrics"]["rougeL"] + 0.2, (base["metrics"], tuned["metrics"])
+    assert tuned["deltas"]["rougeL"] == pytest.approx(tuned["metrics"]["rougeL"] - base["metrics"]["rougeL"])
+    assert tuned["deltas"]["loss"] < 0
+    # the human view shows both runs and a generation side by side
+    out = cli(daemon.home, "evaluate", "--job", rouge_job["id"], "--base", "--generate", "2", "--max-tokens", "16",
+              check=True).stdout
+    assert "base" in out and "rougeL" in out and "reference" in out
+
+
+def test_score_predictions_made_elsewhere_korean(daemon, tmp_path):
+    one = tmp_path / "both.jsonl"
+    one.write_text(json.dumps({"prediction": "나는 집에 간다", "reference": "나는 학교에 간다."}, ensure_ascii=False))
+    r = _evaluate(daemon, "--predictions", str(one), "--tokenizer", "char")
+    assert r["metrics"]["rouge1"] == pytest.approx(10 / 13)  # see test_eval_metrics
+    preds, refs = tmp_path / "p.jsonl", tmp_path / "r.jsonl"
+    preds.write_text('{"prediction": "the cat sat on the mat"}\n{"prediction": "Seoul"}\n')
+    refs.write_text('{"reference": "the cat sat on a mat"}\n{"reference": "Seoul"}\n')
+    r = _evaluate(daemon, "--predictions", str(preds), "--references", str(refs))
+    assert r["metrics"]["exact_match"] == 0.5 and r["rows"] == 2
+    assert [g["scores"]["exact_match"] for g in r["runs"][0]["generations"]] == [0.0, 1.0]
+    bad = cli(daemon.home, "evaluate", "--predictions", str(preds), "--json")
+    assert bad.returncode == 1 and "reference" in json_lines(bad.stdout)[-1]["error"]["message"]
