@@ -113,3 +113,17 @@ def test_score_predictions_made_elsewhere_korean(daemon, tmp_path):
     assert [g["scores"]["exact_match"] for g in r["runs"][0]["generations"]] == [0.0, 1.0]
     bad = cli(daemon.home, "evaluate", "--predictions", str(preds), "--json")
     assert bad.returncode == 1 and "reference" in json_lines(bad.stdout)[-1]["error"]["message"]
+
+
+def test_recommend_counts_rows_of_a_json_array_and_writes_a_config(daemon, demo_bundle, tmp_path):
+    rows = [{"instruction": f"Say {i}.", "output": f"{i}"} for i in range(12)]
+    data = tmp_path / "alpaca.json"
+    data.write_text(json.dumps(rows, indent=2))  # 12 rows, 50 lines
+    out = tmp_path / "rec.yaml"
+    p = cli(daemon.home, "recommend", "--model", demo_bundle["model"], "--data", str(data), "--write", str(out),
+            "--json")
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
+    r = json_lines(p.stdout)[-1]
+    assert r["train_rows"] == 12 and r["tokens_max"] > 0
+    assert r["config"]["max_seq_length"] == 64
+    assert "12 training rows" in out.read_text()

@@ -131,7 +131,9 @@ def build_parser() -> argparse.ArgumentParser:
     rc = cmd(sub, "recommend", "suggest hyper-parameters for a model and data set")
     rc.add_argument("--model", "-m", default="")
     rc.add_argument("--config", default="")
-    rc.add_argument("--rows", type=int, default=0, help="training rows (else counted from the config)")
+    rc.add_argument("--data", default="", help="a data file, directory or hub dataset id (rows, token lengths)")
+    rc.add_argument("--rows", type=int, default=0, help="training rows (else counted from the data)")
+    rc.add_argument("--write", default="", metavar="CONFIG", help="write the advice as a commented config")
 
     ad = cmd(sub, "adapters", "list, export and fuse trained adapters")
     ads = ad.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -510,17 +512,27 @@ def cmd_evaluate(args) -> int:
 
 def cmd_recommend(args) -> int:
     s = stub(args)
-    r = s.Recommend(pb.RecommendRequest(model=args.model, train_rows=args.rows,
+    data = args.data
+    if data and Path(data).expanduser().exists():
+        data = str(Path(data).expanduser().resolve())
+    r = s.Recommend(pb.RecommendRequest(model=args.model, train_rows=args.rows, data_path=data,
+                                        base_dir=os.getcwd(),
                                         config_path=str(Path(args.config).resolve()) if args.config else ""))
     cfg = as_dict(r.config)
+    if args.write:
+        Path(args.write).write_text(r.config_yaml, encoding="utf-8")
     if args.json:
-        print_json({"config": cfg, "reasons": list(r.reasons)})
+        print_json({"config": cfg, "reasons": list(r.reasons), "train_rows": r.train_rows,
+                    "tokens_p50": r.tokens_p50, "tokens_p95": r.tokens_p95, "tokens_max": r.tokens_max,
+                    **({"written": args.write} if args.write else {})})
         return 0
     for reason in r.reasons:
         console.print(f"• {reason}")
     console.print("\n# suggested config keys")
     for k, v in cfg.items():
         console.print(f"{k}: {json.dumps(v)}")
+    if args.write:
+        console.print(f"\nwrote {args.write}")
     return 0
 
 

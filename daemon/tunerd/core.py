@@ -246,9 +246,11 @@ class Core:
     def evaluate(self, **request) -> dict:
         return next(e["result"] for e in self.evaluate_stream(**request) if "result" in e)
 
-    def recommend(self, model: str = "", config_path: str = "", train_rows: int = 0) -> dict:
+    def recommend(self, model: str = "", config_path: str = "", train_rows: int = 0, data_path: str = "",
+                  base_dir: str = "") -> dict:
         from .recommend import recommend
-        return recommend(model, config_path, train_rows)
+        return recommend(model, config_path, train_rows, data_path, base_dir,
+                         tokenizer_for=lambda m: self._tokenizer(m, Path(base_dir or ".")))
 
 
 def _looks_like_hub_id(name: str) -> bool:

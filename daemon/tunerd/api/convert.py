@@ -111,3 +111,10 @@ def evaluate_response(r: dict) -> pb.EvaluateResponse:
             for u in r["runs"]]
     return pb.EvaluateResponse(loss=r["loss"], perplexity=r["perplexity"], rows=r["rows"], metrics=r["metrics"],
                                runs=runs, tokenizer=r["tokenizer"], split=r["split"])
+
+
+def recommendation(r: dict) -> pb.Recommendation:
+    cfg = {k: v for k, v in r["config"].items() if not (k == "packing" and v == "auto")}  # unset = auto
+    return pb.Recommendation(config=pb.TrainingConfig(**cfg), reasons=r["reasons"], train_rows=r["train_rows"],
+                             tokens_p50=r["tokens_p50"], tokens_p95=r["tokens_p95"], tokens_max=r["tokens_max"],
+                             config_yaml=r["config_yaml"])

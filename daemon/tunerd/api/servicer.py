@@ -155,8 +155,9 @@ class TunerServicer(pb_grpc.TunerServicer):
     @_errors
     def Recommend(self, request, context):
         r = self.core.recommend(model=request.model, config_path=request.config_path,
-                                train_rows=request.train_rows)
-        return pb.Recommendation(config=pb.TrainingConfig(**r["config"]), reasons=r["reasons"])
+                                train_rows=request.train_rows, data_path=request.data_path,
+                                base_dir=request.base_dir)
+        return convert.recommendation(r)
 
     # -- adapters
     @_errors
