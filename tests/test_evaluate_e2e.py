@@ -3,6 +3,7 @@ checkpoint selection, and scoring predictions made elsewhere (DESIGN.md §7)."""
 from __future__ import annotations
 
 import json
+from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
@@ -127,3 +128,91 @@ def test_recommend_counts_rows_of_a_json_array_and_writes_a_config(daemon, demo_
     assert r["train_rows"] == 12 and r["tokens_max"] > 0
     assert r["config"]["max_seq_length"] == 64
     assert "12 training rows" in out.read_text()
+
+
+class _Html(HTMLParser):
+    """Figures (data-plot, has an <svg>, its JSON numbers) and tables (class -> rows of cell text)."""
+
+    def __init__(self):
+        super().__init__()
+        self.plots, self.tables, self.external = {}, {}, []
+        self._fig = self._json = self._table = self._row = self._cell = None
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        if tag in ("script", "img", "link", "iframe") and (a.get("src") or a.get("href")):
+            self.external.append(a)
+        if tag == "figure":
+            self._fig = a.get("data-plot")
+            self.plots[self._fig] = {"svg": False, "data": None}
+        elif tag == "svg" and self._fig:
+            self.plots[self._fig]["svg"] = True
+        elif tag == "script" and a.get("class") == "plot-data":
+            self._json = ""
+        elif tag == "table":
+            self._table = self.tables.setdefault(a.get("class", ""), [])
+        elif tag == "tr" and self._table is not None:
+            self._row = []
+        elif tag in ("td", "th") and self._row is not None:
+            self._cell = ""
+
+    def handle_endtag(self, tag):
+        if tag == "script" and self._json is not None:
+            self.plots[self._fig]["data"] = json.loads(self._json)
+            self._json = None
+        elif tag == "figure":
+            self._fig = None
+        elif tag in ("td", "th") and self._cell is not None:
+            self._row.append(self._cell.strip())
+            self._cell = None
+        elif tag == "tr" and self._row is not None:
+            self._table.append(self._row)
+            self._row = None
+        elif tag == "table":
+            self._table = None
+
+    def handle_data(self, data):
+        if self._json is not None:
+            self._json += data
+        elif self._cell is not None:
+            self._cell += data
+
+
+def test_report_html_holds_the_jobs_plots_and_numbers(daemon, rouge_job, tmp_path):
+    out = tmp_path / "r.html"
+    p = cli(daemon.home, "report", rouge_job["id"], "-o", str(out), "--generate", "4", "--max-tokens", "16")
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
+    doc = _Html()
+    doc.feed(out.read_text(encoding="utf-8"))
+    assert not doc.external  # self-contained: opens without a network
+    steps = [e["step"] for e in rouge_job["events"] if "step" in e]
+    assert {"loss", "learning_rate", "tokens_per_second", "peak_memory", "eval_generation",
+            "length_histogram"} <= set(doc.plots)
+    assert all(p["svg"] for p in doc.plots.values())
+    loss = doc.plots["loss"]["data"]
+    assert loss["train"]["x"] == [int(s["step"]) for s in steps]
+    assert loss["train"]["y"] == pytest.approx([s["loss"] for s in steps])
+    assert loss["eval"]["y"] == pytest.approx([e["eval_loss"] for e in rouge_job["evals"]])
+    assert doc.plots["eval_generation"]["data"]["rougeL"]["y"] == pytest.approx(
+        [e["metrics"]["eval_rougeL"] for e in rouge_job["evals"]])
+    evals = doc.tables["evals"]
+    assert [int(r[0]) for r in evals[1:]] == [20, 40]
+    summary = dict(r[:2] for r in doc.tables["summary"][1:])
+    assert summary["best checkpoint"] == rouge_job["finished"]["best_checkpoint"]
+    assert summary["metrics"].endswith("metrics.jsonl")
+    runs = doc.tables["runs"]
+    assert [r[0] for r in runs[1:]] == ["base", f"job:{rouge_job['id']}"]
+    gens = doc.tables["generations"]
+    assert gens[0][:3] == ["row", "prompt", "reference"] and len(gens) == 5
+    data = dict(r[:2] for r in doc.tables["data"][1:])
+    assert data["format"] == "prompt_response"
+
+
+def test_jobs_show_lists_eval_history_and_paths(daemon, rouge_job):
+    r = json_lines(cli(daemon.home, "jobs", "show", rouge_job["id"], "--json", check=True).stdout)[-1]
+    assert [int(e["step"]) for e in r["eval_history"]] == [20, 40]
+    assert r["best_checkpoint"] == rouge_job["finished"]["best_checkpoint"]
+    assert Path(r["paths"]["metrics"]).is_file() and Path(r["paths"]["tensorboard"]).is_dir()
+    assert Path(r["paths"]["adapter"]).is_dir()
+    text = cli(daemon.home, "jobs", "show", rouge_job["id"], check=True).stdout
+    assert "eval history" in text and "metrics.jsonl" in text and "rougeL" in text

@@ -148,6 +148,13 @@ def build_parser() -> argparse.ArgumentParser:
     af.add_argument("--model", default="", help="base model (default: the adapter's)")
     af.add_argument("--dequantize", action="store_true", help="write a de-quantized (16/32-bit) model")
 
+    rp = cmd(sub, "report", "write a self-contained HTML report of a job: curves, metrics, data, base vs tuned")
+    rp.add_argument("job_id")
+    rp.add_argument("--compare", action="append", default=[], metavar="JOB", help="overlay another job (repeatable)")
+    rp.add_argument("-o", "--output", default="", help="HTML file to write (default report-JOB.html)")
+    rp.add_argument("--generate", type=int, default=8, help="rows to generate for base vs tuned (0: none)")
+    rp.add_argument("--max-tokens", type=int, default=64, help="new tokens per generated answer")
+
     cmd(sub, "info", "daemon version, backends, devices, memory")
     return p
 
@@ -247,16 +254,25 @@ def cmd_jobs(args) -> int:
               empty="no jobs yet: tunerctl train CONFIG")
         return 0
     if args.action == "show":
-        j = s.GetJob(pb.GetJobRequest(job_id=args.job_id))
+        from .report import job_details
+        details = job_details(s, args.job_id)
+        d = details["job"]
         if args.json:
-            print_json(_job_dict(j))
-        else:
-            d = _job_dict(j)
-            d.pop("config_json", None)
-            for k in ("created_at", "started_at", "finished_at"):
-                d[k] = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(d[k])) if d.get(k) else "-"
-            for k, v in d.items():
-                console.print(f"[bold]{k:>15}[/] {v}")
+            print_json({**d, "eval_history": details["evals"], "best_checkpoint": details["paths"]["best_checkpoint"],
+                        "paths": details["paths"]})
+            return 0
+        d.pop("config_json", None)
+        for k in ("created_at", "started_at", "finished_at"):
+            d[k] = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(d[k])) if d.get(k) else "-"
+        for k, v in d.items():
+            console.print(f"[bold]{k:>15}[/] {v}")
+        console.print(f"[bold]{'best checkpoint':>15}[/] {details['paths']['best_checkpoint'] or '-'}")
+        if details["evals"]:
+            keys = sorted({k for e in details["evals"] for k in e["metrics"]} - {"eval_loss", "eval_perplexity"})
+            console.print("\n[bold]eval history[/]")
+            table(["step", "eval_loss", "perplexity"] + [k.removeprefix("eval_") for k in keys],
+                  [[e["step"], f"{e['eval_loss']:.4f}", f"{e['perplexity']:.2f}"]
+                   + [f"{e['metrics'].get(k, 0):.4g}" for k in keys] for e in details["evals"]])
         return 0
     if args.action == "watch":
         return watch(s, args.job_id, args, args.from_sequence, follow=not args.no_follow)
@@ -558,6 +574,13 @@ def cmd_adapters(args) -> int:
     return 0
 
 
+def cmd_report(args) -> int:
+    from .report import write_report
+    path = write_report(stub(args), args.job_id, args.output, tuple(args.compare), args.generate, args.max_tokens)
+    print_json({"path": str(path.resolve())}) if args.json else console.print(f"wrote {path}")
+    return 0
+
+
 def cmd_info(args) -> int:
     return _print_info(stub(args).GetInfo(pb.GetInfoRequest()), args)
 
@@ -569,7 +592,7 @@ def cmd_demo(args) -> int:
 
 COMMANDS = {"train": cmd_train, "jobs": cmd_jobs, "models": cmd_models, "chat": cmd_chat,
             "daemon": cmd_daemon, "service": cmd_service, "data": cmd_data, "evaluate": cmd_evaluate,
-            "recommend": cmd_recommend, "adapters": cmd_adapters, "info": cmd_info, "demo": cmd_demo}
+            "recommend": cmd_recommend, "adapters": cmd_adapters, "report": cmd_report, "info": cmd_info, "demo": cmd_demo}
 
 
 def main(argv=None) -> int:

@@ -185,10 +185,14 @@ class Core:
     # -- data --------------------------------------------------------------------------------------
     def inspect_data(self, config_path: str = "", data_path: str = "", model: str = "",
                      overrides: Optional[list] = None, base_dir: str = "", batch_size: int = 0,
-                     max_seq_length: int = 0) -> dict:
+                     max_seq_length: int = 0, job_id: str = "") -> dict:
         from .data.inspect import inspect_data
         base = Path(base_dir or ".")
-        if config_path:
+        if job_id:
+            from .evaluation.plan import job_config
+            source, _, job_base = job_config(self.store, job_id)
+            model, base = model or source.model, Path(job_base or base)
+        elif config_path:
             cfg = load_config(base / config_path, overrides or [])
             model = model or cfg.model
             source = cfg

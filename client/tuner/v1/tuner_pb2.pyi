@@ -321,7 +321,7 @@ class SubmitJobRequest(_message.Message):
     def __init__(self, config: _Optional[_Union[TrainingConfig, _Mapping]] = ..., config_path: _Optional[str] = ..., config_yaml: _Optional[str] = ..., base_dir: _Optional[str] = ..., overrides: _Optional[_Iterable[str]] = ..., name: _Optional[str] = ...) -> None: ...
 
 class Job(_message.Message):
-    __slots__ = ("id", "name", "state", "created_at", "started_at", "finished_at", "model", "backend", "output_dir", "adapter_path", "error", "step", "total_steps", "last_loss", "best_eval_loss", "config_json", "last_sequence", "queue_position")
+    __slots__ = ("id", "name", "state", "created_at", "started_at", "finished_at", "model", "backend", "output_dir", "adapter_path", "error", "step", "total_steps", "last_loss", "best_eval_loss", "config_json", "last_sequence", "queue_position", "metrics_path", "tensorboard_dir")
     ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
@@ -340,6 +340,8 @@ class Job(_message.Message):
     CONFIG_JSON_FIELD_NUMBER: _ClassVar[int]
     LAST_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     QUEUE_POSITION_FIELD_NUMBER: _ClassVar[int]
+    METRICS_PATH_FIELD_NUMBER: _ClassVar[int]
+    TENSORBOARD_DIR_FIELD_NUMBER: _ClassVar[int]
     id: str
     name: str
     state: JobState
@@ -358,7 +360,9 @@ class Job(_message.Message):
     config_json: str
     last_sequence: int
     queue_position: int
-    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ..., created_at: _Optional[float] = ..., started_at: _Optional[float] = ..., finished_at: _Optional[float] = ..., model: _Optional[str] = ..., backend: _Optional[str] = ..., output_dir: _Optional[str] = ..., adapter_path: _Optional[str] = ..., error: _Optional[str] = ..., step: _Optional[int] = ..., total_steps: _Optional[int] = ..., last_loss: _Optional[float] = ..., best_eval_loss: _Optional[float] = ..., config_json: _Optional[str] = ..., last_sequence: _Optional[int] = ..., queue_position: _Optional[int] = ...) -> None: ...
+    metrics_path: str
+    tensorboard_dir: str
+    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ..., created_at: _Optional[float] = ..., started_at: _Optional[float] = ..., finished_at: _Optional[float] = ..., model: _Optional[str] = ..., backend: _Optional[str] = ..., output_dir: _Optional[str] = ..., adapter_path: _Optional[str] = ..., error: _Optional[str] = ..., step: _Optional[int] = ..., total_steps: _Optional[int] = ..., last_loss: _Optional[float] = ..., best_eval_loss: _Optional[float] = ..., config_json: _Optional[str] = ..., last_sequence: _Optional[int] = ..., queue_position: _Optional[int] = ..., metrics_path: _Optional[str] = ..., tensorboard_dir: _Optional[str] = ...) -> None: ...
 
 class WatchJobRequest(_message.Message):
     __slots__ = ("job_id", "from_sequence", "follow")
@@ -780,7 +784,7 @@ class EvaluateResponse(_message.Message):
     def __init__(self, loss: _Optional[float] = ..., perplexity: _Optional[float] = ..., rows: _Optional[int] = ..., metrics: _Optional[_Mapping[str, float]] = ..., runs: _Optional[_Iterable[_Union[EvaluateRun, _Mapping]]] = ..., tokenizer: _Optional[str] = ..., split: _Optional[str] = ...) -> None: ...
 
 class InspectDataRequest(_message.Message):
-    __slots__ = ("config_path", "data_path", "model", "overrides", "base_dir", "batch_size", "max_seq_length")
+    __slots__ = ("config_path", "data_path", "model", "overrides", "base_dir", "batch_size", "max_seq_length", "job_id")
     CONFIG_PATH_FIELD_NUMBER: _ClassVar[int]
     DATA_PATH_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
@@ -788,6 +792,7 @@ class InspectDataRequest(_message.Message):
     BASE_DIR_FIELD_NUMBER: _ClassVar[int]
     BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
     MAX_SEQ_LENGTH_FIELD_NUMBER: _ClassVar[int]
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
     config_path: str
     data_path: str
     model: str
@@ -795,7 +800,8 @@ class InspectDataRequest(_message.Message):
     base_dir: str
     batch_size: int
     max_seq_length: int
-    def __init__(self, config_path: _Optional[str] = ..., data_path: _Optional[str] = ..., model: _Optional[str] = ..., overrides: _Optional[_Iterable[str]] = ..., base_dir: _Optional[str] = ..., batch_size: _Optional[int] = ..., max_seq_length: _Optional[int] = ...) -> None: ...
+    job_id: str
+    def __init__(self, config_path: _Optional[str] = ..., data_path: _Optional[str] = ..., model: _Optional[str] = ..., overrides: _Optional[_Iterable[str]] = ..., base_dir: _Optional[str] = ..., batch_size: _Optional[int] = ..., max_seq_length: _Optional[int] = ..., job_id: _Optional[str] = ...) -> None: ...
 
 class HistogramBucket(_message.Message):
     __slots__ = ("lo", "hi", "count")

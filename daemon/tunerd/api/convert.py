@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from tuner.v1 import tuner_pb2 as pb
 
@@ -32,7 +33,9 @@ def job(rec: JobRecord, queue_position: int = 0) -> pb.Job:
                   backend=rec.backend, output_dir=rec.output_dir, adapter_path=rec.adapter_path,
                   error=rec.error, step=rec.step, total_steps=rec.total_steps, last_loss=rec.last_loss,
                   best_eval_loss=rec.best_eval_loss, config_json=rec.config_json,
-                  last_sequence=rec.last_sequence, queue_position=queue_position)
+                  last_sequence=rec.last_sequence, queue_position=queue_position,
+                  metrics_path=str(Path(rec.output_dir) / "metrics.jsonl") if rec.output_dir else "",
+                  tensorboard_dir=str(Path(rec.output_dir) / "tensorboard") if rec.output_dir else "")
 
 
 def event(e: StoredEvent) -> pb.JobEvent:

@@ -135,7 +135,7 @@ class TunerServicer(pb_grpc.TunerServicer):
         r = self.core.inspect_data(config_path=request.config_path, data_path=request.data_path,
                                    model=request.model, overrides=list(request.overrides),
                                    base_dir=request.base_dir, batch_size=request.batch_size,
-                                   max_seq_length=request.max_seq_length)
+                                   max_seq_length=request.max_seq_length, job_id=request.job_id)
         return convert.data_report(r)
 
     @_errors
