@@ -31,9 +31,12 @@ def _train(daemon, path: Path, bundle: dict, **overrides) -> dict:
 @pytest.fixture(scope="module")
 def rouge_job(daemon, demo_bundle, tmp_path_factory):
     """40 steps; at steps 20 and 40 an eval with generation metrics and a checkpoint; the best by rougeL is kept."""
-    return _train(daemon, tmp_path_factory.mktemp("ev") / "rouge.yaml", demo_bundle, max_steps=40, eval_steps=20,
+    tmp = tmp_path_factory.mktemp("ev")
+    test = tmp / "test.jsonl"
+    test.write_text("".join(json.dumps(r) + "\n" for r in demo_bundle["rows"][:5]))
+    return _train(daemon, tmp / "rouge.yaml", demo_bundle, max_steps=40, eval_steps=20,
                   save_steps=20, eval_generate_rows=4, eval_generate_max_tokens=16, metric_for_best_model="rougeL",
-                  load_best_model_at_end=True)
+                  load_best_model_at_end=True, data={"test": str(test)})
 
 
 def _eval_at(job: dict, step: int) -> dict:
@@ -64,10 +67,15 @@ def test_evaluate_adapter_job_with_data_knows_the_model(daemon, rouge_job, demo_
 def test_evaluate_job_gives_the_jobs_own_eval_numbers(daemon, rouge_job):
     # the job's adapter is its best checkpoint (load_best_model_at_end): compare with that step's eval
     step = int(Path(rouge_job["finished"]["best_checkpoint"]).name.split("-")[1])
-    r = _evaluate(daemon, "--job", rouge_job["id"])
+    r = _evaluate(daemon, "--job", rouge_job["id"], "--split", "validation")
     assert r["split"] == "validation"
     assert r["loss"] == pytest.approx(_eval_at(rouge_job, step)["eval_loss"], rel=1e-4)
     assert r["metrics"]["supervised_tokens"] == pytest.approx(_eval_at(rouge_job, step)["metrics"]["eval_tokens"])
+
+
+def test_evaluate_job_defaults_to_its_test_split(daemon, rouge_job):
+    r = _evaluate(daemon, "--job", rouge_job["id"])
+    assert r["split"] == "test" and r["rows"] == 5
 
 
 def test_evaluate_config_honours_its_max_seq_length(daemon, demo_bundle, tmp_path):
@@ -81,8 +89,8 @@ def test_evaluate_config_honours_its_max_seq_length(daemon, demo_bundle, tmp_pat
 
 
 def test_base_vs_tuned_side_by_side_the_adapter_wins(daemon, rouge_job):
-    p = cli(daemon.home, "evaluate", "--job", rouge_job["id"], "--base", "--generate", "8", "--max-tokens", "16",
-            "--json")
+    p = cli(daemon.home, "evaluate", "--job", rouge_job["id"], "--split", "validation", "--base", "--generate", "8",
+            "--max-tokens", "16", "--json")
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     lines = json_lines(p.stdout)
     progress = [x["progress"] for x in lines if "progress" in x]
