@@ -76,7 +76,8 @@ def collect(s, job_id: str, generate: int = 8, max_tokens: int = 64, compare: tu
 
 
 # -- plots ---------------------------------------------------------------------------------------
-def _svg(series: dict, title: str, ylabel: str, xlabel: str = "step", bars: bool = False) -> str:
+def _svg(series: dict, title: str, ylabel: str, xlabel: str = "step", widths: Optional[list] = None) -> str:
+    """Lines (or, with `widths`, bars from x to x + width) as an SVG document."""
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -86,9 +87,8 @@ def _svg(series: dict, title: str, ylabel: str, xlabel: str = "step", bars: bool
     plt.rcParams.update({"svg.fonttype": "none", "svg.hashsalt": "tunerctl"})
     fig, ax = plt.subplots(figsize=(6.4, 3.2), dpi=100)
     for name, (xs, ys) in series.items():
-        if bars:
-            ax.bar(xs, ys, width=[max(1, (xs[1] - xs[0]) * 0.9) if len(xs) > 1 else 1] * len(xs), label=name,
-                   align="edge")
+        if widths:
+            ax.bar(xs, ys, width=widths, label=name, align="edge", edgecolor="white")
         else:
             ax.plot(xs, ys, marker="o" if len(xs) < 30 else None, markersize=3, label=name)
     ax.set_title(title)
@@ -148,7 +148,7 @@ def _plots(d: dict) -> list[str]:
         hist = data["length_histogram"]
         out.append(_figure("length_histogram", "Training rows by token length", "rows",
                            {"rows": ([int(b["lo"]) for b in hist], [int(b["count"]) for b in hist])},
-                           xlabel="tokens", bars=True))
+                           xlabel="tokens", widths=[max(int(b["hi"]) - int(b["lo"]), 1) for b in hist]))
     return out
 
 
