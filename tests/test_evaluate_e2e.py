@@ -224,3 +224,20 @@ def test_jobs_show_lists_eval_history_and_paths(daemon, rouge_job):
     assert Path(r["paths"]["adapter"]).is_dir()
     text = cli(daemon.home, "jobs", "show", rouge_job["id"], check=True).stdout
     assert "eval history" in text and "metrics.jsonl" in text and "rougeL" in text
+
+
+def test_evaluate_an_adapter_directory_names_its_own_base(daemon, rouge_job, demo_bundle):
+    adapter = rouge_job["finished"]["adapter_path"]
+    r = _evaluate(daemon, "--adapter", adapter, "--data", demo_bundle["valid"], "--backend", "mlx")
+    by_job = _evaluate(daemon, "--adapter", f"job:{rouge_job['id']}", "--data", demo_bundle["valid"])
+    assert r["loss"] == pytest.approx(by_job["loss"], rel=1e-5)
+
+
+def test_early_stopping_follows_rougeL(daemon, demo_bundle, tmp_path):
+    # no ROUGE-L gain can exceed a threshold of 1.0: the second eval stops the run
+    job = _train(daemon, tmp_path / "es.yaml", demo_bundle, max_steps=40, eval_steps=10, save_steps=10,
+                 eval_generate_rows=2, eval_generate_max_tokens=8, metric_for_best_model="rougeL",
+                 early_stopping_patience=1, early_stopping_threshold=1.0)
+    assert job["finished"]["stopped_early"] and job["finished"]["steps"] == 20
+    logs = [e["log"]["message"] for e in job["events"] if "log" in e]
+    assert any("eval_rougeL did not improve" in m for m in logs), logs
