@@ -17,7 +17,6 @@ from typing import Optional
 import grpc
 from tuner.v1 import tuner_pb2 as pb
 
-from .progress import job_state_name
 from .ui import as_dict
 
 PLOTS = (  # key, title, y label, step field
@@ -60,12 +59,12 @@ def collect(s, job_id: str, generate: int = 8, max_tokens: int = 64, compare: tu
     d = job_details(s, job_id)
     d["compare"] = [job_details(s, j) for j in compare]
     d["notes"] = []
+    d["data"] = d["generations"] = None
     try:
         d["data"] = as_dict(s.InspectData(pb.InspectDataRequest(job_id=job_id)), with_defaults=True)
     except grpc.RpcError as e:
-        d["data"], _ = None, d["notes"].append(f"data statistics unavailable: {e.details()}")
-    d["generations"] = None
-    if generate and job_state_name(pb.JobState.Value(d["job"]["state"].upper())) == "succeeded":
+        d["notes"].append(f"data statistics unavailable: {e.details()}")
+    if generate and d["job"]["state"] == "succeeded":
         try:
             r = s.Evaluate(pb.EvaluateRequest(job_id=job_id, compare_base=True, max_generations=generate,
                                               sampling=pb.SamplingParams(max_tokens=max_tokens)))
