@@ -1,7 +1,7 @@
 # The two commands (see README):
 #   make demo   set everything up, then run the built-in demo through the daemon
 #   make test   set everything up, then run the whole test suite
-# Other targets: make setup | proto | bench | clean
+# Other targets: make setup | proto | bench | report-check | clean
 
 PYTHON ?= python3
 VENV   ?= .venv
@@ -13,7 +13,7 @@ UNAME  := $(shell uname -s)
 OPENBLAS := /usr/lib/$(shell uname -m)-linux-gnu/openblas-pthread/libblas.so.3
 PRELOAD   = $(if $(wildcard $(OPENBLAS)),LD_PRELOAD=$(OPENBLAS),)
 
-.PHONY: setup demo test proto bench clean
+.PHONY: setup demo test proto bench report-check clean
 
 setup: $(VENV)/.installed
 
@@ -43,6 +43,10 @@ proto: setup
 bench: setup
 	$(PRELOAD) $(PY) bench/bench_mlx.py
 	$(PY) bench/bench_torch.py
+
+# Not in CI: a real job's HTML report, screenshotted with headless Chromium into docs/report.png.
+report-check: setup
+	$(PRELOAD) PYTHONPATH=daemon:client $(PY) bench/report_check.py docs
 
 clean:
 	rm -rf $(VENV) build *.egg-info

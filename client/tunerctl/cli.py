@@ -124,17 +124,16 @@ def build_parser() -> argparse.ArgumentParser:
     di.add_argument("--batch-size", type=int, default=0, help="for the padding-waste figures")
     di.add_argument("--max-seq-length", type=int, default=0)
 
-    ev = cmd(sub, "evaluate", "loss and perplexity of a model (+ adapter) on data")
-    ev.add_argument("--model", "-m", default="")
-    ev.add_argument("--adapter", "-a", default="")
-    ev.add_argument("--data", default="")
-    ev.add_argument("--config", default="")
-    ev.add_argument("--backend", default="")
+    from . import evaluate as evaluate_cmd
+    ev = cmd(sub, "evaluate", "loss, perplexity and ROUGE/BLEU of a model, adapters or predictions; base vs tuned")
+    evaluate_cmd.add_arguments(ev)
 
     rc = cmd(sub, "recommend", "suggest hyper-parameters for a model and data set")
     rc.add_argument("--model", "-m", default="")
     rc.add_argument("--config", default="")
-    rc.add_argument("--rows", type=int, default=0, help="training rows (else counted from the config)")
+    rc.add_argument("--data", default="", help="a data file, directory or hub dataset id (rows, token lengths)")
+    rc.add_argument("--rows", type=int, default=0, help="training rows (else counted from the data)")
+    rc.add_argument("--write", default="", metavar="CONFIG", help="write the advice as a commented config")
 
     ad = cmd(sub, "adapters", "list, export and fuse trained adapters")
     ads = ad.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -148,6 +147,13 @@ def build_parser() -> argparse.ArgumentParser:
     af.add_argument("out_dir")
     af.add_argument("--model", default="", help="base model (default: the adapter's)")
     af.add_argument("--dequantize", action="store_true", help="write a de-quantized (16/32-bit) model")
+
+    rp = cmd(sub, "report", "write a self-contained HTML report of a job: curves, metrics, data, base vs tuned")
+    rp.add_argument("job_id")
+    rp.add_argument("--compare", action="append", default=[], metavar="JOB", help="overlay another job (repeatable)")
+    rp.add_argument("-o", "--output", default="", help="HTML file to write (default report-JOB.html)")
+    rp.add_argument("--generate", type=int, default=8, help="rows to generate for base vs tuned (0: none)")
+    rp.add_argument("--max-tokens", type=int, default=64, help="new tokens per generated answer")
 
     cmd(sub, "info", "daemon version, backends, devices, memory")
     return p
@@ -248,16 +254,25 @@ def cmd_jobs(args) -> int:
               empty="no jobs yet: tunerctl train CONFIG")
         return 0
     if args.action == "show":
-        j = s.GetJob(pb.GetJobRequest(job_id=args.job_id))
+        from .report import job_details
+        details = job_details(s, args.job_id)
+        d = details["job"]
         if args.json:
-            print_json(_job_dict(j))
-        else:
-            d = _job_dict(j)
-            d.pop("config_json", None)
-            for k in ("created_at", "started_at", "finished_at"):
-                d[k] = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(d[k])) if d.get(k) else "-"
-            for k, v in d.items():
-                console.print(f"[bold]{k:>15}[/] {v}")
+            print_json({**d, "eval_history": details["evals"], "best_checkpoint": details["paths"]["best_checkpoint"],
+                        "paths": details["paths"]})
+            return 0
+        d.pop("config_json", None)
+        for k in ("created_at", "started_at", "finished_at"):
+            d[k] = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(d[k])) if d.get(k) else "-"
+        for k, v in d.items():
+            console.print(f"[bold]{k:>15}[/] {v}")
+        console.print(f"[bold]{'best checkpoint':>15}[/] {details['paths']['best_checkpoint'] or '-'}")
+        if details["evals"]:
+            keys = sorted({k for e in details["evals"] for k in e["metrics"]} - {"eval_loss", "eval_perplexity"})
+            console.print("\n[bold]eval history[/]")
+            table(["step", "eval_loss", "perplexity"] + [k.removeprefix("eval_") for k in keys],
+                  [[e["step"], f"{e['eval_loss']:.4f}", f"{e['perplexity']:.2f}"]
+                   + [f"{e['metrics'].get(k, 0):.4g}" for k in keys] for e in details["evals"]])
         return 0
     if args.action == "watch":
         return watch(s, args.job_id, args, args.from_sequence, follow=not args.no_follow)
@@ -507,28 +522,33 @@ def cmd_data(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    s = stub(args)
-    r = s.Evaluate(pb.EvaluateRequest(model=args.model, adapter=args.adapter, backend=args.backend,
-                                      data_path=str(Path(args.data).resolve()) if args.data else "",
-                                      config_path=str(Path(args.config).resolve()) if args.config else ""))
-    print_json(as_dict(r)) if args.json else console.print(
-        f"loss {r.loss:.4f}  perplexity {r.perplexity:.2f}  rows {r.rows}")
-    return 0
+    from .evaluate import run
+    return run(stub(args), args)
 
 
 def cmd_recommend(args) -> int:
     s = stub(args)
-    r = s.Recommend(pb.RecommendRequest(model=args.model, train_rows=args.rows,
+    data = args.data
+    if data and Path(data).expanduser().exists():
+        data = str(Path(data).expanduser().resolve())
+    r = s.Recommend(pb.RecommendRequest(model=args.model, train_rows=args.rows, data_path=data,
+                                        base_dir=os.getcwd(),
                                         config_path=str(Path(args.config).resolve()) if args.config else ""))
     cfg = as_dict(r.config)
+    if args.write:
+        Path(args.write).write_text(r.config_yaml, encoding="utf-8")
     if args.json:
-        print_json({"config": cfg, "reasons": list(r.reasons)})
+        print_json({"config": cfg, "reasons": list(r.reasons), "train_rows": r.train_rows,
+                    "tokens_p50": r.tokens_p50, "tokens_p95": r.tokens_p95, "tokens_max": r.tokens_max,
+                    **({"written": args.write} if args.write else {})})
         return 0
     for reason in r.reasons:
         console.print(f"• {reason}")
     console.print("\n# suggested config keys")
     for k, v in cfg.items():
         console.print(f"{k}: {json.dumps(v)}")
+    if args.write:
+        console.print(f"\nwrote {args.write}")
     return 0
 
 
@@ -554,6 +574,13 @@ def cmd_adapters(args) -> int:
     return 0
 
 
+def cmd_report(args) -> int:
+    from .report import write_report
+    path = write_report(stub(args), args.job_id, args.output, tuple(args.compare), args.generate, args.max_tokens)
+    print_json({"path": str(path.resolve())}) if args.json else console.print(f"wrote {path}")
+    return 0
+
+
 def cmd_info(args) -> int:
     return _print_info(stub(args).GetInfo(pb.GetInfoRequest()), args)
 
@@ -565,7 +592,7 @@ def cmd_demo(args) -> int:
 
 COMMANDS = {"train": cmd_train, "jobs": cmd_jobs, "models": cmd_models, "chat": cmd_chat,
             "daemon": cmd_daemon, "service": cmd_service, "data": cmd_data, "evaluate": cmd_evaluate,
-            "recommend": cmd_recommend, "adapters": cmd_adapters, "info": cmd_info, "demo": cmd_demo}
+            "recommend": cmd_recommend, "adapters": cmd_adapters, "report": cmd_report, "info": cmd_info, "demo": cmd_demo}
 
 
 def main(argv=None) -> int:

@@ -203,10 +203,14 @@ class Core:
     # -- data --------------------------------------------------------------------------------------
     def inspect_data(self, config_path: str = "", data_path: str = "", model: str = "",
                      overrides: Optional[list] = None, base_dir: str = "", batch_size: int = 0,
-                     max_seq_length: int = 0) -> dict:
+                     max_seq_length: int = 0, job_id: str = "") -> dict:
         from .data.inspect import inspect_data
         base = Path(base_dir or ".")
-        if config_path:
+        if job_id:
+            from .evaluation.plan import job_config
+            source, _, job_base = job_config(self.store, job_id)
+            model, base = model or source.model, Path(job_base or base)
+        elif config_path:
             cfg = load_config(base / config_path, overrides or [])
             model = model or cfg.model
             source = cfg
@@ -235,23 +239,40 @@ class Core:
         return self._tokenizers[key]
 
     # -- evaluation and advice -------------------------------------------------------------------
-    def evaluate(self, model: str = "", adapter: str = "", backend: str = "", data_path: str = "",
-                 config_path: str = "") -> dict:
-        from .evaluation import evaluate_loss
-        data = data_path
-        if config_path:
-            cfg = load_config(config_path)
-            model = model or cfg.model
-            data = data or cfg.data.test or cfg.data.validation or cfg.data.train
-        if not model or not data:
-            raise ValueError("evaluate needs a model and data (data_path, or a config with data)")
-        adapter = self.resolve_adapter(adapter) if adapter else ""
-        return self.jobs.worker.call(lambda: evaluate_loss(
-            self.registry.get(model, backend or "auto", adapter=adapter).backend, model, data)).result()
+    def evaluate_stream(self, cancelled: Optional[threading.Event] = None, predictions: Optional[list] = None,
+                        references: Optional[list] = None, **request) -> Iterator[dict]:
+        """Progress dicts, then {"result": ...} (tunerd.evaluation.runs). With predictions and
+        references: score them, no model."""
+        from .chat import rng_untouched
+        from .evaluation import plan as eval_plan
+        from .evaluation.runs import run_plan, score_predictions
+        if predictions or references:
+            yield {"result": score_predictions(list(predictions or []), list(references or []),
+                                               request.get("tokenizer") or "whitespace")}
+            return
+        plan, model, backend = eval_plan.resolve(self.store, self.resolve_adapter, **request)
+        dtype, quant = plan.cfg.dtype, plan.cfg.quantization
 
-    def recommend(self, model: str = "", config_path: str = "", train_rows: int = 0) -> dict:
+        def on_device(fn):
+            def guarded():
+                with rng_untouched():  # evaluation between a job's steps must not move its RNGs
+                    return fn()
+            return self.jobs.worker.call(guarded).result()
+
+        def model_for(adapter: str):
+            return self.registry.get(model, backend, quant, dtype, adapter=adapter).backend
+
+        stop = cancelled.is_set if cancelled is not None else (lambda: False)
+        yield from run_plan(plan, on_device, model_for, stop)
+
+    def evaluate(self, **request) -> dict:
+        return next(e["result"] for e in self.evaluate_stream(**request) if "result" in e)
+
+    def recommend(self, model: str = "", config_path: str = "", train_rows: int = 0, data_path: str = "",
+                  base_dir: str = "") -> dict:
         from .recommend import recommend
-        return recommend(model, config_path, train_rows)
+        return recommend(model, config_path, train_rows, data_path, base_dir,
+                         tokenizer_for=lambda m: self._tokenizer(m, Path(base_dir or ".")))
 
 
 def _looks_like_hub_id(name: str) -> bool:

@@ -1,25 +1,122 @@
-"""`tunerctl recommend`: hyper-parameters from model size, data size and free memory."""
+"""`tunerctl recommend`: hyper-parameters read from the model, the data and the memory free.
+
+    recommend(model, config_path, train_rows, data_path, base_dir, tokenizer_for) -> dict
+
+The seed's rules (DESIGN.md §3) are the starting point:
+    model size  < 1B: LoRA r 32;  1-7B: QLoRA r 16;  > 7B: QLoRA r 8
+    data size   < 1K rows: lr 1e-4, 10 epochs;  1K-10K: 5e-5, 5;  > 10K: 2e-5, 3
+and the data and host decide the rest:
+    rows        counted through the data pipeline (JSON arrays, JSONL, CSV, parquet, directories,
+                hub datasets), after data.fraction / max_rows / the validation split of a config
+    max_seq_length  from the rows' token lengths (chat template included): the longest row rounded
+                up to 64 when it is within 1.5x of the 95th percentile, else the 95th percentile
+                (the few longer rows get their prompts cut from the left), capped at the context
+    packing     auto when most rows are much shorter than max_seq_length (padding to win back)
+    batch, gradient checkpointing, LoRA vs QLoRA   the largest batch whose estimated peak memory
+                (training/memory.py) fits in 90% of the memory free now
+The model's size comes from its config.json (local, or that one file from the hub; no weights).
+"""
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 from pathlib import Path
+from typing import Callable, Optional
 
 from . import host
 from .config.loader import load_config
+from .config.schema import TrainConfig
+
+SAMPLE_ROWS = 2000   # rows tokenized for the length distribution
+ROUND = 64
 
 
-def recommend(model: str = "", config_path: str = "", train_rows: int = 0) -> dict:
-    """DESIGN.md §3: adapter and rank from model size, lr/epochs from data size, batch from memory."""
-    reasons = []
+def _model_config(model: str) -> dict:
+    path = Path(model).expanduser() / "config.json"
+    if not path.exists():
+        from huggingface_hub import hf_hub_download
+        try:
+            path = Path(hf_hub_download(model, "config.json"))
+        except Exception as e:  # noqa: BLE001 - offline, gated, or no such repo
+            raise FileNotFoundError(f"model {model!r}: no local config.json and the hub gave none ({e})") from None
+    c = json.loads(path.read_text())
+    return c.get("text_config", c)
+
+
+def _params(c: dict) -> float:
+    h, layers = c.get("hidden_size", 0), c.get("num_hidden_layers", 0)
+    inter, vocab = c.get("intermediate_size", 4 * h), c.get("vocab_size", 0)
+    embed = vocab * h * (1 if c.get("tie_word_embeddings") else 2)
+    return float(layers * (4 * h * h + 3 * h * inter) + embed)
+
+
+def _percentile(sorted_values: list[int], q: float) -> int:
+    if not sorted_values:
+        return 0
+    return sorted_values[min(len(sorted_values) - 1, max(0, math.ceil(q * len(sorted_values)) - 1))]
+
+
+def token_lengths(cfg: TrainConfig, records: list, spec, tokenizer) -> list[int]:
+    """Tokens per row as training renders them (template, special tokens), on a sample of rows."""
+    from .data.formats import to_examples
+    from .data.masking import tokenize_example
+    from .data.templates import setup_template
+    template = None if spec.format == "text" else setup_template(tokenizer, cfg.data.template, install=False)
+    step = max(1, len(records) // SAMPLE_ROWS)
+    examples = to_examples(records[::step][:SAMPLE_ROWS], spec)
+    return sorted(len(tokenize_example(tokenizer, template, ex, cfg.data.train_on_prompt).ids) for ex in examples)
+
+
+def _choose_length(lengths: list[int], context: Optional[int]) -> tuple[int, str]:
+    p50, p95, longest = _percentile(lengths, 0.5), _percentile(lengths, 0.95), lengths[-1]
+    target = longest if longest <= 1.5 * p95 else p95
+    n = max(ROUND, math.ceil(target / ROUND) * ROUND)
+    if context:
+        n = min(n, context)
+    over = sum(1 for x in lengths if x > n)
+    why = f"token lengths p50 {p50}, p95 {p95}, max {longest}: max_seq_length {n} "
+    why += "holds every row" if not over else (
+        f"holds {100 * (1 - over / len(lengths)):.1f}% of rows; the {over} longer get their prompts cut from "
+        "the left (data.overlong decides for answers that alone do not fit)")
+    if context and n == context and longest > context:
+        why += f" (capped at the model's context, {context})"
+    return n, why
+
+
+def _backend_and_dtype(cfg: TrainConfig) -> tuple[str, str]:
+    try:
+        from .backends.auto import choose_backend
+        backend = cfg.backend if cfg.backend != "auto" else choose_backend(cfg)
+    except Exception:  # noqa: BLE001 - advice must not need every backend installed
+        backend = "torch"
+    if cfg.dtype != "auto":
+        return backend, cfg.dtype
+    return backend, "bfloat16" if host.is_apple_silicon() else "float32"
+
+
+def recommend(model: str = "", config_path: str = "", train_rows: int = 0, data_path: str = "",
+              base_dir: str = "", tokenizer_for: Optional[Callable[[str], object]] = None) -> dict:
+    from .data.prepare import load_records
+    from .training import memory
+
+    base = Path(base_dir) if base_dir else None
+    cfg = None
     if config_path:
-        cfg = load_config(config_path)
+        path = Path(base_dir or ".", config_path)
+        cfg = load_config(path)
+        base = path.resolve().parent
         model = model or cfg.model
-        if not train_rows and isinstance(cfg.data.train, str) and Path(cfg.data.train).is_file():
-            with open(cfg.data.train, "rb") as f:
-                train_rows = sum(1 for line in f if line.strip())
     if not model:
-        raise ValueError("model: required")
-    params = _estimate_params(model)
+        raise ValueError("model: required (--model, or a --config that names one)")
+    if data_path:
+        doc = {"model": model, "data": {"train": data_path, "test_size": 0.0}}
+        cfg = dataclasses.replace(cfg, data=load_config(doc=doc).data) if cfg else load_config(doc=doc)
+    cfg = cfg or TrainConfig(model=model)
+    cfg = dataclasses.replace(cfg, model=model)
+    reasons: list[str] = []
+    mc = _model_config(model)
+    params = _params(mc)
     out: dict = {"model": model}
     if params < 1e9:
         out.update(peft_adapter="lora", quantization="none", lora_r=32, lora_alpha=64.0)
@@ -30,6 +127,13 @@ def recommend(model: str = "", config_path: str = "", train_rows: int = 0) -> di
     else:
         out.update(peft_adapter="lora", quantization="4bit", lora_r=8, lora_alpha=16.0)
         reasons.append(f"{params / 1e9:.1f}B parameters (> 7B): QLoRA (4-bit base) r 8")
+
+    lengths: list[int] = []
+    if cfg.data.train is not None:
+        loaded = load_records(cfg, base)
+        train_rows = train_rows or len(loaded.train)
+        if tokenizer_for is not None:
+            lengths = token_lengths(cfg, loaded.train, loaded.spec, tokenizer_for(model))
     if train_rows and train_rows < 1000:
         out.update(learning_rate=1e-4, num_epochs=10.0)
     elif train_rows and train_rows <= 10000:
@@ -39,26 +143,60 @@ def recommend(model: str = "", config_path: str = "", train_rows: int = 0) -> di
     if train_rows:
         reasons.append(f"{train_rows} training rows: learning_rate {out['learning_rate']}, "
                        f"{out['num_epochs']:.0f} epochs")
+
+    context = mc.get("max_position_embeddings")
+    if lengths:
+        seq, why = _choose_length(lengths, context)
+        reasons.append(why)
+        p50 = _percentile(lengths, 0.5)
+        out["packing"] = "auto" if p50 * 2 <= seq else False
+        reasons.append(f"packing {'auto' if out['packing'] else 'false'}: the median row is {p50} of {seq} tokens"
+                       + ("; packing wins back the padding on GPUs/Metal (auto leaves it off on a CPU)"
+                          if out["packing"] else "; rows fill most of a sequence, packing gains little"))
+    else:
+        seq = min(2048, context or 2048)
+        reasons.append(f"no data to measure: max_seq_length {seq}")
+    out["max_seq_length"] = seq
+
+    backend, dtype = _backend_and_dtype(cfg)
     _, avail = host.memory()
-    weight_bytes = params * (0.6 if out["quantization"] == "4bit" else 4)
-    spare = max(avail - weight_bytes * 1.3, 0)
-    batch = 8 if spare > 16e9 else 4 if spare > 8e9 else 2 if spare > 3e9 else 1
-    out.update(per_device_train_batch_size=batch, gradient_checkpointing=spare < 8e9,
-               max_seq_length=2048 if spare > 8e9 else 1024)
-    reasons.append(f"{avail / 2**30:.1f} GiB free, weights ~{weight_bytes / 2**30:.1f} GiB: batch {batch}, "
-                   f"max_seq_length {out['max_seq_length']}, gradient_checkpointing "
-                   f"{'on' if out['gradient_checkpointing'] else 'off'}")
-    return {"config": out, "reasons": reasons}
+    budget = int(0.9 * avail)
+    trial = dataclasses.replace(cfg, peft_adapter=out["peft_adapter"], quantization=out["quantization"],
+                                lora_r=out["lora_r"], lora_target_modules="all-linear")
+    options = []
+    for quant in dict.fromkeys([out["quantization"], "4bit" if out["quantization"] == "none" else "none"]):
+        for gc in (False, True):
+            for bs in (8, 4, 2, 1):
+                c = dataclasses.replace(trial, quantization=quant, gradient_checkpointing=gc)
+                options.append((quant, gc, bs, memory.estimate(mc, c, backend, seq, dtype, batch_size=bs).total))
+    fits = [o for o in options if o[3] <= budget]
+    chosen = fits[0] if fits else min(options, key=lambda o: o[3])
+    quant, gc, bs, need = chosen
+    if quant != out["quantization"]:
+        reasons.append(f"{out['quantization']} does not fit; quantization {quant} does")
+        out["quantization"] = quant
+    out.update(per_device_train_batch_size=bs, gradient_checkpointing=gc,
+               gradient_accumulation_steps=max(1, 8 // bs))
+    table = ", ".join(f"{'QLoRA' if q == '4bit' else 'LoRA'} batch {b}{' +ckpt' if g else ''} "
+                      f"{n / 2**30:.2f} GiB" for q, g, b, n in options if b in (8, 1))
+    reasons.append(f"{avail / 2**30:.1f} GiB free ({backend}, {dtype}); estimated peak at max_seq_length {seq}: "
+                   f"{table}. Chosen: batch {bs}, gradient_checkpointing {'on' if gc else 'off'} "
+                   f"({need / 2**30:.2f} GiB" + (")" if fits else ", does not fit: free memory or use a smaller model)")
+                   + f", gradient_accumulation_steps {out['gradient_accumulation_steps']} for an effective batch of "
+                     f"{bs * out['gradient_accumulation_steps']}")
+    return {"config": out, "reasons": reasons, "train_rows": int(train_rows),
+            "tokens_p50": _percentile(lengths, 0.5), "tokens_p95": _percentile(lengths, 0.95),
+            "tokens_max": lengths[-1] if lengths else 0, "config_yaml": to_yaml(out, reasons, cfg)}
 
 
-def _estimate_params(model: str) -> float:
-    cfg_path = Path(model).expanduser() / "config.json"
-    if not cfg_path.exists():
-        from huggingface_hub import hf_hub_download
-        cfg_path = Path(hf_hub_download(model, "config.json"))
-    c = json.loads(cfg_path.read_text())
-    c = c.get("text_config", c)
-    h, layers = c.get("hidden_size", 0), c.get("num_hidden_layers", 0)
-    inter, vocab = c.get("intermediate_size", 4 * h), c.get("vocab_size", 0)
-    embed = vocab * h * (1 if c.get("tie_word_embeddings") else 2)
-    return float(layers * (4 * h * h + 3 * h * inter) + embed)
+def to_yaml(out: dict, reasons: list[str], cfg: TrainConfig) -> str:
+    """A commented, ready config: the advice, then the data block it was read from."""
+    lines = ["# Written by `tunerctl recommend`. Why:"] + [f"#   - {r}" for r in reasons] + [""]
+    for k, v in out.items():
+        lines.append(f"{k}: {json.dumps(v)}")
+    lines += ["eval_strategy: steps", "save_strategy: steps", "load_best_model_at_end: true"]
+    if cfg.data.train is not None:
+        lines += ["data:", f"  train: {json.dumps(cfg.data.train, default=str)}"]
+        if cfg.data.validation is not None:
+            lines.append(f"  validation: {json.dumps(cfg.data.validation, default=str)}")
+    return "\n".join(lines) + "\n"

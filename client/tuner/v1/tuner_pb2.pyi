@@ -203,7 +203,7 @@ class DataConfig(_message.Message):
     def __init__(self, train: _Optional[_Iterable[str]] = ..., validation: _Optional[_Iterable[str]] = ..., test: _Optional[_Iterable[str]] = ..., format: _Optional[str] = ..., text_column: _Optional[str] = ..., prompt_column: _Optional[str] = ..., response_column: _Optional[str] = ..., system_column: _Optional[str] = ..., messages_column: _Optional[str] = ..., name: _Optional[str] = ..., split: _Optional[str] = ..., revision: _Optional[str] = ..., streaming: _Optional[bool] = ..., fraction: _Optional[float] = ..., shuffle: _Optional[bool] = ..., seed: _Optional[int] = ..., test_size: _Optional[float] = ..., template: _Optional[str] = ..., train_on_prompt: _Optional[bool] = ..., max_rows: _Optional[int] = ..., overlong: _Optional[str] = ..., group_by_length: _Optional[bool] = ...) -> None: ...
 
 class TrainingConfig(_message.Message):
-    __slots__ = ("model", "revision", "backend", "device", "dtype", "quantization", "bits", "group_size", "trust_remote_code", "peft_adapter", "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules", "lora_bias", "num_layers", "use_rslora", "num_epochs", "max_steps", "per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps", "learning_rate", "optimizer", "weight_decay", "max_grad_norm", "lr_scheduler_type", "warmup_steps", "warmup_ratio", "seed", "gradient_checkpointing", "max_seq_length", "packing", "logging_steps", "eval_strategy", "eval_steps", "save_strategy", "save_steps", "save_total_limit", "load_best_model_at_end", "metric_for_best_model", "early_stopping_patience", "resume_from_checkpoint", "output_dir", "debug", "data")
+    __slots__ = ("model", "revision", "backend", "device", "dtype", "quantization", "bits", "group_size", "trust_remote_code", "peft_adapter", "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules", "lora_bias", "num_layers", "use_rslora", "num_epochs", "max_steps", "per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps", "learning_rate", "optimizer", "weight_decay", "max_grad_norm", "lr_scheduler_type", "warmup_steps", "warmup_ratio", "seed", "gradient_checkpointing", "max_seq_length", "packing", "logging_steps", "eval_strategy", "eval_steps", "save_strategy", "save_steps", "save_total_limit", "load_best_model_at_end", "metric_for_best_model", "early_stopping_patience", "resume_from_checkpoint", "output_dir", "debug", "data", "eval_generate_rows", "eval_generate_max_tokens", "eval_metric_tokenizer")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     REVISION_FIELD_NUMBER: _ClassVar[int]
     BACKEND_FIELD_NUMBER: _ClassVar[int]
@@ -250,6 +250,9 @@ class TrainingConfig(_message.Message):
     OUTPUT_DIR_FIELD_NUMBER: _ClassVar[int]
     DEBUG_FIELD_NUMBER: _ClassVar[int]
     DATA_FIELD_NUMBER: _ClassVar[int]
+    EVAL_GENERATE_ROWS_FIELD_NUMBER: _ClassVar[int]
+    EVAL_GENERATE_MAX_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    EVAL_METRIC_TOKENIZER_FIELD_NUMBER: _ClassVar[int]
     model: str
     revision: str
     backend: str
@@ -296,7 +299,10 @@ class TrainingConfig(_message.Message):
     output_dir: str
     debug: bool
     data: DataConfig
-    def __init__(self, model: _Optional[str] = ..., revision: _Optional[str] = ..., backend: _Optional[str] = ..., device: _Optional[str] = ..., dtype: _Optional[str] = ..., quantization: _Optional[str] = ..., bits: _Optional[int] = ..., group_size: _Optional[int] = ..., trust_remote_code: _Optional[bool] = ..., peft_adapter: _Optional[str] = ..., lora_r: _Optional[int] = ..., lora_alpha: _Optional[float] = ..., lora_dropout: _Optional[float] = ..., lora_target_modules: _Optional[_Iterable[str]] = ..., lora_bias: _Optional[str] = ..., num_layers: _Optional[int] = ..., use_rslora: _Optional[bool] = ..., num_epochs: _Optional[float] = ..., max_steps: _Optional[int] = ..., per_device_train_batch_size: _Optional[int] = ..., per_device_eval_batch_size: _Optional[int] = ..., gradient_accumulation_steps: _Optional[int] = ..., learning_rate: _Optional[float] = ..., optimizer: _Optional[str] = ..., weight_decay: _Optional[float] = ..., max_grad_norm: _Optional[float] = ..., lr_scheduler_type: _Optional[str] = ..., warmup_steps: _Optional[int] = ..., warmup_ratio: _Optional[float] = ..., seed: _Optional[int] = ..., gradient_checkpointing: _Optional[bool] = ..., max_seq_length: _Optional[int] = ..., packing: _Optional[bool] = ..., logging_steps: _Optional[int] = ..., eval_strategy: _Optional[str] = ..., eval_steps: _Optional[int] = ..., save_strategy: _Optional[str] = ..., save_steps: _Optional[int] = ..., save_total_limit: _Optional[int] = ..., load_best_model_at_end: _Optional[bool] = ..., metric_for_best_model: _Optional[str] = ..., early_stopping_patience: _Optional[int] = ..., resume_from_checkpoint: _Optional[str] = ..., output_dir: _Optional[str] = ..., debug: _Optional[bool] = ..., data: _Optional[_Union[DataConfig, _Mapping]] = ...) -> None: ...
+    eval_generate_rows: int
+    eval_generate_max_tokens: int
+    eval_metric_tokenizer: str
+    def __init__(self, model: _Optional[str] = ..., revision: _Optional[str] = ..., backend: _Optional[str] = ..., device: _Optional[str] = ..., dtype: _Optional[str] = ..., quantization: _Optional[str] = ..., bits: _Optional[int] = ..., group_size: _Optional[int] = ..., trust_remote_code: _Optional[bool] = ..., peft_adapter: _Optional[str] = ..., lora_r: _Optional[int] = ..., lora_alpha: _Optional[float] = ..., lora_dropout: _Optional[float] = ..., lora_target_modules: _Optional[_Iterable[str]] = ..., lora_bias: _Optional[str] = ..., num_layers: _Optional[int] = ..., use_rslora: _Optional[bool] = ..., num_epochs: _Optional[float] = ..., max_steps: _Optional[int] = ..., per_device_train_batch_size: _Optional[int] = ..., per_device_eval_batch_size: _Optional[int] = ..., gradient_accumulation_steps: _Optional[int] = ..., learning_rate: _Optional[float] = ..., optimizer: _Optional[str] = ..., weight_decay: _Optional[float] = ..., max_grad_norm: _Optional[float] = ..., lr_scheduler_type: _Optional[str] = ..., warmup_steps: _Optional[int] = ..., warmup_ratio: _Optional[float] = ..., seed: _Optional[int] = ..., gradient_checkpointing: _Optional[bool] = ..., max_seq_length: _Optional[int] = ..., packing: _Optional[bool] = ..., logging_steps: _Optional[int] = ..., eval_strategy: _Optional[str] = ..., eval_steps: _Optional[int] = ..., save_strategy: _Optional[str] = ..., save_steps: _Optional[int] = ..., save_total_limit: _Optional[int] = ..., load_best_model_at_end: _Optional[bool] = ..., metric_for_best_model: _Optional[str] = ..., early_stopping_patience: _Optional[int] = ..., resume_from_checkpoint: _Optional[str] = ..., output_dir: _Optional[str] = ..., debug: _Optional[bool] = ..., data: _Optional[_Union[DataConfig, _Mapping]] = ..., eval_generate_rows: _Optional[int] = ..., eval_generate_max_tokens: _Optional[int] = ..., eval_metric_tokenizer: _Optional[str] = ...) -> None: ...
 
 class SubmitJobRequest(_message.Message):
     __slots__ = ("config", "config_path", "config_yaml", "base_dir", "overrides", "name")
@@ -315,7 +321,7 @@ class SubmitJobRequest(_message.Message):
     def __init__(self, config: _Optional[_Union[TrainingConfig, _Mapping]] = ..., config_path: _Optional[str] = ..., config_yaml: _Optional[str] = ..., base_dir: _Optional[str] = ..., overrides: _Optional[_Iterable[str]] = ..., name: _Optional[str] = ...) -> None: ...
 
 class Job(_message.Message):
-    __slots__ = ("id", "name", "state", "created_at", "started_at", "finished_at", "model", "backend", "output_dir", "adapter_path", "error", "step", "total_steps", "last_loss", "best_eval_loss", "config_json", "last_sequence", "queue_position")
+    __slots__ = ("id", "name", "state", "created_at", "started_at", "finished_at", "model", "backend", "output_dir", "adapter_path", "error", "step", "total_steps", "last_loss", "best_eval_loss", "config_json", "last_sequence", "queue_position", "metrics_path", "tensorboard_dir")
     ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
@@ -334,6 +340,8 @@ class Job(_message.Message):
     CONFIG_JSON_FIELD_NUMBER: _ClassVar[int]
     LAST_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     QUEUE_POSITION_FIELD_NUMBER: _ClassVar[int]
+    METRICS_PATH_FIELD_NUMBER: _ClassVar[int]
+    TENSORBOARD_DIR_FIELD_NUMBER: _ClassVar[int]
     id: str
     name: str
     state: JobState
@@ -352,7 +360,9 @@ class Job(_message.Message):
     config_json: str
     last_sequence: int
     queue_position: int
-    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ..., created_at: _Optional[float] = ..., started_at: _Optional[float] = ..., finished_at: _Optional[float] = ..., model: _Optional[str] = ..., backend: _Optional[str] = ..., output_dir: _Optional[str] = ..., adapter_path: _Optional[str] = ..., error: _Optional[str] = ..., step: _Optional[int] = ..., total_steps: _Optional[int] = ..., last_loss: _Optional[float] = ..., best_eval_loss: _Optional[float] = ..., config_json: _Optional[str] = ..., last_sequence: _Optional[int] = ..., queue_position: _Optional[int] = ...) -> None: ...
+    metrics_path: str
+    tensorboard_dir: str
+    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ..., created_at: _Optional[float] = ..., started_at: _Optional[float] = ..., finished_at: _Optional[float] = ..., model: _Optional[str] = ..., backend: _Optional[str] = ..., output_dir: _Optional[str] = ..., adapter_path: _Optional[str] = ..., error: _Optional[str] = ..., step: _Optional[int] = ..., total_steps: _Optional[int] = ..., last_loss: _Optional[float] = ..., best_eval_loss: _Optional[float] = ..., config_json: _Optional[str] = ..., last_sequence: _Optional[int] = ..., queue_position: _Optional[int] = ..., metrics_path: _Optional[str] = ..., tensorboard_dir: _Optional[str] = ...) -> None: ...
 
 class WatchJobRequest(_message.Message):
     __slots__ = ("job_id", "from_sequence", "follow")
@@ -644,23 +654,112 @@ class ChatChunk(_message.Message):
     def __init__(self, delta: _Optional[str] = ..., finish_reason: _Optional[str] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ...) -> None: ...
 
 class EvaluateRequest(_message.Message):
-    __slots__ = ("model", "adapter", "backend", "data_path", "config_path", "max_generations")
+    __slots__ = ("model", "adapter", "backend", "data_path", "config_path", "max_generations", "job_id", "adapters", "compare_base", "sampling", "tokenizer", "predictions", "references", "split", "base_dir")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     ADAPTER_FIELD_NUMBER: _ClassVar[int]
     BACKEND_FIELD_NUMBER: _ClassVar[int]
     DATA_PATH_FIELD_NUMBER: _ClassVar[int]
     CONFIG_PATH_FIELD_NUMBER: _ClassVar[int]
     MAX_GENERATIONS_FIELD_NUMBER: _ClassVar[int]
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    ADAPTERS_FIELD_NUMBER: _ClassVar[int]
+    COMPARE_BASE_FIELD_NUMBER: _ClassVar[int]
+    SAMPLING_FIELD_NUMBER: _ClassVar[int]
+    TOKENIZER_FIELD_NUMBER: _ClassVar[int]
+    PREDICTIONS_FIELD_NUMBER: _ClassVar[int]
+    REFERENCES_FIELD_NUMBER: _ClassVar[int]
+    SPLIT_FIELD_NUMBER: _ClassVar[int]
+    BASE_DIR_FIELD_NUMBER: _ClassVar[int]
     model: str
     adapter: str
     backend: str
     data_path: str
     config_path: str
     max_generations: int
-    def __init__(self, model: _Optional[str] = ..., adapter: _Optional[str] = ..., backend: _Optional[str] = ..., data_path: _Optional[str] = ..., config_path: _Optional[str] = ..., max_generations: _Optional[int] = ...) -> None: ...
+    job_id: str
+    adapters: _containers.RepeatedScalarFieldContainer[str]
+    compare_base: bool
+    sampling: SamplingParams
+    tokenizer: str
+    predictions: _containers.RepeatedScalarFieldContainer[str]
+    references: _containers.RepeatedScalarFieldContainer[str]
+    split: str
+    base_dir: str
+    def __init__(self, model: _Optional[str] = ..., adapter: _Optional[str] = ..., backend: _Optional[str] = ..., data_path: _Optional[str] = ..., config_path: _Optional[str] = ..., max_generations: _Optional[int] = ..., job_id: _Optional[str] = ..., adapters: _Optional[_Iterable[str]] = ..., compare_base: _Optional[bool] = ..., sampling: _Optional[_Union[SamplingParams, _Mapping]] = ..., tokenizer: _Optional[str] = ..., predictions: _Optional[_Iterable[str]] = ..., references: _Optional[_Iterable[str]] = ..., split: _Optional[str] = ..., base_dir: _Optional[str] = ...) -> None: ...
+
+class GenerationResult(_message.Message):
+    __slots__ = ("row", "prompt", "reference", "prediction", "scores")
+    class ScoresEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    ROW_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_FIELD_NUMBER: _ClassVar[int]
+    REFERENCE_FIELD_NUMBER: _ClassVar[int]
+    PREDICTION_FIELD_NUMBER: _ClassVar[int]
+    SCORES_FIELD_NUMBER: _ClassVar[int]
+    row: int
+    prompt: str
+    reference: str
+    prediction: str
+    scores: _containers.ScalarMap[str, float]
+    def __init__(self, row: _Optional[int] = ..., prompt: _Optional[str] = ..., reference: _Optional[str] = ..., prediction: _Optional[str] = ..., scores: _Optional[_Mapping[str, float]] = ...) -> None: ...
+
+class EvaluateRun(_message.Message):
+    __slots__ = ("label", "adapter", "loss", "perplexity", "rows", "metrics", "deltas", "generations")
+    class MetricsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    class DeltasEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    LABEL_FIELD_NUMBER: _ClassVar[int]
+    ADAPTER_FIELD_NUMBER: _ClassVar[int]
+    LOSS_FIELD_NUMBER: _ClassVar[int]
+    PERPLEXITY_FIELD_NUMBER: _ClassVar[int]
+    ROWS_FIELD_NUMBER: _ClassVar[int]
+    METRICS_FIELD_NUMBER: _ClassVar[int]
+    DELTAS_FIELD_NUMBER: _ClassVar[int]
+    GENERATIONS_FIELD_NUMBER: _ClassVar[int]
+    label: str
+    adapter: str
+    loss: float
+    perplexity: float
+    rows: int
+    metrics: _containers.ScalarMap[str, float]
+    deltas: _containers.ScalarMap[str, float]
+    generations: _containers.RepeatedCompositeFieldContainer[GenerationResult]
+    def __init__(self, label: _Optional[str] = ..., adapter: _Optional[str] = ..., loss: _Optional[float] = ..., perplexity: _Optional[float] = ..., rows: _Optional[int] = ..., metrics: _Optional[_Mapping[str, float]] = ..., deltas: _Optional[_Mapping[str, float]] = ..., generations: _Optional[_Iterable[_Union[GenerationResult, _Mapping]]] = ...) -> None: ...
+
+class EvaluateProgress(_message.Message):
+    __slots__ = ("run", "rows_done", "rows_total", "eta_seconds", "elapsed_seconds", "result")
+    RUN_FIELD_NUMBER: _ClassVar[int]
+    ROWS_DONE_FIELD_NUMBER: _ClassVar[int]
+    ROWS_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    ETA_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    ELAPSED_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    run: str
+    rows_done: int
+    rows_total: int
+    eta_seconds: float
+    elapsed_seconds: float
+    result: EvaluateResponse
+    def __init__(self, run: _Optional[str] = ..., rows_done: _Optional[int] = ..., rows_total: _Optional[int] = ..., eta_seconds: _Optional[float] = ..., elapsed_seconds: _Optional[float] = ..., result: _Optional[_Union[EvaluateResponse, _Mapping]] = ...) -> None: ...
 
 class EvaluateResponse(_message.Message):
-    __slots__ = ("loss", "perplexity", "rows", "metrics")
+    __slots__ = ("loss", "perplexity", "rows", "metrics", "runs", "tokenizer", "split")
     class MetricsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -672,14 +771,20 @@ class EvaluateResponse(_message.Message):
     PERPLEXITY_FIELD_NUMBER: _ClassVar[int]
     ROWS_FIELD_NUMBER: _ClassVar[int]
     METRICS_FIELD_NUMBER: _ClassVar[int]
+    RUNS_FIELD_NUMBER: _ClassVar[int]
+    TOKENIZER_FIELD_NUMBER: _ClassVar[int]
+    SPLIT_FIELD_NUMBER: _ClassVar[int]
     loss: float
     perplexity: float
     rows: int
     metrics: _containers.ScalarMap[str, float]
-    def __init__(self, loss: _Optional[float] = ..., perplexity: _Optional[float] = ..., rows: _Optional[int] = ..., metrics: _Optional[_Mapping[str, float]] = ...) -> None: ...
+    runs: _containers.RepeatedCompositeFieldContainer[EvaluateRun]
+    tokenizer: str
+    split: str
+    def __init__(self, loss: _Optional[float] = ..., perplexity: _Optional[float] = ..., rows: _Optional[int] = ..., metrics: _Optional[_Mapping[str, float]] = ..., runs: _Optional[_Iterable[_Union[EvaluateRun, _Mapping]]] = ..., tokenizer: _Optional[str] = ..., split: _Optional[str] = ...) -> None: ...
 
 class InspectDataRequest(_message.Message):
-    __slots__ = ("config_path", "data_path", "model", "overrides", "base_dir", "batch_size", "max_seq_length")
+    __slots__ = ("config_path", "data_path", "model", "overrides", "base_dir", "batch_size", "max_seq_length", "job_id")
     CONFIG_PATH_FIELD_NUMBER: _ClassVar[int]
     DATA_PATH_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
@@ -687,6 +792,7 @@ class InspectDataRequest(_message.Message):
     BASE_DIR_FIELD_NUMBER: _ClassVar[int]
     BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
     MAX_SEQ_LENGTH_FIELD_NUMBER: _ClassVar[int]
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
     config_path: str
     data_path: str
     model: str
@@ -694,7 +800,8 @@ class InspectDataRequest(_message.Message):
     base_dir: str
     batch_size: int
     max_seq_length: int
-    def __init__(self, config_path: _Optional[str] = ..., data_path: _Optional[str] = ..., model: _Optional[str] = ..., overrides: _Optional[_Iterable[str]] = ..., base_dir: _Optional[str] = ..., batch_size: _Optional[int] = ..., max_seq_length: _Optional[int] = ...) -> None: ...
+    job_id: str
+    def __init__(self, config_path: _Optional[str] = ..., data_path: _Optional[str] = ..., model: _Optional[str] = ..., overrides: _Optional[_Iterable[str]] = ..., base_dir: _Optional[str] = ..., batch_size: _Optional[int] = ..., max_seq_length: _Optional[int] = ..., job_id: _Optional[str] = ...) -> None: ...
 
 class HistogramBucket(_message.Message):
     __slots__ = ("lo", "hi", "count")
@@ -781,22 +888,36 @@ class DataReport(_message.Message):
     def __init__(self, source: _Optional[str] = ..., format: _Optional[str] = ..., columns: _Optional[_Iterable[str]] = ..., train_rows: _Optional[int] = ..., validation_rows: _Optional[int] = ..., template: _Optional[str] = ..., end_of_turn_token: _Optional[str] = ..., added_tokens: _Optional[_Iterable[str]] = ..., max_seq_length: _Optional[int] = ..., batch_size: _Optional[int] = ..., tokens_total: _Optional[int] = ..., tokens_mean: _Optional[float] = ..., tokens_max: _Optional[int] = ..., prompt_tokens_total: _Optional[int] = ..., prompt_tokens_mean: _Optional[float] = ..., response_tokens_total: _Optional[int] = ..., response_tokens_mean: _Optional[float] = ..., length_histogram: _Optional[_Iterable[_Union[HistogramBucket, _Mapping]]] = ..., over_length_rows: _Optional[int] = ..., over_length_ids: _Optional[_Iterable[str]] = ..., truncated_prompt_rows: _Optional[int] = ..., overlong_rows: _Optional[int] = ..., overlong_ids: _Optional[_Iterable[str]] = ..., padding_waste_percent: _Optional[float] = ..., padding_waste_grouped_percent: _Optional[float] = ..., padding_waste_packed_percent: _Optional[float] = ..., examples: _Optional[_Iterable[_Union[RenderedExample, _Mapping]]] = ..., warnings: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class RecommendRequest(_message.Message):
-    __slots__ = ("model", "config_path", "train_rows")
+    __slots__ = ("model", "config_path", "train_rows", "data_path", "base_dir")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     CONFIG_PATH_FIELD_NUMBER: _ClassVar[int]
     TRAIN_ROWS_FIELD_NUMBER: _ClassVar[int]
+    DATA_PATH_FIELD_NUMBER: _ClassVar[int]
+    BASE_DIR_FIELD_NUMBER: _ClassVar[int]
     model: str
     config_path: str
     train_rows: int
-    def __init__(self, model: _Optional[str] = ..., config_path: _Optional[str] = ..., train_rows: _Optional[int] = ...) -> None: ...
+    data_path: str
+    base_dir: str
+    def __init__(self, model: _Optional[str] = ..., config_path: _Optional[str] = ..., train_rows: _Optional[int] = ..., data_path: _Optional[str] = ..., base_dir: _Optional[str] = ...) -> None: ...
 
 class Recommendation(_message.Message):
-    __slots__ = ("config", "reasons")
+    __slots__ = ("config", "reasons", "train_rows", "tokens_p50", "tokens_p95", "tokens_max", "config_yaml")
     CONFIG_FIELD_NUMBER: _ClassVar[int]
     REASONS_FIELD_NUMBER: _ClassVar[int]
+    TRAIN_ROWS_FIELD_NUMBER: _ClassVar[int]
+    TOKENS_P50_FIELD_NUMBER: _ClassVar[int]
+    TOKENS_P95_FIELD_NUMBER: _ClassVar[int]
+    TOKENS_MAX_FIELD_NUMBER: _ClassVar[int]
+    CONFIG_YAML_FIELD_NUMBER: _ClassVar[int]
     config: TrainingConfig
     reasons: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, config: _Optional[_Union[TrainingConfig, _Mapping]] = ..., reasons: _Optional[_Iterable[str]] = ...) -> None: ...
+    train_rows: int
+    tokens_p50: int
+    tokens_p95: int
+    tokens_max: int
+    config_yaml: str
+    def __init__(self, config: _Optional[_Union[TrainingConfig, _Mapping]] = ..., reasons: _Optional[_Iterable[str]] = ..., train_rows: _Optional[int] = ..., tokens_p50: _Optional[int] = ..., tokens_p95: _Optional[int] = ..., tokens_max: _Optional[int] = ..., config_yaml: _Optional[str] = ...) -> None: ...
 
 class Adapter(_message.Message):
     __slots__ = ("path", "job_id", "base_model", "peft_adapter", "lora_r", "created_at", "layouts")

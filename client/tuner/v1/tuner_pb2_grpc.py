@@ -122,6 +122,11 @@ class TunerStub:
                 request_serializer=tuner_dot_v1_dot_tuner__pb2.FuseAdapterRequest.SerializeToString,
                 response_deserializer=tuner_dot_v1_dot_tuner__pb2.FuseAdapterResponse.FromString,
                 _registered_method=True)
+        self.EvaluateStream = channel.unary_stream(
+                '/tuner.v1.Tuner/EvaluateStream',
+                request_serializer=tuner_dot_v1_dot_tuner__pb2.EvaluateRequest.SerializeToString,
+                response_deserializer=tuner_dot_v1_dot_tuner__pb2.EvaluateProgress.FromString,
+                _registered_method=True)
 
 
 class TunerServicer:
@@ -243,6 +248,14 @@ class TunerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def EvaluateStream(self, request, context):
+        """Evaluate with progress: one message per generated row (run, rows done, ETA), the last one
+        carries the result (base vs adapters side by side when asked).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TunerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -330,6 +343,11 @@ def add_TunerServicer_to_server(servicer, server):
                     servicer.FuseAdapter,
                     request_deserializer=tuner_dot_v1_dot_tuner__pb2.FuseAdapterRequest.FromString,
                     response_serializer=tuner_dot_v1_dot_tuner__pb2.FuseAdapterResponse.SerializeToString,
+            ),
+            'EvaluateStream': grpc.unary_stream_rpc_method_handler(
+                    servicer.EvaluateStream,
+                    request_deserializer=tuner_dot_v1_dot_tuner__pb2.EvaluateRequest.FromString,
+                    response_serializer=tuner_dot_v1_dot_tuner__pb2.EvaluateProgress.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -794,6 +812,33 @@ class Tuner:
             '/tuner.v1.Tuner/FuseAdapter',
             tuner_dot_v1_dot_tuner__pb2.FuseAdapterRequest.SerializeToString,
             tuner_dot_v1_dot_tuner__pb2.FuseAdapterResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EvaluateStream(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/tuner.v1.Tuner/EvaluateStream',
+            tuner_dot_v1_dot_tuner__pb2.EvaluateRequest.SerializeToString,
+            tuner_dot_v1_dot_tuner__pb2.EvaluateProgress.FromString,
             options,
             channel_credentials,
             insecure,

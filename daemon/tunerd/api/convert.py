@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from tuner.v1 import tuner_pb2 as pb
 
+from ..backends.base import Sampling
 from ..jobs.store import JobRecord, StoredEvent
 
 _STATE = {"queued": pb.QUEUED, "running": pb.RUNNING, "succeeded": pb.SUCCEEDED, "failed": pb.FAILED,
@@ -31,7 +33,9 @@ def job(rec: JobRecord, queue_position: int = 0) -> pb.Job:
                   backend=rec.backend, output_dir=rec.output_dir, adapter_path=rec.adapter_path,
                   error=rec.error, step=rec.step, total_steps=rec.total_steps, last_loss=rec.last_loss,
                   best_eval_loss=rec.best_eval_loss, config_json=rec.config_json,
-                  last_sequence=rec.last_sequence, queue_position=queue_position)
+                  last_sequence=rec.last_sequence, queue_position=queue_position,
+                  metrics_path=str(Path(rec.output_dir) / "metrics.jsonl") if rec.output_dir else "",
+                  tensorboard_dir=str(Path(rec.output_dir) / "tensorboard") if rec.output_dir else "")
 
 
 def event(e: StoredEvent) -> pb.JobEvent:
@@ -86,3 +90,34 @@ def data_report(r: dict) -> pb.DataReport:
         else:
             setattr(out, f.name, value)
     return out
+
+
+def sampling(s: pb.SamplingParams, default_max_tokens: int = 256) -> Sampling:
+    fields = {f.name: v for f, v in s.ListFields() if f.name != "stop"}
+    fields.setdefault("max_tokens", default_max_tokens)
+    return Sampling(**fields, stop=list(s.stop))
+
+
+def evaluate_request(r: pb.EvaluateRequest) -> dict:
+    return dict(model=r.model, adapter=r.adapter, backend=r.backend, data_path=r.data_path,
+                config_path=r.config_path, job_id=r.job_id, adapters=list(r.adapters),
+                compare_base=r.compare_base, base_dir=r.base_dir, split=r.split,
+                max_generations=r.max_generations, sampling=sampling(r.sampling, default_max_tokens=128),
+                tokenizer=r.tokenizer or "whitespace", predictions=list(r.predictions),
+                references=list(r.references))
+
+
+def evaluate_response(r: dict) -> pb.EvaluateResponse:
+    runs = [pb.EvaluateRun(label=u["label"], adapter=u["adapter"], loss=u["loss"], perplexity=u["perplexity"],
+                           rows=u["rows"], metrics=u["metrics"], deltas=u.get("deltas", {}),
+                           generations=[pb.GenerationResult(**g) for g in u["generations"]])
+            for u in r["runs"]]
+    return pb.EvaluateResponse(loss=r["loss"], perplexity=r["perplexity"], rows=r["rows"], metrics=r["metrics"],
+                               runs=runs, tokenizer=r["tokenizer"], split=r["split"])
+
+
+def recommendation(r: dict) -> pb.Recommendation:
+    cfg = {k: v for k, v in r["config"].items() if not (k == "packing" and v == "auto")}  # unset = auto
+    return pb.Recommendation(config=pb.TrainingConfig(**cfg), reasons=r["reasons"], train_rows=r["train_rows"],
+                             tokens_p50=r["tokens_p50"], tokens_p95=r["tokens_p95"], tokens_max=r["tokens_max"],
+                             config_yaml=r["config_yaml"])

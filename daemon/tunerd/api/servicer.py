@@ -135,21 +135,29 @@ class TunerServicer(pb_grpc.TunerServicer):
         r = self.core.inspect_data(config_path=request.config_path, data_path=request.data_path,
                                    model=request.model, overrides=list(request.overrides),
                                    base_dir=request.base_dir, batch_size=request.batch_size,
-                                   max_seq_length=request.max_seq_length)
+                                   max_seq_length=request.max_seq_length, job_id=request.job_id)
         return convert.data_report(r)
 
     @_errors
     def Evaluate(self, request, context):
-        r = self.core.evaluate(model=request.model, adapter=request.adapter, backend=request.backend,
-                               data_path=request.data_path, config_path=request.config_path)
-        return pb.EvaluateResponse(loss=r["loss"], perplexity=r["perplexity"], rows=r["rows"],
-                                   metrics=r.get("metrics", {}))
+        for p in self.core.evaluate_stream(_cancel_event(context), **convert.evaluate_request(request)):
+            if "result" in p:
+                return convert.evaluate_response(p["result"])
+
+    @_errors
+    def EvaluateStream(self, request, context):
+        for p in self.core.evaluate_stream(_cancel_event(context), **convert.evaluate_request(request)):
+            if "result" in p:
+                yield pb.EvaluateProgress(result=convert.evaluate_response(p["result"]))
+            else:
+                yield pb.EvaluateProgress(**p)
 
     @_errors
     def Recommend(self, request, context):
         r = self.core.recommend(model=request.model, config_path=request.config_path,
-                                train_rows=request.train_rows)
-        return pb.Recommendation(config=pb.TrainingConfig(**r["config"]), reasons=r["reasons"])
+                                train_rows=request.train_rows, data_path=request.data_path,
+                                base_dir=request.base_dir)
+        return convert.recommendation(r)
 
     # -- adapters
     @_errors

@@ -190,6 +190,8 @@ _DATA_CHOICES = {"format": ("auto", "text", "prompt_response", "alpaca", "messag
 
 
 EVAL_METRICS = ("eval_loss", "eval_perplexity", "eval_tokens")  # what the training loop's evaluation reports
+# ... and, with eval_generate_rows > 0, these generation metrics (tunerd.evaluation.metrics)
+GENERATION_METRICS = ("eval_rouge1", "eval_rouge2", "eval_rougeL", "eval_rougeLsum", "eval_bleu", "eval_exact_match")
 
 
 def validate(cfg: TrainConfig, base_dir: Optional[Union[str, Path]] = None, check_paths: bool = False) -> list[str]:
@@ -281,9 +283,17 @@ def _run_rules(cfg: TrainConfig) -> list[str]:
         if not isinstance(cfg.early_stopping_patience, int) or cfg.early_stopping_patience < 1:
             p.append(f"early_stopping_patience: must be >= 1, got {cfg.early_stopping_patience!r}")
     metric = cfg.metric_for_best_model or "eval_loss"
-    if (metric if metric.startswith("eval_") else "eval_" + metric) not in EVAL_METRICS:
+    metric = metric if metric.startswith("eval_") else "eval_" + metric
+    if metric in GENERATION_METRICS and not (isinstance(cfg.eval_generate_rows, int) and cfg.eval_generate_rows > 0):
+        p.append(f"metric_for_best_model: {cfg.metric_for_best_model!r} needs generation at eval; "
+                 f"set eval_generate_rows to the number of validation rows to generate for (e.g. 32)")
+    elif metric not in EVAL_METRICS + GENERATION_METRICS:
         p.append(f"metric_for_best_model: {cfg.metric_for_best_model!r} is not an eval metric; "
-                 f"choose one of {', '.join(EVAL_METRICS)}")
+                 f"choose one of {', '.join(EVAL_METRICS + GENERATION_METRICS)}")
+    if isinstance(cfg.eval_generate_rows, int) and cfg.eval_generate_rows < 0:
+        p.append(f"eval_generate_rows: must be >= 0 (0: off), got {cfg.eval_generate_rows}")
+    if cfg.eval_metric_tokenizer not in ("whitespace", "char", "morpheme"):
+        p.append(f"eval_metric_tokenizer: {cfg.eval_metric_tokenizer!r} is not one of whitespace, char, morpheme")
     p += kwargs_problems(cfg.lr_scheduler_type, cfg.lr_scheduler_kwargs, cfg.learning_rate)
     return p
 

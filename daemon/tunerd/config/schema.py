@@ -111,6 +111,13 @@ class TrainConfig:
     greater_is_better: Optional[bool] = _f(None, "whether a larger metric is better (default: not for *loss)")
     early_stopping_patience: Optional[int] = _f(None, "stop after N evals without improvement")
     early_stopping_threshold: float = _f(0.0, "minimum improvement that counts")
+    eval_generate_rows: int = _f(0, "generate answers for the first N validation rows at each eval and add "
+                                    "eval_rouge1/2/L/Lsum, eval_bleu and eval_exact_match (so "
+                                    "metric_for_best_model: rougeL works); 0: off. Costs N generations per eval")
+    eval_generate_max_tokens: int = _f(128, "new tokens per generated answer at eval (greedy)")
+    eval_metric_tokenizer: str = _f("whitespace", "tokens for ROUGE/BLEU: whitespace (words of any script) | "
+                                                  "char (letters: CJK/Korean without an analyser) | morpheme "
+                                                  "(Korean, needs kiwipiepy)")
     resume_from_checkpoint: Optional[str] = _f(None, "a checkpoint path or 'latest'")
     output_dir: str = _f("", "where checkpoints, adapters and metrics go (default $TUNER_HOME/runs/<job>)")
     debug: bool = _f(False, "smoke run: 50 train / 10 eval rows, 1 epoch, batch 2")

@@ -39,6 +39,7 @@ from ..backends.base import Backend
 from ..config.loader import ConfigError, validate
 from ..config.schema import TrainConfig
 from ..data.prepare import iterate_batches, prepare
+from ..evaluation.generation import GenerationEval
 from . import events as ev
 from .flops import flops_per_token
 from .memory import Shape, advise, explain_oom, oom_message
@@ -52,7 +53,8 @@ DEBUG_TRAIN_ROWS, DEBUG_EVAL_ROWS, DEBUG_BATCH = 50, 10, 2
 RESUME_FREE_KEYS = {"output_dir", "resume_from_checkpoint", "logging_steps", "eval_strategy", "eval_steps",
                     "save_strategy", "save_steps", "save_total_limit", "load_best_model_at_end",
                     "early_stopping_patience", "early_stopping_threshold", "max_steps", "num_epochs",
-                    "per_device_eval_batch_size", "device", "backend"}
+                    "per_device_eval_batch_size", "device", "backend", "eval_generate_rows",
+                    "eval_generate_max_tokens", "eval_metric_tokenizer"}
 
 
 class TrainingCancelled(Exception):
@@ -178,6 +180,8 @@ def train(cfg: TrainConfig, backend: Backend, emit: Callable[[object], None],
 
     eval_batches = iterate_batches(eval_rows, cfg.per_device_eval_batch_size, pad_id, packing=False,
                                    max_seq_length=cfg.max_seq_length, shuffle=False) if eval_rows else []
+    gen_eval = GenerationEval.for_training(cfg, tok, Path(base_dir) if base_dir else None) \
+        if eval_batches and cfg.eval_generate_rows > 0 else None   # eval_rouge*, eval_bleu at each eval
     if not eval_batches and cfg.eval_strategy != "no":
         emit(ev.Log("warning", "no validation rows: evaluation is skipped"))
 
@@ -258,11 +262,13 @@ def train(cfg: TrainConfig, backend: Backend, emit: Callable[[object], None],
             total, n = total + s, n + k
         loss = total / max(n, 1)
         ppl = math.exp(loss) if loss < 700 else float("inf")
+        gen = gen_eval.metrics(backend) if gen_eval else {}
         e = ev.Eval(step=state.global_step, epoch=epoch_float(), eval_loss=loss, perplexity=ppl,
-                    metrics={"eval_loss": loss, "eval_perplexity": ppl, "eval_tokens": n})
+                    metrics={"eval_loss": loss, "eval_perplexity": ppl, "eval_tokens": n, **gen})
         emit(e)
         metrics.write("eval", e)
-        board.scalars(e.step, {"eval/loss": loss, "eval/perplexity": min(ppl, 1e30)})
+        board.scalars(e.step, {"eval/loss": loss, "eval/perplexity": min(ppl, 1e30),
+                               **{"eval/" + k[5:]: v for k, v in gen.items()}})
         return e
 
     def epoch_float() -> float:

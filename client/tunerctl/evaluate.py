@@ -1,0 +1,160 @@
+"""`tunerctl evaluate`: loss, perplexity and ROUGE/BLEU of the base and/or adapters, side by side;
+or scores of predictions made anywhere (`--predictions P.jsonl --references R.jsonl`)."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from tuner.v1 import tuner_pb2 as pb
+
+from .ui import as_dict, console, err, print_json, table
+
+METRIC_COLUMNS = ("rouge1", "rouge2", "rougeL", "rougeLsum", "bleu", "exact_match")
+PREDICTION_KEYS = ("prediction", "predictions", "generated", "output")
+REFERENCE_KEYS = ("reference", "references", "target", "label")
+
+
+def add_arguments(ev) -> None:
+    ev.add_argument("--model", "-m", default="", help="base model (default: the job's / config's)")
+    ev.add_argument("--adapter", "-a", default="", help="adapter dir, checkpoint dir, or job:<id>")
+    ev.add_argument("--compare", action="append", default=[], metavar="ADAPTER",
+                    help="also run this adapter/checkpoint on the same rows (repeatable)")
+    ev.add_argument("--base", action="store_true", help="also run the base model without adapter (base vs tuned)")
+    ev.add_argument("--job", default="", help="a job: its model, data split, max_seq_length and adapter")
+    ev.add_argument("--data", default="", help="a data file (any supported format)")
+    ev.add_argument("--config", default="", help="a config: its model and data")
+    ev.add_argument("--split", choices=["validation", "test"], default=None,
+                    help="default: test when the config has data.test, else validation")
+    ev.add_argument("--backend", default="")
+    ev.add_argument("--generate", "-n", type=int, default=0, metavar="N",
+                    help="generate for the first N rows and score ROUGE/BLEU/exact match")
+    ev.add_argument("--tokenizer", choices=["whitespace", "char", "morpheme"], default="whitespace",
+                    help="tokens for ROUGE/BLEU: words of any script, characters (CJK/Korean), or Korean "
+                         "morphemes (kiwipiepy on the daemon)")
+    ev.add_argument("--temperature", type=float, default=None, help="default 0: greedy")
+    ev.add_argument("--top-p", type=float, default=None)
+    ev.add_argument("--seed", type=int, default=None)
+    ev.add_argument("--max-tokens", type=int, default=None, help="new tokens per answer (default 128)")
+    ev.add_argument("--predictions", default="", help="JSONL/JSON rows with a prediction (and maybe reference)")
+    ev.add_argument("--references", default="", help="JSONL/JSON rows with a reference")
+    ev.add_argument("--show", type=int, default=3, help="print this many generations side by side")
+
+
+def read_rows(path: str) -> list[dict]:
+    text = Path(path).expanduser().read_text(encoding="utf-8")
+    if text.lstrip().startswith("["):
+        rows = json.loads(text)
+    else:
+        rows = []
+        for n, line in enumerate(text.splitlines(), 1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as e:
+                    raise ValueError(f"{path}:{n}: not JSON ({e.msg})") from None
+    return [r if isinstance(r, dict) else {"prediction": r} for r in rows]
+
+
+def _column(rows: list[dict], keys: tuple, path: str, what: str) -> list[str]:
+    out = []
+    for i, r in enumerate(rows, 1):
+        key = next((k for k in keys if k in r), None)
+        if key is None:
+            raise ValueError(f"{path}: row {i} has no {what} (one of {', '.join(keys)}); its keys: {', '.join(r)}")
+        v = r[key]
+        out.append(v[0] if isinstance(v, list) and v else str(v))
+    return out
+
+
+def predictions_request(args) -> tuple[list[str], list[str]]:
+    rows = read_rows(args.predictions)
+    preds = _column(rows, PREDICTION_KEYS, args.predictions, "prediction")
+    if args.references:
+        refs = _column(read_rows(args.references), REFERENCE_KEYS, args.references, "reference")
+    else:
+        refs = _column(rows, REFERENCE_KEYS, args.predictions, "reference (or pass --references)")
+    return preds, refs
+
+
+def request(args) -> pb.EvaluateRequest:
+    sp = pb.SamplingParams()
+    for name in ("temperature", "top_p", "seed", "max_tokens"):
+        if getattr(args, name) is not None:
+            setattr(sp, name, getattr(args, name))
+    req = pb.EvaluateRequest(model=args.model, adapter=args.adapter, backend=args.backend, job_id=args.job,
+                             adapters=args.compare, compare_base=args.base, max_generations=args.generate,
+                             tokenizer=args.tokenizer, split=args.split or "", base_dir=os.getcwd(), sampling=sp,
+                             data_path=str(Path(args.data).resolve()) if args.data else "",
+                             config_path=str(Path(args.config).resolve()) if args.config else "")
+    if args.predictions:
+        preds, refs = predictions_request(args)
+        req.predictions.extend(preds)
+        req.references.extend(refs)
+    return req
+
+
+def run(s, args) -> int:
+    req = request(args)
+    result = None
+    progress = None
+    try:
+        for p in s.EvaluateStream(req):
+            if p.HasField("result"):
+                result = p.result
+                break
+            if args.json:
+                print_json({"progress": as_dict(p)})
+            elif p.rows_total:
+                if progress is None:
+                    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+                    progress = Progress(TextColumn("generating [bold]{task.fields[run]}[/]"), BarColumn(),
+                                        MofNCompleteColumn(), TextColumn("ETA {task.fields[eta]}"),
+                                        console=err, transient=True)
+                    progress.start()
+                    task = progress.add_task("gen", total=p.rows_total, run=p.run, eta="?")
+                progress.update(task, completed=p.rows_done, run=p.run, eta=f"{p.eta_seconds:.0f}s")
+    finally:
+        if progress is not None:
+            progress.stop()
+    if result is None:
+        raise RuntimeError("the daemon ended the evaluation without a result")
+    if args.json:
+        print_json(as_dict(result))
+    else:
+        print_result(result, args.show)
+    return 0
+
+
+def _fmt(k: str, v: float) -> str:
+    return f"{v:.2f}" if k in ("bleu", "perplexity") else f"{v:.4f}"
+
+
+def print_result(r, show: int = 3) -> None:
+    runs = list(r.runs)
+    has_gen = any(k in u.metrics for u in runs for k in METRIC_COLUMNS)
+    has_loss = any(u.loss for u in runs)
+    cols = (["loss", "perplexity"] if has_loss else []) + (list(METRIC_COLUMNS) if has_gen else [])
+    head = f"split {r.split}, " if r.split else ""
+    console.print(f"{head}{r.rows} rows" + (f"; metrics tokenized by [bold]{r.tokenizer}[/]" if has_gen else ""))
+    rows = []
+    for i, u in enumerate(runs):
+        vals = {"loss": u.loss, "perplexity": u.perplexity, **dict(u.metrics)}
+        cells = []
+        for k in cols:
+            cell = _fmt(k, vals.get(k, 0.0))
+            if i > 0 and k in u.deltas:
+                cell += f" ({'+' if u.deltas[k] >= 0 else ''}{_fmt(k, u.deltas[k])})"
+            cells.append(cell)
+        rows.append([u.label] + cells)
+    table(["run"] + cols, rows)
+    if len(runs) > 1:
+        console.print(f"[dim](deltas against {runs[0].label})[/]")
+    if show and has_gen:
+        for j in range(min(show, len(runs[0].generations))):
+            g0 = runs[0].generations[j]
+            console.print(f"\n[bold]row {g0.row}[/] {g0.prompt}")
+            console.print(f"  [green]reference[/]  {g0.reference}")
+            for u in runs:
+                g = u.generations[j]
+                console.print(f"  [bold]{u.label:>10}[/]  {g.prediction}  [dim]rougeL {g.scores.get('rougeL', 0):.3f}[/]")

@@ -1,0 +1,47 @@
+"""Generate answers for evaluation rows and score them (used by Evaluate and by training's eval)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Optional
+
+from ..backends.base import Sampling
+from ..config.schema import TrainConfig
+from .data import GenRow, build_eval_set
+from .metrics import score
+
+DEFAULT_MAX_TOKENS = 128
+
+
+def generate_text(backend, prompt_ids: list[int], sampling: Sampling,
+                  should_stop: Callable[[], bool] = lambda: False) -> str:
+    """The whole reply to one prompt (greedy when sampling.temperature is 0)."""
+    gen = backend.generate(prompt_ids, sampling, should_stop)
+    try:
+        return "".join(c.text for c in gen).strip()
+    finally:
+        gen.close()
+
+
+class GenerationEval:
+    """Training's generation metrics: the first `eval_generate_rows` validation rows, greedy,
+    scored with `eval_metric_tokenizer`. Built once before the loop; `metrics(backend)` at each eval."""
+
+    def __init__(self, rows: list[GenRow], max_tokens: int, tokenizer: str = "whitespace"):
+        self.rows, self.tokenizer = rows, tokenizer
+        self.sampling = Sampling(temperature=0.0, max_tokens=max_tokens)
+
+    @classmethod
+    def for_training(cls, cfg: TrainConfig, tokenizer, base_dir: Optional[Path] = None) -> Optional["GenerationEval"]:
+        if cfg.eval_generate_rows <= 0:
+            return None
+        es = build_eval_set(cfg, tokenizer, base_dir, "validation", cfg.eval_generate_rows,
+                            cfg.eval_generate_max_tokens)
+        if not es.generation:
+            raise ValueError("eval_generate_rows: no validation row ends with an assistant answer to generate")
+        return cls(es.generation, cfg.eval_generate_max_tokens, cfg.eval_metric_tokenizer)
+
+    def metrics(self, backend) -> dict:
+        predictions = [generate_text(backend, r.prompt_ids, self.sampling) for r in self.rows]
+        s = score(predictions, [r.reference for r in self.rows], self.tokenizer)
+        return {f"eval_{k}": v for k, v in s.metrics.items()}
+

@@ -1,0 +1,82 @@
+"""What an Evaluate request means: which config (model, data, max_seq_length), which runs.
+
+    --job ID / --adapter job:ID   the job's resolved config (output_dir/config.json: model, backend,
+                                  dtype, data block, max_seq_length, eval batch size) and its adapter;
+                                  split: data.test when the job has one, else its validation split
+    --config C                    that config's model and data
+    --data FILE                   these rows (with the job's/config's format settings when given)
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Callable, Optional
+
+from ..config.loader import load_config
+from ..config.schema import TrainConfig
+from ..jobs.store import JobStore
+from .runs import EvalPlan
+
+
+def job_config(store: JobStore, job_id: str) -> tuple[TrainConfig, str, str]:
+    """(config, backend, base_dir) of a job: the resolved config.json the run wrote, else the submitted one."""
+    rec = store.get(job_id)
+    resolved = Path(rec.output_dir) / "config.json" if rec.output_dir else None
+    doc = json.loads(resolved.read_text()) if resolved and resolved.exists() else dict(rec.config)
+    doc.pop("resume_from_checkpoint", None)
+    cfg = load_config(doc=doc)
+    return cfg, rec.backend or cfg.backend, rec.base_dir
+
+
+def resolve(store: JobStore, resolve_adapter: Callable[[str], str], *, model: str = "", adapter: str = "",
+            backend: str = "", data_path: str = "", config_path: str = "", job_id: str = "",
+            adapters: Optional[list] = None, compare_base: bool = False, base_dir: str = "",
+            split: str = "", **plan_kw) -> tuple[EvalPlan, str, str]:
+    """-> (plan, model, backend)."""
+    if not job_id and adapter.startswith("job:"):
+        job_id = adapter.split(":", 1)[1]
+    cfg, where = None, Path(base_dir) if base_dir else None
+    if job_id:
+        cfg, job_backend, job_base = job_config(store, job_id)
+        backend = backend or job_backend
+        where = Path(job_base) if job_base else where
+        adapter = adapter or f"job:{job_id}"
+    if config_path:
+        path = Path(base_dir or ".", config_path) if not Path(config_path).is_absolute() else Path(config_path)
+        cfg = load_config(path)
+        where = path.resolve().parent
+    model = model or (cfg.model if cfg else "") or _adapter_base(resolve_adapter(adapter) if adapter else "")
+    if not model:
+        raise ValueError("evaluate needs a model: --model, --job ID, --adapter job:ID or --config C")
+    if data_path:
+        data = str(Path(base_dir or ".", data_path)) if base_dir and Path(base_dir, data_path).exists() else data_path
+        if cfg is None:
+            cfg = load_config(doc={"model": model, "data": {"train": data, "validation": data}})
+        cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, train=data, validation=data, test=None))
+        split = split or "validation"
+    if cfg is None or cfg.data.train is None:
+        raise ValueError("evaluate needs data: --data FILE, a --config with a data block, or --job ID")
+    cfg = dataclasses.replace(cfg, model=model)
+    runs = [("base", "")] if compare_base else []
+    for ref in ([adapter] if adapter else []) + list(adapters or []):
+        runs.append((ref if ref.startswith("job:") else _short(ref), resolve_adapter(ref)))
+    if not runs:
+        runs = [("base", "")]
+    return EvalPlan(cfg, runs, where, split, **plan_kw), model, backend or "auto"
+
+
+def _short(path: str) -> str:
+    p = Path(path)
+    return "/".join(p.parts[-2:]) if p.name in ("adapter",) or p.name.startswith("checkpoint-") else p.name
+
+
+def _adapter_base(path: str) -> str:
+    """The base model a PEFT adapter names (adapter_config.json), or ""."""
+    f = Path(path) / "adapter_config.json" if path else None
+    if f is None or not f.is_file():
+        return ""
+    try:
+        return json.loads(f.read_text()).get("base_model_name_or_path") or ""
+    except ValueError:
+        return ""
