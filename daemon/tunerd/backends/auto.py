@@ -100,6 +100,14 @@ def choose_backend(cfg=None, facts: Optional[HostFacts] = None) -> str:
         tiny  (hidden 64, 2 layers)      18         22*          84               195                285
         bench (hidden 256, 4 layers)    128        148          402              2664               3645
         (* re-measured in 3 more runs, 22-24 ms each; the sweep's own best of 3 was a disturbed 231 ms)
+
+    Re-measured at a real shape (`python bench/bench_scale.py --shape mid`: bf16 checkpoint, hidden 512,
+    8 layers, 32k vocabulary, rows of 30-512 tokens, each backend with its defaults): torch 1,391 real
+    tokens/s in bfloat16 (dtype auto: AMX makes bf16 matmuls 9x float32's on this CPU) and 1,094 in
+    float32, MLX 322 in float32 (its CPU bfloat16 is 20x slower than float32): torch 3.4-4.3x.
+    With an NVIDIA GPU torch stays the default (bitsandbytes QLoRA, the tested CUDA path); MLX's CUDA
+    build (`pip install 'mactuner[mlx-cuda]'`, then `backend: mlx`) is an option that ran 11.6k tok/s
+    vs torch's 9.5k on an H100 before this session's torch fixes (DESIGN.md §2); not re-measured since.
     """
     return choose_backend_with_reason(cfg, facts)[0]
 
@@ -129,7 +137,7 @@ def choose_backend_with_reason(cfg=None, facts: Optional[HostFacts] = None) -> t
         return "torch", ("CPU-only host, 4-bit: bitsandbytes nf4 steps measured 9-18x faster than "
                          "MLX's CPU quantized_matmul")
     if facts.mlx_blas_optimized:
-        return "torch", (f"CPU-only host: even with an optimized BLAS for MLX ({facts.mlx_blas}) torch's "
-                         f"LoRA step measured 3.1-4.7x faster")
+        return "torch", (f"CPU-only host: even with an optimized BLAS for MLX ({facts.mlx_blas}) torch "
+                         f"trained 3.1-4.7x faster (and 3.4-4.3x at a 32k-vocabulary mid-size shape)")
     return "torch", ("CPU-only host: MLX would use its reference BLAS (no optimized BLAS preloaded); torch's "
                      "LoRA step measured 16-28x faster")
