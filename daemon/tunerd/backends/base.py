@@ -11,7 +11,13 @@ The training loop (`tunerd.training.loop`) never imports mlx or torch; it drives
     save_checkpoint(dir) / load_checkpoint(dir) adapter + optimizer state + backend RNG
     save_adapter(dir)                           final adapter: native layout AND PEFT layout
     generate(prompt_ids, sampling, should_stop) -> iterator[GenerationChunk]
-    memory() -> MemoryStats
+    memory() -> MemoryStats                     the device's (process-wide) active and peak bytes
+  For chat, several adapters on one loaded base (one copy of its weights):
+    attach_adapter(name, path) -> bytes         load a saved adapter beside the others (PEFT named
+                                                adapters on torch; named weight sets on mlx)
+    use_adapter(name | None)                    the adapter the next forward passes use (None: the base)
+    detach_adapter(name)
+    weight_bytes() -> (base, {name: bytes})     bytes of this model's own weights and of each adapter
     peak_flops() -> float                       measured matmul FLOP/s of the device in the model's dtype
     resize_token_embeddings(vocab_size, token_ids, end_of_turn, chat_template)   optional; before
                                                 add_adapter when the data pipeline added chat special
@@ -154,6 +160,23 @@ class Backend(ABC):
 
     @abstractmethod
     def memory(self) -> MemoryStats: ...
+
+    @abstractmethod
+    def attach_adapter(self, name: str, path: Path) -> int:
+        """Load the adapter at `path` as `name` beside the others, sharing the one base; make it
+        active; return its bytes. Adapters that change the base (adapter_layout.changes_base) go
+        through load_adapter on a base of their own instead."""
+
+    @abstractmethod
+    def use_adapter(self, name: Optional[str]) -> None:
+        """Select an attached adapter for the next forward passes (None or "": the bare base)."""
+
+    @abstractmethod
+    def detach_adapter(self, name: str) -> None: ...
+
+    @abstractmethod
+    def weight_bytes(self) -> tuple[int, dict]:
+        """(bytes of the base's weights and buffers, {attached adapter name: bytes})."""
 
     @abstractmethod
     def peak_flops(self) -> float:
