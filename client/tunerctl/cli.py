@@ -393,43 +393,20 @@ def cmd_chat(args) -> int:
     if args.prompt is not None:
         chat_once(s, args, system + [{"role": "user", "content": args.prompt}])
         return 0
-    history: list = []
-    console.print("[dim]chat: /system TEXT, /reset, /adapter PATH|job:ID|none, /save FILE, /quit[/]")
-    while True:
-        try:
-            line = input(">>> ")
-        except (EOFError, KeyboardInterrupt):
-            console.print()
-            return 0
-        if not line.strip():
-            continue
-        if line.startswith("/"):
-            name, _, rest = line[1:].partition(" ")
-            if name in ("quit", "exit", "bye"):
-                return 0
-            if name == "reset":
-                history = []
-                console.print("[dim]history cleared[/]")
-            elif name == "system":
-                system = [{"role": "system", "content": rest}] if rest else []
-                console.print(f"[dim]system prompt {'set' if rest else 'cleared'}[/]")
-            elif name == "adapter":
-                args.adapter = "" if rest.strip() in ("", "none") else rest.strip()
-                console.print(f"[dim]adapter: {args.adapter or 'none'}[/]")
-            elif name == "save":
-                Path(rest.strip() or "chat.json").write_text(json.dumps(system + history, indent=2, ensure_ascii=False))
-                console.print(f"[dim]saved to {rest.strip() or 'chat.json'}[/]")
-            else:
-                console.print("[dim]unknown command; /system, /reset, /adapter, /save, /quit[/]")
-            continue
-        history.append({"role": "user", "content": line})
-        try:
-            reply, _ = chat_once(s, args, system + history)
-        except KeyboardInterrupt:
-            console.print("\n[dim](stopped)[/]")
-            history.pop()
-            continue
-        history.append({"role": "assistant", "content": reply})
+    from .repl import PARAMS, Repl
+
+    def request(messages: list, p: dict) -> pb.ChatRequest:
+        sp = pb.SamplingParams(stop=p.get("stop") or [])
+        for k in PARAMS:
+            if k != "stop" and p.get(k) is not None:
+                setattr(sp, k, p[k])
+        return pb.ChatRequest(model=local_ref(args.model), adapter=p["adapter"], backend=args.backend,
+                              messages=[pb.ChatMessage(**m) for m in messages], sampling=sp)
+
+    params = {k: getattr(args, k) for k in PARAMS}
+    home = args.home or default_home()
+    return Repl(s, request, params, local_ref(args.adapter), args.system, Path(home) / "chat_history",
+                resolve=local_ref).run()
 
 
 def cmd_generate(args) -> int:
