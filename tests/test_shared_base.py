@@ -163,3 +163,26 @@ def test_adapters_that_change_the_base_are_recognised(tmp_path, tiny_model_dir):
     assert changes_base(full)
     (tmp_path / "lora" / "added_tokens.safetensors").write_bytes(b"")
     assert changes_base(lora)
+
+
+@pytest.mark.parametrize("name", BACKENDS)
+def test_the_next_turn_reads_only_its_new_tokens_and_answers_the_same(name, tiny_model_dir, tiny_tokenizer, adapters):
+    """A conversation's next request re-sends the history: the KV cache of the previous reply
+    (per adapter) is reused for the common prefix, and the reply equals one without the cache."""
+    a, _ = adapters
+    be = get_backend(name)
+    be.load(TrainConfig(model=tiny_model_dir, backend=name, dtype="float32"))
+    be.attach_adapter(a, Path(a))
+    reused = []
+    take = be._prompt_cache.take
+    be._prompt_cache.take = lambda key, prompt: (lambda r: (reused.append(r[1]), r)[1])(take(key, prompt))
+    turn1 = tiny_tokenizer("The capital of Zorblax is")["input_ids"]
+    reply = greedy(be, turn1, 8)
+    turn2 = turn1 + reply + tiny_tokenizer(" and the river of Quenta is")["input_ids"]
+    with_cache = greedy(be, turn2, 8)
+    assert reused[-1] >= len(turn1) + len(reply) - 1, (reused, len(turn1), len(reply))
+    be._prompt_cache.clear()
+    assert greedy(be, turn2, 8) == with_cache and reused[-1] == 0
+    be.use_adapter(None)   # another adapter's turn does not get this adapter's cache
+    greedy(be, turn2, 2)
+    assert reused[-1] == 0

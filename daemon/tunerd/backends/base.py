@@ -118,6 +118,47 @@ def partial_stop_len(text: str, stops: list[str]) -> int:
     return best
 
 
+class PromptCache:
+    """The KV caches of recent replies, one per adapter, reused by the next request whose prompt
+    starts with the same tokens (the next turn of a conversation re-sends the whole history): only
+    the new tokens are read. A cache is taken out while a reply uses it and put back after, so two
+    chats never share one. The backend gives `length(cache)` and `trim(cache, n)` (drop the last n
+    tokens; None when the cache cannot be trimmed, e.g. a sliding window)."""
+
+    def __init__(self, length: Callable, trim: Callable, slots: int = 4):
+        self._length, self._trim, self._slots = length, trim, slots
+        self._kept: dict = {}   # adapter name -> (tokens in the cache, cache)
+
+    def take(self, key, prompt: list[int]):
+        """(a cache holding prompt[:n], n) with n < len(prompt), or (None, 0)."""
+        kept = self._kept.pop(key, None)
+        if kept is None:
+            return None, 0
+        tokens, cache = kept
+        n = 0
+        for a, b in zip(tokens, prompt):
+            if a != b:
+                break
+            n += 1
+        n = min(n, len(prompt) - 1)   # at least one token to read: it gives the first logits
+        if n <= 0 or self._trim(cache, len(tokens) - n) is None:
+            return None, 0
+        return cache, n
+
+    def put(self, key, tokens: list[int], cache) -> None:
+        """Keep `cache`, which holds the first `length(cache)` of `tokens`."""
+        n = self._length(cache)
+        if n <= 0 or n > len(tokens):
+            return
+        self._kept.pop(key, None)
+        self._kept[key] = (list(tokens[:n]), cache)
+        while len(self._kept) > self._slots:
+            self._kept.pop(next(iter(self._kept)))
+
+    def clear(self) -> None:
+        self._kept.clear()
+
+
 class Backend(ABC):
     name: str = "base"
 

@@ -152,6 +152,7 @@ class MLXBackend(Backend):
         self._attached: dict = {}   # attach_adapter: name -> (LoRA structure, {param path: mx.array})
         self._active: str | None = None
         self._structure = None      # the LoRA layers now wrapping the base (kind, keys, layers, r, scale)
+        self._prompt_cache = base.PromptCache(lambda c: c[0].offset if c else 0, _trim)   # per adapter, across turns
 
     # ---- load ---------------------------------------------------------------------------------
     @property
@@ -186,6 +187,7 @@ class MLXBackend(Backend):
         self._config = config
         self.optimizer, self._kind, self._added = None, "lora", None
         self._attached, self._active, self._structure = {}, None, None
+        self._prompt_cache.clear()
         self._base_params = get_total_parameters(model)
         self._fns, self._acc = {}, None
         q = ("none" if not is_quantized(model) else
@@ -462,6 +464,7 @@ class MLXBackend(Backend):
         model = self.model
         strip_adapters(model)
         self._attached, self._active, self._structure = {}, None, None
+        self._prompt_cache.clear()
         added = layout.read_added_tokens(path)
         if added is not None:
             self._apply_added_tokens(added)
@@ -526,6 +529,7 @@ class MLXBackend(Backend):
             raise ValueError(f"{path}: adapter tensors do not fit this model: {bad[:5]}")
         arrays = {k: mx.array(v).astype(params[k].dtype) for k, v in weights.items()}
         mx.eval(list(arrays.values()))
+        self._prompt_cache.clear()
         self._attached[name] = (structure, arrays)
         self.use_adapter(name)
         return sum(int(a.nbytes) for a in arrays.values())
@@ -546,6 +550,7 @@ class MLXBackend(Backend):
         self._active = name
 
     def detach_adapter(self, name: str) -> None:
+        self._prompt_cache.clear()
         if self._attached.pop(name, None) is not None and self._active == name:
             self.use_adapter(None)
 
@@ -569,8 +574,13 @@ class MLXBackend(Backend):
             repetition_penalty=sampling.repetition_penalty if sampling.repetition_penalty != 1.0 else None)
         stops = [s for s in sampling.stop if s]
         text, emitted = "", 0
+        key, tokens = self._active, list(prompt_ids)
+        # a previous turn's cache: read only the rest (not with a repetition penalty, whose
+        # context mlx-lm takes from the tokens it is given)
+        cache, reused = self._prompt_cache.take(key, tokens) if processors == [] else (None, 0)
+        cache = cache if cache is not None else make_prompt_cache(self.model)
         try:
-            prompt, cache = list(prompt_ids), make_prompt_cache(self.model)
+            prompt = tokens[reused:]
             while len(prompt) > base.PREFILL_CHUNK:  # a long prompt in chunks, yielding in between
                 self.model(mx.array(prompt[:base.PREFILL_CHUNK])[None], cache=cache)
                 mx.eval([c.state for c in cache])
@@ -581,6 +591,7 @@ class MLXBackend(Backend):
                     return
             for resp in stream_generate(self.model, self._wrapper, prompt, max_tokens=sampling.max_tokens,
                                         sampler=sampler, logits_processors=processors, prompt_cache=cache):
+                tokens.append(int(resp.token))
                 if should_stop():
                     yield GenerationChunk(text[emitted:], int(resp.token), "cancelled")
                     return
@@ -596,7 +607,8 @@ class MLXBackend(Backend):
                 yield GenerationChunk(text[emitted:safe], int(resp.token))  # one chunk per token (usage counts them)
                 emitted = safe
         finally:
-            mx.clear_cache()   # the reply's KV cache and buffers go back (set_memory_limits)
+            self._prompt_cache.put(key, tokens, cache)
+            mx.clear_cache()   # freed buffers go back (set_memory_limits); the kept KV cache stays
 
     def memory(self) -> MemoryStats:
         return MemoryStats(active_bytes=int(mx.get_active_memory()), peak_bytes=int(mx.get_peak_memory()))
@@ -626,3 +638,14 @@ def _own_key_sampler(s: Sampling):
         key[0], sub = mx.random.split(key[0])
         return mx.random.categorical(logprobs * (1.0 / s.temperature), key=sub)
     return sampler
+
+
+def _trim(cache, n: int):
+    """Drop the last n tokens of an mlx-lm prompt cache; None when it cannot (rotating caches)."""
+    from mlx_lm.models.cache import can_trim_prompt_cache, trim_prompt_cache
+
+    if not can_trim_prompt_cache(cache):
+        return None
+    if n:
+        trim_prompt_cache(cache, n)
+    return cache

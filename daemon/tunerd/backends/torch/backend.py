@@ -32,7 +32,7 @@ from ...config.schema import TrainConfig
 from ...training.flops import peak_flops
 from ...data.batch import Batch
 from .. import adapter_layout as layout
-from ..base import Backend, GenerationChunk, MemoryStats, ModelInfo, ParamStats, Sampling
+from ..base import Backend, GenerationChunk, MemoryStats, ModelInfo, ParamStats, PromptCache, Sampling
 from . import model as tmodel
 from .device import memory_bytes, pick_device, pick_dtype
 from .generate import stream
@@ -81,6 +81,7 @@ class TorchBackend(Backend):
         self._slots: dict[str, str] = {}   # attached adapter name -> PEFT adapter name (attach_adapter)
         self._active: str | None = None    # the attached adapter in use (None: the bare base)
         self._next_slot = 0
+        self._prompt_cache = PromptCache(lambda c: c.get_seq_length(), _crop)   # per adapter, across turns
 
     # ---- load ---------------------------------------------------------------------------------
     @property
@@ -101,6 +102,7 @@ class TorchBackend(Backend):
         self.base = self.model = tmodel.load_model(cfg, self.device, self.dtype)
         self.optimizer, self.packing_mode, self._added = None, None, None
         self._slots, self._active = {}, None
+        self._prompt_cache.clear()
         eos = self.base.generation_config.eos_token_id if self.base.generation_config else None
         eos = [eos] if isinstance(eos, int) else list(eos or [])
         if self._tok.eos_token_id is not None:
@@ -370,6 +372,7 @@ class TorchBackend(Backend):
             self.base = self.model.unload()
         self.model = self.base
         self._slots, self._active = {}, None
+        self._prompt_cache.clear()
         return self.base
 
     def load_adapter(self, path: Path, trainable: bool = False) -> None:
@@ -379,6 +382,7 @@ class TorchBackend(Backend):
         from peft import get_peft_model, set_peft_model_state_dict
 
         self._require_model()
+        self._prompt_cache.clear()
         kind, where = layout.find_layout(path)
         if kind == "mlx" and json.loads((where / layout.MLX_CONFIG).read_text()).get("fine_tune_type") == "full":
             return self._load_full(where / layout.MLX_WEIGHTS)
@@ -455,6 +459,7 @@ class TorchBackend(Backend):
               for k, v in layout.mlx_to_peft(mlx_weights).items()}
         if name in self._slots:
             self.detach_adapter(name)
+        self._prompt_cache.clear()
         self._next_slot += 1
         slot = f"tunerd_{self._next_slot}"
         if isinstance(self.model, PeftModel):
@@ -492,6 +497,7 @@ class TorchBackend(Backend):
         slot = self._slots.pop(name, None)
         if slot is None:
             return
+        self._prompt_cache.clear()
         if not self._slots:
             self._strip_adapter()   # the last one: back to the bare base module
             return
@@ -517,7 +523,10 @@ class TorchBackend(Backend):
                  should_stop: Callable[[], bool] = lambda: False) -> Iterator[GenerationChunk]:
         self._require_model()
         self.model.eval()
-        return stream(self.model, self._tok, list(prompt_ids), sampling, self._eos, self.device, should_stop)
+        key = self._active
+        past, reused = self._prompt_cache.take(key, list(prompt_ids))
+        return stream(self.model, self._tok, list(prompt_ids), sampling, self._eos, self.device, should_stop,
+                      past=past, reused=reused, keep=lambda tokens, c: self._prompt_cache.put(key, tokens, c))
 
     def memory(self) -> MemoryStats:
         active, peak = memory_bytes(self.device or torch.device("cpu"))
@@ -535,3 +544,13 @@ def _lora_config(spec: layout.AdapterSpec):
     return LoraConfig(r=spec.r, lora_alpha=spec.lora_alpha, lora_dropout=0.0, use_rslora=spec.use_rslora,
                       use_dora=spec.kind == "dora", target_modules=spec.target_modules,
                       layers_to_transform=spec.layers, task_type="CAUSAL_LM")
+
+
+def _crop(cache, n: int):
+    """Drop the last n tokens of a transformers cache; None when it cannot (sliding windows)."""
+    try:
+        if n:
+            cache.crop(cache.get_seq_length() - n)
+        return cache
+    except Exception:  # noqa: BLE001 - a cache type without crop: read the prompt again
+        return None

@@ -10,8 +10,11 @@ from .device import DTYPES
 def measure_peak(device: str, dtype: str) -> float:
     dev = torch.device(device)
     n = 8192 if dev.type == "cuda" else 4096 if dev.type == "mps" else 1024
-    a = torch.randn(n, n, device=dev).to(DTYPES[dtype])
-    b = torch.randn(n, n, device=dev).to(DTYPES[dtype])
+    # its own generator: measured once per daemon (then cached), the global RNG a job's dropout
+    # draws from must not move, or the first job after a start differs from the next (issue 10)
+    gen = torch.Generator(device=dev).manual_seed(0)
+    a = torch.randn(n, n, device=dev, generator=gen).to(DTYPES[dtype])
+    b = torch.randn(n, n, device=dev, generator=gen).to(DTYPES[dtype])
 
     def run():
         torch.mm(a, b)
