@@ -6,10 +6,11 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 
 import pytest
 
-from daemon_utils import DaemonProcess, short_home
+from daemon_utils import DaemonProcess, cli, short_home
 
 pexpect = pytest.importorskip("pexpect")
 pytestmark = pytest.mark.slow
@@ -89,3 +90,26 @@ def test_line_editing_history_paste_and_commands(daemon, tiny_model_dir, tmp_pat
     child.sendcontrol("d")
     child.expect(pexpect.EOF)
     assert json.loads((tmp_path / "again.json").read_text())[0] == {"role": "user", "content": "line one\nline two"}
+
+
+def test_ctrl_c_stops_an_answer_and_keeps_the_session(daemon, tiny_model_dir, tmp_path):
+    cli(daemon.home, "models", "load", tiny_model_dir, "--backend", "torch", check=True)   # no load time
+    child = spawn(daemon, tiny_model_dir, tmp_path)
+    child.send("/params max_tokens 480\r")
+    child.expect_exact(">>>")
+    child.send("/params temperature 1.0\r")
+    child.expect_exact(">>>")
+    child.send("tell me a long story\r")
+    time.sleep(1.0)   # the answer is streaming (480 tokens take several seconds here)
+    child.sendintr()
+    child.expect_exact("(stopped)")
+    child.expect_exact(">>>")
+    child.send("/save stopped.json\r")
+    child.expect_exact("saved")
+    child.expect_exact(">>>")
+    child.sendcontrol("d")
+    child.expect(pexpect.EOF)
+    saved = json.loads((tmp_path / "stopped.json").read_text())
+    assert saved[0] == {"role": "user", "content": "tell me a long story"}
+    assert len(saved) == 2 and saved[1]["role"] == "assistant" and saved[1]["content"]   # the partial answer
+    assert "cancelled after" in (daemon.home / "tunerd.log").read_text()
