@@ -138,3 +138,18 @@ def test_beyond_loopback_needs_the_bearer_token(tiny_model_dir):
         d.stop()
     with pytest.raises(RuntimeError, match="not a loopback address"):
         DaemonProcess(short_home(), "--http", f"0.0.0.0:{free_port()}").start(timeout=20)
+
+
+def test_a_finished_jobs_adapter_is_a_model_id(served, demo_bundle, tmp_path):
+    from daemon_utils import write_config
+
+    d, client, _ = served
+    cfg = write_config(tmp_path / "j.yaml", demo_bundle, max_steps=6, save_steps=3, eval_steps=100000)
+    job_id = json_lines(cli(d.home, "train", str(cfg), "--json", check=True).stdout)[0]["job_id"]
+    listed = {m.id: m for m in client.models.list().data}
+    assert f"job:{job_id}" in listed
+    grpc_text = "".join(e.get("delta", "") for e in json_lines(cli(
+        d.home, "chat", "--adapter", f"job:{job_id}", "-p", "hi", "--temperature", "0", "--max-tokens", "8",
+        "--json", check=True).stdout))
+    r = chat(client, f"job:{job_id}", temperature=0, max_tokens=8)
+    assert r.choices[0].message.content == grpc_text

@@ -202,22 +202,25 @@ class Backend(ABC):
     @abstractmethod
     def memory(self) -> MemoryStats: ...
 
-    @abstractmethod
+    # Several adapters on one base, for chat. Not abstract: a backend (or a test fake) that does
+    # not serve chat need not have them.
     def attach_adapter(self, name: str, path: Path) -> int:
         """Load the adapter at `path` as `name` beside the others, sharing the one base; make it
         active; return its bytes. Adapters that change the base (adapter_layout.changes_base) go
         through load_adapter on a base of their own instead."""
+        raise NotImplementedError(f"the {self.name} backend holds one adapter at a time")
 
-    @abstractmethod
     def use_adapter(self, name: Optional[str]) -> None:
         """Select an attached adapter for the next forward passes (None or "": the bare base)."""
+        if name:
+            raise NotImplementedError(f"the {self.name} backend holds one adapter at a time")
 
-    @abstractmethod
-    def detach_adapter(self, name: str) -> None: ...
+    def detach_adapter(self, name: str) -> None:
+        raise NotImplementedError(f"the {self.name} backend holds one adapter at a time")
 
-    @abstractmethod
     def weight_bytes(self) -> tuple[int, dict]:
         """(bytes of the base's weights and buffers, {attached adapter name: bytes})."""
+        return 0, {}
 
     @abstractmethod
     def peak_flops(self) -> float:
