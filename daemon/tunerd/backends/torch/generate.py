@@ -51,9 +51,10 @@ def stream(model, tokenizer, prompt_ids: list[int], s: Sampling, eos_ids: set, d
 
 def _stream(model, tokenizer, prompt_ids, s, eos_ids, device, should_stop, reused, state):
     # its own generator, never the global RNG a training job draws its dropout from
-    gen = torch.Generator().manual_seed(s.seed if s.seed is not None else secrets.randbits(63))
+    # sampling stays on the device: only the chosen token id crosses to the CPU (not [V] logits)
+    gen = torch.Generator(device=device).manual_seed(s.seed if s.seed is not None else secrets.randbits(63))
     stops = [x for x in s.stop if x]
-    context = torch.tensor(prompt_ids, dtype=torch.long)
+    context = torch.tensor(prompt_ids, dtype=torch.long, device=device)
     ids = torch.tensor([prompt_ids[reused:]], dtype=torch.long, device=device)
     for start in range(0, ids.shape[1], base.PREFILL_CHUNK):  # a long prompt in chunks
         if start:
@@ -71,12 +72,12 @@ def _stream(model, tokenizer, prompt_ids, s, eos_ids, device, should_stop, reuse
         if should_stop():
             yield GenerationChunk(text[emitted:], -1, "cancelled")
             return
-        tok = sample_next(logits.cpu(), context, s, gen)
+        tok = sample_next(logits, context, s, gen)
         if tok in eos_ids:
             yield GenerationChunk(text[emitted:], tok, "stop")
             return
         generated.append(tok)
-        context = torch.cat([context, torch.tensor([tok])])
+        context = torch.cat([context, torch.tensor([tok], device=device)])
         text = tokenizer.decode(generated, skip_special_tokens=True)
         hits = [j for j in (text.find(st, max(0, emitted - len(st))) for st in stops) if j >= 0]
         if hits:
