@@ -7,7 +7,8 @@ adapter, prompt, dtype and device.
 Builds a small random Llama (hidden 384, 6 layers, GQA; ~14M params) and a LoRA adapter (r 8 on
 q/k/v/o, random B so it changes the output), then for each path, each in its own process, greedy
 decoding of --tokens tokens from a ~120-token prompt (plain completion: no chat template), after
-one warm-up request:
+one warm-up request (each request's prompt starts with another word, so the daemon's prompt cache
+does not skip the measured prefill):
   - daemon_mlx / daemon_torch : `Generate` over the Unix socket of a running tunerd (model and
                                 adapter resident), times taken by the client from the request
   - mlx_lm                    : mlx_lm.stream_generate on mlx_lm.load(model, adapter_path)
@@ -35,6 +36,12 @@ sys.path[:0] = [str(ROOT / "daemon"), str(ROOT / "client"), str(ROOT / "tests")]
 WORDS = [f"{a}{b}" for a in ("ka", "lo", "mi", "ren", "su", "tav", "ul", "vex", "zor", "qui")
          for b in ("da", "ne", "ri", "mo", "lu", "tes", "pra", "go")]
 PROMPT = " ".join(WORDS[(7 * i) % len(WORDS)] for i in range(60))
+
+
+def prompt(i: int) -> str:
+    """The i-th request's prompt: a different first word each time, so the daemon's prompt cache
+    (which reuses a previous request's common prefix) does not skip the prefill being measured."""
+    return f"{WORDS[(11 * i) % len(WORDS)]} {PROMPT}"
 
 
 def build(workdir: Path) -> dict:
@@ -78,9 +85,9 @@ def run_mlx_lm(model: str, adapter: str, dtype: str, tokens: int, repeat: int) -
 
     m, tok = load(model, adapter_path=str(Path(adapter) / "mlx"))
     m.set_dtype(getattr(mx, dtype))
-    ids = tok.encode(PROMPT)
     runs = []
     for i in range(repeat + 1):
+        ids = tok.encode(prompt(i))
         t0, stamps = time.perf_counter(), []
         for _ in stream_generate(m, tok, ids, max_tokens=tokens):
             stamps.append(time.perf_counter())
@@ -98,7 +105,6 @@ def run_hf(model: str, adapter: str, dtype: str, tokens: int, repeat: int) -> di
     tok = AutoTokenizer.from_pretrained(model)
     m = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(model, dtype=getattr(torch, dtype)),
                                   adapter).eval()
-    ids = torch.tensor([tok(PROMPT)["input_ids"]])
 
     class Stamps(BaseStreamer):
         def __init__(self):
@@ -115,6 +121,7 @@ def run_hf(model: str, adapter: str, dtype: str, tokens: int, repeat: int) -> di
 
     runs = []
     for i in range(repeat + 1):
+        ids = torch.tensor([tok(prompt(i))["input_ids"]])
         s = Stamps()
         t0 = time.perf_counter()
         with torch.no_grad():
@@ -130,10 +137,10 @@ def run_daemon(home: str, model: str, adapter: str, backend: str, tokens: int, r
     from tunerctl.connection import Target, connect
 
     stub, _ = connect(Target(home=Path(home)), autostart=False)
-    req = pb.GenerateRequest(model=model, adapter=adapter, backend=backend, prompt=PROMPT,
-                             sampling=pb.SamplingParams(temperature=0.0, max_tokens=tokens))
     runs = []
     for i in range(repeat + 1):
+        req = pb.GenerateRequest(model=model, adapter=adapter, backend=backend, prompt=prompt(i),
+                                 sampling=pb.SamplingParams(temperature=0.0, max_tokens=tokens))
         t0, stamps, usage = time.perf_counter(), [], None
         for c in stub.Generate(req, timeout=600):
             if c.delta or c.finish_reason:
