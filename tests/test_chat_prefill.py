@@ -24,10 +24,12 @@ def test_long_prompt_is_prefilled_in_chunks(demo_bundle, monkeypatch, name):
     assert tokens and chunks[-1].finish_reason == "length"
 
     monkeypatch.setattr(base, "PREFILL_CHUNK", 10_000)
+    be._prompt_cache.clear()   # read the whole prompt again (not the previous reply's KV cache)
     whole = list(be.generate(prompt, Sampling(max_tokens=8)))
     assert [c.token_id for c in whole] == tokens
     monkeypatch.undo()
 
     asked = []
+    be._prompt_cache.clear()
     stopped = list(be.generate(prompt, Sampling(max_tokens=8), should_stop=lambda: asked.append(1) or True))
     assert stopped[-1].finish_reason == "cancelled" and all(c.token_id < 0 for c in stopped)

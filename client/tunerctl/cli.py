@@ -74,27 +74,30 @@ def build_parser() -> argparse.ArgumentParser:
     ml.add_argument("model")
     ml.add_argument("--backend", default="auto")
     ml.add_argument("--quantization", default="none")
+    ml.add_argument("--dtype", default="auto")
+    ml.add_argument("--adapter", "-a", default="", help="also attach this adapter (dir or job:<id>) to the base")
     ml.add_argument("--keep-alive", type=float, default=0.0, help="seconds (< 0: forever)")
-    cmd(ms, "unload", "free a resident model").add_argument("model")
+    mu = cmd(ms, "unload", "free a resident model (all its adapters), or with --adapter only that adapter")
+    mu.add_argument("model", nargs="?", default="")
+    mu.add_argument("--adapter", "-a", default="", help="detach only this adapter (dir or job:<id>)")
+    mu.add_argument("--backend", default="", help="only the base on this backend")
+    mu.add_argument("--quantization", default="")
+    mu.add_argument("--dtype", default="")
 
     c = cmd(sub, "chat", "chat with a model (interactive, or one-shot with -p)")
-    c.add_argument("--model", "-m", default="", help="hub id, local path, or job:<id>")
-    c.add_argument("--adapter", "-a", default="", help="adapter dir, or job:<id> (latest adapter/checkpoint)")
-    c.add_argument("--backend", default="auto")
     c.add_argument("--prompt", "-p", default=None, help="one-shot: answer this and exit")
     c.add_argument("--system", "-s", default="", help="system prompt")
-    c.add_argument("--temperature", type=float, default=None)
-    c.add_argument("--top-p", type=float, default=None)
-    c.add_argument("--top-k", type=int, default=None)
-    c.add_argument("--min-p", type=float, default=None)
-    c.add_argument("--repetition-penalty", type=float, default=None)
-    c.add_argument("--seed", type=int, default=None)
-    c.add_argument("--max-tokens", type=int, default=None)
-    c.add_argument("--stop", action="append", default=[])
+    _generation_args(c)
+    g = cmd(sub, "generate", "plain completion: continue a text as it is (no chat template)")
+    g.add_argument("--prompt", "-p", required=True, help="the text to continue")
+    _generation_args(g)
 
     d = cmd(sub, "daemon", "start, stop, status and logs of the local daemon")
     ds = d.add_subparsers(dest="action", required=True, metavar="ACTION")
-    cmd(ds, "start", "start tunerd in the background")
+    dst = cmd(ds, "start", "start tunerd in the background")
+    dst.add_argument("--http", default="", metavar="[HOST:]PORT",
+                     help="also serve the OpenAI-compatible API (/v1) on loopback, e.g. 127.0.0.1:8080")
+    dst.add_argument("--http-host", default="", help="serve --http on this address (bearer token required)")
     cmd(ds, "stop", "stop tunerd (a running job is checkpointed and marked interrupted)")
     cmd(ds, "status", "is tunerd running? version, backends, memory")
     dl = cmd(ds, "logs", "print the daemon log")
@@ -308,21 +311,50 @@ def cmd_models(args) -> int:
             for m in models:
                 print_json(as_dict(m))
             return 0
-        table(["model", "backend", "dtype", "quantization", "memory", "adapters", "expires"],
-              [[_short(m.model), m.backend, m.dtype, m.quantization, _bytes(m.memory_bytes), ", ".join(m.adapters),
+        table(["model", "backend", "quantization", "dtype", "memory", "adapters", "expires"],
+              [[_short(m.model), m.backend, m.quantization, m.dtype,
+                f"{_bytes(m.memory_bytes)} (base {_bytes(m.base_bytes)})",
+                ", ".join(f"{_short(a.name)} ({_bytes(a.memory_bytes)})" for a in m.attached),
                 "never" if not m.expires_at else time.strftime("%H:%M:%S", time.localtime(m.expires_at))]
                for m in models], empty="no models loaded")
         return 0
     if args.action == "load":
-        m = s.LoadModel(pb.LoadModelRequest(model=args.model, backend=args.backend,
-                                            quantization=args.quantization, keep_alive_seconds=args.keep_alive))
+        m = s.LoadModel(pb.LoadModelRequest(model=local_ref(args.model), backend=args.backend, dtype=args.dtype,
+                                            quantization=args.quantization, keep_alive_seconds=args.keep_alive,
+                                            adapter=local_ref(args.adapter)))
         print_json(as_dict(m)) if args.json else console.print(
-            f"loaded {m.model} on {m.backend} in {m.dtype} ({m.dtype_reason}; {_bytes(m.memory_bytes)})")
+            f"loaded {m.model} on {m.backend} in {m.dtype} ({m.dtype_reason}; {_bytes(m.memory_bytes)}"
+            f"{', adapters: ' + ', '.join(m.adapters) if m.adapters else ''})")
         return 0
-    r = s.UnloadModel(pb.UnloadModelRequest(model=args.model))
-    print_json({"unloaded": r.unloaded}) if args.json else console.print(
-        "unloaded" if r.unloaded else f"{args.model} was not loaded")
+    if not args.model and not args.adapter:
+        raise ValueError("models unload: name a MODEL, an --adapter, or both")
+    r = s.UnloadModel(pb.UnloadModelRequest(model=local_ref(args.model), adapter=local_ref(args.adapter),
+                                            backend=args.backend,
+                                            quantization=args.quantization, dtype=args.dtype))
+    print_json({"unloaded": r.unloaded, "count": r.count}) if args.json else console.print(
+        f"unloaded {r.count}" if r.unloaded else f"{args.adapter or args.model} was not loaded")
     return 0
+
+
+def _generation_args(c) -> None:
+    c.add_argument("--model", "-m", default="", help="hub id, local path, or job:<id>")
+    c.add_argument("--adapter", "-a", default="", help="adapter dir, or job:<id> (latest adapter/checkpoint)")
+    c.add_argument("--backend", default="auto")
+    c.add_argument("--temperature", type=float, default=None)
+    c.add_argument("--top-p", type=float, default=None)
+    c.add_argument("--top-k", type=int, default=None)
+    c.add_argument("--min-p", type=float, default=None)
+    c.add_argument("--repetition-penalty", type=float, default=None)
+    c.add_argument("--seed", type=int, default=None)
+    c.add_argument("--max-tokens", type=int, default=None)
+    c.add_argument("--stop", action="append", default=[])
+
+
+def local_ref(ref: str) -> str:
+    """A path that exists here, made absolute (the daemon's working directory is not ours);
+    job:<id> and hub ids as they are."""
+    return str(Path(ref).expanduser().resolve()) if ref and not ref.startswith("job:") and \
+        Path(ref).expanduser().exists() else ref
 
 
 def _bytes(n: int) -> str:
@@ -343,10 +375,15 @@ def _sampling(args) -> pb.SamplingParams:
 
 
 def chat_once(s, args, messages) -> tuple[str, dict]:
-    req = pb.ChatRequest(model=args.model, adapter=args.adapter, backend=args.backend,
+    req = pb.ChatRequest(model=local_ref(args.model), adapter=local_ref(args.adapter), backend=args.backend,
                          messages=[pb.ChatMessage(**m) for m in messages], sampling=_sampling(args))
+    return print_stream(s.Chat(req), args)
+
+
+def print_stream(chunks, args) -> tuple[str, dict]:
+    """Print a reply as it streams (or JSON lines with --json); (its text, finish and usage)."""
     text, final = [], {}
-    for chunk in s.Chat(req):
+    for chunk in chunks:
         if chunk.delta:
             text.append(chunk.delta)
             if args.json:
@@ -371,43 +408,29 @@ def cmd_chat(args) -> int:
     if args.prompt is not None:
         chat_once(s, args, system + [{"role": "user", "content": args.prompt}])
         return 0
-    history: list = []
-    console.print("[dim]chat: /system TEXT, /reset, /adapter PATH|job:ID|none, /save FILE, /quit[/]")
-    while True:
-        try:
-            line = input(">>> ")
-        except (EOFError, KeyboardInterrupt):
-            console.print()
-            return 0
-        if not line.strip():
-            continue
-        if line.startswith("/"):
-            name, _, rest = line[1:].partition(" ")
-            if name in ("quit", "exit", "bye"):
-                return 0
-            if name == "reset":
-                history = []
-                console.print("[dim]history cleared[/]")
-            elif name == "system":
-                system = [{"role": "system", "content": rest}] if rest else []
-                console.print(f"[dim]system prompt {'set' if rest else 'cleared'}[/]")
-            elif name == "adapter":
-                args.adapter = "" if rest.strip() in ("", "none") else rest.strip()
-                console.print(f"[dim]adapter: {args.adapter or 'none'}[/]")
-            elif name == "save":
-                Path(rest.strip() or "chat.json").write_text(json.dumps(system + history, indent=2, ensure_ascii=False))
-                console.print(f"[dim]saved to {rest.strip() or 'chat.json'}[/]")
-            else:
-                console.print("[dim]unknown command; /system, /reset, /adapter, /save, /quit[/]")
-            continue
-        history.append({"role": "user", "content": line})
-        try:
-            reply, _ = chat_once(s, args, system + history)
-        except KeyboardInterrupt:
-            console.print("\n[dim](stopped)[/]")
-            history.pop()
-            continue
-        history.append({"role": "assistant", "content": reply})
+    from .repl import PARAMS, Repl
+
+    def request(messages: list, p: dict) -> pb.ChatRequest:
+        sp = pb.SamplingParams(stop=p.get("stop") or [])
+        for k in PARAMS:
+            if k != "stop" and p.get(k) is not None:
+                setattr(sp, k, p[k])
+        return pb.ChatRequest(model=local_ref(args.model), adapter=p["adapter"], backend=args.backend,
+                              messages=[pb.ChatMessage(**m) for m in messages], sampling=sp)
+
+    params = {k: getattr(args, k) for k in PARAMS}
+    home = args.home or default_home()
+    return Repl(s, request, params, local_ref(args.adapter), args.system, Path(home) / "chat_history",
+                resolve=local_ref).run()
+
+
+def cmd_generate(args) -> int:
+    if not args.model and not args.adapter:
+        raise ValueError("--model: required (a hub id, a local path, or job:<id>)")
+    req = pb.GenerateRequest(model=local_ref(args.model), adapter=local_ref(args.adapter), backend=args.backend,
+                             prompt=args.prompt, sampling=_sampling(args))
+    print_stream(stub(args).Generate(req), args)
+    return 0
 
 
 def cmd_daemon(args) -> int:
@@ -415,9 +438,11 @@ def cmd_daemon(args) -> int:
     if args.action == "start":
         ch = open_channel(t)
         if is_healthy(ch):
-            console.print(f"tunerd is already running on {t.address()}")
+            console.print(f"tunerd is already running on {t.address()}"
+                          + (" (stop it first to change --http)" if args.http else ""))
             return 0
-        pid = start_daemon(t)
+        extra = (["--http", args.http] if args.http else []) + (["--http-host", args.http_host] if args.http_host else [])
+        pid = start_daemon(t, extra=extra)
         print_json({"pid": pid, "address": t.address()}) if args.json else console.print(
             f"tunerd started (pid {pid}) on {t.address()}")
         return 0
@@ -590,7 +615,7 @@ def cmd_demo(args) -> int:
     return run_demo(args, stub, watch)
 
 
-COMMANDS = {"train": cmd_train, "jobs": cmd_jobs, "models": cmd_models, "chat": cmd_chat,
+COMMANDS = {"train": cmd_train, "jobs": cmd_jobs, "models": cmd_models, "chat": cmd_chat, "generate": cmd_generate,
             "daemon": cmd_daemon, "service": cmd_service, "data": cmd_data, "evaluate": cmd_evaluate,
             "recommend": cmd_recommend, "adapters": cmd_adapters, "report": cmd_report, "info": cmd_info, "demo": cmd_demo}
 

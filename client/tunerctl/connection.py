@@ -131,7 +131,7 @@ def describe_holder(home: Path, holder: dict) -> str:
             "`tunerctl daemon stop`")
 
 
-def start_daemon(t: Target, wait: float = 60.0) -> int:
+def start_daemon(t: Target, wait: float = 60.0, extra: tuple = ()) -> int:
     """Start tunerd in the background (detached, logging to $TUNER_HOME/tunerd.log). Never a
     second one: if a daemon already holds the home's lock, wait for it instead."""
     if not t.home.exists():
@@ -142,6 +142,7 @@ def start_daemon(t: Target, wait: float = 60.0) -> int:
     cmd = [sys.executable, "-m", "tunerd", "--home", str(t.home)]
     if t.socket:
         cmd += ["--socket", str(t.socket)]
+    cmd += list(extra)   # e.g. --http 127.0.0.1:8080
     with open(t.home / "tunerd.out", "ab") as out:
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                                 start_new_session=True)

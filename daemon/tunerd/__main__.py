@@ -33,6 +33,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--insecure-tcp", action="store_true", help="no token on TCP (loopback only)")
     p.add_argument("--tls-cert", default="", help="TLS certificate (PEM) for --listen")
     p.add_argument("--tls-key", default="", help="TLS private key (PEM) for --listen")
+    p.add_argument("--http", default="", metavar="[HOST:]PORT",
+                   help="also serve the OpenAI-compatible HTTP API (/v1) on loopback (off by default)")
+    p.add_argument("--http-host", default="", help="serve --http on this address instead (bearer token required)")
     p.add_argument("--log-level", default="INFO")
     args = p.parse_args(argv)
     _maybe_preload_blas(argv)
@@ -52,7 +55,8 @@ def main(argv: list[str] | None = None) -> int:
         else:
             log.warning("MLX will use its reference BLAS (slow on CPU): install an optimized one, "
                         "e.g. `apt-get install libopenblas0-pthread`")
-    d = Daemon(home, args.socket, args.listen, args.insecure_tcp, args.tls_cert, args.tls_key)
+    d = Daemon(home, args.socket, args.listen, args.insecure_tcp, args.tls_cert, args.tls_key,
+               http=args.http, http_host=args.http_host)
     try:
         d.start()
     except HomeError as e:
@@ -60,6 +64,8 @@ def main(argv: list[str] | None = None) -> int:
         raise
     log.info("tunerd %s ready (pid %d, home %s)", __import__("tunerd").__version__, os.getpid(), home)
     print(f"tunerd ready on unix://{d.socket_path}", flush=True)
+    if d.http:
+        print(f"OpenAI-compatible API on http://{d.http.host}:{d.http.port}/v1", flush=True)
     d.serve_forever()
     return 0
 

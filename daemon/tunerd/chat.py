@@ -1,4 +1,4 @@
-"""Chat: stream a reply from a resident model (optionally with an adapter).
+"""Chat and plain completion: stream a reply from a resident model (optionally with an adapter).
 
 Generation runs on the device worker (it owns the models); this module hands the work over and
 streams the chunks back through a queue to whichever thread asked (a gRPC handler).
@@ -32,11 +32,12 @@ class ChatDelta:
 
 @dataclass
 class ChatParams:
-    messages: list
+    messages: list = field(default_factory=list)
     model: str = ""
     adapter: str = ""
     backend: str = "auto"
     sampling: Sampling = field(default_factory=Sampling)
+    prompt: Optional[str] = None   # plain completion: this text as it is, no chat template
 
 
 _DONE = object()
@@ -121,8 +122,10 @@ class ChatService:
         """Chunks of the reply, then one with finish_reason and usage. Times are from the
         request's arrival (here), so time to first token includes the wait for the device."""
         arrived = time.perf_counter()
-        if not p.messages:
+        if p.prompt is None and not p.messages:
             raise ValueError("messages: at least one message is required")
+        if p.prompt is not None and not p.prompt:
+            raise ValueError("prompt: must not be empty")
         for m in p.messages:
             if m.get("role") not in ("system", "user", "assistant"):
                 raise ValueError(f"messages: role {m.get('role')!r} is not system, user or assistant")
@@ -133,8 +136,11 @@ class ChatService:
             model = resolve_job_ref(self.store, adapter, "model")
         if model.startswith("job:"):
             model = resolve_job_ref(self.store, model, "model")
+        adapter_name = adapter
         if adapter.startswith("job:"):
             adapter = resolve_job_ref(self.store, adapter, "adapter")
+        elif adapter:
+            adapter = adapter_name = str(Path(adapter).expanduser().resolve())
         if not model:
             raise ValueError("model: required (a hub id, a local path, or job:<id>)")
         out: "queue.Queue" = queue.Queue()
@@ -145,12 +151,16 @@ class ChatService:
 
         def start():
             run["started"] = time.perf_counter()
-            res = self.registry.get(model, backend, adapter=adapter)
+            res = self.registry.get(model, backend, adapter=adapter, name=adapter_name)
             tok = res.backend.tokenizer
-            ids = tok.apply_chat_template(p.messages, tokenize=True, add_generation_prompt=True)
-            ids = list(ids["input_ids"] if hasattr(ids, "keys") else ids)
+            if p.prompt is not None:
+                ids = tok(p.prompt)["input_ids"]
+            else:
+                ids = tok.apply_chat_template(p.messages, tokenize=True, add_generation_prompt=True)
+                ids = ids["input_ids"] if hasattr(ids, "keys") else ids
+            ids = list(ids)
             check_length(len(ids), p.sampling.max_tokens, context_length(res.model))
-            run.update(ids=ids, gen=res.backend.generate(ids, p.sampling, stop), t0=time.perf_counter(),
+            run.update(ids=ids, res=res, gen=res.backend.generate(ids, p.sampling, stop), t0=time.perf_counter(),
                        first=None, n=0, finish="stop")
 
         def finish():
@@ -178,6 +188,8 @@ class ChatService:
                         if stop():  # cancelled, past its deadline or shutting down while queued
                             return finish()
                         start()
+                    else:  # another chat on this base may have used another adapter in between
+                        run["res"].use(adapter_name)
                     until = time.perf_counter() + SLICE_SECONDS
                     for chunk in run["gen"]:
                         if chunk.token_id >= 0:  # (-1: a chunk of the prompt was read)

@@ -128,32 +128,92 @@ class Core:
 
     # -- models --------------------------------------------------------------------------------
     def load_model(self, model: str, backend: str = "auto", quantization: str = "none",
-                   dtype: str = "float32", keep_alive: float = 0.0) -> dict:
+                   dtype: str = "auto", keep_alive: float = 0.0, adapter: str = "") -> dict:
+        name, path = self._adapter_ref(adapter)
         res = self.jobs.worker.call(lambda: self.registry.get(
-            model, backend, quantization, dtype, keep_alive=keep_alive or None)).result()
+            model or self._job_model(adapter), backend, quantization, dtype, adapter=path, name=name,
+            keep_alive=keep_alive or None)).result()
         return self._resident(res)
 
-    def unload_model(self, model: str) -> bool:
-        return self.jobs.worker.call(lambda: self.registry.unload(model)).result()
+    def unload_model(self, model: str = "", adapter: str = "", backend: str = "", quantization: str = "",
+                     dtype: str = "") -> int:
+        name = adapter if adapter.startswith("job:") or not adapter else str(Path(adapter).expanduser().resolve())
+        return self.jobs.worker.call(lambda: self.registry.unload(model, name, backend, quantization, dtype)).result()
 
     def list_models(self) -> list[dict]:
         return [self._resident(r) for r in self.registry.list()]
 
+    def _adapter_ref(self, adapter: str) -> tuple[str, str]:
+        """(the name requests use, the folder to read) for an adapter path or job:<id>."""
+        if not adapter:
+            return "", ""
+        if adapter.startswith("job:"):
+            return adapter, resolve_job_ref(self.store, adapter, "adapter")
+        path = str(Path(adapter).expanduser().resolve())
+        return path, path
+
+    def _job_model(self, ref: str) -> str:
+        if not ref.startswith("job:"):
+            raise ValueError("model: required (a hub id, a local path, or job:<id>)")
+        return resolve_job_ref(self.store, ref, "model")
+
     @staticmethod
     def _resident(r) -> dict:
-        mem = 0
-        try:
-            mem = r.backend.memory().active_bytes
-        except Exception:  # noqa: BLE001
-            pass
+        """Memory is the bytes of this base's weights plus its adapters' (the backend counts them),
+        not the process's: two adapters on one base count the base once."""
+        attached = list(r.adapters.values())
         return {"model": r.model, "backend": r.backend_name, "quantization": r.quantization,
-                "dtype": r.info.get("dtype", ""), "dtype_reason": r.info.get("dtype_reason", ""),
-                "memory_bytes": mem, "loaded_at": r.loaded_at, "last_used_at": r.last_used_at,
-                "expires_at": r.expires_at, "adapters": [r.adapter] if r.adapter else []}
+                "dtype": r.dtype, "dtype_reason": r.info.get("dtype_reason", ""), "requested_dtype": r.key[3],
+                "memory_bytes": r.memory_bytes, "base_bytes": r.base_bytes,
+                "loaded_at": r.loaded_at, "last_used_at": r.last_used_at, "expires_at": r.expires_at,
+                "adapters": [a.name for a in attached],
+                "attached": [{"name": a.name, "path": a.path, "memory_bytes": a.memory_bytes,
+                              "loaded_at": a.loaded_at} for a in attached]}
 
     # -- chat ----------------------------------------------------------------------------------
     def chat(self, params: ChatParams, cancelled: threading.Event) -> Iterator[ChatDelta]:
+        """A chat reply (params.messages) or a plain completion (params.prompt), streamed."""
         return self.chat_service.stream(params, cancelled)
+
+    def model_ids(self) -> list[dict]:
+        """Every name a request can use as one model id (the OpenAI-compatible /v1/models):
+        resident bases, their attached adapters, finished jobs' adapters and running jobs
+        (job:<id>: the latest checkpoint)."""
+        out: dict[str, dict] = {}
+        for r in self.registry.list():
+            out.setdefault(r.model, {"id": r.model, "created": int(r.loaded_at), "kind": "base"})
+            for a in list(r.adapters.values()):
+                out.setdefault(a.name, {"id": a.name, "created": int(a.loaded_at), "kind": "adapter",
+                                        "base": r.model})
+        for rec in self.store.list(states=[RUNNING, SUCCEEDED]):
+            if rec.state == SUCCEEDED and not (rec.adapter_path and Path(rec.adapter_path).exists()):
+                continue
+            out.setdefault(f"job:{rec.id}", {"id": f"job:{rec.id}", "created": int(rec.created_at),
+                                             "kind": "job" if rec.state == RUNNING else "adapter",
+                                             "base": rec.model})
+        return list(out.values())
+
+    def resolve_model_id(self, model_id: str) -> tuple[str, str, str]:
+        """One model id -> (model, adapter, backend) for ChatParams: job:<id>; an adapter attached
+        to a resident base; an adapter folder (its base from adapter_config.json); else a model."""
+        if not model_id:
+            raise ValueError("model: required (see GET /v1/models)")
+        if model_id.startswith("job:"):
+            return "", model_id, "auto"
+        for r in self.registry.list():
+            if model_id in r.adapters:
+                return r.model, model_id, r.backend_name
+        for r in self.registry.list():
+            if r.model == model_id:
+                return model_id, "", r.backend_name
+        path = Path(model_id).expanduser()
+        cfg = path / "adapter_config.json"
+        if cfg.exists():
+            base = json.loads(cfg.read_text()).get("base_model_name_or_path", "")
+            if not base:
+                raise ValueError(f"model: adapter {model_id} does not name its base model")
+            return base, str(path.resolve()), "auto"
+        return model_id, "", "auto"
 
     # -- adapters ------------------------------------------------------------------------------
     def list_adapters(self) -> list[dict]:

@@ -1,4 +1,5 @@
-"""One place maps exceptions to gRPC status codes (the servicer's decorator uses it)."""
+"""One place maps exceptions to gRPC status codes (the servicer's decorator uses it) and, for the
+OpenAI-compatible HTTP layer, those codes to HTTP statuses and OpenAI error types."""
 from __future__ import annotations
 
 import grpc
@@ -31,3 +32,22 @@ def status_for(e: BaseException) -> tuple[grpc.StatusCode, str]:
     if isinstance(e, NotImplementedError):
         return grpc.StatusCode.UNIMPLEMENTED, str(e) or "not implemented yet"
     return grpc.StatusCode.INTERNAL, f"{type(e).__name__}: {e}"
+
+
+# gRPC status -> (HTTP status, OpenAI error type)
+_HTTP = {
+    grpc.StatusCode.INVALID_ARGUMENT: (400, "invalid_request_error"),
+    grpc.StatusCode.NOT_FOUND: (404, "not_found_error"),
+    grpc.StatusCode.FAILED_PRECONDITION: (409, "invalid_request_error"),
+    grpc.StatusCode.RESOURCE_EXHAUSTED: (507, "server_error"),
+    grpc.StatusCode.PERMISSION_DENIED: (403, "permission_error"),
+    grpc.StatusCode.UNAUTHENTICATED: (401, "authentication_error"),
+    grpc.StatusCode.UNIMPLEMENTED: (501, "invalid_request_error"),
+}
+
+
+def http_error_for(e: BaseException) -> tuple[int, dict]:
+    """(HTTP status, OpenAI error body) for an exception."""
+    code, msg = status_for(e)
+    status, kind = _HTTP.get(code, (500, "server_error"))
+    return status, {"error": {"message": msg, "type": kind, "param": None, "code": code.name.lower()}}

@@ -231,10 +231,28 @@ def socket_in_use(path: Path) -> bool:
         s.close()
 
 
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def http_address(http: str, http_host: str = "") -> tuple[str, int, bool]:
+    """`--http [HOST:]PORT` (loopback only) and `--http-host HOST` (any address, then with the
+    bearer token) -> (host, port, token required)."""
+    host, _, port = http.rpartition(":")
+    host = host.strip("[]") or "127.0.0.1"
+    if not port.isdigit():
+        raise SystemExit(f"--http: expected [HOST:]PORT, got {http!r}")
+    if host not in LOOPBACK:
+        raise SystemExit(f"--http: {host} is not a loopback address; to serve HTTP beyond this machine pass "
+                         "--http-host HOST (clients then need the bearer token in $TUNER_HOME/token)")
+    if http_host:
+        return http_host, int(port), http_host not in LOOPBACK
+    return host, int(port), False
+
+
 class Daemon:
     def __init__(self, home: Path, socket_path: Optional[Path] = None, listen: str = "",
                  insecure_tcp: bool = False, tls_cert: str = "", tls_key: str = "", workers: int = 16,
-                 max_streams: int = 256):
+                 max_streams: int = 256, http: str = "", http_host: str = ""):
         self.home = prepare_home(home)
         self.socket_path = Path(socket_path or self.home / "tunerd.sock")
         self.lock = HomeLock(self.home)
@@ -242,6 +260,8 @@ class Daemon:
         self.workers, self.max_streams = workers, max_streams  # threads for unary calls, and for streams
         self.core: Optional[Core] = None
         self.servers: list[grpc.Server] = []
+        self.http_address = http_address(http, http_host) if http else None   # checked before anything starts
+        self.http = None
         self._stopped = threading.Event()
 
     def _make_server(self, interceptors=()) -> grpc.Server:
@@ -267,6 +287,8 @@ class Daemon:
         for what in self.core.cleaned_on_start:
             log.info("left by a process killed mid-write: %s", what)
         self.health = health.HealthServicer()
+        for name in ("", SERVICE):  # SERVING once every listener (TCP, HTTP) is up
+            self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
         unix = self._make_server()
         old = os.umask(0o177)
         try:
@@ -279,6 +301,8 @@ class Daemon:
         log.info("listening on unix://%s", self.socket_path)
         if self.listen:
             self.servers.append(self._start_tcp())
+        if self.http_address:
+            self._start_http()
         for name in ("", SERVICE):
             self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         self.core.start()
@@ -322,12 +346,23 @@ class Daemon:
         self.tcp_port = port
         return server
 
+    def _start_http(self) -> None:
+        from .api.http import HttpServer
+
+        host, port, needs_token = self.http_address
+        self.http = HttpServer(self.core, host, port, load_or_create_token(self.home) if needs_token else None)
+        self.http.start()
+        log.info("OpenAI-compatible HTTP on http://%s:%d/v1 (%s)", host, self.http.port,
+                 "bearer token required" if needs_token else "loopback only, no token")
+
     def stop(self, grace: float = 5.0) -> None:
         if self._stopped.is_set():
             return
         log.info("shutting down: no new work; checkpointing the running job")
         for name in ("", SERVICE):
             self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        if self.http:
+            self.http.stop()
         if self.core:
             self.core.shutdown()
         for s in self.servers:

@@ -79,23 +79,25 @@ class Info(_message.Message):
     def __init__(self, version: _Optional[str] = ..., api_version: _Optional[str] = ..., backends: _Optional[_Iterable[_Union[BackendInfo, _Mapping]]] = ..., devices: _Optional[_Iterable[_Union[Device, _Mapping]]] = ..., default_backend: _Optional[str] = ..., home: _Optional[str] = ..., pid: _Optional[int] = ..., uptime_seconds: _Optional[float] = ..., memory_total_bytes: _Optional[int] = ..., memory_available_bytes: _Optional[int] = ...) -> None: ...
 
 class LoadModelRequest(_message.Message):
-    __slots__ = ("model", "backend", "quantization", "dtype", "revision", "keep_alive_seconds")
+    __slots__ = ("model", "backend", "quantization", "dtype", "revision", "keep_alive_seconds", "adapter")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     BACKEND_FIELD_NUMBER: _ClassVar[int]
     QUANTIZATION_FIELD_NUMBER: _ClassVar[int]
     DTYPE_FIELD_NUMBER: _ClassVar[int]
     REVISION_FIELD_NUMBER: _ClassVar[int]
     KEEP_ALIVE_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    ADAPTER_FIELD_NUMBER: _ClassVar[int]
     model: str
     backend: str
     quantization: str
     dtype: str
     revision: str
     keep_alive_seconds: float
-    def __init__(self, model: _Optional[str] = ..., backend: _Optional[str] = ..., quantization: _Optional[str] = ..., dtype: _Optional[str] = ..., revision: _Optional[str] = ..., keep_alive_seconds: _Optional[float] = ...) -> None: ...
+    adapter: str
+    def __init__(self, model: _Optional[str] = ..., backend: _Optional[str] = ..., quantization: _Optional[str] = ..., dtype: _Optional[str] = ..., revision: _Optional[str] = ..., keep_alive_seconds: _Optional[float] = ..., adapter: _Optional[str] = ...) -> None: ...
 
 class ModelStatus(_message.Message):
-    __slots__ = ("model", "backend", "quantization", "memory_bytes", "loaded_at", "last_used_at", "expires_at", "adapters", "dtype", "dtype_reason")
+    __slots__ = ("model", "backend", "quantization", "memory_bytes", "loaded_at", "last_used_at", "expires_at", "adapters", "dtype", "dtype_reason", "base_bytes", "attached", "requested_dtype")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     BACKEND_FIELD_NUMBER: _ClassVar[int]
     QUANTIZATION_FIELD_NUMBER: _ClassVar[int]
@@ -106,6 +108,9 @@ class ModelStatus(_message.Message):
     ADAPTERS_FIELD_NUMBER: _ClassVar[int]
     DTYPE_FIELD_NUMBER: _ClassVar[int]
     DTYPE_REASON_FIELD_NUMBER: _ClassVar[int]
+    BASE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    ATTACHED_FIELD_NUMBER: _ClassVar[int]
+    REQUESTED_DTYPE_FIELD_NUMBER: _ClassVar[int]
     model: str
     backend: str
     quantization: str
@@ -116,19 +121,44 @@ class ModelStatus(_message.Message):
     adapters: _containers.RepeatedScalarFieldContainer[str]
     dtype: str
     dtype_reason: str
-    def __init__(self, model: _Optional[str] = ..., backend: _Optional[str] = ..., quantization: _Optional[str] = ..., memory_bytes: _Optional[int] = ..., loaded_at: _Optional[float] = ..., last_used_at: _Optional[float] = ..., expires_at: _Optional[float] = ..., adapters: _Optional[_Iterable[str]] = ..., dtype: _Optional[str] = ..., dtype_reason: _Optional[str] = ...) -> None: ...
+    base_bytes: int
+    attached: _containers.RepeatedCompositeFieldContainer[AttachedAdapter]
+    requested_dtype: str
+    def __init__(self, model: _Optional[str] = ..., backend: _Optional[str] = ..., quantization: _Optional[str] = ..., memory_bytes: _Optional[int] = ..., loaded_at: _Optional[float] = ..., last_used_at: _Optional[float] = ..., expires_at: _Optional[float] = ..., adapters: _Optional[_Iterable[str]] = ..., dtype: _Optional[str] = ..., dtype_reason: _Optional[str] = ..., base_bytes: _Optional[int] = ..., attached: _Optional[_Iterable[_Union[AttachedAdapter, _Mapping]]] = ..., requested_dtype: _Optional[str] = ...) -> None: ...
+
+class AttachedAdapter(_message.Message):
+    __slots__ = ("name", "path", "memory_bytes", "loaded_at")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
+    LOADED_AT_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    path: str
+    memory_bytes: int
+    loaded_at: float
+    def __init__(self, name: _Optional[str] = ..., path: _Optional[str] = ..., memory_bytes: _Optional[int] = ..., loaded_at: _Optional[float] = ...) -> None: ...
 
 class UnloadModelRequest(_message.Message):
-    __slots__ = ("model",)
+    __slots__ = ("model", "adapter", "backend", "quantization", "dtype")
     MODEL_FIELD_NUMBER: _ClassVar[int]
+    ADAPTER_FIELD_NUMBER: _ClassVar[int]
+    BACKEND_FIELD_NUMBER: _ClassVar[int]
+    QUANTIZATION_FIELD_NUMBER: _ClassVar[int]
+    DTYPE_FIELD_NUMBER: _ClassVar[int]
     model: str
-    def __init__(self, model: _Optional[str] = ...) -> None: ...
+    adapter: str
+    backend: str
+    quantization: str
+    dtype: str
+    def __init__(self, model: _Optional[str] = ..., adapter: _Optional[str] = ..., backend: _Optional[str] = ..., quantization: _Optional[str] = ..., dtype: _Optional[str] = ...) -> None: ...
 
 class UnloadModelResponse(_message.Message):
-    __slots__ = ("unloaded",)
+    __slots__ = ("unloaded", "count")
     UNLOADED_FIELD_NUMBER: _ClassVar[int]
+    COUNT_FIELD_NUMBER: _ClassVar[int]
     unloaded: bool
-    def __init__(self, unloaded: _Optional[bool] = ...) -> None: ...
+    count: int
+    def __init__(self, unloaded: _Optional[bool] = ..., count: _Optional[int] = ...) -> None: ...
 
 class ListModelsRequest(_message.Message):
     __slots__ = ()
@@ -628,6 +658,20 @@ class ChatRequest(_message.Message):
     messages: _containers.RepeatedCompositeFieldContainer[ChatMessage]
     sampling: SamplingParams
     def __init__(self, model: _Optional[str] = ..., adapter: _Optional[str] = ..., backend: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[ChatMessage, _Mapping]]] = ..., sampling: _Optional[_Union[SamplingParams, _Mapping]] = ...) -> None: ...
+
+class GenerateRequest(_message.Message):
+    __slots__ = ("model", "adapter", "backend", "prompt", "sampling")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    ADAPTER_FIELD_NUMBER: _ClassVar[int]
+    BACKEND_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_FIELD_NUMBER: _ClassVar[int]
+    SAMPLING_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    adapter: str
+    backend: str
+    prompt: str
+    sampling: SamplingParams
+    def __init__(self, model: _Optional[str] = ..., adapter: _Optional[str] = ..., backend: _Optional[str] = ..., prompt: _Optional[str] = ..., sampling: _Optional[_Union[SamplingParams, _Mapping]] = ...) -> None: ...
 
 class Usage(_message.Message):
     __slots__ = ("prompt_tokens", "completion_tokens", "time_to_first_token_seconds", "tokens_per_second", "queue_wait_seconds")

@@ -92,6 +92,11 @@ class TunerStub:
                 request_serializer=tuner_dot_v1_dot_tuner__pb2.ChatRequest.SerializeToString,
                 response_deserializer=tuner_dot_v1_dot_tuner__pb2.ChatChunk.FromString,
                 _registered_method=True)
+        self.Generate = channel.unary_stream(
+                '/tuner.v1.Tuner/Generate',
+                request_serializer=tuner_dot_v1_dot_tuner__pb2.GenerateRequest.SerializeToString,
+                response_deserializer=tuner_dot_v1_dot_tuner__pb2.ChatChunk.FromString,
+                _registered_method=True)
         self.Evaluate = channel.unary_unary(
                 '/tuner.v1.Tuner/Evaluate',
                 request_serializer=tuner_dot_v1_dot_tuner__pb2.EvaluateRequest.SerializeToString,
@@ -208,6 +213,13 @@ class TunerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Generate(self, request, context):
+        """Plain completion: continue `prompt` as it is (no chat template).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Evaluate(self, request, context):
         """Loss/perplexity on a data set, optional generation metrics.
         """
@@ -312,6 +324,11 @@ def add_TunerServicer_to_server(servicer, server):
             'Chat': grpc.unary_stream_rpc_method_handler(
                     servicer.Chat,
                     request_deserializer=tuner_dot_v1_dot_tuner__pb2.ChatRequest.FromString,
+                    response_serializer=tuner_dot_v1_dot_tuner__pb2.ChatChunk.SerializeToString,
+            ),
+            'Generate': grpc.unary_stream_rpc_method_handler(
+                    servicer.Generate,
+                    request_deserializer=tuner_dot_v1_dot_tuner__pb2.GenerateRequest.FromString,
                     response_serializer=tuner_dot_v1_dot_tuner__pb2.ChatChunk.SerializeToString,
             ),
             'Evaluate': grpc.unary_unary_rpc_method_handler(
@@ -649,6 +666,33 @@ class Tuner:
             target,
             '/tuner.v1.Tuner/Chat',
             tuner_dot_v1_dot_tuner__pb2.ChatRequest.SerializeToString,
+            tuner_dot_v1_dot_tuner__pb2.ChatChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Generate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/tuner.v1.Tuner/Generate',
+            tuner_dot_v1_dot_tuner__pb2.GenerateRequest.SerializeToString,
             tuner_dot_v1_dot_tuner__pb2.ChatChunk.FromString,
             options,
             channel_credentials,

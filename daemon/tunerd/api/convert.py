@@ -38,6 +38,11 @@ def job(rec: JobRecord, queue_position: int = 0) -> pb.Job:
                   tensorboard_dir=str(Path(rec.output_dir) / "tensorboard") if rec.output_dir else "")
 
 
+def model_status(m: dict) -> pb.ModelStatus:
+    return pb.ModelStatus(**{k: v for k, v in m.items() if k != "attached"},
+                          attached=[pb.AttachedAdapter(**a) for a in m["attached"]])
+
+
 def event(e: StoredEvent) -> pb.JobEvent:
     out = pb.JobEvent(job_id=e.job_id, sequence=e.seq, time=e.time)
     if e.kind not in _EVENTS:  # an event kind this build does not know: show it as a log line

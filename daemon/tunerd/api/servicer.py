@@ -53,6 +53,14 @@ def _cancel_event(context) -> threading.Event:
     return ev
 
 
+def _sampling(s: pb.SamplingParams) -> Sampling:
+    return Sampling(**{f.name: v for f, v in s.ListFields() if f.name != "stop"}, stop=list(s.stop))
+
+
+def _chunk(d) -> pb.ChatChunk:
+    return pb.ChatChunk(delta=d.text, finish_reason=d.finish_reason, usage=pb.Usage(**d.usage) if d.usage else None)
+
+
 class TunerServicer(pb_grpc.TunerServicer):
     def __init__(self, core: Core):
         self.core = core
@@ -70,17 +78,19 @@ class TunerServicer(pb_grpc.TunerServicer):
     # -- models
     @_errors
     def LoadModel(self, request, context):
-        return pb.ModelStatus(**self.core.load_model(request.model, request.backend or "auto",
-                                                     request.quantization or "none",
-                                                     request.dtype or "float32", request.keep_alive_seconds))
+        return convert.model_status(self.core.load_model(
+            request.model, request.backend or "auto", request.quantization or "none", request.dtype or "auto",
+            request.keep_alive_seconds, adapter=request.adapter))
 
     @_errors
     def UnloadModel(self, request, context):
-        return pb.UnloadModelResponse(unloaded=self.core.unload_model(request.model))
+        n = self.core.unload_model(request.model, request.adapter, request.backend, request.quantization,
+                                   request.dtype)
+        return pb.UnloadModelResponse(unloaded=n > 0, count=n)
 
     @_errors
     def ListModels(self, request, context):
-        return pb.ListModelsResponse(models=[pb.ModelStatus(**m) for m in self.core.list_models()])
+        return pb.ListModelsResponse(models=[convert.model_status(m) for m in self.core.list_models()])
 
     # -- jobs
     @_errors
@@ -119,15 +129,18 @@ class TunerServicer(pb_grpc.TunerServicer):
     # -- chat
     @_errors
     def Chat(self, request, context):
-        s = request.sampling
-        sampling = Sampling(**{f.name: v for f, v in s.ListFields() if f.name != "stop"},
-                            stop=list(s.stop))
         params = ChatParams(messages=[{"role": m.role, "content": m.content} for m in request.messages],
                             model=request.model, adapter=request.adapter,
-                            backend=request.backend or "auto", sampling=sampling)
+                            backend=request.backend or "auto", sampling=_sampling(request.sampling))
         for d in self.core.chat(params, _cancel_event(context)):
-            yield pb.ChatChunk(delta=d.text, finish_reason=d.finish_reason,
-                               usage=pb.Usage(**d.usage) if d.usage else None)
+            yield _chunk(d)
+
+    @_errors
+    def Generate(self, request, context):
+        params = ChatParams(prompt=request.prompt, model=request.model, adapter=request.adapter,
+                            backend=request.backend or "auto", sampling=_sampling(request.sampling))
+        for d in self.core.chat(params, _cancel_event(context)):
+            yield _chunk(d)
 
     # -- data, evaluation, recommendation
     @_errors

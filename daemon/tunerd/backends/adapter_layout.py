@@ -360,3 +360,18 @@ def read_added_tokens(directory) -> Optional[dict]:
     meta["dir"] = d
     meta["has_tokenizer"] = (d / "tokenizer_config.json").exists()
     return meta
+
+
+def changes_base(directory) -> bool:
+    """True for what cannot sit beside other adapters on one shared base: a full fine-tune (its
+    own base weights) or an adapter that grew the vocabulary (added chat tokens, its own tokenizer).
+    The model registry gives those a base of their own; every other adapter shares one."""
+    d = Path(directory)
+    if (d / "config.json").exists() and list(d.glob("model*.safetensors")):
+        return True
+    for cfg in (d / MLX_SUBDIR / MLX_CONFIG, d / MLX_CONFIG):
+        if cfg.exists() and (d / MLX_SUBDIR / MLX_WEIGHTS if cfg.parent != d else d / MLX_WEIGHTS).exists():
+            if json.loads(cfg.read_text()).get("fine_tune_type") == "full":
+                return True
+            break
+    return added_tokens_dir(d) is not None

@@ -11,7 +11,13 @@ The training loop (`tunerd.training.loop`) never imports mlx or torch; it drives
     save_checkpoint(dir) / load_checkpoint(dir) adapter + optimizer state + backend RNG
     save_adapter(dir)                           final adapter: native layout AND PEFT layout
     generate(prompt_ids, sampling, should_stop) -> iterator[GenerationChunk]
-    memory() -> MemoryStats
+    memory() -> MemoryStats                     the device's (process-wide) active and peak bytes
+  For chat, several adapters on one loaded base (one copy of its weights):
+    attach_adapter(name, path) -> bytes         load a saved adapter beside the others (PEFT named
+                                                adapters on torch; named weight sets on mlx)
+    use_adapter(name | None)                    the adapter the next forward passes use (None: the base)
+    detach_adapter(name)
+    weight_bytes() -> (base, {name: bytes})     bytes of this model's own weights and of each adapter
     peak_flops() -> float                       measured matmul FLOP/s of the device in the model's dtype
     resize_token_embeddings(vocab_size, token_ids, end_of_turn, chat_template)   optional; before
                                                 add_adapter when the data pipeline added chat special
@@ -112,6 +118,47 @@ def partial_stop_len(text: str, stops: list[str]) -> int:
     return best
 
 
+class PromptCache:
+    """The KV caches of recent replies, one per adapter, reused by the next request whose prompt
+    starts with the same tokens (the next turn of a conversation re-sends the whole history): only
+    the new tokens are read. A cache is taken out while a reply uses it and put back after, so two
+    chats never share one. The backend gives `length(cache)` and `trim(cache, n)` (drop the last n
+    tokens; None when the cache cannot be trimmed, e.g. a sliding window)."""
+
+    def __init__(self, length: Callable, trim: Callable, slots: int = 4):
+        self._length, self._trim, self._slots = length, trim, slots
+        self._kept: dict = {}   # adapter name -> (tokens in the cache, cache)
+
+    def take(self, key, prompt: list[int]):
+        """(a cache holding prompt[:n], n) with n < len(prompt), or (None, 0)."""
+        kept = self._kept.pop(key, None)
+        if kept is None:
+            return None, 0
+        tokens, cache = kept
+        n = 0
+        for a, b in zip(tokens, prompt):
+            if a != b:
+                break
+            n += 1
+        n = min(n, len(prompt) - 1)   # at least one token to read: it gives the first logits
+        if n <= 0 or self._trim(cache, len(tokens) - n) is None:
+            return None, 0
+        return cache, n
+
+    def put(self, key, tokens: list[int], cache) -> None:
+        """Keep `cache`, which holds the first `length(cache)` of `tokens`."""
+        n = self._length(cache)
+        if n <= 0 or n > len(tokens):
+            return
+        self._kept.pop(key, None)
+        self._kept[key] = (list(tokens[:n]), cache)
+        while len(self._kept) > self._slots:
+            self._kept.pop(next(iter(self._kept)))
+
+    def clear(self) -> None:
+        self._kept.clear()
+
+
 class Backend(ABC):
     name: str = "base"
 
@@ -154,6 +201,26 @@ class Backend(ABC):
 
     @abstractmethod
     def memory(self) -> MemoryStats: ...
+
+    # Several adapters on one base, for chat. Not abstract: a backend (or a test fake) that does
+    # not serve chat need not have them.
+    def attach_adapter(self, name: str, path: Path) -> int:
+        """Load the adapter at `path` as `name` beside the others, sharing the one base; make it
+        active; return its bytes. Adapters that change the base (adapter_layout.changes_base) go
+        through load_adapter on a base of their own instead."""
+        raise NotImplementedError(f"the {self.name} backend holds one adapter at a time")
+
+    def use_adapter(self, name: Optional[str]) -> None:
+        """Select an attached adapter for the next forward passes (None or "": the bare base)."""
+        if name:
+            raise NotImplementedError(f"the {self.name} backend holds one adapter at a time")
+
+    def detach_adapter(self, name: str) -> None:
+        raise NotImplementedError(f"the {self.name} backend holds one adapter at a time")
+
+    def weight_bytes(self) -> tuple[int, dict]:
+        """(bytes of the base's weights and buffers, {attached adapter name: bytes})."""
+        return 0, {}
 
     @abstractmethod
     def peak_flops(self) -> float:

@@ -1,22 +1,39 @@
 """Resident models: loaded once on the device worker, kept alive between requests.
 
-Keyed by (model, backend, quantization, adapter). Used only from the device worker thread.
-Entries idle past their keep-alive are evicted by `evict_expired` (called by the worker).
+One resident per base, keyed by (model, backend, quantization, dtype): every adapter used with
+that base is attached to it by name (`Backend.attach_adapter`) and selected per request
+(`Resident.use`), so chat with adapter A, chat with adapter B and the bare base share one copy of
+the base's weights (DESIGN.md §5). An adapter that changes the base itself (a full fine-tune, or
+added chat tokens with their own vocabulary) gets a base of its own, keyed with its path.
+
+Used only from the device worker thread. Entries idle past their keep-alive are evicted by
+`evict_expired` (called by the worker).
 """
 from __future__ import annotations
 
 import dataclasses
+import gc
+import os
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Optional
 
-from pathlib import Path
-
 from .. import host
+from ..backends.adapter_layout import changes_base
 from ..backends.base import Backend, get_backend
 from ..config.schema import TrainConfig
 
 DEFAULT_KEEP_ALIVE = 300.0
+
+
+@dataclass
+class Attached:
+    name: str           # what requests call it: the adapter's path, or job:<id>
+    path: str           # the folder it was read from (for job:<id>, the checkpoint of that moment)
+    stamp: float        # that folder's mtime: a rewritten folder is read again
+    memory_bytes: int
+    loaded_at: float
 
 
 @dataclass
@@ -26,15 +43,54 @@ class Resident:
     model: str
     backend_name: str
     quantization: str
-    adapter: str
+    dtype: str
     loaded_at: float
     last_used_at: float
     keep_alive: float = DEFAULT_KEEP_ALIVE
     info: dict = field(default_factory=dict)
+    adapters: dict = field(default_factory=dict)   # name -> Attached
+    own_adapter: str = ""   # a base of its own for one adapter that changes the base
+    base_bytes: int = 0     # its weights as the backend counts them (Backend.weight_bytes), at load
 
     @property
     def expires_at(self) -> float:
         return 0.0 if self.keep_alive < 0 else self.last_used_at + self.keep_alive
+
+    def attach(self, name: str, path: str) -> None:
+        """Attach the adapter at `path` as `name` (again when the folder changed since)."""
+        stamp = _stamp(path)
+        have = self.adapters.get(name)
+        if have is not None and have.path == path and have.stamp == stamp:
+            return
+        if self.own_adapter:
+            return   # loaded with the base (load_adapter)
+        size = self.backend.attach_adapter(name, Path(path))
+        self.adapters[name] = Attached(name, path, stamp, size, time.time())
+
+    def use(self, name: str = "") -> None:
+        """The adapter the next forward passes use ("": the bare base). Chats on one base take
+        turns on the device, so each turn selects its own adapter again."""
+        if not self.own_adapter:
+            self.backend.use_adapter(name or None)
+
+    def detach(self, name: str) -> bool:
+        if self.adapters.pop(name, None) is None:
+            return False
+        if not self.own_adapter:
+            self.backend.detach_adapter(name)
+        return True
+
+    @property
+    def memory_bytes(self) -> int:
+        """The base's weights plus each attached adapter's: the base counts once."""
+        return self.base_bytes + sum(a.memory_bytes for a in list(self.adapters.values()))
+
+
+def _stamp(path: str) -> float:
+    try:
+        return os.stat(path).st_mtime
+    except OSError:
+        return 0.0
 
 
 class ModelRegistry:
@@ -44,22 +100,35 @@ class ModelRegistry:
         self._models: dict[tuple, Resident] = {}
 
     def get(self, model: str, backend: str = "auto", quantization: str = "none", dtype: str = "auto",
-            adapter: str = "", keep_alive: Optional[float] = None) -> Resident:
+            adapter: str = "", keep_alive: Optional[float] = None, name: str = "") -> Resident:
+        """The resident base (loaded on first use) with `adapter` attached as `name` (default: its
+        path) and selected."""
         cfg = TrainConfig(model=model, backend=backend or "auto", quantization=quantization or "none",
                           dtype=dtype or "auto")
-        name = self._resolve_backend(cfg)
-        key = (model, name, cfg.quantization, adapter)
+        backend_name = self._resolve_backend(cfg)
+        key = (model, backend_name, cfg.quantization, cfg.dtype)
+        own = bool(adapter) and changes_base(adapter)
+        if own:
+            key += (adapter,)
         res = self._models.get(key)
         if res is None:
+            if model.startswith(("/", ".", "~")) and not Path(model).expanduser().exists():
+                raise FileNotFoundError(f"model: local path not found: {model}")
             check_fits_in_memory(model, cfg.quantization)
-            b = get_backend(name)
-            info = b.load(dataclasses.replace(cfg, backend=name))
-            if adapter:
+            b = get_backend(backend_name)
+            info = b.load(dataclasses.replace(cfg, backend=backend_name))
+            if own:
                 b.load_adapter(adapter)
             now = time.time()
-            res = Resident(key, b, model, name, cfg.quantization, adapter, now, now,
-                           self.default_keep_alive, dataclasses.asdict(info))
+            res = Resident(key, b, model, backend_name, cfg.quantization, info.dtype, now, now,
+                           self.default_keep_alive, dataclasses.asdict(info), own_adapter=adapter if own else "",
+                           base_bytes=b.weight_bytes()[0])
+            if own:
+                res.adapters[name or adapter] = Attached(name or adapter, adapter, _stamp(adapter), 0, now)
             self._models[key] = res
+        if adapter:
+            res.attach(name or adapter, adapter)
+        res.use(name or adapter)
         res.last_used_at = time.time()
         if keep_alive:
             res.keep_alive = keep_alive
@@ -68,14 +137,28 @@ class ModelRegistry:
     def list(self) -> list[Resident]:
         return list(self._models.values())
 
-    def unload(self, model: str) -> bool:
-        keys = [k for k in self._models if k[0] == model]
-        for k in keys:
-            del self._models[k]
-        if keys:
-            import gc
+    def unload(self, model: str = "", adapter: str = "", backend: str = "", quantization: str = "",
+               dtype: str = "") -> int:
+        """Unload a base with all its adapters, or (with `adapter`) only that adapter from the bases
+        it is attached to. Empty filters match all. Returns how many bases or adapters went."""
+        if not model and not adapter:
+            raise ValueError("unload: name a model, an adapter, or both")
+        gone = 0
+        for k, r in list(self._models.items()):
+            if (model and r.model != model) or (backend and r.backend_name != backend) or \
+                    (quantization and r.quantization != quantization) or (dtype and dtype not in (r.dtype, k[3])):
+                continue
+            if not adapter:
+                del self._models[k]
+                gone += 1
+            elif r.own_adapter and adapter in r.adapters:
+                del self._models[k]
+                gone += 1
+            elif r.detach(adapter):
+                gone += 1
+        if gone:
             gc.collect()
-        return bool(keys)
+        return gone
 
     def evict_expired(self, now: Optional[float] = None) -> list[str]:
         now = now or time.time()

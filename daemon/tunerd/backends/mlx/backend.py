@@ -19,7 +19,7 @@ import logging
 import math
 from functools import partial
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Optional
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -149,6 +149,10 @@ class MLXBackend(Backend):
         self._kind = "lora"
         self._loaded_spec = None
         self._added: dict | None = None   # chat special tokens added (resize_token_embeddings / load_adapter)
+        self._attached: dict = {}   # attach_adapter: name -> (LoRA structure, {param path: mx.array})
+        self._active: str | None = None
+        self._structure = None      # the LoRA layers now wrapping the base (kind, keys, layers, r, scale)
+        self._prompt_cache = base.PromptCache(lambda c: c[0].offset if c else 0, _trim)   # per adapter, across turns
 
     # ---- load ---------------------------------------------------------------------------------
     @property
@@ -182,6 +186,8 @@ class MLXBackend(Backend):
         self.model, self._wrapper, self.model_type = model, wrapper, config.get("model_type", "")
         self._config = config
         self.optimizer, self._kind, self._added = None, "lora", None
+        self._attached, self._active, self._structure = {}, None, None
+        self._prompt_cache.clear()
         self._base_params = get_total_parameters(model)
         self._fns, self._acc = {}, None
         q = ("none" if not is_quantized(model) else
@@ -457,6 +463,8 @@ class MLXBackend(Backend):
         spec, weights = layout.read_adapter(path)
         model = self.model
         strip_adapters(model)
+        self._attached, self._active, self._structure = {}, None, None
+        self._prompt_cache.clear()
         added = layout.read_added_tokens(path)
         if added is not None:
             self._apply_added_tokens(added)
@@ -487,6 +495,71 @@ class MLXBackend(Backend):
         self._set_tokenizer(tok, added.get("end_of_turn"))
         self._added = {k: added[k] for k in ("token_ids", "tokens", "vocab_size", "end_of_turn")}
 
+    # ---- several adapters on one base (chat) ---------------------------------------------------
+    # One copy of the base: each attached adapter is a named set of LoRA tensors; using one wraps
+    # the base's linear layers in LoRA layers of its shape (kept when the next has the same shape)
+    # and points them at its tensors. Wrapping never copies the base's arrays.
+    def _structure_of(self, spec: layout.AdapterSpec) -> tuple:
+        keys = spec.keys or resolve_lora_keys(self.model, spec.target_modules)
+        n = len(self.model.layers)
+        num_layers = n - min(spec.layers) if spec.layers else spec.num_layers
+        return spec.kind, tuple(keys), num_layers, spec.r, spec.scale
+
+    def _wrap(self, structure) -> None:
+        if structure == self._structure:
+            return
+        strip_adapters(self.model)
+        if structure is not None:
+            kind, keys, num_layers, r, scale = structure
+            apply_lora(self.model, kind=kind, keys=list(keys), num_layers=num_layers, r=r, scale=scale, dropout=0.0)
+        self._structure, self._fns = structure, {}
+
+    def attach_adapter(self, name: str, path: Path) -> int:
+        self._require_model()
+        if layout.changes_base(path):
+            raise ValueError(f"{path}: a full fine-tune or an adapter with added tokens changes the base; "
+                             "load it alone (load_adapter)")
+        spec, weights = layout.read_adapter(path)
+        structure = self._structure_of(spec)
+        self._wrap(structure)
+        self._active = None
+        params = dict(tree_flatten(self.model.parameters()))
+        bad = [k for k, v in weights.items() if k not in params or tuple(params[k].shape) != tuple(v.shape)]
+        if bad:
+            raise ValueError(f"{path}: adapter tensors do not fit this model: {bad[:5]}")
+        arrays = {k: mx.array(v).astype(params[k].dtype) for k, v in weights.items()}
+        mx.eval(list(arrays.values()))
+        self._prompt_cache.clear()
+        self._attached[name] = (structure, arrays)
+        self.use_adapter(name)
+        return sum(int(a.nbytes) for a in arrays.values())
+
+    def use_adapter(self, name: Optional[str]) -> None:
+        name = name or None
+        if name == self._active:
+            return
+        if name is None:
+            self._wrap(None)
+        else:
+            if name not in self._attached:
+                raise ValueError(f"adapter {name!r} is not attached to this model")
+            structure, arrays = self._attached[name]
+            self._wrap(structure)
+            self.model.load_weights(list(arrays.items()), strict=False)
+        self.model.eval()
+        self._active = name
+
+    def detach_adapter(self, name: str) -> None:
+        self._prompt_cache.clear()
+        if self._attached.pop(name, None) is not None and self._active == name:
+            self.use_adapter(None)
+
+    def weight_bytes(self) -> tuple[int, dict]:
+        lora = (".lora_a", ".lora_b", ".m")
+        base = sum(int(v.nbytes) for k, v in tree_flatten(self.model.parameters()) if not k.endswith(lora))
+        return base, {name: sum(int(a.nbytes) for a in arrays.values())
+                      for name, (_, arrays) in self._attached.items()}
+
     # ---- generation ---------------------------------------------------------------------------
     def generate(self, prompt_ids: list[int], sampling: Sampling,
                  should_stop: Callable[[], bool] = lambda: False) -> Iterator[GenerationChunk]:
@@ -501,8 +574,13 @@ class MLXBackend(Backend):
             repetition_penalty=sampling.repetition_penalty if sampling.repetition_penalty != 1.0 else None)
         stops = [s for s in sampling.stop if s]
         text, emitted = "", 0
-        prompt, cache, resp = list(prompt_ids), make_prompt_cache(self.model), None
+        key, tokens = self._active, list(prompt_ids)
+        # a previous turn's cache: read only the rest (not with a repetition penalty, whose
+        # context mlx-lm takes from the tokens it is given)
+        cache, reused = self._prompt_cache.take(key, tokens) if processors == [] else (None, 0)
+        cache = cache if cache is not None else make_prompt_cache(self.model)
         try:
+            prompt = tokens[reused:]
             while len(prompt) > base.PREFILL_CHUNK:  # a long prompt in chunks, yielding in between
                 self.model(mx.array(prompt[:base.PREFILL_CHUNK])[None], cache=cache)
                 mx.eval([c.state for c in cache])
@@ -513,6 +591,7 @@ class MLXBackend(Backend):
                     return
             for resp in stream_generate(self.model, self._wrapper, prompt, max_tokens=sampling.max_tokens,
                                         sampler=sampler, logits_processors=processors, prompt_cache=cache):
+                tokens.append(int(resp.token))
                 if should_stop():
                     yield GenerationChunk(text[emitted:], int(resp.token), "cancelled")
                     return
@@ -524,13 +603,12 @@ class MLXBackend(Backend):
                 if resp.finish_reason:
                     yield GenerationChunk(text[emitted:], int(resp.token), resp.finish_reason)
                     return
-                safe = len(text) - partial_stop_len(text, stops)
-                if safe > emitted:
-                    yield GenerationChunk(text[emitted:safe], int(resp.token))
-                    emitted = safe
+                safe = max(emitted, len(text) - partial_stop_len(text, stops))
+                yield GenerationChunk(text[emitted:safe], int(resp.token))  # one chunk per token (usage counts them)
+                emitted = safe
         finally:
-            cache = resp = None   # drop the reply's KV cache first, then return its buffers (set_memory_limits)
-            mx.clear_cache()
+            self._prompt_cache.put(key, tokens, cache)
+            mx.clear_cache()   # freed buffers go back (set_memory_limits); the kept KV cache stays
 
     def memory(self) -> MemoryStats:
         return MemoryStats(active_bytes=int(mx.get_active_memory()), peak_bytes=int(mx.get_peak_memory()))
@@ -560,3 +638,14 @@ def _own_key_sampler(s: Sampling):
         key[0], sub = mx.random.split(key[0])
         return mx.random.categorical(logprobs * (1.0 / s.temperature), key=sub)
     return sampler
+
+
+def _trim(cache, n: int):
+    """Drop the last n tokens of an mlx-lm prompt cache; None when it cannot (rotating caches)."""
+    from mlx_lm.models.cache import can_trim_prompt_cache, trim_prompt_cache
+
+    if not can_trim_prompt_cache(cache):
+        return None
+    if n:
+        trim_prompt_cache(cache, n)
+    return cache

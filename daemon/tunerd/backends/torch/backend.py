@@ -22,7 +22,7 @@ import logging
 import os
 import tempfile
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Optional
 
 import numpy as np
 import torch
@@ -32,7 +32,7 @@ from ...config.schema import TrainConfig
 from ...training.flops import peak_flops
 from ...data.batch import Batch
 from .. import adapter_layout as layout
-from ..base import Backend, GenerationChunk, MemoryStats, ModelInfo, ParamStats, Sampling
+from ..base import Backend, GenerationChunk, MemoryStats, ModelInfo, ParamStats, PromptCache, Sampling
 from . import model as tmodel
 from .device import memory_bytes, pick_device, pick_dtype
 from .generate import stream
@@ -78,6 +78,10 @@ class TorchBackend(Backend):
         self._scaler = None
         self._eos: set = set()
         self._added: dict | None = None   # chat special tokens added for this run (resize_token_embeddings)
+        self._slots: dict[str, str] = {}   # attached adapter name -> PEFT adapter name (attach_adapter)
+        self._active: str | None = None    # the attached adapter in use (None: the bare base)
+        self._next_slot = 0
+        self._prompt_cache = PromptCache(lambda c: c.get_seq_length(), _crop)   # per adapter, across turns
 
     # ---- load ---------------------------------------------------------------------------------
     @property
@@ -97,6 +101,8 @@ class TorchBackend(Backend):
                                                   trust_remote_code=cfg.trust_remote_code)
         self.base = self.model = tmodel.load_model(cfg, self.device, self.dtype)
         self.optimizer, self.packing_mode, self._added = None, None, None
+        self._slots, self._active = {}, None
+        self._prompt_cache.clear()
         eos = self.base.generation_config.eos_token_id if self.base.generation_config else None
         eos = [eos] if isinstance(eos, int) else list(eos or [])
         if self._tok.eos_token_id is not None:
@@ -365,15 +371,18 @@ class TorchBackend(Backend):
         if isinstance(self.model, PeftModel):
             self.base = self.model.unload()
         self.model = self.base
+        self._slots, self._active = {}, None
+        self._prompt_cache.clear()
         return self.base
 
     def load_adapter(self, path: Path, trainable: bool = False) -> None:
         """Apply an adapter in either layout for inference. With `trainable=True` and an adapter of
         the same shape already added, copy its weights into that adapter instead (the optimizer
         keeps its parameters): how the parity test starts both backends from the same weights."""
-        from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
+        from peft import get_peft_model, set_peft_model_state_dict
 
         self._require_model()
+        self._prompt_cache.clear()
         kind, where = layout.find_layout(path)
         if kind == "mlx" and json.loads((where / layout.MLX_CONFIG).read_text()).get("fine_tune_type") == "full":
             return self._load_full(where / layout.MLX_WEIGHTS)
@@ -387,10 +396,7 @@ class TorchBackend(Backend):
         base = self._strip_adapter()
         if added is not None:
             self._apply_added_tokens(base, added)
-        config = LoraConfig(r=spec.r, lora_alpha=spec.lora_alpha, lora_dropout=0.0, use_rslora=spec.use_rslora,
-                            use_dora=spec.kind == "dora", target_modules=spec.target_modules,
-                            layers_to_transform=spec.layers, task_type="CAUSAL_LM")
-        self.model = get_peft_model(base, config)
+        self.model = get_peft_model(base, _lora_config(spec))
         res = set_peft_model_state_dict(self.model, sd)
         if res.unexpected_keys:
             raise ValueError(f"{path}: adapter tensors do not fit this model: {res.unexpected_keys[:5]}")
@@ -438,12 +444,89 @@ class TorchBackend(Backend):
             raise ValueError(f"{weights_file}: tensors not in this model: {res.unexpected_keys[:5]}")
         base.eval()
 
+    # ---- several adapters on one base (chat) ---------------------------------------------------
+    def attach_adapter(self, name: str, path: Path) -> int:
+        """PEFT named adapters on the one base: `add_adapter` + `set_peft_model_state_dict(adapter_name=)`;
+        `use_adapter` switches with `set_adapter` / `disable_adapter_layers`."""
+        from peft import PeftModel, get_peft_model, set_peft_model_state_dict
+
+        self._require_model()
+        if layout.changes_base(path):
+            raise ValueError(f"{path}: a full fine-tune or an adapter with added tokens changes the base; "
+                             "load it alone (load_adapter)")
+        spec, mlx_weights = layout.read_adapter(path, prefer="peft")
+        sd = {k: torch.from_numpy(np.asarray(v, dtype=np.float32))
+              for k, v in layout.mlx_to_peft(mlx_weights).items()}
+        if name in self._slots:
+            self.detach_adapter(name)
+        self._prompt_cache.clear()
+        self._next_slot += 1
+        slot = f"tunerd_{self._next_slot}"
+        if isinstance(self.model, PeftModel):
+            self.model.add_adapter(slot, _lora_config(spec))
+        else:
+            self.model = get_peft_model(self.base, _lora_config(spec), adapter_name=slot)
+        self._slots[name] = slot
+        res = set_peft_model_state_dict(self.model, sd, adapter_name=slot)
+        if res.unexpected_keys:
+            self.detach_adapter(name)
+            raise ValueError(f"{path}: adapter tensors do not fit this model: {res.unexpected_keys[:5]}")
+        self.model.to(self.device).eval()
+        self._active = "?"   # PEFT may have switched: set it again
+        self.use_adapter(name)
+        return self.weight_bytes()[1][name]
+
+    def use_adapter(self, name: Optional[str]) -> None:
+        from peft import PeftModel
+
+        name = name or None
+        if name == self._active:
+            return
+        if name is not None and name not in self._slots:
+            raise ValueError(f"adapter {name!r} is not attached to this model")
+        if isinstance(self.model, PeftModel):
+            if name is None:
+                self.model.base_model.disable_adapter_layers()
+            else:
+                self.model.base_model.enable_adapter_layers()
+                self.model.set_adapter(self._slots[name])
+                self.model.requires_grad_(False)   # set_adapter marks the adapter trainable
+        self._active = name
+
+    def detach_adapter(self, name: str) -> None:
+        slot = self._slots.pop(name, None)
+        if slot is None:
+            return
+        self._prompt_cache.clear()
+        if not self._slots:
+            self._strip_adapter()   # the last one: back to the bare base module
+            return
+        self.model.delete_adapter(slot)
+        self._active = "?"
+
+    def weight_bytes(self) -> tuple[int, dict]:
+        import itertools
+        slot_to_name = {slot: name for name, slot in self._slots.items()}
+        base, adapters = 0, {name: 0 for name in self._slots}
+        model = self.model if self.model is not None else self.base
+        for n, t in itertools.chain(model.named_parameters(), model.named_buffers()):
+            size = t.numel() * t.element_size()
+            owner = next((slot_to_name[part] for part in n.split(".") if part in slot_to_name), None)
+            if owner is None:
+                base += size
+            else:
+                adapters[owner] += size
+        return base, adapters
+
     # ---- generation and memory ----------------------------------------------------------------
     def generate(self, prompt_ids: list[int], sampling: Sampling,
                  should_stop: Callable[[], bool] = lambda: False) -> Iterator[GenerationChunk]:
         self._require_model()
         self.model.eval()
-        return stream(self.model, self._tok, list(prompt_ids), sampling, self._eos, self.device, should_stop)
+        key = self._active
+        past, reused = self._prompt_cache.take(key, list(prompt_ids))
+        return stream(self.model, self._tok, list(prompt_ids), sampling, self._eos, self.device, should_stop,
+                      past=past, reused=reused, keep=lambda tokens, c: self._prompt_cache.put(key, tokens, c))
 
     def memory(self) -> MemoryStats:
         active, peak = memory_bytes(self.device or torch.device("cpu"))
@@ -452,3 +535,22 @@ class TorchBackend(Backend):
     def peak_flops(self) -> float:
         self._require_model()
         return peak_flops(str(self.device), str(self.dtype).replace("torch.", ""))
+
+
+def _lora_config(spec: layout.AdapterSpec):
+    """The PEFT config of a saved adapter, for inference (no dropout)."""
+    from peft import LoraConfig
+
+    return LoraConfig(r=spec.r, lora_alpha=spec.lora_alpha, lora_dropout=0.0, use_rslora=spec.use_rslora,
+                      use_dora=spec.kind == "dora", target_modules=spec.target_modules,
+                      layers_to_transform=spec.layers, task_type="CAUSAL_LM")
+
+
+def _crop(cache, n: int):
+    """Drop the last n tokens of a transformers cache; None when it cannot (sliding windows)."""
+    try:
+        if n:
+            cache.crop(cache.get_seq_length() - n)
+        return cache
+    except Exception:  # noqa: BLE001 - a cache type without crop: read the prompt again
+        return None

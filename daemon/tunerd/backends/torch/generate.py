@@ -35,36 +35,49 @@ def sample_next(logits: torch.Tensor, context: torch.Tensor, s: Sampling,
 
 @torch.no_grad()
 def stream(model, tokenizer, prompt_ids: list[int], s: Sampling, eos_ids: set, device: torch.device,
-           should_stop: Callable[[], bool]) -> Iterator[GenerationChunk]:
+           should_stop: Callable[[], bool], past=None, reused: int = 0,
+           keep: Callable = lambda tokens, past: None) -> Iterator[GenerationChunk]:
     """Yield one chunk per new token (text may be empty while a character or a possible stop
-    string is incomplete); the last chunk carries finish_reason stop | length | cancelled."""
+    string is incomplete); the last chunk carries finish_reason stop | length | cancelled.
+    `past` may already hold the first `reused` prompt tokens (a previous turn's cache); at the
+    end `keep(tokens, past)` gets the cache back with the tokens it was built from."""
+    state = {"past": past, "generated": []}
+    try:
+        yield from _stream(model, tokenizer, prompt_ids, s, eos_ids, device, should_stop, reused, state)
+    finally:
+        if state["past"] is not None:
+            keep(list(prompt_ids) + state["generated"], state["past"])
+
+
+def _stream(model, tokenizer, prompt_ids, s, eos_ids, device, should_stop, reused, state):
     # its own generator, never the global RNG a training job draws its dropout from
-    gen = torch.Generator().manual_seed(s.seed if s.seed is not None else secrets.randbits(63))
+    # sampling stays on the device: only the chosen token id crosses to the CPU (not [V] logits)
+    gen = torch.Generator(device=device).manual_seed(s.seed if s.seed is not None else secrets.randbits(63))
     stops = [x for x in s.stop if x]
-    ids = torch.tensor([prompt_ids], dtype=torch.long, device=device)
-    context = ids[0].cpu()
-    past = None
+    context = torch.tensor(prompt_ids, dtype=torch.long, device=device)
+    ids = torch.tensor([prompt_ids[reused:]], dtype=torch.long, device=device)
     for start in range(0, ids.shape[1], base.PREFILL_CHUNK):  # a long prompt in chunks
         if start:
             yield GenerationChunk("", -1)
             if should_stop():
                 yield GenerationChunk("", -1, "cancelled")
                 return
-        out = model(input_ids=ids[:, start:start + base.PREFILL_CHUNK], past_key_values=past, use_cache=True)
-        past = out.past_key_values
+        out = model(input_ids=ids[:, start:start + base.PREFILL_CHUNK], past_key_values=state["past"],
+                    use_cache=True)
+        state["past"] = out.past_key_values
     logits = out.logits[0, -1]
-    generated: list[int] = []
+    generated = state["generated"]
     text, emitted = "", 0
     for i in range(max(s.max_tokens, 0)):
         if should_stop():
             yield GenerationChunk(text[emitted:], -1, "cancelled")
             return
-        tok = sample_next(logits.cpu(), context, s, gen)
+        tok = sample_next(logits, context, s, gen)
         if tok in eos_ids:
             yield GenerationChunk(text[emitted:], tok, "stop")
             return
         generated.append(tok)
-        context = torch.cat([context, torch.tensor([tok])])
+        context = torch.cat([context, torch.tensor([tok], device=device)])
         text = tokenizer.decode(generated, skip_special_tokens=True)
         hits = [j for j in (text.find(st, max(0, emitted - len(st))) for st in stops) if j >= 0]
         if hits:
@@ -78,6 +91,6 @@ def stream(model, tokenizer, prompt_ids: list[int], s: Sampling, eos_ids: set, d
             safe -= 1
         yield GenerationChunk(text[emitted:safe], tok)
         emitted = max(emitted, safe)
-        out = model(input_ids=torch.tensor([[tok]], device=device), past_key_values=past, use_cache=True)
-        past, logits = out.past_key_values, out.logits[0, -1]
+        out = model(input_ids=torch.tensor([[tok]], device=device), past_key_values=state["past"], use_cache=True)
+        state["past"], logits = out.past_key_values, out.logits[0, -1]
     yield GenerationChunk(text[emitted:], -1, "length")  # max_tokens == 0

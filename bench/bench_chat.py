@@ -1,0 +1,250 @@
+"""Benchmark: generation through the daemon vs in-process mlx-lm and Hugging Face, same model,
+adapter, prompt, dtype and device.
+
+    LD_PRELOAD=/usr/lib/x86_64-linux-gnu/openblas-pthread/libblas.so.3 \\
+        python bench/bench_chat.py [--tokens 128] [--repeat 3] [--out bench/results/chat_cpu.json]
+
+Builds a small random Llama (hidden 384, 6 layers, GQA; ~14M params) and a LoRA adapter (r 8 on
+q/k/v/o, random B so it changes the output), then for each path, each in its own process, greedy
+decoding of --tokens tokens from a ~120-token prompt (plain completion: no chat template), after
+one warm-up request (each request's prompt starts with another word, so the daemon's prompt cache
+does not skip the measured prefill):
+  - daemon_mlx / daemon_torch : `Generate` over the Unix socket of a running tunerd (model and
+                                adapter resident), times taken by the client from the request
+  - mlx_lm                    : mlx_lm.stream_generate on mlx_lm.load(model, adapter_path)
+  - hf                        : transformers `generate` on PeftModel(model, adapter) with a streamer
+TTFT is the time to the first generated token; decode tok/s counts the tokens after the first
+over the time after the first. The daemon's dtype is the one it resolved (`dtype: auto`) and the
+in-process runs use the same. Also: wall time of a cold `mlx_lm generate` command vs a resident
+`tunerctl generate -p` command for one token (process start included on both sides).
+Results: JSON (stdout last line, and --out) plus a table.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT / "daemon"), str(ROOT / "client"), str(ROOT / "tests")]
+WORDS = [f"{a}{b}" for a in ("ka", "lo", "mi", "ren", "su", "tav", "ul", "vex", "zor", "qui")
+         for b in ("da", "ne", "ri", "mo", "lu", "tes", "pra", "go")]
+PROMPT = " ".join(WORDS[(7 * i) % len(WORDS)] for i in range(60))
+
+
+def prompt(i: int) -> str:
+    """The i-th request's prompt: a different first word each time, so the daemon's prompt cache
+    (which reuses a previous request's common prefix) does not skip the prefill being measured."""
+    return f"{WORDS[(11 * i) % len(WORDS)]} {PROMPT}"
+
+
+def build(workdir: Path) -> dict:
+    import random
+
+    from test_shared_base import random_adapter
+    from tunerd.demo.tiny import TinyModelSpec, build_tiny_model
+
+    model = workdir / "model"
+    if not (model / "config.json").exists():
+        rng = random.Random(0)
+        corpus = [" ".join(rng.choice(WORDS) for _ in range(40)) for _ in range(200)]
+        build_tiny_model(model, corpus, TinyModelSpec(hidden_size=384, num_hidden_layers=6, num_attention_heads=6,
+                                                      num_key_value_heads=2, intermediate_size=1024,
+                                                      vocab_size=1024, max_position_embeddings=1024))
+    adapter = workdir / "adapter"
+    if not (adapter / "adapter_config.json").exists():
+        random_adapter(adapter, str(model), seed=1, r=8, targets=("q_proj", "k_proj", "v_proj", "o_proj"))
+    return {"model": str(model), "adapter": str(adapter)}
+
+
+def timings(stamps: list[float], t0: float) -> dict:
+    """stamps: arrival time of each generated token."""
+    n = len(stamps)
+    decode = (n - 1) / (stamps[-1] - stamps[0]) if n > 1 and stamps[-1] > stamps[0] else 0.0
+    return {"tokens": n, "ttft_seconds": stamps[0] - t0, "decode_tokens_per_second": decode}
+
+
+def best(runs: list[dict]) -> dict:
+    return {"tokens": runs[0]["tokens"], "ttft_seconds": statistics.median(r["ttft_seconds"] for r in runs),
+            "decode_tokens_per_second": statistics.median(r["decode_tokens_per_second"] for r in runs),
+            "runs": runs}
+
+
+# ---- workers (each in its own process) ---------------------------------------------------------
+
+def run_mlx_lm(model: str, adapter: str, dtype: str, tokens: int, repeat: int) -> dict:
+    import mlx.core as mx
+    from mlx_lm.generate import stream_generate
+    from mlx_lm.utils import load
+
+    m, tok = load(model, adapter_path=str(Path(adapter) / "mlx"))
+    m.set_dtype(getattr(mx, dtype))
+    runs = []
+    for i in range(repeat + 1):
+        ids = tok.encode(prompt(i))
+        t0, stamps = time.perf_counter(), []
+        for _ in stream_generate(m, tok, ids, max_tokens=tokens):
+            stamps.append(time.perf_counter())
+        if i:  # the first is the warm-up
+            runs.append(timings(stamps, t0))
+    return best(runs)
+
+
+def run_hf(model: str, adapter: str, dtype: str, tokens: int, repeat: int) -> dict:
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.generation.streamers import BaseStreamer
+
+    tok = AutoTokenizer.from_pretrained(model)
+    m = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(model, dtype=getattr(torch, dtype)),
+                                  adapter).eval()
+
+    class Stamps(BaseStreamer):
+        def __init__(self):
+            self.stamps, self.prompt_seen = [], False
+
+        def put(self, value):
+            if not self.prompt_seen:   # generate() first puts the prompt
+                self.prompt_seen = True
+                return
+            self.stamps.append(time.perf_counter())
+
+        def end(self):
+            pass
+
+    runs = []
+    for i in range(repeat + 1):
+        ids = torch.tensor([tok(prompt(i))["input_ids"]])
+        s = Stamps()
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            m.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=tokens, do_sample=False,
+                       streamer=s, pad_token_id=tok.pad_token_id)
+        if i:
+            runs.append(timings(s.stamps, t0))
+    return best(runs)
+
+
+def run_daemon(home: str, model: str, adapter: str, backend: str, tokens: int, repeat: int) -> dict:
+    from tuner.v1 import tuner_pb2 as pb
+    from tunerctl.connection import Target, connect
+
+    stub, _ = connect(Target(home=Path(home)), autostart=False)
+    runs = []
+    for i in range(repeat + 1):
+        req = pb.GenerateRequest(model=model, adapter=adapter, backend=backend, prompt=prompt(i),
+                                 sampling=pb.SamplingParams(temperature=0.0, max_tokens=tokens))
+        t0, stamps, usage = time.perf_counter(), [], None
+        for c in stub.Generate(req, timeout=600):
+            if c.delta or c.finish_reason:
+                stamps.append(time.perf_counter())
+            if c.HasField("usage"):
+                usage = c.usage
+        if i:
+            r = timings(stamps, t0)
+            # chunks can hold several tokens (a held-back character): count the tokens the daemon made
+            r["tokens"] = int(usage.completion_tokens)
+            r["decode_tokens_per_second"] = (r["tokens"] - 1) / (stamps[-1] - stamps[0])
+            r["daemon_tokens_per_second"] = usage.tokens_per_second
+            runs.append(r)
+    return best(runs)
+
+
+def cold_vs_resident(home: str, model: str, adapter: str, backend: str) -> dict:
+    env = dict(os.environ, TUNER_HOME=home)
+    t = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "mlx_lm", "generate", "--model", model, "--adapter-path",
+                    str(Path(adapter) / "mlx"), "--prompt", PROMPT, "--max-tokens", "1", "--ignore-chat-template"],
+                   capture_output=True, check=True, env=env)
+    cold = time.perf_counter() - t
+    t = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "tunerctl", "--home", home, "generate", "--model", model, "--adapter",
+                    adapter, "--backend", backend, "-p", PROMPT, "--max-tokens", "1"],
+                   capture_output=True, check=True, env=env)
+    resident = time.perf_counter() - t
+    return {"cold_mlx_lm_generate_seconds": cold, "resident_tunerctl_generate_seconds": resident,
+            "ratio": cold / resident}
+
+
+def worker(args: list[str]) -> dict:
+    proc = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True)
+    line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
+    if proc.returncode or not line:
+        return {"error": (proc.stderr or proc.stdout)[-2000:]}
+    return json.loads(line[-1][len("RESULT "):])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--tokens", type=int, default=128)
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--workdir", default=None)
+    ap.add_argument("--out", default=None)
+    ap.add_argument("--worker", choices=["mlx_lm", "hf", "daemon"])
+    ap.add_argument("--model")
+    ap.add_argument("--adapter")
+    ap.add_argument("--dtype", default="float32")
+    ap.add_argument("--home")
+    ap.add_argument("--backend")
+    a = ap.parse_args()
+    if a.worker:
+        res = (run_mlx_lm(a.model, a.adapter, a.dtype, a.tokens, a.repeat) if a.worker == "mlx_lm" else
+               run_hf(a.model, a.adapter, a.dtype, a.tokens, a.repeat) if a.worker == "hf" else
+               run_daemon(a.home, a.model, a.adapter, a.backend, a.tokens, a.repeat))
+        print("RESULT " + json.dumps(res))
+        return
+
+    from daemon_utils import DaemonProcess, short_home
+    from tuner.v1 import tuner_pb2 as pb
+
+    paths = build(Path(a.workdir or tempfile.mkdtemp(prefix="bench_chat_")))
+    common = ["--model", paths["model"], "--adapter", paths["adapter"], "--tokens", str(a.tokens),
+              "--repeat", str(a.repeat)]
+    d = DaemonProcess(short_home()).start()
+    results = {"config": {"model": "llama h384 L6 (~14M params), LoRA r8 q/k/v/o", "tokens": a.tokens,
+                          "repeat": a.repeat, "prompt_words": len(PROMPT.split())}, "runs": {}}
+    try:
+        dtypes = {}
+        for backend in ("mlx", "torch"):
+            st = d.stub().LoadModel(pb.LoadModelRequest(model=paths["model"], backend=backend,
+                                                        adapter=paths["adapter"]))
+            dtypes[backend] = st.dtype
+            results["runs"][f"daemon_{backend}"] = {
+                "dtype": st.dtype, **worker(["--worker", "daemon", "--home", str(d.home), "--backend", backend,
+                                             *common])}
+        results["cold_vs_resident"] = cold_vs_resident(str(d.home), paths["model"], paths["adapter"], "mlx")
+    finally:
+        d.stop()
+    results["runs"]["mlx_lm"] = {"dtype": dtypes["mlx"],
+                                 **worker(["--worker", "mlx_lm", "--dtype", dtypes["mlx"], *common])}
+    results["runs"]["hf"] = {"dtype": dtypes["torch"], **worker(["--worker", "hf", "--dtype", dtypes["torch"], *common])}
+
+    ref = {"daemon_mlx": "mlx_lm", "daemon_torch": "hf"}
+    print(f"{'path':<13} {'dtype':<9} {'tokens':>6} {'TTFT ms':>8} {'decode tok/s':>12} {'vs in-process':>13}")
+    for name, r in results["runs"].items():
+        if "error" in r:
+            print(f"{name:<13} ERROR {r['error'][-400:]}")
+            continue
+        other = results["runs"].get(ref.get(name, ""), {})
+        vs = (f"{r['decode_tokens_per_second'] / other['decode_tokens_per_second']:.2f}x"
+              if other.get("decode_tokens_per_second") else "")
+        print(f"{name:<13} {r['dtype']:<9} {r['tokens']:>6} {r['ttft_seconds'] * 1000:>8.1f} "
+              f"{r['decode_tokens_per_second']:>12.1f} {vs:>13}")
+    c = results["cold_vs_resident"]
+    print(f"one token, process start included: cold `mlx_lm generate` {c['cold_mlx_lm_generate_seconds']:.2f}s, "
+          f"resident `tunerctl generate` {c['resident_tunerctl_generate_seconds']:.2f}s ({c['ratio']:.1f}x)")
+    if a.out:
+        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(a.out).write_text(json.dumps(results, indent=2))
+    print(json.dumps(results))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,183 @@
+"""`tunerctl chat`: the interactive REPL over the public Chat RPC.
+
+Line editing, history (Up/Down, Ctrl-R; kept in $TUNER_HOME/chat_history) and multi-line input
+come from prompt_toolkit: a paste keeps its newlines (bracketed paste), Alt-Enter (Esc, Enter)
+starts a new line, Enter sends. Ctrl-C stops an answer (or clears the line), Ctrl-D exits.
+Slash commands change the conversation and the sampling; /help lists them.
+"""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+from tuner.v1 import tuner_pb2 as pb
+
+from .ui import console
+
+HELP = """commands:
+  /help                     this list
+  /params                   show the sampling parameters
+  /params NAME VALUE        set one (temperature, top_p, top_k, min_p, repetition_penalty, seed,
+                            max_tokens, stop); VALUE "none" unsets it
+  /adapter PATH|job:ID|none use an adapter (or none: the base model)
+  /system [TEXT]            set (or clear) the system prompt
+  /reset                    forget the conversation
+  /save [FILE]              write the conversation as JSON (default chat.json)
+  /load FILE                read a conversation saved with /save
+  /quit                     exit (or Ctrl-D)
+keys: Enter sends; Alt-Enter (Esc, Enter) or a paste adds lines; Up/Down and Ctrl-R search history;
+Ctrl-C stops an answer."""
+
+PARAMS = {"temperature": float, "top_p": float, "top_k": int, "min_p": float, "repetition_penalty": float,
+          "seed": int, "max_tokens": int, "stop": str}
+
+
+@dataclass
+class Conversation:
+    system: str = ""
+    turns: list = field(default_factory=list)   # user/assistant messages
+
+    def messages(self) -> list[dict]:
+        return ([{"role": "system", "content": self.system}] if self.system else []) + self.turns
+
+    def save(self, path: Path) -> None:
+        path.write_text(json.dumps(self.messages(), indent=2, ensure_ascii=False))
+
+    def load(self, path: Path) -> None:
+        msgs = json.loads(path.read_text())
+        if not isinstance(msgs, list) or not all(isinstance(m, dict) and "role" in m for m in msgs):
+            raise ValueError(f"{path}: not a saved conversation (a JSON list of messages)")
+        self.system = next((m["content"] for m in msgs if m["role"] == "system"), "")
+        self.turns = [m for m in msgs if m["role"] != "system"]
+
+
+def make_reader(history_file: Path) -> Callable[[str], str]:
+    """A line reader: prompt_toolkit on a terminal, plain input() otherwise (pipes, scripts)."""
+    if not sys.stdin.isatty():
+        return input
+    from prompt_toolkit import PromptSession
+    from prompt_toolkit.history import FileHistory
+    from prompt_toolkit.key_binding import KeyBindings
+
+    keys = KeyBindings()
+
+    @keys.add("escape", "enter")
+    def _(event):
+        event.current_buffer.insert_text("\n")
+
+    history_file.parent.mkdir(parents=True, exist_ok=True)
+    session = PromptSession(history=FileHistory(str(history_file)), key_bindings=keys,
+                            enable_history_search=False, prompt_continuation="... ")
+    return lambda prompt: session.prompt(prompt)
+
+
+class Repl:
+    def __init__(self, stub, request: Callable[[list, dict], pb.ChatRequest], params: dict, adapter: str,
+                 system: str = "", history_file: Optional[Path] = None,
+                 resolve: Callable[[str], str] = lambda x: x):
+        self.stub, self.request, self.params, self.adapter = stub, request, params, adapter
+        self.resolve = resolve
+        self.conv = Conversation(system)
+        self.read = make_reader(history_file or Path("chat_history"))
+
+    def run(self) -> int:
+        console.print("[dim]chat: /help for commands, Ctrl-D to exit[/]")
+        while True:
+            try:
+                line = self.read(">>> ")
+            except KeyboardInterrupt:
+                continue   # Ctrl-C at the prompt clears the line
+            except EOFError:
+                console.print()
+                return 0
+            if not line.strip():
+                continue
+            if line.startswith("/"):
+                if self.command(line) == "quit":
+                    return 0
+                continue
+            self.ask(line)
+
+    def ask(self, text: str) -> None:
+        self.conv.turns.append({"role": "user", "content": text})
+        call = self.stub.Chat(self.request(self.conv.messages(), {**self.params, "adapter": self.adapter}))
+        reply, usage, t0 = [], None, time.perf_counter()
+        try:
+            for chunk in call:
+                if chunk.delta:
+                    reply.append(chunk.delta)
+                    console.print(chunk.delta, end="", markup=False, highlight=False, soft_wrap=True)
+                if chunk.finish_reason:
+                    usage = chunk.usage
+        except KeyboardInterrupt:
+            call.cancel()
+            console.print("\n[dim](stopped)[/]")
+            if reply:
+                self.conv.turns.append({"role": "assistant", "content": "".join(reply)})
+            else:
+                self.conv.turns.pop()
+            return
+        console.print()
+        self.conv.turns.append({"role": "assistant", "content": "".join(reply)})
+        if usage is not None:
+            console.print(f"[dim]{usage.completion_tokens} tokens, {usage.tokens_per_second:.1f} tok/s, "
+                          f"first token {usage.time_to_first_token_seconds:.2f}s "
+                          f"({time.perf_counter() - t0:.2f}s in all)[/]")
+
+    def command(self, line: str) -> Optional[str]:
+        name, _, rest = line[1:].partition(" ")
+        rest = rest.strip()
+        try:
+            if name in ("quit", "exit", "bye"):
+                return "quit"
+            if name == "help":
+                console.print(HELP, markup=False)
+            elif name == "params":
+                self.set_param(rest) if rest else console.print(
+                    "  ".join(f"{k}={v}" for k, v in self.shown_params().items()), markup=False)
+            elif name == "adapter":
+                self.adapter = "" if rest in ("", "none") else self.resolve(rest)
+                console.print(f"[dim]adapter: {self.adapter or 'none (the base model)'}[/]")
+            elif name == "system":
+                self.conv.system = rest
+                console.print(f"[dim]system prompt {'set' if rest else 'cleared'}[/]")
+            elif name == "reset":
+                self.conv.turns = []
+                console.print("[dim]conversation cleared[/]")
+            elif name == "save":
+                path = Path(rest or "chat.json").expanduser()
+                self.conv.save(path)
+                console.print(f"[dim]saved {len(self.conv.turns)} messages to {path}[/]")
+            elif name == "load":
+                if not rest:
+                    raise ValueError("/load FILE")
+                self.conv.load(Path(rest).expanduser())
+                console.print(f"[dim]loaded {len(self.conv.turns)} messages from {rest}[/]")
+            else:
+                console.print(f"[dim]unknown command /{name}; /help lists them[/]")
+        except (ValueError, OSError) as e:
+            console.print(f"[red]{e}[/]", markup=True)
+        return None
+
+    def shown_params(self) -> dict:
+        return {k: self.params.get(k) if k != "stop" else self.params.get("stop") or [] for k in PARAMS}
+
+    def set_param(self, rest: str) -> None:
+        key, _, value = rest.partition(" ")
+        key, value = key.replace("-", "_"), value.strip()
+        if key not in PARAMS:
+            raise ValueError(f"/params: unknown {key!r}; one of {', '.join(PARAMS)}")
+        if value in ("", "none"):
+            self.params[key] = [] if key == "stop" else None
+        elif key == "stop":
+            self.params["stop"] = [*(self.params.get("stop") or []), value]
+        else:
+            try:
+                self.params[key] = PARAMS[key](value)
+            except ValueError:
+                raise ValueError(f"/params {key}: {value!r} is not a {PARAMS[key].__name__}") from None
+        console.print(f"[dim]{key} = {self.params[key]}[/]")

@@ -1,0 +1,234 @@
+"""OpenAI-compatible HTTP: GET /v1/models, POST /v1/chat/completions and /v1/completions.
+
+A translator over the same `Core` as the gRPC servicer (request JSON -> ChatParams -> core.chat
+-> JSON or server-sent events), so editors, Open WebUI and agent frameworks can use a base model,
+an adapter or a running job (`job:<id>`) as a model id. Off by default (`tunerd --http PORT`),
+on loopback unless `--http-host` is given, and then with the same bearer token as TCP gRPC.
+Errors leave through `errors.http_error_for` (one mapping for both APIs).
+"""
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import threading
+import time
+import uuid
+from typing import Iterator, Optional
+
+from fastapi import FastAPI, Request   # the `daemon` extra; this module is imported only with --http
+from fastapi.responses import JSONResponse, StreamingResponse
+from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
+
+from ..backends.base import Sampling
+from ..chat import ChatParams
+from ..errors import http_error_for
+
+log = logging.getLogger(__name__)
+
+# OpenAI field -> ours; `max_completion_tokens` is the newer name of `max_tokens`
+_SAMPLING = {"temperature": "temperature", "top_p": "top_p", "top_k": "top_k", "min_p": "min_p",
+             "repetition_penalty": "repetition_penalty", "seed": "seed", "max_tokens": "max_tokens",
+             "max_completion_tokens": "max_tokens"}
+_UNSUPPORTED = {"n": 1, "presence_penalty": 0, "frequency_penalty": 0, "logprobs": False, "best_of": 1,
+                "echo": False, "suffix": None, "tools": None, "logit_bias": None}
+
+
+def sampling(body: dict) -> Sampling:
+    for k, neutral in _UNSUPPORTED.items():
+        v = body.get(k)
+        if v is not None and v != neutral and v != []:
+            raise ValueError(f"{k}: only {neutral!r} is supported, got {v!r}")
+    s = Sampling()
+    for k, ours in _SAMPLING.items():
+        if body.get(k) is not None:
+            setattr(s, ours, body[k])
+    stop = body.get("stop")
+    s.stop = [stop] if isinstance(stop, str) else list(stop or [])
+    if not all(isinstance(x, str) for x in s.stop):
+        raise ValueError("stop: a string or a list of strings")
+    return s
+
+
+def messages(body: dict) -> list[dict]:
+    """OpenAI messages (content a string or a list of text parts) -> ours."""
+    out = []
+    for i, m in enumerate(body.get("messages") or []):
+        content = m.get("content") or ""
+        if isinstance(content, list):
+            if any(p.get("type") != "text" for p in content):
+                raise ValueError(f"messages[{i}].content: only text parts are supported")
+            content = "".join(p.get("text", "") for p in content)
+        role = "system" if m.get("role") == "developer" else m.get("role")
+        out.append({"role": role, "content": content})
+    return out
+
+
+def prompt(body: dict) -> str:
+    p = body.get("prompt")
+    if isinstance(p, list) and len(p) == 1 and isinstance(p[0], str):
+        p = p[0]
+    if not isinstance(p, str):
+        raise ValueError("prompt: one string (lists of prompts and token ids are not supported)")
+    return p
+
+
+def make_app(core, token: Optional[str] = None):
+    app = FastAPI(title="tunerd (OpenAI-compatible)", docs_url=None, redoc_url=None, openapi_url=None)
+    expected = f"Bearer {token}".encode() if token else None
+
+    def error(e: BaseException) -> JSONResponse:
+        status, body = http_error_for(e)
+        if status == 500:
+            log.exception("HTTP request failed", exc_info=e)
+        return JSONResponse(body, status_code=status)
+
+    @app.middleware("http")
+    async def bearer(request: Request, call_next):
+        if expected is not None:
+            got = request.headers.get("authorization", "").encode()
+            if not hmac.compare_digest(got, expected):
+                return JSONResponse({"error": {"message": "missing or wrong bearer token (see $TUNER_HOME/token)",
+                                               "type": "authentication_error", "param": None,
+                                               "code": "unauthenticated"}}, status_code=401)
+        return await call_next(request)
+
+    @app.get("/v1/models")
+    async def models():
+        return {"object": "list", "data": [{"id": m["id"], "object": "model", "created": m["created"],
+                                            "owned_by": "tunerd", "kind": m["kind"],
+                                            **({"base": m["base"]} if m.get("base") else {})}
+                                           for m in core.model_ids()]}
+
+    async def complete(request: Request, chat: bool):
+        cancelled = threading.Event()
+        try:
+            body = await request.json()
+            if not isinstance(body, dict):
+                raise ValueError("the request body must be a JSON object")
+            model_id = body.get("model") or ""
+            model, adapter, backend = core.resolve_model_id(model_id)
+            params = ChatParams(model=model, adapter=adapter, backend=backend, sampling=sampling(body),
+                                **({"messages": messages(body)} if chat else {"prompt": prompt(body)}))
+            stream = core.chat(params, cancelled)
+            first = await run_in_threadpool(next, stream, None)   # errors before the first byte: a status
+        except Exception as e:  # noqa: BLE001
+            cancelled.set()
+            return error(e)
+        rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
+        created = int(time.time())
+        deltas = _chain(first, stream)
+        if body.get("stream"):
+            usage = bool((body.get("stream_options") or {}).get("include_usage"))
+            return StreamingResponse(_sse(iterate_in_threadpool(deltas), cancelled, rid, created, model_id, chat,
+                                          usage), media_type="text/event-stream")
+        try:
+            text, finish, use = await run_in_threadpool(_collect, deltas)
+        except Exception as e:  # noqa: BLE001
+            return error(e)
+        finally:
+            cancelled.set()
+        choice = ({"index": 0, "message": {"role": "assistant", "content": text}} if chat else
+                  {"index": 0, "text": text, "logprobs": None})
+        return {"id": rid, "object": "chat.completion" if chat else "text_completion", "created": created,
+                "model": model_id, "choices": [{**choice, "finish_reason": finish}], "usage": use}
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request):
+        return await complete(request, chat=True)
+
+    @app.post("/v1/completions")
+    async def completions(request: Request):
+        return await complete(request, chat=False)
+
+    return app
+
+
+def _chain(first, rest: Iterator) -> Iterator:
+    if first is not None:
+        yield first
+        yield from rest
+
+
+def _finish(reason: str) -> str:
+    return "length" if reason == "length" else "stop"
+
+
+def _usage(u: Optional[dict]) -> dict:
+    u = u or {}
+    p, c = int(u.get("prompt_tokens", 0)), int(u.get("completion_tokens", 0))
+    return {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c,
+            "time_to_first_token_seconds": u.get("time_to_first_token_seconds", 0.0),
+            "tokens_per_second": u.get("tokens_per_second", 0.0)}
+
+
+def _collect(deltas: Iterator) -> tuple[str, str, dict]:
+    text, finish, usage = [], "stop", {}
+    for d in deltas:
+        text.append(d.text)
+        if d.finish_reason:
+            finish, usage = _finish(d.finish_reason), _usage(d.usage)
+    return "".join(text), finish, usage
+
+
+async def _sse(deltas, cancelled: threading.Event, rid: str, created: int, model: str, chat: bool,
+               include_usage: bool):
+    """Server-sent events in OpenAI's chunk format, then `data: [DONE]`. A client that goes away
+    cancels the generation (the finally runs when Starlette cancels this generator)."""
+    kind = "chat.completion.chunk" if chat else "text_completion"
+
+    def event(choices: list, usage: Optional[dict] = None) -> str:
+        out = {"id": rid, "object": kind, "created": created, "model": model, "choices": choices}
+        if usage is not None:
+            out["usage"] = usage
+        return f"data: {json.dumps(out, ensure_ascii=False)}\n\n"
+
+    def choice(text: str, finish: Optional[str] = None) -> dict:
+        if chat:
+            return {"index": 0, "delta": {"content": text} if text else {}, "finish_reason": finish}
+        return {"index": 0, "text": text, "logprobs": None, "finish_reason": finish}
+
+    try:
+        if chat:
+            yield event([{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}])
+        usage = None
+        try:
+            async for d in deltas:
+                if d.text:
+                    yield event([choice(d.text)])
+                if d.finish_reason:
+                    usage = _usage(d.usage)
+                    yield event([choice("", _finish(d.finish_reason))])
+        except Exception as e:  # noqa: BLE001 - after the first byte, the error goes in the stream
+            yield f"data: {json.dumps(http_error_for(e)[1])}\n\n"
+        if include_usage and usage is not None:
+            yield event([], usage)
+        yield "data: [DONE]\n\n"
+    finally:
+        cancelled.set()
+
+
+class HttpServer:
+    """uvicorn on its own thread (its event loop there); `stop()` ends it."""
+
+    def __init__(self, core, host: str, port: int, token: Optional[str] = None):
+        import uvicorn
+
+        config = uvicorn.Config(make_app(core, token), host=host, port=port, log_level="warning",
+                                access_log=False, lifespan="off")
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, name="http", daemon=True)
+        self.host, self.port = host, port
+
+    def start(self, timeout: float = 10.0) -> None:
+        self.thread.start()
+        deadline = time.time() + timeout
+        while not self.server.started:
+            if not self.thread.is_alive() or time.time() > deadline:
+                raise SystemExit(f"cannot serve HTTP on {self.host}:{self.port}")
+            time.sleep(0.05)
+        self.port = self.server.servers[0].sockets[0].getsockname()[1]
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout)

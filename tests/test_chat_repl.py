@@ -1,0 +1,115 @@
+"""The chat REPL in a pseudo-terminal (issue 10), against the real daemon: arrow-key editing,
+history recall (kept under $TUNER_HOME), a multi-line paste as one turn, /help, /params, /system,
+/save and /load, tokens/s after each answer, Ctrl-D to exit."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+
+import pytest
+
+from daemon_utils import DaemonProcess, cli, short_home
+
+pexpect = pytest.importorskip("pexpect")
+pytestmark = pytest.mark.slow
+
+LEFT, UP = "\x1b[D", "\x1b[A"
+PASTE_START, PASTE_END = "\x1b[200~", "\x1b[201~"
+
+
+@pytest.fixture(scope="module")
+def daemon():
+    d = DaemonProcess(short_home()).start()
+    yield d
+    d.stop()
+
+
+def spawn(d, tiny_model_dir, tmp_path):
+    env = dict(os.environ, TUNER_HOME=str(d.home), TERM="xterm", PROMPT_TOOLKIT_NO_CPR="1", COLUMNS="120")
+    child = pexpect.spawn(sys.executable, ["-m", "tunerctl", "--home", str(d.home), "chat", "--model", tiny_model_dir,
+                                           "--backend", "torch", "--temperature", "0", "--max-tokens", "4"],
+                          env=env, cwd=str(tmp_path), encoding="utf-8", timeout=60, dimensions=(40, 120))
+    child.expect_exact(">>>")
+    return child
+
+
+def answer(child):
+    child.expect(r"\d+ tokens, [\d.]+ tok/s")
+    child.expect_exact(">>>")
+
+
+def test_line_editing_history_paste_and_commands(daemon, tiny_model_dir, tmp_path):
+    child = spawn(daemon, tiny_model_dir, tmp_path)
+    child.send("/help\r")
+    child.expect_exact("/params NAME VALUE")
+    child.expect_exact(">>>")
+    child.send("/params max_tokens 3\r")
+    child.expect_exact("max_tokens = 3")
+    child.expect_exact(">>>")
+    child.send("/system be brief\r")
+    child.expect_exact("system prompt set")
+    child.expect_exact(">>>")
+
+    child.send("abc" + LEFT + LEFT + "X\r")          # edited in place: "aXbc"
+    answer(child)
+    child.send(UP + "\r")                              # the last line again, from history
+    answer(child)
+    child.send(PASTE_START + "line one\nline two" + PASTE_END + "\r")   # one turn of two lines
+    answer(child)
+    child.send("/save conv.json\r")
+    child.expect_exact("saved 6 messages")
+    child.expect_exact(">>>")
+
+    saved = json.loads((tmp_path / "conv.json").read_text())
+    assert saved[0] == {"role": "system", "content": "be brief"}
+    users = [m["content"] for m in saved if m["role"] == "user"]
+    assert users == ["aXbc", "aXbc", "line one\nline two"]
+    assert all("\x1b" not in u for u in users)
+
+    child.send("/reset\r")
+    child.expect_exact("conversation cleared")
+    child.send("/load conv.json\r")
+    child.expect_exact("loaded 6 messages")
+    child.expect_exact(">>>")
+    child.sendcontrol("d")
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 0
+    history = (daemon.home / "chat_history").read_text()
+    assert "+aXbc" in history and "+line one" in history and "+line two" in history
+
+    # a new session recalls the previous one's lines: /load, /reset, /save, then the pasted turn
+    child = spawn(daemon, tiny_model_dir, tmp_path)
+    child.send(UP * 4 + "\r")
+    answer(child)
+    child.send("/save again.json\r")
+    child.expect_exact("saved 2 messages")
+    child.expect_exact(">>>")
+    child.sendcontrol("d")
+    child.expect(pexpect.EOF)
+    assert json.loads((tmp_path / "again.json").read_text())[0] == {"role": "user", "content": "line one\nline two"}
+
+
+def test_ctrl_c_stops_an_answer_and_keeps_the_session(daemon, tiny_model_dir, tmp_path):
+    cli(daemon.home, "models", "load", tiny_model_dir, "--backend", "torch", check=True)   # no load time
+    child = spawn(daemon, tiny_model_dir, tmp_path)
+    child.send("/params max_tokens 480\r")
+    child.expect_exact(">>>")
+    child.send("/params temperature 1.0\r")
+    child.expect_exact(">>>")
+    child.send("tell me a long story\r")
+    time.sleep(1.0)   # the answer is streaming (480 tokens take several seconds here)
+    child.sendintr()
+    child.expect_exact("(stopped)")
+    child.expect_exact(">>>")
+    child.send("/save stopped.json\r")
+    child.expect_exact("saved")
+    child.expect_exact(">>>")
+    child.sendcontrol("d")
+    child.expect(pexpect.EOF)
+    saved = json.loads((tmp_path / "stopped.json").read_text())
+    assert saved[0] == {"role": "user", "content": "tell me a long story"}
+    assert len(saved) == 2 and saved[1]["role"] == "assistant" and saved[1]["content"]   # the partial answer
+    assert "cancelled after" in (daemon.home / "tunerd.log").read_text()
