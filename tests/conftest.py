@@ -10,6 +10,16 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+@pytest.fixture(scope="module")
+def daemon():
+    """A real tunerd on its own short home, one per test module."""
+    from daemon_utils import DaemonProcess, short_home
+
+    d = DaemonProcess(short_home()).start()
+    yield d
+    d.stop()
+
+
 @pytest.fixture(scope="session")
 def demo_bundle(tmp_path_factory):
     """The demo's tiny Llama model + synthetic facts data: {"model", "train", "valid", "rows"}."""

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from daemon_utils import DaemonProcess, cli, short_home
+from daemon_utils import cli
 
 pexpect = pytest.importorskip("pexpect")
 pytestmark = pytest.mark.slow
@@ -18,12 +18,6 @@ pytestmark = pytest.mark.slow
 LEFT, UP = "\x1b[D", "\x1b[A"
 PASTE_START, PASTE_END = "\x1b[200~", "\x1b[201~"
 
-
-@pytest.fixture(scope="module")
-def daemon():
-    d = DaemonProcess(short_home()).start()
-    yield d
-    d.stop()
 
 
 def spawn(d, tiny_model_dir, tmp_path):
@@ -99,10 +93,15 @@ def test_ctrl_c_stops_an_answer_and_keeps_the_session(daemon, tiny_model_dir, tm
     child.expect_exact(">>>")
     child.send("/params temperature 1.0\r")
     child.expect_exact(">>>")
-    child.send("tell me a long story\r")
-    time.sleep(1.0)   # the answer is streaming (480 tokens take several seconds here)
-    child.sendintr()
-    child.expect_exact("(stopped)")
+    for _ in range(3):   # a sampled answer can end on its own before the interrupt: ask again
+        child.send("tell me a long story\r")
+        time.sleep(0.3)   # the answer is streaming (480 tokens: ~2 s at 570 tok/s here, longer under load)
+        child.sendintr()
+        if child.expect([r"\(stopped\)", r"\d+ tokens, [\d.]+ tok/s"]) == 0:   # (the prompt redraws ">>>" as you type)
+            break
+        child.expect_exact(">>>")
+    else:
+        pytest.fail("every answer finished before Ctrl-C")
     child.expect_exact(">>>")
     child.send("/save stopped.json\r")
     child.expect_exact("saved")
@@ -110,6 +109,6 @@ def test_ctrl_c_stops_an_answer_and_keeps_the_session(daemon, tiny_model_dir, tm
     child.sendcontrol("d")
     child.expect(pexpect.EOF)
     saved = json.loads((tmp_path / "stopped.json").read_text())
-    assert saved[0] == {"role": "user", "content": "tell me a long story"}
-    assert len(saved) == 2 and saved[1]["role"] == "assistant" and saved[1]["content"]   # the partial answer
+    assert saved[-2] == {"role": "user", "content": "tell me a long story"}
+    assert saved[-1]["role"] == "assistant" and saved[-1]["content"]   # the partial answer
     assert "cancelled after" in (daemon.home / "tunerd.log").read_text()

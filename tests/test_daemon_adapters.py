@@ -6,17 +6,10 @@ import grpc
 import pytest
 from tuner.v1 import tuner_pb2 as pb
 
-from daemon_utils import DaemonProcess, cli, json_lines, short_home
+from daemon_utils import cli, json_lines
 from test_shared_base import random_adapter
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def daemon():
-    d = DaemonProcess(short_home()).start()
-    yield d
-    d.stop()
 
 
 def one_shot(d, *args) -> str:

@@ -18,12 +18,6 @@ pytestmark = pytest.mark.slow
 CONTEXT = 512  # the demo model's max_position_embeddings
 
 
-@pytest.fixture(scope="module")
-def daemon():
-    d = DaemonProcess(short_home()).start()
-    yield d
-    d.stop()
-
 
 def chat_request(model: str, prompt: str = "Tell me everything.", max_tokens: int = 400, **sampling):
     return pb.ChatRequest(model=model, messages=[pb.ChatMessage(role="user", content=prompt)],

@@ -14,13 +14,6 @@ from daemon_utils import DaemonProcess, cli, job_state, json_lines, short_home, 
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def daemon():
-    d = DaemonProcess(short_home()).start()
-    yield d
-    d.stop()
-
-
 def test_health_and_reflection(daemon):
     assert daemon.healthy()
     with daemon.channel() as ch:

@@ -8,16 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from daemon_utils import DaemonProcess, cli, json_lines, short_home, write_config
+from daemon_utils import cli, json_lines, write_config
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def daemon():
-    d = DaemonProcess(short_home()).start()
-    yield d
-    d.stop()
 
 
 def _train(daemon, path: Path, bundle: dict, **overrides) -> dict:

@@ -233,7 +233,6 @@ def train(cfg: TrainConfig, backend: Backend, emit: Callable[[object], None],
     metrics = MetricsLog(out / "metrics.jsonl", resumed_from if ckpt is not None else None)
     board = EventWriter(out / "tensorboard")
 
-    mem = backend.memory()
     peak_flops = backend.peak_flops()
     trainable_fraction = stats.trainable / max(stats.total, 1)
     emit(ev.Started(backend=info.backend, device=info.device, model=info.model, total_steps=total_steps,
