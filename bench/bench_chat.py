@@ -31,6 +31,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from common import write_results  # bench/common.py (this script's folder is on sys.path)
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT / "daemon"), str(ROOT / "client"), str(ROOT / "tests")]
 WORDS = [f"{a}{b}" for a in ("ka", "lo", "mi", "ren", "su", "tav", "ul", "vex", "zor", "qui")
@@ -241,8 +243,7 @@ def main() -> None:
     print(f"one token, process start included: cold `mlx_lm generate` {c['cold_mlx_lm_generate_seconds']:.2f}s, "
           f"resident `tunerctl generate` {c['resident_tunerctl_generate_seconds']:.2f}s ({c['ratio']:.1f}x)")
     if a.out:
-        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(a.out).write_text(json.dumps(results, indent=2))
+        write_results(a.out, results)
     print(json.dumps(results))
 
 

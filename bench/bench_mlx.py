@@ -124,8 +124,7 @@ def main() -> None:
         print(f"{name:<12} {r['steps']:>6} {r['tokens']:>9} {r['seconds']:>8.1f} "
               f"{r['tokens_per_s']:>8.0f} {speed:>9} {r['peak_bytes'] / 2 ** 20:>9.1f}")
     if a.out:
-        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(a.out).write_text(json.dumps(results, indent=2))
+        common.write_results(a.out, results)
     print(json.dumps(results))
 
 

@@ -476,8 +476,7 @@ def main(argv: list[str] | None = None) -> dict | None:
     print("\n" + tab)
     out = {"meta": meta, "results": results, "table": tab}
     if a.json:
-        Path(a.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(a.json).write_text(json.dumps(out, indent=2, default=float))
+        common.write_results(a.json, out)
     return out
 
 

@@ -195,7 +195,7 @@ def main() -> None:
             o, t = [r for r in results if r["packing"] == packing]
             print(f"packing={packing}: ours / TRL = {o['tokens_per_s'] / t['tokens_per_s']:.2f}x tokens/s")
     if a.json:
-        Path(a.json).write_text(json.dumps({"meta": meta, "results": results}, indent=2))
+        common.write_results(a.json, {"meta": meta, "results": results})
 
 
 if __name__ == "__main__":

@@ -353,5 +353,11 @@ def run_mlx_lm(model: str, data: str, *, iters: int, batch: int = 8, lr: float =
                    total_params=n_total, trainable_params=n_train)
 
 
+def write_results(path, results) -> None:
+    """A benchmark's results as indented JSON at `path` (parent folders made)."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(results, indent=2, default=float))
+
+
 def mib(b) -> str:
     return "-" if b is None else f"{b / 2 ** 20:,.0f}"

@@ -85,10 +85,11 @@ def model_config(model: str, revision: str | None = None) -> dict | None:
 def training_device(backend: str) -> tuple[str, int]:
     """(device kind, free bytes) a job on `backend` would train on: an NVIDIA GPU's free memory for
     torch when CUDA is visible, else the host's available memory (Metal and MPS share it)."""
-    if backend == "torch" and (os.path.exists("/dev/nvidiactl") or sys.platform == "win32"):
+    from .backends.auto import detect
+
+    if backend == "torch" and detect().cuda:
         import torch
-        if torch.cuda.is_available():
-            return "cuda", int(torch.cuda.mem_get_info()[0])
+        return "cuda", int(torch.cuda.mem_get_info()[0])
     if is_apple_silicon():
         return ("metal" if backend == "mlx" else "mps"), memory()[1]
     return "cpu", memory()[1]

@@ -116,6 +116,8 @@ def _coerce(name: str, value: Any, hint: Any, problems: list[str]) -> Any:
         args = [a for a in get_args(hint) if a is not type(None)]
         if len(args) == 1:
             return _coerce(name, value, args[0], problems)
+        if bool in args and isinstance(value, str) and value.lower() in ("true", "false", "auto"):
+            return {"true": True, "false": False}.get(value.lower(), "auto")   # bool | "auto" (packing)
         return value  # e.g. list | str
     if hint is bool:
         if isinstance(value, bool):
@@ -234,8 +236,6 @@ def validate(cfg: TrainConfig, base_dir: Optional[Union[str, Path]] = None, chec
             or cfg.lora_target_modules == "all-linear"):
         p.append(f"lora_target_modules: a non-empty list of module names or 'all-linear', "
                  f"got {cfg.lora_target_modules!r}")
-    if isinstance(cfg.packing, str) and cfg.packing.lower() in ("true", "false", "auto"):
-        cfg.packing = {"true": True, "false": False}.get(cfg.packing.lower(), "auto")
     if cfg.packing not in (True, False, "auto"):
         p.append(f"packing: {cfg.packing!r} is not one of true, false, auto")
     if cfg.save_total_limit is not None and cfg.save_total_limit < 1:

@@ -10,6 +10,8 @@ short answers) runs plainly, with no recomputation.
 """
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
@@ -25,13 +27,9 @@ def _chunk_loss(hidden: torch.Tensor, head, targets: torch.Tensor, weights: torc
 def head_cross_entropy(hidden: torch.Tensor, head, targets: torch.Tensor, weights: torch.Tensor,
                        vocab: int, chunk_bytes: int = CE_CHUNK_BYTES) -> torch.Tensor:
     rows = ce_chunk_rows(vocab, chunk_bytes)
-    if hidden.shape[0] <= rows or not torch.is_grad_enabled():
-        if not torch.is_grad_enabled() and hidden.shape[0] > rows:   # eval: chunk without recompute
-            return sum(_chunk_loss(hidden[i:i + rows], head, targets[i:i + rows], weights[i:i + rows])
-                       for i in range(0, hidden.shape[0], rows))
+    if hidden.shape[0] <= rows:
         return _chunk_loss(hidden, head, targets, weights)
-    total = hidden.new_zeros((), dtype=torch.float32)
-    for i in range(0, hidden.shape[0], rows):
-        total = total + checkpoint(_chunk_loss, hidden[i:i + rows], head, targets[i:i + rows],
-                                   weights[i:i + rows], use_reentrant=False)
-    return total
+    # with gradients each chunk's logits are recomputed in backward; without (eval) none are kept anyway
+    part = partial(checkpoint, _chunk_loss, use_reentrant=False) if torch.is_grad_enabled() else _chunk_loss
+    return sum(part(hidden[i:i + rows], head, targets[i:i + rows], weights[i:i + rows])
+               for i in range(0, hidden.shape[0], rows))
