@@ -187,3 +187,39 @@ def test_chat_during_training_leaves_the_jobs_losses_unchanged(daemon, demo_bund
     assert chats >= 3, chats
     during = json_lines(cli(daemon.home, "jobs", "watch", job_id, "--json").stdout)
     assert [e["step"]["loss"] for e in during if "step" in e] == losses
+
+
+@pytest.mark.parametrize("backend", ["torch", "mlx"])
+def test_two_adapters_and_a_running_job_share_one_base(daemon, demo_bundle, tmp_path, backend):
+    """Chats with two adapters while a job trains on their base attach them to the job's own model:
+    `models list` shows one resident with the job's adapter and both, memory counting the base once."""
+    stub = daemon.stub()
+    adapters = []
+    for i in range(2):   # two real adapters of the job's LoRA shape (mlx shares only that shape)
+        cfg = write_config(tmp_path / f"a{i}-{backend}.yaml", demo_bundle, backend=backend, max_steps=2, seed=i,
+                           eval_steps=100000)
+        done = json_lines(cli(daemon.home, "train", str(cfg), "--json", check=True).stdout)
+        adapters.append([e["finished"]["adapter_path"] for e in done if "finished" in e][0])
+    cfg = write_config(tmp_path / f"long-{backend}.yaml", demo_bundle, backend=backend, max_steps=100000,
+                       save_steps=100000, eval_steps=100000, logging_steps=1)
+    job_id = json_lines(cli(daemon.home, "train", str(cfg), "--detach", "--json", check=True).stdout)[0]["id"]
+    try:
+        wait_for(lambda: stub.GetJob(pb.GetJobRequest(job_id=job_id)).step >= 2, what="the job's second step")
+        for a in adapters:
+            list(stub.Chat(pb.ChatRequest(model=demo_bundle["model"], adapter=a, backend=backend,
+                                          sampling=pb.SamplingParams(max_tokens=4),
+                                          messages=[pb.ChatMessage(role="user", content="hi")]), timeout=60))
+        models = stub.ListModels(pb.ListModelsRequest()).models
+        lent = [m for m in models if m.attached and m.attached[0].name == f"job:{job_id} (training)"]
+        assert len(lent) == 1, models
+        m = lent[0]
+        assert [a.name for a in m.attached[1:]] == adapters
+        assert m.memory_bytes == m.base_bytes + sum(a.memory_bytes for a in m.attached)
+        assert all(0 < a.memory_bytes < m.base_bytes for a in m.attached)
+        assert not [o for o in models if o is not m and set(o.adapters) & set(adapters)]   # no second base
+        assert pb.JobState.Name(stub.GetJob(pb.GetJobRequest(job_id=job_id)).state) == "RUNNING"
+    finally:
+        cli(daemon.home, "jobs", "cancel", job_id)
+        wait_for(lambda: job_state(stub, job_id) != "running", what="the job to stop")
+    assert not [m for m in stub.ListModels(pb.ListModelsRequest()).models
+                if m.attached and m.attached[0].name.startswith(f"job:{job_id}")]

@@ -186,3 +186,112 @@ def test_the_next_turn_reads_only_its_new_tokens_and_answers_the_same(name, tiny
     be.use_adapter(None)   # another adapter's turn does not get this adapter's cache
     greedy(be, turn2, 2)
     assert reused[-1] == 0
+
+
+def _job_config(name, model, bundle, out, **kw) -> TrainConfig:
+    """A LoRA run of the same shape as `random_adapter`'s first adapter (r 4 on q/v, alpha 2r)."""
+    from tunerd.config.schema import DataConfig
+
+    kw.setdefault("max_steps", 6)
+    kw.setdefault("eval_strategy", "no")
+    return TrainConfig(model=model, backend=name, dtype="float32", output_dir=str(out),
+                       lora_r=4, lora_alpha=8.0, lora_target_modules=["q_proj", "v_proj"], lora_dropout=0.1,
+                       learning_rate=1e-3, logging_steps=1, save_strategy="steps", save_steps=2,
+                       per_device_train_batch_size=4, data=DataConfig(train=bundle["train"]), **kw)
+
+
+def _train_lending(name, cfg, between_steps=lambda reg: None):
+    """Train as the daemon does: the job's model lent to a registry from Started to the end;
+    `between_steps(registry)` runs where the daemon serves chats (the stop-check)."""
+    from tunerd.chat import rng_untouched
+    from tunerd.jobs.runner import run_training
+
+    reg = ModelRegistry(lambda c: name)
+    losses = []
+
+    def emit(e):
+        if type(e).__name__ == "Step":
+            losses.append(e.loss)
+
+    def should_stop():
+        with rng_untouched():   # as the daemon's chat slices run
+            between_steps(reg)
+        return False
+    run_training(cfg, emit, should_stop, lend=lambda c, b, backend: reg.lend("j1", c, b, backend))
+    return losses, reg
+
+
+@pytest.mark.parametrize("name", BACKENDS)
+def test_a_running_job_lends_its_base_and_chats_leave_its_losses_unchanged(
+        name, tiny_model_dir, tiny_tokenizer, demo_bundle, adapters, tmp_path):
+    """Chats with adapter A, the bare base and job:<id> (its latest checkpoint) between the job's
+    steps use the job's own model (one base), answer as each alone would, and the job's losses
+    equal a run without chats. An adapter of another LoRA shape: shared on torch (PEFT named
+    adapters); on mlx, which swaps tensors into the run's layers, it gets a base of its own."""
+    from tunerd.training.checkpoints import list_checkpoints
+
+    a, b = adapters
+    ids = tiny_tokenizer("The capital of Zorblax is")["input_ids"]
+    expected = {x: alone(name, tiny_model_dir, x, ids) for x in ("", a, b)}
+    quiet, _ = _train_lending(name, _job_config(name, tiny_model_dir, demo_bundle, tmp_path / "quiet"))
+
+    seen = []
+
+    def chats(reg):
+        if not reg.list():
+            return   # before Started: nothing lent yet
+        job = reg.list()[0]
+        assert job.job_id == "j1"
+        for adapter in (a, ""):
+            res = reg.get(tiny_model_dir, name, adapter=adapter)
+            assert res is job
+            assert greedy(res.backend, ids) == expected[adapter]
+        ckpts = list_checkpoints(tmp_path / "busy")
+        if ckpts:   # job:<id>: a snapshot of the latest checkpoint, attached beside the run's own adapter
+            res = reg.get(tiny_model_dir, name, adapter=str(ckpts[-1]), name="job:j1")
+            assert res is job and greedy(res.backend, ids) == alone(name, tiny_model_dir, str(ckpts[-1]), ids)
+        res = reg.get(tiny_model_dir, name, adapter=b)
+        assert (res is job) == (name == "torch")
+        assert greedy(res.backend, ids) == expected[b]
+        seen.append(sorted(job.adapters))
+    busy, reg = _train_lending(name, _job_config(name, tiny_model_dir, demo_bundle, tmp_path / "busy"), chats)
+    assert len(seen) >= 6 and "job:j1" in seen[-1] and a in seen[-1]
+    assert busy == quiet, (busy, quiet)
+    assert all(not r.job_id for r in reg.list())   # the job ended: its model is no longer lent
+
+
+@pytest.mark.parametrize("name", BACKENDS)
+def test_two_adapters_beside_a_running_job_cost_their_bytes_not_a_base(name, wide_model, demo_bundle, tmp_path):
+    """Measured resident memory (process RSS for torch, MLX's active memory for mlx) while a job
+    trains: chats with two adapters on its base grow it by far less than a base (a second base
+    costs about one: test_a_second_adapter_costs_its_own_bytes_not_a_second_base)."""
+    import mlx.core as mx
+
+    a = random_adapter(tmp_path / "a", wide_model, 1)
+    b = random_adapter(tmp_path / "b", wide_model, 2)
+
+    def measure():
+        gc.collect()
+        return mx.get_active_memory() if name == "mlx" else _rss()
+    ids, seen, calls = list(range(5, 25)), {}, []
+
+    def chats(reg):
+        calls.append(1)
+        if len(calls) != 3:   # after two steps and their evaluations: the first forward without
+            return            # gradients sets up ~a base's worth of inference buffers (with or without chat)
+        job = reg.list()[0]
+        before = measure()
+        for adapter in (a, b):
+            res = reg.get(wide_model, name, adapter=adapter)
+            greedy(res.backend, ids, 2)
+        seen.update(base=job.base_bytes, grown=measure() - before, residents=len(reg.list()),
+                    adapters=sorted(job.adapters))
+    cfg = _job_config(name, wide_model, demo_bundle, tmp_path / "run", max_steps=3, eval_strategy="steps",
+                      eval_steps=1)
+    cfg.data.validation = demo_bundle["valid"]
+    _train_lending(name, cfg, chats)
+    print(f"{name}: base {seen['base'] / 2**20:.1f} MiB; two adapters beside the running job: "
+          f"+{seen['grown'] / 2**20:.1f} MiB")
+    assert seen["residents"] == 1 and seen["adapters"] == sorted([a, b])
+    assert seen["base"] > 30 * 2**20
+    assert seen["grown"] < 0.25 * seen["base"]

@@ -10,6 +10,7 @@ import os
 import shutil
 import threading
 import time
+from functools import partial
 from pathlib import Path
 from typing import Iterator, Optional
 
@@ -20,7 +21,9 @@ from .chat import ChatDelta, ChatParams, ChatService, resolve_job_ref
 from .config.loader import ConfigError, load_config, merge
 from .jobs.manager import JobManager
 from .jobs.runner import resolve_backend
+from .jobs.runner import run_training as train_job
 from .jobs.store import RUNNING, SUCCEEDED, JobRecord, JobStore
+from .backends.base import TRAINING
 from .models.registry import ModelRegistry
 
 
@@ -31,14 +34,19 @@ class Core:
         self.store = JobStore(self.home / "jobs.db")
         self.interrupted_on_start = self.store.mark_orphans_interrupted()
         self.cleaned_on_start = self._remove_stale_temporaries()
-        self.jobs = JobManager(self.store, self.home / "runs", run_training)
         self.registry = ModelRegistry(resolve_backend, keep_alive)
+        self.jobs = JobManager(self.store, self.home / "runs", run_training or partial(train_job, lend=self._lend))
         self.chat_service = ChatService(self.jobs.worker, self.registry, self.store)
         self.jobs.worker.on_idle = self.registry.evict_expired
         self._tokenizers: dict = {}
 
     def start(self) -> None:
         self.jobs.start()
+
+    def _lend(self, cfg, backend_name: str, backend):
+        """The running job's model, lent to chat on its base while it trains (models/registry.py)."""
+        job = next((r.id for r in self.store.list(states=[RUNNING]) if r.output_dir == cfg.output_dir), "")
+        return self.registry.lend(job, cfg, backend_name, backend)
 
     def _remove_stale_temporaries(self) -> list[str]:
         """Half-written checkpoint folders of jobs that are not running (at start-up: none runs)."""
@@ -161,14 +169,16 @@ class Core:
     def _resident(r) -> dict:
         """Memory is the bytes of this base's weights plus its adapters' (the backend counts them),
         not the process's: two adapters on one base count the base once."""
-        attached = list(r.adapters.values())
+        attached = [{"name": a.name, "path": a.path, "memory_bytes": a.memory_bytes, "loaded_at": a.loaded_at}
+                    for a in list(r.adapters.values())]
+        if r.job_id:   # a running job's model: its own adapter trains beside the attached ones
+            attached.insert(0, {"name": f"job:{r.job_id} (training)", "path": "", "loaded_at": r.loaded_at,
+                                "memory_bytes": r.backend.weight_bytes()[1].get(TRAINING, 0)})
         return {"model": r.model, "backend": r.backend_name, "quantization": r.quantization,
                 "dtype": r.dtype, "dtype_reason": r.info.get("dtype_reason", ""), "requested_dtype": r.key[3],
                 "memory_bytes": r.memory_bytes, "base_bytes": r.base_bytes,
                 "loaded_at": r.loaded_at, "last_used_at": r.last_used_at, "expires_at": r.expires_at,
-                "adapters": [a.name for a in attached],
-                "attached": [{"name": a.name, "path": a.path, "memory_bytes": a.memory_bytes,
-                              "loaded_at": a.loaded_at} for a in attached]}
+                "adapters": [a["name"] for a in attached], "attached": attached}
 
     # -- chat ----------------------------------------------------------------------------------
     def chat(self, params: ChatParams, cancelled: threading.Event) -> Iterator[ChatDelta]:

@@ -18,6 +18,8 @@ The training loop (`tunerd.training.loop`) never imports mlx or torch; it drives
     use_adapter(name | None)                    the adapter the next forward passes use (None: the base)
     detach_adapter(name)
     weight_bytes() -> (base, {name: bytes})     bytes of this model's own weights and of each adapter
+    can_share_base() -> bool                    a training run lends its base to chat (attach/use
+                                                beside its trainable adapter, TRAINING)
     peak_flops() -> float                       measured matmul FLOP/s of the device in the model's dtype
     resize_token_embeddings(vocab_size, token_ids, end_of_turn, chat_template)   optional; before
                                                 add_adapter when the data pipeline added chat special
@@ -40,6 +42,15 @@ from ..data.batch import Batch
 
 class BackendUnavailable(RuntimeError):
     """The backend's packages are not installed or the device is missing."""
+
+
+class CannotShare(ValueError):
+    """A training model cannot serve this chat request beside its run (the adapter's shape differs
+    from the run's on mlx, a bare base under DoRA, a run that changes its base): the caller loads
+    a base of its own instead."""
+
+
+TRAINING = "(training)"   # the name a training run's own adapter has among attached adapters
 
 
 @dataclass
@@ -221,6 +232,13 @@ class Backend(ABC):
     def weight_bytes(self) -> tuple[int, dict]:
         """(bytes of the base's weights and buffers, {attached adapter name: bytes})."""
         return 0, {}
+
+    def can_share_base(self) -> bool:
+        """True while a LoRA/DoRA run trains on the checkpoint's own weights: chat may attach
+        adapters to this model and use them between training steps (`attach_adapter`/`use_adapter`
+        raise CannotShare for a request it cannot serve); every training method selects the run's
+        own adapter (TRAINING) again first, so the run's math is untouched."""
+        return False
 
     @abstractmethod
     def peak_flops(self) -> float:

@@ -6,6 +6,12 @@ that base is attached to it by name (`Backend.attach_adapter`) and selected per 
 the base's weights (DESIGN.md §5). An adapter that changes the base itself (a full fine-tune, or
 added chat tokens with their own vocabulary) gets a base of its own, keyed with its path.
 
+A running LoRA/DoRA job lends its model (`lend`): while it trains, chat on the same base (model,
+backend, quantization, dtype) attaches its adapters to the job's model instead of loading another
+copy; the job's own adapter stays apart (Backend.can_share_base) and the job's steps see exactly
+what they would without the chats. A request the job's model cannot serve (CannotShare) gets a base
+of its own as before.
+
 Used only from the device worker thread. Entries idle past their keep-alive are evicted by
 `evict_expired` (called by the worker).
 """
@@ -21,7 +27,7 @@ from typing import Optional
 
 from .. import host
 from ..backends.adapter_layout import changes_base
-from ..backends.base import Backend, get_backend
+from ..backends.base import TRAINING, Backend, CannotShare, get_backend
 from ..config.schema import TrainConfig
 
 DEFAULT_KEEP_ALIVE = 300.0
@@ -50,6 +56,7 @@ class Resident:
     info: dict = field(default_factory=dict)
     adapters: dict = field(default_factory=dict)   # name -> Attached
     own_adapter: str = ""   # a base of its own for one adapter that changes the base
+    job_id: str = ""        # lent by this running job (its model; never evicted or unloaded here)
     base_bytes: int = 0     # its weights as the backend counts them (Backend.weight_bytes), at load
 
     @property
@@ -82,8 +89,40 @@ class Resident:
 
     @property
     def memory_bytes(self) -> int:
-        """The base's weights plus each attached adapter's: the base counts once."""
-        return self.base_bytes + sum(a.memory_bytes for a in list(self.adapters.values()))
+        """The base's weights plus each attached adapter's (and a lending job's own): the base counts once."""
+        own = self.backend.weight_bytes()[1].get(TRAINING, 0) if self.job_id else 0
+        return self.base_bytes + own + sum(a.memory_bytes for a in list(self.adapters.values()))
+
+
+class Lease:
+    """A running job's model, lent to chat from its Started event (`ready`) to its end (`end`)."""
+
+    def __init__(self, registry: "ModelRegistry", job_id: str, cfg: TrainConfig, backend_name: str, backend: Backend):
+        self._registry, self.job_id, self.cfg, self.backend_name, self.backend = \
+            registry, job_id, cfg, backend_name, backend
+        self.key: Optional[tuple] = None
+
+    def ready(self, dtype: str) -> None:
+        """The job's model is loaded and its adapter added (called on the worker thread)."""
+        if not self.backend.can_share_base():
+            return
+        cfg, now = self.cfg, time.time()
+        self.key = (_model_key(cfg.model), self.backend_name, cfg.quantization or "none", dtype, "job", self.job_id)
+        self._registry._models[self.key] = Resident(
+            self.key, self.backend, cfg.model, self.backend_name, cfg.quantization or "none", dtype, now, now,
+            keep_alive=-1, job_id=self.job_id, base_bytes=self.backend.weight_bytes()[0])
+
+    def end(self) -> None:
+        """The job is over: chats already streaming finish on its model; new ones load their own."""
+        if self.key is not None:
+            self._registry._models.pop(self.key, None)
+            self.key = None
+
+
+def _model_key(model: str) -> str:
+    """A local model by its resolved path (a job records it so; a chat may name it relatively)."""
+    path = Path(model).expanduser()
+    return str(path.resolve()) if path.exists() else model
 
 
 def _stamp(path: str) -> float:
@@ -110,6 +149,10 @@ class ModelRegistry:
         own = bool(adapter) and changes_base(adapter)
         if own:
             key += (adapter,)
+        else:
+            lent = self._lent(model, backend_name, cfg.quantization, cfg.dtype, adapter, name or adapter)
+            if lent is not None:
+                return lent
         res = self._models.get(key)
         if res is None:
             if model.startswith(("/", ".", "~")) and not Path(model).expanduser().exists():
@@ -134,6 +177,26 @@ class ModelRegistry:
             res.keep_alive = keep_alive
         return res
 
+    def lend(self, job_id: str, cfg: TrainConfig, backend_name: str, backend: Backend) -> Lease:
+        return Lease(self, job_id, cfg, backend_name, backend)
+
+    def _lent(self, model, backend_name, quantization, dtype, adapter, name) -> Optional[Resident]:
+        """A running job's model on this base with `adapter` attached and selected, or None (no such
+        job, or one whose model cannot serve this request)."""
+        want = (_model_key(model), backend_name, quantization)
+        for res in self._models.values():
+            if not res.job_id or res.key[:3] != want or dtype not in ("auto", res.dtype):
+                continue
+            try:
+                if adapter:
+                    res.attach(name, adapter)
+                res.use(name)
+            except CannotShare:
+                continue
+            res.last_used_at = time.time()
+            return res
+        return None
+
     def list(self) -> list[Resident]:
         return list(self._models.values())
 
@@ -147,6 +210,12 @@ class ModelRegistry:
         for k, r in list(self._models.items()):
             if (model and r.model != model) or (backend and r.backend_name != backend) or \
                     (quantization and r.quantization != quantization) or (dtype and dtype not in (r.dtype, k[3])):
+                continue
+            if r.job_id:   # a running job's model: only the adapters chats attached to it go
+                if adapter and r.detach(adapter):
+                    gone += 1
+                elif not adapter:
+                    gone += sum(r.detach(a) for a in list(r.adapters))
                 continue
             if not adapter:
                 del self._models[k]

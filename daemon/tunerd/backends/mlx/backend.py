@@ -152,6 +152,7 @@ class MLXBackend(Backend):
         self._attached: dict = {}   # attach_adapter: name -> (LoRA structure, {param path: mx.array})
         self._active: str | None = None
         self._structure = None      # the LoRA layers now wrapping the base (kind, keys, layers, r, scale)
+        self._stash: dict = {}      # a training run's own LoRA tensors while a chat uses another adapter
         self._prompt_cache = base.PromptCache(lambda c: c[0].offset if c else 0, _trim)   # per adapter, across turns
 
     # ---- load ---------------------------------------------------------------------------------
@@ -256,6 +257,8 @@ class MLXBackend(Backend):
             keys = resolve_lora_keys(model, cfg.lora_target_modules)
             apply_lora(model, kind=kind, keys=keys, num_layers=cfg.num_layers, r=cfg.lora_r,
                        scale=self._scale(cfg), dropout=cfg.lora_dropout)
+            self._structure = self._shape(kind, keys, cfg.num_layers, cfg.lora_r, self._scale(cfg))
+            self._attached, self._active, self._stash = {}, base.TRAINING, {}
         if cfg.gradient_checkpointing:
             enable_grad_checkpoint(model)
         self.cfg, self._kind, self._loaded_spec = cfg, kind, None
@@ -267,6 +270,18 @@ class MLXBackend(Backend):
         trainable = sum(v.size for _, v in tree_flatten(model.trainable_parameters()))
         total = self._base_params if kind == "full" else self._base_params + trainable
         return ParamStats(total=int(total), trainable=int(trainable))
+
+    def can_share_base(self) -> bool:
+        """A LoRA/DoRA run on the checkpoint's own vocabulary: chat adapters of the run's LoRA shape
+        swap their tensors into its LoRA layers between steps (the run's own are kept aside)."""
+        return self.optimizer is not None and self._kind != "full" and not self._added
+
+    def _train_mode(self) -> None:
+        """The run's own LoRA tensors back in place after a chat used another adapter."""
+        if self.optimizer is None or self._kind == "full" or self._active == base.TRAINING:
+            return
+        self.model.load_weights(list(self._stash.items()), strict=False)
+        self._stash, self._active = {}, base.TRAINING
 
     @staticmethod
     def _scale(cfg: TrainConfig) -> float:
@@ -336,6 +351,7 @@ class MLXBackend(Backend):
     def forward_backward(self, batch: Batch) -> tuple[float, int]:
         if self.optimizer is None:
             raise RuntimeError("mlx backend: add_adapter(cfg) before training")
+        self._train_mode()
         self.model.train()
         if self.cfg.lora_dropout > 0:
             mx.random.seed((self.cfg.seed * 1_000_003 + self._micro) % (2 ** 63))
@@ -360,6 +376,7 @@ class MLXBackend(Backend):
 
     def eval_loss(self, batch: Batch) -> tuple[float, int]:
         self._require_model()
+        self._train_mode()
         self.model.eval()
         packed, arrays = self._arrays(batch)
         loss, ntok = self._fn("eval_packed" if packed else "eval")(*arrays)
@@ -370,12 +387,14 @@ class MLXBackend(Backend):
     # ---- checkpoints and adapters -------------------------------------------------------------
     def save_checkpoint(self, path: Path) -> None:
         path = Path(path)
+        self._train_mode()
         self.save_adapter(path)
         mx.save_safetensors(str(path / "optimizer.safetensors"), dict(tree_flatten(self.optimizer.state)))
         (path / "backend_state.json").write_text(json.dumps({"backend": "mlx", "micro_batches": self._micro}))
 
     def load_checkpoint(self, path: Path) -> None:
         path = Path(path)
+        self._train_mode()
         self._load_weights(self._read_weights(path), trainable_only=True)
         if self._added:
             added = layout.read_added_tokens(path)
@@ -426,6 +445,7 @@ class MLXBackend(Backend):
         mlx_lm.load and transformers load."""
         path = Path(path)
         self._require_model()
+        self._train_mode()
         trained = dict(tree_flatten(self.model.trainable_parameters()))
         if not trained:
             raise RuntimeError("mlx backend: no adapter to save (add_adapter or load_adapter first)")
@@ -503,7 +523,13 @@ class MLXBackend(Backend):
         keys = spec.keys or resolve_lora_keys(self.model, spec.target_modules)
         n = len(self.model.layers)
         num_layers = n - min(spec.layers) if spec.layers else spec.num_layers
-        return spec.kind, tuple(keys), num_layers, spec.r, spec.scale
+        return self._shape(spec.kind, keys, num_layers, spec.r, spec.scale)
+
+    def _shape(self, kind, keys, num_layers, r, scale) -> tuple:
+        """What makes two adapters' LoRA layers the same layers (one form for a run and a saved adapter)."""
+        n = len(self.model.layers)
+        num_layers = n if num_layers is None or num_layers < 0 else min(num_layers, n)
+        return kind, tuple(sorted(keys)), num_layers, int(r), round(float(scale), 6)
 
     def _wrap(self, structure) -> None:
         if structure == self._structure:
@@ -521,8 +547,13 @@ class MLXBackend(Backend):
                              "load it alone (load_adapter)")
         spec, weights = layout.read_adapter(path)
         structure = self._structure_of(spec)
-        self._wrap(structure)
-        self._active = None
+        training = self.optimizer is not None
+        if training and (not self.can_share_base() or structure != self._structure):
+            raise base.CannotShare(f"{path}: its LoRA layers {structure[::2]} differ from the training run's "
+                                   f"{(self._structure or ())[::2]}")
+        if not training:
+            self._wrap(structure)
+            self._active = None
         params = dict(tree_flatten(self.model.parameters()))
         bad = [k for k, v in weights.items() if k not in params or tuple(params[k].shape) != tuple(v.shape)]
         if bad:
@@ -538,11 +569,19 @@ class MLXBackend(Backend):
         name = name or None
         if name == self._active:
             return
-        if name is None:
+        if name is not None and name not in self._attached:
+            raise ValueError(f"adapter {name!r} is not attached to this model")
+        if self.optimizer is not None:   # a training run: swap tensors, never the layers
+            if name is None and self._kind != "lora":
+                raise base.CannotShare("the bare base of a DoRA run is not its layers with zero B")
+            if self._active == base.TRAINING:
+                self._stash = dict(tree_flatten(self.model.trainable_parameters()))
+            arrays = self._attached[name][1] if name else \
+                {k: mx.zeros_like(v) for k, v in self._stash.items() if k.endswith(".lora_b")}
+            self.model.load_weights(list(arrays.items()), strict=False)
+        elif name is None:
             self._wrap(None)
         else:
-            if name not in self._attached:
-                raise ValueError(f"adapter {name!r} is not attached to this model")
             structure, arrays = self._attached[name]
             self._wrap(structure)
             self.model.load_weights(list(arrays.items()), strict=False)
@@ -552,13 +591,16 @@ class MLXBackend(Backend):
     def detach_adapter(self, name: str) -> None:
         self._prompt_cache.clear()
         if self._attached.pop(name, None) is not None and self._active == name:
-            self.use_adapter(None)
+            self._train_mode() if self.optimizer is not None else self.use_adapter(None)
 
     def weight_bytes(self) -> tuple[int, dict]:
         lora = (".lora_a", ".lora_b", ".m")
-        base = sum(int(v.nbytes) for k, v in tree_flatten(self.model.parameters()) if not k.endswith(lora))
-        return base, {name: sum(int(a.nbytes) for a in arrays.values())
-                      for name, (_, arrays) in self._attached.items()}
+        base_bytes = sum(int(v.nbytes) for k, v in tree_flatten(self.model.parameters()) if not k.endswith(lora))
+        adapters = {name: sum(int(a.nbytes) for a in arrays.values()) for name, (_, arrays) in self._attached.items()}
+        if self.can_share_base():   # the run's own tensors: in the layers, or kept aside while a chat runs
+            own = self._stash if self._active != base.TRAINING else dict(tree_flatten(self.model.trainable_parameters()))
+            adapters[base.TRAINING] = sum(int(a.nbytes) for a in own.values())
+        return base_bytes, adapters
 
     # ---- generation ---------------------------------------------------------------------------
     def generate(self, prompt_ids: list[int], sampling: Sampling,

@@ -32,7 +32,8 @@ from ...config.schema import TrainConfig
 from ...training.flops import peak_flops
 from ...data.batch import Batch
 from .. import adapter_layout as layout
-from ..base import Backend, GenerationChunk, MemoryStats, ModelInfo, ParamStats, PromptCache, Sampling
+from ..base import (TRAINING, Backend, CannotShare, GenerationChunk, MemoryStats, ModelInfo, ParamStats, PromptCache,
+                    Sampling)
 from . import model as tmodel
 from .device import memory_bytes, pick_device, pick_dtype
 from .generate import stream
@@ -158,8 +159,25 @@ class TorchBackend(Backend):
         self.optimizer = build_optimizer(cfg, self._params, self.device)
         self._scaler = torch.amp.GradScaler(self.device.type) if self.dtype == torch.float16 else None
         self.model.train()
+        self._active = TRAINING if self._kind != "full" else None
         trainable, total = tmodel.count_params(self.model)
         return ParamStats(total=total, trainable=trainable)
+
+    def can_share_base(self) -> bool:
+        """A LoRA/DoRA run on the checkpoint's own vocabulary: chat adapters can sit beside its
+        trainable adapter (PEFT named adapters) on this one base while it trains."""
+        return self.optimizer is not None and self._kind != "full" and not self._added
+
+    def _train_mode(self) -> None:
+        """Training's own adapter active and trainable again after a chat used another one."""
+        if self.optimizer is None or self._active == TRAINING or self._kind == "full":
+            return
+        self.model.base_model.enable_adapter_layers()
+        self.model.set_adapter("default")
+        self.model.requires_grad_(False)
+        for p in self._params:
+            p.requires_grad_(True)
+        self._active = TRAINING
 
     def _require_model(self):
         if self.base is None:
@@ -236,6 +254,7 @@ class TorchBackend(Backend):
     def forward_backward(self, batch: Batch) -> tuple[float, int]:
         if self.optimizer is None:
             raise RuntimeError("torch backend: add_adapter(cfg) before training")
+        self._train_mode()
         self.model.train()
         loss, n = self._loss(batch)
         (self._scaler.scale(loss) if self._scaler else loss).backward()
@@ -263,6 +282,7 @@ class TorchBackend(Backend):
     @torch.no_grad()
     def eval_loss(self, batch: Batch) -> tuple[float, int]:
         self._require_model()
+        self._train_mode()
         self.model.eval()
         loss, n = self._loss(batch)
         return float(loss), n
@@ -285,6 +305,7 @@ class TorchBackend(Backend):
 
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
+        self._train_mode()
         if self._kind != "full":
             self.save_adapter(path)
         tensors = {n: p.detach().cpu().contiguous() for n, p in self._trainable().items()}
@@ -303,6 +324,7 @@ class TorchBackend(Backend):
             raise FileNotFoundError(f"{path}: not a torch checkpoint (no {STATE_FILE}); "
                                     f"a checkpoint resumes on the backend that wrote it")
         saved = load_file(str(path / TRAINABLE_FILE))
+        self._train_mode()
         params = self._trainable()
         if set(saved) != set(params):
             missing, extra = sorted(set(params) - set(saved)), sorted(set(saved) - set(params))
@@ -333,6 +355,7 @@ class TorchBackend(Backend):
         mlx-lm cannot express (lora_bias other than none) are written in PEFT layout only."""
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
+        self._train_mode()
         if self._kind == "full":
             self._underlying().save_pretrained(path, safe_serialization=True)
             self._tok.save_pretrained(path)
@@ -454,6 +477,8 @@ class TorchBackend(Backend):
         if layout.changes_base(path):
             raise ValueError(f"{path}: a full fine-tune or an adapter with added tokens changes the base; "
                              "load it alone (load_adapter)")
+        if self.optimizer is not None and not self.can_share_base():
+            raise CannotShare("this training run changes its base (full fine-tune or added tokens)")
         spec, mlx_weights = layout.read_adapter(path, prefer="peft")
         sd = {k: torch.from_numpy(np.asarray(v, dtype=np.float32))
               for k, v in layout.mlx_to_peft(mlx_weights).items()}
@@ -498,7 +523,7 @@ class TorchBackend(Backend):
         if slot is None:
             return
         self._prompt_cache.clear()
-        if not self._slots:
+        if not self._slots and self.optimizer is None:
             self._strip_adapter()   # the last one: back to the bare base module
             return
         self.model.delete_adapter(slot)
@@ -507,7 +532,9 @@ class TorchBackend(Backend):
     def weight_bytes(self) -> tuple[int, dict]:
         import itertools
         slot_to_name = {slot: name for name, slot in self._slots.items()}
-        base, adapters = 0, {name: 0 for name in self._slots}
+        if self.can_share_base():
+            slot_to_name["default"] = TRAINING   # the training run's own adapter
+        base, adapters = 0, {name: 0 for name in slot_to_name.values()}
         model = self.model if self.model is not None else self.base
         for n, t in itertools.chain(model.named_parameters(), model.named_buffers()):
             size = t.numel() * t.element_size()
