@@ -277,8 +277,8 @@ def test_two_adapters_beside_a_running_job_cost_their_bytes_not_a_base(name, wid
 
     def chats(reg):
         calls.append(1)
-        if len(calls) != 3:   # after two steps and their evaluations: the first forward without
-            return            # gradients sets up ~a base's worth of inference buffers (with or without chat)
+        if len(calls) != 3:   # after two steps: the first forward pages in the memory-mapped weights
+            return
         job = reg.list()[0]
         before = measure()
         for adapter in (a, b):
@@ -286,10 +286,7 @@ def test_two_adapters_beside_a_running_job_cost_their_bytes_not_a_base(name, wid
             greedy(res.backend, ids, 2)
         seen.update(base=job.base_bytes, grown=measure() - before, residents=len(reg.list()),
                     adapters=sorted(job.adapters))
-    cfg = _job_config(name, wide_model, demo_bundle, tmp_path / "run", max_steps=3, eval_strategy="steps",
-                      eval_steps=1)
-    cfg.data.validation = demo_bundle["valid"]
-    _train_lending(name, cfg, chats)
+    _train_lending(name, _job_config(name, wide_model, demo_bundle, tmp_path / "run", max_steps=3), chats)
     print(f"{name}: base {seen['base'] / 2**20:.1f} MiB; two adapters beside the running job: "
           f"+{seen['grown'] / 2**20:.1f} MiB")
     assert seen["residents"] == 1 and seen["adapters"] == sorted([a, b])
