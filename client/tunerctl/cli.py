@@ -130,7 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="count tokens with this model's tokenizer (default: a config's model; for data alone "
                          "none: formats, columns and bad rows only)")
     di.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                    help="override a key of the config (repeatable), e.g. --set data.system_prompt=...")
+                    help="override a key of the config (repeatable; default: none), e.g. --set data.system_prompt=...")
     di.add_argument("--batch-size", type=int, default=0,
                     help="for the padding-waste figures (default: the config's per_device_train_batch_size)")
     di.add_argument("--max-seq-length", type=int, default=0, help="(default: the config's max_seq_length)")
