@@ -46,8 +46,8 @@ def print_data_report(r) -> None:
     for w in r.warnings:
         console.print(f"[yellow]warning:[/] {w}")
     for i, ex in enumerate(r.examples, 1):
-        console.print(f"[bold]example {i}[/] ([green]green[/] {'tokens' if r.tokenizer else 'text'} carry loss, "
-                      "[dim]dim[/] ones do not)")
+        what = "tokens carry loss, [dim]dim[/] ones do not" if r.tokenizer else "text carries loss, [dim]dim[/] does not"
+        console.print(f"[bold]example {i}[/] ([green]green[/] {what})")
         t = Text()
         for seg in ex.segments:
             t.append(seg.text, style="green" if seg.supervised else "dim")
