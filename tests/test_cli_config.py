@@ -1,7 +1,6 @@
 """The README's own example, `tunerctl train configs/examples/demo.yaml`, whose paths start with `~`."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest

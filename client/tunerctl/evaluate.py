@@ -115,7 +115,7 @@ def run(s, args) -> int:
                 print_json({"progress": as_dict(p)})
             elif p.rows_total:
                 if progress is None:
-                    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+                    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
                     progress = Progress(TextColumn("generating [bold]{task.fields[run]}[/]"), BarColumn(),
                                         MofNCompleteColumn(), TextColumn("ETA {task.fields[eta]}"),
                                         console=err, transient=True)
