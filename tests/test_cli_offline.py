@@ -45,7 +45,7 @@ def test_systemd_unit_is_valid(tmp_path):
     unit.optionxform = str
     unit.read_string(p.stdout)
     assert unit["Service"]["ExecStart"].split()[1:3] == ["-m", "tunerd"]
-    assert unit["Service"]["Environment"] == f"TUNER_HOME={home.resolve()}"
+    assert unit["Service"]["Environment"] == f'"TUNER_HOME={home.resolve()}"'  # quoted: a home may hold spaces
     assert unit["Service"]["KillSignal"] == "SIGTERM"
     assert unit["Install"]["WantedBy"] == "default.target"
     if shutil.which("systemd-analyze"):

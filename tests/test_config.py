@@ -1,6 +1,7 @@
 """Config resolution: _base_ inheritance, overrides, unknown keys with suggestions, validation."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -67,3 +68,20 @@ def test_demo_example_matches_the_builtin_demo():
     for key, value in builtin.items():
         if key not in ("model", "data"):
             assert example[key] == value, key
+
+
+def test_tilde_paths_are_expanded_hub_ids_and_relative_paths_kept():
+    home = os.path.expanduser("~")
+    cfg = load_config(doc={"model": "~/models/m", "output_dir": "~/runs/x", "resume_from_checkpoint": "latest",
+                           "data": {"train": ["~/d/a.jsonl", "rel/b.jsonl"], "validation": [{"path": "~/d/v.jsonl", "split": "x"}],
+                                    "test": "org/dataset"}})
+    assert cfg.model == f"{home}/models/m" and cfg.output_dir == f"{home}/runs/x"
+    assert cfg.resume_from_checkpoint == "latest"
+    assert cfg.data.train == [f"{home}/d/a.jsonl", "rel/b.jsonl"]
+    assert cfg.data.validation == [{"path": f"{home}/d/v.jsonl", "split": "x"}] and cfg.data.test == "org/dataset"
+    assert load_config(doc={"model": "Qwen/Qwen2.5-0.5B", "data": {"train": "x.jsonl"}}).model == "Qwen/Qwen2.5-0.5B"
+
+
+def test_data_system_prompt_is_a_config_key():
+    cfg = load_config(doc={"model": "m", "data": {"train": "x.jsonl"}}, overrides=["data.system_prompt=Be brief."])
+    assert cfg.data.system_prompt == "Be brief."

@@ -139,3 +139,57 @@ def test_non_text_field_is_named():
     spec = detect_format(["prompt", "completion"], DataConfig())
     with pytest.raises(DataError, match=r"x:7: field 'completion' must be text, got list"):
         to_example(Record({"prompt": "p", "completion": ["a"]}, "x:7"), spec)
+
+
+# -- data.system_prompt: one system prompt for a whole data set --------------------------------------
+def test_system_prompt_reaches_the_tokenized_rows(tmp_path, tiny_tokenizer):
+    p = jsonl(tmp_path / "d.jsonl", [{"prompt": "Q1", "completion": "A1"},
+                                     {"system": "Own rule", "prompt": "Q2", "completion": "A2"}])
+    data = prepare(TrainConfig(data=DataConfig(train=str(p), shuffle=False, test_size=0.0,
+                                                system_prompt="Answer in French.")), tiny_tokenizer)
+    first, second = (tiny_tokenizer.decode(r.ids) for r in data.train)
+    assert "Answer in French." in first
+    assert "Own rule" in second and "Answer in French." not in second  # a row's own system prompt wins
+    sup = [tiny_tokenizer.decode([t for t, m in zip(r.ids[1:], r.mask[1:]) if m]) for r in data.train]
+    assert all("French" not in s for s in sup)  # part of the prompt: no loss on it
+
+
+@pytest.mark.parametrize("rows, roles", [
+    ([{"instruction": "I", "output": "O"}], ["system", "user", "assistant"]),
+    ([{"messages": [{"role": "user", "content": "u"}, {"role": "assistant", "content": "a"}]}],
+     ["system", "user", "assistant"]),
+])
+def test_system_prompt_in_every_chat_format(tmp_path, rows, roles):
+    _, ex = examples(tmp_path, rows, system_prompt="S")
+    assert [m["role"] for m in ex[0].messages] == roles and ex[0].messages[0]["content"] == "S"
+
+
+def test_system_prompt_leaves_a_system_message_alone(tmp_path):
+    msgs = [{"role": "system", "content": "mine"}, {"role": "user", "content": "u"},
+            {"role": "assistant", "content": "a"}]
+    _, ex = examples(tmp_path, [{"messages": msgs}], system_prompt="S")
+    assert ex[0].messages == msgs
+
+
+def test_system_prompt_on_plain_text_is_an_error(tmp_path):
+    with pytest.raises(DataError, match=r"data\.system_prompt: the rows are plain text"):
+        examples(tmp_path, [{"text": "t"}], system_prompt="S")
+
+
+# -- a data set whose files do not share their columns -----------------------------------------------
+def test_mixed_directory_names_the_file_and_the_missing_column(tmp_path):
+    d = tmp_path / "data"
+    d.mkdir()
+    jsonl(d / "part1.jsonl", [{"prompt": "Q", "completion": "A"}])
+    (d / "part2.csv").write_text("prompt,response\nQ2,A2\n", encoding="utf-8")
+    cfg = TrainConfig(data=DataConfig(train=str(d), shuffle=False, test_size=0.0))
+    with pytest.raises(DataError, match=r"part2\.csv: no column 'completion', which the prompt_response format "
+                                        r"of data\.train needs; its columns are: prompt, response"):
+        load_records(cfg)
+
+
+def test_row_without_a_column_is_not_called_empty():
+    spec = detect_format(["prompt", "completion"], DataConfig())
+    with pytest.raises(DataError, match=r"x\.csv: row 3: no column 'completion' \(prompt_response format\); "
+                                        r"this row's columns are: prompt, response"):
+        to_example(Record({"prompt": "Q", "response": "A"}, "x.csv: row 3"), spec)

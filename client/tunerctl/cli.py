@@ -4,18 +4,19 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Iterator
 
 import grpc
 from tuner.v1 import tuner_pb2 as pb
 
 from . import service as svc
 from .connection import (DaemonUnavailable, Target, describe_holder, connect, default_home, is_healthy,
-                         lock_holder, open_channel, start_daemon)
+                         local_ref, lock_holder, open_channel, start_daemon)
 from .progress import JobView, job_state_name
 from .ui import as_dict, console, err, print_json, table
 
@@ -41,7 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
     common = _common()
     p = argparse.ArgumentParser(prog="tunerctl", parents=[common],
                                 description="MacTuner: fine-tune LLMs with a local daemon (tunerd).")
-    sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
+    p.add_argument("--version", action="store_true",
+                   help="print tunerctl's version and, if one is running, the daemon's (starts none)")
+    sub = p.add_subparsers(dest="cmd", metavar="COMMAND")
 
     def cmd(parent, name, help, **kw):
         return parent.add_parser(name, parents=[common], help=help, description=help, **kw)
@@ -85,8 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
     mu.add_argument("--dtype", default="")
 
     c = cmd(sub, "chat", "chat with a model (interactive, or one-shot with -p)")
-    c.add_argument("--prompt", "-p", default=None, help="one-shot: answer this and exit")
-    c.add_argument("--system", "-s", default="", help="system prompt")
+    c.add_argument("--prompt", "-p", default=None,
+                   help="one-shot: answer this and exit (default: none, an interactive session)")
+    c.add_argument("--system", "-s", default="", help="system prompt (default: none)")
     _generation_args(c)
     g = cmd(sub, "generate", "plain completion: continue a text as it is (no chat template)")
     g.add_argument("--prompt", "-p", required=True, help="the text to continue")
@@ -121,11 +125,15 @@ def build_parser() -> argparse.ArgumentParser:
     da = cmd(sub, "data", "inspect training data")
     das = da.add_subparsers(dest="action", required=True, metavar="ACTION")
     di = cmd(das, "inspect", "rows, format, token lengths, truncation, padding waste, loss masks")
-    di.add_argument("source", help="a config (.yaml) or a data file")
-    di.add_argument("--model", default="", help="tokenizer to use for a data file")
-    di.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    di.add_argument("--batch-size", type=int, default=0, help="for the padding-waste figures")
-    di.add_argument("--max-seq-length", type=int, default=0)
+    di.add_argument("source", help="a config (.yaml), or a data file, directory or hub dataset id")
+    di.add_argument("--model", default="",
+                    help="count tokens with this model's tokenizer (default: a config's model; for data alone "
+                         "none: formats, columns and bad rows only)")
+    di.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a key of the config (repeatable; default: none), e.g. --set data.system_prompt=...")
+    di.add_argument("--batch-size", type=int, default=0,
+                    help="for the padding-waste figures (default: the config's per_device_train_batch_size)")
+    di.add_argument("--max-seq-length", type=int, default=0, help="(default: the config's max_seq_length)")
 
     from . import evaluate as evaluate_cmd
     ev = cmd(sub, "evaluate", "loss, perplexity and ROUGE/BLEU of a model, adapters or predictions; base vs tuned")
@@ -163,7 +171,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def parse(argv):
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.cmd and not args.version:
+        parser.error("the following arguments are required: COMMAND")
     for k, v in (("home", None), ("socket", None), ("listen", ""), ("token", ""), ("tls_ca", ""), ("json", False)):
         if not hasattr(args, k):
             setattr(args, k, v)
@@ -337,24 +348,23 @@ def cmd_models(args) -> int:
 
 
 def _generation_args(c) -> None:
-    c.add_argument("--model", "-m", default="", help="hub id, local path, or job:<id>")
-    c.add_argument("--adapter", "-a", default="", help="adapter dir, or job:<id> (latest adapter/checkpoint)")
-    c.add_argument("--backend", default="auto")
-    c.add_argument("--temperature", type=float, default=None)
-    c.add_argument("--top-p", type=float, default=None)
-    c.add_argument("--top-k", type=int, default=None)
-    c.add_argument("--min-p", type=float, default=None)
-    c.add_argument("--repetition-penalty", type=float, default=None)
-    c.add_argument("--seed", type=int, default=None)
-    c.add_argument("--max-tokens", type=int, default=None)
-    c.add_argument("--stop", action="append", default=[])
-
-
-def local_ref(ref: str) -> str:
-    """A path that exists here, made absolute (the daemon's working directory is not ours);
-    job:<id> and hub ids as they are."""
-    return str(Path(ref).expanduser().resolve()) if ref and not ref.startswith("job:") and \
-        Path(ref).expanduser().exists() else ref
+    """Model and sampling flags of chat and generate; the defaults are the daemon's (backends.base.Sampling)."""
+    c.add_argument("--model", "-m", default="",
+                   help="hub id, local path, or job:<id> (default: the --adapter's base model)")
+    c.add_argument("--adapter", "-a", default="",
+                   help="adapter dir, or job:<id> for that job's latest adapter/checkpoint (default: none, the base model)")
+    c.add_argument("--backend", default="auto", help="auto | mlx | torch (default: auto, the host's fastest)")
+    c.add_argument("--temperature", type=float, default=None, help="sampling temperature (default: 0, greedy)")
+    c.add_argument("--top-p", type=float, default=None, help="nucleus sampling mass (default: 1.0, off)")
+    c.add_argument("--top-k", type=int, default=None, help="sample from the K likeliest tokens (default: 0, off)")
+    c.add_argument("--min-p", type=float, default=None,
+                   help="drop tokens below this share of the likeliest one's probability (default: 0, off)")
+    c.add_argument("--repetition-penalty", type=float, default=None,
+                   help="penalty for tokens already in the text (default: 1.0, off)")
+    c.add_argument("--seed", type=int, default=None, help="sampling seed, for repeatable answers (default: none)")
+    c.add_argument("--max-tokens", type=int, default=None, help="new tokens at most (default: 256)")
+    c.add_argument("--stop", action="append", default=[], metavar="TEXT",
+                   help="stop before this text (repeatable; default: none, stop at the end-of-turn token)")
 
 
 def _bytes(n: int) -> str:
@@ -438,36 +448,16 @@ def cmd_daemon(args) -> int:
     if args.action == "start":
         ch = open_channel(t)
         if is_healthy(ch):
-            console.print(f"tunerd is already running on {t.address()}"
-                          + (" (stop it first to change --http)" if args.http else ""))
+            print_json({"running": True, "started": False, "address": t.address()}) if args.json else console.print(
+                f"tunerd is already running on {t.address()}" + (" (stop it first to change --http)" if args.http else ""))
             return 0
         extra = (["--http", args.http] if args.http else []) + (["--http-host", args.http_host] if args.http_host else [])
         pid = start_daemon(t, extra=extra)
-        print_json({"pid": pid, "address": t.address()}) if args.json else console.print(
-            f"tunerd started (pid {pid}) on {t.address()}")
+        print_json({"running": True, "started": True, "pid": pid, "address": t.address()}) if args.json \
+            else console.print(f"tunerd started (pid {pid}) on {t.address()}")
         return 0
     if args.action == "stop":
-        holder = lock_holder(t.home)
-        if not holder or not holder.get("pid"):
-            console.print("tunerd is not running" if not holder else
-                          f"tunerd is starting for {t.home}; try again in a moment")
-            return 0 if not holder else EXIT_FAILED
-        pid = int(holder["pid"])  # the process holding the home's lock, never a stale pid file's
-        try:
-            os.kill(pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-        def holds() -> bool:
-            return (lock_holder(t.home) or {}).get("pid") == pid
-
-        deadline = time.time() + 120
-        while time.time() < deadline and holds():
-            time.sleep(0.2)
-        if holds():
-            err.print(f"tunerd (pid {pid}) did not stop within 120 s")
-            return EXIT_FAILED
-        console.print("tunerd stopped")
-        return 0
+        return _stop_daemon(t, args)
     if args.action == "status":
         ch = open_channel(t)
         if not is_healthy(ch):
@@ -486,14 +476,72 @@ def cmd_daemon(args) -> int:
     if args.action == "logs":
         log = t.home / "tunerd.log"
         if not log.exists():
-            err.print(f"no log yet at {log}")
-            return EXIT_FAILED
-        if args.follow:
-            return subprocess.call(["tail", "-n", str(args.n), "-F", str(log)])
-        lines = log.read_text(errors="replace").splitlines()[-args.n:]
-        print("\n".join(lines))
+            raise FileNotFoundError(f"no log yet at {log}")
+        for line in log_lines(log, args.n, args.follow):
+            print_json(log_record(line)) if args.json else print(line, flush=True)
         return 0
     return EXIT_USAGE
+
+
+def _stop_daemon(t: Target, args) -> int:
+    holder = lock_holder(t.home)
+    if not holder or not holder.get("pid"):
+        if not holder:
+            print_json({"running": False, "stopped": False}) if args.json else console.print("tunerd is not running")
+            return 0
+        raise DaemonUnavailable(f"tunerd is starting for {t.home}; try again in a moment")
+    pid = int(holder["pid"])  # the process holding the home's lock, never a stale pid file's
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        pass
+
+    def holds() -> bool:
+        return (lock_holder(t.home) or {}).get("pid") == pid
+
+    deadline = time.time() + 120
+    while time.time() < deadline and holds():
+        time.sleep(0.2)
+    if holds():
+        raise DaemonUnavailable(f"tunerd (pid {pid}) did not stop within 120 s")
+    print_json({"running": False, "stopped": True, "pid": pid}) if args.json else console.print("tunerd stopped")
+    return 0
+
+
+_LOG_LINE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+) (\w+) ([^:\s]+): (.*)$")
+
+
+def log_record(line: str) -> dict:
+    """A daemon log line as {"time", "level", "logger", "message"}; a continuation line (a
+    traceback's) as {"message"}."""
+    m = _LOG_LINE.match(line)
+    return dict(zip(("time", "level", "logger", "message"), m.groups())) if m else {"message": line}
+
+
+def log_lines(path: Path, n: int, follow: bool) -> Iterator[str]:
+    """The last `n` lines of a log, then (with `follow`) new ones as they are written, across the
+    daemon's log rotation, until interrupted."""
+    f = open(path, encoding="utf-8", errors="replace")
+    try:
+        yield from f.read().splitlines()[-n:] if n > 0 else []
+        partial = ""
+        while follow:
+            chunk = f.read()
+            if chunk:
+                *done, partial = (partial + chunk).split("\n")
+                yield from done
+                continue
+            try:
+                rotated = os.stat(path).st_ino != os.fstat(f.fileno()).st_ino
+            except FileNotFoundError:
+                rotated = False
+            if rotated:
+                f.close()
+                f = open(path, encoding="utf-8", errors="replace")
+            else:
+                time.sleep(0.25)
+    finally:
+        f.close()
 
 
 def _print_info(info, args) -> int:
@@ -514,14 +562,24 @@ def cmd_service(args) -> int:
     kind = svc.platform_kind(args.platform)
     if args.action == "install":
         if args.dry_run:
-            sys.stdout.write(svc.render(kind, args.home))
+            text = svc.render(kind, args.home)
+            print_json({"kind": kind, "path": str(svc.service_path(kind)), "content": text}) if args.json \
+                else sys.stdout.write(text)
             return 0
-        for note in svc.install(kind, args.home):
-            console.print(note)
-        return 0
+        r = svc.install(kind, args.home)
+        if args.json:
+            print_json(r)
+        else:
+            console.print(f"wrote {r['path']}")
+            if r["started"]:
+                console.print("service started")
+            else:
+                err.print(f"[bold red]error[/]: could not start the service: {r['detail']}", highlight=False)
+        return 0 if r["started"] else EXIT_FAILED
     if args.action == "uninstall":
-        for note in svc.uninstall(kind):
-            console.print(note)
+        r = svc.uninstall(kind)
+        print_json(r) if args.json else console.print(
+            f"removed {r['path']}" if r["removed"] else f"{r['path']} was not installed")
         return 0
     st = svc.status(kind)
     print_json(st) if args.json else console.print(
@@ -532,18 +590,18 @@ def cmd_service(args) -> int:
 
 def cmd_data(args) -> int:
     s = stub(args)
-    src = Path(args.source).expanduser().resolve()
-    is_cfg = src.suffix in (".yaml", ".yml")
-    r = s.InspectData(pb.InspectDataRequest(config_path=str(src) if is_cfg else "",
-                                            data_path="" if is_cfg else str(src), model=args.model,
+    is_cfg = args.source.lower().endswith((".yaml", ".yml"))
+    source = local_ref(args.source)  # a hub dataset id stays one
+    r = s.InspectData(pb.InspectDataRequest(config_path=source if is_cfg else "",
+                                            data_path="" if is_cfg else source, model=local_ref(args.model),
                                             overrides=args.overrides, base_dir=os.getcwd(),
                                             batch_size=args.batch_size, max_seq_length=args.max_seq_length))
     if args.json:
         print_json(as_dict(r, with_defaults=True))
-        return 0
-    from .ui import print_data_report
-    print_data_report(r)
-    return 0
+    else:
+        from .ui import print_data_report
+        print_data_report(r)
+    return EXIT_FAILED if r.row_error_count else 0
 
 
 def cmd_evaluate(args) -> int:
@@ -606,6 +664,27 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_version(args) -> int:
+    """tunerctl's version, and the daemon's when one answers (none is started for this)."""
+    from . import __version__
+
+    t = target(args)
+    daemon = None
+    with open_channel(t) as ch:
+        if is_healthy(ch):
+            from tuner.v1 import tuner_pb2_grpc
+            info = tuner_pb2_grpc.TunerStub(ch).GetInfo(pb.GetInfoRequest())
+            daemon = {"version": info.version, "api_version": info.api_version, "pid": info.pid,
+                      "address": t.address()}
+    if args.json:
+        print_json({"tunerctl": __version__, "tunerd": daemon})
+        return 0
+    console.print(f"tunerctl {__version__}")
+    console.print(f"tunerd {daemon['version']} ({daemon['api_version']}, pid {daemon['pid']}) on {daemon['address']}"
+                  if daemon else f"tunerd: not running ({t.address()})")
+    return 0
+
+
 def cmd_info(args) -> int:
     return _print_info(stub(args).GetInfo(pb.GetInfoRequest()), args)
 
@@ -623,7 +702,7 @@ COMMANDS = {"train": cmd_train, "jobs": cmd_jobs, "models": cmd_models, "chat": 
 def main(argv=None) -> int:
     args = parse(argv)
     try:
-        return COMMANDS[args.cmd](args)
+        return cmd_version(args) if args.version else COMMANDS[args.cmd](args)
     except grpc.RpcError as e:
         code = e.code().name if e.code() else "UNKNOWN"
         if args.json:

@@ -41,6 +41,13 @@ class Target:
         return self.listen if self.listen else f"unix://{self.socket_path}"
 
 
+def local_ref(ref: str) -> str:
+    """A path that exists here, made absolute (the daemon's working directory is not ours);
+    job:<id>, hub model and dataset ids, and paths that do not exist, as they are."""
+    return str(Path(ref).expanduser().resolve()) if ref and not ref.startswith("job:") and \
+        Path(ref).expanduser().exists() else ref
+
+
 def default_home() -> Path:
     return Path(os.environ.get("TUNER_HOME") or Path.home() / ".tuner").expanduser()
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from tuner.v1 import tuner_pb2 as pb
 
+from .connection import local_ref
 from .ui import as_dict, console, err, print_json, table
 
 METRIC_COLUMNS = ("rouge1", "rouge2", "rougeL", "rougeLsum", "bleu", "exact_match")
@@ -16,29 +17,37 @@ REFERENCE_KEYS = ("reference", "references", "target", "label")
 
 
 def add_arguments(ev) -> None:
-    ev.add_argument("--model", "-m", default="", help="base model (default: the job's / config's)")
-    ev.add_argument("--adapter", "-a", default="", help="adapter dir, checkpoint dir, or job:<id>")
+    ev.add_argument("--model", "-m", default="", help="base model (default: the job's, config's or adapter's)")
+    ev.add_argument("--adapter", "-a", default="",
+                    help="adapter dir, checkpoint dir, or job:<id> (default: the --job's adapter, else none)")
     ev.add_argument("--compare", action="append", default=[], metavar="ADAPTER",
-                    help="also run this adapter/checkpoint on the same rows (repeatable)")
-    ev.add_argument("--base", action="store_true", help="also run the base model without adapter (base vs tuned)")
-    ev.add_argument("--job", default="", help="a job: its model, data split, max_seq_length and adapter")
-    ev.add_argument("--data", default="", help="a data file (any supported format)")
-    ev.add_argument("--config", default="", help="a config: its model and data")
+                    help="also run this adapter/checkpoint on the same rows (repeatable; default: none)")
+    ev.add_argument("--base", action="store_true",
+                    help="also run the base model without adapter, base vs tuned (default: off)")
+    ev.add_argument("--job", default="",
+                    help="a job: its model, data split, max_seq_length and adapter (default: none)")
+    ev.add_argument("--data", default="", help="a data file in any supported format (default: the job's or config's)")
+    ev.add_argument("--config", default="", help="a config: its model and data (default: none)")
     ev.add_argument("--split", choices=["validation", "test"], default=None,
-                    help="default: test when the config has data.test, else validation")
-    ev.add_argument("--backend", default="")
+                    help="which split of the job's/config's data (default: test when data.test is set, "
+                         "else validation)")
+    ev.add_argument("--backend", default="", help="auto | mlx | torch (default: the job's, else auto)")
     ev.add_argument("--generate", "-n", type=int, default=0, metavar="N",
-                    help="generate for the first N rows and score ROUGE/BLEU/exact match")
+                    help="generate for the first N rows and score ROUGE/BLEU/exact match (default: 0, loss only)")
     ev.add_argument("--tokenizer", choices=["whitespace", "char", "morpheme"], default="whitespace",
                     help="tokens for ROUGE/BLEU: words of any script, characters (CJK/Korean), or Korean "
-                         "morphemes (kiwipiepy on the daemon)")
-    ev.add_argument("--temperature", type=float, default=None, help="default 0: greedy")
-    ev.add_argument("--top-p", type=float, default=None)
-    ev.add_argument("--seed", type=int, default=None)
-    ev.add_argument("--max-tokens", type=int, default=None, help="new tokens per answer (default 128)")
-    ev.add_argument("--predictions", default="", help="JSONL/JSON rows with a prediction (and maybe reference)")
-    ev.add_argument("--references", default="", help="JSONL/JSON rows with a reference")
-    ev.add_argument("--show", type=int, default=3, help="print this many generations side by side")
+                         "morphemes (kiwipiepy on the daemon) (default: whitespace)")
+    ev.add_argument("--temperature", type=float, default=None, help="sampling temperature (default: 0, greedy)")
+    ev.add_argument("--top-p", type=float, default=None, help="nucleus sampling mass (default: 1.0, off)")
+    ev.add_argument("--seed", type=int, default=None, help="sampling seed (default: none)")
+    ev.add_argument("--max-tokens", type=int, default=None, help="new tokens per answer (default: 128)")
+    ev.add_argument("--predictions", default="",
+                    help="JSONL/JSON rows with a prediction (and maybe a reference): score them, no model "
+                         "(default: none)")
+    ev.add_argument("--references", default="",
+                    help="JSONL/JSON rows with a reference, row for row with --predictions (default: the "
+                         "predictions' own reference field)")
+    ev.add_argument("--show", type=int, default=3, help="print this many generations side by side (default: 3)")
 
 
 def read_rows(path: str) -> list[dict]:
@@ -85,8 +94,7 @@ def request(args) -> pb.EvaluateRequest:
     req = pb.EvaluateRequest(model=args.model, adapter=args.adapter, backend=args.backend, job_id=args.job,
                              adapters=args.compare, compare_base=args.base, max_generations=args.generate,
                              tokenizer=args.tokenizer, split=args.split or "", base_dir=os.getcwd(), sampling=sp,
-                             data_path=str(Path(args.data).resolve()) if args.data else "",
-                             config_path=str(Path(args.config).resolve()) if args.config else "")
+                             data_path=local_ref(args.data), config_path=local_ref(args.config))
     if args.predictions:
         preds, refs = predictions_request(args)
         req.predictions.extend(preds)
@@ -107,7 +115,7 @@ def run(s, args) -> int:
                 print_json({"progress": as_dict(p)})
             elif p.rows_total:
                 if progress is None:
-                    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+                    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
                     progress = Progress(TextColumn("generating [bold]{task.fields[run]}[/]"), BarColumn(),
                                         MofNCompleteColumn(), TextColumn("ETA {task.fields[eta]}"),
                                         console=err, transient=True)

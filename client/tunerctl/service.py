@@ -31,7 +31,8 @@ def render_plist(home: Path) -> bytes:
 
 
 def render_unit(home: Path) -> str:
-    cmd = " ".join(_quote(a) for a in daemon_command(home))
+    cmd = " ".join(_exec_arg(a) for a in daemon_command(home))
+    path = _specifiers(str(home))  # WorkingDirectory= and append: take the rest of the line as it is
     return f"""[Unit]
 Description=MacTuner fine-tuning daemon (tunerd)
 After=network.target
@@ -39,22 +40,40 @@ After=network.target
 [Service]
 Type=simple
 ExecStart={cmd}
-Environment=TUNER_HOME={home}
-WorkingDirectory={home}
+Environment={_env("TUNER_HOME", str(home))}
+WorkingDirectory={path}
 Restart=on-failure
 RestartSec=5
 KillSignal=SIGTERM
 TimeoutStopSec=120
-StandardOutput=append:{home}/tunerd.out
-StandardError=append:{home}/tunerd.out
+StandardOutput=append:{path}/tunerd.out
+StandardError=append:{path}/tunerd.out
 
 [Install]
 WantedBy=default.target
 """
 
 
-def _quote(a: str) -> str:
-    return f'"{a}"' if any(c in a for c in " \t\"'\\") else a
+# systemd unit syntax (systemd.unit(5), systemd.service(5), systemd.exec(5)): `%` starts a
+# specifier in every setting below, so a literal one is `%%`; ExecStart= also expands `$VAR`
+# (a literal `$` is `$$`); ExecStart= and Environment= split on whitespace unless a word is in
+# double quotes, inside which `\\` and `\"` are a backslash and a quote (C escapes).
+def _specifiers(text: str) -> str:
+    return text.replace("%", "%%")
+
+
+def _double_quoted(text: str) -> str:
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _exec_arg(arg: str) -> str:
+    arg = _specifiers(arg).replace("$", "$$")
+    return _double_quoted(arg) if not arg or any(c in arg for c in " \t\"'\\;") else arg
+
+
+def _env(name: str, value: str) -> str:
+    """One Environment= assignment, always quoted: a value with a space stays one assignment."""
+    return _double_quoted(_specifiers(f"{name}={value}"))
 
 
 def platform_kind(explicit: str = "") -> str:
@@ -78,13 +97,13 @@ def _run(cmd: list[str]) -> tuple[bool, str]:
     return p.returncode == 0, (p.stdout + p.stderr).strip()
 
 
-def install(kind: str, home: Path) -> list[str]:
-    """Write the service file and ask the service manager to start it; returns what happened."""
+def install(kind: str, home: Path) -> dict:
+    """Write the service file and ask the service manager to start it:
+    {"kind", "path", "started", "detail"} (detail: the manager's complaint when not started)."""
     path = service_path(kind)
     path.parent.mkdir(parents=True, exist_ok=True)
     home.mkdir(parents=True, exist_ok=True)
     path.write_text(render(kind, home))
-    notes = [f"wrote {path}"]
     if kind == "launchd":
         import os
         ok, out = _run(["launchctl", "bootstrap", f"gui/{os.getuid()}", str(path)])
@@ -92,21 +111,21 @@ def install(kind: str, home: Path) -> list[str]:
         ok, out = _run(["systemctl", "--user", "daemon-reload"])
         if ok:
             ok, out = _run(["systemctl", "--user", "enable", "--now", UNIT])
-    notes.append("service started" if ok else f"could not start the service: {out}")
-    return notes
+    return {"kind": kind, "path": str(path), "started": ok, "detail": "" if ok else out}
 
 
-def uninstall(kind: str) -> list[str]:
+def uninstall(kind: str) -> dict:
+    """Stop the service and remove its file: {"kind", "path", "removed"}."""
     path = service_path(kind)
     if kind == "launchd":
         import os
         _run(["launchctl", "bootout", f"gui/{os.getuid()}/{LABEL}"])
     else:
         _run(["systemctl", "--user", "disable", "--now", UNIT])
-    if path.exists():
+    removed = path.exists()
+    if removed:
         path.unlink()
-        return [f"removed {path}"]
-    return [f"{path} was not installed"]
+    return {"kind": kind, "path": str(path), "removed": removed}
 
 
 def status(kind: str) -> dict:

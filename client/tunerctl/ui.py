@@ -32,8 +32,31 @@ def print_data_report(r) -> None:
                   + (f", template {r.template} (end of turn {r.end_of_turn_token!r})" if r.template else "")
                   + (f", columns {', '.join(r.columns)}" if r.columns else ""))
     console.print(f"rows: train {r.train_rows}, validation {r.validation_rows}")
-    console.print(f"tokens per row: mean {r.tokens_mean:.1f}, max {r.tokens_max}; prompt {r.prompt_tokens_total} "
-                  f"(mean {r.prompt_tokens_mean:.1f}), response {r.response_tokens_total} "
+    if r.row_error_count:
+        console.print(f"[bold red]{r.row_error_count} bad row(s)[/] (training stops at the first):")
+        for e in r.row_errors:
+            console.print(f"  {e}", markup=False)
+        if r.row_error_count > len(r.row_errors):
+            console.print(f"  ... and {r.row_error_count - len(r.row_errors)} more")
+    if r.tokenizer:
+        _print_token_figures(r)
+    else:
+        console.print("[dim]no tokenizer: pass --model MODEL (or inspect a config) for token lengths, truncation, "
+                      "padding and loss masks[/]")
+    for w in r.warnings:
+        console.print(f"[yellow]warning:[/] {w}")
+    for i, ex in enumerate(r.examples, 1):
+        what = "tokens carry loss, [dim]dim[/] ones do not" if r.tokenizer else "text carries loss, [dim]dim[/] does not"
+        console.print(f"[bold]example {i}[/] ([green]green[/] {what})")
+        t = Text()
+        for seg in ex.segments:
+            t.append(seg.text, style="green" if seg.supervised else "dim")
+        console.print(t)
+
+
+def _print_token_figures(r) -> None:
+    console.print(f"tokens per row ({r.tokenizer}): mean {r.tokens_mean:.1f}, max {r.tokens_max}; prompt "
+                  f"{r.prompt_tokens_total} (mean {r.prompt_tokens_mean:.1f}), response {r.response_tokens_total} "
                   f"(mean {r.response_tokens_mean:.1f}) — only response tokens carry loss")
     console.print(f"padding waste at batch {r.batch_size}: {r.padding_waste_percent:.1f}% in order, "
                   f"{r.padding_waste_grouped_percent:.1f}% length-grouped, {r.padding_waste_packed_percent:.1f}% packed")
@@ -47,14 +70,6 @@ def print_data_report(r) -> None:
         for b in r.length_histogram:
             bar = "█" * max(1, int(40 * b.count / peak)) if b.count else ""
             console.print(f"  {b.lo:>6} - {b.hi:<6} {bar} {b.count}")
-    for w in r.warnings:
-        console.print(f"[yellow]warning:[/] {w}")
-    for i, ex in enumerate(r.examples, 1):
-        console.print(f"[bold]example {i}[/] ([green]green[/] tokens carry loss, [dim]dim[/] ones do not)")
-        t = Text()
-        for seg in ex.segments:
-            t.append(seg.text, style="green" if seg.supervised else "dim")
-        console.print(t)
 
 
 def as_dict(msg, with_defaults: bool = False) -> dict:

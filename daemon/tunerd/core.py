@@ -288,9 +288,8 @@ class Core:
             source = str(base / data_path) if (base / data_path).exists() else data_path
         else:
             raise ValueError("inspect needs a config_path or a data_path")
-        if not model:
-            raise ValueError("model: required to tokenize a data file (tunerctl data inspect FILE --model M)")
-        report = inspect_data(source, self._tokenizer(model, base), batch_size=batch_size or None,
+        tokenizer = self._tokenizer(model, base) if model else None  # none: the rows alone
+        report = inspect_data(source, tokenizer, batch_size=batch_size or None,
                               max_seq_length=max_seq_length or None, base_dir=base)
         return dataclasses.asdict(report)
 

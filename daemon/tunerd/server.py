@@ -156,15 +156,14 @@ class HomeLock:
 
 
 def _read_holder(fd: int) -> dict:
-    for _ in range(20):  # the holder writes its pid right after taking the lock
-        try:
-            data = json.loads(os.pread(fd, 4096, 0) or b"{}")
-        except ValueError:
-            data = {}
-        if data.get("pid"):
-            return data
-        time.sleep(0.05)
-    return {}
+    """The holder's {"pid", "socket", "ready"}, read once: `acquire` has waited for the lock, so a
+    holder has long written them. (The client's `tunerctl.connection.lock_holder` is the reader
+    that also waits out a holder that has only just taken the lock; the two packages share no code.)"""
+    try:
+        data = json.loads(os.pread(fd, 4096, 0) or b"{}")
+    except ValueError:
+        return {}
+    return data if isinstance(data, dict) else {}
 
 
 class TokenAuth(grpc.ServerInterceptor):

@@ -185,7 +185,7 @@ class DataSource(_message.Message):
     def __init__(self, path: _Optional[str] = ..., name: _Optional[str] = ..., split: _Optional[str] = ..., revision: _Optional[str] = ..., streaming: _Optional[bool] = ...) -> None: ...
 
 class DataConfig(_message.Message):
-    __slots__ = ("train", "validation", "test", "format", "text_column", "prompt_column", "response_column", "system_column", "messages_column", "name", "split", "revision", "streaming", "fraction", "shuffle", "seed", "test_size", "template", "train_on_prompt", "max_rows", "overlong", "group_by_length")
+    __slots__ = ("train", "validation", "test", "format", "text_column", "prompt_column", "response_column", "system_column", "messages_column", "name", "split", "revision", "streaming", "fraction", "shuffle", "seed", "test_size", "template", "train_on_prompt", "max_rows", "overlong", "group_by_length", "system_prompt")
     TRAIN_FIELD_NUMBER: _ClassVar[int]
     VALIDATION_FIELD_NUMBER: _ClassVar[int]
     TEST_FIELD_NUMBER: _ClassVar[int]
@@ -208,6 +208,7 @@ class DataConfig(_message.Message):
     MAX_ROWS_FIELD_NUMBER: _ClassVar[int]
     OVERLONG_FIELD_NUMBER: _ClassVar[int]
     GROUP_BY_LENGTH_FIELD_NUMBER: _ClassVar[int]
+    SYSTEM_PROMPT_FIELD_NUMBER: _ClassVar[int]
     train: _containers.RepeatedScalarFieldContainer[str]
     validation: _containers.RepeatedScalarFieldContainer[str]
     test: _containers.RepeatedScalarFieldContainer[str]
@@ -230,7 +231,8 @@ class DataConfig(_message.Message):
     max_rows: int
     overlong: str
     group_by_length: bool
-    def __init__(self, train: _Optional[_Iterable[str]] = ..., validation: _Optional[_Iterable[str]] = ..., test: _Optional[_Iterable[str]] = ..., format: _Optional[str] = ..., text_column: _Optional[str] = ..., prompt_column: _Optional[str] = ..., response_column: _Optional[str] = ..., system_column: _Optional[str] = ..., messages_column: _Optional[str] = ..., name: _Optional[str] = ..., split: _Optional[str] = ..., revision: _Optional[str] = ..., streaming: _Optional[bool] = ..., fraction: _Optional[float] = ..., shuffle: _Optional[bool] = ..., seed: _Optional[int] = ..., test_size: _Optional[float] = ..., template: _Optional[str] = ..., train_on_prompt: _Optional[bool] = ..., max_rows: _Optional[int] = ..., overlong: _Optional[str] = ..., group_by_length: _Optional[bool] = ...) -> None: ...
+    system_prompt: str
+    def __init__(self, train: _Optional[_Iterable[str]] = ..., validation: _Optional[_Iterable[str]] = ..., test: _Optional[_Iterable[str]] = ..., format: _Optional[str] = ..., text_column: _Optional[str] = ..., prompt_column: _Optional[str] = ..., response_column: _Optional[str] = ..., system_column: _Optional[str] = ..., messages_column: _Optional[str] = ..., name: _Optional[str] = ..., split: _Optional[str] = ..., revision: _Optional[str] = ..., streaming: _Optional[bool] = ..., fraction: _Optional[float] = ..., shuffle: _Optional[bool] = ..., seed: _Optional[int] = ..., test_size: _Optional[float] = ..., template: _Optional[str] = ..., train_on_prompt: _Optional[bool] = ..., max_rows: _Optional[int] = ..., overlong: _Optional[str] = ..., group_by_length: _Optional[bool] = ..., system_prompt: _Optional[str] = ...) -> None: ...
 
 class TrainingConfig(_message.Message):
     __slots__ = ("model", "revision", "backend", "device", "dtype", "quantization", "bits", "group_size", "trust_remote_code", "peft_adapter", "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules", "lora_bias", "num_layers", "use_rslora", "num_epochs", "max_steps", "per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps", "learning_rate", "optimizer", "weight_decay", "max_grad_norm", "lr_scheduler_type", "warmup_steps", "warmup_ratio", "seed", "gradient_checkpointing", "max_seq_length", "packing", "logging_steps", "eval_strategy", "eval_steps", "save_strategy", "save_steps", "save_total_limit", "load_best_model_at_end", "metric_for_best_model", "early_stopping_patience", "resume_from_checkpoint", "output_dir", "debug", "data", "eval_generate_rows", "eval_generate_max_tokens", "eval_metric_tokenizer")
@@ -872,7 +874,7 @@ class RenderedExample(_message.Message):
     def __init__(self, segments: _Optional[_Iterable[_Union[TextSegment, _Mapping]]] = ...) -> None: ...
 
 class DataReport(_message.Message):
-    __slots__ = ("source", "format", "columns", "train_rows", "validation_rows", "template", "end_of_turn_token", "added_tokens", "max_seq_length", "batch_size", "tokens_total", "tokens_mean", "tokens_max", "prompt_tokens_total", "prompt_tokens_mean", "response_tokens_total", "response_tokens_mean", "length_histogram", "over_length_rows", "over_length_ids", "truncated_prompt_rows", "overlong_rows", "overlong_ids", "padding_waste_percent", "padding_waste_grouped_percent", "padding_waste_packed_percent", "examples", "warnings")
+    __slots__ = ("source", "format", "columns", "train_rows", "validation_rows", "template", "end_of_turn_token", "added_tokens", "max_seq_length", "batch_size", "tokens_total", "tokens_mean", "tokens_max", "prompt_tokens_total", "prompt_tokens_mean", "response_tokens_total", "response_tokens_mean", "length_histogram", "over_length_rows", "over_length_ids", "truncated_prompt_rows", "overlong_rows", "overlong_ids", "padding_waste_percent", "padding_waste_grouped_percent", "padding_waste_packed_percent", "examples", "warnings", "tokenizer", "row_errors", "row_error_count")
     SOURCE_FIELD_NUMBER: _ClassVar[int]
     FORMAT_FIELD_NUMBER: _ClassVar[int]
     COLUMNS_FIELD_NUMBER: _ClassVar[int]
@@ -901,6 +903,9 @@ class DataReport(_message.Message):
     PADDING_WASTE_PACKED_PERCENT_FIELD_NUMBER: _ClassVar[int]
     EXAMPLES_FIELD_NUMBER: _ClassVar[int]
     WARNINGS_FIELD_NUMBER: _ClassVar[int]
+    TOKENIZER_FIELD_NUMBER: _ClassVar[int]
+    ROW_ERRORS_FIELD_NUMBER: _ClassVar[int]
+    ROW_ERROR_COUNT_FIELD_NUMBER: _ClassVar[int]
     source: str
     format: str
     columns: _containers.RepeatedScalarFieldContainer[str]
@@ -929,7 +934,10 @@ class DataReport(_message.Message):
     padding_waste_packed_percent: float
     examples: _containers.RepeatedCompositeFieldContainer[RenderedExample]
     warnings: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, source: _Optional[str] = ..., format: _Optional[str] = ..., columns: _Optional[_Iterable[str]] = ..., train_rows: _Optional[int] = ..., validation_rows: _Optional[int] = ..., template: _Optional[str] = ..., end_of_turn_token: _Optional[str] = ..., added_tokens: _Optional[_Iterable[str]] = ..., max_seq_length: _Optional[int] = ..., batch_size: _Optional[int] = ..., tokens_total: _Optional[int] = ..., tokens_mean: _Optional[float] = ..., tokens_max: _Optional[int] = ..., prompt_tokens_total: _Optional[int] = ..., prompt_tokens_mean: _Optional[float] = ..., response_tokens_total: _Optional[int] = ..., response_tokens_mean: _Optional[float] = ..., length_histogram: _Optional[_Iterable[_Union[HistogramBucket, _Mapping]]] = ..., over_length_rows: _Optional[int] = ..., over_length_ids: _Optional[_Iterable[str]] = ..., truncated_prompt_rows: _Optional[int] = ..., overlong_rows: _Optional[int] = ..., overlong_ids: _Optional[_Iterable[str]] = ..., padding_waste_percent: _Optional[float] = ..., padding_waste_grouped_percent: _Optional[float] = ..., padding_waste_packed_percent: _Optional[float] = ..., examples: _Optional[_Iterable[_Union[RenderedExample, _Mapping]]] = ..., warnings: _Optional[_Iterable[str]] = ...) -> None: ...
+    tokenizer: str
+    row_errors: _containers.RepeatedScalarFieldContainer[str]
+    row_error_count: int
+    def __init__(self, source: _Optional[str] = ..., format: _Optional[str] = ..., columns: _Optional[_Iterable[str]] = ..., train_rows: _Optional[int] = ..., validation_rows: _Optional[int] = ..., template: _Optional[str] = ..., end_of_turn_token: _Optional[str] = ..., added_tokens: _Optional[_Iterable[str]] = ..., max_seq_length: _Optional[int] = ..., batch_size: _Optional[int] = ..., tokens_total: _Optional[int] = ..., tokens_mean: _Optional[float] = ..., tokens_max: _Optional[int] = ..., prompt_tokens_total: _Optional[int] = ..., prompt_tokens_mean: _Optional[float] = ..., response_tokens_total: _Optional[int] = ..., response_tokens_mean: _Optional[float] = ..., length_histogram: _Optional[_Iterable[_Union[HistogramBucket, _Mapping]]] = ..., over_length_rows: _Optional[int] = ..., over_length_ids: _Optional[_Iterable[str]] = ..., truncated_prompt_rows: _Optional[int] = ..., overlong_rows: _Optional[int] = ..., overlong_ids: _Optional[_Iterable[str]] = ..., padding_waste_percent: _Optional[float] = ..., padding_waste_grouped_percent: _Optional[float] = ..., padding_waste_packed_percent: _Optional[float] = ..., examples: _Optional[_Iterable[_Union[RenderedExample, _Mapping]]] = ..., warnings: _Optional[_Iterable[str]] = ..., tokenizer: _Optional[str] = ..., row_errors: _Optional[_Iterable[str]] = ..., row_error_count: _Optional[int] = ...) -> None: ...
 
 class RecommendRequest(_message.Message):
     __slots__ = ("model", "config_path", "train_rows", "data_path", "base_dir")

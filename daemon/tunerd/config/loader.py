@@ -341,7 +341,7 @@ def from_dict(doc: dict, source: str = "", base_dir: Optional[Union[str, Path]] 
     """A validated TrainConfig, or a ConfigError with every problem (those in `problems`, e.g.
     from overrides, included)."""
     problems = list(problems or [])
-    cfg = _build(TrainConfig, doc, "", problems)
+    cfg = expand_home(_build(TrainConfig, doc, "", problems))
     problems += validate(cfg, base_dir, check_paths)
     if problems:
         raise ConfigError(problems, source)
@@ -349,6 +349,31 @@ def from_dict(doc: dict, source: str = "", base_dir: Optional[Union[str, Path]] 
         cfg.num_epochs, cfg.max_steps = 1.0, -1
         cfg.per_device_train_batch_size = cfg.per_device_eval_batch_size = 2
         cfg.data.max_rows = 50
+    return cfg
+
+
+_PATH_KEYS = ("model", "output_dir", "resume_from_checkpoint")
+_DATA_PATH_KEYS = ("train", "validation", "test")
+
+
+def expand_home(cfg: TrainConfig) -> TrainConfig:
+    """`~` and `~user` at the start of a config's paths (model, output_dir,
+    resume_from_checkpoint, data sources) become the home directory, as a shell would expand
+    them; relative paths stay relative (to the submitter's directory). Hub ids never start
+    with `~`, so they are left alone."""
+    def expand(value):
+        if isinstance(value, str):
+            return os.path.expanduser(value) if value.startswith("~") else value
+        if isinstance(value, list):
+            return [expand(v) for v in value]
+        if isinstance(value, dict) and "path" in value:
+            return {**value, "path": expand(value["path"])}
+        return value
+
+    for key in _PATH_KEYS:
+        setattr(cfg, key, expand(getattr(cfg, key)))
+    for key in _DATA_PATH_KEYS:
+        setattr(cfg.data, key, expand(getattr(cfg.data, key)))
     return cfg
 
 

@@ -26,6 +26,9 @@ class DataConfig:
     prompt_column: Optional[str] = _f(None, "column holding the prompt")
     response_column: Optional[str] = _f(None, "column holding the response/completion")
     system_column: Optional[str] = _f(None, "column holding an optional system prompt")
+    system_prompt: Optional[str] = _f(None, "system prompt for every row of a chat format (prompt_response, "
+                                            "alpaca, messages) that has none of its own; a row's system "
+                                            "column or system message wins")
     messages_column: Optional[str] = _f(None, "column holding chat messages (format messages)")
     name: Optional[str] = _f(None, "hub dataset config name")
     split: Optional[str] = _f(None, "hub dataset split for train (default 'train')")

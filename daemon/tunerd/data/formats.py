@@ -9,6 +9,13 @@
 Column mapping (`text_column`, `prompt_column`, `response_column`, `system_column`,
 `messages_column`) overrides the default names. ShareGPT-style `conversations` with
 `from`/`value` keys are accepted as messages.
+
+`data.system_prompt` is a constant system prompt for a whole data set: every chat row without
+a system turn of its own (an empty or absent system column, no system message) starts with it.
+A row's own system prompt wins. Plain text rows have no turns, so there it is an error.
+
+A column the format needs but a row lacks altogether (rows from another file with other
+columns) is an error naming the row and the columns it has; a present but empty one is "empty".
 """
 from __future__ import annotations
 
@@ -42,6 +49,12 @@ class Example:
 class FormatSpec:
     format: str
     columns: dict  # role -> column name: text | prompt | response | system | input | messages
+    system_prompt: Optional[str] = None  # data.system_prompt, for rows without their own
+
+    @property
+    def required(self) -> list[str]:
+        """The columns every row must have (the system and alpaca input columns are optional)."""
+        return [c for role, c in self.columns.items() if c and role not in ("system", "input")]
 
 
 def _where(source: str) -> str:
@@ -91,26 +104,30 @@ def detect_format(columns: list[str], cfg: DataConfig, source: str = "") -> Form
                 "or map yours with data.text_column / data.prompt_column + data.response_column / "
                 "data.messages_column")
     if fmt == "text":
+        if cfg.system_prompt:
+            raise DataError(f"{_where(source)}data.system_prompt: the rows are plain text (format text), which "
+                            "has no turns to put a system prompt in; use a chat format or drop the key")
         col = cfg.text_column or "text"
         return FormatSpec(fmt, {"text": _need(col, "data.text_column" if cfg.text_column else "text column",
                                               columns, source)})
     if fmt == "messages":
         col = cfg.messages_column or _first(MESSAGES_NAMES, columns) or "messages"
         return FormatSpec(fmt, {"messages": _need(col, "data.messages_column" if cfg.messages_column
-                                                  else "messages column", columns, source)})
+                                                  else "messages column", columns, source)}, cfg.system_prompt)
     if fmt == "alpaca":
         prompt = _need(cfg.prompt_column or "instruction", "data.prompt_column" if cfg.prompt_column
                        else "instruction column", columns, source)
         response = _need(cfg.response_column or "output", "data.response_column" if cfg.response_column
                          else "output column", columns, source)
         out = {"prompt": prompt, "response": response, "input": "input" if "input" in columns else None}
-        return FormatSpec(fmt, {**out, "system": system})
+        return FormatSpec(fmt, {**out, "system": system}, cfg.system_prompt)
     prompt = cfg.prompt_column or _first(PROMPT_NAMES, columns) or "prompt"
     response = cfg.response_column or _first(RESPONSE_NAMES, columns) or "completion"
     _need(prompt, "data.prompt_column" if cfg.prompt_column else "prompt column", columns, source)
     _need(response, "data.response_column" if cfg.response_column else
           "response column (completion or response)", columns, source)
-    return FormatSpec("prompt_response", {"prompt": prompt, "response": response, "system": system})
+    return FormatSpec("prompt_response", {"prompt": prompt, "response": response, "system": system},
+                      cfg.system_prompt)
 
 
 def _str(value, origin: str, col: str, *, required: bool) -> str:
@@ -145,23 +162,29 @@ def _messages(value, origin: str, col: str) -> list[dict]:
 
 
 def to_example(record: Record, spec: FormatSpec) -> Example:
-    """One row as an Example; empty responses and wrong types are errors naming row and field."""
+    """One row as an Example; missing columns, empty responses and wrong types are errors naming
+    row and field."""
     row, origin, c = record.data, record.origin, spec.columns
+    missing = [col for col in spec.required if col not in row]
+    if missing:
+        raise DataError(f"{origin}: no column {', '.join(map(repr, missing))} ({spec.format} format); this row's "
+                        f"columns are: {', '.join(row) or 'none'}")
     if spec.format == "text":
         return Example(origin, text=_str(row.get(c["text"]), origin, c["text"], required=True))
     if spec.format == "messages":
-        return Example(origin, messages=_messages(row.get(c["messages"]), origin, c["messages"]))
+        msgs = _messages(row.get(c["messages"]), origin, c["messages"])
+        if spec.system_prompt and not any(m["role"] == "system" for m in msgs):
+            msgs.insert(0, {"role": "system", "content": spec.system_prompt})
+        return Example(origin, messages=msgs)
     prompt = _str(row.get(c["prompt"]), origin, c["prompt"], required=False)
     if spec.format == "alpaca" and c.get("input"):
         extra = _str(row.get(c["input"]), origin, c["input"], required=False)
         if extra.strip():
             prompt = f"{prompt}\n\n{extra}" if prompt else extra
     response = _str(row.get(c["response"]), origin, c["response"], required=True)
-    msgs = []
-    if c.get("system"):
-        system = _str(row.get(c["system"]), origin, c["system"], required=False)
-        if system.strip():
-            msgs.append({"role": "system", "content": system})
+    system = _str(row.get(c["system"]), origin, c["system"], required=False) if c.get("system") else ""
+    system = system if system.strip() else spec.system_prompt or ""
+    msgs = [{"role": "system", "content": system}] if system else []
     msgs += [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}]
     return Example(origin, messages=msgs)
 

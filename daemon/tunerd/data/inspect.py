@@ -1,26 +1,32 @@
 """`tunerctl data inspect`: what the data looks like to the model, before any training.
 
-    inspect_data(cfg_or_path, tokenizer, batch_size=None, max_seq_length=None) -> DataReport
+    inspect_data(cfg_or_path, tokenizer=None, batch_size=None, max_seq_length=None) -> DataReport
 
 `cfg_or_path` is a TrainConfig, a YAML config path (.yaml/.yml) or a data source (a file, a
-directory, a hub id). The tokenizer is not changed: when the template needs new special tokens
-a copy gets them. `dataclasses.asdict(report)` is JSON-serialisable.
+directory, a hub id). Without a tokenizer the report is about the rows alone: format, columns,
+row counts, every bad row (file:line and why, up to MAX_ROW_ERRORS) and the first rows as chat
+turns. With one it adds token lengths, truncation, padding waste and which tokens carry loss.
+The tokenizer is not changed: when the template needs new special tokens a copy gets them.
+`dataclasses.asdict(report)` is JSON-serialisable.
 """
 from __future__ import annotations
 
 import copy
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Union
 
 from ..config.schema import DataConfig, TrainConfig
-from .formats import to_examples
+from .errors import DataError
+from .formats import to_example
 from .masking import segments
 from .packing import padding_waste
 from .prepare import fit_all, iterate_batches, load_records, pad_id_of, tokenize_all
 from .templates import missing_tokens, resolve_name, setup_template
 
 N_EXAMPLES = 3
+MAX_ROW_ERRORS = 20
 
 
 @dataclass
@@ -36,27 +42,30 @@ class DataReport:
     columns: list
     train_rows: int
     validation_rows: int
-    template: Optional[str]               # tokenizer | chatml | llama3 | alpaca (None for text)
-    end_of_turn_token: Optional[str]      # supervised at the end of every assistant turn
-    added_tokens: list                    # special tokens training would add to the tokenizer
     max_seq_length: int
     batch_size: int
-    tokens_total: int
-    tokens_mean: float
-    tokens_max: int
-    prompt_tokens_total: int              # unsupervised tokens (train split)
-    prompt_tokens_mean: float
-    response_tokens_total: int            # supervised tokens (train split)
-    response_tokens_mean: float
-    length_histogram: list                # [lo, hi, count]: rows with lo <= tokens < hi
-    over_length_rows: int                 # rows longer than max_seq_length before fitting
-    over_length_ids: list
-    truncated_prompt_rows: int            # fitted by cutting the prompt from the left
-    overlong_rows: int                    # whose answer alone does not fit (see data.overlong)
-    overlong_ids: list
-    padding_waste_percent: float          # batches in order, padded to each batch's longest row
-    padding_waste_grouped_percent: float  # length-grouped batches
-    padding_waste_packed_percent: float   # packed sequences of max_seq_length
+    tokenizer: str = ""                   # the model whose tokenizer was used ("" : none, rows only)
+    row_errors: list = field(default_factory=list)   # "file:line: why", the first MAX_ROW_ERRORS
+    row_error_count: int = 0              # bad rows in all (training would stop at the first)
+    template: Optional[str] = None        # tokenizer | chatml | llama3 | alpaca (None for text)
+    end_of_turn_token: Optional[str] = None   # supervised at the end of every assistant turn
+    added_tokens: list = field(default_factory=list)   # special tokens training would add
+    tokens_total: int = 0
+    tokens_mean: float = 0.0
+    tokens_max: int = 0
+    prompt_tokens_total: int = 0          # unsupervised tokens (train split)
+    prompt_tokens_mean: float = 0.0
+    response_tokens_total: int = 0        # supervised tokens (train split)
+    response_tokens_mean: float = 0.0
+    length_histogram: list = field(default_factory=list)   # [lo, hi, count]: rows with lo <= tokens < hi
+    over_length_rows: int = 0             # rows longer than max_seq_length before fitting
+    over_length_ids: list = field(default_factory=list)
+    truncated_prompt_rows: int = 0        # fitted by cutting the prompt from the left
+    overlong_rows: int = 0                # whose answer alone does not fit (see data.overlong)
+    overlong_ids: list = field(default_factory=list)
+    padding_waste_percent: float = 0.0    # batches in order, padded to each batch's longest row
+    padding_waste_grouped_percent: float = 0.0   # length-grouped batches
+    padding_waste_packed_percent: float = 0.0    # packed sequences of max_seq_length
     examples: list = field(default_factory=list)   # N_EXAMPLES lists of Segment
     warnings: list = field(default_factory=list)
 
@@ -93,21 +102,59 @@ def _histogram(lengths: list[int], max_seq_length: int) -> list:
     return out
 
 
-def inspect_data(cfg_or_path: Union[TrainConfig, str, Path], tokenizer, batch_size: Optional[int] = None,
+def _examples(records: list, spec) -> tuple[list, list]:
+    """The rows that make examples, and "origin: why" for every one that does not."""
+    good, bad = [], []
+    for r in records:
+        try:
+            good.append(to_example(r, spec))
+        except DataError as e:
+            bad.append(str(e))
+    return good, bad
+
+
+def _turns(example, train_on_prompt: bool) -> list[Segment]:
+    """A row as its chat turns, without a tokenizer: the assistant's text is what carries loss."""
+    if example.is_text:
+        return [Segment(example.text, True)]
+    out = []
+    for i, m in enumerate(example.messages):
+        out.append(Segment(("\n" if i else "") + f"{m['role']}: ", False))
+        out.append(Segment(m["content"], train_on_prompt or m["role"] == "assistant"))
+    return out
+
+
+def inspect_data(cfg_or_path: Union[TrainConfig, str, Path], tokenizer=None, batch_size: Optional[int] = None,
                  max_seq_length: Optional[int] = None, base_dir: Optional[Path] = None) -> DataReport:
     cfg, base, source = _config(cfg_or_path, base_dir)
     bs = batch_size or cfg.per_device_train_batch_size
     msl = max_seq_length or cfg.max_seq_length
     loaded = load_records(cfg, base)
+    examples, errors = _examples(loaded.train, loaded.spec)
+    _, valid_errors = _examples(loaded.validation, loaded.spec)
+    errors += valid_errors
+    report = DataReport(source=source, format=loaded.spec.format, columns=loaded.columns,
+                        train_rows=len(loaded.train), validation_rows=len(loaded.validation),
+                        max_seq_length=msl, batch_size=bs, row_errors=errors[:MAX_ROW_ERRORS],
+                        row_error_count=len(errors))
+    if tokenizer is None:
+        report.examples = [_turns(ex, cfg.data.train_on_prompt) for ex in examples[:N_EXAMPLES]]
+        return report
+    return _tokenized(report, cfg, loaded.spec, examples, tokenizer)
+
+
+def _tokenized(report: DataReport, cfg: TrainConfig, spec, examples: list, tokenizer) -> DataReport:
+    """`report` with what the tokenizer makes of the good rows: lengths, truncation, padding, loss."""
+    msl, bs = report.max_seq_length, report.batch_size
     template, warnings, added = None, [], []
-    if loaded.spec.format != "text":
+    if spec.format != "text":
         name = resolve_name(tokenizer, cfg.data.template)
         added = missing_tokens(tokenizer, name)
         if added:
             tokenizer = copy.deepcopy(tokenizer)
             warnings.append(f"training adds {len(added)} special token(s) {added}: the model's embeddings grow")
         template = setup_template(tokenizer, cfg.data.template, install=False)
-    full_rows, _ = tokenize_all(to_examples(loaded.train, loaded.spec), tokenizer, template, cfg, 10 ** 9)
+    full_rows, _ = tokenize_all(examples, tokenizer, template, cfg, 10 ** 9)
     rows, facts = fit_all(full_rows, tokenizer, msl, "truncate")
     lengths = [len(r.ids) for r in full_rows]
     over = [r.origin for r in full_rows if len(r.ids) > msl]
@@ -128,12 +175,10 @@ def inspect_data(cfg_or_path: Union[TrainConfig, str, Path], tokenizer, batch_si
     if facts["overlong_rows"]["count"]:
         warnings.append(f"{facts['overlong_rows']['count']} row(s) do not fit max_seq_length={msl} even "
                         f"with the prompt cut (data.overlong: {cfg.data.overlong})")
-    return DataReport(
-        source=source, format=loaded.spec.format, columns=loaded.columns,
-        train_rows=len(loaded.train), validation_rows=len(loaded.validation),
+    return dataclasses.replace(
+        report, tokenizer=str(getattr(tokenizer, "name_or_path", "") or "tokenizer"),
         template=template.name if template else None,
-        end_of_turn_token=template.end_of_turn if template else tokenizer.eos_token,
-        added_tokens=added, max_seq_length=msl, batch_size=bs,
+        end_of_turn_token=template.end_of_turn if template else tokenizer.eos_token, added_tokens=added,
         tokens_total=sum(lengths), tokens_mean=round(sum(lengths) / n, 2), tokens_max=max(lengths, default=0),
         prompt_tokens_total=prompt, prompt_tokens_mean=round(prompt / n, 2),
         response_tokens_total=response, response_tokens_mean=round(response / n, 2),

@@ -24,6 +24,7 @@ from __future__ import annotations
 import difflib
 import random
 import re
+from dataclasses import replace
 from typing import Callable, Optional
 
 from .errors import DataError
@@ -73,7 +74,7 @@ def _select_columns(records, arg, where, **_):
     if not isinstance(cols, list) or not cols or not all(isinstance(c, str) for c in cols):
         raise DataError(f"{where}: select_columns takes a list of column names, got {arg!r}")
     _need_columns(cols, records, where)
-    return [Record({c: r.data.get(c) for c in cols}, r.origin) for r in records]
+    return [replace(r, data={c: r.data.get(c) for c in cols}) for r in records]
 
 
 def _select_rows(records, arg, where, **_):
@@ -134,7 +135,7 @@ def _filter(records, arg, where, **_):
 def _map(records, arg, where, **_):
     if not isinstance(arg, dict) or not isinstance(arg.get("template"), str) or not isinstance(arg.get("to"), str):
         raise DataError(f"{where}: map takes {{to: COLUMN, template: \"...{{column}}...\"}}, got {arg!r}")
-    return [Record({**r.data, arg["to"]: fill(arg["template"], r.data, f"{where} ({r.origin})")}, r.origin)
+    return [replace(r, data={**r.data, arg["to"]: fill(arg["template"], r.data, f"{where} ({r.origin})")})
             for r in records]
 
 
@@ -164,7 +165,7 @@ def _augment(records, arg, where, seed=0, prompt_column=None, **_):
             out.append(r)
         for k, p in enumerate(phrasings[j] for j in sorted(rng.sample(range(len(phrasings)), n))):
             text = p.replace("{instruction}", str(r.data.get(col) or ""))
-            out.append(Record({**r.data, col: text}, f"{r.origin} (phrasing {k + 1})"))
+            out.append(replace(r, data={**r.data, col: text}, origin=f"{r.origin} (phrasing {k + 1})"))
     return out
 
 

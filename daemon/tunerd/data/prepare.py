@@ -116,14 +116,26 @@ def load_records(cfg: TrainConfig, base_dir: Optional[Path] = None) -> Loaded:
         raise DataError("data.train: no rows left after data.operations / data.fraction")
     columns = columns_of(train)
     spec = detect_format(columns, d, _source_name(d.train))
-    if valid:
-        vcols = columns_of(valid)
-        missing = [c for c in spec.columns.values() if c and c not in vcols and c != spec.columns.get("system")
-                   and c != spec.columns.get("input")]
-        if missing:
-            raise DataError(f"{_source_name(valid_spec)}: validation rows lack column(s) "
-                            f"{', '.join(map(repr, missing))} used by train; the columns are: {', '.join(vcols)}")
+    check_columns(train, spec, "data.train")
+    check_columns(valid, spec, "data.validation")
     return Loaded(train, valid, spec, columns)
+
+
+def check_columns(records: list, spec: FormatSpec, split: str) -> None:
+    """Every file (or hub split) of a split has the columns its format needs, or a DataError names
+    the file, the missing columns and the ones it has: a directory that mixes files of different
+    formats (a csv of question/answer beside jsonl prompt/completion rows) fails here, not later
+    as "field 'completion' is empty" on a row of the odd file."""
+    by_source: dict = {}
+    for r in records:
+        by_source.setdefault(r.source, []).append(r)
+    for source, rows in by_source.items():
+        have = columns_of(rows)
+        missing = [c for c in spec.required if c not in have]
+        if missing:
+            raise DataError(f"{source or split}: no column {', '.join(map(repr, missing))}, which the "
+                            f"{spec.format} format of {split} needs; its columns are: {', '.join(have)}. "
+                            "All files of a data set need the same columns: convert this file, or move it out")
 
 
 def _source_name(spec) -> str:

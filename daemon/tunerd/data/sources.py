@@ -28,7 +28,8 @@ _BOM = codecs.BOM_UTF8
 @dataclass
 class Record:
     data: dict
-    origin: str
+    origin: str       # the row: "data/train.jsonl:12", "org/ds[train]#7"
+    source: str = ""  # the file or hub split it came from: "data/train.jsonl", "org/ds[train]"
 
 
 @dataclass
@@ -141,8 +142,8 @@ def load_file(path: Path) -> list[Record]:
     if not rows:
         raise DataError(f"{path}: file has no rows")
     if scan is not None and builder in ("json", "text") and len(scan.lines) == len(rows):
-        return [Record(r, f"{path}:{line}") for r, line in zip(rows, scan.lines)]
-    return [Record(r, f"{path}: row {i}") for i, r in enumerate(rows, start=1)]
+        return [Record(r, f"{path}:{line}", str(path)) for r, line in zip(rows, scan.lines)]
+    return [Record(r, f"{path}: row {i}", str(path)) for i, r in enumerate(rows, start=1)]
 
 
 def _split_files(directory: Path, split: str) -> list[Path]:
@@ -189,7 +190,7 @@ def _load_hub(path: str, name=None, split="train", revision=None, streaming=Fals
         rows = ds.to_list()
     if not rows:
         raise DataError(f"dataset {path!r} split {split!r} has no rows")
-    return [Record(r, f"{path}[{split}]#{i}") for i, r in enumerate(rows)]
+    return [Record(r, f"{path}[{split}]#{i}", f"{path}[{split}]") for i, r in enumerate(rows)]
 
 
 def load_source(spec: Any, base_dir: Path, split: str = "train", *, name=None, revision=None,
