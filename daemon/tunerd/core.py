@@ -21,6 +21,7 @@ from .config.loader import ConfigError, load_config, merge
 from .jobs.manager import JobManager
 from .jobs.runner import resolve_backend
 from .jobs.store import RUNNING, SUCCEEDED, JobRecord, JobStore
+from .models import download
 from .models.registry import ModelRegistry
 
 
@@ -130,10 +131,18 @@ class Core:
     def load_model(self, model: str, backend: str = "auto", quantization: str = "none",
                    dtype: str = "auto", keep_alive: float = 0.0, adapter: str = "") -> dict:
         name, path = self._adapter_ref(adapter)
+        download.fetch(model or self._job_model(adapter))   # here: the device worker keeps working meanwhile
         res = self.jobs.worker.call(lambda: self.registry.get(
             model or self._job_model(adapter), backend, quantization, dtype, adapter=path, name=name,
             keep_alive=keep_alive or None)).result()
         return self._resident(res)
+
+    def load_model_stream(self, model: str, backend: str = "auto", quantization: str = "none", dtype: str = "auto",
+                          keep_alive: float = 0.0, adapter: str = "", cancelled=None) -> Iterator:
+        """Download events while a hub model is fetched (here, not on the device worker), then the
+        resident's status dict."""
+        yield from download.stream(model or self._job_model(adapter), cancelled=cancelled)
+        yield self.load_model(model, backend, quantization, dtype, keep_alive, adapter)
 
     def unload_model(self, model: str = "", adapter: str = "", backend: str = "", quantization: str = "",
                      dtype: str = "") -> int:
@@ -172,8 +181,11 @@ class Core:
 
     # -- chat ----------------------------------------------------------------------------------
     def chat(self, params: ChatParams, cancelled: threading.Event) -> Iterator[ChatDelta]:
-        """A chat reply (params.messages) or a plain completion (params.prompt), streamed."""
-        return self.chat_service.stream(params, cancelled)
+        """A chat reply (params.messages) or a plain completion (params.prompt), streamed; first
+        the download of a hub model not in the cache yet (here, not on the device worker)."""
+        for d in download.stream(params.model, cancelled=cancelled):
+            yield ChatDelta(download=d)
+        yield from self.chat_service.stream(params, cancelled)
 
     def model_ids(self) -> list[dict]:
         """Every name a request can use as one model id (the OpenAI-compatible /v1/models):

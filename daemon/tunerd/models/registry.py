@@ -23,6 +23,7 @@ from .. import host
 from ..backends.adapter_layout import changes_base
 from ..backends.base import Backend, get_backend
 from ..config.schema import TrainConfig
+from .download import fetch
 
 DEFAULT_KEEP_ALIVE = 300.0
 
@@ -115,6 +116,7 @@ class ModelRegistry:
             if model.startswith(("/", ".", "~")) and not Path(model).expanduser().exists():
                 raise FileNotFoundError(f"model: local path not found: {model}")
             check_fits_in_memory(model, cfg.quantization)
+            fetch(model)   # a hub model not in the cache yet (the caller may have fetched it with progress)
             b = get_backend(backend_name)
             info = b.load(dataclasses.replace(cfg, backend=backend_name))
             if own:

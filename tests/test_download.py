@@ -1,0 +1,197 @@
+"""Hub downloads report progress and fail fast (tunerd.models.download), against a fake hub.
+
+The fake hub is a real HTTP server on 127.0.0.1 that answers the few endpoints huggingface_hub
+uses to fetch a model (model info with file sizes, HEAD/GET resolve/<rev>/<file>, the file tree)
+for one repo made from the tiny demo model. Nothing leaves the machine; the HF cache is in tmp.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import socket
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+import grpc
+import pytest
+
+from tunerd.models import download
+from tunerd.training.events import Download
+
+REPO = "tiny-org/tiny-llama"
+SHA = "0123456789abcdef0123456789abcdef01234567"
+
+
+class FakeHub(ThreadingHTTPServer):
+    """`files`: name -> bytes of the one repo REPO; `requests`: the paths asked for."""
+    daemon_threads = True
+
+    def __init__(self, files: dict[str, bytes]):
+        super().__init__(("127.0.0.1", 0), _Handler)
+        self.files, self.requests = files, []
+        self.url = f"http://127.0.0.1:{self.server_address[1]}"
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+
+
+class _Handler(BaseHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+    def _send(self, code: int, body: bytes = b"", headers: dict | None = None, head: bool = False):
+        self.send_response(code)
+        for k, v in {"Content-Length": str(len(body)), **(headers or {})}.items():
+            self.send_header(k, v)
+        self.end_headers()
+        if not head:
+            self.wfile.write(body)
+
+    def _json(self, doc, head=False):
+        self._send(200, json.dumps(doc).encode(), {"Content-Type": "application/json"}, head)
+
+    def _not_found(self, code: str, head=False):
+        self._send(404, b'{"error": "not found"}', {"X-Error-Code": code, "Content-Type": "application/json"}, head)
+
+    def do_HEAD(self):
+        self.do_GET(head=True)
+
+    def do_GET(self, head: bool = False):
+        path = unquote(urlsplit(self.path).path)
+        files = self.server.files
+        self.server.requests.append(f"{self.command} {path}")
+        if path.startswith("/api/models/"):
+            rest = path[len("/api/models/"):]
+            if not rest.startswith(REPO + "/") and rest != REPO:
+                return self._not_found("RepoNotFound", head)
+            rest = rest[len(REPO):]
+            if rest == "" or rest.startswith("/revision/"):
+                return self._json({"id": REPO, "modelId": REPO, "sha": SHA, "private": False, "siblings": [
+                    {"rfilename": n, "size": len(b), "blobId": _etag(b)} for n, b in files.items()]}, head)
+            if rest.startswith("/tree/"):
+                sub = rest.split("/", 3)[3] if rest.count("/") >= 3 else ""
+                if sub:
+                    return self._not_found("EntryNotFound", head)
+                return self._json([{"type": "file", "path": n, "size": len(b), "oid": _etag(b)}
+                                   for n, b in files.items()], head)
+            return self._not_found("EntryNotFound", head)
+        prefix = f"/{REPO}/resolve/"
+        if not path.startswith(prefix):
+            return self._not_found("RepoNotFound", head)
+        name = path[len(prefix):].split("/", 1)[1]
+        if name not in files:
+            return self._not_found("EntryNotFound", head)
+        body = files[name]
+        self._send(200, body, {"X-Repo-Commit": SHA, "ETag": f'"{_etag(body)}"',
+                               "Content-Type": "application/octet-stream"}, head)
+
+
+def _etag(body: bytes) -> str:
+    return hashlib.sha256(body).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def hub(tiny_model_dir):
+    files = {p.name: p.read_bytes() for p in sorted(Path(tiny_model_dir).iterdir()) if p.is_file()}
+    files["README.md"] = b"# not fetched: no backend reads it\n"
+    server = FakeHub(files)
+    yield server
+    server.shutdown()
+
+
+@pytest.fixture
+def online(hub, tmp_path, monkeypatch):
+    """huggingface_hub in this process pointed at the fake hub, with an empty cache in tmp."""
+    from huggingface_hub import constants
+    use_endpoint(monkeypatch, hub.url)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(download, "_fetched", {})
+    monkeypatch.setattr(download, "REPORT_SECONDS", 0.0)
+    hub.requests.clear()
+    return hub
+
+
+def use_endpoint(monkeypatch, url: str) -> None:
+    from huggingface_hub import constants
+    monkeypatch.setattr(constants, "ENDPOINT", url)
+    monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", url + "/{repo_id}/resolve/{revision}/{filename}")
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_fetch_reports_each_file_and_the_bytes_then_done(online, tiny_model_dir):
+    seen: list[Download] = []
+    folder = download.fetch(REPO, progress=seen.append)
+    wanted = {n: len(b) for n, b in online.files.items() if n != "README.md"}
+    assert "model.safetensors" in wanted and set(wanted) == {p.name for p in Path(folder).iterdir()}
+    assert (Path(folder) / "model.safetensors").read_bytes() == (Path(tiny_model_dir) / "model.safetensors").read_bytes()
+    assert {d.file for d in seen} - {""} == set(wanted)
+    assert all(d.model == REPO and d.files_total == len(wanted) and d.bytes_total == sum(wanted.values())
+               for d in seen)
+    assert [d.bytes_done for d in seen] == sorted(d.bytes_done for d in seen)   # never goes back
+    weights = [d for d in seen if d.file == "model.safetensors"]
+    assert weights[-1].file_bytes_done == weights[-1].file_bytes_total == wanted["model.safetensors"]
+    last = seen[-1]
+    assert last.done and last.files_done == len(wanted) and last.bytes_done == last.bytes_total
+    assert last.bytes_per_second > 0 and last.eta_seconds == 0
+    assert not any(r.endswith("README.md") for r in online.requests)
+
+
+def test_a_cached_model_reports_nothing_and_is_not_fetched_again(online):
+    download.fetch(REPO)
+    download._fetched.clear()          # another daemon process: only the listing is asked for again
+    online.requests.clear()
+    seen = []
+    download.fetch(REPO, progress=seen.append)
+    assert seen == [] and online.requests == [f"GET /api/models/{REPO}"]
+    online.requests.clear()
+    assert list(download.stream(REPO)) == [] and online.requests == []   # this process fetched it
+
+
+def test_stream_yields_the_progress_of_a_fetch_on_another_thread(online):
+    seen = list(download.stream(REPO))
+    assert seen and seen[-1].done and all(isinstance(d, Download) for d in seen)
+
+
+def test_a_missing_repo_fails_at_once_as_not_found(online):
+    from tunerd.errors import status_for
+    t0 = time.monotonic()
+    with pytest.raises(FileNotFoundError, match="no model repository tiny-org/nope on the hub") as e:
+        download.fetch("tiny-org/nope")
+    assert time.monotonic() - t0 < 3
+    assert status_for(e.value)[0] == grpc.StatusCode.NOT_FOUND
+
+
+def test_an_unreachable_hub_fails_at_once_as_unavailable_naming_the_model(online, monkeypatch):
+    from tunerd.errors import status_for
+    use_endpoint(monkeypatch, f"http://127.0.0.1:{closed_port()}")
+    t0 = time.monotonic()
+    with pytest.raises(ConnectionError, match=f"model '{REPO}' cannot be downloaded: the hub .* is out of reach") as e:
+        download.fetch(REPO)
+    assert time.monotonic() - t0 < 3
+    assert status_for(e.value)[0] == grpc.StatusCode.UNAVAILABLE
+
+
+def test_an_unreachable_hub_uses_a_model_already_in_the_cache(online, monkeypatch):
+    folder = download.fetch(REPO)
+    download._fetched.clear()
+    use_endpoint(monkeypatch, f"http://127.0.0.1:{closed_port()}")
+    assert download.fetch(REPO) == folder
+
+
+def test_local_paths_and_job_references_are_left_alone(online, tiny_model_dir):
+    assert download.fetch(tiny_model_dir) is None and download.fetch("job:abc") is None
+    assert list(download.stream(tiny_model_dir)) == [] and online.requests == []
+
+
+def test_weights_chosen_like_the_backends_read_them():
+    assert download.select_files(["config.json", "model-00001-of-00002.safetensors", "consolidated.safetensors",
+                                  "pytorch_model.bin", "README.md", "onnx/model.onnx"]) == \
+        ["config.json", "model-00001-of-00002.safetensors"]
+    assert download.select_files(["config.json", "pytorch_model.bin"]) == ["config.json", "pytorch_model.bin"]
