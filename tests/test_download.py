@@ -22,11 +22,12 @@ from tunerd.models import download
 from tunerd.training.events import Download
 
 REPO = "tiny-org/tiny-llama"
+REPOS = [REPO] + [f"tiny-org/tiny-llama-{i}" for i in range(1, 4)]   # the same files under other names
 SHA = "0123456789abcdef0123456789abcdef01234567"
 
 
 class FakeHub(ThreadingHTTPServer):
-    """`files`: name -> bytes of the one repo REPO; `requests`: the paths asked for."""
+    """`files`: name -> bytes of each repo in REPOS; `requests`: the paths asked for."""
     daemon_threads = True
 
     def __init__(self, files: dict[str, bytes]):
@@ -63,11 +64,12 @@ class _Handler(BaseHTTPRequestHandler):
         self.server.requests.append(f"{self.command} {path}")
         if path.startswith("/api/models/"):
             rest = path[len("/api/models/"):]
-            if not rest.startswith(REPO + "/") and rest != REPO:
+            repo = "/".join(rest.split("/")[:2])
+            if repo not in REPOS:
                 return self._not_found("RepoNotFound", head)
-            rest = rest[len(REPO):]
+            rest = rest[len(repo):]
             if rest == "" or rest.startswith("/revision/"):
-                return self._json({"id": REPO, "modelId": REPO, "sha": SHA, "private": False, "siblings": [
+                return self._json({"id": repo, "modelId": repo, "sha": SHA, "private": False, "siblings": [
                     {"rfilename": n, "size": len(b), "blobId": _etag(b)} for n, b in files.items()]}, head)
             if rest.startswith("/tree/"):
                 sub = rest.split("/", 3)[3] if rest.count("/") >= 3 else ""
@@ -76,10 +78,10 @@ class _Handler(BaseHTTPRequestHandler):
                 return self._json([{"type": "file", "path": n, "size": len(b), "oid": _etag(b)}
                                    for n, b in files.items()], head)
             return self._not_found("EntryNotFound", head)
-        prefix = f"/{REPO}/resolve/"
-        if not path.startswith(prefix):
+        repo, _, rest = path[1:].partition("/resolve/")
+        if repo not in REPOS:
             return self._not_found("RepoNotFound", head)
-        name = path[len(prefix):].split("/", 1)[1]
+        name = rest.split("/", 1)[1]
         if name not in files:
             return self._not_found("EntryNotFound", head)
         body = files[name]
@@ -195,3 +197,88 @@ def test_weights_chosen_like_the_backends_read_them():
                                   "pytorch_model.bin", "README.md", "onnx/model.onnx"]) == \
         ["config.json", "model-00001-of-00002.safetensors"]
     assert download.select_files(["config.json", "pytorch_model.bin"]) == ["config.json", "pytorch_model.bin"]
+
+
+# -- through the real daemon and tunerctl -------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def daemon_online(hub, tmp_path_factory):
+    """A real tunerd whose huggingface_hub talks to the fake hub (its own cache in tmp)."""
+    import os
+    from unittest import mock
+
+    from daemon_utils import DaemonProcess, short_home
+    env = {"HF_ENDPOINT": hub.url, "HF_HOME": str(tmp_path_factory.mktemp("hf")), "HF_HUB_OFFLINE": "0"}
+    with mock.patch.dict(os.environ, env):
+        d = DaemonProcess(short_home()).start()
+    yield d
+    d.stop()
+
+
+@pytest.mark.slow
+def test_models_load_and_chat_show_the_download_in_tunerctl(daemon_online):
+    from daemon_utils import cli
+    p = cli(daemon_online.home, "models", "load", REPOS[1], check=True)
+    assert f"downloading {REPOS[1]}: model.safetensors" in p.stdout
+    assert f"downloaded {REPOS[1]}: " in p.stdout and f"loaded {REPOS[1]} on" in p.stdout
+    p = cli(daemon_online.home, "chat", "-m", REPOS[2], "-p", "hi", "--max-tokens", "2", check=True)
+    assert f"downloading {REPOS[2]}: config.json" in p.stdout and f"downloaded {REPOS[2]}: " in p.stdout
+    p = cli(daemon_online.home, "--json", "chat", "-m", REPOS[2], "-p", "hi", "--max-tokens", "2", check=True)
+    assert "download" not in p.stdout   # fetched once
+
+
+@pytest.mark.slow
+def test_a_job_on_a_hub_model_streams_its_download_events(daemon_online, demo_bundle, tmp_path):
+    from tuner.v1 import tuner_pb2 as pb
+
+    from daemon_utils import write_config
+    cfg = write_config(tmp_path / "c.yaml", demo_bundle, model=REPOS[3], max_steps=2, save_steps=2, eval_steps=2)
+    stub = daemon_online.stub()
+    job = stub.SubmitJob(pb.SubmitJobRequest(config_path=str(cfg)))
+    events = list(stub.WatchJob(pb.WatchJobRequest(job_id=job.id, follow=True), timeout=300))
+    kinds = [e.WhichOneof("event") for e in events]
+    assert "finished" in kinds, [e for e in events if e.WhichOneof("event") in ("failed", "log")]
+    downloads = [e.download for e in events if e.WhichOneof("event") == "download"]
+    assert downloads and downloads[-1].done and downloads[-1].bytes_done == downloads[-1].bytes_total > 0
+    assert kinds.index("download") < kinds.index("started")
+
+
+@pytest.mark.slow
+def test_tunerctl_names_a_missing_or_unreachable_model_within_seconds(daemon_online):
+    from daemon_utils import cli
+    t0 = time.monotonic()
+    p = cli(daemon_online.home, "models", "load", "tiny-org/nope")
+    assert p.returncode != 0 and "no model repository tiny-org/nope on the hub" in p.stdout + p.stderr
+    p = cli(daemon_online.home, "chat", "-m", "tiny-org/nope", "-p", "hi")
+    assert p.returncode != 0 and "no model repository tiny-org/nope" in p.stdout + p.stderr
+    assert time.monotonic() - t0 < 20   # two CLI runs, each a Python start-up
+
+
+def test_the_cli_draws_a_bar_on_a_terminal_and_lines_elsewhere():
+    import io
+
+    from rich.console import Console
+    from tuner.v1 import tuner_pb2 as pb
+
+    from tunerctl.progress import DownloadView, JobView
+    steps = [pb.DownloadProgress(model=REPO, file="model.safetensors", files_done=1, files_total=2,
+                                 file_bytes_done=n, file_bytes_total=2_000_000, bytes_done=1000 + n,
+                                 bytes_total=2_001_000, bytes_per_second=1e6, eta_seconds=2.0 - n / 1e6)
+             for n in (0, 1_000_000)]
+    end = pb.DownloadProgress(model=REPO, files_done=2, files_total=2, bytes_done=2_001_000, bytes_total=2_001_000,
+                              bytes_per_second=1e6, elapsed_seconds=2.0, done=True)
+    out = io.StringIO()
+    view = DownloadView(Console(file=out, force_terminal=True, width=120))
+    for d in steps + [end]:
+        view.update(d)
+    assert "download" in out.getvalue() and "model.safetensors (2/2)" in out.getvalue()
+    assert f"downloaded {REPO}: 2 files, 2.0 MB in 2.0s (1.0 MB/s)" in out.getvalue()
+
+    out = io.StringIO()
+    job = JobView(Console(file=out, force_terminal=False, width=200))
+    for d in steps + [end]:
+        job.update(pb.JobEvent(sequence=1, download=d))
+    job.update(pb.JobEvent(sequence=2, log=pb.LogMessage(level="info", message="next")))
+    assert out.getvalue().splitlines() == [
+        f"downloading {REPO}: model.safetensors (2/2), 2.0 MB; 1.0 kB of 2.0 MB so far",
+        f"downloaded {REPO}: 2 files, 2.0 MB in 2.0s (1.0 MB/s)", "next"]

@@ -103,7 +103,7 @@ class Core:
         if not base_dir and path:
             base_dir = str(Path(path).resolve().parent)
         cfg = load_config(path or None, overrides or [], layer, base_dir=base_dir or None, check_paths=True)
-        if cfg.model and not _looks_like_hub_id(cfg.model):
+        if cfg.model and not download.is_hub_id(cfg.model):
             model_path = Path(base_dir or ".", cfg.model).expanduser()
             if not model_path.exists():
                 raise FileNotFoundError(f"model: local path not found: {model_path}")
@@ -345,9 +345,3 @@ class Core:
         from .recommend import recommend
         return recommend(model, config_path, train_rows, data_path, base_dir,
                          tokenizer_for=lambda m: self._tokenizer(m, Path(base_dir or ".")))
-
-
-def _looks_like_hub_id(name: str) -> bool:
-    """`org/name` that is not an existing path and not absolute/relative-looking."""
-    return (name.count("/") == 1 and not name.startswith((".", "/", "~"))
-            and not Path(name).exists())

@@ -39,9 +39,8 @@ class DownloadCancelled(Exception):
 
 
 def is_hub_id(model: str) -> bool:
-    """`name` or `org/name` that is not an existing local path (nor a job reference)."""
-    return bool(model) and not model.startswith(("/", ".", "~", "job:")) and \
-        not Path(model).expanduser().exists() and model.count("/") <= 1
+    """`org/name` that is not an existing path and not absolute/relative-looking."""
+    return model.count("/") == 1 and not model.startswith(("/", ".", "~")) and not Path(model).exists()
 
 
 def fetch(model: str, revision: Optional[str] = None, progress: Optional[Callable[[Download], None]] = None,

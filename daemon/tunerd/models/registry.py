@@ -115,8 +115,7 @@ class ModelRegistry:
         if res is None:
             if model.startswith(("/", ".", "~")) and not Path(model).expanduser().exists():
                 raise FileNotFoundError(f"model: local path not found: {model}")
-            check_fits_in_memory(model, cfg.quantization)
-            fetch(model)   # a hub model not in the cache yet (the caller may have fetched it with progress)
+            check_fits_in_memory(fetch(model) or model, cfg.quantization)   # a hub model: fetched first
             b = get_backend(backend_name)
             info = b.load(dataclasses.replace(cfg, backend=backend_name))
             if own:
