@@ -127,7 +127,9 @@ def closed_port() -> int:
         return s.getsockname()[1]
 
 
-def test_fetch_reports_each_file_and_the_bytes_then_done(online, tiny_model_dir):
+def test_fetch_reports_each_file_and_the_bytes_then_done(online, tiny_model_dir, monkeypatch):
+    from huggingface_hub import constants
+    monkeypatch.setattr(constants, "DOWNLOAD_CHUNK_SIZE", 64 * 1024)   # several updates per weights file
     seen: list[Download] = []
     folder = download.fetch(REPO, progress=seen.append)
     wanted = {n: len(b) for n, b in online.files.items() if n != "README.md"}
@@ -137,8 +139,9 @@ def test_fetch_reports_each_file_and_the_bytes_then_done(online, tiny_model_dir)
     assert all(d.model == REPO and d.files_total == len(wanted) and d.bytes_total == sum(wanted.values())
                for d in seen)
     assert [d.bytes_done for d in seen] == sorted(d.bytes_done for d in seen)   # never goes back
-    weights = [d for d in seen if d.file == "model.safetensors"]
-    assert weights[-1].file_bytes_done == weights[-1].file_bytes_total == wanted["model.safetensors"]
+    weights = [d.file_bytes_done for d in seen if d.file == "model.safetensors"]
+    assert weights[0] == 0 and weights[-1] == wanted["model.safetensors"] and len(weights) > 4
+    assert weights == sorted(weights) and 0 < weights[2] < weights[-1]
     last = seen[-1]
     assert last.done and last.files_done == len(wanted) and last.bytes_done == last.bytes_total
     assert last.bytes_per_second > 0 and last.eta_seconds == 0
@@ -185,6 +188,14 @@ def test_an_unreachable_hub_uses_a_model_already_in_the_cache(online, monkeypatc
     download._fetched.clear()
     use_endpoint(monkeypatch, f"http://127.0.0.1:{closed_port()}")
     assert download.fetch(REPO) == folder
+
+
+def test_an_unreachable_hub_with_only_a_models_config_cached_is_unavailable(online, monkeypatch):
+    from huggingface_hub import hf_hub_download
+    hf_hub_download(REPO, "config.json")       # what `recommend` reads: no weights
+    use_endpoint(monkeypatch, f"http://127.0.0.1:{closed_port()}")
+    with pytest.raises(ConnectionError, match="not in the local cache"):
+        download.fetch(REPO)
 
 
 def test_local_paths_and_job_references_are_left_alone(online, tiny_model_dir):

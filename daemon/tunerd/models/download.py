@@ -147,7 +147,7 @@ def _cached_or_raise(model: str, revision: Optional[str], why: str) -> str:
         folder = snapshot_download(model, revision=revision, local_files_only=True)
     except Exception:  # noqa: BLE001 - not cached (or cached in part)
         folder = None
-    if folder and any(Path(folder).glob(p) for p in WEIGHTS):
+    if folder and any(next(Path(folder).glob(p), None) for p in WEIGHTS):
         return folder
     raise ConnectionError(f"model {model!r} cannot be downloaded: {why}, and it is not in the local cache. "
                           "Check the network (or HF_ENDPOINT), or use a local folder")
