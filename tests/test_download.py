@@ -134,7 +134,8 @@ def test_fetch_reports_each_file_and_the_bytes_then_done(online, tiny_model_dir,
     folder = download.fetch(REPO, progress=seen.append)
     wanted = {n: len(b) for n, b in online.files.items() if n != "README.md"}
     assert "model.safetensors" in wanted and set(wanted) == {p.name for p in Path(folder).iterdir()}
-    assert (Path(folder) / "model.safetensors").read_bytes() == (Path(tiny_model_dir) / "model.safetensors").read_bytes()
+    weights_file = "model.safetensors"
+    assert (Path(folder) / weights_file).read_bytes() == (Path(tiny_model_dir) / weights_file).read_bytes()
     assert {d.file for d in seen} - {""} == set(wanted)
     assert all(d.model == REPO and d.files_total == len(wanted) and d.bytes_total == sum(wanted.values())
                for d in seen)

@@ -136,8 +136,10 @@ def select_files(files: list[str]) -> list[str]:
 def _snapshot(model: str, sha: Optional[str]) -> Optional[str]:
     from huggingface_hub import constants
     from huggingface_hub.file_download import repo_folder_name
-    folder = Path(constants.HF_HUB_CACHE) / repo_folder_name(repo_id=model, repo_type="model") / "snapshots" / (sha or "")
-    return str(folder) if sha and folder.is_dir() else None
+    if not sha:
+        return None
+    folder = Path(constants.HF_HUB_CACHE) / repo_folder_name(repo_id=model, repo_type="model") / "snapshots" / sha
+    return str(folder) if folder.is_dir() else None
 
 
 def _cached_or_raise(model: str, revision: Optional[str], why: str) -> str:
