@@ -17,7 +17,7 @@ from tuner.v1 import tuner_pb2 as pb
 from . import service as svc
 from .connection import (DaemonUnavailable, Target, describe_holder, connect, default_home, is_healthy,
                          local_ref, lock_holder, open_channel, start_daemon)
-from .progress import JobView, job_state_name
+from .progress import DownloadView, JobView, job_state_name
 from .ui import as_dict, console, err, print_json, table
 
 EXIT_FAILED = 1
@@ -330,9 +330,13 @@ def cmd_models(args) -> int:
                for m in models], empty="no models loaded")
         return 0
     if args.action == "load":
-        m = s.LoadModel(pb.LoadModelRequest(model=local_ref(args.model), backend=args.backend, dtype=args.dtype,
-                                            quantization=args.quantization, keep_alive_seconds=args.keep_alive,
-                                            adapter=local_ref(args.adapter)))
+        req = pb.LoadModelRequest(model=local_ref(args.model), backend=args.backend, dtype=args.dtype,
+                                  quantization=args.quantization, keep_alive_seconds=args.keep_alive,
+                                  adapter=local_ref(args.adapter))
+        view, m = DownloadView(console), None
+        for p in s.LoadModelStream(req):
+            show_download(p, view, args)
+            m = p.status if p.HasField("status") else m
         print_json(as_dict(m)) if args.json else console.print(
             f"loaded {m.model} on {m.backend} in {m.dtype} ({m.dtype_reason}; {_bytes(m.memory_bytes)}"
             f"{', adapters: ' + ', '.join(m.adapters) if m.adapters else ''})")
@@ -390,10 +394,19 @@ def chat_once(s, args, messages) -> tuple[str, dict]:
     return print_stream(s.Chat(req), args)
 
 
+def show_download(message, view: DownloadView, args) -> None:
+    """The download progress a stream's message carries (a hub model being fetched): the bar, or a
+    JSON line with --json."""
+    if message.HasField("download"):
+        print_json({"download": as_dict(message.download)}) if args.json else view.update(message.download)
+
+
 def print_stream(chunks, args) -> tuple[str, dict]:
     """Print a reply as it streams (or JSON lines with --json); (its text, finish and usage)."""
     text, final = [], {}
+    view = DownloadView(console)
     for chunk in chunks:
+        show_download(chunk, view, args)
         if chunk.delta:
             text.append(chunk.delta)
             if args.json:

@@ -1,7 +1,9 @@
-"""Live view of a training job's event stream: progress bar + event lines."""
+"""Live views of the daemon's streams: a training job's events (progress bar + event lines) and a
+hub model's download (a bar on a terminal, a line per file otherwise)."""
 from __future__ import annotations
 
 from rich.console import Console
+from rich.filesize import decimal
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from tuner.v1 import tuner_pb2 as pb
 
@@ -21,12 +23,53 @@ def _eta(seconds: float) -> str:
     return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
 
 
+class DownloadView:
+    """`DownloadProgress` messages (a job's, a chat's or `models load`'s) as one bar over all files."""
+
+    def __init__(self, console: Console):
+        self.console = console
+        self.progress = None
+        self.task = None
+        self.file = ""
+
+    def update(self, d: pb.DownloadProgress) -> None:
+        if d.done:
+            self.stop()
+            rate = f" ({decimal(int(d.bytes_per_second))}/s)" if d.bytes_per_second else ""
+            self.console.print(f"downloaded {d.model}: {d.files_total} files, {decimal(d.bytes_total)} in "
+                               f"{d.elapsed_seconds:.1f}s{rate}", highlight=False)
+            return
+        what = f"{d.file} ({d.files_done + 1}/{d.files_total})" if d.file else f"{d.files_total} files"
+        if not self.console.is_terminal:
+            if d.file and d.file != self.file:
+                self.console.print(f"downloading {d.model}: {what}, {decimal(d.file_bytes_total)}; "
+                                   f"{decimal(d.bytes_done)} of {decimal(d.bytes_total)} so far", highlight=False)
+            self.file = d.file
+            return
+        if self.progress is None:
+            self.progress = Progress(
+                TextColumn("[bold]download"), TextColumn("{task.description}"), BarColumn(),
+                TextColumn("{task.fields[size]}"), TextColumn("{task.fields[rate]}"),
+                TextColumn("ETA {task.fields[eta]}"), console=self.console, transient=False)
+            self.progress.start()
+            self.task = self.progress.add_task("", total=d.bytes_total or None, size="", rate="", eta="-")
+        self.progress.update(self.task, description=f"{d.model} {what}", completed=d.bytes_done,
+                             total=d.bytes_total or None, size=f"{decimal(d.bytes_done)}/{decimal(d.bytes_total)}",
+                             rate=f"{decimal(int(d.bytes_per_second))}/s", eta=_eta(d.eta_seconds))
+
+    def stop(self) -> None:
+        if self.progress:
+            self.progress.stop()
+            self.progress = None
+
+
 class JobView:
     def __init__(self, console: Console):
         self.console = console
         self.progress = None
         self.task = None
         self.live = console.is_terminal
+        self.download = DownloadView(console)
 
     def _line(self, text: str) -> None:
         (self.progress.console if self.progress else self.console).print(text, highlight=False)
@@ -44,6 +87,8 @@ class JobView:
 
     def update(self, e: pb.JobEvent) -> None:
         kind = e.WhichOneof("event")
+        if kind != "download":
+            self.download.stop()
         if kind == "state_changed":
             self._line(f"[dim]#{e.sequence}[/] state → [bold]{job_state_name(e.state_changed.state)}[/]"
                        + (f" ({e.state_changed.reason})" if e.state_changed.reason else ""))
@@ -80,6 +125,8 @@ class JobView:
         elif kind == "checkpoint":
             self._line(f"[dim]#{e.sequence} checkpoint {e.checkpoint.path}"
                        + (" (best)" if e.checkpoint.is_best else "") + "[/]")
+        elif kind == "download":
+            self.download.update(e.download)
         elif kind == "log":
             style = "yellow" if e.log.level == "warning" else "dim"
             self._line(f"[{style}]{e.log.message}[/]")
@@ -94,6 +141,7 @@ class JobView:
                        + (f"; checkpoint {e.cancelled.checkpoint}" if e.cancelled.checkpoint else ""))
 
     def stop(self) -> None:
+        self.download.stop()
         if self.progress:
             self.progress.stop()
             self.progress = None

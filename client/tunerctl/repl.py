@@ -16,6 +16,7 @@ from typing import Callable, Optional
 
 from tuner.v1 import tuner_pb2 as pb
 
+from .progress import DownloadView
 from .ui import console
 
 HELP = """commands:
@@ -106,14 +107,18 @@ class Repl:
         self.conv.turns.append({"role": "user", "content": text})
         call = self.stub.Chat(self.request(self.conv.messages(), {**self.params, "adapter": self.adapter}))
         reply, usage, t0 = [], None, time.perf_counter()
+        downloads = DownloadView(console)   # a hub model fetched before the first answer
         try:
             for chunk in call:
+                if chunk.HasField("download"):
+                    downloads.update(chunk.download)
                 if chunk.delta:
                     reply.append(chunk.delta)
                     console.print(chunk.delta, end="", markup=False, highlight=False, soft_wrap=True)
                 if chunk.finish_reason:
                     usage = chunk.usage
         except KeyboardInterrupt:
+            downloads.stop()
             call.cancel()
             console.print("\n[dim](stopped)[/]")
             if reply:

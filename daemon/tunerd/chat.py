@@ -28,6 +28,7 @@ class ChatDelta:
     text: str = ""
     finish_reason: str = ""
     usage: Optional[dict] = None
+    download: Optional[object] = None   # training.events.Download: the model is being fetched first
 
 
 @dataclass

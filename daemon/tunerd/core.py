@@ -24,6 +24,7 @@ from .jobs.runner import resolve_backend
 from .jobs.runner import run_training as train_job
 from .jobs.store import RUNNING, SUCCEEDED, JobRecord, JobStore
 from .backends.base import TRAINING
+from .models import download
 from .models.registry import ModelRegistry
 
 
@@ -110,7 +111,7 @@ class Core:
         if not base_dir and path:
             base_dir = str(Path(path).resolve().parent)
         cfg = load_config(path or None, overrides or [], layer, base_dir=base_dir or None, check_paths=True)
-        if cfg.model and not _looks_like_hub_id(cfg.model):
+        if cfg.model and not download.is_hub_id(cfg.model):
             model_path = Path(base_dir or ".", cfg.model).expanduser()
             if not model_path.exists():
                 raise FileNotFoundError(f"model: local path not found: {model_path}")
@@ -138,10 +139,18 @@ class Core:
     def load_model(self, model: str, backend: str = "auto", quantization: str = "none",
                    dtype: str = "auto", keep_alive: float = 0.0, adapter: str = "") -> dict:
         name, path = self._adapter_ref(adapter)
+        download.fetch(model or self._job_model(adapter))   # here: the device worker keeps working meanwhile
         res = self.jobs.worker.call(lambda: self.registry.get(
             model or self._job_model(adapter), backend, quantization, dtype, adapter=path, name=name,
             keep_alive=keep_alive or None)).result()
         return self._resident(res)
+
+    def load_model_stream(self, model: str, backend: str = "auto", quantization: str = "none", dtype: str = "auto",
+                          keep_alive: float = 0.0, adapter: str = "", cancelled=None) -> Iterator:
+        """Download events while a hub model is fetched (here, not on the device worker), then the
+        resident's status dict."""
+        yield from download.stream(model or self._job_model(adapter), cancelled=cancelled)
+        yield self.load_model(model, backend, quantization, dtype, keep_alive, adapter)
 
     def unload_model(self, model: str = "", adapter: str = "", backend: str = "", quantization: str = "",
                      dtype: str = "") -> int:
@@ -182,8 +191,11 @@ class Core:
 
     # -- chat ----------------------------------------------------------------------------------
     def chat(self, params: ChatParams, cancelled: threading.Event) -> Iterator[ChatDelta]:
-        """A chat reply (params.messages) or a plain completion (params.prompt), streamed."""
-        return self.chat_service.stream(params, cancelled)
+        """A chat reply (params.messages) or a plain completion (params.prompt), streamed; first
+        the download of a hub model not in the cache yet (here, not on the device worker)."""
+        for d in download.stream(params.model, cancelled=cancelled):
+            yield ChatDelta(download=d)
+        yield from self.chat_service.stream(params, cancelled)
 
     def model_ids(self) -> list[dict]:
         """Every name a request can use as one model id (the OpenAI-compatible /v1/models):
@@ -342,9 +354,3 @@ class Core:
         from .recommend import recommend
         return recommend(model, config_path, train_rows, data_path, base_dir,
                          tokenizer_for=lambda m: self._tokenizer(m, Path(base_dir or ".")))
-
-
-def _looks_like_hub_id(name: str) -> bool:
-    """`org/name` that is not an existing path and not absolute/relative-looking."""
-    return (name.count("/") == 1 and not name.startswith((".", "/", "~"))
-            and not Path(name).exists())

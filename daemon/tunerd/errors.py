@@ -27,6 +27,8 @@ def status_for(e: BaseException) -> tuple[grpc.StatusCode, str]:
             "or a smaller batch size / max_seq_length")
     if isinstance(e, (ValueError, TypeError)):
         return grpc.StatusCode.INVALID_ARGUMENT, str(e)
+    if isinstance(e, ConnectionError):   # e.g. the hub out of reach for a model not in the cache
+        return grpc.StatusCode.UNAVAILABLE, str(e)
     if isinstance(e, PermissionError):
         return grpc.StatusCode.PERMISSION_DENIED, str(e)
     if isinstance(e, NotImplementedError):
@@ -43,6 +45,7 @@ _HTTP = {
     grpc.StatusCode.PERMISSION_DENIED: (403, "permission_error"),
     grpc.StatusCode.UNAUTHENTICATED: (401, "authentication_error"),
     grpc.StatusCode.UNIMPLEMENTED: (501, "invalid_request_error"),
+    grpc.StatusCode.UNAVAILABLE: (503, "server_error"),
 }
 
 

@@ -138,6 +138,42 @@ class AttachedAdapter(_message.Message):
     loaded_at: float
     def __init__(self, name: _Optional[str] = ..., path: _Optional[str] = ..., memory_bytes: _Optional[int] = ..., loaded_at: _Optional[float] = ...) -> None: ...
 
+class DownloadProgress(_message.Message):
+    __slots__ = ("model", "file", "files_done", "files_total", "file_bytes_done", "file_bytes_total", "bytes_done", "bytes_total", "bytes_per_second", "eta_seconds", "elapsed_seconds", "done")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    FILE_FIELD_NUMBER: _ClassVar[int]
+    FILES_DONE_FIELD_NUMBER: _ClassVar[int]
+    FILES_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    FILE_BYTES_DONE_FIELD_NUMBER: _ClassVar[int]
+    FILE_BYTES_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    BYTES_DONE_FIELD_NUMBER: _ClassVar[int]
+    BYTES_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    BYTES_PER_SECOND_FIELD_NUMBER: _ClassVar[int]
+    ETA_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    ELAPSED_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    DONE_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    file: str
+    files_done: int
+    files_total: int
+    file_bytes_done: int
+    file_bytes_total: int
+    bytes_done: int
+    bytes_total: int
+    bytes_per_second: float
+    eta_seconds: float
+    elapsed_seconds: float
+    done: bool
+    def __init__(self, model: _Optional[str] = ..., file: _Optional[str] = ..., files_done: _Optional[int] = ..., files_total: _Optional[int] = ..., file_bytes_done: _Optional[int] = ..., file_bytes_total: _Optional[int] = ..., bytes_done: _Optional[int] = ..., bytes_total: _Optional[int] = ..., bytes_per_second: _Optional[float] = ..., eta_seconds: _Optional[float] = ..., elapsed_seconds: _Optional[float] = ..., done: _Optional[bool] = ...) -> None: ...
+
+class LoadModelProgress(_message.Message):
+    __slots__ = ("download", "status")
+    DOWNLOAD_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    download: DownloadProgress
+    status: ModelStatus
+    def __init__(self, download: _Optional[_Union[DownloadProgress, _Mapping]] = ..., status: _Optional[_Union[ModelStatus, _Mapping]] = ...) -> None: ...
+
 class UnloadModelRequest(_message.Message):
     __slots__ = ("model", "adapter", "backend", "quantization", "dtype")
     MODEL_FIELD_NUMBER: _ClassVar[int]
@@ -439,7 +475,7 @@ class ResumeJobRequest(_message.Message):
     def __init__(self, job_id: _Optional[str] = ...) -> None: ...
 
 class JobEvent(_message.Message):
-    __slots__ = ("job_id", "sequence", "time", "state_changed", "started", "log", "step", "eval", "checkpoint", "finished", "failed", "cancelled")
+    __slots__ = ("job_id", "sequence", "time", "state_changed", "started", "log", "step", "eval", "checkpoint", "finished", "failed", "cancelled", "download")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     TIME_FIELD_NUMBER: _ClassVar[int]
@@ -452,6 +488,7 @@ class JobEvent(_message.Message):
     FINISHED_FIELD_NUMBER: _ClassVar[int]
     FAILED_FIELD_NUMBER: _ClassVar[int]
     CANCELLED_FIELD_NUMBER: _ClassVar[int]
+    DOWNLOAD_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     sequence: int
     time: float
@@ -464,7 +501,8 @@ class JobEvent(_message.Message):
     finished: TrainingFinished
     failed: TrainingFailed
     cancelled: TrainingCancelled
-    def __init__(self, job_id: _Optional[str] = ..., sequence: _Optional[int] = ..., time: _Optional[float] = ..., state_changed: _Optional[_Union[StateChanged, _Mapping]] = ..., started: _Optional[_Union[TrainingStarted, _Mapping]] = ..., log: _Optional[_Union[LogMessage, _Mapping]] = ..., step: _Optional[_Union[StepMetrics, _Mapping]] = ..., eval: _Optional[_Union[EvalMetrics, _Mapping]] = ..., checkpoint: _Optional[_Union[CheckpointSaved, _Mapping]] = ..., finished: _Optional[_Union[TrainingFinished, _Mapping]] = ..., failed: _Optional[_Union[TrainingFailed, _Mapping]] = ..., cancelled: _Optional[_Union[TrainingCancelled, _Mapping]] = ...) -> None: ...
+    download: DownloadProgress
+    def __init__(self, job_id: _Optional[str] = ..., sequence: _Optional[int] = ..., time: _Optional[float] = ..., state_changed: _Optional[_Union[StateChanged, _Mapping]] = ..., started: _Optional[_Union[TrainingStarted, _Mapping]] = ..., log: _Optional[_Union[LogMessage, _Mapping]] = ..., step: _Optional[_Union[StepMetrics, _Mapping]] = ..., eval: _Optional[_Union[EvalMetrics, _Mapping]] = ..., checkpoint: _Optional[_Union[CheckpointSaved, _Mapping]] = ..., finished: _Optional[_Union[TrainingFinished, _Mapping]] = ..., failed: _Optional[_Union[TrainingFailed, _Mapping]] = ..., cancelled: _Optional[_Union[TrainingCancelled, _Mapping]] = ..., download: _Optional[_Union[DownloadProgress, _Mapping]] = ...) -> None: ...
 
 class StateChanged(_message.Message):
     __slots__ = ("state", "reason")
@@ -690,14 +728,16 @@ class Usage(_message.Message):
     def __init__(self, prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., time_to_first_token_seconds: _Optional[float] = ..., tokens_per_second: _Optional[float] = ..., queue_wait_seconds: _Optional[float] = ...) -> None: ...
 
 class ChatChunk(_message.Message):
-    __slots__ = ("delta", "finish_reason", "usage")
+    __slots__ = ("delta", "finish_reason", "usage", "download")
     DELTA_FIELD_NUMBER: _ClassVar[int]
     FINISH_REASON_FIELD_NUMBER: _ClassVar[int]
     USAGE_FIELD_NUMBER: _ClassVar[int]
+    DOWNLOAD_FIELD_NUMBER: _ClassVar[int]
     delta: str
     finish_reason: str
     usage: Usage
-    def __init__(self, delta: _Optional[str] = ..., finish_reason: _Optional[str] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ...) -> None: ...
+    download: DownloadProgress
+    def __init__(self, delta: _Optional[str] = ..., finish_reason: _Optional[str] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., download: _Optional[_Union[DownloadProgress, _Mapping]] = ...) -> None: ...
 
 class EvaluateRequest(_message.Message):
     __slots__ = ("model", "adapter", "backend", "data_path", "config_path", "max_generations", "job_id", "adapters", "compare_base", "sampling", "tokenizer", "predictions", "references", "split", "base_dir")

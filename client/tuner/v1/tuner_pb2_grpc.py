@@ -47,6 +47,11 @@ class TunerStub:
                 request_serializer=tuner_dot_v1_dot_tuner__pb2.LoadModelRequest.SerializeToString,
                 response_deserializer=tuner_dot_v1_dot_tuner__pb2.ModelStatus.FromString,
                 _registered_method=True)
+        self.LoadModelStream = channel.unary_stream(
+                '/tuner.v1.Tuner/LoadModelStream',
+                request_serializer=tuner_dot_v1_dot_tuner__pb2.LoadModelRequest.SerializeToString,
+                response_deserializer=tuner_dot_v1_dot_tuner__pb2.LoadModelProgress.FromString,
+                _registered_method=True)
         self.UnloadModel = channel.unary_unary(
                 '/tuner.v1.Tuner/UnloadModel',
                 request_serializer=tuner_dot_v1_dot_tuner__pb2.UnloadModelRequest.SerializeToString,
@@ -149,6 +154,13 @@ class TunerServicer:
 
     def LoadModel(self, request, context):
         """Resident models: loaded once, shared by chat and training on the same base.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def LoadModelStream(self, request, context):
+        """The same, streamed: download progress while a hub model is fetched, then its status.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -280,6 +292,11 @@ def add_TunerServicer_to_server(servicer, server):
                     servicer.LoadModel,
                     request_deserializer=tuner_dot_v1_dot_tuner__pb2.LoadModelRequest.FromString,
                     response_serializer=tuner_dot_v1_dot_tuner__pb2.ModelStatus.SerializeToString,
+            ),
+            'LoadModelStream': grpc.unary_stream_rpc_method_handler(
+                    servicer.LoadModelStream,
+                    request_deserializer=tuner_dot_v1_dot_tuner__pb2.LoadModelRequest.FromString,
+                    response_serializer=tuner_dot_v1_dot_tuner__pb2.LoadModelProgress.SerializeToString,
             ),
             'UnloadModel': grpc.unary_unary_rpc_method_handler(
                     servicer.UnloadModel,
@@ -424,6 +441,33 @@ class Tuner:
             '/tuner.v1.Tuner/LoadModel',
             tuner_dot_v1_dot_tuner__pb2.LoadModelRequest.SerializeToString,
             tuner_dot_v1_dot_tuner__pb2.ModelStatus.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def LoadModelStream(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/tuner.v1.Tuner/LoadModelStream',
+            tuner_dot_v1_dot_tuner__pb2.LoadModelRequest.SerializeToString,
+            tuner_dot_v1_dot_tuner__pb2.LoadModelProgress.FromString,
             options,
             channel_credentials,
             insecure,

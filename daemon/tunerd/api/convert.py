@@ -1,6 +1,7 @@
 """Core values <-> proto messages. Pure translation, no logic."""
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -24,6 +25,7 @@ _EVENTS = {
     "Finished": ("finished", pb.TrainingFinished),
     "Failed": ("failed", pb.TrainingFailed),
     "Cancelled": ("cancelled", pb.TrainingCancelled),
+    "Download": ("download", pb.DownloadProgress),
 }
 
 
@@ -41,6 +43,11 @@ def job(rec: JobRecord, queue_position: int = 0) -> pb.Job:
 def model_status(m: dict) -> pb.ModelStatus:
     return pb.ModelStatus(**{k: v for k, v in m.items() if k != "attached"},
                           attached=[pb.AttachedAdapter(**a) for a in m["attached"]])
+
+
+def download(d) -> pb.DownloadProgress:
+    """`training.events.Download` -> proto (same field names)."""
+    return pb.DownloadProgress(**dataclasses.asdict(d))
 
 
 def event(e: StoredEvent) -> pb.JobEvent:

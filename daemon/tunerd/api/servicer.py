@@ -58,7 +58,8 @@ def _sampling(s: pb.SamplingParams) -> Sampling:
 
 
 def _chunk(d) -> pb.ChatChunk:
-    return pb.ChatChunk(delta=d.text, finish_reason=d.finish_reason, usage=pb.Usage(**d.usage) if d.usage else None)
+    return pb.ChatChunk(delta=d.text, finish_reason=d.finish_reason, usage=pb.Usage(**d.usage) if d.usage else None,
+                        download=convert.download(d.download) if d.download else None)
 
 
 class TunerServicer(pb_grpc.TunerServicer):
@@ -81,6 +82,14 @@ class TunerServicer(pb_grpc.TunerServicer):
         return convert.model_status(self.core.load_model(
             request.model, request.backend or "auto", request.quantization or "none", request.dtype or "auto",
             request.keep_alive_seconds, adapter=request.adapter))
+
+    @_errors
+    def LoadModelStream(self, request, context):
+        for p in self.core.load_model_stream(
+                request.model, request.backend or "auto", request.quantization or "none", request.dtype or "auto",
+                request.keep_alive_seconds, adapter=request.adapter, cancelled=_cancel_event(context)):
+            yield pb.LoadModelProgress(status=convert.model_status(p)) if isinstance(p, dict) else \
+                pb.LoadModelProgress(download=convert.download(p))
 
     @_errors
     def UnloadModel(self, request, context):

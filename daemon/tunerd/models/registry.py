@@ -29,6 +29,7 @@ from .. import host
 from ..backends.adapter_layout import changes_base
 from ..backends.base import TRAINING, Backend, CannotShare, get_backend
 from ..config.schema import TrainConfig
+from .download import fetch
 
 DEFAULT_KEEP_ALIVE = 300.0
 
@@ -157,7 +158,7 @@ class ModelRegistry:
         if res is None:
             if model.startswith(("/", ".", "~")) and not Path(model).expanduser().exists():
                 raise FileNotFoundError(f"model: local path not found: {model}")
-            check_fits_in_memory(model, cfg.quantization)
+            check_fits_in_memory(fetch(model) or model, cfg.quantization)   # a hub model: fetched first
             b = get_backend(backend_name)
             info = b.load(dataclasses.replace(cfg, backend=backend_name))
             if own:

@@ -31,6 +31,23 @@ class Started:
 
 
 @dataclass
+class Download:
+    """Progress of fetching a hub model (tunerd.models.download); bytes of the files to fetch only."""
+    model: str
+    file: str = ""
+    files_done: int = 0
+    files_total: int = 0
+    file_bytes_done: int = 0
+    file_bytes_total: int = 0
+    bytes_done: int = 0
+    bytes_total: int = 0
+    bytes_per_second: float = 0.0
+    eta_seconds: float = 0.0
+    elapsed_seconds: float = 0.0
+    done: bool = False
+
+
+@dataclass
 class Log:
     level: str   # info | warning
     message: str
@@ -93,7 +110,7 @@ class Cancelled:
     checkpoint: str = ""
 
 
-EVENT_TYPES = {cls.__name__: cls for cls in (Started, Log, Step, Eval, CheckpointSaved, Finished, Failed, Cancelled)}
+EVENT_TYPES = {cls.__name__: cls for cls in (Started, Download, Log, Step, Eval, CheckpointSaved, Finished, Failed, Cancelled)}
 
 
 def to_record(event) -> tuple[str, dict]:

@@ -40,6 +40,7 @@ from ..config.loader import ConfigError, validate
 from ..config.schema import TrainConfig
 from ..data.prepare import iterate_batches, prepare
 from ..evaluation.generation import GenerationEval
+from ..models.download import fetch
 from . import events as ev
 from .flops import flops_per_token
 from .memory import Shape, advise, explain_oom, oom_message
@@ -146,6 +147,7 @@ def train(cfg: TrainConfig, backend: Backend, emit: Callable[[object], None],
     np.random.seed(cfg.seed % (2 ** 32))
 
     # ---- model, data, adapter -----------------------------------------------------------------
+    fetch(cfg.model, cfg.revision, emit)   # a hub model not in the cache yet: Download events
     info = backend.load(cfg)
     packing, packing_reason = resolve_packing(cfg.packing, info)
     cfg = dataclasses.replace(cfg, dtype=info.dtype, packing=packing)
