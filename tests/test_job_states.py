@@ -13,14 +13,9 @@ from tunerd.config.loader import from_dict
 from tunerd.jobs.manager import JobManager, JobStateError
 from tunerd.jobs.store import CANCELLED, FINAL_STATES, QUEUED, RUNNING, SUCCEEDED, JobStore
 from tunerd.training import events as ev
+from tunerd.training.loop import TrainingCancelled
 
 STEPS = 5
-
-
-class TrainingCancelled(Exception):  # the manager recognises the loop's exception by name
-    def __init__(self, step):
-        super().__init__(step)
-        self.step, self.checkpoint = step, ""
 
 
 def fake_training(runs: list):
@@ -31,7 +26,7 @@ def fake_training(runs: list):
                         train_rows=1, eval_rows=0, total_params=1, trainable_params=1, trainable_percent=100))
         for step in range(1, STEPS + 1):
             if should_stop():
-                raise TrainingCancelled(step - 1)
+                raise TrainingCancelled(step - 1, "")
             time.sleep(0.001)
             emit(ev.Step(step=step, total_steps=STEPS, epoch=0, loss=1.0, learning_rate=1e-3, grad_norm=1,
                          tokens_per_second=1, trained_tokens=step, peak_memory_bytes=0, eta_seconds=0,
