@@ -50,6 +50,7 @@ class FakeTrainer:
                              grad_norm=1.0, tokens_per_second=1.0, trained_tokens=step, peak_memory_bytes=0,
                              eta_seconds=0.0, elapsed_seconds=0.0))
         (out / "adapter").mkdir(parents=True, exist_ok=True)
+        (out / "adapter" / "adapter_model.safetensors").write_bytes(b"")   # the PEFT layout's marker
         emit(ev.Finished(adapter_path=str(out / "adapter"), output_dir=str(out), steps=self.steps, final_loss=0.1))
         return SimpleNamespace(adapter_path=str(out / "adapter"))
 
