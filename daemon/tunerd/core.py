@@ -223,9 +223,9 @@ class Core:
                         "created_at": rec.finished_at, "layouts": layouts})
         return out
 
-    def resolve_adapter(self, ref: str, base_dir: str = "") -> str:
+    def resolve_adapter(self, ref: str) -> str:
         """The folder an adapter reference names: a job's adapter or latest checkpoint, or a path."""
-        return refs.adapter_of(self.store, ref) if refs.is_ref(ref) else resolve_path(ref, base_dir)
+        return refs.adapter_of(self.store, ref) if refs.is_ref(ref) else resolve_path(ref)
 
     def export_adapter(self, adapter: str, out_dir: str, layout: str = "peft") -> str:
         src = Path(self.resolve_adapter(adapter))
