@@ -63,7 +63,7 @@ def wait_until(check, timeout: float = 5.0, what: str = "") -> None:
         time.sleep(0.005)
 
 
-def job_doc(model_dir: Path, **kw) -> dict:
+def job_doc(model_dir, **kw) -> dict:
     """A config a submit accepts: a local model folder (no config.json: the memory check is
     skipped) and a data path the fake never reads."""
     return {"model": str(model_dir), "data": {"train": "train.jsonl"}, **kw}

@@ -137,3 +137,18 @@ def test_a_bug_in_the_trainer_fails_the_job_and_is_internal_not_a_bad_request(co
     assert core.get_job(job.id).error.startswith("TypeError: ")
     assert status_for(TypeError("x"))[0] == grpc.StatusCode.INTERNAL
     assert status_for(ValueError("lora_r: must be > 0"))[0] == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_paths_in_a_submit_resolve_against_its_base_dir_with_home_expanded(core, tmp_path, monkeypatch):
+    """The request's base dir (the client's cwd), not the daemon's cwd; `~` expanded in model:."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    model = tmp_path / "models" / "m"
+    model.mkdir(parents=True)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)   # the daemon's cwd must not matter
+    by_home = core.submit(doc=job_doc("~/models/m"), base_dir=str(elsewhere))
+    by_base = core.submit(doc=job_doc("models/m"), base_dir=str(tmp_path))
+    assert by_home.model == by_base.model == str(model)
+    with pytest.raises(FileNotFoundError, match=str(elsewhere / "models" / "m")):   # (models/m: a hub id)
+        core.submit(doc=job_doc("./models/m"), base_dir=str(elsewhere))
