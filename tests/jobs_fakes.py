@@ -18,8 +18,9 @@ class FakeTrainer:
     checkpoint; Finished. While `gate` is clear a job waits before each step after `hold_after`,
     calling `should_stop()` (the between-steps hook) as the loop does between steps."""
 
-    def __init__(self, steps: int = 5, log_every: int = 1, fail_with: BaseException | None = None):
-        self.steps, self.log_every, self.fail_with = steps, log_every, fail_with
+    def __init__(self, steps: int = 5, log_every: int = 1, step_seconds: float = 0.0,
+                 fail_with: BaseException | None = None):
+        self.steps, self.log_every, self.step_seconds, self.fail_with = steps, log_every, step_seconds, fail_with
         self.hold_after = 0
         self.runs: list = []                 # (job output_dir, resume_from_checkpoint), in run order
         self.gate = threading.Event()
@@ -45,6 +46,7 @@ class FakeTrainer:
                 ckpt = out / f"checkpoint-{step - 1}"
                 ckpt.mkdir(parents=True, exist_ok=True)
                 raise TrainingCancelled(step - 1, str(ckpt))
+            time.sleep(self.step_seconds)
             if step % self.log_every == 0:
                 emit(ev.Step(step=step, total_steps=self.steps, epoch=0.0, loss=1.0 / step, learning_rate=1e-3,
                              grad_norm=1.0, tokens_per_second=1.0, trained_tokens=step, peak_memory_bytes=0,

@@ -112,7 +112,8 @@ class JobStore:
     def create(self, config: dict, name: str = "", base_dir: str = "", output_dir: str = "") -> JobRecord:
         """A new queued job. Its id is the time plus 6 random hex digits; the rare clash (a burst
         of submits in one second) draws again."""
-        for attempt in range(8):
+        attempts = 8
+        while True:
             job_id = time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
             rec = JobRecord(id=job_id, name=name, state=QUEUED, created_at=time.time(),
                             config_json=json.dumps(config), base_dir=base_dir,
@@ -126,9 +127,9 @@ class JobStore:
                          rec.model, rec.output_dir))
                 return rec
             except sqlite3.IntegrityError:
-                if attempt == 7:
+                attempts -= 1
+                if not attempts:
                     raise
-        raise AssertionError("unreachable")
 
     def get(self, job_id: str) -> JobRecord:
         with self._lock:
