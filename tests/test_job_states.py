@@ -5,48 +5,23 @@ from __future__ import annotations
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from types import SimpleNamespace
 
 import pytest
 
+from jobs_fakes import FakeTrainer
 from tunerd.config.loader import from_dict
 from tunerd.jobs.manager import JobManager, JobStateError
 from tunerd.jobs.store import CANCELLED, FINAL_STATES, QUEUED, RUNNING, SUCCEEDED, JobStore
-from tunerd.training import events as ev
 
 STEPS = 5
 
 
-class TrainingCancelled(Exception):  # the manager recognises the loop's exception by name
-    def __init__(self, step):
-        super().__init__(step)
-        self.step, self.checkpoint = step, ""
-
-
-def fake_training(runs: list):
-    """Emits Started, STEPS steps and Finished, checking the stop flag between steps like the loop."""
-    def run(cfg, emit, should_stop, base_dir=None):
-        runs.append(cfg.output_dir)
-        emit(ev.Started(backend="fake", device="cpu", model=cfg.model, total_steps=STEPS, num_epochs=1,
-                        train_rows=1, eval_rows=0, total_params=1, trainable_params=1, trainable_percent=100))
-        for step in range(1, STEPS + 1):
-            if should_stop():
-                raise TrainingCancelled(step - 1)
-            time.sleep(0.001)
-            emit(ev.Step(step=step, total_steps=STEPS, epoch=0, loss=1.0, learning_rate=1e-3, grad_norm=1,
-                         tokens_per_second=1, trained_tokens=step, peak_memory_bytes=0, eta_seconds=0,
-                         elapsed_seconds=0))
-        emit(ev.Finished(adapter_path=cfg.output_dir, output_dir=cfg.output_dir, steps=STEPS, final_loss=1.0))
-        return SimpleNamespace(adapter_path=cfg.output_dir)
-    return run
-
-
 @pytest.fixture
 def manager(tmp_path):
-    runs: list = []
+    trainer = FakeTrainer(steps=STEPS, step_seconds=0.001)
     store = JobStore(tmp_path / "jobs.db")
-    m = JobManager(store, tmp_path / "runs", fake_training(runs))
-    m.runs = runs
+    m = JobManager(store, tmp_path / "runs", trainer)
+    m.runs = trainer.runs
     m.start()
     yield m
     m.shutdown(10)

@@ -60,14 +60,14 @@ def build_parser() -> argparse.ArgumentParser:
     js = j.add_subparsers(dest="action", required=True, metavar="ACTION")
     jl = cmd(js, "list", "list jobs, newest first")
     jl.add_argument("--limit", type=int, default=20)
-    cmd(js, "show", "show one job").add_argument("job_id")
+    cmd(js, "show", "show one job").add_argument("job_id", help=JOB_HELP)
     jw = cmd(js, "watch", "stream a job's events (replays stored ones first)")
-    jw.add_argument("job_id")
+    jw.add_argument("job_id", help=JOB_HELP)
     jw.add_argument("--from", dest="from_sequence", type=int, default=0, help="start at this sequence number")
     jw.add_argument("--no-follow", action="store_true", help="print stored events and exit")
-    cmd(js, "cancel", "cancel a queued or running job").add_argument("job_id")
+    cmd(js, "cancel", "cancel a queued or running job").add_argument("job_id", help=JOB_HELP)
     jr = cmd(js, "resume", "resume an interrupted, failed or cancelled job from its latest checkpoint")
-    jr.add_argument("job_id")
+    jr.add_argument("job_id", help=JOB_HELP)
     jr.add_argument("--detach", "-d", action="store_true")
 
     m = cmd(sub, "models", "resident models: list, load, unload")
@@ -150,11 +150,11 @@ def build_parser() -> argparse.ArgumentParser:
     ads = ad.add_subparsers(dest="action", required=True, metavar="ACTION")
     cmd(ads, "list", "adapters from finished jobs")
     ae = cmd(ads, "export", "copy an adapter in one layout (peft or mlx)")
-    ae.add_argument("adapter", help="path or job:<id>")
+    ae.add_argument("adapter", help="adapter folder, or job:ID (an id, a unique prefix of one, or latest)")
     ae.add_argument("out_dir")
     ae.add_argument("--layout", choices=["peft", "mlx"], default="peft")
     af = cmd(ads, "fuse", "merge an adapter into its base and write a standalone model")
-    af.add_argument("adapter", help="path or job:<id>")
+    af.add_argument("adapter", help="adapter folder, or job:ID (an id, a unique prefix of one, or latest)")
     af.add_argument("out_dir")
     af.add_argument("--model", default="", help="base model (default: the adapter's)")
     af.add_argument("--dequantize", action="store_true", help="write a de-quantized (16/32-bit) model")
@@ -256,16 +256,18 @@ def _interrupted(s, job_id, args, interactive: bool) -> int:
 def cmd_jobs(args) -> int:
     s = stub(args)
     if args.action == "list":
-        jobs = s.ListJobs(pb.ListJobsRequest(limit=args.limit)).jobs
+        every = s.ListJobs(pb.ListJobsRequest()).jobs   # all ids: the short ones must be unique among them
+        jobs = every[:args.limit] if args.limit > 0 else every
         if args.json:
             for j in jobs:
                 print_json(_job_dict(j))
             return 0
+        short = short_ids([j.id for j in every])
         table(["id", "name", "state", "step", "loss", "model", "created"],
-              [[j.id, j.name, job_state_name(j.state), f"{j.step}/{j.total_steps}",
+              [[short[j.id], j.name, job_state_name(j.state), f"{j.step}/{j.total_steps}",
                 f"{j.last_loss:.4f}" if j.step else "", _short(j.model),
                 time.strftime("%Y-%m-%d %H:%M", time.localtime(j.created_at))] for j in jobs],
-              empty="no jobs yet: tunerctl train CONFIG")
+              empty="no jobs yet: tunerctl train CONFIG", keep=(0,))
         return 0
     if args.action == "show":
         from .report import job_details
@@ -308,6 +310,26 @@ def cmd_jobs(args) -> int:
 def _job_dict(j) -> dict:
     d = as_dict(j, with_defaults=True)
     return d
+
+
+JOB_HELP = "a job id, a unique prefix of one (as `jobs list` shows), or latest"
+SHORT_ID = 15   # the id's time to the second (YYYYMMDD-HHMMSS); longer where jobs share a second
+
+
+def short_ids(ids: list[str]) -> dict[str, str]:
+    """id -> its shortest prefix of at least SHORT_ID characters that no other id starts with
+    (docker/git style; every job command accepts it)."""
+    def common(a: str, b: str) -> int:
+        n = 0
+        while n < min(len(a), len(b)) and a[n] == b[n]:
+            n += 1
+        return n
+    ordered = sorted(set(ids))
+    out = {}
+    for i, job_id in enumerate(ordered):
+        shared = max([common(job_id, ordered[k]) for k in (i - 1, i + 1) if 0 <= k < len(ordered)], default=0)
+        out[job_id] = job_id[:max(SHORT_ID, shared + 1)]
+    return out
 
 
 def _short(model: str) -> str:
@@ -656,9 +678,11 @@ def cmd_adapters(args) -> int:
             for a in ads:
                 print_json(as_dict(a))
             return 0
+        short = short_ids([j.id for j in s.ListJobs(pb.ListJobsRequest()).jobs])
         table(["job", "adapter", "r", "base model", "layouts", "path"],
-              [[a.job_id, a.peft_adapter, a.lora_r, _short(a.base_model), ",".join(a.layouts), a.path] for a in ads],
-              empty="no adapters yet")
+              [[short.get(a.job_id, a.job_id), a.peft_adapter, a.lora_r, _short(a.base_model), ",".join(a.layouts),
+                a.path] for a in ads],
+              empty="no adapters yet", keep=(0,))
         return 0
     if args.action == "export":
         r = s.ExportAdapter(pb.ExportAdapterRequest(adapter=args.adapter, out_dir=str(Path(args.out_dir).resolve()),

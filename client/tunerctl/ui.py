@@ -17,11 +17,15 @@ def print_json(obj) -> None:
     sys.stdout.flush()
 
 
-def table(headers: list[str], rows: list[list], empty: str = "") -> None:
+def table(headers: list[str], rows: list[list], empty: str = "", keep: tuple = ()) -> None:
+    """`keep`: indexes of columns never shortened on a narrow terminal (ids a person types)."""
     if not rows and empty:
         console.print(f"[dim]{empty}[/]")
         return
-    t = Table(*headers, box=None, header_style="bold", pad_edge=False)
+    t = Table(box=None, header_style="bold", pad_edge=False)
+    for i, h in enumerate(headers):
+        widest = max([len(str(r[i])) for r in rows] + [len(h)]) if i in keep else None
+        t.add_column(h, no_wrap=i in keep, min_width=widest)
     for r in rows:
         t.add_row(*[str(c) for c in r])
     console.print(t)

@@ -17,10 +17,10 @@ from typing import Iterator, Optional
 
 from .backends.base import Sampling
 from .config.loader import model_context
+from .jobs import refs
 from .jobs.store import JobStore
 from .jobs.worker import DeviceWorker
 from .models.registry import ModelRegistry
-from .training.checkpoints import list_checkpoints
 
 
 @dataclass
@@ -65,19 +65,6 @@ def rng_untouched():
             torch.random.set_rng_state(saved[2])
         if saved[3] is not None:
             torch.cuda.set_rng_state_all(saved[3])
-
-
-def resolve_job_ref(store: JobStore, ref: str, want: str) -> str:
-    """`job:<id>` -> that job's base model (want='model') or adapter / latest checkpoint."""
-    rec = store.get(ref.split(":", 1)[1])
-    if want == "model":
-        return rec.model
-    if rec.adapter_path and Path(rec.adapter_path).exists():
-        return rec.adapter_path
-    ckpts = list_checkpoints(Path(rec.output_dir)) if rec.output_dir else []
-    if not ckpts:
-        raise FileNotFoundError(f"job {rec.id} has no adapter or checkpoint yet (state {rec.state})")
-    return str(ckpts[-1])
 
 
 SLICE_SECONDS = 0.2  # generation between two turns of the device worker (training steps, other chats)
@@ -130,18 +117,8 @@ class ChatService:
         for m in p.messages:
             if m.get("role") not in ("system", "user", "assistant"):
                 raise ValueError(f"messages: role {m.get('role')!r} is not system, user or assistant")
-        model, adapter, backend = p.model, p.adapter, p.backend
-        if adapter.startswith("job:") and backend in ("", "auto"):
-            backend = self.store.get(adapter.split(":", 1)[1]).backend or backend  # the job's own backend
-        if adapter.startswith("job:") and not model:
-            model = resolve_job_ref(self.store, adapter, "model")
-        if model.startswith("job:"):
-            model = resolve_job_ref(self.store, model, "model")
-        adapter_name = adapter
-        if adapter.startswith("job:"):
-            adapter = resolve_job_ref(self.store, adapter, "adapter")
-        elif adapter:
-            adapter = adapter_name = str(Path(adapter).expanduser().resolve())
+        t = refs.target(self.store, p.model, p.adapter, p.backend)
+        model, adapter, adapter_name, backend = t.model, t.adapter, t.adapter_name, t.backend
         if not model:
             raise ValueError("model: required (a hub id, a local path, or job:<id>)")
         out: "queue.Queue" = queue.Queue()

@@ -1,6 +1,9 @@
 """The daemon's core: jobs, resident models, chat, data, adapters. Knows nothing of gRPC.
 
-`tunerd.api.servicer` translates requests into calls on one `Core` and results back.
+The one front door: `tunerd.api.servicer` (and the HTTP layer) translate requests into calls on
+one `Core` and results back, and call nothing else. Here every job reference is resolved
+(jobs/refs.py: ids, unique prefixes, `latest`, `job:...`) and every path in a request resolved
+against the request's base dir (paths.py); host facts come from host.py.
 """
 from __future__ import annotations
 
@@ -12,20 +15,22 @@ import threading
 import time
 from functools import partial
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Callable, Iterator, Optional
 
 import yaml
 
 from . import __version__, host
-from .chat import ChatDelta, ChatParams, ChatService, resolve_job_ref
+from .chat import ChatDelta, ChatParams, ChatService
 from .config.loader import ConfigError, load_config, merge
+from .jobs import refs
 from .jobs.manager import JobManager
 from .jobs.runner import resolve_backend
 from .jobs.runner import run_training as train_job
-from .jobs.store import RUNNING, SUCCEEDED, JobRecord, JobStore
+from .jobs.store import RUNNING, SUCCEEDED, JobRecord, JobStore, StoredEvent
 from .backends.base import TRAINING
 from .models import download
 from .models.registry import ModelRegistry
+from .paths import local_or_id, looks_like_hub_id, resolve_path
 
 
 class Core:
@@ -66,32 +71,16 @@ class Core:
     # -- info ----------------------------------------------------------------------------------
     def info(self) -> dict:
         total, avail = host.memory()
-        backends = host.backend_status()
-        blas = host.optimized_blas_path()
-        devices = [{"name": "cpu", "backend": "torch", "memory_total_bytes": total,
-                    "memory_free_bytes": avail, "detail": ""}]
-        if any(b["name"] == "mlx" and b["available"] for b in backends):
-            from .backends.auto import mlx_blas_library
-            lib = "" if host.is_apple_silicon() else mlx_blas_library()
-            detail = "Metal" if host.is_apple_silicon() else (
-                f"BLAS: {lib}" if lib else
-                f"reference BLAS (slow): install libopenblas0-pthread{'' if not blas else ' and restart tunerd'}")
-            devices.append({"name": "gpu" if host.is_apple_silicon() else "cpu", "backend": "mlx",
-                            "memory_total_bytes": total, "memory_free_bytes": avail, "detail": detail})
-        try:
-            from .backends.auto import choose_backend
-            from .config.schema import TrainConfig
-            default = choose_backend(TrainConfig(model="?"))
-        except Exception:  # noqa: BLE001 - info must answer even on a broken install
-            default = ""
-        return {"version": __version__, "api_version": "tuner.v1", "backends": backends,
-                "devices": devices, "default_backend": default, "home": str(self.home),
+        return {"version": __version__, "api_version": "tuner.v1", "backends": host.backend_status(),
+                "devices": host.devices(), "default_backend": host.default_backend(), "home": str(self.home),
                 "pid": os.getpid(), "uptime_seconds": time.time() - self.started_at,
                 "memory_total_bytes": total, "memory_available_bytes": avail}
 
-    # -- jobs ----------------------------------------------------------------------------------
+    # -- jobs (every `ref` is an id, a unique prefix of one, or latest: jobs/refs.py) -------------
     def submit(self, config_path: str = "", config_yaml: str = "", doc: Optional[dict] = None,
                overrides: Optional[list] = None, base_dir: str = "", name: str = "") -> JobRecord:
+        """Relative paths (the config file, the model, data in the config) resolve against
+        base_dir (the client's cwd); without one, against the config file's folder."""
         layer = dict(doc or {})
         if config_yaml:
             try:
@@ -105,19 +94,35 @@ class Core:
             if "_base_" in parsed:
                 raise ValueError("config_yaml: `_base_` needs a file; send config_path instead")
             layer = merge(parsed, layer)
-        path = config_path
-        if path and base_dir and not os.path.isabs(path):
-            path = os.path.join(base_dir, path)
-        if not base_dir and path:
-            base_dir = str(Path(path).resolve().parent)
+        path = resolve_path(config_path, base_dir)
+        base_dir = base_dir or (str(Path(path).parent) if path else "")
         cfg = load_config(path or None, overrides or [], layer, base_dir=base_dir or None, check_paths=True)
-        if cfg.model and not download.is_hub_id(cfg.model):
-            model_path = Path(base_dir or ".", cfg.model).expanduser()
+        if cfg.model and not looks_like_hub_id(cfg.model, base_dir):
+            model_path = Path(resolve_path(cfg.model, base_dir))
             if not model_path.exists():
                 raise FileNotFoundError(f"model: local path not found: {model_path}")
             cfg = dataclasses.replace(cfg, model=str(model_path.resolve()))
         self._check_fits(cfg)
-        return self.jobs.submit(cfg, name=name, base_dir=base_dir)
+        return self._with_position(self.jobs.submit(cfg, name=name, base_dir=base_dir))
+
+    def get_job(self, ref: str) -> JobRecord:
+        return self._with_position(refs.get(self.store, ref))
+
+    def list_jobs(self, limit: int = 0, states: Optional[list[str]] = None) -> list[JobRecord]:
+        return [self._with_position(r) for r in self.store.list(limit=limit, states=states or None)]
+
+    def cancel_job(self, ref: str) -> JobRecord:
+        return self._with_position(self.jobs.cancel(refs.resolve_id(self.store, ref)))
+
+    def resume_job(self, ref: str) -> JobRecord:
+        return self._with_position(self.jobs.resume(refs.resolve_id(self.store, ref)))
+
+    def watch_job(self, ref: str, from_sequence: int = 0, follow: bool = True,
+                  is_active: Callable[[], bool] = lambda: True) -> Iterator[StoredEvent]:
+        return self.jobs.watch(refs.resolve_id(self.store, ref), from_sequence, follow, is_active)
+
+    def _with_position(self, rec: JobRecord) -> JobRecord:
+        return dataclasses.replace(rec, queue_position=self.jobs.queue_position(rec.id))
 
     @staticmethod
     def _check_fits(cfg) -> None:
@@ -138,10 +143,12 @@ class Core:
     # -- models --------------------------------------------------------------------------------
     def load_model(self, model: str, backend: str = "auto", quantization: str = "none",
                    dtype: str = "auto", keep_alive: float = 0.0, adapter: str = "") -> dict:
-        name, path = self._adapter_ref(adapter)
-        download.fetch(model or self._job_model(adapter))   # here: the device worker keeps working meanwhile
+        t = refs.target(self.store, model, adapter, backend)
+        if not t.model:
+            raise ValueError("model: required (a hub id, a local path, or job:<id>)")
+        download.fetch(t.model)   # here: the device worker keeps working meanwhile
         res = self.jobs.worker.call(lambda: self.registry.get(
-            model or self._job_model(adapter), backend, quantization, dtype, adapter=path, name=name,
+            t.model, t.backend, quantization, dtype, adapter=t.adapter, name=t.adapter_name,
             keep_alive=keep_alive or None)).result()
         return self._resident(res)
 
@@ -149,30 +156,16 @@ class Core:
                           keep_alive: float = 0.0, adapter: str = "", cancelled=None) -> Iterator:
         """Download events while a hub model is fetched (here, not on the device worker), then the
         resident's status dict."""
-        yield from download.stream(model or self._job_model(adapter), cancelled=cancelled)
+        yield from download.stream(refs.target(self.store, model, adapter, backend).model, cancelled=cancelled)
         yield self.load_model(model, backend, quantization, dtype, keep_alive, adapter)
 
     def unload_model(self, model: str = "", adapter: str = "", backend: str = "", quantization: str = "",
                      dtype: str = "") -> int:
-        name = adapter if adapter.startswith("job:") or not adapter else str(Path(adapter).expanduser().resolve())
+        name = refs.adapter_name(self.store, adapter)
         return self.jobs.worker.call(lambda: self.registry.unload(model, name, backend, quantization, dtype)).result()
 
     def list_models(self) -> list[dict]:
         return [self._resident(r) for r in self.registry.list()]
-
-    def _adapter_ref(self, adapter: str) -> tuple[str, str]:
-        """(the name requests use, the folder to read) for an adapter path or job:<id>."""
-        if not adapter:
-            return "", ""
-        if adapter.startswith("job:"):
-            return adapter, resolve_job_ref(self.store, adapter, "adapter")
-        path = str(Path(adapter).expanduser().resolve())
-        return path, path
-
-    def _job_model(self, ref: str) -> str:
-        if not ref.startswith("job:"):
-            raise ValueError("model: required (a hub id, a local path, or job:<id>)")
-        return resolve_job_ref(self.store, ref, "model")
 
     @staticmethod
     def _resident(r) -> dict:
@@ -220,7 +213,7 @@ class Core:
         to a resident base; an adapter folder (its base from adapter_config.json); else a model."""
         if not model_id:
             raise ValueError("model: required (see GET /v1/models)")
-        if model_id.startswith("job:"):
+        if refs.is_ref(model_id):
             return "", model_id, "auto"
         for r in self.registry.list():
             if model_id in r.adapters:
@@ -253,7 +246,8 @@ class Core:
         return out
 
     def resolve_adapter(self, ref: str) -> str:
-        return resolve_job_ref(self.store, ref, "adapter") if ref.startswith("job:") else ref
+        """The folder an adapter reference names: a job's adapter or latest checkpoint, or a path."""
+        return refs.adapter_of(self.store, ref) if refs.is_ref(ref) else resolve_path(ref)
 
     def export_adapter(self, adapter: str, out_dir: str, layout: str = "peft") -> str:
         src = Path(self.resolve_adapter(adapter))
@@ -265,7 +259,7 @@ class Core:
         found = next(iter(sorted(src.rglob(marker))), None)
         if found is None:
             raise FileNotFoundError(f"{src} has no {layout} layout ({marker})")
-        out = Path(out_dir).expanduser()
+        out = Path(resolve_path(out_dir))
         shutil.copytree(found.parent, out, dirs_exist_ok=True)
         return str(out)
 
@@ -278,37 +272,34 @@ class Core:
                 model = json.loads(cfg_file.read_text()).get("base_model_name_or_path", "")
         if not model:
             raise ValueError("model: the adapter does not name its base model; pass --model")
-        return str(self.jobs.worker.call(lambda: fuse(model, src, out_dir, dequantize=dequantize)).result())
-
-
+        out = resolve_path(out_dir)
+        return str(self.jobs.worker.call(lambda: fuse(model, src, out, dequantize=dequantize)).result())
 
     # -- data --------------------------------------------------------------------------------------
     def inspect_data(self, config_path: str = "", data_path: str = "", model: str = "",
                      overrides: Optional[list] = None, base_dir: str = "", batch_size: int = 0,
                      max_seq_length: int = 0, job_id: str = "") -> dict:
         from .data.inspect import inspect_data
-        base = Path(base_dir or ".")
         if job_id:
             from .evaluation.plan import job_config
-            source, _, job_base = job_config(self.store, job_id)
-            model, base = model or source.model, Path(job_base or base)
+            source, _, job_base = job_config(self.store, refs.resolve_id(self.store, job_id))
+            model, base_dir = model or source.model, job_base or base_dir
         elif config_path:
-            cfg = load_config(base / config_path, overrides or [])
+            cfg = load_config(resolve_path(config_path, base_dir), overrides or [])
             model = model or cfg.model
             source = cfg
         elif data_path:
-            source = str(base / data_path) if (base / data_path).exists() else data_path
+            source = local_or_id(data_path, base_dir)
         else:
             raise ValueError("inspect needs a config_path or a data_path")
-        tokenizer = self._tokenizer(model, base) if model else None  # none: the rows alone
+        tokenizer = self._tokenizer(model, base_dir) if model else None  # none: the rows alone
         report = inspect_data(source, tokenizer, batch_size=batch_size or None,
-                              max_seq_length=max_seq_length or None, base_dir=base)
+                              max_seq_length=max_seq_length or None, base_dir=Path(resolve_path(".", base_dir)))
         return dataclasses.asdict(report)
 
-    def _tokenizer(self, model: str, base: Path):
+    def _tokenizer(self, model: str, base_dir: str):
         """Tokenizers for inspection are cheap and thread-safe to load; keep them cached."""
-        path = base / model
-        key = str(path.resolve()) if path.exists() else model
+        key = local_or_id(model, base_dir)
         if key not in self._tokenizers:
             from transformers import AutoTokenizer
             try:
@@ -331,7 +322,7 @@ class Core:
             yield {"result": score_predictions(list(predictions or []), list(references or []),
                                                request.get("tokenizer") or "whitespace")}
             return
-        plan, model, backend = eval_plan.resolve(self.store, self.resolve_adapter, **request)
+        plan, model, backend = eval_plan.resolve(self.store, self.resolve_adapter, **self._eval_request(**request))
         dtype, quant = plan.cfg.dtype, plan.cfg.quantization
 
         def on_device(fn):
@@ -346,11 +337,24 @@ class Core:
         stop = cancelled.is_set if cancelled is not None else (lambda: False)
         yield from run_plan(plan, on_device, model_for, stop)
 
+    def _eval_request(self, base_dir: str = "", job_id: str = "", adapter: str = "",
+                      adapters: Optional[list] = None, config_path: str = "", data_path: str = "",
+                      model: str = "", **rest) -> dict:
+        """The request with its job references canonical (`job:<full id>`) and its paths resolved
+        against base_dir, before evaluation/plan.py reads it."""
+        def adapter_ref(ref: str) -> str:
+            return refs.canonical(self.store, ref) if refs.is_ref(ref) else resolve_path(ref, base_dir)
+        return dict(rest, base_dir=base_dir, job_id=refs.resolve_id(self.store, job_id) if job_id else "",
+                    adapter=adapter_ref(adapter), adapters=[adapter_ref(a) for a in adapters or []],
+                    config_path=resolve_path(config_path, base_dir), data_path=local_or_id(data_path, base_dir),
+                    model=local_or_id(model, base_dir))
+
     def evaluate(self, **request) -> dict:
         return next(e["result"] for e in self.evaluate_stream(**request) if "result" in e)
 
     def recommend(self, model: str = "", config_path: str = "", train_rows: int = 0, data_path: str = "",
                   base_dir: str = "") -> dict:
         from .recommend import recommend
-        return recommend(model, config_path, train_rows, data_path, base_dir,
-                         tokenizer_for=lambda m: self._tokenizer(m, Path(base_dir or ".")))
+        return recommend(local_or_id(model, base_dir), resolve_path(config_path, base_dir), train_rows,
+                         local_or_id(data_path, base_dir), base_dir,
+                         tokenizer_for=lambda m: self._tokenizer(m, base_dir))

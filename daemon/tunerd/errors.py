@@ -1,5 +1,9 @@
 """One place maps exceptions to gRPC status codes (the servicer's decorator uses it) and, for the
-OpenAI-compatible HTTP layer, those codes to HTTP statuses and OpenAI error types."""
+OpenAI-compatible HTTP layer, those codes to HTTP statuses and OpenAI error types.
+
+A person's mistake is a ValueError (INVALID_ARGUMENT) or a missing thing (NOT_FOUND); anything
+else, a TypeError or AttributeError included, is a bug in the daemon and stays INTERNAL (logged
+with its traceback) rather than being disguised as a bad request."""
 from __future__ import annotations
 
 import grpc
@@ -25,7 +29,7 @@ def status_for(e: BaseException) -> tuple[grpc.StatusCode, str]:
         return grpc.StatusCode.RESOURCE_EXHAUSTED, (
             f"out of memory: {e}. Unload models (`tunerctl models unload`), use quantization: 4bit, "
             "or a smaller batch size / max_seq_length")
-    if isinstance(e, (ValueError, TypeError)):
+    if isinstance(e, ValueError):  # validation: ConfigError, AmbiguousJobRef, a bad field
         return grpc.StatusCode.INVALID_ARGUMENT, str(e)
     if isinstance(e, ConnectionError):   # e.g. the hub out of reach for a model not in the cache
         return grpc.StatusCode.UNAVAILABLE, str(e)

@@ -93,3 +93,35 @@ def training_device(backend: str) -> tuple[str, int]:
     if is_apple_silicon():
         return ("metal" if backend == "mlx" else "mps"), memory()[1]
     return "cpu", memory()[1]
+
+
+def devices() -> list[dict]:
+    """What `tunerctl info` lists: the CPU (torch), and MLX's device with how it computes (Metal,
+    or on Linux the BLAS it found, with the package to install when only the slow reference one is)."""
+    total, avail = memory()
+    out = [{"name": "cpu", "backend": "torch", "memory_total_bytes": total, "memory_free_bytes": avail,
+            "detail": ""}]
+    if any(b["name"] == "mlx" and b["available"] for b in backend_status()):
+        if is_apple_silicon():
+            name, detail = "gpu", "Metal"
+        else:
+            from .backends.auto import mlx_blas_library
+            lib = mlx_blas_library()
+            name = "cpu"
+            detail = f"BLAS: {lib}" if lib else (
+                "reference BLAS (slow): install libopenblas0-pthread"
+                + (" and restart tunerd" if optimized_blas_path() else ""))
+        out.append({"name": name, "backend": "mlx", "memory_total_bytes": total, "memory_free_bytes": avail,
+                    "detail": detail})
+    return out
+
+
+def default_backend() -> str:
+    """The backend `backend: auto` picks on this host for a model it knows nothing about, or ''
+    when that cannot be told (a broken install: `info` must still answer)."""
+    try:
+        from .backends.auto import choose_backend
+        from .config.schema import TrainConfig
+        return choose_backend(TrainConfig(model="?"))
+    except Exception:  # noqa: BLE001
+        return ""

@@ -105,7 +105,7 @@ def recommend(model: str = "", config_path: str = "", train_rows: int = 0, data_
     if config_path:
         path = Path(base_dir or ".", config_path)
         cfg = load_config(path)
-        base = path.resolve().parent
+        base = base or path.resolve().parent   # data in the config: the request's base dir, as at submit
         model = model or cfg.model
     if not model:
         raise ValueError("model: required (--model, or a --config that names one)")

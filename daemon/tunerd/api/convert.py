@@ -8,6 +8,7 @@ from pathlib import Path
 from tuner.v1 import tuner_pb2 as pb
 
 from ..backends.base import Sampling
+from ..chat import ChatDelta, ChatParams
 from ..jobs.store import JobRecord, StoredEvent
 
 _STATE = {"queued": pb.QUEUED, "running": pb.RUNNING, "succeeded": pb.SUCCEEDED, "failed": pb.FAILED,
@@ -29,15 +30,34 @@ _EVENTS = {
 }
 
 
-def job(rec: JobRecord, queue_position: int = 0) -> pb.Job:
+def job(rec: JobRecord) -> pb.Job:
     return pb.Job(id=rec.id, name=rec.name, state=_STATE[rec.state], created_at=rec.created_at,
                   started_at=rec.started_at, finished_at=rec.finished_at, model=rec.model,
                   backend=rec.backend, output_dir=rec.output_dir, adapter_path=rec.adapter_path,
                   error=rec.error, step=rec.step, total_steps=rec.total_steps, last_loss=rec.last_loss,
                   best_eval_loss=rec.best_eval_loss, config_json=rec.config_json,
-                  last_sequence=rec.last_sequence, queue_position=queue_position,
+                  last_sequence=rec.last_sequence, queue_position=rec.queue_position,
                   metrics_path=str(Path(rec.output_dir) / "metrics.jsonl") if rec.output_dir else "",
                   tensorboard_dir=str(Path(rec.output_dir) / "tensorboard") if rec.output_dir else "")
+
+
+def info(i: dict) -> pb.Info:
+    return pb.Info(**{k: v for k, v in i.items() if k not in ("backends", "devices")},
+                   backends=[pb.BackendInfo(**b) for b in i["backends"]],
+                   devices=[pb.Device(**d) for d in i["devices"]])
+
+
+def chat_params(r) -> ChatParams:
+    """A ChatRequest (messages) or a GenerateRequest (a plain prompt)."""
+    common = dict(model=r.model, adapter=r.adapter, backend=r.backend or "auto", sampling=sampling(r.sampling))
+    if isinstance(r, pb.GenerateRequest):
+        return ChatParams(prompt=r.prompt, **common)
+    return ChatParams(messages=[{"role": m.role, "content": m.content} for m in r.messages], **common)
+
+
+def chat_chunk(d: ChatDelta) -> pb.ChatChunk:
+    return pb.ChatChunk(delta=d.text, finish_reason=d.finish_reason, usage=pb.Usage(**d.usage) if d.usage else None,
+                        download=download(d.download) if d.download else None)
 
 
 def model_status(m: dict) -> pb.ModelStatus:

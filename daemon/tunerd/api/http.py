@@ -41,8 +41,13 @@ def sampling(body: dict) -> Sampling:
             raise ValueError(f"{k}: only {neutral!r} is supported, got {v!r}")
     s = Sampling()
     for k, ours in _SAMPLING.items():
-        if body.get(k) is not None:
-            setattr(s, ours, body[k])
+        v = body.get(k)
+        if v is None:
+            continue
+        whole = ours in ("top_k", "seed", "max_tokens")
+        if isinstance(v, bool) or not isinstance(v, int if whole else (int, float)):
+            raise ValueError(f"{k}: {'an integer' if whole else 'a number'}, got {v!r}")
+        setattr(s, ours, v)
     stop = body.get("stop")
     s.stop = [stop] if isinstance(stop, str) else list(stop or [])
     if not all(isinstance(x, str) for x in s.stop):
@@ -59,6 +64,8 @@ def messages(body: dict) -> list[dict]:
             if any(p.get("type") != "text" for p in content):
                 raise ValueError(f"messages[{i}].content: only text parts are supported")
             content = "".join(p.get("text", "") for p in content)
+        if not isinstance(content, str):
+            raise ValueError(f"messages[{i}].content: a string or a list of text parts, got {content!r}")
         role = "system" if m.get("role") == "developer" else m.get("role")
         out.append({"role": role, "content": content})
     return out

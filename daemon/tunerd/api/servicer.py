@@ -13,8 +13,6 @@ import grpc
 from tuner.v1 import tuner_pb2 as pb
 from tuner.v1 import tuner_pb2_grpc as pb_grpc
 
-from ..backends.base import Sampling
-from ..chat import ChatParams
 from ..core import Core
 from ..errors import status_for
 from . import convert
@@ -53,28 +51,13 @@ def _cancel_event(context) -> threading.Event:
     return ev
 
 
-def _sampling(s: pb.SamplingParams) -> Sampling:
-    return Sampling(**{f.name: v for f, v in s.ListFields() if f.name != "stop"}, stop=list(s.stop))
-
-
-def _chunk(d) -> pb.ChatChunk:
-    return pb.ChatChunk(delta=d.text, finish_reason=d.finish_reason, usage=pb.Usage(**d.usage) if d.usage else None,
-                        download=convert.download(d.download) if d.download else None)
-
-
 class TunerServicer(pb_grpc.TunerServicer):
     def __init__(self, core: Core):
         self.core = core
 
     @_errors
     def GetInfo(self, request, context):
-        i = self.core.info()
-        return pb.Info(version=i["version"], api_version=i["api_version"],
-                       backends=[pb.BackendInfo(**b) for b in i["backends"]],
-                       devices=[pb.Device(**d) for d in i["devices"]],
-                       default_backend=i["default_backend"], home=i["home"], pid=i["pid"],
-                       uptime_seconds=i["uptime_seconds"], memory_total_bytes=i["memory_total_bytes"],
-                       memory_available_bytes=i["memory_available_bytes"])
+        return convert.info(self.core.info())
 
     # -- models
     @_errors
@@ -104,52 +87,43 @@ class TunerServicer(pb_grpc.TunerServicer):
     # -- jobs
     @_errors
     def SubmitJob(self, request, context):
-        rec = self.core.submit(config_path=request.config_path, config_yaml=request.config_yaml,
-                               doc=convert.training_config(request.config) if request.HasField("config") else None,
-                               overrides=list(request.overrides), base_dir=request.base_dir,
-                               name=request.name)
-        return convert.job(rec, self.core.jobs.queue_position(rec.id))
+        return convert.job(self.core.submit(
+            config_path=request.config_path, config_yaml=request.config_yaml,
+            doc=convert.training_config(request.config) if request.HasField("config") else None,
+            overrides=list(request.overrides), base_dir=request.base_dir, name=request.name))
 
     @_errors
     def WatchJob(self, request, context):
-        for e in self.core.jobs.watch(request.job_id, request.from_sequence, request.follow,
-                                      context.is_active):
+        for e in self.core.watch_job(request.job_id, request.from_sequence, request.follow, context.is_active):
             yield convert.event(e)
 
     @_errors
     def GetJob(self, request, context):
-        return convert.job(self.core.store.get(request.job_id), self.core.jobs.queue_position(request.job_id))
+        return convert.job(self.core.get_job(request.job_id))
 
     @_errors
     def ListJobs(self, request, context):
         states = [convert.STATE_NAMES[s] for s in request.states if s in convert.STATE_NAMES]
-        recs = self.core.store.list(limit=request.limit, states=states or None)
-        return pb.ListJobsResponse(jobs=[convert.job(r, self.core.jobs.queue_position(r.id)) for r in recs])
+        return pb.ListJobsResponse(jobs=[convert.job(r) for r in self.core.list_jobs(request.limit, states)])
 
     @_errors
     def CancelJob(self, request, context):
-        return convert.job(self.core.jobs.cancel(request.job_id))
+        return convert.job(self.core.cancel_job(request.job_id))
 
     @_errors
     def ResumeJob(self, request, context):
-        rec = self.core.jobs.resume(request.job_id)
-        return convert.job(rec, self.core.jobs.queue_position(rec.id))
+        return convert.job(self.core.resume_job(request.job_id))
 
     # -- chat
     @_errors
     def Chat(self, request, context):
-        params = ChatParams(messages=[{"role": m.role, "content": m.content} for m in request.messages],
-                            model=request.model, adapter=request.adapter,
-                            backend=request.backend or "auto", sampling=_sampling(request.sampling))
-        for d in self.core.chat(params, _cancel_event(context)):
-            yield _chunk(d)
+        for d in self.core.chat(convert.chat_params(request), _cancel_event(context)):
+            yield convert.chat_chunk(d)
 
     @_errors
     def Generate(self, request, context):
-        params = ChatParams(prompt=request.prompt, model=request.model, adapter=request.adapter,
-                            backend=request.backend or "auto", sampling=_sampling(request.sampling))
-        for d in self.core.chat(params, _cancel_event(context)):
-            yield _chunk(d)
+        for d in self.core.chat(convert.chat_params(request), _cancel_event(context)):
+            yield convert.chat_chunk(d)
 
     # -- data, evaluation, recommendation
     @_errors

@@ -45,7 +45,7 @@ def resolve(store: JobStore, resolve_adapter: Callable[[str], str], *, model: st
     if config_path:
         path = Path(base_dir or ".", config_path) if not Path(config_path).is_absolute() else Path(config_path)
         cfg = load_config(path)
-        where = path.resolve().parent
+        where = where or path.resolve().parent   # its data: the request's base dir, as at submit
     model = model or (cfg.model if cfg else "") or _adapter_base(resolve_adapter(adapter) if adapter else "")
     if not model:
         raise ValueError("evaluate needs a model: --model, --job ID, --adapter job:ID or --config C")

@@ -1,7 +1,11 @@
 """Training jobs: submit, queue, run on the device worker, cancel, resume, watch.
 
-Knows nothing of gRPC. The thing that actually trains is a collaborator, `run_training(cfg,
-emit, should_stop, base_dir)`, by default `tunerd.jobs.runner.run_training`.
+Knows nothing of gRPC; takes full job ids (Core resolves prefixes and `latest`: jobs/refs.py).
+The thing that actually trains is a collaborator, `run_training(cfg, emit, should_stop, base_dir)`,
+by default `tunerd.jobs.runner.run_training`. Its contract: emit events (training/events.py),
+call `should_stop()` between steps, return an object with `adapter_path`, and raise
+`TrainingCancelled(step, checkpoint)` once `should_stop()` said yes (any other exception fails the
+job). `should_stop` is the manager's between-steps hook (`_between_steps`).
 """
 from __future__ import annotations
 
@@ -17,6 +21,8 @@ from typing import Callable, Iterator, Optional
 from ..config.loader import from_dict, to_dict
 from ..config.schema import TrainConfig
 from ..training import events as ev
+from ..training.loop import TrainingCancelled
+from ..training.memory import DoesNotFit
 from .store import (CANCELLED, FAILED, FINAL_STATES, INTERRUPTED, QUEUED, RESUMABLE_STATES, RUNNING,
                     SUCCEEDED, JobRecord, JobStore, StoredEvent)
 from .worker import DeviceWorker
@@ -39,7 +45,6 @@ class JobManager:
         self._lock = threading.Lock()
         self._cancel: dict[str, threading.Event] = {}
         self._interrupting = threading.Event()
-        self.current_job: Optional[str] = None
         self.worker = DeviceWorker(self._next_job)
         for rec in sorted(store.list(states=[QUEUED]), key=lambda r: r.created_at):
             self._queue.append(rec.id)
@@ -139,9 +144,18 @@ class JobManager:
             job_id = self._queue.popleft()
         return lambda: self._run(job_id)
 
-    def _should_stop(self, job_id: str) -> bool:
-        self.worker.service_interactive()
-        return self._interrupting.is_set() or self._cancel_flag(job_id).is_set()
+    def _between_steps(self, job_id: str) -> Callable[[], bool]:
+        """The hook the training loop calls between two steps (its `should_stop`), on the device
+        worker. It does two things, in this order: runs the interactive work queued meanwhile
+        (chat, evaluate, model loads: `DeviceWorker.run_interactive`), so they stay responsive
+        while a job trains; then answers whether the job must stop (cancelled, or the daemon is
+        shutting down)."""
+        cancelled = self._cancel_flag(job_id)
+
+        def between_steps() -> bool:
+            self.worker.run_interactive()
+            return self._interrupting.is_set() or cancelled.is_set()
+        return between_steps
 
     def _cancel_flag(self, job_id: str) -> threading.Event:
         with self._lock:
@@ -158,36 +172,36 @@ class JobManager:
             best = self.store.get(job_id).best_eval_loss
             if best == 0 or event.eval_loss < best:
                 self.store.update(job_id, best_eval_loss=event.eval_loss)
+        elif isinstance(event, ev.Cancelled) and event.step:
+            # steps are logged every logging_steps; the checkpoint written on cancel is the step to show
+            self.store.update(job_id, step=event.step)
+        elif isinstance(event, ev.Finished):
+            self.store.update(job_id, step=event.steps)
 
     def _run(self, job_id: str) -> None:
-        self.current_job = job_id
         if not self.store.transition(job_id, (QUEUED,), RUNNING, "started", started_at=time.time()):
-            self.current_job = None  # cancelled (or otherwise finished) before it could start
-            return
+            return  # cancelled (or otherwise finished) before it could start
         rec = self.store.get(job_id)
         try:
             cfg = from_dict(rec.config)
             result = self._run_training(cfg, lambda e: self._record(job_id, e),
-                                        lambda: self._should_stop(job_id), rec.base_dir or None)
+                                        self._between_steps(job_id), rec.base_dir or None)
             self.store.update(job_id, adapter_path=result.adapter_path)  # the loop emitted Finished
             self._finish(job_id, SUCCEEDED, reason="finished")
-        except Exception as e:  # noqa: BLE001 - every failure becomes a recorded state
-            if type(e).__name__ == "TrainingCancelled":
-                step, ckpt = getattr(e, "step", 0), getattr(e, "checkpoint", "") or ""
-                self._record(job_id, ev.Cancelled(step=step, checkpoint=str(ckpt)))
-                if self._interrupting.is_set():
-                    self._finish(job_id, INTERRUPTED, reason="the daemon is shutting down; "
-                                 "resume with `tunerctl jobs resume`")
-                else:
-                    self._finish(job_id, CANCELLED, reason="cancelled by request")
+        except TrainingCancelled as e:
+            self._record(job_id, ev.Cancelled(step=e.step, checkpoint=str(e.checkpoint or "")))
+            if self._interrupting.is_set():
+                self._finish(job_id, INTERRUPTED, reason="the daemon is shutting down; "
+                             "resume with `tunerctl jobs resume`")
             else:
-                log.exception("job %s failed", job_id)
-                reason = _describe(e)
-                self._record(job_id, ev.Failed(reason=reason, step=self.store.get(job_id).step))
-                self._finish(job_id, FAILED, reason=reason, error=reason)
+                self._finish(job_id, CANCELLED, reason="cancelled by request")
+        except Exception as e:  # noqa: BLE001 - every failure becomes a recorded state
+            log.exception("job %s failed", job_id)
+            reason = _describe(e)
+            self._record(job_id, ev.Failed(reason=reason, step=self.store.get(job_id).step))
+            self._finish(job_id, FAILED, reason=reason, error=reason)
         finally:
             with self._lock:
-                self.current_job = None
                 self._cancel.pop(job_id, None)
 
     def _finish(self, job_id: str, state: str, reason: str, error: str = "") -> None:
@@ -202,7 +216,7 @@ class JobManager:
 
 def _describe(e: BaseException) -> str:
     msg = str(e) or type(e).__name__
-    if type(e).__name__ == "DoesNotFit":   # already says what fits (training/memory.py)
+    if isinstance(e, DoesNotFit):   # already says what fits (training/memory.py)
         return msg
     if isinstance(e, MemoryError):
         return f"out of memory: {msg}. Try a smaller per_device_train_batch_size or max_seq_length, " \

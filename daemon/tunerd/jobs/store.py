@@ -77,6 +77,7 @@ class JobRecord:
     last_loss: float = 0.0
     best_eval_loss: float = 0.0
     last_sequence: int = 0
+    queue_position: int = 0   # not stored: the manager's queue, filled in by Core (1 = next to run)
 
     @property
     def config(self) -> dict:
@@ -109,17 +110,26 @@ class JobStore:
 
     # -- jobs -------------------------------------------------------------------------------
     def create(self, config: dict, name: str = "", base_dir: str = "", output_dir: str = "") -> JobRecord:
-        job_id = time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
-        rec = JobRecord(id=job_id, name=name, state=QUEUED, created_at=time.time(),
-                        config_json=json.dumps(config), base_dir=base_dir,
-                        model=str(config.get("model", "")), output_dir=output_dir)
-        with self._lock:
-            self._db.execute(
-                "INSERT INTO jobs (id, name, state, created_at, config_json, base_dir, model, output_dir)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (rec.id, rec.name, rec.state, rec.created_at, rec.config_json, rec.base_dir,
-                 rec.model, rec.output_dir))
-        return rec
+        """A new queued job. Its id is the time plus 6 random hex digits; the rare clash (a burst
+        of submits in one second) draws again."""
+        attempts = 8
+        while True:
+            job_id = time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
+            rec = JobRecord(id=job_id, name=name, state=QUEUED, created_at=time.time(),
+                            config_json=json.dumps(config), base_dir=base_dir,
+                            model=str(config.get("model", "")), output_dir=output_dir)
+            try:
+                with self._lock:
+                    self._db.execute(
+                        "INSERT INTO jobs (id, name, state, created_at, config_json, base_dir, model, output_dir)"
+                        " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                        (rec.id, rec.name, rec.state, rec.created_at, rec.config_json, rec.base_dir,
+                         rec.model, rec.output_dir))
+                return rec
+            except sqlite3.IntegrityError:
+                attempts -= 1
+                if not attempts:
+                    raise
 
     def get(self, job_id: str) -> JobRecord:
         with self._lock:
@@ -127,6 +137,13 @@ class JobStore:
         if row is None:
             raise JobNotFound(job_id)
         return JobRecord(**dict(row))
+
+    def ids_starting_with(self, prefix: str) -> list[str]:
+        """Ids that begin with `prefix`, oldest first (jobs/refs.py resolves prefixes with this)."""
+        with self._lock:
+            rows = self._db.execute("SELECT id FROM jobs WHERE substr(id, 1, ?) = ? ORDER BY created_at",
+                                    (len(prefix), prefix)).fetchall()
+        return [r[0] for r in rows]
 
     def list(self, limit: int = 0, states: Optional[list[str]] = None) -> list[JobRecord]:
         sql, args = "SELECT * FROM jobs", []

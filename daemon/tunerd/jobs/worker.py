@@ -4,8 +4,8 @@ MLX streams are thread-local, so loading, training and generation all happen on 
 gRPC handlers only put work on its queues and read results. Two kinds of work:
 - jobs (training): one at a time, in order;
 - interactive tasks (chat, evaluate, model load/unload): run as soon as possible, also *between
-  training steps* (the training loop's stop-check calls `service_interactive`), so chat stays
-  responsive while a job trains.
+  training steps* (the job manager's between-steps hook, the loop's `should_stop`, calls
+  `run_interactive`), so chat stays responsive while a job trains.
 """
 from __future__ import annotations
 
@@ -28,7 +28,6 @@ class DeviceWorker:
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="device-worker", daemon=True)
-        self.busy_with_job = False
 
     def start(self) -> None:
         self._thread.start()
@@ -39,7 +38,8 @@ class DeviceWorker:
     def stop(self, timeout: float = 30.0) -> None:
         self._stopping.set()
         self._wake.set()
-        self._thread.join(timeout)
+        if self._thread.ident is not None:  # started
+            self._thread.join(timeout)
 
     @property
     def on_worker_thread(self) -> bool:
@@ -64,9 +64,9 @@ class DeviceWorker:
         self._wake.set()
         return fut
 
-    def service_interactive(self) -> None:
-        """Run the interactive tasks queued so far (called by the training loop between steps);
-        tasks they queue wait for the next round."""
+    def run_interactive(self) -> None:
+        """Run the interactive tasks queued so far (between jobs, and between a job's training
+        steps: JobManager._between_steps); tasks they queue wait for the next round."""
         for _ in range(self._interactive.qsize()):
             try:
                 fn, fut = self._interactive.get_nowait()
@@ -85,16 +85,13 @@ class DeviceWorker:
 
     def _loop(self) -> None:
         while not self._stopping.is_set():
-            self.service_interactive()
+            self.run_interactive()
             job = None if self._stopping.is_set() else self._next_job()
             if job is not None:
-                self.busy_with_job = True
                 try:
                     job()
                 except Exception:  # the job runner records its own failures
                     log.exception("job runner crashed")
-                finally:
-                    self.busy_with_job = False
                 continue
             try:
                 self.on_idle()
@@ -104,7 +101,7 @@ class DeviceWorker:
             self._wake.clear()
         deadline = time.monotonic() + 5.0  # tasks still queued finish (chats end at once on shutdown)
         while not self._interactive.empty() and time.monotonic() < deadline:
-            self.service_interactive()
+            self.run_interactive()
 
     @property
     def alive(self) -> bool:

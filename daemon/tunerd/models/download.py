@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 from typing import Callable, Iterator, Optional
 
+from ..paths import looks_like_hub_id
 from ..training.events import Download
 
 HUB_TIMEOUT = 10.0      # seconds for the listing request; a closed port or no DNS fails at once
@@ -38,16 +39,13 @@ class DownloadCancelled(Exception):
     """The caller went away while the model was downloading (what arrived stays in the cache)."""
 
 
-def is_hub_id(model: str) -> bool:
-    """`org/name` that is not an existing path and not absolute/relative-looking."""
-    return model.count("/") == 1 and not model.startswith(("/", ".", "~")) and not Path(model).exists()
 
 
 def fetch(model: str, revision: Optional[str] = None, progress: Optional[Callable[[Download], None]] = None,
           cancelled: Optional[threading.Event] = None) -> Optional[str]:
     """Download the files of hub model `model` that are not in the cache yet; the snapshot folder.
     A local path (or job:<id>) is left alone (None)."""
-    if not is_hub_id(model):
+    if not looks_like_hub_id(model):
         return None
     key = (model, revision or "main")
     if _known(key):
@@ -100,7 +98,7 @@ def stream(model: str, revision: Optional[str] = None,
            cancelled: Optional[threading.Event] = None) -> Iterator[Download]:
     """`fetch` on a helper thread, its progress yielded here (for a streaming reply); raises what
     fetch raised. Nothing to yield for a local path or a model this process fetched already."""
-    if not is_hub_id(model) or _known((model, revision or "main")):
+    if not looks_like_hub_id(model) or _known((model, revision or "main")):
         return
     out: "queue.Queue" = queue.Queue()
     end = object()
