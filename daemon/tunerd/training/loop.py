@@ -33,8 +33,6 @@ part and is not written yet: with world_size 1 (the default) nothing is left out
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import math
 import random
 import time
@@ -43,9 +41,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from ..backends.base import Backend
-from ..config.debug import apply_debug
-from ..config.loader import ConfigError, validate
+from ..backends.base import Backend, ModelInfo, ParamStats
 from ..config.schema import TrainConfig
 from ..data.batch import Shard, pad_id_of
 from ..data.prepare import StepBatches, TrainBatches, prepare
@@ -59,14 +55,8 @@ from .flops import flops_per_token
 from .memory import Shape, advise, explain_oom, oom_message
 from .memory import estimate as memory_estimate
 from .outputs import RunLog, write_resolved_config
+from .run_config import best_metric_rule, config_identity, resolve_config, resolve_packing
 from .schedulers import Scheduler, warmup_steps_for
-
-# Keys that may change between a run and its resume without changing the math.
-RESUME_FREE_KEYS = {"output_dir", "resume_from_checkpoint", "logging_steps", "eval_strategy", "eval_steps",
-                    "save_strategy", "save_steps", "save_total_limit", "load_best_model_at_end",
-                    "early_stopping_patience", "early_stopping_threshold", "max_steps", "num_epochs",
-                    "per_device_eval_batch_size", "device", "backend", "eval_generate_rows",
-                    "eval_generate_max_tokens", "eval_metric_tokenizer"}
 
 
 class TrainingCancelled(Exception):
@@ -79,51 +69,6 @@ class TrainingCancelled(Exception):
 
 class NonFiniteLoss(RuntimeError):
     """The loss or gradient norm became NaN/inf."""
-
-
-def resolve_config(cfg: TrainConfig, base_dir: Optional[Path] = None) -> TrainConfig:
-    """Apply debug mode (config/debug.py) and make output_dir absolute (relative paths resolve
-    against base_dir)."""
-    if not cfg.output_dir:
-        raise ValueError("output_dir: not set; the caller must choose one (e.g. $TUNER_HOME/runs/<job>)")
-    out = Path(cfg.output_dir).expanduser()
-    if not out.is_absolute():
-        out = Path(base_dir or ".").resolve() / out
-    cfg = apply_debug(dataclasses.replace(cfg, output_dir=str(out)))
-    problems = validate(cfg)  # the loader's validator (submit ran it too)
-    if problems:
-        raise ConfigError(problems)
-    return cfg
-
-
-# packing: auto -- on where packed batches were measured faster than length-grouped padded ones
-# (GPUs: 2.3x TRL's tokens/s on a 1B model, DESIGN.md §2), off on a CPU, where the longer packed
-# rows make attention cost more than the padding they save (bench/bench_torch.py, bench_scale.py).
-def resolve_packing(requested, info) -> tuple[bool, str]:
-    if requested is True or requested is False:
-        return requested, "set in the config"
-    if not info.packing_supported:
-        return False, f"model type {info.config.get('model_type')!r} cannot be packed exactly on {info.backend}"
-    if info.device_kind == "cpu":
-        return False, "off on a CPU, where packed batches were measured slower than length-grouped ones"
-    return True, f"on for {info.device_kind}, where packed batches were measured faster (same loss)"
-
-
-def config_identity(cfg: TrainConfig) -> tuple[dict, str]:
-    d = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in RESUME_FREE_KEYS}
-    text = json.dumps(d, sort_keys=True, default=str)
-    return json.loads(text), hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-def best_metric_rule(cfg: TrainConfig) -> tuple[str, bool]:
-    """(the eval metric that picks the best checkpoint and drives early stopping, greater is better)."""
-    name = cfg.metric_for_best_model or "eval_loss"
-    if not name.startswith("eval_"):
-        name = "eval_" + name
-    greater = cfg.greater_is_better
-    if greater is None:
-        greater = not (name.endswith("loss") or name.endswith("perplexity"))
-    return name, greater
 
 
 def _better(a: float, b: Optional[float], greater: bool) -> bool:
@@ -141,7 +86,18 @@ class _Window:
 
 
 class Trainer:
-    """One training run. `run()` reads top to bottom; each phase below is one method, in order."""
+    """One training run. `run()` reads top to bottom; each phase below is one method, in order,
+    and sets the attributes the later ones use:"""
+    info: ModelInfo                  # setup_model: what backend.load found (dtype, device, config.json)
+    train_rows: list                 # setup_data: tokenized rows with loss masks
+    eval_rows: list
+    params: ParamStats               # setup_adapter: total / trainable parameters
+    data: TrainBatches               # setup_batches: this rank's steps, epoch by epoch
+    eval_batches: list
+    gen_eval: Optional[GenerationEval]
+    total_steps: int                 # plan: also steps_per_epoch, sched, the memory estimate (need, widest)
+    state: TrainerState              #   ... and the trainer state, replaced by resume's
+    log: RunLog                      # resume: metrics.jsonl + tensorboard/, cut back to the resumed step
 
     def __init__(self, cfg: TrainConfig, backend: Backend, emit: Callable[[object], None],
                  should_stop: Callable[[], bool] = lambda: False, base_dir: Optional[Path] = None,
