@@ -286,6 +286,12 @@ class Trainer:
     def last_step(self) -> bool:
         return self.state.global_step >= self.total_steps
 
+    def due(self, strategy: str, every: int, step: StepBatches) -> bool:
+        """An eval or save cadence (no | steps | epoch) after `step`; the last step is always due."""
+        if strategy == "steps":
+            return self.state.global_step % every == 0 or self.last_step
+        return strategy == "epoch" and (step.ends_epoch or self.last_step)
+
     def epoch_float(self) -> float:
         return self.data.progress(self.state.epoch, self.state.batch_in_epoch)
 
@@ -315,9 +321,7 @@ class Trainer:
         """Evaluate on the eval cadence; returns the best-model metric (None when not evaluated) and
         sets `stopped_early` when it has not improved for early_stopping_patience evaluations."""
         cfg, st = self.cfg, self.state
-        due = (cfg.eval_strategy == "steps" and (st.global_step % cfg.eval_steps == 0 or self.last_step)) or \
-              (cfg.eval_strategy == "epoch" and (step.ends_epoch or self.last_step))
-        if not due or (e := self.evaluate()) is None:
+        if not self.due(cfg.eval_strategy, cfg.eval_steps, step) or (e := self.evaluate()) is None:
             return None
         metric = e.metrics.get(self.metric_name)
         if metric is None:
@@ -353,9 +357,7 @@ class Trainer:
 
     def maybe_save(self, step: StepBatches, metric: Optional[float]) -> None:
         cfg = self.cfg
-        due = (cfg.save_strategy == "steps" and (self.state.global_step % cfg.save_steps == 0 or self.last_step)) or \
-              (cfg.save_strategy == "epoch" and (step.ends_epoch or self.last_step))
-        if due or (self.stopped_early and cfg.save_strategy != "no"):
+        if self.due(cfg.save_strategy, cfg.save_steps, step) or (self.stopped_early and cfg.save_strategy != "no"):
             self.save(metric)
 
     def save(self, metric: Optional[float]) -> str:
