@@ -151,6 +151,7 @@ class Trainer:
             self.add_tokens(data.report)
 
     def add_tokens(self, report: dict) -> None:
+        """The backend grows its embeddings (and head) by the chat special tokens the data added."""
         resize = getattr(self.backend, "resize_token_embeddings", None)
         if resize is None:
             raise ValueError(f"data.template: the chat template needs {report['added_tokens']} new special "
@@ -225,6 +226,7 @@ class Trainer:
         self.log = RunLog(out, self.resumed_from if ckpt is not None else None, writer=self.writer)
 
     def start(self) -> None:
+        """Started (what the run is, before its first step); the clocks of tokens/s, ETA and MFU."""
         cfg, info, params = self.cfg, self.info, self.params
         self.peak_flops = self.backend.peak_flops()
         self.trainable_fraction = params.trainable / max(params.total, 1)
