@@ -56,7 +56,7 @@ class Core:
 
     def _remove_stale_temporaries(self) -> list[str]:
         """Half-written checkpoint folders of jobs that are not running (at start-up: none runs)."""
-        from .training.checkpoints import remove_stale_temporaries
+        from .files import remove_stale_temporaries
         done = []
         for rec in self.store.list():
             if rec.output_dir and rec.state != RUNNING:

@@ -24,6 +24,7 @@ from tuner.v1 import tuner_pb2, tuner_pb2_grpc
 
 from .api.servicer import TunerServicer
 from .core import Core
+from .files import atomic_write_text
 
 log = logging.getLogger("tunerd")
 SERVICE = tuner_pb2.DESCRIPTOR.services_by_name["Tuner"].full_name
@@ -103,11 +104,7 @@ def load_or_create_token(home: Path) -> str:
     if problem != "missing":
         log.warning("token file %s is %s: generated a new token (TCP clients need the new one)", path, problem)
     token = secrets.token_urlsafe(32)
-    tmp = home / f".token-{os.getpid()}"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(token + "\n")
-    os.replace(tmp, path)
+    atomic_write_text(path, token + "\n", mode=0o600)
     return token
 
 

@@ -51,13 +51,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
+
+from ..files import atomic_write_file, atomic_write_text
 
 PEFT_CONFIG = "adapter_config.json"
 PEFT_WEIGHTS = "adapter_model.safetensors"
@@ -243,19 +243,14 @@ def spec_from_mlx_config(cfg: dict) -> AdapterSpec:
 # ---- files ----------------------------------------------------------------------------------
 
 def _write_json(path: Path, obj: dict) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as f:
-        json.dump(obj, f, indent=2, sort_keys=True)
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True))
 
 
 def _write_tensors(path: Path, tensors: dict, metadata: dict) -> None:
     from safetensors.numpy import save_file
 
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    os.close(fd)
-    save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, tmp, metadata=metadata)
-    os.replace(tmp, path)
+    atomic_write_file(path, lambda tmp: save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, tmp,
+                                                  metadata=metadata))
 
 
 def write_adapter(directory, weights: dict, spec: AdapterSpec, layout: str = "mlx",

@@ -15,6 +15,7 @@ from typing import Any, Optional, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
+from .debug import apply_debug
 from .schema import DataConfig, TrainConfig
 
 
@@ -345,11 +346,7 @@ def from_dict(doc: dict, source: str = "", base_dir: Optional[Union[str, Path]] 
     problems += validate(cfg, base_dir, check_paths)
     if problems:
         raise ConfigError(problems, source)
-    if cfg.debug:
-        cfg.num_epochs, cfg.max_steps = 1.0, -1
-        cfg.per_device_train_batch_size = cfg.per_device_eval_batch_size = 2
-        cfg.data.max_rows = 50
-    return cfg
+    return apply_debug(cfg)
 
 
 _PATH_KEYS = ("model", "output_dir", "resume_from_checkpoint")

@@ -6,13 +6,50 @@ Row i of a batch holds one or more (packed) training rows:
 - `position_ids[i, t]` restarts at 0 for each packed row, so attention never crosses rows
   when the backend uses them with a segment-aware (block-diagonal causal) mask;
 - `segment_ids[i, t]` numbers the packed rows 1..k; 0 marks padding.
-Padding uses token id `pad_id`, mask 0, segment 0.
+Padding uses token id `pad_id` (`pad_id_of`), mask 0, segment 0.
+
+`Shard(rank, world_size)` says which micro-batches of each optimizer step one process runs.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Sequence
 
 import numpy as np
+
+
+def pad_id_of(tokenizer, eos_token_ids: Sequence[int] = ()) -> int:
+    """The token that fills padding: the tokenizer's pad token, else its end-of-sequence token,
+    else the model's first one (`eos_token_ids`), else 0. Padding is never attended to by a real
+    token nor supervised, so the choice changes no loss, only what sits in the unused cells."""
+    for t in (tokenizer.pad_token_id, tokenizer.eos_token_id, *list(eos_token_ids)[:1]):
+        if t is not None:
+            return int(t)
+    return 0
+
+
+@dataclass(frozen=True)
+class Shard:
+    """Rank `rank` of `world_size` processes training together (the door to multi-machine runs).
+
+    Every rank builds the same batches (they are a pure function of the data seed and the epoch);
+    of each optimizer step's micro-batches rank r runs those at positions r, r + W, r + 2W, ...,
+    so the W ranks together run exactly the micro-batches one rank alone would (the gradients,
+    summed across ranks, are the same sum). Rank 0 writes the files the ranks share."""
+    rank: int = 0
+    world_size: int = 1
+
+    def __post_init__(self):
+        if self.world_size < 1 or not 0 <= self.rank < self.world_size:
+            raise ValueError(f"rank {self.rank} of world_size {self.world_size}: need 0 <= rank < world_size")
+
+    def take(self, group: Sequence) -> list:
+        """This rank's part of one step's micro-batches."""
+        return list(group[self.rank::self.world_size])
+
+    @property
+    def writes_shared_files(self) -> bool:
+        return self.rank == 0
 
 
 @dataclass

@@ -4,6 +4,7 @@ Public API (the training loop and the daemon use only these):
     prepare(cfg, tokenizer, base_dir) -> PreparedData(train, validation, report)
     iterate_batches(rows, batch_size, pad_id, *, packing, max_seq_length, shuffle, seed, epoch,
                     group_by_length) -> list[Batch]
+    TrainBatches(rows, ..., shard)  epoch by epoch, grouped into optimizer steps, for one rank
     DataError (a ValueError); a missing file is a FileNotFoundError.
 
 The steps, in order (each in its own module):
@@ -24,8 +25,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
+from ..config.debug import cap_rows
 from ..config.schema import TrainConfig
-from .batch import Batch, collate_sequences
+from .batch import Batch, Shard, collate_sequences, pad_id_of
 from .errors import DataError
 from .formats import Example, FormatSpec, columns_of, detect_format, to_examples
 from .masking import TokenizedRow, fit_row, tokenize_example
@@ -34,8 +36,8 @@ from .packing import batch_order, epoch_rng, pack, padding_waste
 from .sources import load_source, split_files_in
 from .templates import ChatTemplate, setup_template
 
-__all__ = ["prepare", "iterate_batches", "PreparedData", "TokenizedRow", "DataError", "pad_id_of",
-           "load_records", "Loaded"]
+__all__ = ["prepare", "iterate_batches", "TrainBatches", "StepBatches", "PreparedData", "TokenizedRow",
+           "DataError", "pad_id_of", "load_records", "Loaded"]
 
 OVERLONG = ("truncate", "drop", "error")
 REPORT_IDS = 20
@@ -55,13 +57,6 @@ class Loaded:
     validation: list
     spec: FormatSpec
     columns: list
-
-
-def pad_id_of(tokenizer) -> int:
-    for t in (tokenizer.pad_token_id, tokenizer.eos_token_id):
-        if t is not None:
-            return int(t)
-    return 0
 
 
 def _data_seed(cfg: TrainConfig) -> int:
@@ -112,6 +107,7 @@ def load_records(cfg: TrainConfig, base_dir: Optional[Path] = None) -> Loaded:
     train = apply_operations(train, d.operations, "train", load=load, seed=seed, prompt_column=d.prompt_column)
     valid = apply_operations(valid, d.operations, "validation", load=load, seed=seed,
                              prompt_column=d.prompt_column)
+    train, valid = cap_rows(cfg, train, valid)   # debug: true
     if not train:
         raise DataError("data.train: no rows left after data.operations / data.fraction")
     columns = columns_of(train)
@@ -247,3 +243,52 @@ def iterate_batches(rows: list[TokenizedRow], batch_size: int, pad_id: int, *, p
     groups = batch_order(lengths, batch_size, shuffle=shuffle, group_by_length=group_by_length,
                          seed=seed, epoch=epoch)
     return [collate_sequences([[pairs[i]] for i in g], pad_id) for g in groups]
+
+
+@dataclass
+class StepBatches:
+    """The micro-batches of one optimizer step."""
+    batches: list          # the whole step's, every rank's, in order: the loss is normalised by all of them
+    mine: list             # those this rank runs (Shard.take)
+    ends_epoch: bool       # the step consumes its epoch's last micro-batch
+
+    @property
+    def n_targets(self) -> int:
+        return sum(b.n_targets for b in self.batches)
+
+    @property
+    def n_tokens(self) -> int:
+        return sum(b.n_tokens for b in self.batches)
+
+
+class TrainBatches:
+    """The training micro-batches, epoch by epoch, grouped into optimizer steps, for one rank.
+
+    Epoch e's batches are `iterate_batches(rows, ..., seed, epoch=e)`: the same on every rank and
+    after a resume, so a data position is (epoch, micro-batches consumed in it). A step takes the
+    next `accumulation` micro-batches of its epoch (fewer at the epoch's end, never across it);
+    `shard` picks the ones this rank runs. With packing the count varies a little from epoch to
+    epoch; each epoch ends at its own last batch. The latest epoch's batches are kept."""
+
+    def __init__(self, rows: list, batch_size: int, accumulation: int, pad_id: int, *, packing: bool,
+                 max_seq_length: int, seed: int, group_by_length: bool = True, shard: Shard = Shard()):
+        self.rows, self.accumulation, self.shard = rows, accumulation, shard
+        self._kw = dict(batch_size=batch_size, pad_id=pad_id, packing=packing, max_seq_length=max_seq_length,
+                        shuffle=True, seed=seed, group_by_length=group_by_length)
+        self._epoch, self._batches = -1, []
+
+    def epoch(self, e: int) -> list[Batch]:
+        """Every micro-batch of epoch `e` (all ranks')."""
+        if e != self._epoch:
+            self._batches, self._epoch = iterate_batches(self.rows, epoch=e, **self._kw), e
+        return self._batches
+
+    def step(self, epoch: int, start: int) -> StepBatches:
+        """The step that begins at micro-batch `start` of epoch `epoch`."""
+        batches = self.epoch(epoch)
+        group = batches[start:start + self.accumulation]
+        return StepBatches(group, self.shard.take(group), start + len(group) >= len(batches))
+
+    def progress(self, epoch: int, start: int) -> float:
+        """Epochs done as a fraction, at micro-batch `start` of `epoch` (the latest epoch's length)."""
+        return epoch + start / max(len(self._batches), 1)

@@ -1,6 +1,7 @@
 """Evaluation (DESIGN.md §7): loss and perplexity, ROUGE/BLEU/exact match on generations with
 tokenisation that works for Korean and other non-Latin scripts, base vs tuned side by side.
 
+    loss         eval_batches + mean_loss -> (loss, tokens), perplexity(loss): training's evals and Evaluate
     metrics      tokenize(text, kind), score(predictions, references, tokenizer) -> Scores
     data         the rows an evaluation runs on (same split/tokens/max_seq_length as training's eval)
     generation   generate_text(backend, ids, sampling); GenerationEval for training's evals

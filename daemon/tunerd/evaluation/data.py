@@ -19,7 +19,6 @@ from ..data.prepare import load_records, tokenize_all
 from ..data.templates import ChatTemplate, render, setup_template
 
 SPLITS = ("validation", "test")
-DEBUG_EVAL_ROWS = 10  # training/loop.py: debug runs evaluate on the first 10 validation rows
 
 
 @dataclass
@@ -72,9 +71,7 @@ def build_eval_set(cfg: TrainConfig, tokenizer, base_dir: Optional[Path] = None,
     loaded = load_records(cfg, base_dir)
     template = None if loaded.spec.format == "text" else setup_template(tokenizer, cfg.data.template)
     examples = to_examples(loaded.validation, loaded.spec)
-    rows, _ = tokenize_all(examples, tokenizer, template, cfg, cfg.max_seq_length)
-    if cfg.debug:
-        rows, examples = rows[:DEBUG_EVAL_ROWS], examples[:DEBUG_EVAL_ROWS]
+    rows, _ = tokenize_all(examples, tokenizer, template, cfg, cfg.max_seq_length)  # debug: capped by load_records
     gen = []
     if generate_rows > 0:
         if template is None:

@@ -8,7 +8,6 @@ device worker's call), one generated row per call, so a training job steps in be
 """
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,9 +15,10 @@ from typing import Callable, Iterator, Optional
 
 from ..backends.base import Sampling
 from ..config.schema import TrainConfig
-from ..data.prepare import iterate_batches, pad_id_of
+from ..data.batch import pad_id_of
 from .data import build_eval_set
 from .generation import generate_text
+from .loss import eval_batches, mean_loss, perplexity
 from .metrics import score
 
 
@@ -33,21 +33,6 @@ class EvalPlan:
     tokenizer: str = "whitespace"
 
 
-def perplexity(loss: float) -> float:
-    return math.exp(loss) if loss < 700 else float("inf")
-
-
-def loss_of(backend, rows: list, cfg: TrainConfig) -> tuple[float, int]:
-    """Mean supervised-token loss, batched exactly as training's evaluate() batches (no packing)."""
-    batches = iterate_batches(rows, cfg.per_device_eval_batch_size, pad_id_of(backend.tokenizer), packing=False,
-                              max_seq_length=cfg.max_seq_length, shuffle=False)
-    total, n = 0.0, 0
-    for b in batches:
-        s, k = backend.eval_loss(b)
-        total, n = total + s, n + k
-    return total / max(n, 1), n
-
-
 def run_plan(plan: EvalPlan, on_device: Callable[[Callable], object], model_for: Callable[[str], object],
              should_stop: Callable[[], bool] = lambda: False) -> Iterator[dict]:
     """`model_for(adapter)` returns the backend with that adapter applied ("" = the base); it and
@@ -59,7 +44,7 @@ def run_plan(plan: EvalPlan, on_device: Callable[[Callable], object], model_for:
             backend = model_for(adapter)
             es = build_eval_set(plan.cfg, backend.tokenizer, plan.base_dir, plan.split, plan.max_generations,
                                 plan.sampling.max_tokens)
-            return es, loss_of(backend, es.rows, plan.cfg)
+            return es, mean_loss(backend, eval_batches(es.rows, plan.cfg, pad_id_of(backend.tokenizer)))
         es, (loss, n_tok) = on_device(prepare)
         if i == 0:
             total = len(es.generation) * len(plan.runs)

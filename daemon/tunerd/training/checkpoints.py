@@ -1,20 +1,21 @@
-"""Checkpoint directories: atomic writes, `latest` lookup, rotation, and the trainer state.
+"""Checkpoint directories: saving (rank 0, atomically), `latest` lookup, rotation, and the trainer state.
 
-    output_dir/checkpoint-N/          written as .tmp-checkpoint-N-<pid>/ then renamed
+    output_dir/checkpoint-N/          written as .tmp-checkpoint-N-<pid>/ then renamed (files.atomic_write_dir)
         trainer_state.json            TrainerState below (step, data position, scheduler, RNG, best, config)
         ...                           whatever backend.save_checkpoint wrote (adapter, optimizer, backend RNG)
 """
 from __future__ import annotations
 
 import json
-import os
 import random
 import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
+
+from ..files import atomic_write_dir
 
 STATE_FILE = "trainer_state.json"
 PREFIX = "checkpoint-"
@@ -98,52 +99,29 @@ def find_checkpoint(spec: Optional[str], output_dir: Path, base_dir: Optional[Pa
     return p
 
 
-def write_atomically(final: Path, fill) -> Path:
-    """Build a directory with `fill(tmp_dir)` and rename it to `final` (replacing an old one)."""
-    final = Path(final)
-    tmp = final.parent / f".tmp-{final.name}-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    try:
-        fill(tmp)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if final.exists():
-        old = final.parent / f".old-{final.name}-{os.getpid()}"
-        os.replace(final, old)
-        os.replace(tmp, final)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, final)
-    return final
+def checkpoint_path(output_dir: Path, step: int) -> Path:
+    return Path(output_dir) / f"{PREFIX}{step}"
 
 
-def remove_stale_temporaries(output_dir: Path) -> list[str]:
-    """What a process killed inside `write_atomically` leaves: `.tmp-*` folders (never
-    complete: removed) and `.old-*` ones (removed, or renamed back when the kill came between
-    the two renames). Only for output dirs that no running job writes to."""
-    d = Path(output_dir)
-    done: list[str] = []
-    if not d.is_dir():
-        return done
-    for p in sorted(d.iterdir()):
-        if not p.is_dir() or not p.name.startswith((".tmp-", ".old-")):
-            continue
-        name = p.name.split("-", 1)[1].rsplit("-", 1)[0]  # .tmp-checkpoint-40-1234 -> checkpoint-40
-        if p.name.startswith(".old-") and name and not (d / name).exists():
-            os.replace(p, d / name)
-            done.append(f"restored {d / name} from {p.name}")
-        else:
-            shutil.rmtree(p, ignore_errors=True)
-            done.append(f"removed {p}")
-    return done
+def save_checkpoint(output_dir: Path, state: TrainerState, save_backend: Callable[[Path], object],
+                    rank: int = 0) -> Path:
+    """output_dir/checkpoint-<step>/: what `save_backend(folder)` writes (adapter, optimizer, the
+    backend's RNG) and the trainer state, written atomically. The folder is shared by the ranks
+    of a run: rank 0 writes it, the others only learn its path."""
+    final = checkpoint_path(output_dir, state.global_step)
+    if rank != 0:
+        return final
+
+    def fill(tmp: Path) -> None:
+        save_backend(tmp)
+        (tmp / STATE_FILE).write_text(state.to_json())
+    return atomic_write_dir(final, fill)
 
 
-def rotate(output_dir: Path, limit: Optional[int], keep: tuple = ()) -> list[Path]:
-    """Delete the oldest checkpoints beyond `limit`, never the newest nor those in `keep` (best)."""
-    if not limit or limit <= 0:
+def rotate(output_dir: Path, limit: Optional[int], keep: tuple = (), rank: int = 0) -> list[Path]:
+    """Delete the oldest checkpoints beyond `limit`, never the newest nor those in `keep` (best);
+    rank 0 deletes, other ranks delete nothing."""
+    if not limit or limit <= 0 or rank != 0:
         return []
     found = list_checkpoints(output_dir)
     protected = {Path(k).resolve() for k in keep if k} | ({found[-1].resolve()} if found else set())

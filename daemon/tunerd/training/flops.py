@@ -25,6 +25,8 @@ import time
 from pathlib import Path
 from typing import Callable, Optional
 
+from ..files import atomic_write_text
+
 _PEAKS: dict[tuple[str, str], float] = {}
 
 
@@ -83,9 +85,7 @@ def cached_peak(device: str, dtype: str, measure: Callable[[], float]) -> float:
     if path is not None:
         try:
             stored[name] = value
-            tmp = path.with_name(f".{path.name}.{os.getpid()}")
-            tmp.write_text(json.dumps(stored, indent=1))
-            tmp.replace(path)
+            atomic_write_text(path, json.dumps(stored, indent=1))
         except OSError:
             pass
     return value

@@ -31,6 +31,11 @@ from ..backends.base import ce_chunk_rows
 BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
 LINEAR_NAMES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 GIB = 2 ** 30
+# Each trainable parameter is held 4 times, all in the adapter's dtype: the weight, its gradient and
+# AdamW's two moments (exp_avg, exp_avg_sq); so 16 bytes a parameter for a float32 LoRA. AdamW is the
+# default and the largest of the optimizers we map: SGD with momentum and Lion keep one moment,
+# Adafactor a factored one and the 8-bit optimizers quantized ones, so for them this is an upper bound.
+COPIES_PER_TRAINABLE = 4
 # torch on a CPU: kernels and workspaces initialised by the first training step, seen as RSS growth
 # (measured 0.25-0.35 GiB on the scale benchmark's mid shape, fp32 and bf16)
 TORCH_CPU_WORKSPACE = 256 * 2 ** 20
@@ -136,7 +141,7 @@ def estimate(model_config: dict, cfg, backend: str, seq_len: int, dtype: Optiona
         shapes = s.linear_shapes()
         trainable = n * sum(cfg.lora_r * (shapes[t][0] + shapes[t][1]) for t in _targets(cfg, s))
         pb = 2 if bits and backend == "torch" and b == 2 else 4
-    adapter = trainable * (pb * 2 + (8 if pb == 4 else 2 * pb))     # weights + grads + AdamW's two moments
+    adapter = trainable * pb * COPIES_PER_TRAINABLE
     # -- activations saved for backward, per token and layer
     lora_copies = 0
     if kind != "full" and pb == 4 and b == 2:          # a 16-bit input cast to float32 for each LoRA layer

@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 from pathlib import Path
 from typing import Callable, Iterator, Optional
 
@@ -31,6 +29,7 @@ import torch.nn.functional as F
 from ...config.schema import TrainConfig
 from ...training.flops import peak_flops
 from ...data.batch import Batch
+from ...files import atomic_write_file
 from .. import adapter_layout as layout
 from ..base import (TRAINING, Backend, CannotShare, GenerationChunk, MemoryStats, ModelInfo, ParamStats, PromptCache,
                     Sampling)
@@ -49,15 +48,6 @@ STATE_FILE = "torch_state.pt"
 TRAINABLE_FILE = "trainable.safetensors"
 
 
-def _atomic(path: Path, write: Callable[[str], None]) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 class TorchBackend(Backend):
@@ -309,12 +299,12 @@ class TorchBackend(Backend):
         if self._kind != "full":
             self.save_adapter(path)
         tensors = {n: p.detach().cpu().contiguous() for n, p in self._trainable().items()}
-        _atomic(path / TRAINABLE_FILE, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
+        atomic_write_file(path / TRAINABLE_FILE, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
         state = {"backend": "torch", "kind": self._kind, "optimizer": self.optimizer.state_dict(),
                  "scaler": self._scaler.state_dict() if self._scaler else None,
                  "rng_cpu": torch.get_rng_state(),
                  "rng_cuda": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else None}
-        _atomic(path / STATE_FILE, lambda tmp: torch.save(state, tmp))
+        atomic_write_file(path / STATE_FILE, lambda tmp: torch.save(state, tmp))
 
     def load_checkpoint(self, path: Path) -> None:
         from safetensors.torch import load_file
