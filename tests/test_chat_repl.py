@@ -4,34 +4,22 @@ history recall (kept under $TUNER_HOME), a multi-line paste as one turn, /help, 
 from __future__ import annotations
 
 import json
-import os
-import sys
 import time
 
 import pytest
 
-from daemon_utils import cli
+from daemon_utils import LEFT, PASTE_END, PASTE_START, UP, cli, repl_answer, spawn_repl
 
 pexpect = pytest.importorskip("pexpect")
 pytestmark = pytest.mark.slow
 
-LEFT, UP = "\x1b[D", "\x1b[A"
-PASTE_START, PASTE_END = "\x1b[200~", "\x1b[201~"
-
-
 
 def spawn(d, tiny_model_dir, tmp_path):
-    env = dict(os.environ, TUNER_HOME=str(d.home), TERM="xterm", PROMPT_TOOLKIT_NO_CPR="1", COLUMNS="120")
-    child = pexpect.spawn(sys.executable, ["-m", "tunerctl", "--home", str(d.home), "chat", "--model", tiny_model_dir,
-                                           "--backend", "torch", "--temperature", "0", "--max-tokens", "4"],
-                          env=env, cwd=str(tmp_path), encoding="utf-8", timeout=60, dimensions=(40, 120))
-    child.expect_exact(">>>")
-    return child
+    return spawn_repl(d.home, tmp_path, "--model", tiny_model_dir, "--backend", "torch", "--temperature", "0",
+                      "--max-tokens", "4")
 
 
-def answer(child):
-    child.expect(r"\d+ tokens, [\d.]+ tok/s")
-    child.expect_exact(">>>")
+answer = repl_answer
 
 
 def test_line_editing_history_paste_and_commands(daemon, tiny_model_dir, tmp_path):

@@ -196,8 +196,11 @@ class ChatService:
                             run["n"] += 1
                             if run["first"] is None:
                                 run["first"] = time.perf_counter()
-                        if chunk.text:
-                            out.put(ChatDelta(text=chunk.text))
+                        text = chunk.text
+                        if chunk.finish_reason:   # the backends end with what they held back, where
+                            text = text.rstrip("\ufffd")  # max_tokens cut a character: not sent as U+FFFD
+                        if text:
+                            out.put(ChatDelta(text=text))
                         if chunk.finish_reason:
                             run["finish"] = chunk.finish_reason
                         if time.perf_counter() >= until:
