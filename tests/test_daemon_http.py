@@ -93,7 +93,8 @@ def test_streamed_chunks_are_whole_characters(served, tiny_model_dir, tiny_token
     parts, _ = stream_chat(client, tiny_model_dir, messages[0]["content"], temperature=1.5, seed=3, max_tokens=60)
     for i in range(1, len(parts) + 1):
         assert full.startswith("".join(parts[:i])), (parts[:i], full)
-    assert "".join(parts) == full
+    # all of it, but a character that max_tokens cut off (decoded at once: one U+FFFD at the end)
+    assert "".join(parts) == (full[:-1] if full.endswith("\ufffd") else full)
     cli(d.home, "models", "unload", tiny_model_dir, "--backend", backend, check=True)
 
 

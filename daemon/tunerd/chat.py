@@ -197,8 +197,8 @@ class ChatService:
                             if run["first"] is None:
                                 run["first"] = time.perf_counter()
                         text = chunk.text
-                        if chunk.finish_reason:   # the backends end with what they held back, where
-                            text = text.rstrip("\ufffd")  # max_tokens cut a character: not sent as U+FFFD
+                        if chunk.finish_reason in ("length", "cancelled") and text.endswith("\ufffd"):
+                            text = text[:-1]   # a character cut off by max_tokens: not sent as U+FFFD
                         if text:
                             out.put(ChatDelta(text=text))
                         if chunk.finish_reason:
