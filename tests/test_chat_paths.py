@@ -130,7 +130,7 @@ class Paths:
         if now["stop"] != s["stop"]:
             self.command(child, "/params stop none", "stop = []")
             for x in s["stop"]:
-                self.command(child, f"/params stop {x}", "stop = ")
+                self.command(child, f"/params stop {json.dumps(x, ensure_ascii=False)}", "stop = ")
             now["stop"] = list(s["stop"])
         child.send(PASTE_START + question + PASTE_END + "\r" if "\n" in question else question + "\r")
         tokens, shown = repl_answer(child)
@@ -205,12 +205,12 @@ def test_the_trained_prompts_are_answered(paths, demo_bundle, path, backend):
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("path", PATHS)
 def test_stop_strings_and_max_tokens(paths, demo_bundle, tiny_tokenizer, path, backend):
-    """The first stop string in the text ends the reply (not the first in the list); max_tokens cuts
-    the Korean reply inside its third syllable (each is three byte-level tokens): the two whole
-    syllables arrive, not a U+FFFD for the third."""
+    """The first stop string in the text ends the reply (not the first in the list; spaces count);
+    max_tokens cuts the Korean reply inside its third syllable (each is three byte-level tokens):
+    the two whole syllables arrive, not a U+FFFD for the third."""
     answer = demo_bundle["rows"][0]["completion"]   # "The <thing> of <name> is <value>."
-    r = paths.ask(path, backend, demo_bundle["rows"][0]["prompt"], stop=["is", "of"])
-    assert r.text == answer[:answer.index("of")] and r.finish in ("stop", None)
+    r = paths.ask(path, backend, demo_bundle["rows"][0]["prompt"], stop=["is", " of"])
+    assert r.text == answer[:min(answer.index("is"), answer.index(" of"))] and r.finish in ("stop", None)
 
     korean = KOREAN["completion"]
     assert len(tiny_tokenizer(korean)["input_ids"]) >= 3 * (len(korean) - 1)   # split over tokens
