@@ -19,9 +19,6 @@ def spawn(d, tiny_model_dir, tmp_path):
                       "--max-tokens", "4")
 
 
-answer = repl_answer
-
-
 def test_line_editing_history_paste_and_commands(daemon, tiny_model_dir, tmp_path):
     child = spawn(daemon, tiny_model_dir, tmp_path)
     child.send("/help\r")
@@ -35,11 +32,11 @@ def test_line_editing_history_paste_and_commands(daemon, tiny_model_dir, tmp_pat
     child.expect_exact(">>>")
 
     child.send("abc" + LEFT + LEFT + "X\r")          # edited in place: "aXbc"
-    answer(child)
+    repl_answer(child)
     child.send(UP + "\r")                              # the last line again, from history
-    answer(child)
+    repl_answer(child)
     child.send(PASTE_START + "line one\nline two" + PASTE_END + "\r")   # one turn of two lines
-    answer(child)
+    repl_answer(child)
     child.send("/save conv.json\r")
     child.expect_exact("saved 6 messages")
     child.expect_exact(">>>")
@@ -65,7 +62,7 @@ def test_line_editing_history_paste_and_commands(daemon, tiny_model_dir, tmp_pat
     # a new session recalls the previous one's lines: /load, /reset, /save, then the pasted turn
     child = spawn(daemon, tiny_model_dir, tmp_path)
     child.send(UP * 4 + "\r")
-    answer(child)
+    repl_answer(child)
     child.send("/save again.json\r")
     child.expect_exact("saved 2 messages")
     child.expect_exact(">>>")
