@@ -20,6 +20,20 @@ def daemon():
     d.stop()
 
 
+@pytest.fixture(scope="module")
+def served():
+    """A real tunerd that also serves the OpenAI-compatible HTTP API on a loopback port, and the
+    official `openai` client for it: (daemon, client, port), one per test module."""
+    openai = pytest.importorskip("openai")
+    from daemon_utils import DaemonProcess, free_port, short_home
+
+    port = free_port()
+    d = DaemonProcess(short_home(), "--http", f"127.0.0.1:{port}").start()
+    client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0, timeout=120)
+    yield d, client, port
+    d.stop()
+
+
 @pytest.fixture(scope="session")
 def demo_bundle(tmp_path_factory):
     """The demo's tiny Llama model + synthetic facts data: {"model", "train", "valid", "rows"}."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -14,6 +15,12 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tuner.v1 import tuner_pb2 as pb
 from tuner.v1 import tuner_pb2_grpc
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def short_home() -> Path:
@@ -116,3 +123,30 @@ def write_config(path: Path, bundle: dict, **overrides) -> Path:
             cfg[k] = v
     path.write_text(json.dumps(cfg))  # JSON is YAML
     return path
+
+
+# -- the chat REPL in a pseudo-terminal -----------------------------------------------------------
+LEFT, UP = "\x1b[D", "\x1b[A"
+PASTE_START, PASTE_END = "\x1b[200~", "\x1b[201~"   # what a terminal sends around a paste
+
+
+def spawn_repl(home: Path, cwd: Path, *chat_args: str):
+    """`tunerctl chat ARGS` (the REPL) in a pseudo-terminal, at its first prompt. Output is decoded
+    strictly as UTF-8: a byte sequence that is not whole characters fails the test that reads it."""
+    import pexpect
+
+    env = dict(os.environ, TUNER_HOME=str(home), TERM="xterm", PROMPT_TOOLKIT_NO_CPR="1", COLUMNS="120")
+    child = pexpect.spawn(sys.executable, ["-m", "tunerctl", "--home", str(home), "chat", *chat_args],
+                          env=env, cwd=str(cwd), encoding="utf-8", codec_errors="strict", timeout=60,
+                          dimensions=(40, 120))
+    child.expect_exact(">>>")
+    return child
+
+
+def repl_answer(child) -> tuple[int, str]:
+    """Wait for the end of an answer (its tokens/s line) and the next prompt: (the tokens it
+    counted, what the terminal showed from the previous prompt to that line)."""
+    child.expect(r"(\d+) tokens, [\d.]+ tok/s")
+    n, shown = int(child.match.group(1)), child.before
+    child.expect_exact(">>>")
+    return n, shown

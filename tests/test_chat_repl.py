@@ -4,34 +4,19 @@ history recall (kept under $TUNER_HOME), a multi-line paste as one turn, /help, 
 from __future__ import annotations
 
 import json
-import os
-import sys
 import time
 
 import pytest
 
-from daemon_utils import cli
+from daemon_utils import LEFT, PASTE_END, PASTE_START, UP, cli, repl_answer, spawn_repl
 
 pexpect = pytest.importorskip("pexpect")
 pytestmark = pytest.mark.slow
 
-LEFT, UP = "\x1b[D", "\x1b[A"
-PASTE_START, PASTE_END = "\x1b[200~", "\x1b[201~"
-
-
 
 def spawn(d, tiny_model_dir, tmp_path):
-    env = dict(os.environ, TUNER_HOME=str(d.home), TERM="xterm", PROMPT_TOOLKIT_NO_CPR="1", COLUMNS="120")
-    child = pexpect.spawn(sys.executable, ["-m", "tunerctl", "--home", str(d.home), "chat", "--model", tiny_model_dir,
-                                           "--backend", "torch", "--temperature", "0", "--max-tokens", "4"],
-                          env=env, cwd=str(tmp_path), encoding="utf-8", timeout=60, dimensions=(40, 120))
-    child.expect_exact(">>>")
-    return child
-
-
-def answer(child):
-    child.expect(r"\d+ tokens, [\d.]+ tok/s")
-    child.expect_exact(">>>")
+    return spawn_repl(d.home, tmp_path, "--model", tiny_model_dir, "--backend", "torch", "--temperature", "0",
+                      "--max-tokens", "4")
 
 
 def test_line_editing_history_paste_and_commands(daemon, tiny_model_dir, tmp_path):
@@ -47,11 +32,11 @@ def test_line_editing_history_paste_and_commands(daemon, tiny_model_dir, tmp_pat
     child.expect_exact(">>>")
 
     child.send("abc" + LEFT + LEFT + "X\r")          # edited in place: "aXbc"
-    answer(child)
+    repl_answer(child)
     child.send(UP + "\r")                              # the last line again, from history
-    answer(child)
+    repl_answer(child)
     child.send(PASTE_START + "line one\nline two" + PASTE_END + "\r")   # one turn of two lines
-    answer(child)
+    repl_answer(child)
     child.send("/save conv.json\r")
     child.expect_exact("saved 6 messages")
     child.expect_exact(">>>")
@@ -77,7 +62,7 @@ def test_line_editing_history_paste_and_commands(daemon, tiny_model_dir, tmp_pat
     # a new session recalls the previous one's lines: /load, /reset, /save, then the pasted turn
     child = spawn(daemon, tiny_model_dir, tmp_path)
     child.send(UP * 4 + "\r")
-    answer(child)
+    repl_answer(child)
     child.send("/save again.json\r")
     child.expect_exact("saved 2 messages")
     child.expect_exact(">>>")

@@ -23,7 +23,8 @@ HELP = """commands:
   /help                     this list
   /params                   show the sampling parameters
   /params NAME VALUE        set one (temperature, top_p, top_k, min_p, repetition_penalty, seed,
-                            max_tokens, stop); VALUE "none" unsets it
+                            max_tokens, stop); VALUE "none" unsets it; a stop string in double
+                            quotes is read as JSON: /params stop "\\n", /params stop " User:"
   /adapter PATH|job:ID|none use an adapter (or none: the base model)
   /system [TEXT]            set (or clear) the system prompt
   /reset                    forget the conversation
@@ -179,6 +180,11 @@ class Repl:
         if value in ("", "none"):
             self.params[key] = [] if key == "stop" else None
         elif key == "stop":
+            if value.startswith('"'):   # spaces at either end, newlines: a JSON string
+                try:
+                    value = json.loads(value)
+                except json.JSONDecodeError:
+                    raise ValueError(f'/params stop: {value} is not a JSON string (e.g. "\\n" or " User:")') from None
             self.params["stop"] = [*(self.params.get("stop") or []), value]
         else:
             try:
