@@ -222,12 +222,12 @@ def run_ours(job: dict) -> dict:
     if job.get("dtype"):
         kw["dtype"] = job["dtype"]
     if backend_name == "torch":
-        from tunerd.backends.torch_backend import TorchBackend
+        from tunerd.backends.torch import TorchBackend
 
         kw["device"] = torch_device(job["device"])
         backend, kind = TorchBackend(), kw["device"]
     else:
-        from tunerd.backends.mlx_backend import MLXBackend
+        from tunerd.backends.mlx import MLXBackend
 
         backend, kind = MLXBackend(), "mlx"
     cfg = TrainConfig(**kw)

@@ -8,7 +8,7 @@ import pytest
 
 mx = pytest.importorskip("mlx.core")
 
-from tunerd.backends.mlx_backend import MLXBackend, blas_warning  # noqa: E402
+from tunerd.backends.mlx import MLXBackend  # noqa: E402
 from tunerd.backends.base import Sampling  # noqa: E402
 from tunerd.config.schema import DataConfig, TrainConfig  # noqa: E402
 from tunerd.data.batch import collate  # noqa: E402
@@ -33,7 +33,7 @@ def _cfg(bundle, out, **kw):
 
 def _base_eval_loss(cfg) -> float:
     be = MLXBackend()
-    be.load(cfg)
+    be.load(ModelSpec.from_config(cfg))
     be.add_adapter(cfg)
     data = prepare(cfg, be.tokenizer)
     sums = [be.eval_loss(b) for b in iterate_batches(data.validation, 8, be.tokenizer.pad_token_id, shuffle=False)]
@@ -83,7 +83,7 @@ def test_peft_layout_loads_in_transformers_with_same_logits(trained, tiny_tokeni
     np.testing.assert_allclose(got, want, atol=2e-4)
     # and the reverse: a fresh MLX backend reading the PEFT layout only
     be = MLXBackend()
-    be.load(trained["cfg"])
+    be.load(ModelSpec.from_config(trained["cfg"]))
     import shutil
     peft_only = adapter.parent / "peft-only"
     shutil.copytree(adapter, peft_only, ignore=shutil.ignore_patterns("mlx"))
@@ -115,7 +115,7 @@ def test_mlx_layout_loads_in_mlx_lm_and_fuse_loads_in_both(trained, tmp_path):
 def test_packed_loss_equals_unpacked(demo_bundle, tmp_path):
     cfg = _cfg(demo_bundle, tmp_path)
     be = MLXBackend()
-    be.load(cfg)
+    be.load(ModelSpec.from_config(cfg))
     be.add_adapter(cfg)
     rows = prepare(cfg, be.tokenizer).train[:6]
     pairs = [(r.ids, r.mask) for r in rows]
@@ -134,7 +134,7 @@ def test_accumulated_micro_batches_equal_one_batch(demo_bundle, tmp_path):
     def run(groups):
         cfg = _cfg(demo_bundle, tmp_path, max_grad_norm=0.5)
         be = MLXBackend()
-        be.load(cfg)
+        be.load(ModelSpec.from_config(cfg))
         be.add_adapter(cfg)
         rows = [(r.ids, r.mask) for r in prepare(cfg, be.tokenizer).train[:4]]
         batches = [collate(rows[i:j], be.tokenizer.pad_token_id) for i, j in groups]
@@ -250,7 +250,7 @@ def test_last_n_layers_and_rslora_round_trip_through_peft(demo_bundle, tmp_path)
     cfg = _cfg(demo_bundle, tmp_path, num_layers=1, use_rslora=True, lora_r=4, lora_alpha=8,
                lora_target_modules=["q_proj", "down_proj"])
     be = MLXBackend()
-    be.load(cfg)
+    be.load(ModelSpec.from_config(cfg))
     be.add_adapter(cfg)
     rows = [(r.ids, r.mask) for r in prepare(cfg, be.tokenizer).train[:4]]
     for _ in range(3):
@@ -282,7 +282,7 @@ def test_full_fine_tuning_writes_a_standalone_model(demo_bundle, tmp_path):
     with torch.no_grad():
         np.testing.assert_allclose(hf(torch.tensor([ids])).logits[0, -1].numpy(), _logits(be, ids), atol=1e-4)
     other = MLXBackend()
-    other.load(cfg)
+    other.load(ModelSpec.from_config(cfg))
     other.load_adapter(Path(fin.adapter_path))
     np.testing.assert_allclose(_logits(other, ids), _logits(be, ids), atol=1e-5)
     resumed = train(_cfg(demo_bundle, tmp_path / "run", peft_adapter="full", learning_rate=1e-3, max_steps=6,

@@ -45,13 +45,13 @@ def prepare(cfg, tokenizer, bundle):
 
 
 def make(bundle, **kw):
-    from tunerd.backends.torch_backend import TorchBackend
+    from tunerd.backends.torch import TorchBackend
 
     defaults = dict(lora_r=8, lora_alpha=16, lora_target_modules="all-linear", learning_rate=5e-3, seed=0)
     cfg = TrainConfig(model=bundle["model"], data=DataConfig(train=bundle["train"], validation=bundle["valid"]),
                       **{**defaults, **kw})
     backend = TorchBackend()
-    backend.load(cfg)
+    backend.load(ModelSpec.from_config(cfg))
     backend.add_adapter(cfg)
     return cfg, backend, prepare(cfg, backend.tokenizer, bundle)
 
@@ -296,7 +296,7 @@ def test_training_loop_with_torch_learns_and_resumes_exactly(demo_bundle, tmp_pa
     3.5 (measured 2.35 LoRA, 2.32 nf4); resuming from checkpoint-20 replays steps 21-40 exactly."""
     import shutil
 
-    from tunerd.backends.torch_backend import TorchBackend
+    from tunerd.backends.torch import TorchBackend
     from tunerd.training import events as ev
     from tunerd.training.loop import train
 

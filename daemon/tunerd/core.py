@@ -19,7 +19,7 @@ from . import __version__, host
 from .chat import ChatDelta, ChatParams, ChatService, resolve_job_ref
 from .config.loader import ConfigError, load_config, merge
 from .jobs.manager import JobManager
-from .jobs.runner import resolve_backend
+from .backends.registry import resolve_backend
 from .jobs.store import RUNNING, SUCCEEDED, JobRecord, JobStore
 from .models.registry import ModelRegistry
 
@@ -58,15 +58,12 @@ class Core:
     def info(self) -> dict:
         total, avail = host.memory()
         backends = host.backend_status()
-        blas = host.optimized_blas_path()
         devices = [{"name": "cpu", "backend": "torch", "memory_total_bytes": total,
                     "memory_free_bytes": avail, "detail": ""}]
         if any(b["name"] == "mlx" and b["available"] for b in backends):
             from .backends.auto import mlx_blas_library
             lib = "" if host.is_apple_silicon() else mlx_blas_library()
-            detail = "Metal" if host.is_apple_silicon() else (
-                f"BLAS: {lib}" if lib else
-                f"reference BLAS (slow): install libopenblas0-pthread{'' if not blas else ' and restart tunerd'}")
+            detail = "Metal" if host.is_apple_silicon() else f"BLAS: {lib}" if lib else host.reference_blas_hint()
             devices.append({"name": "gpu" if host.is_apple_silicon() else "cpu", "backend": "mlx",
                             "memory_total_bytes": total, "memory_free_bytes": avail, "detail": detail})
         try:
@@ -234,18 +231,8 @@ class Core:
         return resolve_job_ref(self.store, ref, "adapter") if ref.startswith("job:") else ref
 
     def export_adapter(self, adapter: str, out_dir: str, layout: str = "peft") -> str:
-        src = Path(self.resolve_adapter(adapter))
-        if not src.exists():
-            raise FileNotFoundError(f"adapter not found: {src}")
-        if layout not in ("peft", "mlx"):
-            raise ValueError(f"layout: {layout!r} is not peft or mlx")
-        marker = "adapter_model.safetensors" if layout == "peft" else "adapters.safetensors"
-        found = next(iter(sorted(src.rglob(marker))), None)
-        if found is None:
-            raise FileNotFoundError(f"{src} has no {layout} layout ({marker})")
-        out = Path(out_dir).expanduser()
-        shutil.copytree(found.parent, out, dirs_exist_ok=True)
-        return str(out)
+        from .export.layout import export_adapter
+        return str(export_adapter(self.resolve_adapter(adapter), out_dir, layout))
 
     def fuse_adapter(self, adapter: str, out_dir: str, model: str = "", dequantize: bool = False) -> str:
         from .export.fuse import fuse

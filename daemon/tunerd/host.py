@@ -93,3 +93,22 @@ def training_device(backend: str) -> tuple[str, int]:
     if is_apple_silicon():
         return ("metal" if backend == "mlx" else "mps"), memory()[1]
     return "cpu", memory()[1]
+
+
+def blas_hint() -> str:
+    """'' when MLX's matmuls are fast here (macOS: Accelerate/Metal; Linux: an optimized BLAS
+    serves MLX's cblas calls, backends.auto.mlx_blas_library); else the one sentence that says so
+    and what to do, used by the daemon log, the MLX backend's warning, `backend: auto` and `info`."""
+    if sys.platform != "linux":
+        return ""
+    from .backends.auto import mlx_blas_library
+
+    return "" if mlx_blas_library() else reference_blas_hint()
+
+
+def reference_blas_hint() -> str:
+    """blas_hint's sentence, for a host already known to run MLX on its reference BLAS."""
+    found = optimized_blas_path()
+    fix = (f"start tunerd again (it preloads {found}) or set LD_PRELOAD={found}" if found else
+           "install an optimized one (apt-get install libopenblas0-pthread) and start tunerd again")
+    return f"MLX uses its reference BLAS on this host (training ~14x slower): {fix}"

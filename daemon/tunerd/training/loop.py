@@ -35,7 +35,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from ..backends.base import Backend
+from ..backends.base import Backend, ModelSpec
 from ..config.loader import ConfigError, validate
 from ..config.schema import TrainConfig
 from ..data.prepare import iterate_batches, prepare
@@ -146,7 +146,7 @@ def train(cfg: TrainConfig, backend: Backend, emit: Callable[[object], None],
     np.random.seed(cfg.seed % (2 ** 32))
 
     # ---- model, data, adapter -----------------------------------------------------------------
-    info = backend.load(cfg)
+    info = backend.load(ModelSpec.from_config(cfg))
     packing, packing_reason = resolve_packing(cfg.packing, info)
     cfg = dataclasses.replace(cfg, dtype=info.dtype, packing=packing)
     write_resolved_config(cfg, out)
@@ -157,16 +157,16 @@ def train(cfg: TrainConfig, backend: Backend, emit: Callable[[object], None],
     if not train_rows:
         raise ValueError("data.train: no training rows after preparation")
     if data.report.get("added_tokens"):
-        resize = getattr(backend, "resize_token_embeddings", None)
-        if resize is None:
+        if not backend.supports_added_tokens:
             raise ValueError(f"data.template: the chat template needs {data.report['added_tokens']} new special "
                              f"tokens ({data.report.get('added_token_list')}), and the {info.backend} backend cannot "
                              f"add tokens yet; use a model whose tokenizer has them or data.template: auto")
         tok = backend.tokenizer
-        resize(len(tok), token_ids=[int(i) for i in tok.convert_tokens_to_ids(data.report["added_token_list"])],
-               end_of_turn=data.report.get("end_of_turn_token"), chat_template=data.report.get("chat_template"))
+        backend.resize_token_embeddings(
+            len(tok), token_ids=[int(i) for i in tok.convert_tokens_to_ids(data.report["added_token_list"])],
+            end_of_turn=data.report.get("end_of_turn_token"), chat_template=data.report.get("chat_template"))
     stats = backend.add_adapter(cfg)
-    for w in getattr(backend, "warnings", []):  # optional: backends may list set-up warnings (e.g. no BLAS)
+    for w in backend.warnings:  # set-up warnings (e.g. MLX on a reference BLAS)
         emit(ev.Log("warning", w))
     tok = backend.tokenizer
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else (info.eos_token_ids or [0])[0]
