@@ -3,6 +3,7 @@ from another backend's initial weights (the parity test). Not part of the Backen
 from __future__ import annotations
 
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -34,3 +35,75 @@ def copy_into_trainable_adapter(torch_be, path: Path) -> None:
     sd = {k: torch.from_numpy(np.asarray(v, dtype=np.float32)) for k, v in layout.mlx_to_peft(weights).items()}
     res = set_peft_model_state_dict(torch_be.model, sd)
     assert sd and not res.unexpected_keys, res.unexpected_keys[:5]
+
+
+class Row(NamedTuple):
+    ids: list
+    mask: list
+
+
+def demo_rows(bundle, tokenizer) -> tuple[list, list]:
+    """(train, validation) rows of the demo task as Row(ids, loss mask): prompt masked, answer +
+    end of turn supervised. Built here so that backend tests depend on the batch format only."""
+    import json
+
+    def load(path):
+        out = []
+        for line in open(path, encoding="utf-8"):
+            r = json.loads(line)
+            msgs = [{"role": "user", "content": r["prompt"]}]
+            p = tokenizer.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True)
+            full = tokenizer.apply_chat_template(msgs + [{"role": "assistant", "content": r["completion"]}],
+                                                 tokenize=True)
+            p, full = (list(x["input_ids"] if hasattr(x, "keys") else x) for x in (p, full))
+            out.append(Row(full, [0.0] * len(p) + [1.0] * (len(full) - len(p))))
+        return out
+
+    return load(bundle["train"]), load(bundle["valid"])
+
+
+def backward_bytes(be, batch) -> int:
+    """Peak bytes a forward_backward holds for the backward pass beyond the model's own weights:
+    the device allocator's peak on MLX; on torch, the live tensors autograd saved for backward
+    (parameters excluded), tracked exactly through saved-tensor hooks (CPU has no allocator
+    statistics, and RSS peaks cannot be reset)."""
+    if be.name == "mlx":
+        import mlx.core as mx
+
+        mx.clear_cache()
+        before = mx.get_active_memory()
+        mx.reset_peak_memory()
+        be.forward_backward(batch)
+        return mx.get_peak_memory() - before
+    import weakref
+
+    import torch
+
+    params = {p.untyped_storage().data_ptr() for p in be.model.parameters()}
+    live: dict = {}          # storage -> [bytes, tensors saved from it that autograd still holds]
+    total, peak = [0], [0]
+
+    class Held:
+        def __init__(self, t):
+            self.t = t
+
+    def pack(t):
+        held = Held(t)
+        key = t.untyped_storage().data_ptr()
+        if key not in params:
+            entry = live.setdefault(key, [t.untyped_storage().nbytes(), 0])
+            entry[1] += 1
+            if entry[1] == 1:
+                total[0] += entry[0]
+                peak[0] = max(peak[0], total[0])
+            weakref.finalize(held, release, key)
+        return held
+
+    def release(key):
+        live[key][1] -= 1
+        if not live[key][1]:
+            total[0] -= live.pop(key)[0]
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda held: held.t):
+        be.forward_backward(batch)
+    return peak[0]
