@@ -269,7 +269,7 @@ def device_peak(device: str, dtype: str) -> dict:
     """The device's measured matmul peak (tunerd.training.flops, cached across the run's children
     through $TUNER_HOME/device_peak.json, so ours and the peer divide by the same number)."""
     try:
-        from tunerd.training.flops import peak_flops
+        from tunerd.backends.registry import peak_flops
     except ImportError:
         return {}
     try:

@@ -58,7 +58,7 @@ def _cfg(model, tmp_path, **kw):
 def test_torch_keeps_a_bf16_checkpoint_where_bf16_is_faster(tiny_bf16_model_dir, tmp_path):
     torch = pytest.importorskip("torch")
     from tunerd.backends.torch import TorchBackend
-    from tunerd.training.flops import peak_flops
+    from tunerd.backends.registry import peak_flops
 
     be = TorchBackend()
     info = be.load(ModelSpec.from_config(_cfg(tiny_bf16_model_dir, tmp_path)))
@@ -77,7 +77,7 @@ def test_mlx_trains_a_bf16_checkpoint_in_the_measured_dtype(tiny_bf16_model_dir,
     from mlx.utils import tree_flatten
 
     from tunerd.backends.mlx import MLXBackend
-    from tunerd.training.flops import peak_flops
+    from tunerd.backends.registry import peak_flops
 
     be = MLXBackend()
     info = be.load(ModelSpec.from_config(_cfg(tiny_bf16_model_dir, tmp_path)))

@@ -3,6 +3,7 @@ for it, so the daemon starts (and the other backend works) without them.
 
     get_backend(name) -> Backend            a new, empty backend (load a model into it)
     resolve_backend(spec) -> "mlx" | "torch"  `backend: auto` -> the rule in backends/auto.py
+    peak_flops(device, dtype) -> float      a device's measured matmul peak, by the backend that names it
 """
 from __future__ import annotations
 
@@ -38,3 +39,11 @@ def resolve_backend(spec) -> str:
         return spec.backend
     from .auto import choose_backend
     return choose_backend(spec)
+
+
+def peak_flops(device: str, dtype: str) -> float:
+    """Measured peak FLOP/s (cached, training/flops.py) for a device name as the backends report it
+    ('cpu', 'cuda', 'cuda:0', 'mps'; 'Device(gpu, 0)' or 'Device(cpu, 0)' for MLX) in dtype 'float32' |
+    'bfloat16' | 'float16': for scripts and tests; a backend's own `peak_flops()` is the same number."""
+    name = "mlx" if device.startswith("Device(") or device in ("gpu", "metal") else "torch"
+    return importlib.import_module(f"tunerd.backends.{name}.peak").peak_flops(device, dtype)

@@ -29,7 +29,6 @@ import torch
 import torch.nn.functional as F
 
 from ...config.schema import TrainConfig
-from ...training.flops import peak_flops
 from ...data.batch import Batch
 from .. import adapter_layout as layout
 from ..base import (Backend, FuseError, GenerationChunk, MemoryStats, ModelInfo, ModelSpec, ParamStats, PromptCache, Sampling,
@@ -39,6 +38,7 @@ from .device import memory_bytes, pick_device, pick_dtype
 from .generate import stream
 from .loss import head_cross_entropy
 from .optim import build_optimizer
+from .peak import peak_flops
 
 log = logging.getLogger("tunerd.torch")
 
