@@ -8,7 +8,6 @@ test_torch_backend.py / test_mlx_backend.py.
 from __future__ import annotations
 
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -48,11 +47,6 @@ def fresh(name, model, **spec):
     return be
 
 
-def eval_loss(be, rows) -> float:
-    sums = [be.eval_loss(b) for b in iterate_batches(rows, 8, be.tokenizer.pad_token_id, shuffle=False)]
-    return sum(s for s, _ in sums) / sum(n for _, n in sums)
-
-
 def batches(be, rows, n_epochs=1, bs=4):
     pad = be.tokenizer.pad_token_id
     return [b for e in range(n_epochs) for b in iterate_batches(rows, bs, pad, seed=0, epoch=e)]
@@ -67,24 +61,13 @@ def train_steps(be, batch_list, lr, steps) -> list[float]:
     return losses
 
 
-@pytest.mark.parametrize("quantization", ["none", "4bit"])
-def test_lora_and_qlora_learn_the_demo_task(name, demo_bundle, quantization):
-    """30 steps (batch 4, lr 1e-2, r 8, all-linear) cut eval loss by at least half (measured: to
-    20-25% of the ~7.0 of the random base, on both backends, float or 4-bit base)."""
-    cfg, be, (train, valid) = make(name, demo_bundle, quantization=quantization, learning_rate=1e-2)
-    before = eval_loss(be, valid)
-    train_steps(be, batches(be, train, 4), cfg.learning_rate, 15)
-    eval_loss(be, valid)   # evaluating between steps must not disturb training
-    train_steps(be, batches(be, train, 4)[15:], cfg.learning_rate, 15)
-    after = eval_loss(be, valid)
-    assert after < 0.5 * before, (before, after)
-
-
 @pytest.mark.parametrize("variant", ["lora", "qlora", "full"])
 def test_the_training_loop_learns_and_resumes_after_a_cancel_exactly(name, demo_bundle, tmp_path, variant):
-    """Through `training.loop.train`: 24 steps bring eval loss from ~7.0 (random base) below 4.5
-    (LoRA, 4-bit QLoRA; full fine-tuning at lr 1e-3 below 6.5); a run cancelled at step 12 and
-    resumed from its checkpoint replays steps 13-24 exactly (dropout, cosine schedule, accumulation)."""
+    """Through `training.loop.train`: 16 steps (2 micro-batches each) bring eval loss from ~7.0 (random
+    base) to ~3.0 with LoRA or 4-bit QLoRA and ~3.6 with full fine-tuning at lr 1e-3 (measured, both
+    backends), evaluating at step 8 on the way; a run cancelled at step 8 and resumed from the
+    checkpoint written at the cancel replays steps 9-16 exactly (adapter, optimizer moments,
+    dropout randomness, cosine schedule, accumulation)."""
     from tunerd.training import events as ev
     from tunerd.training.loop import TrainingCancelled, train
 
@@ -93,28 +76,30 @@ def test_the_training_loop_learns_and_resumes_after_a_cancel_exactly(name, demo_
 
     def cfg(out, **kw):
         base = dict(model=demo_bundle["model"], backend=name, output_dir=str(out), learning_rate=1e-2, lora_r=8,
-                    lora_alpha=16, lora_target_modules="all-linear", lora_dropout=0.05, max_steps=24,
+                    lora_alpha=16, lora_target_modules="all-linear", lora_dropout=0.05, max_steps=16,
                     per_device_train_batch_size=4, gradient_accumulation_steps=2, lr_scheduler_type="cosine",
-                    warmup_steps=2, logging_steps=1, eval_strategy="steps", eval_steps=24, save_strategy="no",
+                    warmup_steps=2, logging_steps=1, eval_strategy="steps", eval_steps=8, save_strategy="no",
                     group_size=32, data=DataConfig(train=demo_bundle["train"], validation=demo_bundle["valid"]))
         return TrainConfig(**{**base, **extra, **kw})
 
     full = []
     train(cfg(tmp_path / "a"), get_backend(name), full.append)
-    assert [e for e in full if isinstance(e, ev.Eval)][-1].eval_loss < (6.5 if variant == "full" else 4.5)
+    assert [e for e in full if isinstance(e, ev.Eval)][-1].eval_loss < (4.5 if variant == "full" else 4.0)
     calls = {"n": 0}
 
     def stop():
         calls["n"] += 1
-        return calls["n"] > 12
+        return calls["n"] > 8
 
     with pytest.raises(TrainingCancelled) as info:
         train(cfg(tmp_path / "b"), get_backend(name), lambda e: None, should_stop=stop)
-    assert info.value.step == 12
+    assert info.value.step == 8
+    if variant != "full":
+        assert (tmp_path / "b" / "checkpoint-8" / "adapter_model.safetensors").exists()   # chat can use it
     resumed = []
     train(cfg(tmp_path / "b", resume_from_checkpoint="latest"), get_backend(name), resumed.append)
     losses = lambda evs: {e.step: e.loss for e in evs if isinstance(e, ev.Step)}  # noqa: E731
-    after = {s: v for s, v in losses(full).items() if s > 12}
+    after = {s: v for s, v in losses(full).items() if s > 8}
     assert losses(resumed).keys() == after.keys()
     np.testing.assert_allclose(list(losses(resumed).values()), list(after.values()), rtol=1e-5, atol=1e-6)
 
@@ -145,20 +130,6 @@ def test_accumulated_micro_batches_equal_one_batch(name, demo_bundle):
     n2, l2 = run([(0, 1), (1, 3), (3, 4)])
     assert n1 == pytest.approx(n2, rel=1e-5)
     np.testing.assert_allclose(l1, l2, atol=1e-5)
-
-
-def test_checkpoint_resume_is_exact(name, demo_bundle, tmp_path):
-    """A checkpoint restores adapter, optimizer moments and dropout randomness: the steps after it
-    repeat exactly in a new backend."""
-    cfg, be, (train, _) = make(name, demo_bundle, lora_dropout=0.1)
-    steps = batches(be, train, 2)
-    train_steps(be, steps, cfg.learning_rate, 3)
-    be.save_checkpoint(tmp_path / "ckpt")
-    expected = train_steps(be, steps[3:], cfg.learning_rate, 3)
-    _, again, _ = make(name, demo_bundle, lora_dropout=0.1)
-    again.load_checkpoint(tmp_path / "ckpt")
-    np.testing.assert_allclose(train_steps(again, steps[3:], cfg.learning_rate, 3), expected, rtol=1e-6)
-    assert (tmp_path / "ckpt" / "adapter_model.safetensors").exists()   # chat can use a checkpoint
 
 
 @pytest.mark.parametrize("kind", ["lora", "dora"])

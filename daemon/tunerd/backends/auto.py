@@ -127,7 +127,7 @@ def choose_backend_with_reason(cfg=None, facts: Optional[HostFacts] = None) -> t
         why = "only mlx is installed"
         if facts.system == "Linux" and not facts.mlx_blas_optimized:
             why += ("; it runs on its reference BLAS here (~14x slower) unless an optimized one is preloaded "
-                    "(LD_PRELOAD; host.blas_hint says which)")
+                    "(LD_PRELOAD; `tunerctl info` says which)")
         return "mlx", why
     if not facts.mlx_available:
         return "torch", "only torch is installed"

@@ -35,10 +35,10 @@ from .. import base
 from ..base import (Backend, FuseError, GenerationChunk, MemoryStats, ModelInfo, ModelSpec, ParamStats, Sampling,
                     adapter_spec, ce_chunk_rows, partial_stop_len)
 from ..dtypes import checkpoint_dtype, resolve_dtype
-from .peak import peak_flops
-from .model import (PACKING_MODEL_TYPES, PackedAttention, add_token_rows, apply_lora,
-                    block_causal_mask, densify_token_rows, enable_grad_checkpoint, is_quantized, quantize_base, resolve_lora_keys,
+from .model import (PACKING_MODEL_TYPES, PackedAttention, add_token_rows, apply_lora, block_causal_mask,
+                    densify_token_rows, enable_grad_checkpoint, is_quantized, quantize_base, resolve_lora_keys,
                     strip_adapters, strip_token_rows, token_rows)
+from .peak import peak_flops
 
 log = logging.getLogger("tunerd.mlx")
 

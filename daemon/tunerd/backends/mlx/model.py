@@ -41,8 +41,8 @@ class PackedAttention:
     absolute positions, so q_t·k_s depends only on t - s. Within a segment (the only pairs the
     mask allows) t - s is the same whether the row starts at 0 or at its offset in the pack, so
     the attention scores, and thus logits and loss, equal the unpacked ones up to float rounding
-    (tested: tests/test_backend_contract.py::test_packed_loss_equals_unpacked_and_padding_is_inert). That is why packing is
-    allowed only for the RoPE families in PACKING_MODEL_TYPES.
+    (tested: tests/test_backend_contract.py::test_packed_loss_equals_unpacked_and_padding_is_inert).
+    That is why packing is allowed only for the RoPE families in PACKING_MODEL_TYPES.
     """
 
     offset = 0
