@@ -431,7 +431,7 @@ class TorchBackend(Backend):
         from peft import PeftModel
 
         self._require_model()
-        if getattr(self.base, "is_quantized", False):
+        if tmodel.is_quantized(self.base):
             if not dequantize:
                 raise FuseError(f"{self.base.name_or_path} is quantized: merging into it would re-quantize the "
                                 f"merged weights and can silently lose the adapter (mlx-lm #1172); fuse with "

@@ -146,12 +146,17 @@ def resize_vocab(model, vocab_size: int, token_ids, rows: dict | None = None) ->
     return new
 
 
+def is_quantized(model) -> bool:
+    """Loaded with bitsandbytes (quantization in the ModelSpec, or a quantized checkpoint)."""
+    return bool(getattr(model, "is_quantized", False) or getattr(model, "hf_quantizer", None))
+
+
 def add_adapter(model, cfg, token_ids=None):
     """Wrap `model` for training: PEFT LoRA/DoRA, or every (unquantized) weight for `full`."""
     kind = cfg.peft_adapter.lower()
     if kind not in ("lora", "dora", "full"):
         raise ValueError(f"peft_adapter: {cfg.peft_adapter!r} is not one of lora, dora, full")
-    quantized = bool(getattr(model, "is_quantized", False) or getattr(model, "hf_quantizer", None))
+    quantized = is_quantized(model)
     torch.manual_seed(cfg.seed)
     gc = bool(cfg.gradient_checkpointing)
     if kind == "full":
