@@ -1,5 +1,6 @@
-"""Looking inside a real backend from a test: logits of one sequence, and starting a torch adapter
-from another backend's initial weights (the parity test). Not part of the Backend interface."""
+"""Helpers for tests of the real backends: build one with an adapter on the demo task, step it,
+look inside it (logits of one sequence, memory kept for backward), and start a torch adapter from
+another backend's initial weights (the parity test). Not part of the Backend interface."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -107,3 +108,36 @@ def backward_bytes(be, batch) -> int:
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda held: held.t):
         be.forward_backward(batch)
     return peak[0]
+
+
+def make(name: str, bundle, **kw):
+    """(cfg, a `name` backend with a fresh adapter, (train rows, validation rows)) on the demo task."""
+    from tunerd.backends.base import ModelSpec
+    from tunerd.backends.registry import get_backend
+    from tunerd.config.schema import DataConfig, TrainConfig
+
+    defaults = dict(lora_r=8, lora_alpha=16, lora_target_modules="all-linear", learning_rate=5e-3, seed=0,
+                    group_size=32)
+    cfg = TrainConfig(model=bundle["model"], backend=name,
+                      data=DataConfig(train=bundle["train"], validation=bundle["valid"]), **{**defaults, **kw})
+    be = get_backend(name)
+    be.load(ModelSpec.from_config(cfg))
+    be.add_adapter(cfg)
+    return cfg, be, demo_rows(bundle, be.tokenizer)
+
+
+def batches(be, rows, n_epochs: int = 1, bs: int = 4) -> list:
+    from tunerd.data.prepare import iterate_batches
+
+    pad = be.tokenizer.pad_token_id
+    return [b for e in range(n_epochs) for b in iterate_batches(rows, bs, pad, seed=0, epoch=e)]
+
+
+def train_steps(be, batch_list, lr: float, steps: int) -> list[float]:
+    """Per-token training losses of `steps` optimizer steps, one batch each."""
+    losses = []
+    for b in batch_list[:steps]:
+        s, n = be.forward_backward(b)
+        be.optimizer_step(lr, 1.0 / n, 1.0)
+        losses.append(s / n)
+    return losses

@@ -11,12 +11,11 @@ import shutil
 
 import numpy as np
 import pytest
-from backend_utils import backward_bytes, demo_rows, logits
+from backend_utils import backward_bytes, batches, logits, make, train_steps
 from tunerd.backends.base import FuseError, ModelSpec, Sampling
 from tunerd.backends.registry import get_backend
 from tunerd.config.schema import DataConfig, TrainConfig
 from tunerd.data.batch import collate
-from tunerd.data.prepare import iterate_batches
 
 # logits of the same adapter read by PEFT/transformers vs by the backend that trained it: the same
 # library on both sides for torch (measured max |diff| ~1e-6), a second implementation for MLX (~5e-5)
@@ -29,36 +28,10 @@ def name(request):
     return request.param
 
 
-def make(name, bundle, **kw):
-    """(cfg, backend with a fresh adapter, (train rows, validation rows))."""
-    defaults = dict(lora_r=8, lora_alpha=16, lora_target_modules="all-linear", learning_rate=5e-3, seed=0,
-                    group_size=32)
-    cfg = TrainConfig(model=bundle["model"], backend=name, data=DataConfig(train=bundle["train"], validation=bundle["valid"]),
-                      **{**defaults, **kw})
-    be = get_backend(name)
-    be.load(ModelSpec.from_config(cfg))
-    be.add_adapter(cfg)
-    return cfg, be, demo_rows(bundle, be.tokenizer)
-
-
 def fresh(name, model, **spec):
     be = get_backend(name)
     be.load(ModelSpec(model=str(model), **spec))
     return be
-
-
-def batches(be, rows, n_epochs=1, bs=4):
-    pad = be.tokenizer.pad_token_id
-    return [b for e in range(n_epochs) for b in iterate_batches(rows, bs, pad, seed=0, epoch=e)]
-
-
-def train_steps(be, batch_list, lr, steps) -> list[float]:
-    losses = []
-    for b in batch_list[:steps]:
-        s, n = be.forward_backward(b)
-        be.optimizer_step(lr, 1.0 / n, 1.0)
-        losses.append(s / n)
-    return losses
 
 
 @pytest.mark.parametrize("variant", ["lora", "qlora", "full"])

@@ -39,6 +39,19 @@ def test_other_quantization_widths_train(demo_bundle, tmp_path, kw):
     assert bits == {kw.get("bits", 8)}
 
 
+def _quantized_copy(src, out: Path, bits: int) -> Path:
+    """`src` quantized on disk in MLX's format (as mlx-community models are), with its tokenizer."""
+    from mlx_lm.utils import load, quantize_model, save_config, save_model
+
+    model, _, config = load(str(src), return_config=True)
+    model, config = quantize_model(model, config, group_size=32, bits=bits)
+    save_model(out, model)
+    save_config(config, out / "config.json")
+    for f in Path(src).glob("tokenizer*"):
+        shutil.copy(f, out / f.name)
+    return out
+
+
 def test_blas_hint_names_the_fix():
     from tunerd.host import blas_hint
 
@@ -54,22 +67,14 @@ def test_fuse_into_an_mlx_quantized_base_needs_dequantize(demo_bundle, tmp_path)
     """A base quantized on disk in MLX's format (mlx-community style) is fused by MLX whatever
     `backend: auto` would pick, and only with dequantize (mlx-lm #1172)."""
     import mlx.nn as nn
-    from mlx_lm.utils import load, quantize_model, save_config, save_model
+    from mlx_lm.utils import load
 
     from tunerd.export.fuse import fuse
 
     cfg = _cfg(demo_bundle, tmp_path / "run")
-    be = MLXBackend()
-    train(cfg, be, lambda e: None)
+    train(cfg, MLXBackend(), lambda e: None)
     adapter = tmp_path / "run" / "adapter"
-    src = Path(cfg.model)
-    model, _, config = load(str(src), return_config=True)
-    model, config = quantize_model(model, config, group_size=32, bits=4)
-    q = tmp_path / "base-4bit"
-    save_model(q, model)
-    save_config(config, q / "config.json")
-    for f in src.glob("tokenizer*"):
-        shutil.copy(f, q / f.name)
+    q = _quantized_copy(cfg.model, tmp_path / "base-4bit", bits=4)
     with pytest.raises(FuseError, match="1172"):
         fuse(q, adapter, tmp_path / "out")
     out = fuse(q, adapter, tmp_path / "out", dequantize=True)
@@ -79,16 +84,7 @@ def test_fuse_into_an_mlx_quantized_base_needs_dequantize(demo_bundle, tmp_path)
 
 
 def test_a_pre_quantized_base_keeps_its_own_bits(demo_bundle, tmp_path):
-    from mlx_lm.utils import load, quantize_model, save_config, save_model
-
-    src = Path(demo_bundle["model"])
-    model, _, config = load(str(src), return_config=True)
-    model, config = quantize_model(model, config, group_size=32, bits=8)
-    q = tmp_path / "base-8bit"
-    save_model(q, model)
-    save_config(config, q / "config.json")
-    for f in src.glob("tokenizer*"):
-        shutil.copy(f, q / f.name)
+    q = _quantized_copy(demo_bundle["model"], tmp_path / "base-8bit", bits=8)
     be = MLXBackend()
     info = be.load(ModelSpec(model=str(q), quantization="4bit"))
     assert info.quantization == "pre-quantized" and any("already quantized" in w for w in be.warnings)

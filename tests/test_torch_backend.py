@@ -10,51 +10,24 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("peft")
 
-from backend_utils import demo_rows  # noqa: E402
-from tunerd.backends.base import ModelSpec, Sampling  # noqa: E402
-from tunerd.config.schema import DataConfig, TrainConfig  # noqa: E402
+import backend_utils  # noqa: E402
+from backend_utils import batches, train_steps  # noqa: E402
+from tunerd.backends.base import Sampling  # noqa: E402
 from tunerd.data.batch import collate  # noqa: E402
-from tunerd.data.prepare import iterate_batches  # noqa: E402
-
-
-class Rows:
-    def __init__(self, train, validation):
-        self.train, self.validation = train, validation
 
 
 def make(bundle, **kw):
-    from tunerd.backends.torch import TorchBackend
-
-    defaults = dict(lora_r=8, lora_alpha=16, lora_target_modules="all-linear", learning_rate=5e-3, seed=0)
-    cfg = TrainConfig(model=bundle["model"], data=DataConfig(train=bundle["train"], validation=bundle["valid"]),
-                      **{**defaults, **kw})
-    backend = TorchBackend()
-    backend.load(ModelSpec.from_config(cfg))
-    backend.add_adapter(cfg)
-    return cfg, backend, Rows(*demo_rows(bundle, backend.tokenizer))
-
-
-def train_steps(backend, batches, lr, steps) -> list[float]:
-    losses = []
-    for b in batches[:steps]:
-        ls, n = backend.forward_backward(b)
-        backend.optimizer_step(lr, 1.0 / n, 1.0)
-        losses.append(ls / n)
-    return losses
-
-
-def epochs(data, pad, n_epochs, bs=4):
-    return [b for e in range(n_epochs) for b in iterate_batches(data.train, bs, pad, seed=0, epoch=e)]
+    return backend_utils.make("torch", bundle, **kw)
 
 
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])
 def test_packing_isolates_rows_by_position_ids_or_the_block_mask(demo_bundle, attn):
     """Measured: packed and unpacked loss sums are bit-identical here (diff 0.0), both with
     transformers' position-id packing detection and with the explicit block mask."""
-    cfg, be, data = make(demo_bundle)
+    cfg, be, (train, valid) = make(demo_bundle)
     be.base.set_attn_implementation(attn)
     pad = be.tokenizer.pad_token_id
-    rows = [(r.ids, r.mask) for r in data.train[:8]]
+    rows = [(r.ids, r.mask) for r in train[:8]]
     unpacked = collate(rows, pad)
     packed = collate(rows, pad, pack_into=128)
     assert packed.is_packed and packed.inputs.shape[0] < unpacked.inputs.shape[0]
@@ -98,8 +71,8 @@ def test_bnb_8bit_optimizers_need_cuda(demo_bundle):
                          ids=["bf16", "fp16-gradscaler", "int8", "fp4", "nf4-bf16-checkpointing"])
 def test_precision_and_quantization_variants_train(demo_bundle, variant):
     """12 steps cut the training loss by 30% (measured: 7.0 -> 3.5-3.9 in every variant)."""
-    cfg, be, data = make(demo_bundle, **variant)
-    losses = train_steps(be, epochs(data, be.tokenizer.pad_token_id, 2), cfg.learning_rate, 12)
+    cfg, be, (train, valid) = make(demo_bundle, **variant)
+    losses = train_steps(be, batches(be, train, 2), cfg.learning_rate, 12)
     assert np.isfinite(losses).all() and losses[-1] < 0.7 * losses[0], losses
 
 
@@ -126,19 +99,19 @@ def test_devices_resolve_and_fail_clearly():
                                      dict(quantization="8bit", optimizer="adamw_8bit")],
                          ids=["bf16", "fp16", "nf4-paged8bit", "int8-adamw8bit"])
 def test_cuda_path_trains(demo_bundle, variant, tmp_path):
-    cfg, be, data = make(demo_bundle, device="cuda", **variant)
+    cfg, be, (train, valid) = make(demo_bundle, device="cuda", **variant)
     assert be.device.type == "cuda"
     pad = be.tokenizer.pad_token_id
-    losses = train_steps(be, epochs(data, pad, 2), cfg.learning_rate, 12)
+    losses = train_steps(be, batches(be, train, 2), cfg.learning_rate, 12)
     assert losses[-1] < 0.7 * losses[0], losses
-    packed = collate([(r.ids, r.mask) for r in data.train[:8]], pad, pack_into=128)
-    unpacked = collate([(r.ids, r.mask) for r in data.train[:8]], pad)
+    packed = collate([(r.ids, r.mask) for r in train[:8]], pad, pack_into=128)
+    unpacked = collate([(r.ids, r.mask) for r in train[:8]], pad)
     lp, lu = be.eval_loss(packed)[0], be.eval_loss(unpacked)[0]
     assert abs(lp - lu) / lu < 2e-2  # 16-bit compute
     be.save_checkpoint(tmp_path / "ckpt")
     be.load_checkpoint(tmp_path / "ckpt")
     assert be.memory().peak_bytes > 0
-    assert "".join(c.text for c in be.generate(data.validation[0].ids[:10], Sampling(max_tokens=5))) is not None
+    assert "".join(c.text for c in be.generate(valid[0].ids[:10], Sampling(max_tokens=5))) is not None
 
 
 def test_fuse_works_without_mlx(demo_bundle, tmp_path):
@@ -147,8 +120,8 @@ def test_fuse_works_without_mlx(demo_bundle, tmp_path):
     import subprocess
     import sys
 
-    cfg, be, data = make(demo_bundle)
-    train_steps(be, epochs(data, be.tokenizer.pad_token_id, 1), 1e-2, 3)
+    cfg, be, (train, valid) = make(demo_bundle)
+    train_steps(be, batches(be, train, 1), 1e-2, 3)
     be.save_adapter(tmp_path / "adapter")
     script = (
         "import sys; sys.modules['mlx'] = None\n"
@@ -160,7 +133,7 @@ def test_fuse_works_without_mlx(demo_bundle, tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     from transformers import AutoModelForCausalLM
 
-    ids = data.validation[0].ids
+    ids = valid[0].ids
     hf = AutoModelForCausalLM.from_pretrained(tmp_path / "fused", dtype=torch.float32).eval()
     be.model.eval()
     with torch.no_grad():

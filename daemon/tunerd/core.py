@@ -15,10 +15,10 @@ from typing import Iterator, Optional
 import yaml
 
 from . import __version__, host
+from .backends.registry import resolve_backend
 from .chat import ChatDelta, ChatParams, ChatService, resolve_job_ref
 from .config.loader import ConfigError, load_config, merge
 from .jobs.manager import JobManager
-from .backends.registry import resolve_backend
 from .jobs.store import RUNNING, SUCCEEDED, JobRecord, JobStore
 from .models.registry import ModelRegistry
 
