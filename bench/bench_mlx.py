@@ -67,7 +67,7 @@ def run_mlx_lm(model_dir: str, train_file: str, epochs: int) -> dict:
 
 
 def run_ours(model_dir: str, train_file: str, epochs: int, packing: bool) -> dict:
-    from tunerd.backends.mlx_backend import MLXBackend
+    from tunerd.backends.mlx import MLXBackend
     from tunerd.config.schema import DataConfig, TrainConfig
 
     batch = BATCH

@@ -222,12 +222,12 @@ def run_ours(job: dict) -> dict:
     if job.get("dtype"):
         kw["dtype"] = job["dtype"]
     if backend_name == "torch":
-        from tunerd.backends.torch_backend import TorchBackend
+        from tunerd.backends.torch import TorchBackend
 
         kw["device"] = torch_device(job["device"])
         backend, kind = TorchBackend(), kw["device"]
     else:
-        from tunerd.backends.mlx_backend import MLXBackend
+        from tunerd.backends.mlx import MLXBackend
 
         backend, kind = MLXBackend(), "mlx"
     cfg = TrainConfig(**kw)
@@ -269,7 +269,7 @@ def device_peak(device: str, dtype: str) -> dict:
     """The device's measured matmul peak (tunerd.training.flops, cached across the run's children
     through $TUNER_HOME/device_peak.json, so ours and the peer divide by the same number)."""
     try:
-        from tunerd.training.flops import peak_flops
+        from tunerd.backends.registry import peak_flops
     except ImportError:
         return {}
     try:

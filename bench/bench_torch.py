@@ -68,7 +68,7 @@ def build(work: Path, n_rows: int) -> dict:
 # ---- one measured run per subprocess (bench/common.py holds the runners) ------------------------
 
 def run_ours(model: str, data: str, packing: bool, device: str) -> dict:
-    from tunerd.backends.torch_backend import TorchBackend
+    from tunerd.backends.torch import TorchBackend
     from tunerd.config.schema import DataConfig, TrainConfig
 
     cfg = TrainConfig(model=model, backend="torch", device=device, dtype="float32", lora_r=HP["lora_r"],
@@ -88,14 +88,15 @@ def run_trl(model: str, data: str, packing: bool, device: str) -> dict:
 
 def step_times(backend_name: str, model: str, data: str, steps: int, quantization: str = "none") -> dict:
     """Median seconds per LoRA training step (batch 8, unpacked) on one backend."""
-    from tunerd.backends.base import get_backend
+    from tunerd.backends.base import ModelSpec
+    from tunerd.backends.registry import get_backend
     from tunerd.config.schema import DataConfig, TrainConfig
     from tunerd.data.batch import collate
 
     cfg = TrainConfig(model=model, lora_r=8, lora_alpha=16, lora_target_modules="all-linear",
                       quantization=quantization, data=DataConfig(train=data))
     be = get_backend(backend_name)
-    be.load(cfg)
+    be.load(ModelSpec.from_config(cfg))
     be.add_adapter(cfg)
     tok = be.tokenizer
     rows = [json.loads(line) for line in open(data)][: 8 * (steps + 2)]

@@ -10,7 +10,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from backend_utils import logits
 from tunerd.backends import adapter_layout as layout
+from tunerd.backends.base import ModelSpec
 from tunerd.config.schema import DataConfig, TrainConfig
 from tunerd.training import events as ev
 from tunerd.training.loop import train
@@ -31,18 +33,15 @@ def _cfg(bundle, out, **kw):
 def _make(name):
     if name == "torch":
         pytest.importorskip("peft")
-        from tunerd.backends.torch_backend import TorchBackend
+        from tunerd.backends.torch import TorchBackend
         return TorchBackend()
     pytest.importorskip("mlx.core")
-    from tunerd.backends.mlx_backend import MLXBackend
+    from tunerd.backends.mlx import MLXBackend
     return MLXBackend()
 
 
 def _logits(be, ids) -> np.ndarray:
-    if be.name == "torch":
-        return be.logits(ids)[-1]
-    import mlx.core as mx
-    return np.array(be.model(mx.array([ids]))[0, -1].astype(mx.float32))
+    return logits(be, ids)[-1]
 
 
 @pytest.fixture(scope="module", params=["torch", "mlx"])
@@ -94,7 +93,7 @@ def test_load_adapter_reproduces_the_trained_model(trained, into):
     assert ids[0] == be.tokenizer.convert_tokens_to_ids("<|begin_of_text|>")
     want = _logits(be, ids)
     fresh = _make(into)
-    fresh.load(TrainConfig(model=cfg.model, backend=into))
+    fresh.load(ModelSpec(model=cfg.model, backend=into))
     fresh.load_adapter(Path(trained["finished"].adapter_path))
     assert len(fresh.tokenizer) == want.shape[-1]
     assert _probe_ids(fresh.tokenizer) == ids
@@ -110,7 +109,7 @@ def test_generation_stops_at_the_added_end_of_turn(trained):
 
     be, cfg = trained["backend"], trained["cfg"]
     fresh = _make(be.name)
-    fresh.load(TrainConfig(model=cfg.model, backend=be.name))
+    fresh.load(ModelSpec(model=cfg.model, backend=be.name))
     fresh.load_adapter(Path(trained["finished"].adapter_path))
     texts = []
     for b in (be, fresh):
@@ -150,23 +149,24 @@ def test_quantized_base_and_resume_keep_the_rows(name, demo_bundle, tmp_path):
     np.testing.assert_allclose(ra["embed_tokens"], rb["embed_tokens"], atol=1e-5)
     ids = _probe_ids(be.tokenizer)
     fresh = _make(name)
-    fresh.load(TrainConfig(model=demo_bundle["model"], backend=name, quantization="4bit", group_size=32))
+    fresh.load(ModelSpec(model=demo_bundle["model"], backend=name, quantization="4bit", group_size=32))
     fresh.load_adapter(Path(fin_b.adapter_path))
     want, got = _logits(be, ids), _logits(fresh, ids)
     np.testing.assert_allclose(got, want, atol=2e-3 * max(1.0, np.abs(want).max()))
 
 
-def test_fuse_writes_the_grown_vocabulary(trained, tmp_path):
-    """The fused model (mlx-lm and transformers both load it) has the new rows and tokenizer."""
+@pytest.mark.parametrize("fuser", ["torch", "mlx"])
+def test_fuse_writes_the_grown_vocabulary(trained, tmp_path, fuser):
+    """The fused model (either backend fuses it) has the new rows and tokenizer."""
     if trained["name"] != "torch":
         pytest.skip("one source is enough")
-    pytest.importorskip("mlx.core")
+    pytest.importorskip("mlx.core" if fuser == "mlx" else "peft")
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from tunerd.export.fuse import fuse
 
     be, cfg = trained["backend"], trained["cfg"]
-    out = fuse(cfg.model, Path(trained["finished"].adapter_path), tmp_path / "fused")
+    out = fuse(cfg.model, Path(trained["finished"].adapter_path), tmp_path / "fused", backend=fuser)
     tok = AutoTokenizer.from_pretrained(out)
     ids = _probe_ids(tok)
     assert ids == _probe_ids(be.tokenizer)

@@ -6,14 +6,14 @@ from __future__ import annotations
 import pytest
 
 from tunerd.backends import base
-from tunerd.backends.base import Sampling, get_backend
-from tunerd.config.schema import TrainConfig
+from tunerd.backends.base import ModelSpec, Sampling
+from tunerd.backends.registry import get_backend
 
 
 @pytest.mark.parametrize("name", ["mlx", "torch"])
 def test_long_prompt_is_prefilled_in_chunks(demo_bundle, monkeypatch, name):
     be = get_backend(name)
-    be.load(TrainConfig(model=demo_bundle["model"], backend=name))
+    be.load(ModelSpec(model=demo_bundle["model"], backend=name))
     text = " ".join(r["prompt"] for r in demo_bundle["rows"] * 20)
     prompt = be.tokenizer(text)["input_ids"][:450]
     assert len(prompt) == 450

@@ -51,12 +51,13 @@ def test_two_adapters_one_base_in_models_list_and_unload_by_adapter(daemon, tiny
 
 @pytest.mark.parametrize("backend", ["torch", "mlx"])
 def test_generate_continues_the_text_without_a_chat_template(daemon, tiny_model_dir, tiny_tokenizer, backend):
-    from tunerd.backends.base import Sampling, get_backend
-    from tunerd.config.schema import TrainConfig
+    from tunerd.backends.base import Sampling
+    from tunerd.backends.registry import get_backend
+    from tunerd.backends.base import ModelSpec
 
     prompt = "The capital of Zorblax is"
     be = get_backend(backend)
-    be.load(TrainConfig(model=tiny_model_dir, backend=backend, dtype="auto"))
+    be.load(ModelSpec(model=tiny_model_dir, backend=backend, dtype="auto"))
     ids = tiny_tokenizer(prompt)["input_ids"]
     expected = "".join(c.text for c in be.generate(ids, Sampling(temperature=0.0, max_tokens=10)))
     got = one_shot(daemon, "generate", "--model", tiny_model_dir, "--backend", backend, "-p", prompt)

@@ -286,6 +286,8 @@ def test_torch_adapter_serves_mlx_chat_and_fuses(daemon, demo_bundle, tmp_path):
     on_torch = reply("--adapter", f"job:{job_id}", "--backend", "torch")
     cli(daemon.home, "adapters", "export", f"job:{job_id}", str(tmp_path / "mlx"), "--layout", "mlx", check=True)
     assert (tmp_path / "mlx" / "adapters.safetensors").exists()
+    cli(daemon.home, "adapters", "export", f"job:{job_id}", str(tmp_path / "peft"), "--layout", "peft", check=True)
+    assert (tmp_path / "peft" / "adapter_model.safetensors").exists() and not (tmp_path / "peft" / "mlx").exists()
     on_mlx = reply("--model", demo_bundle["model"], "--adapter", str(tmp_path / "mlx"), "--backend", "mlx")
     assert on_torch and on_mlx == on_torch
     cli(daemon.home, "adapters", "fuse", f"job:{job_id}", str(tmp_path / "fused"), check=True)

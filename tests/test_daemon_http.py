@@ -75,14 +75,15 @@ def test_streamed_chunks_are_whole_characters(served, tiny_model_dir, tiny_token
     """Byte-level BPE splits a Hangul syllable over tokens, and a random model at temperature 1.5
     emits stray bytes: every streamed prefix is a prefix of the decoded reply (no half character
     sent as U+FFFD and completed later), and the whole equals the reply decoded at once."""
-    from tunerd.backends.base import Sampling, get_backend
-    from tunerd.config.schema import TrainConfig
+    from tunerd.backends.base import Sampling
+    from tunerd.backends.registry import get_backend
+    from tunerd.backends.base import ModelSpec
 
     d, client, _ = served
     cli(d.home, "models", "load", tiny_model_dir, "--backend", backend, check=True)
     messages = [{"role": "user", "content": "안녕하세요, 한국어로 대답해 주세요"}]
     be = get_backend(backend)
-    be.load(TrainConfig(model=tiny_model_dir, backend=backend))
+    be.load(ModelSpec(model=tiny_model_dir, backend=backend))
     ids = tiny_tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
     ids = list(ids["input_ids"] if hasattr(ids, "keys") else ids)
     tokens = [c.token_id for c in be.generate(ids, Sampling(temperature=1.5, seed=3, max_tokens=60))

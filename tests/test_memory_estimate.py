@@ -19,7 +19,8 @@ from tunerd.training.loop import train
 MEASURE = r'''
 import json, resource, sys
 import numpy as np
-from tunerd.backends.base import get_backend
+from tunerd.backends.base import ModelSpec
+from tunerd.backends.registry import get_backend
 from tunerd.config.schema import DataConfig, TrainConfig
 from tunerd.data.batch import collate
 from tunerd.training.memory import estimate
@@ -31,7 +32,7 @@ if name == "torch":
     import torch; torch.ones(1)
 rss = lambda: int(open("/proc/self/statm").read().split()[1]) * 4096
 base = rss()
-info = b.load(cfg); b.add_adapter(cfg)
+info = b.load(ModelSpec.from_config(cfg)); b.add_adapter(cfg)
 rng = np.random.default_rng(0)
 rows = [(list(rng.integers(4, 1000, T + 1)), [0.0] * (T // 2 + 1) + [1.0] * (T // 2)) for _ in range(bs)]
 for _ in range(2):
@@ -98,8 +99,8 @@ def test_estimate_reacts_to_the_knobs_that_save_memory(mid_model):
 
 
 class OOMBackend(FakeBackend):
-    def load(self, cfg):
-        info = super().load(cfg)
+    def load(self, spec):
+        info = super().load(spec)
         info.config = json.loads((Path(self.model_dir) / "config.json").read_text())
         return info
 

@@ -3,7 +3,7 @@
 Same tiny model weights, same batches (padded and packed), same hyper-parameters (AdamW with
 bias correction and weight decay, clipping at 1.0), no dropout, float32, and the same initial
 adapter: MLX draws its LoRA A (B = 0, DoRA m = ||W||) and torch copies it through the adapter
-layout (`TorchBackend.load_adapter(dir, trainable=True)`). Then:
+layout (backend_utils.copy_into_trainable_adapter). Then:
 - per-step training losses agree within LOSS_RTOL for STEPS steps, for LoRA and DoRA;
 - an adapter trained on MLX gives torch the same next-token logits (and the reverse).
 """
@@ -16,6 +16,8 @@ mx = pytest.importorskip("mlx.core")
 torch = pytest.importorskip("torch")
 pytest.importorskip("peft")
 
+from backend_utils import copy_into_trainable_adapter, logits  # noqa: E402
+from tunerd.backends.base import ModelSpec  # noqa: E402
 from tunerd.config.schema import DataConfig, TrainConfig  # noqa: E402
 from tunerd.data.batch import collate  # noqa: E402
 
@@ -60,22 +62,17 @@ def _batches(tokenizer, bundle_rows, steps):
     return out
 
 
-def _mlx_logits(be, ids) -> np.ndarray:
-    be.model.eval()
-    return np.array(be.model(mx.array([ids]))[0].astype(mx.float32))
-
-
 def _pair(bundle, kind, tmp_path):
-    from tunerd.backends.mlx_backend import MLXBackend
-    from tunerd.backends.torch_backend import TorchBackend
+    from tunerd.backends.mlx import MLXBackend
+    from tunerd.backends.torch import TorchBackend
 
     cfg = _cfg(bundle, kind)
     mlx_be, torch_be = MLXBackend(), TorchBackend()
     for be in (mlx_be, torch_be):
-        be.load(cfg)
+        be.load(ModelSpec.from_config(cfg))
         be.add_adapter(cfg)
     mlx_be.save_adapter(tmp_path / "init")
-    torch_be.load_adapter(tmp_path / "init", trainable=True)  # same initial A (and m for DoRA)
+    copy_into_trainable_adapter(torch_be, tmp_path / "init")  # same initial A (and m for DoRA)
     return cfg, mlx_be, torch_be
 
 
@@ -95,13 +92,13 @@ def test_training_losses_match_step_by_step(demo_bundle, tmp_path, kind):
     assert max(norms) < 1e-3, f"{kind}: grad-norm diffs {['%.1e' % r for r in norms]}"
     # after training, the two adapters still give the same logits
     ids = _rows(torch_be.tokenizer, demo_bundle["rows"][:1])[0][0]
-    np.testing.assert_allclose(torch_be.logits(ids), _mlx_logits(mlx_be, ids), atol=LOGITS_ATOL)
+    np.testing.assert_allclose(logits(torch_be, ids), logits(mlx_be, ids), atol=LOGITS_ATOL)
 
 
 @pytest.mark.parametrize("kind", ["lora", "dora"])
 def test_adapters_interchange_between_backends(demo_bundle, tmp_path, kind):
-    from tunerd.backends.mlx_backend import MLXBackend
-    from tunerd.backends.torch_backend import TorchBackend
+    from tunerd.backends.mlx import MLXBackend
+    from tunerd.backends.torch import TorchBackend
 
     cfg, mlx_be, torch_be = _pair(demo_bundle, kind, tmp_path)
     batches = _batches(torch_be.tokenizer, demo_bundle["rows"], 6)
@@ -114,13 +111,13 @@ def test_adapters_interchange_between_backends(demo_bundle, tmp_path, kind):
     ids = _rows(torch_be.tokenizer, demo_bundle["rows"][5:6])[0][0]
 
     base = TorchBackend()
-    base.load(cfg)
-    base_logits = base.logits(ids)
+    base.load(ModelSpec.from_config(cfg))
+    base_logits = logits(base, ids)
     base.load_adapter(tmp_path / "from_mlx")          # mlx-trained adapter into torch
-    np.testing.assert_allclose(base.logits(ids), _mlx_logits(mlx_be, ids), atol=LOGITS_ATOL)
-    assert np.abs(base.logits(ids) - base_logits).max() > 1e-2  # the adapter changed something
+    np.testing.assert_allclose(logits(base, ids), logits(mlx_be, ids), atol=LOGITS_ATOL)
+    assert np.abs(logits(base, ids) - base_logits).max() > 1e-2  # the adapter changed something
 
     other = MLXBackend()
-    other.load(cfg)
+    other.load(ModelSpec.from_config(cfg))
     other.load_adapter(tmp_path / "from_torch")        # torch-trained adapter into mlx
-    np.testing.assert_allclose(_mlx_logits(other, ids), torch_be.logits(ids), atol=LOGITS_ATOL)
+    np.testing.assert_allclose(logits(other, ids), logits(torch_be, ids), atol=LOGITS_ATOL)

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tunerd.backends.base import ModelInfo, Sampling
+from tunerd.backends.base import ModelInfo, ModelSpec, Sampling
 from tunerd.backends.dtypes import checkpoint_dtype, resolve_dtype
 from tunerd.config.schema import DataConfig, TrainConfig
 from tunerd.data.batch import collate
@@ -57,18 +57,18 @@ def _cfg(model, tmp_path, **kw):
 
 def test_torch_keeps_a_bf16_checkpoint_where_bf16_is_faster(tiny_bf16_model_dir, tmp_path):
     torch = pytest.importorskip("torch")
-    from tunerd.backends.torch_backend import TorchBackend
-    from tunerd.training.flops import peak_flops
+    from tunerd.backends.torch import TorchBackend
+    from tunerd.backends.registry import peak_flops
 
     be = TorchBackend()
-    info = be.load(_cfg(tiny_bf16_model_dir, tmp_path))
+    info = be.load(ModelSpec.from_config(_cfg(tiny_bf16_model_dir, tmp_path)))
     faster = peak_flops("cpu", "bfloat16") >= 1.5 * peak_flops("cpu", "float32")
     assert info.dtype == ("bfloat16" if faster else "float32") and "measured" in info.dtype_reason
     assert be.base.get_input_embeddings().weight.dtype == getattr(torch, info.dtype)
     be.add_adapter(_cfg(tiny_bf16_model_dir, tmp_path))
     lora = [p for n, p in be.model.named_parameters() if "lora_" in n]
     assert lora and all(p.dtype == torch.float32 for p in lora)    # PEFT's practice: fp32 adapters
-    info = TorchBackend().load(_cfg(tiny_bf16_model_dir, tmp_path, dtype="float32"))
+    info = TorchBackend().load(ModelSpec.from_config(_cfg(tiny_bf16_model_dir, tmp_path, dtype="float32")))
     assert (info.dtype, info.dtype_reason) == ("float32", "set in the config")
 
 
@@ -76,11 +76,11 @@ def test_mlx_trains_a_bf16_checkpoint_in_the_measured_dtype(tiny_bf16_model_dir,
     mx = pytest.importorskip("mlx.core")
     from mlx.utils import tree_flatten
 
-    from tunerd.backends.mlx_backend import MLXBackend
-    from tunerd.training.flops import peak_flops
+    from tunerd.backends.mlx import MLXBackend
+    from tunerd.backends.registry import peak_flops
 
     be = MLXBackend()
-    info = be.load(_cfg(tiny_bf16_model_dir, tmp_path))
+    info = be.load(ModelSpec.from_config(_cfg(tiny_bf16_model_dir, tmp_path)))
     dev = str(mx.default_device())
     faster = peak_flops(dev, "bfloat16") >= 1.5 * peak_flops(dev, "float32")
     assert info.dtype == ("bfloat16" if faster else "float32")
@@ -131,10 +131,10 @@ def test_mlx_loss_never_holds_full_float32_logits(vocab_heavy_model, tmp_path):
     import mlx.nn as nn
 
     from tunerd.backends.mlx.backend import _loss
-    from tunerd.backends.mlx_backend import MLXBackend
+    from tunerd.backends.mlx import MLXBackend
 
     be = MLXBackend(compile=False)
-    be.load(_cfg(vocab_heavy_model, tmp_path, dtype="float32"))
+    be.load(ModelSpec.from_config(_cfg(vocab_heavy_model, tmp_path, dtype="float32")))
     be.add_adapter(_cfg(vocab_heavy_model, tmp_path, dtype="float32"))
     batch = collate(_rows(np.random.default_rng(0), [255] * 4), pad_id=3)
     full_f32 = batch.inputs.size * 32768 * 4                      # [4, 256, 32768] float32 = 128 MiB
@@ -166,11 +166,11 @@ def test_mlx_buffer_cache_stays_bounded_over_varying_lengths(demo_bundle, tmp_pa
     """30 steps of 10 different lengths: the cache is emptied every step (the policy that kept the
     GPU from filling up) and active memory does not grow."""
     mx = pytest.importorskip("mlx.core")
-    from tunerd.backends.mlx_backend import MLXBackend
+    from tunerd.backends.mlx import MLXBackend
 
     be = MLXBackend()
     cfg = _cfg(demo_bundle["model"], tmp_path)
-    be.load(cfg)
+    be.load(ModelSpec.from_config(cfg))
     be.add_adapter(cfg)
     rng = np.random.default_rng(0)
     lengths = [20 + 17 * i for i in range(10)]
@@ -213,11 +213,11 @@ def test_torch_qlora_runs_in_the_compute_dtype(demo_bundle, tmp_path):
     weights are bfloat16; before, float32 norms made every activation float32 (2.8x TRL's peak)."""
     torch = pytest.importorskip("torch")
     pytest.importorskip("bitsandbytes")
-    from tunerd.backends.torch_backend import TorchBackend
+    from tunerd.backends.torch import TorchBackend
 
     cfg = _cfg(demo_bundle["model"], tmp_path, quantization="4bit", dtype="bfloat16")
     be = TorchBackend()
-    be.load(cfg)
+    be.load(ModelSpec.from_config(cfg))
     be.add_adapter(cfg)
     floats = {p.dtype for p in be.model.parameters() if p.is_floating_point()}
     assert floats == {torch.bfloat16}, floats
@@ -256,7 +256,7 @@ def test_packing_auto_is_on_for_accelerators_off_on_cpu():
 
 def test_started_and_steps_say_dtype_packing_and_mfu(demo_bundle, tmp_path):
     pytest.importorskip("torch")
-    from tunerd.backends.torch_backend import TorchBackend
+    from tunerd.backends.torch import TorchBackend
     from tunerd.training import events as ev
     from tunerd.training.loop import train
 

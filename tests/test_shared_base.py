@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from tunerd.backends.adapter_layout import AdapterSpec, changes_base, write_adapter
-from tunerd.backends.base import Sampling, get_backend
-from tunerd.config.schema import TrainConfig
+from tunerd.backends.base import ModelSpec, Sampling
+from tunerd.backends.registry import get_backend
 from tunerd.models.registry import ModelRegistry
 
 BACKENDS = ["torch", "mlx"]
@@ -42,7 +42,7 @@ def greedy(backend, ids, n=12) -> list[int]:
 
 def alone(name, model_dir, adapter, ids):
     be = get_backend(name)
-    be.load(TrainConfig(model=model_dir, backend=name, dtype="float32"))
+    be.load(ModelSpec(model=model_dir, backend=name, dtype="float32"))
     if adapter:
         be.load_adapter(Path(adapter))
     out = greedy(be, ids)
@@ -142,7 +142,7 @@ def test_a_second_adapter_costs_its_own_bytes_not_a_second_base(name, wide_model
     greedy(res.backend, ids, 2)
     with_b = measure() - before
     second_copy = get_backend(name)
-    second_copy.load(TrainConfig(model=wide_model, backend=name, dtype="float32"))
+    second_copy.load(ModelSpec(model=wide_model, backend=name, dtype="float32"))
     greedy(second_copy, ids, 2)
     another_base = measure() - before - with_b
     print(f"{name}: base {res.base_bytes / 2**20:.1f} MiB; attaching adapter b: +{with_b / 2**20:.1f} MiB "
@@ -171,7 +171,7 @@ def test_the_next_turn_reads_only_its_new_tokens_and_answers_the_same(name, tiny
     (per adapter) is reused for the common prefix, and the reply equals one without the cache."""
     a, _ = adapters
     be = get_backend(name)
-    be.load(TrainConfig(model=tiny_model_dir, backend=name, dtype="float32"))
+    be.load(ModelSpec(model=tiny_model_dir, backend=name, dtype="float32"))
     be.attach_adapter(a, Path(a))
     reused = []
     take = be._prompt_cache.take

@@ -15,7 +15,7 @@ import pytest
 
 pytest.importorskip("mlx.core")
 
-from tunerd.backends.mlx_backend import MLXBackend  # noqa: E402
+from tunerd.backends.mlx import MLXBackend  # noqa: E402
 from tunerd.config.schema import DataConfig, TrainConfig  # noqa: E402
 from tunerd.training import events as ev  # noqa: E402
 from tunerd.training.checkpoints import list_checkpoints  # noqa: E402
@@ -23,7 +23,7 @@ from tunerd.training.loop import train  # noqa: E402
 
 SCRIPT = textwrap.dedent("""
     import json, sys, time
-    from tunerd.backends.mlx_backend import MLXBackend
+    from tunerd.backends.mlx import MLXBackend
     from tunerd.config.schema import DataConfig, TrainConfig
     from tunerd.training.loop import train
     kw = json.loads(sys.argv[1])

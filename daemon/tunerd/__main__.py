@@ -49,12 +49,12 @@ def main(argv: list[str] | None = None) -> int:
     log = logging.getLogger("tunerd")
     if sys.platform == "linux":
         from .backends.auto import mlx_blas_library
+        from .host import reference_blas_hint
         lib = mlx_blas_library()
         if lib:
             log.info("MLX matmuls use %s", lib)
         else:
-            log.warning("MLX will use its reference BLAS (slow on CPU): install an optimized one, "
-                        "e.g. `apt-get install libopenblas0-pthread`")
+            log.warning("%s", reference_blas_hint())
     d = Daemon(home, args.socket, args.listen, args.insecure_tcp, args.tls_cert, args.tls_key,
                http=args.http, http_host=args.http_host)
     try:

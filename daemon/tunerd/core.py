@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import shutil
 import threading
 import time
 from functools import partial
@@ -20,11 +19,11 @@ from typing import Callable, Iterator, Optional
 import yaml
 
 from . import __version__, host
+from .backends.registry import resolve_backend
 from .chat import ChatDelta, ChatParams, ChatService
 from .config.loader import ConfigError, load_config, merge
 from .jobs import refs
 from .jobs.manager import JobManager
-from .jobs.runner import resolve_backend
 from .jobs.runner import run_training as train_job
 from .jobs.store import RUNNING, SUCCEEDED, JobRecord, JobStore, StoredEvent
 from .backends.base import TRAINING
@@ -250,18 +249,8 @@ class Core:
         return refs.adapter_of(self.store, ref) if refs.is_ref(ref) else resolve_path(ref)
 
     def export_adapter(self, adapter: str, out_dir: str, layout: str = "peft") -> str:
-        src = Path(self.resolve_adapter(adapter))
-        if not src.exists():
-            raise FileNotFoundError(f"adapter not found: {src}")
-        if layout not in ("peft", "mlx"):
-            raise ValueError(f"layout: {layout!r} is not peft or mlx")
-        marker = "adapter_model.safetensors" if layout == "peft" else "adapters.safetensors"
-        found = next(iter(sorted(src.rglob(marker))), None)
-        if found is None:
-            raise FileNotFoundError(f"{src} has no {layout} layout ({marker})")
-        out = Path(resolve_path(out_dir))
-        shutil.copytree(found.parent, out, dirs_exist_ok=True)
-        return str(out)
+        from .export.layout import export_adapter
+        return str(export_adapter(self.resolve_adapter(adapter), resolve_path(out_dir), layout))
 
     def fuse_adapter(self, adapter: str, out_dir: str, model: str = "", dequantize: bool = False) -> str:
         from .export.fuse import fuse

@@ -108,9 +108,7 @@ def devices() -> list[dict]:
             from .backends.auto import mlx_blas_library
             lib = mlx_blas_library()
             name = "cpu"
-            detail = f"BLAS: {lib}" if lib else (
-                "reference BLAS (slow): install libopenblas0-pthread"
-                + (" and restart tunerd" if optimized_blas_path() else ""))
+            detail = f"BLAS: {lib}" if lib else reference_blas_hint()
         out.append({"name": name, "backend": "mlx", "memory_total_bytes": total, "memory_free_bytes": avail,
                     "detail": detail})
     return out
@@ -125,3 +123,22 @@ def default_backend() -> str:
         return choose_backend(TrainConfig(model="?"))
     except Exception:  # noqa: BLE001
         return ""
+
+
+def blas_hint() -> str:
+    """'' when MLX's matmuls are fast here (macOS: Accelerate/Metal; Linux: an optimized BLAS
+    serves MLX's cblas calls, backends.auto.mlx_blas_library); else the one sentence that says so
+    and what to do, used by the daemon log, the MLX backend's warning, `backend: auto` and `info`."""
+    if sys.platform != "linux":
+        return ""
+    from .backends.auto import mlx_blas_library
+
+    return "" if mlx_blas_library() else reference_blas_hint()
+
+
+def reference_blas_hint() -> str:
+    """blas_hint's sentence, for a host already known to run MLX on its reference BLAS."""
+    found = optimized_blas_path()
+    fix = (f"start tunerd again (it preloads {found}) or set LD_PRELOAD={found}" if found else
+           "install an optimized one (apt-get install libopenblas0-pthread) and start tunerd again")
+    return f"MLX uses its reference BLAS on this host (training ~14x slower): {fix}"

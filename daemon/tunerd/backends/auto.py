@@ -126,8 +126,8 @@ def choose_backend_with_reason(cfg=None, facts: Optional[HostFacts] = None) -> t
     if not facts.torch_available:
         why = "only mlx is installed"
         if facts.system == "Linux" and not facts.mlx_blas_optimized:
-            why += ("; MLX runs on its reference BLAS here (~14x slower): preload an optimized one, "
-                    "e.g. LD_PRELOAD=/usr/lib/x86_64-linux-gnu/openblas-pthread/libblas.so.3")
+            why += ("; it runs on its reference BLAS here (~14x slower) unless an optimized one is preloaded "
+                    "(LD_PRELOAD; `tunerctl info` says which)")
         return "mlx", why
     if not facts.mlx_available:
         return "torch", "only torch is installed"

@@ -1,8 +1,20 @@
 """The backend interface: everything that touches a model lives behind it.
 
-The training loop (`tunerd.training.loop`) never imports mlx or torch; it drives a `Backend`:
-    load(cfg) -> ModelInfo                      load base model + tokenizer (quantize if asked)
-    add_adapter(cfg) -> ParamStats              add LoRA/DoRA (or unfreeze for full), build optimizer
+The training loop, chat, the model registry, evaluation and fuse drive a `Backend` and never import
+mlx or torch. A backend is built by name with `tunerd.backends.registry.get_backend`.
+
+    name                                        "mlx" | "torch"
+    tokenizer                                   the loaded model's Hugging Face tokenizer
+    warnings -> list[str]                       set-up warnings for the user (default none); the loop
+                                                emits each as a Log(warning) event
+    load(spec: ModelSpec) -> ModelInfo          load base model + tokenizer (quantize if asked)
+    supports_added_tokens: bool                 whether resize_token_embeddings works (default False)
+    resize_token_embeddings(vocab_size, token_ids=None, end_of_turn=None, chat_template=None) -> int
+                                                before add_adapter when the data pipeline added chat
+                                                special tokens: grow the vocabulary, train the new
+                                                rows, save them with the adapter (adapter_layout:
+                                                added tokens); the default raises NotImplementedError
+    add_adapter(cfg: TrainConfig) -> ParamStats add LoRA/DoRA (or unfreeze for full), build optimizer
     forward_backward(batch) -> (loss_sum, n)    accumulate gradients of the *summed* token loss
     optimizer_step(lr, grad_scale, max_grad_norm) -> grad_norm
                                                 scale accumulated grads by grad_scale (1/n_targets
@@ -10,8 +22,13 @@ The training loop (`tunerd.training.loop`) never imports mlx or torch; it drives
     eval_loss(batch) -> (loss_sum, n)           no gradients
     save_checkpoint(dir) / load_checkpoint(dir) adapter + optimizer state + backend RNG
     save_adapter(dir)                           final adapter: native layout AND PEFT layout
+    load_adapter(dir)                           apply a saved adapter (either layout) for inference
     generate(prompt_ids, sampling, should_stop) -> iterator[GenerationChunk]
     memory() -> MemoryStats                     the device's (process-wide) active and peak bytes
+    peak_flops() -> float                       measured matmul FLOP/s of the device in the model's dtype
+    fuse(adapter_dir, out_dir, dequantize=False)
+                                                merge an adapter into the loaded base and write a
+                                                standalone Hugging Face model dir (export/fuse.py)
   For chat, several adapters on one loaded base (one copy of its weights):
     attach_adapter(name, path) -> bytes         load a saved adapter beside the others (PEFT named
                                                 adapters on torch; named weight sets on mlx)
@@ -19,12 +36,7 @@ The training loop (`tunerd.training.loop`) never imports mlx or torch; it drives
     detach_adapter(name)
     weight_bytes() -> (base, {name: bytes})     bytes of this model's own weights and of each adapter
     can_share_base() -> bool                    a training run lends its base to chat (attach/use
-                                                beside its trainable adapter, TRAINING)
-    peak_flops() -> float                       measured matmul FLOP/s of the device in the model's dtype
-    resize_token_embeddings(vocab_size, token_ids, end_of_turn, chat_template)   optional; before
-                                                add_adapter when the data pipeline added chat special
-                                                tokens: grow the vocabulary, train the new rows, save
-                                                them with the adapter (adapter_layout: added tokens)
+                                                beside its trainable adapter, TRAINING; default False)
 Losses are sums over supervised target tokens so that the loop can normalise across gradient
 accumulation by the total supervised token count (transformers #34191).
 A backend instance is owned by one thread (MLX streams are thread-local, DESIGN.md §6).
@@ -32,12 +44,13 @@ A backend instance is owned by one thread (MLX streams are thread-local, DESIGN.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Callable, Iterator, Optional
 
 from ..config.schema import TrainConfig
 from ..data.batch import Batch
+from .adapter_layout import AdapterSpec
 
 
 class BackendUnavailable(RuntimeError):
@@ -51,6 +64,35 @@ class CannotShare(ValueError):
 
 
 TRAINING = "(training)"   # the name a training run's own adapter has among attached adapters
+
+
+class FuseError(ValueError):
+    """An adapter cannot be fused into this base (e.g. a quantized base without dequantize)."""
+
+
+def _default(name: str):
+    return TrainConfig.__dataclass_fields__[name].default
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What `Backend.load` needs to load a base model: the model fields of a TrainConfig (same
+    names, same defaults, same meaning; see config/schema.py), nothing about training."""
+    model: str
+    revision: Optional[str] = None
+    backend: str = _default("backend")                # auto | mlx | torch (registry.resolve_backend)
+    dtype: str = _default("dtype")
+    quantization: str = _default("quantization")
+    device: str = _default("device")                  # torch: auto | cuda | mps | cpu
+    trust_remote_code: bool = _default("trust_remote_code")
+    bits: int = _default("bits")                      # mlx: bits under a 4-bit request
+    group_size: int = _default("group_size")          # mlx: quantization group size
+    bnb_4bit_quant_type: str = _default("bnb_4bit_quant_type")            # torch: nf4 | fp4
+    bnb_4bit_use_double_quant: bool = _default("bnb_4bit_use_double_quant")
+
+    @classmethod
+    def from_config(cls, cfg: TrainConfig) -> ModelSpec:
+        return cls(**{f.name: getattr(cfg, f.name) for f in fields(cls)})
 
 
 @dataclass
@@ -172,17 +214,33 @@ class PromptCache:
 
 class Backend(ABC):
     name: str = "base"
+    supports_added_tokens: bool = False   # resize_token_embeddings works (the loop asks before calling it)
 
     @property
     @abstractmethod
     def tokenizer(self):
         """A Hugging Face tokenizer (PreTrainedTokenizer[Fast]) for the loaded model."""
 
-    @abstractmethod
-    def load(self, cfg: TrainConfig) -> ModelInfo: ...
+    @property
+    def warnings(self) -> list[str]:
+        """Set-up warnings a person should see (e.g. MLX on a reference BLAS); none by default."""
+        return []
 
     @abstractmethod
-    def add_adapter(self, cfg: TrainConfig) -> ParamStats: ...
+    def load(self, spec: ModelSpec) -> ModelInfo:
+        """Load the base model and tokenizer described by `spec` (quantized if it asks)."""
+
+    def resize_token_embeddings(self, vocab_size: int, token_ids: Optional[list] = None,
+                                end_of_turn: Optional[str] = None, chat_template: Optional[str] = None) -> int:
+        """Grow the vocabulary to `vocab_size` for the chat special tokens `token_ids` the data
+        pipeline added (before add_adapter); their rows are trained and saved with the adapter.
+        `end_of_turn` also stops generation; `chat_template` is saved with the adapter's tokenizer.
+        Returns the new vocabulary size. Only where `supports_added_tokens`."""
+        raise NotImplementedError(f"the {self.name} backend cannot add tokens to a model's vocabulary")
+
+    @abstractmethod
+    def add_adapter(self, cfg: TrainConfig) -> ParamStats:
+        """Add the adapter `cfg` asks for (LoRA/DoRA, or unfreeze for full) and build the optimizer."""
 
     @abstractmethod
     def forward_backward(self, batch: Batch) -> tuple[float, int]: ...
@@ -213,6 +271,18 @@ class Backend(ABC):
     @abstractmethod
     def memory(self) -> MemoryStats: ...
 
+    @abstractmethod
+    def peak_flops(self) -> float:
+        """The device's matmul FLOP/s in the loaded model's dtype: measured once per device and
+        dtype, then cached (training/flops.py); the denominator of MFU."""
+
+    def fuse(self, adapter_path: Path, out_dir: Path, dequantize: bool = False) -> None:
+        """Merge the adapter at `adapter_path` (either layout, or a full fine-tune) into the loaded
+        base and write a standalone Hugging Face model to the existing folder `out_dir`, in the
+        checkpoint's float dtype (load the base with dtype float32: the merge happens there). A
+        quantized base raises FuseError unless `dequantize` (then the output is float)."""
+        raise NotImplementedError(f"the {self.name} backend cannot fuse adapters")
+
     # Several adapters on one base, for chat. Not abstract: a backend (or a test fake) that does
     # not serve chat need not have them.
     def attach_adapter(self, name: str, path: Path) -> int:
@@ -240,25 +310,7 @@ class Backend(ABC):
         own adapter (TRAINING) again first, so the run's math is untouched."""
         return False
 
-    @abstractmethod
-    def peak_flops(self) -> float:
-        """The device's matmul FLOP/s in the loaded model's dtype: measured once per device and
-        dtype, then cached (training/flops.py); the denominator of MFU."""
-
-
-def get_backend(name: str) -> Backend:
-    """Import and build a backend by name ('mlx' | 'torch'); heavy imports happen only here."""
-    if name == "mlx":
-        try:
-            from .mlx_backend import MLXBackend
-        except ImportError as e:  # pragma: no cover - depends on the host
-            raise BackendUnavailable(f"the mlx backend needs mlx and mlx-lm: pip install 'mactuner[mlx]' ({e})")
-        return MLXBackend()
-    if name == "torch":
-        try:
-            from .torch_backend import TorchBackend
-        except ImportError as e:  # pragma: no cover
-            raise BackendUnavailable(f"the torch backend needs torch, transformers and peft: "
-                                     f"pip install 'mactuner[torch]' ({e})")
-        return TorchBackend()
-    raise ValueError(f"backend: unknown backend {name!r}; choose auto, mlx or torch")
+def adapter_spec(cfg: TrainConfig, kind: str) -> AdapterSpec:
+    """The adapter_layout.AdapterSpec of an adapter trained with `cfg` (both backends save it)."""
+    return AdapterSpec(kind=kind, r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                       use_rslora=cfg.use_rslora, num_layers=cfg.num_layers, base_model=cfg.model)

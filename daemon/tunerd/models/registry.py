@@ -27,7 +27,8 @@ from typing import Optional
 
 from .. import host
 from ..backends.adapter_layout import changes_base
-from ..backends.base import TRAINING, Backend, CannotShare, get_backend
+from ..backends.base import TRAINING, Backend, CannotShare, ModelSpec
+from ..backends.registry import get_backend
 from ..config.schema import TrainConfig
 from .download import fetch
 
@@ -143,8 +144,8 @@ class ModelRegistry:
             adapter: str = "", keep_alive: Optional[float] = None, name: str = "") -> Resident:
         """The resident base (loaded on first use) with `adapter` attached as `name` (default: its
         path) and selected."""
-        cfg = TrainConfig(model=model, backend=backend or "auto", quantization=quantization or "none",
-                          dtype=dtype or "auto")
+        cfg = ModelSpec(model=model, backend=backend or "auto", quantization=quantization or "none",
+                        dtype=dtype or "auto")
         backend_name = self._resolve_backend(cfg)
         key = (model, backend_name, cfg.quantization, cfg.dtype)
         own = bool(adapter) and changes_base(adapter)

@@ -15,7 +15,7 @@ backend skips (the LM head on prompt positions) is not subtracted: MFU is a mode
 The peak is measured, not looked up: one large matmul in the training dtype on the device, timed
 after a warm-up, cached per (device, dtype) in memory and in `$TUNER_HOME/device_peak.json` so a
 daemon measures each device once. The measuring function comes from the backend (this module never
-imports mlx or torch at module level); `peak_flops(device, dtype)` picks one for scripts.
+imports mlx or torch, nor the backends); `backends.registry.peak_flops(device, dtype)` picks one for scripts.
 """
 from __future__ import annotations
 
@@ -102,12 +102,3 @@ def time_matmul(run: Callable[[], None], n: int, min_seconds: float = 0.2) -> fl
         best, total, reps = min(best, dt), total + dt, reps + 1
     return 2.0 * n ** 3 / best
 
-
-def peak_flops(device: str, dtype: str) -> float:
-    """Measured peak FLOP/s for a device name as the backends report it ('cpu', 'cuda', 'cuda:0',
-    'mps', 'Device(gpu, 0)' for MLX) in dtype 'float32' | 'bfloat16' | 'float16'."""
-    if device.startswith("Device(") or device in ("gpu", "metal"):
-        from ..backends.mlx.peak import measure_peak
-    else:
-        from ..backends.torch.peak import measure_peak
-    return cached_peak(device, dtype, lambda: measure_peak(device, dtype))

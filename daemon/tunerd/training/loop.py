@@ -41,7 +41,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from ..backends.base import Backend, ModelInfo, ParamStats
+from ..backends.base import Backend, ModelInfo, ModelSpec, ParamStats
 from ..config.schema import TrainConfig
 from ..data.batch import Shard, pad_id_of
 from ..data.prepare import StepBatches, TrainBatches, prepare
@@ -135,7 +135,7 @@ class Trainer:
         """Fetch a hub model not in the cache yet (Download events), load it; decide packing; write
         the resolved config."""
         fetch(self.cfg.model, self.cfg.revision, self.emit)
-        self.info = info = self.backend.load(self.cfg)
+        self.info = info = self.backend.load(ModelSpec.from_config(self.cfg))
         packing, self.packing_reason = resolve_packing(self.cfg.packing, info)
         self.cfg = dataclasses.replace(self.cfg, dtype=info.dtype, packing=packing)
         if self.writer:
@@ -152,19 +152,19 @@ class Trainer:
 
     def add_tokens(self, report: dict) -> None:
         """The backend grows its embeddings (and head) by the chat special tokens the data added."""
-        resize = getattr(self.backend, "resize_token_embeddings", None)
-        if resize is None:
+        if not self.backend.supports_added_tokens:
             raise ValueError(f"data.template: the chat template needs {report['added_tokens']} new special "
                              f"tokens ({report.get('added_token_list')}), and the {self.info.backend} backend "
                              f"cannot add tokens yet; use a model whose tokenizer has them or data.template: auto")
         tok = self.backend.tokenizer
-        resize(len(tok), token_ids=[int(i) for i in tok.convert_tokens_to_ids(report["added_token_list"])],
-               end_of_turn=report.get("end_of_turn_token"), chat_template=report.get("chat_template"))
+        self.backend.resize_token_embeddings(
+            len(tok), token_ids=[int(i) for i in tok.convert_tokens_to_ids(report["added_token_list"])],
+            end_of_turn=report.get("end_of_turn_token"), chat_template=report.get("chat_template"))
 
     def setup_adapter(self) -> None:
         """LoRA / DoRA / full fine-tuning on top of the model; the backend's set-up warnings."""
         self.params = self.backend.add_adapter(self.cfg)
-        for w in getattr(self.backend, "warnings", []):  # optional: backends may list set-up warnings (e.g. no BLAS)
+        for w in self.backend.warnings:  # set-up warnings (e.g. MLX on a reference BLAS)
             self.emit(ev.Log("warning", w))
 
     def setup_batches(self) -> None:

@@ -1,5 +1,4 @@
-"""The MLX backend package; `tunerd.backends.mlx_backend.MLXBackend` re-exports it."""
+"""The MLX backend (mlx-lm models, LoRA layers, sampling); `backends.registry.get_backend("mlx")` builds it."""
 from .backend import MLXBackend
-from .model import blas_warning
 
-__all__ = ["MLXBackend", "blas_warning"]
+__all__ = ["MLXBackend"]

@@ -29,15 +29,16 @@ from mlx.utils import tree_flatten, tree_map, tree_map_with_path
 
 from ...config.schema import TrainConfig
 from ...data.batch import Batch
+from ...host import blas_hint
 from .. import adapter_layout as layout
-from ...training.flops import peak_flops
 from .. import base
-from ..base import (Backend, GenerationChunk, MemoryStats, ModelInfo, ParamStats, Sampling, ce_chunk_rows,
-                    partial_stop_len)
+from ..base import (Backend, FuseError, GenerationChunk, MemoryStats, ModelInfo, ModelSpec, ParamStats, Sampling,
+                    adapter_spec, ce_chunk_rows, partial_stop_len)
 from ..dtypes import checkpoint_dtype, resolve_dtype
-from .model import (PACKING_MODEL_TYPES, PackedAttention, add_token_rows, apply_lora, blas_warning,
-                    block_causal_mask, enable_grad_checkpoint, is_quantized, quantize_base, resolve_lora_keys,
+from .model import (PACKING_MODEL_TYPES, PackedAttention, add_token_rows, apply_lora, block_causal_mask,
+                    densify_token_rows, enable_grad_checkpoint, is_quantized, quantize_base, resolve_lora_keys,
                     strip_adapters, strip_token_rows, token_rows)
+from .peak import peak_flops
 
 log = logging.getLogger("tunerd.mlx")
 
@@ -46,14 +47,14 @@ QUANT_BITS = {"none": 0, "": 0, "4bit": 4, "nf4": 4, "int4": 4, "8bit": 8, "int8
 OPTIMIZERS = ("adamw", "adam", "sgd", "adafactor", "lion")
 
 
-def quant_bits(cfg: TrainConfig) -> int:
-    """0 (no quantization), 8 for 8bit/int8, else `cfg.bits` (default 4) for 4bit/nf4/int4: the
+def quant_bits(spec: ModelSpec) -> int:
+    """0 (no quantization), 8 for 8bit/int8, else `spec.bits` (default 4) for 4bit/nf4/int4: the
     mlx-only `bits` key picks another MLX affine width (2, 3, 5, 6) under a 4-bit request."""
-    q = (cfg.quantization or "none").lower()
+    q = (spec.quantization or "none").lower()
     if q not in QUANT_BITS:
-        raise ValueError(f"quantization: {cfg.quantization!r} is not one of none, 4bit, nf4, int4, 8bit")
+        raise ValueError(f"quantization: {spec.quantization!r} is not one of none, 4bit, nf4, int4, 8bit")
     bits = QUANT_BITS[q]
-    return cfg.bits if bits == 4 and cfg.bits in (2, 3, 4, 5, 6, 8) else bits
+    return spec.bits if bits == 4 and spec.bits in (2, 3, 4, 5, 6, 8) else bits
 
 
 def make_optimizer(cfg: TrainConfig, warnings: list) -> optim.Optimizer:
@@ -130,6 +131,7 @@ def set_memory_limits() -> None:
 
 class MLXBackend(Backend):
     name = "mlx"
+    supports_added_tokens = True
 
     def __init__(self, compile: bool | None = None):
         # mx.compile retraces for every new sequence length; on the CPU that costs more than the
@@ -140,7 +142,7 @@ class MLXBackend(Backend):
         self.cfg: TrainConfig | None = None
         self.optimizer = None
         self.model_type = ""
-        self.warnings: list[str] = []   # the loop emits these as Log(warning) events
+        self._warnings: list[str] = []
         self._wrapper = None
         self._acc = None
         self._fns: dict = {}
@@ -160,40 +162,44 @@ class MLXBackend(Backend):
     def tokenizer(self):
         return self._wrapper._tokenizer
 
-    def load(self, cfg: TrainConfig) -> ModelInfo:
+    @property
+    def warnings(self) -> list[str]:
+        return self._warnings
+
+    def load(self, spec: ModelSpec) -> ModelInfo:
         from mlx_lm.utils import get_total_parameters, load
 
-        if (w := blas_warning()) and w not in self.warnings:
+        if (w := blas_hint()) and w not in self._warnings:
             log.warning(w)
-            self.warnings.append(w)
-        bits = quant_bits(cfg)
-        self.cfg = cfg
+            self._warnings.append(w)
+        bits = quant_bits(spec)
+        self.cfg = None
         set_memory_limits()
-        model, wrapper, config = load(cfg.model, return_config=True, revision=cfg.revision,
-                                      trust_remote_code=cfg.trust_remote_code)
+        model, wrapper, config = load(spec.model, return_config=True, revision=spec.revision,
+                                      trust_remote_code=spec.trust_remote_code)
         device, kind = str(mx.default_device()), device_kind()
-        dtype_name, dtype_reason = resolve_dtype(cfg.dtype, kind, checkpoint_dtype(config),
+        dtype_name, dtype_reason = resolve_dtype(spec.dtype, kind, checkpoint_dtype(config),
                                                  lambda dt: peak_flops(device, dt))
         model.set_dtype(DTYPES[dtype_name])
         self.dtype = DTYPES[dtype_name]
         if bits:
             if is_quantized(model):
-                self.warnings.append(f"{cfg.model} is already quantized; quantization={cfg.quantization} "
-                                     f"keeps its own bits/group size")
+                self._warnings.append(f"{spec.model} is already quantized; quantization={spec.quantization} "
+                                      f"keeps its own bits/group size")
             else:
-                quantize_base(model, bits, cfg.group_size)
+                quantize_base(model, bits, spec.group_size)
         model.freeze()
         mx.eval(model.parameters())
         self.model, self._wrapper, self.model_type = model, wrapper, config.get("model_type", "")
-        self._config = config
+        self._config, self._model_path = config, spec.model
         self.optimizer, self._kind, self._added = None, "lora", None
         self._attached, self._active, self._structure = {}, None, None
         self._prompt_cache.clear()
         self._base_params = get_total_parameters(model)
         self._fns, self._acc = {}, None
         q = ("none" if not is_quantized(model) else
-             f"{bits}bit/g{cfg.group_size}" if bits and "quantization" not in config else "pre-quantized")
-        return ModelInfo(model=cfg.model, backend="mlx", device=device, dtype=dtype_name,
+             f"{bits}bit/g{spec.group_size}" if bits and "quantization" not in config else "pre-quantized")
+        return ModelInfo(model=spec.model, backend="mlx", device=device, dtype=dtype_name,
                          dtype_reason=dtype_reason, quantization=q, config=dict(config),
                          device_kind=kind,
                          packing_supported=self.model_type in PACKING_MODEL_TYPES, total_params=self._base_params,
@@ -262,7 +268,7 @@ class MLXBackend(Backend):
         if cfg.gradient_checkpointing:
             enable_grad_checkpoint(model)
         self.cfg, self._kind, self._loaded_spec = cfg, kind, None
-        self.optimizer = make_optimizer(cfg, self.warnings)
+        self.optimizer = make_optimizer(cfg, self._warnings)
         self.optimizer.init(model.trainable_parameters())
         self._fns, self._acc, self._micro = {}, None, 0
         model.train()
@@ -289,7 +295,7 @@ class MLXBackend(Backend):
 
     def _require_model(self):
         if self.model is None:
-            raise RuntimeError("mlx backend: load(cfg) first")
+            raise RuntimeError("mlx backend: load(spec) first")
 
     # ---- compiled functions -------------------------------------------------------------------
     def _fn(self, name: str):
@@ -434,10 +440,7 @@ class MLXBackend(Backend):
     def _spec(self) -> layout.AdapterSpec:
         if self._loaded_spec is not None:  # an adapter applied with load_adapter
             return self._loaded_spec
-        cfg = self.cfg
-        return layout.AdapterSpec(kind=self._kind, r=cfg.lora_r, lora_alpha=cfg.lora_alpha,
-                                  lora_dropout=cfg.lora_dropout, use_rslora=cfg.use_rslora,
-                                  num_layers=cfg.num_layers, base_model=cfg.model)
+        return adapter_spec(self.cfg, self._kind)
 
     def save_adapter(self, path: Path) -> None:
         """`path/` PEFT layout + `path/mlx/` mlx-lm layout (see adapter_layout); full fine-tuning
@@ -514,6 +517,46 @@ class MLXBackend(Backend):
         tok = AutoTokenizer.from_pretrained(str(added["dir"])) if added["has_tokenizer"] else self.tokenizer
         self._set_tokenizer(tok, added.get("end_of_turn"))
         self._added = {k: added[k] for k in ("token_ids", "tokens", "vocab_size", "end_of_turn")}
+
+    def fuse(self, adapter_path: Path, out_dir: Path, dequantize: bool = False) -> None:
+        """mlx-lm's LoRA/DoRA `fuse` on the loaded base (load it in float32: the merge happens
+        there), added-token rows made dense, saved in the checkpoint's dtype with mlx-lm's
+        `save_model` (safetensors that transformers reads too) and the adapter's tokenizer. A
+        quantized base on disk is refused unless `dequantize`: merging and re-quantizing can
+        silently wash the adapter out (mlx-lm #1172)."""
+        from mlx.utils import tree_unflatten
+        from mlx_lm.tuner.dora import DoRALinear
+        from mlx_lm.tuner.lora import LoRALinear
+        from mlx_lm.utils import dequantize_model, save_config, save_model
+
+        self._require_model()
+        config = dict(self._config)
+        if is_quantized(self.model):
+            if not dequantize:
+                raise FuseError(f"{self._model_path} is quantized: fusing into it "
+                                f"would re-quantize the merged weights and can silently lose the adapter (mlx-lm "
+                                f"#1172); fuse with dequantize=True (--dequantize) to write a float model, or fuse "
+                                f"into the float base")
+            self.model = dequantize_model(self.model)
+            config.pop("quantization", None)
+            config.pop("quantization_config", None)
+        self.load_adapter(adapter_path)
+        model = self.model
+        fused = [(name, m.fuse(dequantize=True)) for name, m in model.named_modules()
+                 if isinstance(m, (LoRALinear, DoRALinear))]
+        if fused:
+            model.update_modules(tree_unflatten(fused))
+        self._structure, self._loaded_spec, self._added, self._fns = None, None, None, {}   # all in the weights now
+        if (vocab := densify_token_rows(model)) is not None:
+            config["vocab_size"] = vocab
+        save_dtype = checkpoint_dtype(self._config)
+        model.set_dtype(DTYPES[save_dtype])
+        mx.eval(model.parameters())
+        out = Path(out_dir)
+        save_model(out, model)
+        config["torch_dtype"] = save_dtype
+        save_config(config, out / "config.json")
+        self.tokenizer.save_pretrained(str(out))
 
     # ---- several adapters on one base (chat) ---------------------------------------------------
     # One copy of the base: each attached adapter is a named set of LoRA tensors; using one wraps

@@ -1,7 +1,5 @@
 """Model-side helpers for the MLX backend, on mlx-lm's building blocks.
 
-- `blas_warning()`: MLX on Linux links a reference BLAS; an optimized one (OpenBLAS) preloaded
-  makes training ~14x faster (DESIGN.md §2). The daemon launcher sets LD_PRELOAD; we say when not.
 - `quantize_base()`: QLoRA base (MLX affine quantization, `bits`/`group_size`).
 - `resolve_lora_keys()`: config target names / `all-linear` -> mlx-lm per-layer keys.
 - `apply_lora()` / `strip_adapters()`: add and remove LoRA/DoRA layers (mlx-lm's classes).
@@ -14,7 +12,6 @@
 """
 from __future__ import annotations
 
-import sys
 from typing import Optional
 
 import mlx.core as mx
@@ -23,21 +20,6 @@ from mlx_lm.tuner.dora import DoRALinear
 from mlx_lm.tuner.lora import LoRALinear
 from mlx_lm.tuner.utils import linear_to_lora_layers
 from mlx.utils import tree_unflatten
-
-def blas_warning() -> Optional[str]:
-    """None when MLX runs on Metal or with an optimized BLAS loaded; else a warning to log."""
-    if sys.platform != "linux":
-        return None
-    from ..auto import mlx_blas_library  # which library really serves MLX's cblas calls
-    if mlx_blas_library():
-        return None
-    from ...host import optimized_blas_path
-    found = optimized_blas_path()
-    hint = (f"set LD_PRELOAD={found}" if found
-            else "install libopenblas0-pthread (apt) and set LD_PRELOAD to its libblas.so.3")
-    return ("MLX is using a reference BLAS on this Linux host: training runs ~14x slower than "
-            f"with an optimized one; {hint} before starting tunerd")
-
 
 # Model families whose attention is RoPE-only (no absolute position embeddings) and that take
 # their mask from the cache object (see PackedAttention). Packing is exact for these.
@@ -59,8 +41,8 @@ class PackedAttention:
     absolute positions, so q_t·k_s depends only on t - s. Within a segment (the only pairs the
     mask allows) t - s is the same whether the row starts at 0 or at its offset in the pack, so
     the attention scores, and thus logits and loss, equal the unpacked ones up to float rounding
-    (tested: tests/test_mlx_backend.py::test_packed_loss_equals_unpacked). That is why packing is
-    allowed only for the RoPE families in PACKING_MODEL_TYPES.
+    (tested: tests/test_backend_contract.py::test_packed_loss_equals_unpacked_and_padding_is_inert).
+    That is why packing is allowed only for the RoPE families in PACKING_MODEL_TYPES.
     """
 
     offset = 0
@@ -253,3 +235,29 @@ def add_token_rows(model: nn.Module, vocab_size: int, ids: list, rows: Optional[
         hd = dense_weight(head).dtype if not isinstance(head, nn.QuantizedLinear) else head.scales.dtype
         model.lm_head = TokenRowsHead(head, init(head, "lm_head").astype(hd), ids, new, old)
     return new
+
+
+def densify_token_rows(model: nn.Module) -> Optional[int]:
+    """Replace the added-token wrappers by plain Embedding / Linear layers of the grown vocabulary
+    (what a fused model is saved with); the new vocabulary size, or None when no rows were added.
+    The base must be float (fuse de-quantizes first)."""
+    rows = token_rows(model)
+    if not rows:
+        return None
+
+    def grown(w: _TokenRows) -> mx.array:
+        full = mx.concatenate([dense_weight(w.base), w.rows.astype(dense_weight(w.base).dtype)], axis=0)
+        return mx.take(full, w._perm, axis=0)
+
+    weight = grown(rows["embed_tokens"])
+    emb = nn.Embedding(*weight.shape)
+    emb.weight = weight
+    _embed_owner(model).embed_tokens = emb
+    if rows["lm_head"] is not None:
+        weight = grown(rows["lm_head"])
+        head = nn.Linear(weight.shape[1], weight.shape[0], bias=False)
+        head.weight = weight
+        model.lm_head = head
+    if hasattr(getattr(model, "args", None), "vocab_size"):
+        model.args.vocab_size = int(emb.weight.shape[0])
+    return int(emb.weight.shape[0])

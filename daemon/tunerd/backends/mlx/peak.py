@@ -3,7 +3,12 @@ from __future__ import annotations
 
 import mlx.core as mx
 
-from ...training.flops import time_matmul
+from ...training.flops import cached_peak, time_matmul
+
+
+def peak_flops(device: str, dtype: str) -> float:
+    """measure_peak, once per (device, dtype) (training.flops.cached_peak)."""
+    return cached_peak(device, dtype, lambda: measure_peak(device, dtype))
 
 
 def measure_peak(device: str, dtype: str) -> float:

@@ -27,17 +27,17 @@ import torch
 import torch.nn.functional as F
 
 from ...config.schema import TrainConfig
-from ...training.flops import peak_flops
 from ...data.batch import Batch
 from ...files import atomic_write_file
 from .. import adapter_layout as layout
-from ..base import (TRAINING, Backend, CannotShare, GenerationChunk, MemoryStats, ModelInfo, ParamStats, PromptCache,
-                    Sampling)
+from ..base import (TRAINING, Backend, CannotShare, FuseError, GenerationChunk, MemoryStats, ModelInfo, ModelSpec,
+                    ParamStats, PromptCache, Sampling, adapter_spec)
 from . import model as tmodel
 from .device import memory_bytes, pick_device, pick_dtype
 from .generate import stream
 from .loss import head_cross_entropy
 from .optim import build_optimizer
+from .peak import peak_flops
 
 log = logging.getLogger("tunerd.torch")
 
@@ -52,6 +52,7 @@ TRAINABLE_FILE = "trainable.safetensors"
 
 class TorchBackend(Backend):
     name = "torch"
+    supports_added_tokens = True
 
     def __init__(self):
         self.cfg: TrainConfig | None = None
@@ -60,7 +61,7 @@ class TorchBackend(Backend):
         self.optimizer = None
         self.device: torch.device | None = None
         self.dtype: torch.dtype | None = None
-        self.warnings: list[str] = []
+        self._warnings: list[str] = []
         self.packing_mode: str | None = None   # "position_ids" | "mask", decided on the first packed batch
         self.packing_check_diff: float | None = None
         self._tok = None
@@ -79,18 +80,23 @@ class TorchBackend(Backend):
     def tokenizer(self):
         return self._tok
 
-    def load(self, cfg: TrainConfig) -> ModelInfo:
+    @property
+    def warnings(self) -> list[str]:
+        return self._warnings
+
+    def load(self, spec: ModelSpec) -> ModelInfo:
         from transformers import AutoTokenizer
 
-        self.cfg = cfg
-        self.device = pick_device(cfg.device)
-        self.dtype, dtype_name, dtype_reason = pick_dtype(cfg.dtype, self.device, self._checkpoint_dtype(cfg))
-        if tmodel.quant_mode(cfg) and self.device.type == "mps":
-            self.warnings.append("4-bit/8-bit on MPS through bitsandbytes is experimental; "
-                                 "the mlx backend is the tested QLoRA path on a Mac")
-        self._tok = AutoTokenizer.from_pretrained(cfg.model, revision=cfg.revision,
-                                                  trust_remote_code=cfg.trust_remote_code)
-        self.base = self.model = tmodel.load_model(cfg, self.device, self.dtype)
+        self.cfg = None
+        self.device = pick_device(spec.device)
+        self._ckpt_dtype = self._checkpoint_dtype(spec)
+        self.dtype, dtype_name, dtype_reason = pick_dtype(spec.dtype, self.device, self._ckpt_dtype)
+        if tmodel.quant_mode(spec) and self.device.type == "mps":
+            self._warnings.append("4-bit/8-bit on MPS through bitsandbytes is experimental; "
+                                  "the mlx backend is the tested QLoRA path on a Mac")
+        self._tok = AutoTokenizer.from_pretrained(spec.model, revision=spec.revision,
+                                                  trust_remote_code=spec.trust_remote_code)
+        self.base = self.model = tmodel.load_model(spec, self.device, self.dtype)
         self.optimizer, self.packing_mode, self._added = None, None, None
         self._slots, self._active = {}, None
         self._prompt_cache.clear()
@@ -100,25 +106,25 @@ class TorchBackend(Backend):
             eos.append(self._tok.eos_token_id)
         self._eos = set(int(e) for e in eos)
         _, total = tmodel.count_params(self.base)
-        q = tmodel.quant_mode(cfg) or "none"
+        q = tmodel.quant_mode(spec) or "none"
         if q == "4bit":
-            q = "fp4" if cfg.quantization.lower() == "fp4" else cfg.bnb_4bit_quant_type
-        return ModelInfo(model=cfg.model, backend="torch", device=str(self.device), dtype=dtype_name,
+            q = "fp4" if spec.quantization.lower() == "fp4" else spec.bnb_4bit_quant_type
+        return ModelInfo(model=spec.model, backend="torch", device=str(self.device), dtype=dtype_name,
                          dtype_reason=dtype_reason, device_kind=self.device.type, config=self.base.config.to_dict(),
                          quantization=q, total_params=int(total),
                          vocab_size=int(self.base.config.vocab_size), eos_token_ids=sorted(self._eos))
 
     @staticmethod
-    def _checkpoint_dtype(cfg: TrainConfig) -> str:
+    def _checkpoint_dtype(spec: ModelSpec) -> str:
         from transformers import AutoConfig
 
         from ..dtypes import checkpoint_dtype, read_checkpoint_dtype
 
-        local = read_checkpoint_dtype(cfg.model)
+        local = read_checkpoint_dtype(spec.model)
         if local is not None:
             return local
-        return checkpoint_dtype(AutoConfig.from_pretrained(cfg.model, revision=cfg.revision,
-                                                           trust_remote_code=cfg.trust_remote_code).to_dict())
+        return checkpoint_dtype(AutoConfig.from_pretrained(spec.model, revision=spec.revision,
+                                                           trust_remote_code=spec.trust_remote_code).to_dict())
 
     def resize_token_embeddings(self, vocab_size: int, token_ids=None, end_of_turn=None,
                                 chat_template=None) -> int:
@@ -171,7 +177,7 @@ class TorchBackend(Backend):
 
     def _require_model(self):
         if self.base is None:
-            raise RuntimeError("torch backend: load(cfg) first")
+            raise RuntimeError("torch backend: load(spec) first")
 
     def _underlying(self):
         return self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
@@ -277,13 +283,6 @@ class TorchBackend(Backend):
         loss, n = self._loss(batch)
         return float(loss), n
 
-    @torch.no_grad()
-    def logits(self, input_ids: list[int]) -> np.ndarray:
-        """float32 logits [T, V] of one unpacked sequence (for parity and interchange checks)."""
-        self.model.eval()
-        ids = torch.tensor([input_ids], dtype=torch.long, device=self.device)
-        return self.model(input_ids=ids, use_cache=False).logits[0].float().cpu().numpy()
-
     # ---- checkpoints --------------------------------------------------------------------------
     def _trainable(self) -> dict:
         return {n: p for n, p in self.model.named_parameters() if p.requires_grad}
@@ -333,12 +332,6 @@ class TorchBackend(Backend):
         self.optimizer.zero_grad(set_to_none=True)
 
     # ---- adapters -----------------------------------------------------------------------------
-    def _spec(self) -> layout.AdapterSpec:
-        cfg = self.cfg
-        return layout.AdapterSpec(kind=self._kind, r=cfg.lora_r, lora_alpha=cfg.lora_alpha,
-                                  lora_dropout=cfg.lora_dropout, use_rslora=cfg.use_rslora,
-                                  num_layers=cfg.num_layers, base_model=cfg.model)
-
     def save_adapter(self, path: Path) -> None:
         """`path/` PEFT layout + `path/mlx/` mlx-lm layout (adapter_layout). Full fine-tuning writes
         a standalone Hugging Face model directory (which mlx_lm.load also reads). Adapters that
@@ -360,7 +353,7 @@ class TorchBackend(Backend):
             self.model.save_pretrained(path, save_embedding_layers=False)
             return
         weights = {k: v.detach().float().cpu().numpy() for k, v in sd.items() if k not in tokens}
-        layout.write_adapter(path, weights, self._spec(), layout="peft",
+        layout.write_adapter(path, weights, adapter_spec(self.cfg, self._kind), layout="peft",
                              n_model_layers=tmodel.n_layers(self.base))
 
     def _write_added_tokens(self, path: Path, deltas: dict) -> None:
@@ -388,24 +381,22 @@ class TorchBackend(Backend):
         self._prompt_cache.clear()
         return self.base
 
-    def load_adapter(self, path: Path, trainable: bool = False) -> None:
-        """Apply an adapter in either layout for inference. With `trainable=True` and an adapter of
-        the same shape already added, copy its weights into that adapter instead (the optimizer
-        keeps its parameters): how the parity test starts both backends from the same weights."""
+    def load_adapter(self, path: Path) -> None:
+        """Apply an adapter in either layout (or a full fine-tune) for inference."""
         from peft import get_peft_model, set_peft_model_state_dict
 
         self._require_model()
         self._prompt_cache.clear()
+        path = Path(path)
+        if (path / "config.json").exists() and list(path.glob("model*.safetensors")):  # a full fine-tune
+            return self._load_full(sorted(path.glob("model*.safetensors")))
         kind, where = layout.find_layout(path)
         if kind == "mlx" and json.loads((where / layout.MLX_CONFIG).read_text()).get("fine_tune_type") == "full":
-            return self._load_full(where / layout.MLX_WEIGHTS)
-        added = None if trainable else layout.read_added_tokens(path)
+            return self._load_full([where / layout.MLX_WEIGHTS])
+        added = layout.read_added_tokens(path)
         spec, mlx_weights = layout.read_adapter(path, prefer="peft")
         sd = {k: torch.from_numpy(np.asarray(v, dtype=np.float32))
               for k, v in layout.mlx_to_peft(mlx_weights).items()}
-        if trainable and self.optimizer is not None and self._kind != "full":
-            self._copy_into_adapter(sd)
-            return
         base = self._strip_adapter()
         if added is not None:
             self._apply_added_tokens(base, added)
@@ -431,31 +422,43 @@ class TorchBackend(Backend):
         self._added["tied"] = tmodel.tied_head(base)
 
     @torch.no_grad()
-    def _copy_into_adapter(self, sd: dict) -> None:
-        params = dict(self.model.named_parameters())
-        done = 0
-        for k, v in sd.items():
-            name = k.replace(".lora_A.weight", ".lora_A.default.weight").replace(
-                ".lora_B.weight", ".lora_B.default.weight").replace(
-                ".lora_magnitude_vector", ".lora_magnitude_vector.default.weight")
-            if name not in params or tuple(params[name].shape) != tuple(v.shape):
-                raise ValueError(f"adapter tensor {k} {tuple(v.shape)} does not fit this adapter")
-            params[name].copy_(v.to(params[name].device, params[name].dtype))
-            done += 1
-        adapter = [n for n, p in params.items() if p.requires_grad and ".default." in n]
-        if done != len(adapter):
-            raise ValueError(f"adapter has {done} tensors; this model's adapter has {len(adapter)}")
-
-    @torch.no_grad()
-    def _load_full(self, weights_file: Path) -> None:
+    def _load_full(self, weights_files: list) -> None:
         from safetensors.torch import load_file
 
         base = self._strip_adapter()
-        saved = load_file(str(weights_file))
+        saved = {}
+        for f in weights_files:
+            saved.update(load_file(str(f)))
         res = base.load_state_dict(saved, strict=False)
         if res.unexpected_keys:
-            raise ValueError(f"{weights_file}: tensors not in this model: {res.unexpected_keys[:5]}")
+            raise ValueError(f"{weights_files[0]}: tensors not in this model: {res.unexpected_keys[:5]}")
         base.eval()
+
+    @torch.no_grad()
+    def fuse(self, adapter_path: Path, out_dir: Path, dequantize: bool = False) -> None:
+        """PEFT's `merge_and_unload` on the loaded base (load it in float32: the merge happens
+        there), saved with `save_pretrained` in the checkpoint's dtype with the adapter's tokenizer
+        (added tokens: the grown vocabulary). A bitsandbytes-quantized base is refused unless
+        `dequantize`, which de-quantizes it first and writes a float model."""
+        from peft import PeftModel
+
+        self._require_model()
+        if tmodel.is_quantized(self.base):
+            if not dequantize:
+                raise FuseError(f"{self.base.name_or_path} is quantized: merging into it would re-quantize the "
+                                f"merged weights and can silently lose the adapter (mlx-lm #1172); fuse with "
+                                f"dequantize=True (--dequantize) to write a float model, or fuse into the float base")
+            self._strip_adapter()
+            self.base = self.model = self.base.dequantize().to(self.device)
+        self.load_adapter(adapter_path)
+        merged = self.model.merge_and_unload() if isinstance(self.model, PeftModel) else self.model
+        self.base = self.model = merged
+        self._slots, self._active = {}, None
+        merged.to(getattr(torch, self._ckpt_dtype))
+        merged.config.use_cache = True   # load_model turns it off for training
+        merged.save_pretrained(out_dir, safe_serialization=True)
+        self._tok.save_pretrained(str(out_dir))
+        self._added = None
 
     # ---- several adapters on one base (chat) ---------------------------------------------------
     def attach_adapter(self, name: str, path: Path) -> int:

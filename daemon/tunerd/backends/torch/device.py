@@ -35,7 +35,7 @@ def pick_device(name: str = "auto") -> torch.device:
 def pick_dtype(name: str, device: torch.device, checkpoint: str = "float32") -> tuple[torch.dtype, str, str]:
     """(dtype, its name, why) for `dtype: name` (auto | float32 | float16 | bfloat16) of a
     checkpoint stored in `checkpoint` on `device`: the rule of backends/dtypes.py."""
-    from ...training.flops import peak_flops
+    from .peak import peak_flops
     from ..dtypes import resolve_dtype
 
     bf16 = device.type != "cuda" or torch.cuda.is_bf16_supported()

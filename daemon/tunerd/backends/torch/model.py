@@ -19,47 +19,47 @@ QUANT = {"none": None, "": None, "4bit": "4bit", "nf4": "4bit", "int4": "4bit", 
          "8bit": "8bit", "int8": "8bit"}
 
 
-def quant_mode(cfg) -> str | None:
-    q = (cfg.quantization or "none").lower()
+def quant_mode(spec) -> str | None:
+    q = (spec.quantization or "none").lower()
     if q not in QUANT:
-        raise ValueError(f"quantization: {cfg.quantization!r} is not one of {', '.join(k for k in QUANT if k)}")
+        raise ValueError(f"quantization: {spec.quantization!r} is not one of {', '.join(k for k in QUANT if k)}")
     return QUANT[q]
 
 
-def bnb_config(cfg, dtype: torch.dtype, device: torch.device):
+def bnb_config(spec, dtype: torch.dtype, device: torch.device):
     from transformers import BitsAndBytesConfig
 
-    mode = quant_mode(cfg)
+    mode = quant_mode(spec)
     if device.type == "mps":
         log.warning("bitsandbytes on MPS is new and partial; 4-bit on a Mac is best done on the mlx backend")
     if mode == "4bit":
-        qt = "fp4" if cfg.quantization.lower() == "fp4" else cfg.bnb_4bit_quant_type
+        qt = "fp4" if spec.quantization.lower() == "fp4" else spec.bnb_4bit_quant_type
         if qt not in ("nf4", "fp4"):
             raise ValueError(f"bnb_4bit_quant_type: {qt!r} is not one of nf4, fp4")
         return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=qt,
-                                  bnb_4bit_use_double_quant=cfg.bnb_4bit_use_double_quant,
+                                  bnb_4bit_use_double_quant=spec.bnb_4bit_use_double_quant,
                                   bnb_4bit_compute_dtype=dtype)
     return BitsAndBytesConfig(load_in_8bit=True)
 
 
-def load_model(cfg, device: torch.device, dtype: torch.dtype):
+def load_model(spec, device: torch.device, dtype: torch.dtype):
     from transformers import AutoModelForCausalLM
 
-    kw = dict(revision=cfg.revision, trust_remote_code=cfg.trust_remote_code, dtype=dtype)
-    if quant_mode(cfg):
+    kw = dict(revision=spec.revision, trust_remote_code=spec.trust_remote_code, dtype=dtype)
+    if quant_mode(spec):
         try:
             import bitsandbytes  # noqa: F401
         except ImportError as e:
-            raise ValueError(f"quantization: {cfg.quantization} on torch needs bitsandbytes "
+            raise ValueError(f"quantization: {spec.quantization} on torch needs bitsandbytes "
                              f"(pip install bitsandbytes): {e}") from None
-        kw.update(quantization_config=bnb_config(cfg, dtype, device), device_map={"": str(device)})
+        kw.update(quantization_config=bnb_config(spec, dtype, device), device_map={"": str(device)})
     try:
-        model = AutoModelForCausalLM.from_pretrained(cfg.model, attn_implementation="sdpa", **kw)
+        model = AutoModelForCausalLM.from_pretrained(spec.model, attn_implementation="sdpa", **kw)
     except (ValueError, ImportError) as e:  # an architecture without SDPA support
         if "sdpa" not in str(e).lower():
             raise
-        model = AutoModelForCausalLM.from_pretrained(cfg.model, attn_implementation="eager", **kw)
-    if not quant_mode(cfg):
+        model = AutoModelForCausalLM.from_pretrained(spec.model, attn_implementation="eager", **kw)
+    if not quant_mode(spec):
         model.to(device)
     elif device.type == "cpu":
         keep_4bit_trainable_on_cpu(model)
@@ -146,12 +146,17 @@ def resize_vocab(model, vocab_size: int, token_ids, rows: dict | None = None) ->
     return new
 
 
+def is_quantized(model) -> bool:
+    """Loaded with bitsandbytes (quantization in the ModelSpec, or a quantized checkpoint)."""
+    return bool(getattr(model, "is_quantized", False) or getattr(model, "hf_quantizer", None))
+
+
 def add_adapter(model, cfg, token_ids=None):
     """Wrap `model` for training: PEFT LoRA/DoRA, or every (unquantized) weight for `full`."""
     kind = cfg.peft_adapter.lower()
     if kind not in ("lora", "dora", "full"):
         raise ValueError(f"peft_adapter: {cfg.peft_adapter!r} is not one of lora, dora, full")
-    quantized = bool(getattr(model, "is_quantized", False) or getattr(model, "hf_quantizer", None))
+    quantized = is_quantized(model)
     torch.manual_seed(cfg.seed)
     gc = bool(cfg.gradient_checkpointing)
     if kind == "full":

@@ -3,16 +3,20 @@ from __future__ import annotations
 
 import torch
 
-from ...training.flops import time_matmul
-from .device import DTYPES
+from ...training.flops import cached_peak, time_matmul
+
+
+def peak_flops(device: str, dtype: str) -> float:
+    """measure_peak, once per (device, dtype) (training.flops.cached_peak)."""
+    return cached_peak(device, dtype, lambda: measure_peak(device, dtype))
 
 
 def measure_peak(device: str, dtype: str) -> float:
     dev = torch.device(device)
     n = 8192 if dev.type == "cuda" else 4096 if dev.type == "mps" else 1024
     gen = torch.Generator().manual_seed(0)   # never the global RNG a training job draws from
-    a = torch.randn(n, n, generator=gen).to(dev, DTYPES[dtype])
-    b = torch.randn(n, n, generator=gen).to(dev, DTYPES[dtype])
+    a = torch.randn(n, n, generator=gen).to(dev, getattr(torch, dtype))
+    b = torch.randn(n, n, generator=gen).to(dev, getattr(torch, dtype))
 
     def run():
         torch.mm(a, b)
