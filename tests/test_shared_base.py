@@ -188,9 +188,9 @@ def test_the_next_turn_reads_only_its_new_tokens_and_answers_the_same(name, tiny
     assert reused[-1] == 0
 
 
-def _job_config(name, model, bundle, out, **kw) -> TrainConfig:
+def _job_config(name, model, bundle, out, **kw):
     """A LoRA run of the same shape as `random_adapter`'s first adapter (r 4 on q/v, alpha 2r)."""
-    from tunerd.config.schema import DataConfig
+    from tunerd.config.schema import DataConfig, TrainConfig
 
     kw.setdefault("max_steps", 6)
     kw.setdefault("eval_strategy", "no")

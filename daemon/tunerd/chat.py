@@ -174,11 +174,8 @@ class ChatService:
                             run["n"] += 1
                             if run["first"] is None:
                                 run["first"] = time.perf_counter()
-                        text = chunk.text
-                        if chunk.finish_reason in ("length", "cancelled") and text.endswith("\ufffd"):
-                            text = text[:-1]   # a character cut off by max_tokens: not sent as U+FFFD
-                        if text:
-                            out.put(ChatDelta(text=text))
+                        if chunk.text:
+                            out.put(ChatDelta(text=chunk.text))
                         if chunk.finish_reason:
                             run["finish"] = chunk.finish_reason
                         if time.perf_counter() >= until:

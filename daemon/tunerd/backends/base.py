@@ -159,6 +159,36 @@ def ce_chunk_rows(vocab: int, chunk_bytes: int = CE_CHUNK_BYTES) -> int:
 PREFILL_CHUNK = 256  # prompt tokens per forward pass before generation; the device can be yielded between
 
 
+class ReplyText:
+    """The text of one streamed reply, written once for both backends: `update(text so far)` gives
+    the part that is safe to send (a possible start of a stop string and an incomplete UTF-8
+    character, U+FFFD until its next bytes come, are held back) and whether a stop string ended the
+    reply (the text before the first one found is sent); `rest()` is what is left when the reply
+    ends otherwise (eos, max_tokens, cancel), without a character cut off at its end."""
+
+    def __init__(self, stops: list[str]):
+        self.stops = [x for x in stops if x]
+        self.text, self.sent = "", 0
+
+    def update(self, text: str) -> tuple[str, bool]:
+        self.text = text
+        hits = [j for j in (text.find(x, max(0, self.sent - len(x))) for x in self.stops) if j >= 0]
+        if hits:
+            return self._upto(min(hits)), True
+        safe = len(text) - partial_stop_len(text, self.stops)
+        while safe > self.sent and text[safe - 1] == "\ufffd":
+            safe -= 1
+        return self._upto(safe), False
+
+    def rest(self) -> str:
+        return self._upto(len(self.text) - self.text.endswith("\ufffd"))
+
+    def _upto(self, end: int) -> str:
+        out = self.text[self.sent:end]
+        self.sent = max(self.sent, end)
+        return out
+
+
 def partial_stop_len(text: str, stops: list[str]) -> int:
     """Length of the longest suffix of `text` that is a proper prefix of a stop string: the
     part of a streamed reply both backends hold back until it is known not to start a stop."""

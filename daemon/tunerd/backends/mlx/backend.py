@@ -33,7 +33,7 @@ from ...host import blas_hint
 from .. import adapter_layout as layout
 from .. import base
 from ..base import (Backend, FuseError, GenerationChunk, MemoryStats, ModelInfo, ModelSpec, ParamStats, Sampling,
-                    adapter_spec, ce_chunk_rows, partial_stop_len)
+                    adapter_spec, ce_chunk_rows)
 from ..dtypes import checkpoint_dtype, resolve_dtype
 from .model import (PACKING_MODEL_TYPES, PackedAttention, add_token_rows, apply_lora, block_causal_mask,
                     densify_token_rows, enable_grad_checkpoint, is_quantized, quantize_base, resolve_lora_keys,
@@ -657,8 +657,7 @@ class MLXBackend(Backend):
         sampler = _own_key_sampler(sampling)
         processors = make_logits_processors(
             repetition_penalty=sampling.repetition_penalty if sampling.repetition_penalty != 1.0 else None)
-        stops = [s for s in sampling.stop if s]
-        text, emitted = "", 0
+        reply, text = base.ReplyText(sampling.stop), ""
         key, tokens = self._active, list(prompt_ids)
         # a previous turn's cache: read only the rest (not with a repetition penalty, whose
         # context mlx-lm takes from the tokens it is given)
@@ -678,19 +677,15 @@ class MLXBackend(Backend):
                                         sampler=sampler, logits_processors=processors, prompt_cache=cache):
                 tokens.append(int(resp.token))
                 if should_stop():
-                    yield GenerationChunk(text[emitted:], int(resp.token), "cancelled")
+                    yield GenerationChunk(reply.rest(), int(resp.token), "cancelled")
                     return
                 text += resp.text
-                hits = [i for i in (text.find(s, max(0, emitted - len(s))) for s in stops) if i >= 0]
-                if hits:
-                    yield GenerationChunk(text[emitted:min(hits)], int(resp.token), "stop")
+                delta, stopped = reply.update(text)
+                if stopped or resp.finish_reason:
+                    yield GenerationChunk(delta + ("" if stopped else reply.rest()), int(resp.token),
+                                          "stop" if stopped else resp.finish_reason)
                     return
-                if resp.finish_reason:
-                    yield GenerationChunk(text[emitted:], int(resp.token), resp.finish_reason)
-                    return
-                safe = max(emitted, len(text) - partial_stop_len(text, stops))
-                yield GenerationChunk(text[emitted:safe], int(resp.token))  # one chunk per token (usage counts them)
-                emitted = safe
+                yield GenerationChunk(delta, int(resp.token))  # one chunk per token (usage counts them)
         finally:
             self._prompt_cache.put(key, tokens, cache)
             mx.clear_cache()   # freed buffers go back (set_memory_limits); the kept KV cache stays

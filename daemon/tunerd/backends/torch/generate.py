@@ -7,7 +7,7 @@ from typing import Callable, Iterator, Optional
 import torch
 
 from .. import base
-from ..base import GenerationChunk, Sampling, partial_stop_len
+from ..base import GenerationChunk, Sampling
 
 
 def sample_next(logits: torch.Tensor, context: torch.Tensor, s: Sampling,
@@ -53,7 +53,7 @@ def _stream(model, tokenizer, prompt_ids, s, eos_ids, device, should_stop, reuse
     # its own generator, never the global RNG a training job draws its dropout from
     # sampling stays on the device: only the chosen token id crosses to the CPU (not [V] logits)
     gen = torch.Generator(device=device).manual_seed(s.seed if s.seed is not None else secrets.randbits(63))
-    stops = [x for x in s.stop if x]
+    reply = base.ReplyText(s.stop)
     context = torch.tensor(prompt_ids, dtype=torch.long, device=device)
     ids = torch.tensor([prompt_ids[reused:]], dtype=torch.long, device=device)
     for start in range(0, ids.shape[1], base.PREFILL_CHUNK):  # a long prompt in chunks
@@ -67,30 +67,21 @@ def _stream(model, tokenizer, prompt_ids, s, eos_ids, device, should_stop, reuse
         state["past"] = out.past_key_values
     logits = out.logits[0, -1]
     generated = state["generated"]
-    text, emitted = "", 0
     for i in range(max(s.max_tokens, 0)):
         if should_stop():
-            yield GenerationChunk(text[emitted:], -1, "cancelled")
+            yield GenerationChunk(reply.rest(), -1, "cancelled")
             return
         tok = sample_next(logits, context, s, gen)
         if tok in eos_ids:
-            yield GenerationChunk(text[emitted:], tok, "stop")
+            yield GenerationChunk(reply.rest(), tok, "stop")
             return
         generated.append(tok)
         context = torch.cat([context, torch.tensor([tok], device=device)])
-        text = tokenizer.decode(generated, skip_special_tokens=True)
-        hits = [j for j in (text.find(st, max(0, emitted - len(st))) for st in stops) if j >= 0]
-        if hits:
-            yield GenerationChunk(text[emitted:min(hits)], tok, "stop")
+        delta, stopped = reply.update(tokenizer.decode(generated, skip_special_tokens=True))
+        if stopped or i == s.max_tokens - 1:
+            yield GenerationChunk(delta + ("" if stopped else reply.rest()), tok, "stop" if stopped else "length")
             return
-        if i == s.max_tokens - 1:
-            yield GenerationChunk(text[emitted:], tok, "length")
-            return
-        safe = len(text) - partial_stop_len(text, stops)
-        while safe > emitted and text[safe - 1] == "\ufffd":  # an incomplete UTF-8 character
-            safe -= 1
-        yield GenerationChunk(text[emitted:safe], tok)
-        emitted = max(emitted, safe)
+        yield GenerationChunk(delta, tok)
         out = model(input_ids=torch.tensor([[tok]], device=device), past_key_values=state["past"], use_cache=True)
         state["past"], logits = out.past_key_values, out.logits[0, -1]
-    yield GenerationChunk(text[emitted:], -1, "length")  # max_tokens == 0
+    yield GenerationChunk("", -1, "length")  # max_tokens == 0

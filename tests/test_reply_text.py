@@ -1,0 +1,33 @@
+"""The streamed text of a reply (backends/base.ReplyText), shared by both backends' generate."""
+from tunerd.backends.base import ReplyText
+
+
+def stream(stops, texts):
+    """Feed the decoded text after each token; (what was sent per token, stopped, the rest)."""
+    reply, sent = ReplyText(stops), []
+    for t in texts:
+        delta, stopped = reply.update(t)
+        sent.append(delta)
+        if stopped:
+            return sent, True, ""
+    return sent, False, reply.rest()
+
+
+def test_a_possible_stop_is_held_back_until_known_and_the_text_before_a_stop_is_sent():
+    sent, stopped, _ = stream(["END"], ["ab", "abE", "abEN", "abENx"])
+    assert sent == ["ab", "", "", "ENx"] and not stopped
+    sent, stopped, _ = stream(["END", " of"], ["ab", "abE", "abEND tail"])
+    assert sent == ["ab", "", ""] and stopped
+    sent, stopped, _ = stream([" of", "\n"], ["capital", "capital of Z"])
+    assert "".join(sent) == "capital" and stopped
+
+
+def test_an_incomplete_character_waits_for_its_bytes_and_a_cut_one_is_not_sent():
+    sent, stopped, rest = stream([], ["\uc548", "\uc548\ufffd", "\uc548\ub155"])
+    assert sent == ["\uc548", "", "\ub155"] and rest == ""
+    sent, stopped, rest = stream([], ["\uc548", "\uc548\ufffd"])   # max_tokens cut the second syllable
+    assert sent == ["\uc548", ""] and rest == ""
+    sent, stopped, rest = stream([], ["a\ufffdb"])                  # invalid bytes inside the text are output
+    assert sent == ["a\ufffdb"] and rest == ""
+    sent, stopped, rest = stream(["zz"], ["abz"])                   # eos/length: the held-back part goes out
+    assert sent == ["ab"] and rest == "z"
