@@ -23,7 +23,7 @@ from ..backends import adapter_layout as layout
 from ..backends.base import ModelSpec
 from ..backends.registry import get_backend, resolve_backend
 from ..host import model_config
-from ..training.checkpoints import write_atomically
+from ..files import atomic_write_dir
 
 GENERATION_CONFIG = "generation_config.json"
 
@@ -38,7 +38,7 @@ def fuse(model_path, adapter_path, out_dir, dequantize: bool = False, backend: s
         _stop_at_end_of_turn(tmp, Path(model_path).expanduser(), layout.read_added_tokens(adapter_path),
                              be.tokenizer)
 
-    return write_atomically(Path(out_dir).expanduser(), fill)
+    return atomic_write_dir(Path(out_dir).expanduser(), fill)
 
 
 def _fuse_backend(spec: ModelSpec) -> str:
