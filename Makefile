@@ -35,7 +35,7 @@ demo: setup
 	$(VENV)/bin/tunerctl demo
 
 test: setup
-	$(PRELOAD) $(PY) -m pytest -q
+	$(PRELOAD) $(PY) -m pytest -q -n 2 --dist loadfile   # two workers, one test file each at a time
 
 proto: setup
 	$(PY) proto/generate.py
