@@ -18,7 +18,7 @@ from . import service as svc
 from .connection import (DaemonUnavailable, Target, describe_holder, connect, default_home, is_healthy,
                          local_ref, lock_holder, open_channel, start_daemon)
 from .progress import DownloadView, JobView, job_state_name
-from .ui import as_dict, console, err, print_json, table
+from .ui import as_dict, console, err, print_json, print_json_lines, table
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
@@ -341,9 +341,7 @@ def cmd_models(args) -> int:
     if args.action == "list":
         models = s.ListModels(pb.ListModelsRequest()).models
         if args.json:
-            for m in models:
-                print_json(as_dict(m))
-            return 0
+            return print_json_lines(models)
         table(["model", "backend", "quantization", "dtype", "memory", "adapters", "expires"],
               [[_short(m.model), m.backend, m.quantization, m.dtype,
                 f"{_bytes(m.memory_bytes)} (base {_bytes(m.base_bytes)})",
@@ -675,9 +673,7 @@ def cmd_adapters(args) -> int:
     if args.action == "list":
         ads = s.ListAdapters(pb.ListAdaptersRequest()).adapters
         if args.json:
-            for a in ads:
-                print_json(as_dict(a))
-            return 0
+            return print_json_lines(ads)
         short = short_ids([j.id for j in s.ListJobs(pb.ListJobsRequest()).jobs])
         table(["job", "adapter", "r", "base model", "layouts", "path"],
               [[short.get(a.job_id, a.job_id), a.peft_adapter, a.lora_r, _short(a.base_model), ",".join(a.layouts),

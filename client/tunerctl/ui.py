@@ -17,6 +17,13 @@ def print_json(obj) -> None:
     sys.stdout.flush()
 
 
+def print_json_lines(messages) -> int:
+    """One JSON object per line for each message (a `list --json`); exit code 0."""
+    for m in messages:
+        print_json(as_dict(m))
+    return 0
+
+
 def table(headers: list[str], rows: list[list], empty: str = "", keep: tuple = ()) -> None:
     """`keep`: indexes of columns never shortened on a narrow terminal (ids a person types)."""
     if not rows and empty:
