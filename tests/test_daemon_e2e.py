@@ -3,11 +3,15 @@ from __future__ import annotations
 
 import signal
 import stat
+from pathlib import Path
 
 import grpc
 import pytest
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from tuner.v1 import tuner_pb2 as pb
+
+from tunerd.backends.base import ModelSpec, Sampling
+from tunerd.backends.registry import get_backend
 
 from daemon_utils import DaemonProcess, cli, job_state, json_lines, short_home, wait_for, write_config
 
@@ -92,7 +96,13 @@ def test_train_watch_completes_and_loss_falls(daemon, demo_bundle, tmp_path):
     q = demo_bundle["rows"][0]["prompt"]
     out = cli(daemon.home, "chat", "--adapter", f"job:{job_id}", "-p", q, "--temperature", "0",
               "--max-tokens", "24", check=True).stdout
-    assert out.strip()
+    be = get_backend("mlx")   # the same greedy reply in-process, from the job's adapter folder
+    be.load(ModelSpec(model=demo_bundle["model"], backend="mlx"))
+    be.load_adapter(Path(finished[-1]["adapter_path"]))
+    ids = be.tokenizer.apply_chat_template([{"role": "user", "content": q}], add_generation_prompt=True)
+    ids = list(ids["input_ids"] if hasattr(ids, "keys") else ids)
+    expected = "".join(c.text for c in be.generate(ids, Sampling(temperature=0.0, max_tokens=24)))
+    assert expected.strip() and out.strip() == expected.strip()
 
 
 def test_cancel_running_and_queued(daemon, demo_bundle, tmp_path):
