@@ -31,3 +31,20 @@ def test_an_incomplete_character_waits_for_its_bytes_and_a_cut_one_is_not_sent()
     assert sent == ["a\ufffdb"] and rest == ""
     sent, stopped, rest = stream(["zz"], ["abz"])                   # eos/length: the held-back part goes out
     assert sent == ["ab"] and rest == "z"
+
+
+def test_incremental_detokenization_equals_decoding_the_whole_reply(tiny_tokenizer):
+    """The torch backend decodes each token's window only; the text is a full decode's."""
+    import random
+
+    from tunerd.backends.torch.generate import Detokenizer
+
+    tok = tiny_tokenizer
+    samples = ["The capital of Zorblax is Fenmoor.", "안녕하세요! 반갑습니다.", "a  b\n\nc 😀 d"]
+    rng = random.Random(0)
+    sequences = [tok(x, add_special_tokens=False)["input_ids"] for x in samples]
+    sequences += [[rng.randrange(len(tok)) for _ in range(60)] for _ in range(20)]   # any bytes, specials
+    for ids in sequences:
+        d = Detokenizer(tok)
+        for i, t in enumerate(ids):
+            assert d.add(t) == tok.decode(ids[:i + 1], skip_special_tokens=True), (ids[:i + 1])

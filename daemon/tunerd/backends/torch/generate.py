@@ -33,6 +33,31 @@ def sample_next(logits: torch.Tensor, context: torch.Tensor, s: Sampling,
     return int(torch.multinomial(probs / probs.sum(), 1, generator=gen))
 
 
+class Detokenizer:
+    """The reply's text so far, decoded incrementally: a new token decodes a short window (the
+    tokens since the last complete character, after the few before them for context) instead of
+    the whole reply again (the offsets approach of TGI's and vLLM's incremental detokenization).
+    `add` returns the whole text so far; an incomplete character at its end reads as U+FFFD, as a
+    full decode would show it."""
+
+    def __init__(self, tokenizer):
+        self.tok, self.ids, self.done = tokenizer, [], ""
+        self.prefix = self.read = 0   # ids[prefix:read]: context already in `done`; ids[read:]: pending
+
+    def add(self, token_id: int) -> str:
+        self.ids.append(token_id)
+        before = self._decode(self.prefix, self.read)
+        now = self._decode(self.prefix, len(self.ids))
+        if len(now) > len(before) and not now.endswith("\ufffd"):
+            self.done += now[len(before):]
+            self.prefix, self.read = self.read, len(self.ids)
+            return self.done
+        return self.done + now[len(before):]
+
+    def _decode(self, start: int, end: int) -> str:
+        return self.tok.decode(self.ids[start:end], skip_special_tokens=True) if end > start else ""
+
+
 @torch.no_grad()
 def stream(model, tokenizer, prompt_ids: list[int], s: Sampling, eos_ids: set, device: torch.device,
            should_stop: Callable[[], bool], past=None, reused: int = 0,
@@ -53,7 +78,7 @@ def _stream(model, tokenizer, prompt_ids, s, eos_ids, device, should_stop, reuse
     # its own generator, never the global RNG a training job draws its dropout from
     # sampling stays on the device: only the chosen token id crosses to the CPU (not [V] logits)
     gen = torch.Generator(device=device).manual_seed(s.seed if s.seed is not None else secrets.randbits(63))
-    reply = base.ReplyText(s.stop)
+    reply, text = base.ReplyText(s.stop), Detokenizer(tokenizer)
     context = torch.tensor(prompt_ids, dtype=torch.long, device=device)
     ids = torch.tensor([prompt_ids[reused:]], dtype=torch.long, device=device)
     for start in range(0, ids.shape[1], base.PREFILL_CHUNK):  # a long prompt in chunks
@@ -77,7 +102,7 @@ def _stream(model, tokenizer, prompt_ids, s, eos_ids, device, should_stop, reuse
             return
         generated.append(tok)
         context = torch.cat([context, torch.tensor([tok], device=device)])
-        delta, stopped = reply.update(tokenizer.decode(generated, skip_special_tokens=True))
+        delta, stopped = reply.update(text.add(tok))
         if stopped or i == s.max_tokens - 1:
             yield GenerationChunk(delta + ("" if stopped else reply.rest()), tok, "stop" if stopped else "length")
             return
