@@ -26,7 +26,6 @@ from .jobs import refs
 from .jobs.manager import JobManager
 from .jobs.runner import run_training as train_job
 from .jobs.store import RUNNING, SUCCEEDED, JobRecord, JobStore, StoredEvent
-from .backends.base import TRAINING
 from .models import download
 from .models.registry import ModelRegistry
 from .paths import local_or_id, looks_like_hub_id, resolve_path
@@ -174,7 +173,7 @@ class Core:
                     for a in list(r.adapters.values())]
         if r.job_id:   # a running job's model: its own adapter trains beside the attached ones
             attached.insert(0, {"name": f"job:{r.job_id} (training)", "path": "", "loaded_at": r.loaded_at,
-                                "memory_bytes": r.backend.weight_bytes()[1].get(TRAINING, 0)})
+                                "memory_bytes": r.own_bytes})
         return {"model": r.model, "backend": r.backend_name, "quantization": r.quantization,
                 "dtype": r.dtype, "dtype_reason": r.info.get("dtype_reason", ""), "requested_dtype": r.key[3],
                 "memory_bytes": r.memory_bytes, "base_bytes": r.base_bytes,

@@ -60,6 +60,7 @@ class Resident:
     own_adapter: str = ""   # a base of its own for one adapter that changes the base
     job_id: str = ""        # lent by this running job (its model; never evicted or unloaded here)
     base_bytes: int = 0     # its weights as the backend counts them (Backend.weight_bytes), at load
+    own_bytes: int = 0      # a lending job's own adapter (Backend.weight_bytes()[1][TRAINING]), at lending
 
     @property
     def expires_at(self) -> float:
@@ -92,8 +93,7 @@ class Resident:
     @property
     def memory_bytes(self) -> int:
         """The base's weights plus each attached adapter's (and a lending job's own): the base counts once."""
-        own = self.backend.weight_bytes()[1].get(TRAINING, 0) if self.job_id else 0
-        return self.base_bytes + own + sum(a.memory_bytes for a in list(self.adapters.values()))
+        return self.base_bytes + self.own_bytes + sum(a.memory_bytes for a in list(self.adapters.values()))
 
 
 class Lease:
@@ -109,10 +109,11 @@ class Lease:
         if not self.backend.can_share_base():
             return
         cfg, now = self.cfg, time.time()
+        base_bytes, adapters = self.backend.weight_bytes()
         self.key = (_model_key(cfg.model), self.backend_name, cfg.quantization or "none", dtype, "job", self.job_id)
         self._registry._models[self.key] = Resident(
             self.key, self.backend, cfg.model, self.backend_name, cfg.quantization or "none", dtype, now, now,
-            keep_alive=-1, job_id=self.job_id, base_bytes=self.backend.weight_bytes()[0])
+            keep_alive=-1, job_id=self.job_id, base_bytes=base_bytes, own_bytes=adapters.get(TRAINING, 0))
 
     def end(self) -> None:
         """The job is over: chats already streaming finish on its model; new ones load their own."""

@@ -48,8 +48,6 @@ STATE_FILE = "torch_state.pt"
 TRAINABLE_FILE = "trainable.safetensors"
 
 
-
-
 class TorchBackend(Backend):
     name = "torch"
     supports_added_tokens = True
