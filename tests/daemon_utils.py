@@ -29,9 +29,10 @@ def short_home() -> Path:
 
 
 class DaemonProcess:
-    def __init__(self, home: Path, *extra: str):
+    def __init__(self, home: Path, *extra: str, cwd=None):
         self.home = Path(home)
         self.extra = list(extra)
+        self.cwd = cwd   # the directory it is started from (default: the test's)
         self.proc: subprocess.Popen | None = None
 
     @property
@@ -41,7 +42,7 @@ class DaemonProcess:
     def start(self, timeout: float = 60) -> "DaemonProcess":
         env = dict(os.environ, TUNER_HOME=str(self.home))
         self.proc = subprocess.Popen([sys.executable, "-m", "tunerd", "--home", str(self.home), *self.extra],
-                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, cwd=self.cwd)
         deadline = time.time() + timeout
         while time.time() < deadline:
             if self.proc.poll() is not None:

@@ -126,6 +126,22 @@ def test_cancel_running_and_queued(daemon, demo_bundle, tmp_path):
     assert cli(daemon.home, "jobs", "watch", first, "--json").returncode == 1
 
 
+def test_the_directory_it_was_started_from_can_go_away(demo_bundle, tmp_path):
+    """A daemon outlives the shell it was started from: with that directory deleted, it still
+    reads data (datasets asks for the working directory) and trains."""
+    started_in = tmp_path / "project"
+    started_in.mkdir()
+    d = DaemonProcess(short_home(), cwd=started_in).start()
+    try:
+        started_in.rmdir()
+        cfg = write_config(tmp_path / "c.yaml", demo_bundle, max_steps=2, eval_steps=1000)
+        p = cli(d.home, "train", str(cfg), "--json")
+        assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
+        assert [e for e in json_lines(p.stdout) if "finished" in e]
+    finally:
+        d.stop()
+
+
 def test_sigterm_checkpoints_and_marks_interrupted(demo_bundle, tmp_path):
     home = short_home()
     d = DaemonProcess(home).start()

@@ -41,6 +41,12 @@ def main(argv: list[str] | None = None) -> int:
     _maybe_preload_blas(argv)
 
     home = prepare_home((args.home or default_home()).expanduser().resolve())  # trusted, or exit
+    # A daemon outlives the directory it was started from (a deleted cwd fails every getcwd, which
+    # datasets calls to read a data file): paths given here are made absolute, then it works in its home.
+    args.socket = args.socket.expanduser().resolve() if args.socket else None
+    args.tls_cert, args.tls_key = (str(Path(f).expanduser().resolve()) if f else ""
+                                   for f in (args.tls_cert, args.tls_key))
+    os.chdir(home)
     handlers = [logging.handlers.RotatingFileHandler(home / "tunerd.log", maxBytes=10 << 20, backupCount=3)]
     if sys.stderr.isatty():
         handlers.append(logging.StreamHandler())

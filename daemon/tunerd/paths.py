@@ -3,7 +3,7 @@
 Requests that name files (submit, inspect, evaluate, recommend) carry `base_dir`: the client's
 cwd, so `tunerctl train configs/x.yaml` means what it means in the shell. Requests without one
 (chat, models, adapters) get absolute paths from the CLI; a relative one there resolves against
-the daemon's cwd, the only base left.
+the daemon's working directory, its home (tunerd changes to it at start-up).
 """
 from __future__ import annotations
 
