@@ -17,7 +17,8 @@ from tunerd.data.batch import Shard, pad_id_of
 from tunerd.data.masking import TokenizedRow
 from tunerd.data.prepare import TrainBatches
 from tunerd.evaluation.loss import perplexity
-from tunerd.files import atomic_write_dir, atomic_write_file, atomic_write_text, remove_stale_temporaries
+from tunerd.files import (MARKER, atomic_write_file, atomic_write_text, remove_stale_temporaries,
+                          write_output_dir)
 from tunerd.training import events as ev
 from tunerd.training.loop import train
 
@@ -95,25 +96,41 @@ def test_atomic_writes_replace_whole_files_and_folders(tmp_path):
     atomic_write_text(f, "old")
     atomic_write_text(f, "new\n", mode=0o600)
     assert f.read_text() == "new\n" and stat.S_IMODE(f.stat().st_mode) == 0o600
-    d = atomic_write_dir(tmp_path / "checkpoint-1", lambda tmp: (tmp / "a").write_text("1"))
+    d = write_output_dir(tmp_path / "checkpoint-1", lambda tmp: (tmp / "a").write_text("1"), "checkpoint")
     assert (d / "a").read_text() == "1"
 
     def half_written(tmp):
         Path(tmp, "a").write_text("2") if Path(tmp).is_dir() else Path(tmp).write_text("2")
         raise OSError("disk full")
     with pytest.raises(OSError):
-        atomic_write_dir(d, half_written)
+        write_output_dir(d, half_written, "checkpoint")
     with pytest.raises(OSError):
         atomic_write_file(f, half_written)
     assert (d / "a").read_text() == "1" and f.read_text() == "new\n"    # the old ones, whole
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-1", "token"]   # no temporaries left
+    assert sorted(p.name for p in d.iterdir()) == [MARKER, "a"]
 
 
-def test_a_kill_between_the_two_renames_is_undone(tmp_path):
-    os.mkdir(tmp_path / f".old-checkpoint-3-{os.getpid()}")   # the old folder moved aside, the new one not in place
-    os.mkdir(tmp_path / ".tmp-checkpoint-4-99999")            # never finished
+def test_start_up_clean_up_removes_only_temporaries_it_can_prove_its_own(tmp_path):
+    """A kill mid-write leaves `.tmp-NAME-<pid>-<random>/` with our marker naming a dead pid (or,
+    killed between mkdir and the marker, empty): removed. A user's `.tmp-*` / `.old-*` stay."""
+    killed = tmp_path / ".tmp-checkpoint-4-99999-0a1b2c"
+    killed.mkdir()
+    (killed / MARKER).write_text('{"temporary": true, "kind": "checkpoint", "pid": 99999}')
+    (killed / "adapters.safetensors").write_bytes(b"half")
+    (tmp_path / ".tmp-checkpoint-5-99999-0a1b2d").mkdir()            # killed before its marker
+    merge = write_output_dir(tmp_path / "checkpoint-3", lambda t: (t / "a").write_text("1"), "checkpoint")
+    (merge / ".tmp-merge-99999-0a1b2e").mkdir()
+    (merge / ".tmp-merge-99999-0a1b2e" / MARKER).write_text('{"temporary": true, "pid": 99999}')
+    users = [tmp_path / ".tmp-notes", tmp_path / ".old-checkpoint-3-123", tmp_path / ".tmp-x-99999-0a1b2f"]
+    for u in users:
+        u.mkdir()
+        (u / "mine.txt").write_text("keep")
     done = remove_stale_temporaries(tmp_path)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-3"] and len(done) == 2
+    assert len(done) == 3, done
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["checkpoint-3"] + [u.name for u in users])
+    assert sorted(p.name for p in merge.iterdir()) == [MARKER, "a"]
+    assert all((u / "mine.txt").read_text() == "keep" for u in users)
 
 
 def test_pad_id_is_pad_then_eos_then_the_models_eos():

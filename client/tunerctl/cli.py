@@ -149,20 +149,26 @@ def build_parser() -> argparse.ArgumentParser:
     ad = cmd(sub, "adapters", "list, export and fuse trained adapters")
     ads = ad.add_subparsers(dest="action", required=True, metavar="ACTION")
     cmd(ads, "list", "adapters from finished jobs")
+    force_help = ("write into a folder that holds other files too: files of the same names are replaced, "
+                  "nothing else is touched")
+    adapter_help = "adapter folder, or a job: ID or job:ID (an id, a unique prefix of one, or latest)"
     ae = cmd(ads, "export", "copy an adapter in one layout (peft or mlx)")
-    ae.add_argument("adapter", help="adapter folder, or job:ID (an id, a unique prefix of one, or latest)")
-    ae.add_argument("out_dir")
+    ae.add_argument("adapter", help=adapter_help)
+    ae.add_argument("out_dir", help="a new or empty folder (or one exported to before)")
     ae.add_argument("--layout", choices=["peft", "mlx"], default="peft")
+    ae.add_argument("--force", action="store_true", help=force_help)
     af = cmd(ads, "fuse", "merge an adapter into its base and write a standalone model")
-    af.add_argument("adapter", help="adapter folder, or job:ID (an id, a unique prefix of one, or latest)")
-    af.add_argument("out_dir")
+    af.add_argument("adapter", help=adapter_help)
+    af.add_argument("out_dir", help="a new or empty folder (or one fused into before)")
     af.add_argument("--model", default="", help="base model (default: the adapter's)")
     af.add_argument("--dequantize", action="store_true", help="write a de-quantized (16/32-bit) model")
+    af.add_argument("--force", action="store_true", help=force_help)
 
     rp = cmd(sub, "report", "write a self-contained HTML report of a job: curves, metrics, data, base vs tuned")
     rp.add_argument("job_id")
     rp.add_argument("--compare", action="append", default=[], metavar="JOB", help="overlay another job (repeatable)")
     rp.add_argument("-o", "--output", default="", help="HTML file to write (default report-JOB.html)")
+    rp.add_argument("--force", action="store_true", help="replace an existing file that is not a MacTuner report")
     rp.add_argument("--generate", type=int, default=8, help="rows to generate for base vs tuned (0: none)")
     rp.add_argument("--max-tokens", type=int, default=64, help="new tokens per generated answer")
 
@@ -680,19 +686,23 @@ def cmd_adapters(args) -> int:
                 a.path] for a in ads],
               empty="no adapters yet", keep=(0,))
         return 0
+    # paths made absolute here, links not followed: the daemon checks what the path itself is
+    adapter = os.path.abspath(args.adapter) if os.path.lexists(args.adapter) else args.adapter
+    out_dir = os.path.abspath(args.out_dir)
     if args.action == "export":
-        r = s.ExportAdapter(pb.ExportAdapterRequest(adapter=args.adapter, out_dir=str(Path(args.out_dir).resolve()),
-                                                    layout=args.layout))
+        r = s.ExportAdapter(pb.ExportAdapterRequest(adapter=adapter, out_dir=out_dir, layout=args.layout,
+                                                    force=args.force))
     else:
-        r = s.FuseAdapter(pb.FuseAdapterRequest(adapter=args.adapter, out_dir=str(Path(args.out_dir).resolve()),
-                                                model=args.model, dequantize=args.dequantize))
+        r = s.FuseAdapter(pb.FuseAdapterRequest(adapter=adapter, out_dir=out_dir, model=args.model,
+                                                dequantize=args.dequantize, force=args.force))
     print_json({"path": r.path}) if args.json else console.print(f"wrote {r.path}")
     return 0
 
 
 def cmd_report(args) -> int:
     from .report import write_report
-    path = write_report(stub(args), args.job_id, args.output, tuple(args.compare), args.generate, args.max_tokens)
+    path = write_report(stub(args), args.job_id, args.output, tuple(args.compare), args.generate, args.max_tokens,
+                        force=args.force)
     print_json({"path": str(path.resolve())}) if args.json else console.print(f"wrote {path}")
     return 0
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 import html
 import io
 import json
+import os
+import stat
 import time
 from pathlib import Path
 from typing import Optional
@@ -17,7 +19,11 @@ from typing import Optional
 import grpc
 from tuner.v1 import tuner_pb2 as pb
 
+from tunerd.files import atomic_write_text
+
 from .ui import as_dict
+
+GENERATOR = '<meta name="generator" content="MacTuner tunerctl report">'   # how a report of ours is known
 
 PLOTS = (  # key, title, y label, step field
     ("loss", "Loss", "loss", None),
@@ -242,7 +248,7 @@ def render(d: dict) -> str:
     parts.append(_section("Config (as submitted)", _table(["key", "value"], flat, "config"), "config"))
     for note in d.get("notes", []):
         parts.append(f'<p class="muted">{html.escape(note)}</p>')
-    return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
+    return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">{GENERATOR}<title>{html.escape(title)}</title>'
             f'<style>{CSS}</style></head><body>{"".join(parts)}</body></html>\n')
 
 
@@ -281,8 +287,33 @@ def _generations(g: Optional[dict]) -> str:
     return _section("Base vs tuned", body, "generations")
 
 
-def write_report(s, job_id: str, out: str, compare: tuple = (), generate: int = 8, max_tokens: int = 64) -> Path:
-    d = collect(s, job_id, generate=generate, max_tokens=max_tokens, compare=compare)
+def write_report(s, job_id: str, out: str, compare: tuple = (), generate: int = 8, max_tokens: int = 64,
+                 force: bool = False) -> Path:
+    """Write the report at `out` (default report-JOB.html), atomically and never through a link;
+    an existing file is replaced only when it is a report of ours, or with `force`."""
     path = Path(out or f"report-{job_id}.html")
-    path.write_text(render(d), encoding="utf-8")
+    check_report_path(path, job_id, force)   # before the slow part
+    d = collect(s, job_id, generate=generate, max_tokens=max_tokens, compare=compare)
+    atomic_write_text(path, render(d))
     return path
+
+
+def check_report_path(path: Path, job_id: str, force: bool = False) -> None:
+    """ValueError naming the fix for a folder, a link, a special file, or a file that is not a
+    MacTuner report (unless `force`)."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if stat.S_ISLNK(st.st_mode):
+        raise ValueError(f"report -o {path}: is a symbolic link (to {os.path.realpath(path)}); tunerctl does "
+                         "not write through links: give another file name")
+    if stat.S_ISDIR(st.st_mode):
+        raise ValueError(f"report -o {path}: is a folder; give a file name, e.g. -o {path / f'report-{job_id}.html'}")
+    if not stat.S_ISREG(st.st_mode):
+        raise ValueError(f"report -o {path}: is not a regular file; give another file name")
+    with open(path, "rb") as f:
+        ours = GENERATOR.encode() in f.read(4096)
+    if not ours and not force:
+        raise ValueError(f"report -o {path}: exists and is not a MacTuner report; choose another name, "
+                         "or pass --force to replace it")

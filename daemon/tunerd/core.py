@@ -22,13 +22,15 @@ from . import __version__, host
 from .backends.registry import resolve_backend
 from .chat import ChatDelta, ChatParams, ChatService
 from .config.loader import ConfigError, load_config, merge
-from .jobs import refs
+from .files import OutputRefused, check_destination, overlaps
+from .jobs import folders, refs
 from .jobs.manager import JobManager
 from .jobs.runner import run_training as train_job
-from .jobs.store import RUNNING, SUCCEEDED, JobRecord, JobStore, StoredEvent
+from .jobs.store import RUNNING, SUCCEEDED, JobNotFound, JobRecord, JobStore, StoredEvent
 from .models import download
 from .models.registry import ModelRegistry
 from .paths import local_or_id, looks_like_hub_id, resolve_path
+from .training.outputs import JOB_FOLDER
 
 
 class Core:
@@ -43,6 +45,7 @@ class Core:
         self.chat_service = ChatService(self.jobs.worker, self.registry, self.store)
         self.jobs.worker.on_idle = self.registry.evict_expired
         self._tokenizers: dict = {}
+        self._submit_lock = threading.Lock()   # checking an output folder and claiming it: one submit at a time
 
     def start(self) -> None:
         self.jobs.start()
@@ -53,7 +56,8 @@ class Core:
         return self.registry.lend(job, cfg, backend_name, backend)
 
     def _remove_stale_temporaries(self) -> list[str]:
-        """Half-written checkpoint folders of jobs that are not running (at start-up: none runs)."""
+        """Half-written folders (checkpoints, adapters) in the output folders of jobs that are not
+        running (at start-up: none runs); only those provably ours (files.remove_stale_temporaries)."""
         from .files import remove_stale_temporaries
         done = []
         for rec in self.store.list():
@@ -101,7 +105,21 @@ class Core:
                 raise FileNotFoundError(f"model: local path not found: {model_path}")
             cfg = dataclasses.replace(cfg, model=str(model_path.resolve()))
         self._check_fits(cfg)
-        return self._with_position(self.jobs.submit(cfg, name=name, base_dir=base_dir))
+        if cfg.output_dir:
+            cfg = dataclasses.replace(cfg, output_dir=resolve_path(cfg.output_dir, base_dir))
+        with self._submit_lock:
+            if cfg.output_dir:
+                self._check_job_output(cfg.output_dir)
+            return self._with_position(self.jobs.submit(cfg, name=name, base_dir=base_dir))
+
+    def _check_job_output(self, out: str) -> None:
+        """A new job's output_dir: not the home, runs/ or another job's folder (jobs/folders.py),
+        and new, empty or ours (files.check_destination); else INVALID_ARGUMENT naming why."""
+        folders.refuse_claimed(self.store, self.home, out, "output_dir:")
+        try:
+            check_destination(out, JOB_FOLDER)
+        except OutputRefused as e:
+            raise OutputRefused(f"output_dir: {e}") from None
 
     def get_job(self, ref: str) -> JobRecord:
         return self._with_position(refs.get(self.store, ref))
@@ -244,15 +262,28 @@ class Core:
         return out
 
     def resolve_adapter(self, ref: str) -> str:
-        """The folder an adapter reference names: a job's adapter or latest checkpoint, or a path."""
-        return refs.adapter_of(self.store, ref) if refs.is_ref(ref) else resolve_path(ref)
+        """The folder an adapter reference names: a job's adapter or latest checkpoint (`job:ID`, or a
+        bare id, unique prefix or `latest` that is not an existing path), or a path."""
+        if refs.is_ref(ref):
+            return refs.adapter_of(self.store, ref)
+        path = resolve_path(ref)
+        if not ref or os.path.lexists(path):
+            return path
+        try:
+            return refs.adapter_of(self.store, ref)
+        except JobNotFound:
+            raise FileNotFoundError(f"adapter {ref!r}: no such folder ({path}), and no job id starts with it "
+                                    "(see `tunerctl jobs list`)") from None
 
-    def export_adapter(self, adapter: str, out_dir: str, layout: str = "peft") -> str:
-        from .export.layout import export_adapter
-        return str(export_adapter(self.resolve_adapter(adapter), resolve_path(out_dir), layout))
+    def export_adapter(self, adapter: str, out_dir: str, layout: str = "peft", force: bool = False) -> str:
+        from .export.layout import KIND, export_adapter
+        src, out = self.resolve_adapter(adapter), resolve_path(out_dir)
+        self._check_output(out, KIND, force, {"adapter": src})
+        return str(export_adapter(src, out, layout, force=force))
 
-    def fuse_adapter(self, adapter: str, out_dir: str, model: str = "", dequantize: bool = False) -> str:
-        from .export.fuse import fuse
+    def fuse_adapter(self, adapter: str, out_dir: str, model: str = "", dequantize: bool = False,
+                     force: bool = False) -> str:
+        from .export.fuse import KIND, fuse
         src = self.resolve_adapter(adapter)
         if not model:
             cfg_file = Path(src) / "adapter_config.json"
@@ -261,7 +292,25 @@ class Core:
         if not model:
             raise ValueError("model: the adapter does not name its base model; pass --model")
         out = resolve_path(out_dir)
-        return str(self.jobs.worker.call(lambda: fuse(model, src, out, dequantize=dequantize)).result())
+        self._check_output(out, KIND, force, {"adapter": src, "base model": model} if os.path.exists(model)
+                           else {"adapter": src})
+        return str(self.jobs.worker.call(lambda: fuse(model, src, out, dequantize=dequantize, force=force)).result())
+
+    def _check_output(self, out: str, kind: str, force: bool, sources: dict) -> None:
+        """Before any slow work: an export or fuse destination is not the home or a job's folder
+        (jobs/folders.py), not one of its own sources, and new, empty, ours or forced
+        (files.check_destination); else INVALID_ARGUMENT naming why."""
+        if not out:
+            raise ValueError("out_dir: required (a new or empty folder)")
+        folders.refuse_claimed(self.store, self.home, out, "out_dir")
+        for what, src in sources.items():
+            if overlaps(out, src):
+                raise OutputRefused(f"out_dir {out} is (or holds, or is inside) the {what} {src} it is made from; "
+                                    "choose a new folder")
+        try:
+            check_destination(out, kind, force=force)
+        except OutputRefused as e:
+            raise OutputRefused(f"out_dir {e}") from None
 
     # -- data --------------------------------------------------------------------------------------
     def inspect_data(self, config_path: str = "", data_path: str = "", model: str = "",

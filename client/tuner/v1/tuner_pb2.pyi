@@ -1040,14 +1040,16 @@ class ListAdaptersResponse(_message.Message):
     def __init__(self, adapters: _Optional[_Iterable[_Union[Adapter, _Mapping]]] = ...) -> None: ...
 
 class ExportAdapterRequest(_message.Message):
-    __slots__ = ("adapter", "out_dir", "layout")
+    __slots__ = ("adapter", "out_dir", "layout", "force")
     ADAPTER_FIELD_NUMBER: _ClassVar[int]
     OUT_DIR_FIELD_NUMBER: _ClassVar[int]
     LAYOUT_FIELD_NUMBER: _ClassVar[int]
+    FORCE_FIELD_NUMBER: _ClassVar[int]
     adapter: str
     out_dir: str
     layout: str
-    def __init__(self, adapter: _Optional[str] = ..., out_dir: _Optional[str] = ..., layout: _Optional[str] = ...) -> None: ...
+    force: bool
+    def __init__(self, adapter: _Optional[str] = ..., out_dir: _Optional[str] = ..., layout: _Optional[str] = ..., force: _Optional[bool] = ...) -> None: ...
 
 class ExportAdapterResponse(_message.Message):
     __slots__ = ("path",)
@@ -1056,16 +1058,18 @@ class ExportAdapterResponse(_message.Message):
     def __init__(self, path: _Optional[str] = ...) -> None: ...
 
 class FuseAdapterRequest(_message.Message):
-    __slots__ = ("adapter", "model", "out_dir", "dequantize")
+    __slots__ = ("adapter", "model", "out_dir", "dequantize", "force")
     ADAPTER_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     OUT_DIR_FIELD_NUMBER: _ClassVar[int]
     DEQUANTIZE_FIELD_NUMBER: _ClassVar[int]
+    FORCE_FIELD_NUMBER: _ClassVar[int]
     adapter: str
     model: str
     out_dir: str
     dequantize: bool
-    def __init__(self, adapter: _Optional[str] = ..., model: _Optional[str] = ..., out_dir: _Optional[str] = ..., dequantize: _Optional[bool] = ...) -> None: ...
+    force: bool
+    def __init__(self, adapter: _Optional[str] = ..., model: _Optional[str] = ..., out_dir: _Optional[str] = ..., dequantize: _Optional[bool] = ..., force: _Optional[bool] = ...) -> None: ...
 
 class FuseAdapterResponse(_message.Message):
     __slots__ = ("path",)

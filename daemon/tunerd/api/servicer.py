@@ -163,9 +163,9 @@ class TunerServicer(pb_grpc.TunerServicer):
     @_errors
     def ExportAdapter(self, request, context):
         return pb.ExportAdapterResponse(path=self.core.export_adapter(request.adapter, request.out_dir,
-                                                                      request.layout or "peft"))
+                                                                      request.layout or "peft", request.force))
 
     @_errors
     def FuseAdapter(self, request, context):
         return pb.FuseAdapterResponse(path=self.core.fuse_adapter(request.adapter, request.out_dir,
-                                                                  request.model, request.dequantize))
+                                                                  request.model, request.dequantize, request.force))

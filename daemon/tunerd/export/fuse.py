@@ -1,6 +1,6 @@
 """Fuse an adapter into its base model and write a standalone Hugging Face-format model.
 
-    fuse(model_path, adapter_path, out_dir, dequantize=False, backend="auto") -> Path
+    fuse(model_path, adapter_path, out_dir, dequantize=False, backend="auto", force=False) -> Path
 
 The backend (`backend: auto` -> backends.auto's rule) loads the base in float32 and merges the
 adapter with its own library (`Backend.fuse`: PEFT's merge_and_unload on torch, mlx-lm's LoRA fuse
@@ -23,12 +23,18 @@ from ..backends import adapter_layout as layout
 from ..backends.base import ModelSpec
 from ..backends.registry import get_backend, resolve_backend
 from ..host import model_config
-from ..files import atomic_write_dir
+from ..files import check_destination, write_output_dir
 
+KIND = "fused model"
 GENERATION_CONFIG = "generation_config.json"
 
 
-def fuse(model_path, adapter_path, out_dir, dequantize: bool = False, backend: str = "auto") -> Path:
+def fuse(model_path, adapter_path, out_dir, dequantize: bool = False, backend: str = "auto",
+         force: bool = False) -> Path:
+    """Write the fused model at `out_dir` (files.write_output_dir: a new or empty folder, one fused
+    before, or with `force`; nothing there that MacTuner did not write is removed)."""
+    out = Path(out_dir).expanduser()
+    check_destination(out, KIND, force=force)   # before the slow load; write_output_dir checks again
     spec = ModelSpec(model=str(model_path), backend=backend, dtype="float32")
     be = get_backend(_fuse_backend(spec))
     be.load(spec)
@@ -38,7 +44,8 @@ def fuse(model_path, adapter_path, out_dir, dequantize: bool = False, backend: s
         _stop_at_end_of_turn(tmp, Path(model_path).expanduser(), layout.read_added_tokens(adapter_path),
                              be.tokenizer)
 
-    return atomic_write_dir(Path(out_dir).expanduser(), fill)
+    return write_output_dir(out, fill, KIND, force=force, source=str(adapter_path),
+                            base=str(model_path))
 
 
 def _fuse_backend(spec: ModelSpec) -> str:

@@ -20,9 +20,11 @@ from typing import Callable, Iterator, Optional
 
 from ..config.loader import from_dict, to_dict
 from ..config.schema import TrainConfig
+from ..files import OutputRefused, claim_dir
 from ..training import events as ev
 from ..training.loop import TrainingCancelled
 from ..training.memory import DoesNotFit
+from ..training.outputs import JOB_FOLDER
 from .store import (CANCELLED, FAILED, FINAL_STATES, INTERRUPTED, QUEUED, RESUMABLE_STATES, RUNNING,
                     SUCCEEDED, JobRecord, JobStore, StoredEvent)
 from .worker import DeviceWorker
@@ -54,10 +56,18 @@ class JobManager:
 
     # -- API ----------------------------------------------------------------------------------
     def submit(self, cfg: TrainConfig, name: str = "", base_dir: str = "") -> JobRecord:
+        """Queue a job; its output folder (cfg.output_dir, else runs/<id>) is made and marked as
+        the job's (files.claim_dir). The caller checked that no other job owns it (jobs/folders.py)."""
         rec = self.store.create(to_dict(cfg), name=name, base_dir=base_dir)
         out = cfg.output_dir or str(self.runs_dir / rec.id)
         cfg = dataclasses.replace(cfg, output_dir=str(Path(out).expanduser()))
         rec = self.store.update(rec.id, config_json=json.dumps(to_dict(cfg)), output_dir=cfg.output_dir)
+        try:
+            claim_dir(cfg.output_dir, JOB_FOLDER, rec.id)
+        except (OutputRefused, OSError) as e:   # changed since the caller's check: the job never runs
+            self.store.transition(rec.id, (QUEUED,), FAILED, f"output_dir: {e}", finished_at=time.time(),
+                                  error=f"output_dir: {e}")
+            raise OutputRefused(f"output_dir: {e}") from None
         self.store.append(rec.id, "StateChanged", {"state": QUEUED, "reason": "submitted"})
         self._enqueue(rec.id)
         return self.store.get(rec.id)

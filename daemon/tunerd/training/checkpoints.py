@@ -1,24 +1,27 @@
 """Checkpoint directories: saving (rank 0, atomically), `latest` lookup, rotation, and the trainer state.
 
-    output_dir/checkpoint-N/          written as .tmp-checkpoint-N-<pid>/ then renamed (files.atomic_write_dir)
+    output_dir/checkpoint-N/          written as .tmp-checkpoint-N-<pid>-<random>/ then renamed (files.write_output_dir)
         trainer_state.json            TrainerState below (step, data position, scheduler, RNG, best, config)
+        .tunerd-output.json           the marker: kind `checkpoint`, the job, the entries written
         ...                           whatever backend.save_checkpoint wrote (adapter, optimizer, backend RNG)
+
+Rotation deletes only checkpoints whose marker names this job, and in them only what the marker lists.
 """
 from __future__ import annotations
 
 import json
 import random
-import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
 import numpy as np
 
-from ..files import atomic_write_dir
+from ..files import is_ours, read_marker, remove_output_dir, write_output_dir
 
 STATE_FILE = "trainer_state.json"
 PREFIX = "checkpoint-"
+KIND = "checkpoint"
 
 
 @dataclass
@@ -104,10 +107,10 @@ def checkpoint_path(output_dir: Path, step: int) -> Path:
 
 
 def save_checkpoint(output_dir: Path, state: TrainerState, save_backend: Callable[[Path], object],
-                    rank: int = 0) -> Path:
+                    rank: int = 0, job: str = "") -> Path:
     """output_dir/checkpoint-<step>/: what `save_backend(folder)` writes (adapter, optimizer, the
-    backend's RNG) and the trainer state, written atomically. The folder is shared by the ranks
-    of a run: rank 0 writes it, the others only learn its path."""
+    backend's RNG) and the trainer state, written atomically, marked as `job`'s. The folder is
+    shared by the ranks of a run: rank 0 writes it, the others only learn its path."""
     final = checkpoint_path(output_dir, state.global_step)
     if rank != 0:
         return final
@@ -115,15 +118,16 @@ def save_checkpoint(output_dir: Path, state: TrainerState, save_backend: Callabl
     def fill(tmp: Path) -> None:
         save_backend(tmp)
         (tmp / STATE_FILE).write_text(state.to_json())
-    return atomic_write_dir(final, fill)
+    return write_output_dir(final, fill, KIND, job, last=(STATE_FILE,))
 
 
-def rotate(output_dir: Path, limit: Optional[int], keep: tuple = (), rank: int = 0) -> list[Path]:
-    """Delete the oldest checkpoints beyond `limit`, never the newest nor those in `keep` (best);
-    rank 0 deletes, other ranks delete nothing."""
+def rotate(output_dir: Path, limit: Optional[int], keep: tuple = (), rank: int = 0, job: str = "") -> list[Path]:
+    """Delete the oldest of `job`'s checkpoints beyond `limit`, never the newest nor those in `keep`
+    (best); rank 0 deletes, other ranks delete nothing. Checkpoints not marked as this job's are
+    neither counted nor deleted."""
     if not limit or limit <= 0 or rank != 0:
         return []
-    found = list_checkpoints(output_dir)
+    found = [p for p in list_checkpoints(output_dir) if is_ours(read_marker(p), KIND, job)]
     protected = {Path(k).resolve() for k in keep if k} | ({found[-1].resolve()} if found else set())
     removed = []
     for p in found:
@@ -131,6 +135,6 @@ def rotate(output_dir: Path, limit: Optional[int], keep: tuple = (), rank: int =
             break
         if p.resolve() in protected:
             continue
-        shutil.rmtree(p, ignore_errors=True)
-        removed.append(p)
+        if remove_output_dir(p, KIND, job):
+            removed.append(p)
     return removed

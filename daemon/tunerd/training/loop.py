@@ -47,14 +47,14 @@ from ..data.batch import Shard, pad_id_of
 from ..data.prepare import StepBatches, TrainBatches, prepare
 from ..evaluation.generation import GenerationEval
 from ..evaluation.loss import eval_batches, mean_loss, perplexity
-from ..files import atomic_write_dir
+from ..files import write_output_dir
 from ..models.download import fetch
 from . import events as ev
 from .checkpoints import TrainerState, checkpoint_path, find_checkpoint, rotate, save_checkpoint, step_of
 from .flops import flops_per_token
 from .memory import Shape, advise, explain_oom, oom_message
 from .memory import estimate as memory_estimate
-from .outputs import RunLog, write_resolved_config
+from .outputs import ADAPTER, RunLog, claim_output_dir, write_resolved_config
 from .run_config import best_metric_rule, config_identity, resolve_config, resolve_packing
 from .schedulers import Scheduler, warmup_steps_for
 
@@ -109,9 +109,13 @@ class Trainer:
         self.writer = shard.writes_shared_files
         self.metric_name, self.greater = best_metric_rule(self.cfg)
         self.stopped_early = False
+        self.job = ""
 
     def run(self) -> ev.Finished:
-        self.out.mkdir(parents=True, exist_ok=True)
+        if self.writer:   # the job whose folder it is (the daemon marked it at submit)
+            self.job = claim_output_dir(self.out)
+        else:
+            self.out.mkdir(parents=True, exist_ok=True)
         random.seed(self.cfg.seed)
         np.random.seed(self.cfg.seed % (2 ** 32))
         self.setup_model()
@@ -370,9 +374,10 @@ class Trainer:
         is_best = metric is not None and _better(metric, st.best_metric, self.greater)
         if is_best:
             st.best_metric, st.best_checkpoint = metric, str(checkpoint_path(self.out, st.global_step))
-        path = save_checkpoint(self.out, st, self.backend.save_checkpoint, self.shard.rank)
+        path = save_checkpoint(self.out, st, self.backend.save_checkpoint, self.shard.rank, self.job)
         self.emit(ev.CheckpointSaved(step=st.global_step, path=str(path), is_best=is_best))
-        for p in rotate(self.out, self.cfg.save_total_limit, keep=(st.best_checkpoint,), rank=self.shard.rank):
+        for p in rotate(self.out, self.cfg.save_total_limit, keep=(st.best_checkpoint,), rank=self.shard.rank,
+                        job=self.job):
             self.emit(ev.Log("info", f"removed {p.name} (save_total_limit={self.cfg.save_total_limit})"))
         return str(path)
 
@@ -397,7 +402,7 @@ class Trainer:
                                      f"({self.metric_name}={st.best_metric:.4f})"))
         adapter_dir = self.out / "adapter"
         if self.writer:
-            atomic_write_dir(adapter_dir, self.backend.save_adapter)
+            write_output_dir(adapter_dir, self.backend.save_adapter, ADAPTER, self.job)
         finished = ev.Finished(adapter_path=str(adapter_dir), output_dir=str(self.out), steps=st.global_step,
                                final_loss=st.last_loss, best_checkpoint=st.best_checkpoint,
                                best_metric=st.best_metric, peak_memory_bytes=self.backend.memory().peak_bytes,

@@ -1,5 +1,7 @@
 """What a run writes in output_dir besides its checkpoints (checkpoints.py) and final adapter:
 
+    .tunerd-output.json        the folder's marker: kind `job` and the job's id (files.claim_dir;
+                               the daemon writes it at submit, a run outside the daemon names no job)
     config.json, config.yaml   the resolved config (debug applied, dtype and packing decided)
     metrics.jsonl              one JSON record per logged step and per eval; a resume drops the
                                records after the step it resumes from
@@ -16,8 +18,21 @@ from pathlib import Path
 from typing import Optional
 
 from ..config.schema import TrainConfig
-from ..files import atomic_write_text
+from ..files import atomic_write_text, claim_dir, read_marker
 from .tensorboard import EventWriter
+
+JOB_FOLDER = "job"      # the marker kind of a job's output_dir
+ADAPTER = "adapter"     # ... and of its final adapter folder
+
+
+def claim_output_dir(out: Path, job: str = "") -> str:
+    """The job whose output folder `out` is: the one its marker names, else `job`, marking a new or
+    empty folder as its own (files.claim_dir refuses one holding files MacTuner did not write)."""
+    marker = read_marker(out)
+    if marker and marker.get("kind") == JOB_FOLDER:
+        return marker.get("job", "")
+    claim_dir(out, JOB_FOLDER, job)
+    return job
 
 
 def write_resolved_config(cfg: TrainConfig, out: Path) -> None:
