@@ -95,8 +95,9 @@ def test_sigkill_five_times_then_resume_matches_an_uninterrupted_run(demo_bundle
 
 
 def test_startup_removes_stale_temporaries_of_jobs_not_running(demo_bundle, tmp_path):
-    """A `.tmp-checkpoint-N-PID` folder (a kill mid-write) in a finished job's output dir is
-    removed when the daemon starts, and the log says so; complete checkpoints stay."""
+    """A `.tmp-checkpoint-N-PID-RANDOM` folder (a kill mid-write: our marker, a dead pid) in a
+    finished job's output dir is removed when the daemon starts, and the log says so; complete
+    checkpoints stay, and so does a `.tmp-*` folder MacTuner cannot prove its own (issue 16)."""
     home = short_home()
     cfg = write_config(tmp_path / "c.yaml", demo_bundle, max_steps=4, save_steps=2, eval_steps=100000)
     d = DaemonProcess(home).start()
@@ -105,13 +106,17 @@ def test_startup_removes_stale_temporaries_of_jobs_not_running(demo_bundle, tmp_
     finally:
         d.stop()
     out = home / "runs" / job_id
-    stale = out / ".tmp-checkpoint-6-99999"
+    stale = out / ".tmp-checkpoint-6-99999-0a1b2c"
     stale.mkdir()
+    (stale / ".tunerd-output.json").write_text('{"temporary": true, "kind": "checkpoint", "pid": 99999}')
     (stale / "adapters.safetensors").write_bytes(b"half")
+    users = out / ".tmp-checkpoint-7-99999"
+    users.mkdir()
+    (users / "notes.txt").write_text("mine")
     kept = sorted(p.name for p in out.iterdir() if p.name.startswith("checkpoint-"))
     d = DaemonProcess(home).start()
     try:
-        assert not stale.exists()
+        assert not stale.exists() and (users / "notes.txt").read_text() == "mine"
         assert sorted(p.name for p in out.iterdir() if p.name.startswith("checkpoint-")) == kept and kept
         assert f"removed {stale}" in (home / "tunerd.log").read_text()
     finally:
