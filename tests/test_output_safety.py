@@ -225,3 +225,63 @@ def test_report_output_is_never_a_folder_a_link_or_a_users_file(daemon, job, tmp
         cli(daemon.home, "report", job, "-o", str(mine), "--generate", "0", check=True)
     cli(daemon.home, "report", job, "-o", str(tmp_path / "notes.html"), "--generate", "0", "--force", check=True)
     assert "MacTuner report" in (tmp_path / "notes.html").read_text()
+
+
+# -- the same promises in-process (a real Core and store, a fake trainer: tests/jobs_fakes.py) ---------------
+@pytest.fixture
+def core(tmp_path):
+    from jobs_fakes import FakeTrainer
+    from tunerd.core import Core
+
+    trainer = FakeTrainer()
+    (tmp_path / "home").mkdir()
+    c = Core(tmp_path / "home", run_training=trainer)
+    c.start()
+    yield c
+    c.shutdown(5)
+
+
+def test_concurrent_submits_of_one_output_dir_claim_it_once(core, tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+    from jobs_fakes import job_doc
+    from tunerd.files import OutputRefused
+
+    (tmp_path / "model").mkdir()
+    out = tmp_path / "shared-out"
+
+    def submit(_):
+        try:
+            return core.submit(doc=job_doc(tmp_path / "model", output_dir=str(out)), base_dir=str(tmp_path)).id
+        except OutputRefused as e:
+            return e
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(submit, range(8)))
+    ids = [r for r in results if isinstance(r, str)]
+    assert len(ids) == 1, results
+    assert all(f"is job {ids[0]}'s output folder" in str(r) for r in results if not isinstance(r, str))
+    assert [r.id for r in core.list_jobs()] == ids
+
+
+def test_resume_adopts_a_jobs_folder_from_before_markers(core, tmp_path):
+    """A job submitted before markers existed: resume marks its folder as the job's, touching
+    nothing in it; a folder that another job's marker names is not taken over."""
+    from jobs_fakes import job_doc, wait_until
+    from tunerd.files import MARKER, OutputRefused
+
+    (tmp_path / "model").mkdir()
+    job = core.submit(doc=job_doc(tmp_path / "model"), base_dir=str(tmp_path))
+    wait_until(lambda: core.get_job(job.id).state == "succeeded")
+    out = Path(job.output_dir)
+    (out / MARKER).unlink()                                   # as an older daemon left it
+    (out / "checkpoint-2").mkdir()
+    core.store.transition(job.id, ("succeeded",), "interrupted", "as after an old daemon's crash")
+    before = tree(out)
+    core.resume_job(job.id)
+    wait_until(lambda: core.get_job(job.id).state == "succeeded")
+    assert json.loads((out / MARKER).read_text())["job"] == job.id
+    assert {k: tree(out)[k] for k in before} == before
+
+    (out / MARKER).write_text(json.dumps({"kind": "job", "job": "someone-else"}))
+    core.store.transition(job.id, ("succeeded",), "interrupted", "again")
+    with pytest.raises(OutputRefused, match="someone-else"):
+        core.resume_job(job.id)

@@ -26,6 +26,7 @@ Atomic against a killed process; there is no fsync, so a power cut may still los
 """
 from __future__ import annotations
 
+import glob
 import json
 import os
 import re
@@ -173,15 +174,23 @@ def write_output_dir(path: PathLike, fill: Callable[[Path], object], kind: str, 
     old = check_destination(final, kind, job, force)
     if old is None:
         final.parent.mkdir(parents=True, exist_ok=True)
+        _sweep(final.parent, final.name)
         tmp = _make_temp_dir(final.parent, final.name, kind)
         try:
             fill(tmp)
             _write_marker(tmp, kind, job, (n for n in os.listdir(tmp) if n != MARKER), **info)
-            os.rename(tmp, final)   # a folder that appeared meanwhile: ENOTEMPTY/ENOTDIR, nothing replaced
+            try:
+                os.rename(tmp, final)
+            except OSError:
+                if not os.path.lexists(final):
+                    raise
+                raise OutputRefused(f"{final} appeared while MacTuner was writing it; nothing in it was "
+                                    "replaced: write again, or choose a new folder") from None
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
         return final
+    _sweep(final, "merge")
     tmp = _make_temp_dir(final, "merge", kind)
     try:
         fill(tmp)
@@ -218,11 +227,14 @@ def _refuse_foreign_names(folder: Path, new: list[str], mine: set, force: Option
                             "choose a new folder" + (", or pass --force to replace them" if force is not None else ""))
 
 
-def claim_dir(path: PathLike, kind: str, job: str) -> Path:
+def claim_dir(path: PathLike, kind: str, job: str, adopt: bool = False) -> Path:
     """Make `path` (parents too) this job's folder of `kind`: a new or empty folder gets the marker;
-    our own keeps it; anything else is OutputRefused (check_destination)."""
+    our own keeps it; anything else is OutputRefused (check_destination). `adopt`: also mark a
+    folder holding files, touching none of them (a job's folder from before markers, which the job
+    store names as that job's)."""
     p = Path(path)
-    old = check_destination(p, kind, job)
+    adopt = adopt and read_marker(p) is None     # never a folder another marker names
+    old = check_destination(p, kind, job, force=True if adopt else None)
     if old is None:
         p.mkdir(parents=True, exist_ok=True)
     if not is_ours(old, kind, job):
@@ -259,9 +271,13 @@ def overlaps(a: PathLike, b: PathLike) -> bool:
 
 
 # -- clean-up ------------------------------------------------------------------------------------------
-def _pid_alive(pid) -> bool:
-    if not isinstance(pid, int) or pid <= 0 or pid == os.getpid():
+def _pid_alive(pid, at_start_up: bool) -> bool:
+    """Whether the writer `pid` may still be writing; at start-up our own pid has written nothing yet
+    (a pid reused from a killed daemon)."""
+    if not isinstance(pid, int) or pid <= 0:
         return False
+    if pid == os.getpid():
+        return not at_start_up
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -271,19 +287,25 @@ def _pid_alive(pid) -> bool:
     return True
 
 
-def _stale_temp(p: Path) -> Optional[str]:
+def _stale_temp(p: Path, at_start_up: bool = True) -> Optional[str]:
     """'removed' / 'removed empty' for a temporary folder of ours whose writer is gone, else None."""
     if not p.name.startswith(TMP) or os.path.islink(p) or not p.is_dir():
         return None
     marker = read_marker(p)
-    if marker is not None and not _pid_alive(marker.get("pid")):
+    if marker is not None and not _pid_alive(marker.get("pid"), at_start_up):
         shutil.rmtree(p, ignore_errors=True)
         return "removed"
     named = _OUR_TMP.match(p.name)
-    if marker is None and named and not _pid_alive(int(named.group(1))) and not os.listdir(p):
+    if marker is None and named and not _pid_alive(int(named.group(1)), at_start_up) and not os.listdir(p):
         p.rmdir()      # a kill between mkdir and writing its marker: our name, empty
         return "removed empty"
     return None
+
+
+def _sweep(parent: Path, name: str) -> None:
+    """Before writing `name` in `parent`: the temporaries an earlier, killed write of it left."""
+    for p in parent.glob(glob.escape(f"{TMP}{name}-") + "*"):
+        _stale_temp(p, at_start_up=False)
 
 
 def remove_stale_temporaries(folder: PathLike) -> list[str]:

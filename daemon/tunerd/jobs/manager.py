@@ -98,6 +98,8 @@ class JobManager:
         if rec.state not in RESUMABLE_STATES:
             raise JobStateError(f"job {job_id} is {rec.state}; only {', '.join(RESUMABLE_STATES)} jobs resume")
         cfg = rec.config
+        if rec.output_dir and Path(rec.output_dir).is_dir():   # a folder from before markers: the store says whose
+            claim_dir(rec.output_dir, JOB_FOLDER, job_id, adopt=True)
         has_ckpt = any(Path(rec.output_dir).glob("checkpoint-*")) if rec.output_dir else False
         cfg["resume_from_checkpoint"] = "latest" if has_ckpt else None
         reason = ("resumed from the latest checkpoint" if has_ckpt

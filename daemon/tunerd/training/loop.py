@@ -12,7 +12,9 @@
 
 Outputs in output_dir: config.json/.yaml (resolved), metrics.jsonl, tensorboard/ event files
 (outputs.py), checkpoint-N/ (checkpoints.py), adapter/ (final; PEFT layout + mlx/ for MLX, see
-adapter_layout). With several ranks only rank 0 writes them (they are shared).
+adapter_layout). With several ranks only rank 0 writes them (they are shared). The folder is a
+job's (its marker names the job: outputs.claim_output_dir); checkpoints and the adapter are marked
+as that job's (files.write_output_dir), and rotation deletes only those.
 
 Events: emits Started, Log, Step, Eval, CheckpointSaved and Finished (and returns the Finished).
 Failures raise (the caller turns them into Failed): `NonFiniteLoss` for NaN/inf, ValueError for
