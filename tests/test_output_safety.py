@@ -141,6 +141,32 @@ def test_rotation_deletes_only_the_jobs_own_checkpoints(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-1", "checkpoint-2", "checkpoint-5"]
 
 
+def test_rewriting_our_own_folder_replaces_only_our_entries(tmp_path):
+    """files.write_output_dir over a folder of ours: entries we wrote before and not now go, a
+    file becomes a folder (and back), a user's extra file stays; a user's folder named as one of
+    ours is never replaced, even with force."""
+    from tunerd.files import MARKER, OutputRefused, write_output_dir
+
+    out = tmp_path / "out"
+
+    def entries(*names):
+        def fill(tmp):
+            for n in names:
+                (tmp / n.rstrip("/")).mkdir() if n.endswith("/") else (tmp / n).write_text(n)
+        return fill
+    write_output_dir(out, entries("a", "b", "sub/"), "k")
+    (out / "mine.txt").write_text("keep")
+    write_output_dir(out, entries("a/", "sub"), "k")
+    assert sorted(os.listdir(out)) == [MARKER, "a", "mine.txt", "sub"]
+    assert (out / "a").is_dir() and (out / "sub").read_text() == "sub"
+    assert json.loads((out / MARKER).read_text())["files"] == ["a", "sub"]
+    (out / "c").mkdir()
+    (out / "c" / "x").write_text("mine")
+    with pytest.raises(OutputRefused, match="never replaces"):
+        write_output_dir(out, entries("c"), "k", force=True)
+    assert (out / "c" / "x").read_text() == "mine" and not [n for n in os.listdir(out) if n.startswith(".tmp-")]
+
+
 def test_start_up_leaves_a_users_tmp_and_old_folders(daemon, job):
     """The clean-up at start-up (a daemon restart) removes only temporaries it wrote: a user's
     `.tmp-*` and `.old-*` folders in a job's folder stay."""

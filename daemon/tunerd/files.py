@@ -105,6 +105,13 @@ def is_ours(marker: Optional[dict], kind: str, job: str = "") -> bool:
     return bool(marker) and marker.get("kind") == kind and marker.get("job", "") == job and not marker.get("temporary")
 
 
+def listed(marker: dict) -> set:
+    """The entries a marker says we wrote: plain names in the folder (no `/`, `.` or `..`)."""
+    names = marker.get("files", [])
+    return {n for n in names if isinstance(n, str) and n not in ("", ".", "..") and os.sep not in n} \
+        if isinstance(names, list) else set()
+
+
 def _marker_doc(kind: str, job: str, files: Iterable[str], **info) -> str:
     return json.dumps({"kind": kind, "job": job, "files": sorted(files), "pid": os.getpid(),
                        "written_at": time.time(), **info}, indent=1)
@@ -115,11 +122,12 @@ def _write_marker(folder: Path, kind: str, job: str, files: Iterable[str], **inf
 
 
 def _make_temp_dir(parent: Path, name: str, kind: str) -> Path:
-    """A new folder `.tmp-NAME-<pid>-<random>` in `parent` (exclusive mkdir, mode 0700), its marker
-    written first with one write() so a kill leaves it either empty or provably ours."""
+    """A new folder `.tmp-NAME-<pid>-<random>` in `parent` (exclusive mkdir; the umask's mode, which
+    it keeps once renamed), its marker written first with one write() so a kill leaves it either
+    empty or provably ours."""
     tmp = parent / f"{TMP}{name}-{os.getpid()}-{secrets.token_hex(3)}"
-    tmp.mkdir(mode=0o700)
-    fd = os.open(tmp / MARKER, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    tmp.mkdir()
+    fd = os.open(tmp / MARKER, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o666)
     try:
         os.write(fd, json.dumps({"temporary": True, "kind": kind, "pid": os.getpid(), "target": name}).encode())
     finally:
@@ -157,12 +165,18 @@ def check_destination(path: PathLike, kind: str, job: str = "", force: Optional[
         return {}
     if force:
         return {}
-    what = (f"MacTuner's {marker.get('kind')}" + (f" of job {marker['job']}" if marker.get("job") else "")
-            if marker else "files MacTuner did not write")
+    what = _describe(marker) if marker else "files MacTuner did not write"
     fix = "choose an empty or new folder" + (
         ", or pass --force to write into it (files of the same names are replaced; nothing else is touched)"
         if force is not None else "")
     raise OutputRefused(f"{p} exists and holds {what} ({_listing(names)}); {fix}")
+
+
+def _describe(marker: dict) -> str:
+    kind, job = marker.get("kind", "output"), marker.get("job", "")
+    if job:
+        return f"job {job}'s " + ("output" if kind == "job" else kind)
+    return f"MacTuner's {kind}"
 
 
 def write_output_dir(path: PathLike, fill: Callable[[Path], object], kind: str, job: str = "",
@@ -195,7 +209,7 @@ def write_output_dir(path: PathLike, fill: Callable[[Path], object], kind: str, 
     try:
         fill(tmp)
         new = sorted(n for n in os.listdir(tmp) if n != MARKER)
-        mine = set(old.get("files", []))
+        mine = listed(old)
         _refuse_foreign_names(final, new, mine, force)
         _write_marker(final, kind, job, set(new) | mine, **info)   # a kill mid-merge leaves every entry ours
         trash = tmp / MARKER.replace(".json", ".replaced")
@@ -205,13 +219,17 @@ def write_output_dir(path: PathLike, fill: Callable[[Path], object], kind: str, 
             if os.path.lexists(final / n):
                 os.rename(final / n, trash / n)
         for n in sorted(new, key=lambda n: n in last):
-            if os.path.isdir(final / n) and not os.path.islink(final / n):
-                os.rename(final / n, trash / n)      # our folder (checked above): aside, then removed
-            os.replace(tmp / n, final / n)
+            if os.path.lexists(final / n) and (_is_dir(final / n) or _is_dir(tmp / n)):
+                os.rename(final / n, trash / n)      # a folder cannot be replaced in one step: aside, then removed
+            os.replace(tmp / n, final / n)           # a file (or a link) in one step, never followed
         _write_marker(final, kind, job, new, **info)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)      # our temp and what we replaced, nothing else
     return final
+
+
+def _is_dir(p: Path) -> bool:
+    return os.path.isdir(p) and not os.path.islink(p)
 
 
 def _refuse_foreign_names(folder: Path, new: list[str], mine: set, force: Optional[bool]) -> None:
@@ -242,15 +260,16 @@ def claim_dir(path: PathLike, kind: str, job: str, adopt: bool = False) -> Path:
     return p
 
 
-def remove_output_dir(path: PathLike, kind: str, job: str = "") -> bool:
-    """Delete our output folder of `kind` (and `job`): the entries its marker lists, the marker and
-    the folder once empty. Anything else found in it stays (and so does the folder). False when the
-    folder is not ours."""
+def remove_output_dir(path: PathLike, kind: str, job: str = "", first: tuple = ()) -> bool:
+    """Delete our output folder of `kind` (and `job`): the entries its marker lists (those in
+    `first` first: a checkpoint's trainer state, so a kill midway leaves an incomplete one), the
+    marker and the folder once empty. Anything else found in it stays (and so does the folder).
+    False when the folder is not ours."""
     p = Path(path)
     marker = read_marker(p) if not os.path.islink(p) else None
     if not is_ours(marker, kind, job):
         return False
-    for n in marker.get("files", []):
+    for n in sorted(listed(marker), key=lambda n: n not in first):
         q = p / n
         if os.path.islink(q) or q.is_file():
             q.unlink()

@@ -135,6 +135,6 @@ def rotate(output_dir: Path, limit: Optional[int], keep: tuple = (), rank: int =
             break
         if p.resolve() in protected:
             continue
-        if remove_output_dir(p, KIND, job):
+        if remove_output_dir(p, KIND, job, first=(STATE_FILE,)):
             removed.append(p)
     return removed
