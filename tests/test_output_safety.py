@@ -165,6 +165,14 @@ def test_rewriting_our_own_folder_replaces_only_our_entries(tmp_path):
     with pytest.raises(OutputRefused, match="never replaces"):
         write_output_dir(out, entries("c"), "k", force=True)
     assert (out / "c" / "x").read_text() == "mine" and not [n for n in os.listdir(out) if n.startswith(".tmp-")]
+    if os.getuid() == 0:   # a link another user planted (CI runs as root: it can play the other user)
+        victim = tmp_path / "victim"
+        victim.write_text("precious")
+        os.symlink(victim, out / "d")
+        os.lchown(out / "d", 12345, 12345)
+        with pytest.raises(OutputRefused, match="another user"):
+            write_output_dir(out, entries("d"), "k", force=True)
+        assert victim.read_text() == "precious" and os.path.islink(out / "d")
 
 
 def test_start_up_leaves_a_users_tmp_and_old_folders(daemon, job):

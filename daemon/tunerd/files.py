@@ -233,8 +233,12 @@ def _is_dir(p: Path) -> bool:
 
 
 def _refuse_foreign_names(folder: Path, new: list[str], mine: set, force: Optional[bool]) -> None:
-    """Entries we are about to write whose names the user already uses: files only with force,
-    folders (and links to folders) never."""
+    """Entries we are about to write whose names are taken: another user's entry (a link planted in
+    a shared folder) never, the user's folders (and links to folders) never, their files with force."""
+    others = [n for n in new if os.path.lexists(folder / n) and os.lstat(folder / n).st_uid != os.getuid()]
+    if others:
+        raise OutputRefused(f"{folder} holds entries of another user named as MacTuner's output "
+                            f"({_listing(others)}); MacTuner never replaces them: choose a folder of your own")
     taken = [n for n in new if n not in mine and os.path.lexists(folder / n)]
     dirs = [n + "/" for n in taken if os.path.isdir(folder / n)]
     if dirs:

@@ -5,7 +5,8 @@ A job is named by
 - `latest`: the job submitted last;
 - any of these behind `job:` where a field also takes a path or a model id (chat's model and
   adapter, evaluate's adapters, models load/unload, adapters export/fuse): `job:<id>`,
-  `job:<prefix>`, `job:latest`.
+  `job:<prefix>`, `job:latest`. Adapters export/fuse also take them bare, as the README writes
+  `adapters fuse ID DIR`: an existing path of that name wins (Core.resolve_adapter).
 
 An unknown reference is `JobNotFound` (NOT_FOUND); a prefix that fits several jobs is
 `AmbiguousJobRef` (INVALID_ARGUMENT, with the candidates).
