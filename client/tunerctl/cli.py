@@ -151,7 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
     cmd(ads, "list", "adapters from finished jobs")
     force_help = ("write into a folder that holds other files too: files of the same names are replaced, "
                   "nothing else is touched")
-    adapter_help = "adapter folder, or a job: ID or job:ID (an id, a unique prefix of one, or latest)"
+    adapter_help = "adapter folder, or a job as ID or job:ID (an id, a unique prefix of one, or latest; a path wins)"
     ae = cmd(ads, "export", "copy an adapter in one layout (peft or mlx)")
     ae.add_argument("adapter", help=adapter_help)
     ae.add_argument("out_dir", help="a new or empty folder (or one exported to before)")

@@ -115,7 +115,8 @@ class Core:
     def _check_job_output(self, out: str) -> None:
         """A new job's output_dir: not the home, runs/ or another job's folder (jobs/folders.py),
         and new, empty or ours (files.check_destination); else INVALID_ARGUMENT naming why."""
-        folders.refuse_claimed(self.store, self.home, out, "output_dir:")
+        folders.refuse_claimed(self.store, self.home, out, "output_dir:", fix="choose a new folder, or leave "
+                               "output_dir unset (each job then gets its own, $TUNER_HOME/runs/<job id>)")
         try:
             check_destination(out, JOB_FOLDER)
         except OutputRefused as e:

@@ -1,5 +1,6 @@
 """Folders the daemon owns, which no job and no export may write into.
 
+    claimed_by(store, home, path, job="")             why `path` is not free, or None
     refuse_claimed(store, home, path, what, job="")   OutputRefused naming the home or the job
 
 The home (`jobs.db`, the socket, the lock, `runs/`) and its parents; `home/runs`, the folder of
@@ -48,9 +49,8 @@ def claimed_by(store: JobStore, home, path, job: str = "") -> Optional[str]:
     return None
 
 
-def refuse_claimed(store: JobStore, home, path, what: str, job: str = "") -> None:
-    """OutputRefused("`what` PATH is job X's output folder; ...") when `path` is claimed."""
+def refuse_claimed(store: JobStore, home, path, what: str, job: str = "", fix: str = "choose a new folder") -> None:
+    """OutputRefused("`what` PATH is job X's output folder; ...; `fix`") when `path` is claimed."""
     reason = claimed_by(store, home, path, job)
     if reason:
-        raise OutputRefused(f"{what} {path} {reason}; MacTuner never writes there for another output: "
-                            "choose a new folder")
+        raise OutputRefused(f"{what} {path} {reason}; MacTuner writes nothing else there: {fix}")
