@@ -185,19 +185,19 @@ def test_an_idle_or_slow_connection_is_closed(daemon_http):
 def test_a_client_that_goes_away_cancels_a_non_streamed_reply(daemon_http, tiny_model_dir):
     d, port, token = daemon_http
     body = json.dumps({"model": str(tiny_model_dir), "messages": [{"role": "user", "content": "hi"}],
-                       "max_tokens": 1000, "temperature": 1.0, "stop": []}).encode()
+                       "max_tokens": 480, "temperature": 1.0, "stop": []}).encode()
     post(port, token, {"model": str(tiny_model_dir), "messages": [{"role": "user", "content": "hi"}],
                        "max_tokens": 1})   # the model is loaded
     with socket.create_connection(("127.0.0.1", port)) as s:
         s.sendall((f"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
                    f"Authorization: Bearer {token}\r\nContent-Type: application/json\r\n"
                    f"Content-Length: {len(body)}\r\n\r\n").encode() + body)
-        time.sleep(0.5)
+        time.sleep(0.3)   # generating (the tiny model makes ~100 tokens/s here)
     deadline = time.time() + 10
     while time.time() < deadline and "cancelled after" not in log_text(d):
         time.sleep(0.1)
     line = [x for x in log_text(d).splitlines() if "cancelled after" in x][-1]
-    assert int(line.split("cancelled after ")[1].split()[0]) < 1000
+    assert int(line.split("cancelled after ")[1].split()[0]) < 480
 
 
 # finding 8: every field typed and ranged at the edge
