@@ -12,7 +12,7 @@ import time
 import grpc
 import pytest
 
-from daemon_utils import DaemonProcess, free_port, short_home
+from daemon_utils import DaemonProcess, cli, free_port, short_home
 from tuner.v1 import tuner_pb2 as pb
 
 pytestmark = pytest.mark.slow
@@ -257,3 +257,11 @@ def test_grpc_chat_gets_the_same_range_checks(daemon_http, tiny_model_dir, field
     with pytest.raises(grpc.RpcError) as e:
         list(d.stub().Chat(req, timeout=30))
     assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and e.value.details().startswith(field + ":")
+
+
+def test_tunerctl_chat_out_of_range_is_invalid_argument_naming_the_field(daemon_http, tiny_model_dir):
+    d, _, _ = daemon_http
+    p = cli(d.home, "chat", "-m", tiny_model_dir, "-p", "hi", "--temperature", "-1", timeout=120)
+    assert p.returncode != 0
+    out = p.stdout + p.stderr
+    assert "temperature: must be a finite number >= 0" in out and "Traceback" not in out, out
