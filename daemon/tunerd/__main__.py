@@ -42,6 +42,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="refuse HTTP request bodies over N bytes with 413 (default 4 MiB)")
     p.add_argument("--log-level", default="INFO")
     args = p.parse_args(argv)
+    if args.http_max_body_bytes < 1:
+        p.error("--http-max-body-bytes: must be at least 1")
     _maybe_preload_blas(argv)
 
     home = prepare_home((args.home or default_home()).expanduser().resolve())  # trusted, or exit
