@@ -29,7 +29,8 @@ def served():
 
     port = free_port()
     d = DaemonProcess(short_home(), "--http", f"127.0.0.1:{port}").start()
-    client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0, timeout=120)
+    token = (d.home / "token").read_text().strip()   # the bearer token, required on loopback too
+    client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=token, max_retries=0, timeout=120)
     yield d, client, port
     d.stop()
 

@@ -102,6 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
     dst.add_argument("--http", default="", metavar="[HOST:]PORT",
                      help="also serve the OpenAI-compatible API (/v1) on loopback, e.g. 127.0.0.1:8080")
     dst.add_argument("--http-host", default="", help="serve --http on this address (bearer token required)")
+    dst.add_argument("--http-no-auth", action="store_true",
+                     help="no bearer token on --http (loopback only): any local user and any web page can use it")
     cmd(ds, "stop", "stop tunerd (a running job is checkpointed and marked interrupted)")
     cmd(ds, "status", "is tunerd running? version, backends, memory")
     dl = cmd(ds, "logs", "print the daemon log")
@@ -490,7 +492,8 @@ def cmd_daemon(args) -> int:
             print_json({"running": True, "started": False, "address": t.address()}) if args.json else console.print(
                 f"tunerd is already running on {t.address()}" + (" (stop it first to change --http)" if args.http else ""))
             return 0
-        extra = (["--http", args.http] if args.http else []) + (["--http-host", args.http_host] if args.http_host else [])
+        extra = ((["--http", args.http] if args.http else []) + (["--http-host", args.http_host] if args.http_host else [])
+                 + (["--http-no-auth"] if args.http_no_auth else []))
         pid = start_daemon(t, extra=extra)
         print_json({"running": True, "started": True, "pid": pid, "address": t.address()}) if args.json \
             else console.print(f"tunerd started (pid {pid}) on {t.address()}")

@@ -36,8 +36,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--http", default="", metavar="[HOST:]PORT",
                    help="also serve the OpenAI-compatible HTTP API (/v1) on loopback (off by default)")
     p.add_argument("--http-host", default="", help="serve --http on this address instead (bearer token required)")
+    p.add_argument("--http-no-auth", action="store_true",
+                   help="no bearer token on --http (loopback only): any local user and any web page can use it")
+    p.add_argument("--http-max-body-bytes", type=int, default=4 << 20, metavar="N",
+                   help="refuse HTTP request bodies over N bytes with 413 (default 4 MiB)")
     p.add_argument("--log-level", default="INFO")
     args = p.parse_args(argv)
+    if args.http_max_body_bytes < 1:
+        p.error("--http-max-body-bytes: must be at least 1")
     _maybe_preload_blas(argv)
 
     home = prepare_home((args.home or default_home()).expanduser().resolve())  # trusted, or exit
@@ -62,7 +68,8 @@ def main(argv: list[str] | None = None) -> int:
         else:
             log.warning("%s", reference_blas_hint())
     d = Daemon(home, args.socket, args.listen, args.insecure_tcp, args.tls_cert, args.tls_key,
-               http=args.http, http_host=args.http_host)
+               http=args.http, http_host=args.http_host, http_no_auth=args.http_no_auth,
+               http_max_body=args.http_max_body_bytes)
     try:
         d.start()
     except HomeError as e:

@@ -110,6 +110,7 @@ class ChatService:
         """Chunks of the reply, then one with finish_reason and usage. Times are from the
         request's arrival (here), so time to first token includes the wait for the device."""
         arrived = time.perf_counter()
+        p.sampling.check()
         if p.prompt is None and not p.messages:
             raise ValueError("messages: at least one message is required")
         if p.prompt is not None and not p.prompt:

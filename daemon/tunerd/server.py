@@ -230,9 +230,10 @@ def socket_in_use(path: Path) -> bool:
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
-def http_address(http: str, http_host: str = "") -> tuple[str, int, bool]:
-    """`--http [HOST:]PORT` (loopback only) and `--http-host HOST` (any address, then with the
-    bearer token) -> (host, port, token required)."""
+def http_address(http: str, http_host: str = "", no_auth: bool = False) -> tuple[str, int, bool]:
+    """`--http [HOST:]PORT` (loopback only) and `--http-host HOST` (any address) -> (host, port,
+    token required). The bearer token is required on loopback too (another local user, or a web
+    page the user opens, can reach a loopback port) unless `--http-no-auth` (loopback only)."""
     host, _, port = http.rpartition(":")
     host = host.strip("[]") or "127.0.0.1"
     if not port.isdigit():
@@ -240,15 +241,17 @@ def http_address(http: str, http_host: str = "") -> tuple[str, int, bool]:
     if host not in LOOPBACK:
         raise SystemExit(f"--http: {host} is not a loopback address; to serve HTTP beyond this machine pass "
                          "--http-host HOST (clients then need the bearer token in $TUNER_HOME/token)")
-    if http_host:
-        return http_host, int(port), http_host not in LOOPBACK
-    return host, int(port), False
+    host = http_host or host
+    if no_auth and host not in LOOPBACK:
+        raise SystemExit(f"--http-no-auth is only allowed on a loopback address, not {host}")
+    return host, int(port), not no_auth
 
 
 class Daemon:
     def __init__(self, home: Path, socket_path: Optional[Path] = None, listen: str = "",
                  insecure_tcp: bool = False, tls_cert: str = "", tls_key: str = "", workers: int = 16,
-                 max_streams: int = 256, http: str = "", http_host: str = ""):
+                 max_streams: int = 256, http: str = "", http_host: str = "",
+                 http_no_auth: bool = False, http_max_body: int = 4 << 20):
         self.home = prepare_home(home)
         self.socket_path = Path(socket_path or self.home / "tunerd.sock")
         self.lock = HomeLock(self.home)
@@ -256,7 +259,8 @@ class Daemon:
         self.workers, self.max_streams = workers, max_streams  # threads for unary calls, and for streams
         self.core: Optional[Core] = None
         self.servers: list[grpc.Server] = []
-        self.http_address = http_address(http, http_host) if http else None   # checked before anything starts
+        self.http_address = http_address(http, http_host, http_no_auth) if http else None   # checked first
+        self.http_max_body = http_max_body
         self.http = None
         self._stopped = threading.Event()
 
@@ -346,10 +350,14 @@ class Daemon:
         from .api.http import HttpServer
 
         host, port, needs_token = self.http_address
-        self.http = HttpServer(self.core, host, port, load_or_create_token(self.home) if needs_token else None)
+        self.http = HttpServer(self.core, host, port, load_or_create_token(self.home) if needs_token else None,
+                               max_body=self.http_max_body)
         self.http.start()
         log.info("OpenAI-compatible HTTP on http://%s:%d/v1 (%s)", host, self.http.port,
-                 "bearer token required" if needs_token else "loopback only, no token")
+                 "bearer token required" if needs_token else "no token")
+        if not needs_token:
+            log.warning("--http-no-auth: any local user and any web page can use http://%s:%d/v1",
+                        host, self.http.port)
 
     def stop(self, grace: float = 5.0) -> None:
         if self._stopped.is_set():

@@ -3,12 +3,13 @@
 A translator over the same `Core` as the gRPC servicer (request JSON -> ChatParams -> core.chat
 -> JSON or server-sent events), so editors, Open WebUI and agent frameworks can use a base model,
 an adapter or a running job (`job:<id>`) as a model id. Off by default (`tunerd --http PORT`),
-on loopback unless `--http-host` is given, and then with the same bearer token as TCP gRPC.
+on loopback unless `--http-host` is given, always with the same bearer token as TCP gRPC (unless
+`--http-no-auth`, loopback only); `guard` checks Host, token, content type and body size first.
 Errors leave through `errors.http_error_for` (one mapping for both APIs).
 """
 from __future__ import annotations
 
-import hmac
+import asyncio
 import json
 import logging
 import threading
@@ -23,6 +24,7 @@ from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
 from ..backends.base import Sampling
 from ..chat import ChatParams
 from ..errors import http_error_for
+from .guard import Guard, Protocol, allowed_hosts
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +37,7 @@ _UNSUPPORTED = {"n": 1, "presence_penalty": 0, "frequency_penalty": 0, "logprobs
 
 
 def sampling(body: dict) -> Sampling:
+    """The sampling fields, type-checked here; their ranges are `Sampling.check` (shared with gRPC)."""
     for k, neutral in _UNSUPPORTED.items():
         v = body.get(k)
         if v is not None and v != neutral and v != []:
@@ -46,28 +49,42 @@ def sampling(body: dict) -> Sampling:
             continue
         whole = ours in ("top_k", "seed", "max_tokens")
         if isinstance(v, bool) or not isinstance(v, int if whole else (int, float)):
-            raise ValueError(f"{k}: {'an integer' if whole else 'a number'}, got {v!r}")
+            raise ValueError(f"{k}: must be {'an integer' if whole else 'a number'}, got {v!r}")
         setattr(s, ours, v)
     stop = body.get("stop")
+    if stop is not None and not isinstance(stop, (str, list)):
+        raise ValueError(f"stop: must be a string or a list of strings, got {stop!r}")
     s.stop = [stop] if isinstance(stop, str) else list(stop or [])
-    if not all(isinstance(x, str) for x in s.stop):
-        raise ValueError("stop: a string or a list of strings")
-    return s
+    return s.check()
+
+
+def _text(i: int, content) -> str:
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        for j, part in enumerate(content):
+            if not isinstance(part, dict) or part.get("type") != "text" or not isinstance(part.get("text"), str):
+                raise ValueError(f"messages[{i}].content[{j}]: must be a text part "
+                                 f'{{"type": "text", "text": "..."}}, got {part!r}')
+        return "".join(p["text"] for p in content)
+    raise ValueError(f"messages[{i}].content: must be a string or a list of text parts, got {content!r}")
 
 
 def messages(body: dict) -> list[dict]:
     """OpenAI messages (content a string or a list of text parts) -> ours."""
+    ms = body.get("messages")
+    if not isinstance(ms, list):
+        raise ValueError(f"messages: must be a list of {{\"role\": ..., \"content\": ...}} objects, got {ms!r}")
     out = []
-    for i, m in enumerate(body.get("messages") or []):
-        content = m.get("content") or ""
-        if isinstance(content, list):
-            if any(p.get("type") != "text" for p in content):
-                raise ValueError(f"messages[{i}].content: only text parts are supported")
-            content = "".join(p.get("text", "") for p in content)
-        if not isinstance(content, str):
-            raise ValueError(f"messages[{i}].content: a string or a list of text parts, got {content!r}")
-        role = "system" if m.get("role") == "developer" else m.get("role")
-        out.append({"role": role, "content": content})
+    for i, m in enumerate(ms):
+        if not isinstance(m, dict):
+            raise ValueError(f"messages[{i}]: must be an object with role and content, got {m!r}")
+        role = m.get("role")
+        if not isinstance(role, str):
+            raise ValueError(f"messages[{i}].role: must be a string, got {role!r}")
+        out.append({"role": "system" if role == "developer" else role, "content": _text(i, m.get("content"))})
     return out
 
 
@@ -76,29 +93,39 @@ def prompt(body: dict) -> str:
     if isinstance(p, list) and len(p) == 1 and isinstance(p[0], str):
         p = p[0]
     if not isinstance(p, str):
-        raise ValueError("prompt: one string (lists of prompts and token ids are not supported)")
+        raise ValueError("prompt: must be one string (lists of prompts and token ids are not supported)")
     return p
 
 
-def make_app(core, token: Optional[str] = None):
+def model_id(body: dict) -> str:
+    m = body.get("model")
+    if not isinstance(m, str) or not m:
+        raise ValueError(f"model: must be a non-empty string (a hub id, a local path or job:<id>), got {m!r}")
+    return m
+
+
+def stream_flags(body: dict) -> tuple[bool, bool]:
+    """(stream, include usage in the stream)"""
+    stream, opts = body.get("stream"), body.get("stream_options")
+    if stream is not None and not isinstance(stream, bool):
+        raise ValueError(f"stream: must be true or false, got {stream!r}")
+    if opts is not None and not isinstance(opts, dict):
+        raise ValueError(f"stream_options: must be an object, got {opts!r}")
+    usage = (opts or {}).get("include_usage")
+    if usage is not None and not isinstance(usage, bool):
+        raise ValueError(f"stream_options.include_usage: must be true or false, got {usage!r}")
+    return bool(stream), bool(usage)
+
+
+def make_app(core, token: Optional[str] = None, hosts: Optional[set] = None, max_body: int = 4 << 20):
     app = FastAPI(title="tunerd (OpenAI-compatible)", docs_url=None, redoc_url=None, openapi_url=None)
-    expected = f"Bearer {token}".encode() if token else None
+    app.add_middleware(Guard, token=token, hosts=hosts, max_body=max_body)
 
     def error(e: BaseException) -> JSONResponse:
         status, body = http_error_for(e)
         if status == 500:
             log.exception("HTTP request failed", exc_info=e)
         return JSONResponse(body, status_code=status)
-
-    @app.middleware("http")
-    async def bearer(request: Request, call_next):
-        if expected is not None:
-            got = request.headers.get("authorization", "").encode()
-            if not hmac.compare_digest(got, expected):
-                return JSONResponse({"error": {"message": "missing or wrong bearer token (see $TUNER_HOME/token)",
-                                               "type": "authentication_error", "param": None,
-                                               "code": "unauthenticated"}}, status_code=401)
-        return await call_next(request)
 
     @app.get("/v1/models")
     async def models():
@@ -109,25 +136,29 @@ def make_app(core, token: Optional[str] = None):
 
     async def complete(request: Request, chat: bool):
         cancelled = threading.Event()
+        watcher = None
         try:
             body = await request.json()
             if not isinstance(body, dict):
                 raise ValueError("the request body must be a JSON object")
-            model_id = body.get("model") or ""
-            model, adapter, backend = core.resolve_model_id(model_id)
+            name = model_id(body)
+            streamed, usage = stream_flags(body)
+            model, adapter, backend = core.resolve_model_id(name)
             params = ChatParams(model=model, adapter=adapter, backend=backend, sampling=sampling(body),
                                 **({"messages": messages(body)} if chat else {"prompt": prompt(body)}))
+            watcher = asyncio.ensure_future(_cancel_on_disconnect(request.receive, cancelled))
             stream = core.chat(params, cancelled)
             first = await run_in_threadpool(next, stream, None)   # errors before the first byte: a status
         except Exception as e:  # noqa: BLE001
             cancelled.set()
+            _stop(watcher)
             return error(e)
         rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
         created = int(time.time())
         deltas = _chain(first, stream)
-        if body.get("stream"):
-            usage = bool((body.get("stream_options") or {}).get("include_usage"))
-            return StreamingResponse(_sse(iterate_in_threadpool(deltas), cancelled, rid, created, model_id, chat,
+        if streamed:   # Starlette watches for the disconnect of a stream (and cancels _sse)
+            _stop(watcher)
+            return StreamingResponse(_sse(iterate_in_threadpool(deltas), cancelled, rid, created, name, chat,
                                           usage), media_type="text/event-stream")
         try:
             text, finish, use = await run_in_threadpool(_collect, deltas)
@@ -135,10 +166,11 @@ def make_app(core, token: Optional[str] = None):
             return error(e)
         finally:
             cancelled.set()
+            _stop(watcher)
         choice = ({"index": 0, "message": {"role": "assistant", "content": text}} if chat else
                   {"index": 0, "text": text, "logprobs": None})
         return {"id": rid, "object": "chat.completion" if chat else "text_completion", "created": created,
-                "model": model_id, "choices": [{**choice, "finish_reason": finish}], "usage": use}
+                "model": name, "choices": [{**choice, "finish_reason": finish}], "usage": use}
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
@@ -149,6 +181,18 @@ def make_app(core, token: Optional[str] = None):
         return await complete(request, chat=False)
 
     return app
+
+
+async def _cancel_on_disconnect(receive, cancelled: threading.Event) -> None:
+    """A client that goes away while its reply is generated (not streamed) cancels it."""
+    while not cancelled.is_set():
+        if (await receive())["type"] == "http.disconnect":
+            cancelled.set()
+
+
+def _stop(task) -> None:
+    if task is not None:
+        task.cancel()
 
 
 def _chain(first, rest: Iterator) -> Iterator:
@@ -218,12 +262,15 @@ async def _sse(deltas, cancelled: threading.Event, rid: str, created: int, model
 class HttpServer:
     """uvicorn on its own thread (its event loop there); `stop()` ends it."""
 
-    def __init__(self, core, host: str, port: int, token: Optional[str] = None):
+    def __init__(self, core, host: str, port: int, token: Optional[str] = None, max_body: int = 4 << 20):
         import uvicorn
 
-        config = uvicorn.Config(make_app(core, token), host=host, port=port, log_level="warning",
-                                access_log=False, lifespan="off")
+        self.core, self.token, self.max_body = core, token, max_body
+        config = uvicorn.Config(self._app, host=host, port=port, log_level="warning", access_log=False,
+                                lifespan="off", http=Protocol, interface="asgi3", proxy_headers=False,
+                                timeout_keep_alive=5)
         self.server = uvicorn.Server(config)
+        self.app = None   # made once the port is known (the Host check needs it)
         self.thread = threading.Thread(target=self.server.run, name="http", daemon=True)
         self.host, self.port = host, port
 
@@ -235,6 +282,11 @@ class HttpServer:
                 raise SystemExit(f"cannot serve HTTP on {self.host}:{self.port}")
             time.sleep(0.05)
         self.port = self.server.servers[0].sockets[0].getsockname()[1]
+
+    async def _app(self, scope, receive, send):
+        if self.app is None:
+            self.app = make_app(self.core, self.token, allowed_hosts(self.host, self.port), self.max_body)
+        await self.app(scope, receive, send)
 
     def stop(self, timeout: float = 5.0) -> None:
         self.server.should_exit = True

@@ -43,6 +43,8 @@ A backend instance is owned by one thread (MLX streams are thread-local, DESIGN.
 """
 from __future__ import annotations
 
+import math
+
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -137,6 +139,29 @@ class Sampling:
     seed: Optional[int] = None
     max_tokens: int = 256
     stop: list = field(default_factory=list)
+
+    def check(self) -> "Sampling":
+        """The allowed ranges, one place for gRPC and HTTP: a ValueError naming the field."""
+        def bad(name: str, allowed: str) -> ValueError:
+            return ValueError(f"{name}: must be {allowed}, got {getattr(self, name)!r}")
+
+        if not math.isfinite(self.temperature) or self.temperature < 0:
+            raise bad("temperature", "a finite number >= 0")
+        if not 0 < self.top_p <= 1:
+            raise bad("top_p", "in (0, 1]")
+        if self.top_k < 0:
+            raise bad("top_k", "an integer >= 0")
+        if not 0 <= self.min_p <= 1:
+            raise bad("min_p", "in [0, 1]")
+        if not math.isfinite(self.repetition_penalty) or self.repetition_penalty <= 0:
+            raise bad("repetition_penalty", "a finite number > 0")
+        if self.seed is not None and not -2 ** 63 <= self.seed < 2 ** 63:
+            raise bad("seed", "a signed 64-bit integer")
+        if self.max_tokens < 0:
+            raise bad("max_tokens", "an integer >= 0")
+        if not all(isinstance(x, str) for x in self.stop):
+            raise ValueError(f"stop: must be a string or a list of strings, got {self.stop!r}")
+        return self
 
 
 @dataclass
