@@ -45,12 +45,14 @@ from ..backends.base import Backend, ModelInfo, ModelSpec, ParamStats
 from ..config.schema import TrainConfig
 from ..data.batch import Shard, pad_id_of
 from ..data.prepare import StepBatches, TrainBatches, prepare
+from ..disk import folder_size, writing
 from ..evaluation.generation import GenerationEval
 from ..evaluation.loss import eval_batches, mean_loss, perplexity
 from ..files import atomic_write_dir
 from ..models.download import fetch
 from . import events as ev
-from .checkpoints import TrainerState, checkpoint_path, find_checkpoint, rotate, save_checkpoint, step_of
+from .checkpoints import (TrainerState, checkpoint_path, find_checkpoint, list_checkpoints, rotate, save_checkpoint,
+                          step_of)
 from .flops import flops_per_token
 from .memory import Shape, advise, explain_oom, oom_message
 from .memory import estimate as memory_estimate
@@ -139,7 +141,8 @@ class Trainer:
         packing, self.packing_reason = resolve_packing(self.cfg.packing, info)
         self.cfg = dataclasses.replace(self.cfg, dtype=info.dtype, packing=packing)
         if self.writer:
-            write_resolved_config(self.cfg, self.out)
+            with writing(self.out / "config.json", 1 << 16):
+                write_resolved_config(self.cfg, self.out)
 
     def setup_data(self) -> None:
         """Tokenize both splits with loss masks; chat tokens the template adds grow the vocabulary."""
@@ -370,11 +373,18 @@ class Trainer:
         is_best = metric is not None and _better(metric, st.best_metric, self.greater)
         if is_best:
             st.best_metric, st.best_checkpoint = metric, str(checkpoint_path(self.out, st.global_step))
-        path = save_checkpoint(self.out, st, self.backend.save_checkpoint, self.shard.rank)
+        with writing(checkpoint_path(self.out, st.global_step), self.checkpoint_bytes()):
+            path = save_checkpoint(self.out, st, self.backend.save_checkpoint, self.shard.rank)
         self.emit(ev.CheckpointSaved(step=st.global_step, path=str(path), is_best=is_best))
         for p in rotate(self.out, self.cfg.save_total_limit, keep=(st.best_checkpoint,), rank=self.shard.rank):
             self.emit(ev.Log("info", f"removed {p.name} (save_total_limit={self.cfg.save_total_limit})"))
         return str(path)
+
+    def checkpoint_bytes(self) -> int:
+        """About what a checkpoint takes on disk: the newest one's size, or before the first, the
+        trainable weights 4x in float32 (the adapter in two layouts, the optimizer's two moments)."""
+        found = list_checkpoints(self.out)
+        return folder_size(found[-1]) if found else 4 * 4 * self.params.trainable + (64 << 10)
 
     def out_of_memory(self, cause: str) -> str:
         """The failure message for an allocator OOM: the estimate and the settings that would fit."""
@@ -396,8 +406,9 @@ class Trainer:
             self.emit(ev.Log("info", f"loaded the best checkpoint {Path(st.best_checkpoint).name} "
                                      f"({self.metric_name}={st.best_metric:.4f})"))
         adapter_dir = self.out / "adapter"
-        if self.writer:
-            atomic_write_dir(adapter_dir, self.backend.save_adapter)
+        if self.writer:   # the adapter in two layouts: half a checkpoint, about
+            with writing(adapter_dir, self.checkpoint_bytes() // 2):
+                atomic_write_dir(adapter_dir, self.backend.save_adapter)
         finished = ev.Finished(adapter_path=str(adapter_dir), output_dir=str(self.out), steps=st.global_step,
                                final_loss=st.last_loss, best_checkpoint=st.best_checkpoint,
                                best_metric=st.best_metric, peak_memory_bytes=self.backend.memory().peak_bytes,
