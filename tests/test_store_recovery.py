@@ -12,6 +12,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from tuner.v1 import tuner_pb2 as pb
@@ -144,3 +145,78 @@ def test_garbled_middle_refuses_at_start_not_in_watch(trained_home):
     assert pages >= 4, pages
     garble(db, page * (pages // 2) + 8, page - 16)   # inside one page in the middle, header untouched
     refused(home, "jobs.db", "damaged")
+
+
+# -- finding 8: a truncated checkpoint on resume ---------------------------------------------------
+def test_truncated_checkpoint_names_the_file_and_offers_the_previous_one(trained_home):
+    home = copy_home(trained_home["home"])
+    job_id = trained_home["halted"]
+    out = home / "runs" / job_id
+    _repoint_output_dirs(home, trained_home["home"])
+    checkpoints = sorted((p for p in out.glob("checkpoint-*")), key=lambda p: int(p.name.split("-")[1]))
+    newest, previous = checkpoints[-1], checkpoints[-2]
+    optimizer = newest / "optimizer.safetensors"
+    with open(optimizer, "r+b") as f:
+        f.truncate(optimizer.stat().st_size // 2)
+    try:
+        cli(home, "jobs", "resume", job_id, "--detach", check=True)
+        stub = DaemonProcess(home).stub()
+        wait_for(lambda: job_state(stub, job_id) == "failed", what="the resume failing")
+        error = stub.GetJob(pb.GetJobRequest(job_id=job_id)).error
+        assert f"checkpoint {newest} is damaged: optimizer.safetensors is truncated" in error, error
+        assert f"the previous checkpoint {previous.name}" in error and f"mv {newest} {newest}.damaged" in error, error
+        # as the message says: moved aside, the next resume continues from the previous checkpoint
+        newest.rename(f"{newest}.damaged")
+        cli(home, "jobs", "resume", job_id, "--detach", check=True)
+
+        def logs():
+            return [e.log.message for e in stub.WatchJob(pb.WatchJobRequest(job_id=job_id, follow=False))
+                    if e.WhichOneof("event") == "log"]
+        wait_for(lambda: any(f"resumed from {previous} " in m for m in logs()), what="resumed from the previous one")
+        assert Path(f"{newest}.damaged").exists()   # kept
+    finally:
+        stop_daemon(home)
+
+
+def _repoint_output_dirs(home, old_home) -> None:
+    """The copied jobs.db names the original home's job folders: make it name the copy's."""
+    with sqlite3.connect(home / "jobs.db") as c:
+        for job_id, cfg, out in c.execute("SELECT id, config_json, output_dir FROM jobs").fetchall():
+            c.execute("UPDATE jobs SET output_dir = ?, config_json = ? WHERE id = ?",
+                      (out.replace(str(old_home), str(home)), cfg.replace(str(old_home), str(home)), job_id))
+
+
+# -- finding 8: a symlinked lock file -----------------------------------------------------------------
+def test_symlinked_lock_file_is_refused_by_name(tmp_path):
+    home = short_home()
+    victim = tmp_path / "victim"
+    victim.write_text("someone else's file\n")
+    (home / "tunerd.lock").symlink_to(victim)
+    p = subprocess.run([sys.executable, "-m", "tunerd", "--home", str(home)], capture_output=True, text=True,
+                       timeout=60, stdin=subprocess.DEVNULL)
+    assert p.returncode != 0 and "Traceback" not in p.stderr, p.stderr
+    assert f"lock file {home / 'tunerd.lock'}" in p.stderr and "symlink" in p.stderr, p.stderr
+    p = cli(home, "jobs", "list", timeout=120)
+    out = p.stdout + p.stderr
+    assert p.returncode != 0 and "Traceback" not in out and "symlink" in out, out
+    assert victim.read_text() == "someone else's file\n"
+    assert not (home / "tunerd.sock").exists()
+
+
+# -- finding 8: trust_remote_code without a warning -----------------------------------------------------
+def test_trust_remote_code_is_a_warning_in_started_and_the_log(demo_bundle, tmp_path):
+    home = short_home()
+    cfg = write_config(tmp_path / "remote.yaml", demo_bundle, max_steps=2, save_steps=100, eval_steps=100,
+                       logging_steps=1, trust_remote_code=True)
+    try:
+        p = cli(home, "train", str(cfg), timeout=300)
+        assert p.returncode == 0, p.stdout + p.stderr
+        assert "warning" in p.stdout and "trust_remote_code: true" in p.stdout, p.stdout
+        job_id = json_lines(cli(home, "jobs", "list", "--json", check=True).stdout)[0]["id"]
+        stub = DaemonProcess(home).stub()
+        started = [e.started for e in stub.WatchJob(pb.WatchJobRequest(job_id=job_id, follow=False))
+                   if e.WhichOneof("event") == "started"]
+        assert len(started) == 1 and any("runs inside tunerd" in w for w in started[0].warnings), started
+        assert "trust_remote_code: true" in (home / "tunerd.log").read_text()
+    finally:
+        stop_daemon(home)

@@ -33,6 +33,7 @@ part and is not written yet: with world_size 1 (the default) nothing is left out
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import random
 import time
@@ -51,14 +52,17 @@ from ..evaluation.loss import eval_batches, mean_loss, perplexity
 from ..files import atomic_write_dir
 from ..models.download import fetch
 from . import events as ev
-from .checkpoints import (TrainerState, checkpoint_path, find_checkpoint, list_checkpoints, rotate, save_checkpoint,
-                          step_of)
+from .checkpoints import (TrainerState, check_intact, checkpoint_path, find_checkpoint, list_checkpoints, rotate,
+                          save_checkpoint, step_of)
 from .flops import flops_per_token
 from .memory import Shape, advise, explain_oom, oom_message
 from .memory import estimate as memory_estimate
 from .outputs import RunLog, write_resolved_config
 from .run_config import best_metric_rule, config_identity, resolve_config, resolve_packing
 from .schedulers import Scheduler, warmup_steps_for
+
+
+log = logging.getLogger(__name__)
 
 
 class TrainingCancelled(Exception):
@@ -137,12 +141,20 @@ class Trainer:
         """Fetch a hub model not in the cache yet (Download events), load it; decide packing; write
         the resolved config."""
         fetch(self.cfg.model, self.cfg.revision, self.emit)
+        self.warnings = [self.remote_code_warning()] if self.cfg.trust_remote_code else []
+        for w in self.warnings:
+            log.warning("%s", w)
         self.info = info = self.backend.load(ModelSpec.from_config(self.cfg))
         packing, self.packing_reason = resolve_packing(self.cfg.packing, info)
         self.cfg = dataclasses.replace(self.cfg, dtype=info.dtype, packing=packing)
         if self.writer:
             with writing(self.out / "config.json", 1 << 16):
                 write_resolved_config(self.cfg, self.out)
+
+    def remote_code_warning(self) -> str:
+        return (f"trust_remote_code: true: the Python code that comes with {self.cfg.model} (its own modeling "
+                "files, if it has any) runs inside tunerd with your user's rights; use it only for a model whose "
+                "code you have read or trust")
 
     def setup_data(self) -> None:
         """Tokenize both splits with loss masks; chat tokens the template adds grow the vocabulary."""
@@ -213,6 +225,7 @@ class Trainer:
         if cfg.resume_from_checkpoint == "latest" and ckpt is None:
             self.emit(ev.Log("info", f"resume_from_checkpoint latest: no checkpoint in {out}; starting from step 0"))
         if ckpt is not None:
+            check_intact(ckpt)   # a truncated file is named, with the previous checkpoint to use
             saved = TrainerState.read(ckpt)
             if saved.config_hash != self.identity_hash:
                 ident = self.identity
@@ -241,7 +254,7 @@ class Trainer:
             estimated_peak_memory_bytes=self.need.total if self.need else 0,
             output_dir=str(self.out), resumed_from_step=self.resumed_from, dtype=info.dtype,
             dtype_reason=info.dtype_reason, packing=cfg.packing, packing_reason=self.packing_reason,
-            peak_tflops=self.peak_flops / 1e12))
+            peak_tflops=self.peak_flops / 1e12, warnings=self.warnings))
         self.t_start = time.perf_counter()
         self.steps_this_run = 0
         self.window = _Window(t0=time.perf_counter())
