@@ -151,6 +151,7 @@ def start_daemon(t: Target, wait: float = 60.0, extra: tuple = ()) -> int:
         cmd += ["--socket", str(t.socket)]
     cmd += list(extra)   # e.g. --http 127.0.0.1:8080
     with open(t.home / "tunerd.out", "ab") as out:
+        started_at = out.tell()   # what this daemon writes from here is its reason, if it exits
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                                 start_new_session=True)
     ch = open_channel(t)
@@ -160,8 +161,8 @@ def start_daemon(t: Target, wait: float = 60.0, extra: tuple = ()) -> int:
             holder = lock_holder(t.home)
             if holder:  # another client started one at the same moment: use that one
                 return _wait_for_holder(t, holder, deadline - time.time())
-            tail = (t.home / "tunerd.out").read_text(errors="replace")[-2000:]
-            raise DaemonUnavailable(f"tunerd exited with code {proc.returncode}:\n{tail}")
+            raise DaemonUnavailable(f"tunerd exited with code {proc.returncode}: "
+                                    f"{_output_since(t.home / 'tunerd.out', started_at)}")
         if t.socket_path.exists() and is_healthy(ch, 0.5):
             ch.close()
             holder = lock_holder(t.home) or {}
@@ -174,6 +175,14 @@ def start_daemon(t: Target, wait: float = 60.0, extra: tuple = ()) -> int:
         time.sleep(0.2)
     raise DaemonUnavailable(f"tunerd did not answer on {t.address()} within {wait:.0f}s "
                             f"(see {t.home / 'tunerd.log'})")
+
+
+def _output_since(path: Path, offset: int) -> str:
+    """What the daemon we started wrote (the last 2,000 characters): its reason for exiting."""
+    with open(path, "rb") as f:
+        f.seek(offset)
+        text = f.read().decode(errors="replace").strip()
+    return text[-2000:] or f"no output (see {path.parent / 'tunerd.log'})"
 
 
 def _wait_for_holder(t: Target, holder: dict, wait: float) -> int:

@@ -103,6 +103,8 @@ class JobView:
                 self._line(f"[dim]#{e.sequence}[/] dtype [bold]{s.dtype}[/] ({s.dtype_reason}); packing "
                            f"[bold]{'on' if s.packing else 'off'}[/] ({s.packing_reason}); estimated peak "
                            f"{s.estimated_peak_memory_bytes / 2**30:.2f} GiB; device peak {s.peak_tflops:.2f} TFLOP/s")
+            for w in s.warnings:
+                self._line(f"[dim]#{e.sequence}[/] [bold yellow]warning[/]: {w}")
             self._start_bar(s.total_steps)
             if self.progress and s.resumed_from_step:
                 self.progress.update(self.task, completed=s.resumed_from_step)

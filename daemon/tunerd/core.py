@@ -25,6 +25,7 @@ from .config.loader import ConfigError, load_config, merge
 from .files import OutputRefused, check_destination, overlaps
 from .jobs import folders, refs
 from .jobs.manager import JobManager
+from .jobs.recovery import rebuild_from_runs
 from .jobs.runner import run_training as train_job
 from .jobs.store import RUNNING, SUCCEEDED, JobNotFound, JobRecord, JobStore, StoredEvent
 from .models import download
@@ -37,7 +38,8 @@ class Core:
     def __init__(self, home: Path, run_training=None, keep_alive: float = 300.0):
         self.home = Path(home)
         self.started_at = time.time()
-        self.store = JobStore(self.home / "jobs.db")
+        self.store = JobStore(self.home / "jobs.db")   # StoreDamaged: the daemon refuses to start
+        self.rebuilt_on_start = rebuild_from_runs(self.store, self.home / "runs") if self.store.was_missing else []
         self.interrupted_on_start = self.store.mark_orphans_interrupted()
         self.cleaned_on_start = self._remove_stale_temporaries()
         self.registry = ModelRegistry(resolve_backend, keep_alive)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import grpc
 
 from .backends.base import BackendUnavailable
+from .disk import NoSpace
 from .jobs.manager import JobStateError
 from .jobs.store import JobNotFound
 from .training.memory import DoesNotFit
@@ -25,6 +26,8 @@ def status_for(e: BaseException) -> tuple[grpc.StatusCode, str]:
         return grpc.StatusCode.FAILED_PRECONDITION, str(e)
     if isinstance(e, DoesNotFit):
         return grpc.StatusCode.RESOURCE_EXHAUSTED, str(e)
+    if isinstance(e, NoSpace):
+        return grpc.StatusCode.RESOURCE_EXHAUSTED, f"{e}; free space there and try again"
     if isinstance(e, MemoryError):
         return grpc.StatusCode.RESOURCE_EXHAUSTED, (
             f"out of memory: {e}. Unload models (`tunerctl models unload`), use quantization: 4bit, "

@@ -25,6 +25,7 @@ from tuner.v1 import tuner_pb2, tuner_pb2_grpc
 from .api.servicer import TunerServicer
 from .core import Core
 from .files import atomic_write_text
+from .jobs.store import StoreDamaged
 
 log = logging.getLogger("tunerd")
 SERVICE = tuner_pb2.DESCRIPTOR.services_by_name["Tuner"].full_name
@@ -118,7 +119,7 @@ class HomeLock:
         self.fd: Optional[int] = None
 
     def acquire(self, socket_path: Path, wait: float = 1.0) -> None:
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+        fd = self._open()
         deadline = time.time() + wait  # a client peeking at the lock holds it for microseconds
         while True:
             try:
@@ -135,6 +136,22 @@ class HomeLock:
                 time.sleep(0.05)
         self.fd, self.socket_path = fd, socket_path
         self._write(ready=False)
+
+    def _open(self) -> int:
+        """The lock file, never through a symlink (someone else's file would be truncated and
+        written): a symlink or anything but a regular file at that path is refused."""
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o600)
+        except OSError as e:
+            what = "a symlink" if os.path.islink(self.path) else f"not usable ({e.strerror})"
+            raise HomeError(f"refusing to use the lock file {self.path}: it is {what}; tunerd creates its "
+                            f"own lock file there: remove it (`rm {self.path}`) if you know what it is, "
+                            "or pass another --home") from None
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise HomeError(f"refusing to use the lock file {self.path}: it is not a regular file; "
+                            f"remove it (`rm -r {self.path}`) if you know what it is, or pass another --home")
+        return fd
 
     def mark_ready(self) -> None:
         """Serving: a client that cannot reach it now need not wait for it to finish starting."""
@@ -278,10 +295,15 @@ class Daemon:
         self.lock.acquire(self.socket_path)  # before anything touches the home's jobs
         try:
             self._claim_socket()
+            self.core = Core(self.home)
+        except StoreDamaged as e:
+            self.lock.release()
+            raise HomeError(str(e)) from None
         except BaseException:
             self.lock.release()
             raise
-        self.core = Core(self.home)
+        for what in self.core.rebuilt_on_start:
+            log.warning("jobs.db was missing or empty: %s", what)
         for job_id in self.core.interrupted_on_start:
             log.warning("job %s was running when the daemon stopped: marked interrupted", job_id)
         for what in self.core.cleaned_on_start:

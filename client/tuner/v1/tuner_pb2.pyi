@@ -513,7 +513,7 @@ class StateChanged(_message.Message):
     def __init__(self, state: _Optional[_Union[JobState, str]] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class TrainingStarted(_message.Message):
-    __slots__ = ("backend", "device", "model", "total_steps", "num_epochs", "train_rows", "eval_rows", "total_params", "trainable_params", "trainable_percent", "estimated_peak_memory_bytes", "output_dir", "resumed_from_step", "dtype", "dtype_reason", "packing", "packing_reason", "peak_tflops")
+    __slots__ = ("backend", "device", "model", "total_steps", "num_epochs", "train_rows", "eval_rows", "total_params", "trainable_params", "trainable_percent", "estimated_peak_memory_bytes", "output_dir", "resumed_from_step", "dtype", "dtype_reason", "packing", "packing_reason", "peak_tflops", "warnings")
     BACKEND_FIELD_NUMBER: _ClassVar[int]
     DEVICE_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
@@ -532,6 +532,7 @@ class TrainingStarted(_message.Message):
     PACKING_FIELD_NUMBER: _ClassVar[int]
     PACKING_REASON_FIELD_NUMBER: _ClassVar[int]
     PEAK_TFLOPS_FIELD_NUMBER: _ClassVar[int]
+    WARNINGS_FIELD_NUMBER: _ClassVar[int]
     backend: str
     device: str
     model: str
@@ -550,7 +551,8 @@ class TrainingStarted(_message.Message):
     packing: bool
     packing_reason: str
     peak_tflops: float
-    def __init__(self, backend: _Optional[str] = ..., device: _Optional[str] = ..., model: _Optional[str] = ..., total_steps: _Optional[int] = ..., num_epochs: _Optional[float] = ..., train_rows: _Optional[int] = ..., eval_rows: _Optional[int] = ..., total_params: _Optional[int] = ..., trainable_params: _Optional[int] = ..., trainable_percent: _Optional[float] = ..., estimated_peak_memory_bytes: _Optional[int] = ..., output_dir: _Optional[str] = ..., resumed_from_step: _Optional[int] = ..., dtype: _Optional[str] = ..., dtype_reason: _Optional[str] = ..., packing: _Optional[bool] = ..., packing_reason: _Optional[str] = ..., peak_tflops: _Optional[float] = ...) -> None: ...
+    warnings: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, backend: _Optional[str] = ..., device: _Optional[str] = ..., model: _Optional[str] = ..., total_steps: _Optional[int] = ..., num_epochs: _Optional[float] = ..., train_rows: _Optional[int] = ..., eval_rows: _Optional[int] = ..., total_params: _Optional[int] = ..., trainable_params: _Optional[int] = ..., trainable_percent: _Optional[float] = ..., estimated_peak_memory_bytes: _Optional[int] = ..., output_dir: _Optional[str] = ..., resumed_from_step: _Optional[int] = ..., dtype: _Optional[str] = ..., dtype_reason: _Optional[str] = ..., packing: _Optional[bool] = ..., packing_reason: _Optional[str] = ..., peak_tflops: _Optional[float] = ..., warnings: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class LogMessage(_message.Message):
     __slots__ = ("level", "message")

@@ -20,6 +20,7 @@ from typing import Callable, Iterator, Optional
 
 from ..config.loader import from_dict, to_dict
 from ..config.schema import TrainConfig
+from ..disk import NoSpace
 from ..files import OutputRefused, claim_dir
 from ..training import events as ev
 from ..training.loop import TrainingCancelled
@@ -184,51 +185,62 @@ class JobManager:
             best = self.store.get(job_id).best_eval_loss
             if best == 0 or event.eval_loss < best:
                 self.store.update(job_id, best_eval_loss=event.eval_loss)
-        elif isinstance(event, ev.Cancelled) and event.step:
-            # steps are logged every logging_steps; the checkpoint written on cancel is the step to show
-            self.store.update(job_id, step=event.step)
         elif isinstance(event, ev.Finished):
             self.store.update(job_id, step=event.steps)
 
     def _run(self, job_id: str) -> None:
-        if not self.store.transition(job_id, (QUEUED,), RUNNING, "started", started_at=time.time()):
-            return  # cancelled (or otherwise finished) before it could start
+        try:
+            if not self.store.transition(job_id, (QUEUED,), RUNNING, "started", started_at=time.time()):
+                return  # cancelled (or otherwise finished) before it could start
+        except NoSpace as e:   # the home's disk is full: the job fails instead of staying queued
+            self._failed(job_id, e, expected=(QUEUED,))
+            return
         rec = self.store.get(job_id)
         try:
             cfg = from_dict(rec.config)
             result = self._run_training(cfg, lambda e: self._record(job_id, e),
                                         self._between_steps(job_id), rec.base_dir or None)
-            self.store.update(job_id, adapter_path=result.adapter_path)  # the loop emitted Finished
-            self._finish(job_id, SUCCEEDED, reason="finished")
+            # the loop emitted Finished
+            self._finish(job_id, SUCCEEDED, reason="finished", adapter_path=result.adapter_path)
         except TrainingCancelled as e:
-            self._record(job_id, ev.Cancelled(step=e.step, checkpoint=str(e.checkpoint or "")))
+            cancelled = ev.Cancelled(step=e.step, checkpoint=str(e.checkpoint or ""))
+            # steps are logged every logging_steps; the checkpoint written on cancel is the step to show
+            step = {"step": e.step} if e.step else {}
             if self._interrupting.is_set():
                 self._finish(job_id, INTERRUPTED, reason="the daemon is shutting down; "
-                             "resume with `tunerctl jobs resume`")
+                             "resume with `tunerctl jobs resume`", event=cancelled, **step)
             else:
-                self._finish(job_id, CANCELLED, reason="cancelled by request")
+                self._finish(job_id, CANCELLED, reason="cancelled by request", event=cancelled, **step)
         except Exception as e:  # noqa: BLE001 - every failure becomes a recorded state
             log.exception("job %s failed", job_id)
-            reason = _describe(e)
-            self._record(job_id, ev.Failed(reason=reason, step=self.store.get(job_id).step))
-            self._finish(job_id, FAILED, reason=reason, error=reason)
+            self._failed(job_id, e)
         finally:
             with self._lock:
                 self._cancel.pop(job_id, None)
 
-    def _finish(self, job_id: str, state: str, reason: str, error: str = "") -> None:
-        """running -> a final state, once (the StateChanged event commits with the state)."""
-        fields = {"finished_at": time.time()}
+    def _failed(self, job_id: str, e: BaseException, expected: tuple = (RUNNING,)) -> None:
+        reason = _describe(e)
+        if isinstance(e, NoSpace):
+            reason += f"; free space there, then resume the job with `tunerctl jobs resume {job_id}`"
+        self._finish(job_id, FAILED, reason=reason, error=reason, expected=expected,
+                     event=ev.Failed(reason=reason, step=self.store.get(job_id).step))
+
+    def _finish(self, job_id: str, state: str, reason: str, error: str = "", event=None,
+                expected: tuple = (RUNNING,), **fields) -> None:
+        """running -> a final state, once: its event (Failed, Cancelled) and StateChanged commit
+        with the state (or, the disk full, are kept until they can be: JobStore.transition)."""
+        fields["finished_at"] = time.time()
         if error or state != SUCCEEDED:
             fields["error"] = error or reason
-        if not self.store.transition(job_id, (RUNNING,), state, reason, **fields):
+        events = [ev.to_record(event)] if event is not None else []
+        if not self.store.transition(job_id, expected, state, reason, events=events, **fields):
             log.error("job %s: %s -> %s refused (state changed underneath)", job_id,
                       self.store.get(job_id).state, state)
 
 
 def _describe(e: BaseException) -> str:
     msg = str(e) or type(e).__name__
-    if isinstance(e, DoesNotFit):   # already says what fits (training/memory.py)
+    if isinstance(e, (DoesNotFit, NoSpace)):   # already say what fits / what is full (memory.py, disk.py)
         return msg
     if isinstance(e, MemoryError):
         return f"out of memory: {msg}. Try a smaller per_device_train_batch_size or max_seq_length, " \

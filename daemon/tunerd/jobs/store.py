@@ -3,10 +3,25 @@
 Every event is appended with a per-job sequence number (1, 2, ...), so a watcher can replay
 from any sequence and then tail live events (`wait_for_events`). A daemon restart keeps
 everything; jobs that were running when the process died are marked interrupted on open.
+
+Damage and a full disk:
+- Opening runs `PRAGMA quick_check`; a database that fails it (or cannot be read at all) raises
+  `StoreDamaged`, whose message says what to do, after a copy was saved beside it
+  (jobs.db.damaged-<time>). A missing or 0-byte database opens empty with `was_missing` set, so
+  the caller can rebuild the records from the job folders (jobs/recovery.py).
+- Every write is one transaction; a failed one is rolled back (a connection that cannot roll back
+  is reopened), and a write that fails for lack of space raises `disk.NoSpace`. A change to a
+  final state (failed, cancelled, ...) that cannot be written is kept in memory instead: reads
+  show it at once, and it is written, in order, before the next write and every second until
+  the disk has room again (no restart needed).
 """
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import json
+import logging
+import shutil
 import sqlite3
 import threading
 import time
@@ -14,6 +29,10 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
+
+from ..disk import NoSpace, free_bytes
+
+log = logging.getLogger(__name__)
 
 QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED, INTERRUPTED = (
     "queued", "running", "succeeded", "failed", "cancelled", "interrupted")
@@ -50,6 +69,14 @@ CREATE TABLE IF NOT EXISTS events (
     PRIMARY KEY (job_id, seq)
 );
 """
+
+
+DB_HEADROOM = 1 << 20   # what a write to the database needs free, about (WAL frames)
+RETRY_SECONDS = 1.0     # how often state changes that could not be written are tried again
+
+
+class StoreDamaged(RuntimeError):
+    """jobs.db cannot be used; the message says what was kept and what to do."""
 
 
 class JobNotFound(KeyError):
@@ -93,20 +120,139 @@ class StoredEvent:
     payload: dict = field(default_factory=dict)
 
 
+@dataclass
+class _Change:
+    """A state change and its events, written in one transaction (or kept until it can be)."""
+    job_id: str
+    expected: tuple
+    state: str
+    reason: str
+    fields: dict
+    events: list          # [(kind, payload)] written before the StateChanged event
+    time: float = field(default_factory=time.time)
+
+    @property
+    def records(self) -> list:
+        return [*self.events, ("StateChanged", {"state": self.state, "reason": self.reason})]
+
+
 class JobStore:
     def __init__(self, path: Path):
         self.path = Path(path)
-        self._db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
-        self._db.row_factory = sqlite3.Row
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(_SCHEMA)
+        self.was_missing = not self.path.exists() or self.path.stat().st_size == 0
+        if self.was_missing:
+            self._set_aside_journals()
         self._lock = threading.RLock()
         self._changed = threading.Condition(self._lock)
+        self._pending: list[_Change] = []   # final state changes not written yet (disk full)
+        self._retrying = False
+        self._closed = False
+        self._db = self._open_checked()
+
+    # -- opening ----------------------------------------------------------------------------
+    def _connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
+        db.row_factory = sqlite3.Row
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")
+        return db
+
+    def _open_checked(self) -> sqlite3.Connection:
+        db = None
+        try:
+            db = self._connect()
+            problems = [r[0] for r in db.execute("PRAGMA quick_check(5)").fetchall()]
+            if problems != ["ok"]:
+                found = " ".join(" ".join(problems).replace("*** in database main ***", "").split())
+                raise sqlite3.DatabaseError(f"PRAGMA quick_check: {found[:200]}")
+            db.executescript(_SCHEMA)
+            return db
+        except sqlite3.DatabaseError as e:
+            if db is not None:
+                db.close()
+            raise StoreDamaged(self._damaged(str(e))) from None
+
+    def _damaged(self, problem: str) -> str:
+        """Save a copy of the damaged database (once per version of it); say what to do."""
+        stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(self.path.stat().st_mtime))
+        copy = self.path.with_name(f"{self.path.name}.damaged-{stamp}")
+        try:
+            for suffix in ("", "-wal"):
+                src, dst = Path(f"{self.path}{suffix}"), Path(f"{copy}{suffix}")
+                if src.exists() and src.stat().st_size and not dst.exists():
+                    shutil.copy2(src, dst)
+            kept = f"a copy is saved as {copy}"
+        except OSError as e:
+            kept = f"no copy could be saved ({e})"
+        runs = self.path.parent / "runs"
+        n = sum(1 for p in runs.iterdir() if p.is_dir()) if runs.is_dir() else 0
+        return (f"the job database {self.path} is damaged ({problem}); tunerd will not start on it. "
+                f"The file is kept as it is and {kept}. To start again, put back a good copy of it (from a "
+                f"backup), or move it aside (`mv {self.path} {self.path}.broken`): the next start rebuilds the "
+                f"job records from the {n} job folder(s) in {runs}")
+
+    def _set_aside_journals(self) -> None:
+        """A WAL or shared-memory file left beside a missing or empty database belongs to the
+        database that is gone: moved aside, never replayed into the new one."""
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        for suffix in ("-wal", "-shm"):
+            p = Path(f"{self.path}{suffix}")
+            if p.exists():
+                p.rename(p.with_name(f"{p.name}.orphan-{stamp}"))
 
     def close(self) -> None:
         with self._lock:
+            try:
+                self._flush()
+            except sqlite3.Error as e:
+                log.error("could not write %d state change(s) to %s (%s); jobs left running there are "
+                          "marked interrupted at the next start", len(self._pending), self.path, e)
+            self._closed = True
             self._db.close()
+
+    # -- writing ----------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _transaction(self):
+        """BEGIN IMMEDIATE ... COMMIT, the lock held. On any failure the transaction is rolled
+        back (SQLite has often done so itself: a full disk does), and a connection that cannot
+        roll back is replaced by a new one."""
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._rollback()
+            raise
+
+    def _rollback(self) -> None:
+        if not self._db.in_transaction:
+            return
+        try:
+            self._db.execute("ROLLBACK")
+        except sqlite3.Error as e:
+            log.warning("rollback on %s failed (%s): reopened the database", self.path, e)
+            with contextlib.suppress(sqlite3.Error):
+                self._db.close()
+            self._db = self._connect()
+
+    def _write(self, fn):
+        """fn() in one transaction, after the state changes still waiting to be written; a full
+        disk raises NoSpace."""
+        with self._lock:
+            try:
+                self._flush()
+                with self._transaction():
+                    result = fn()
+            except sqlite3.OperationalError as e:
+                if self._is_full(e):
+                    raise NoSpace(self.path, DB_HEADROOM) from None
+                raise
+            self._changed.notify_all()
+            return result
+
+    def _is_full(self, e: sqlite3.Error) -> bool:
+        code = getattr(e, "sqlite_errorcode", 0) & 0xFF
+        return code == sqlite3.SQLITE_FULL or (code == sqlite3.SQLITE_IOERR and free_bytes(self.path) < DB_HEADROOM)
 
     # -- jobs -------------------------------------------------------------------------------
     def create(self, config: dict, name: str = "", base_dir: str = "", output_dir: str = "") -> JobRecord:
@@ -119,24 +265,34 @@ class JobStore:
                             config_json=json.dumps(config), base_dir=base_dir,
                             model=str(config.get("model", "")), output_dir=output_dir)
             try:
-                with self._lock:
-                    self._db.execute(
-                        "INSERT INTO jobs (id, name, state, created_at, config_json, base_dir, model, output_dir)"
-                        " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                        (rec.id, rec.name, rec.state, rec.created_at, rec.config_json, rec.base_dir,
-                         rec.model, rec.output_dir))
+                self._write(lambda: self._insert_job(rec))
                 return rec
             except sqlite3.IntegrityError:
                 attempts -= 1
                 if not attempts:
                     raise
 
+    def restore(self, rec: JobRecord, events: list[tuple[str, dict, float]]) -> None:
+        """Insert a job rebuilt from its folder (jobs/recovery.py) with its events, in one transaction."""
+        def insert() -> None:
+            self._insert_job(rec)
+            for seq, (kind, payload, at) in enumerate(events, 1):
+                self._db.execute("INSERT INTO events (job_id, seq, time, kind, payload) VALUES (?, ?, ?, ?, ?)",
+                                 (rec.id, seq, at, kind, json.dumps(payload)))
+            self._db.execute("UPDATE jobs SET last_sequence = ? WHERE id = ?", (len(events), rec.id))
+        self._write(insert)
+
+    def _insert_job(self, rec: JobRecord) -> None:
+        cols = [f.name for f in dataclasses.fields(JobRecord) if f.name not in ("queue_position", "last_sequence")]
+        self._db.execute(f"INSERT INTO jobs ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})",
+                         [getattr(rec, c) for c in cols])
+
     def get(self, job_id: str) -> JobRecord:
         with self._lock:
             row = self._db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
-        if row is None:
-            raise JobNotFound(job_id)
-        return JobRecord(**dict(row))
+            if row is None:
+                raise JobNotFound(job_id)
+            return self._overlaid(JobRecord(**dict(row)))
 
     def ids_starting_with(self, prefix: str) -> list[str]:
         """Ids that begin with `prefix`, oldest first (jobs/refs.py resolves prefixes with this)."""
@@ -146,14 +302,19 @@ class JobStore:
         return [r[0] for r in rows]
 
     def list(self, limit: int = 0, states: Optional[list[str]] = None) -> list[JobRecord]:
-        sql, args = "SELECT * FROM jobs", []
-        if states:
-            sql += f" WHERE state IN ({','.join('?' * len(states))})"
-            args += list(states)
-        sql += " ORDER BY created_at DESC"
-        if limit:
-            sql += f" LIMIT {int(limit)}"
         with self._lock:
+            if self._pending:   # states that are not written yet: filter after overlaying them
+                recs = [self._overlaid(JobRecord(**dict(r)))
+                        for r in self._db.execute("SELECT * FROM jobs ORDER BY created_at DESC").fetchall()]
+                recs = [r for r in recs if not states or r.state in states]
+                return recs[:limit] if limit else recs
+            sql, args = "SELECT * FROM jobs", []
+            if states:
+                sql += f" WHERE state IN ({','.join('?' * len(states))})"
+                args += list(states)
+            sql += " ORDER BY created_at DESC"
+            if limit:
+                sql += f" LIMIT {int(limit)}"
             return [JobRecord(**dict(r)) for r in self._db.execute(sql, args).fetchall()]
 
     def update(self, job_id: str, **fields) -> JobRecord:
@@ -161,38 +322,85 @@ class JobStore:
         assert "state" not in fields, "state changes go through JobStore.transition"
         if fields:
             cols = ", ".join(f"{k} = ?" for k in fields)
-            with self._lock:
-                cur = self._db.execute(f"UPDATE jobs SET {cols} WHERE id = ?", (*fields.values(), job_id))
-                if cur.rowcount == 0:
+
+            def update() -> None:
+                if self._db.execute(f"UPDATE jobs SET {cols} WHERE id = ?", (*fields.values(), job_id)).rowcount == 0:
                     raise JobNotFound(job_id)
-                self._changed.notify_all()
+            self._write(update)
         return self.get(job_id)
 
     def transition(self, job_id: str, expected: tuple[str, ...], state: str, reason: str,
-                   **fields) -> bool:
-        """Compare-and-set the job's state: `expected` -> `state`, with its StateChanged event,
-        in one transaction. False (and nothing written) when the job is no longer in an
-        expected state: another thread got there first."""
-        cols = ", ".join(f"{k} = ?" for k in ("state", *fields))
-        marks = ",".join("?" * len(expected))
+                   events: tuple = (), **fields) -> bool:
+        """Compare-and-set the job's state: `expected` -> `state`, with `events` ([(kind, payload)])
+        and its StateChanged event, in one transaction. False (and nothing written) when the job
+        is no longer in an expected state: another thread got there first. A change to a final
+        state that cannot be written for lack of space is kept and written later (see the module
+        docstring); any other change raises NoSpace."""
         with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
+            if self.get(job_id).state not in expected:   # raises JobNotFound
+                return False
+            change = _Change(job_id, tuple(expected), state, reason, fields, list(events))
             try:
-                cur = self._db.execute(f"UPDATE jobs SET {cols} WHERE id = ? AND state IN ({marks})",
-                                       (state, *fields.values(), job_id, *expected))
-                if cur.rowcount == 0:
-                    self._db.execute("ROLLBACK")
-                    if self._db.execute("SELECT 1 FROM jobs WHERE id = ?", (job_id,)).fetchone() is None:
-                        raise JobNotFound(job_id)
-                    return False
-                self._insert_event(job_id, "StateChanged", {"state": state, "reason": reason})
-                self._db.execute("COMMIT")
-            except BaseException:
-                if self._db.in_transaction:
-                    self._db.execute("ROLLBACK")
-                raise
-            self._changed.notify_all()
+                written = self._write(lambda: self._apply(change))
+            except NoSpace as e:
+                if state not in FINAL_STATES:
+                    raise
+                self._defer(change, e)
+                return True
+        return written
+
+    def _apply(self, c: _Change) -> bool:
+        """Inside a transaction: the compare-and-set and the change's events."""
+        cols = ", ".join(f"{k} = ?" for k in ("state", *c.fields))
+        marks = ",".join("?" * len(c.expected))
+        cur = self._db.execute(f"UPDATE jobs SET {cols} WHERE id = ? AND state IN ({marks})",
+                               (c.state, *c.fields.values(), c.job_id, *c.expected))
+        if cur.rowcount == 0:
+            return False
+        for kind, payload in c.records:
+            self._insert_event(c.job_id, kind, payload, c.time)
         return True
+
+    def _defer(self, c: _Change, e: NoSpace) -> None:
+        log.warning("job %s: %s; its change to %s is kept in memory and written once there is room",
+                    c.job_id, e, c.state)
+        c.expected = (self.get(c.job_id).state,)
+        self._pending.append(c)
+        self._changed.notify_all()
+        if not self._retrying:
+            self._retrying = True
+            threading.Thread(target=self._retry, name="jobs-db-retry", daemon=True).start()
+
+    def _flush(self) -> None:
+        """Write the kept state changes, oldest first (the lock held); raises while the disk is full."""
+        while self._pending:
+            c = self._pending[0]
+            with self._transaction():
+                if not self._apply(c):
+                    log.error("job %s: a kept change to %s no longer applies; dropped", c.job_id, c.state)
+            self._pending.pop(0)
+            log.info("job %s: wrote the change to %s kept while %s had no room", c.job_id, c.state, self.path)
+
+    def _retry(self) -> None:
+        while True:
+            time.sleep(RETRY_SECONDS)
+            with self._lock:
+                if self._closed or not self._pending:
+                    self._retrying = False
+                    return
+                try:
+                    self._flush()
+                except sqlite3.Error:
+                    continue
+                self._changed.notify_all()
+
+    def _overlaid(self, rec: JobRecord) -> JobRecord:
+        """`rec` as the state changes kept in memory leave it (the lock held)."""
+        for c in self._pending:
+            if c.job_id == rec.id:
+                rec = dataclasses.replace(rec, state=c.state, **c.fields,
+                                          last_sequence=rec.last_sequence + len(c.records))
+        return rec
 
     def mark_orphans_interrupted(self) -> list[str]:
         """Jobs left 'running' by a process that died: they become interrupted (resumable)."""
@@ -204,25 +412,16 @@ class JobStore:
 
     # -- events -----------------------------------------------------------------------------
     def append(self, job_id: str, kind: str, payload: dict) -> int:
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                seq = self._insert_event(job_id, kind, payload)
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._changed.notify_all()
-        return seq
+        return self._write(lambda: self._insert_event(job_id, kind, payload))
 
-    def _insert_event(self, job_id: str, kind: str, payload: dict) -> int:
+    def _insert_event(self, job_id: str, kind: str, payload: dict, at: Optional[float] = None) -> int:
         """Inside a transaction, with the lock held."""
         seq = self._db.execute("SELECT last_sequence FROM jobs WHERE id = ?", (job_id,)).fetchone()
         if seq is None:
             raise JobNotFound(job_id)
         seq = seq[0] + 1
         self._db.execute("INSERT INTO events (job_id, seq, time, kind, payload) VALUES (?, ?, ?, ?, ?)",
-                         (job_id, seq, time.time(), kind, json.dumps(payload)))
+                         (job_id, seq, at or time.time(), kind, json.dumps(payload)))
         self._db.execute("UPDATE jobs SET last_sequence = ? WHERE id = ?", (seq, job_id))
         return seq
 
@@ -231,7 +430,21 @@ class JobStore:
             rows = self._db.execute(
                 "SELECT * FROM events WHERE job_id = ? AND seq >= ? ORDER BY seq LIMIT ?",
                 (job_id, from_sequence, limit)).fetchall()
-        return [StoredEvent(r["job_id"], r["seq"], r["time"], r["kind"], json.loads(r["payload"])) for r in rows]
+            found = [StoredEvent(r["job_id"], r["seq"], r["time"], r["kind"], json.loads(r["payload"])) for r in rows]
+            return (found + self._kept_events(job_id, from_sequence))[:limit]
+
+    def _kept_events(self, job_id: str, from_sequence: int) -> list[StoredEvent]:
+        """The events of state changes kept in memory, numbered as they will be written."""
+        if not any(c.job_id == job_id for c in self._pending):
+            return []
+        seq = self._db.execute("SELECT last_sequence FROM jobs WHERE id = ?", (job_id,)).fetchone()[0]
+        kept = []
+        for c in (c for c in self._pending if c.job_id == job_id):
+            for kind, payload in c.records:
+                seq += 1
+                if seq >= from_sequence:
+                    kept.append(StoredEvent(job_id, seq, c.time, kind, payload))
+        return kept
 
     def wait_for_change(self, timeout: float) -> None:
         """Block until any job or event changes (or timeout)."""

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import random
+import struct
+import zipfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
@@ -100,6 +102,54 @@ def find_checkpoint(spec: Optional[str], output_dir: Path, base_dir: Optional[Pa
     if not (p / STATE_FILE).exists():
         raise FileNotFoundError(f"resume_from_checkpoint: {p} is not a checkpoint (no {STATE_FILE})")
     return p
+
+
+class CheckpointDamaged(ValueError):
+    """A checkpoint file is truncated or unreadable; the message names it and the previous checkpoint."""
+
+
+def check_intact(ckpt: Path) -> None:
+    """Raise CheckpointDamaged naming the first file of `ckpt` that is cut short or unreadable
+    (safetensors: header and data sizes; torch.save zips; JSON), and how to resume without it."""
+    for f in sorted(p for p in Path(ckpt).rglob("*") if p.is_file()):
+        problem = file_problem(f)
+        if problem:
+            raise CheckpointDamaged(damaged_message(Path(ckpt), f, problem))
+
+
+def file_problem(f: Path) -> str:
+    """Why `f` cannot be read ('' when it looks whole)."""
+    size = f.stat().st_size
+    try:
+        if f.suffix == ".safetensors":
+            with open(f, "rb") as fh:
+                head = fh.read(8)
+                if len(head) < 8:
+                    return f"truncated: {size} bytes, no safetensors header"
+                n = struct.unpack("<Q", head)[0]
+                if 8 + n > size:
+                    return f"truncated: {size} bytes, its header alone needs {8 + n}"
+                header = json.loads(fh.read(n))
+            end = 8 + n + max((t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"), default=0)
+            return "" if end == size else f"truncated: {size} bytes of {end}"
+        if f.suffix == ".json":
+            json.loads(f.read_text())
+        elif f.suffix in (".pt", ".bin", ".pth"):
+            with zipfile.ZipFile(f):
+                pass
+    except (ValueError, KeyError, TypeError, zipfile.BadZipFile, UnicodeDecodeError) as e:
+        return f"unreadable ({size} bytes: {e})"
+    return ""
+
+
+def damaged_message(ckpt: Path, f: Path, problem: str) -> str:
+    older = [c for c in list_checkpoints(ckpt.parent) if step_of(c) < step_of(ckpt)]
+    aside = f"`mv {ckpt} {ckpt}.damaged`"
+    offer = (f"the previous checkpoint {older[-1].name} is in {ckpt.parent}: move the damaged one aside ({aside}) "
+             f"and resume the job again to continue from {older[-1].name}, or set resume_from_checkpoint: {older[-1]}"
+             if older else f"there is no earlier checkpoint: move it aside ({aside}) and resume the job again to "
+                           "start from step 0")
+    return f"checkpoint {ckpt} is damaged: {f.relative_to(ckpt)} is {problem}; {offer}"
 
 
 def checkpoint_path(output_dir: Path, step: int) -> Path:

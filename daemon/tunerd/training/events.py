@@ -28,6 +28,7 @@ class Started:
     packing: bool = False         # the resolved packing, and why (packing: auto)
     packing_reason: str = ""
     peak_tflops: float = 0.0      # the device's measured matmul peak in that dtype (MFU's denominator)
+    warnings: list = field(default_factory=list)   # e.g. trust_remote_code: the model's own code runs
 
 
 @dataclass

@@ -35,6 +35,7 @@ part and is not written yet: with world_size 1 (the default) nothing is left out
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import random
 import time
@@ -47,18 +48,23 @@ from ..backends.base import Backend, ModelInfo, ModelSpec, ParamStats
 from ..config.schema import TrainConfig
 from ..data.batch import Shard, pad_id_of
 from ..data.prepare import StepBatches, TrainBatches, prepare
+from ..disk import folder_size, writing
 from ..evaluation.generation import GenerationEval
 from ..evaluation.loss import eval_batches, mean_loss, perplexity
 from ..files import write_output_dir
 from ..models.download import fetch
 from . import events as ev
-from .checkpoints import TrainerState, checkpoint_path, find_checkpoint, rotate, save_checkpoint, step_of
+from .checkpoints import (TrainerState, check_intact, checkpoint_path, find_checkpoint, list_checkpoints, rotate,
+                          save_checkpoint, step_of)
 from .flops import flops_per_token
 from .memory import Shape, advise, explain_oom, oom_message
 from .memory import estimate as memory_estimate
 from .outputs import ADAPTER, RunLog, claim_output_dir, write_resolved_config
 from .run_config import best_metric_rule, config_identity, resolve_config, resolve_packing
 from .schedulers import Scheduler, warmup_steps_for
+
+
+log = logging.getLogger(__name__)
 
 
 class TrainingCancelled(Exception):
@@ -141,11 +147,20 @@ class Trainer:
         """Fetch a hub model not in the cache yet (Download events), load it; decide packing; write
         the resolved config."""
         fetch(self.cfg.model, self.cfg.revision, self.emit)
+        self.warnings = [self.remote_code_warning()] if self.cfg.trust_remote_code else []
+        for w in self.warnings:
+            log.warning("%s", w)
         self.info = info = self.backend.load(ModelSpec.from_config(self.cfg))
         packing, self.packing_reason = resolve_packing(self.cfg.packing, info)
         self.cfg = dataclasses.replace(self.cfg, dtype=info.dtype, packing=packing)
         if self.writer:
-            write_resolved_config(self.cfg, self.out)
+            with writing(self.out / "config.json", 1 << 16):
+                write_resolved_config(self.cfg, self.out)
+
+    def remote_code_warning(self) -> str:
+        return (f"trust_remote_code: true: the Python code that comes with {self.cfg.model} (its own modeling "
+                "files, if it has any) runs inside tunerd with your user's rights; use it only for a model whose "
+                "code you have read or trust")
 
     def setup_data(self) -> None:
         """Tokenize both splits with loss masks; chat tokens the template adds grow the vocabulary."""
@@ -216,6 +231,7 @@ class Trainer:
         if cfg.resume_from_checkpoint == "latest" and ckpt is None:
             self.emit(ev.Log("info", f"resume_from_checkpoint latest: no checkpoint in {out}; starting from step 0"))
         if ckpt is not None:
+            check_intact(ckpt)   # a truncated file is named, with the previous checkpoint to use
             saved = TrainerState.read(ckpt)
             if saved.config_hash != self.identity_hash:
                 ident = self.identity
@@ -244,7 +260,7 @@ class Trainer:
             estimated_peak_memory_bytes=self.need.total if self.need else 0,
             output_dir=str(self.out), resumed_from_step=self.resumed_from, dtype=info.dtype,
             dtype_reason=info.dtype_reason, packing=cfg.packing, packing_reason=self.packing_reason,
-            peak_tflops=self.peak_flops / 1e12))
+            peak_tflops=self.peak_flops / 1e12, warnings=self.warnings))
         self.t_start = time.perf_counter()
         self.steps_this_run = 0
         self.window = _Window(t0=time.perf_counter())
@@ -376,12 +392,19 @@ class Trainer:
         is_best = metric is not None and _better(metric, st.best_metric, self.greater)
         if is_best:
             st.best_metric, st.best_checkpoint = metric, str(checkpoint_path(self.out, st.global_step))
-        path = save_checkpoint(self.out, st, self.backend.save_checkpoint, self.shard.rank, self.job)
+        with writing(checkpoint_path(self.out, st.global_step), self.checkpoint_bytes()):
+            path = save_checkpoint(self.out, st, self.backend.save_checkpoint, self.shard.rank, self.job)
         self.emit(ev.CheckpointSaved(step=st.global_step, path=str(path), is_best=is_best))
         for p in rotate(self.out, self.cfg.save_total_limit, keep=(st.best_checkpoint,), rank=self.shard.rank,
                         job=self.job):
             self.emit(ev.Log("info", f"removed {p.name} (save_total_limit={self.cfg.save_total_limit})"))
         return str(path)
+
+    def checkpoint_bytes(self) -> int:
+        """About what a checkpoint takes on disk: the newest one's size, or before the first, the
+        trainable weights 4x in float32 (the adapter in two layouts, the optimizer's two moments)."""
+        found = list_checkpoints(self.out)
+        return folder_size(found[-1]) if found else 4 * 4 * self.params.trainable + (64 << 10)
 
     def out_of_memory(self, cause: str) -> str:
         """The failure message for an allocator OOM: the estimate and the settings that would fit."""
@@ -403,8 +426,9 @@ class Trainer:
             self.emit(ev.Log("info", f"loaded the best checkpoint {Path(st.best_checkpoint).name} "
                                      f"({self.metric_name}={st.best_metric:.4f})"))
         adapter_dir = self.out / "adapter"
-        if self.writer:
-            write_output_dir(adapter_dir, self.backend.save_adapter, ADAPTER, self.job)
+        if self.writer:   # the adapter in two layouts: half a checkpoint, about
+            with writing(adapter_dir, self.checkpoint_bytes() // 2):
+                write_output_dir(adapter_dir, self.backend.save_adapter, ADAPTER, self.job)
         finished = ev.Finished(adapter_path=str(adapter_dir), output_dir=str(self.out), steps=st.global_step,
                                final_loss=st.last_loss, best_checkpoint=st.best_checkpoint,
                                best_metric=st.best_metric, peak_memory_bytes=self.backend.memory().peak_bytes,

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Optional
 
 from ..config.schema import TrainConfig
+from ..disk import writing
 from ..files import atomic_write_text, claim_dir, read_marker
 from .tensorboard import EventWriter
 
@@ -65,6 +66,7 @@ class RunLog:
         if not self.writer:
             return
         rec = {"type": kind, **dataclasses.asdict(event), "time": time.time()}
-        with open(self.path, "a") as f:
-            f.write(json.dumps(rec, default=float) + "\n")
-        self.board.scalars(event.step, scalars)
+        with writing(self.path, 1 << 16):
+            with open(self.path, "a") as f:
+                f.write(json.dumps(rec, default=float) + "\n")
+            self.board.scalars(event.step, scalars)
