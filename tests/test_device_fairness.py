@@ -172,7 +172,7 @@ def test_an_unknown_model_id_is_not_found_at_once(daemon, job, model):
     with StepWatch(stub, job) as w:
         code, details, took = refused(lambda: chat(stub, model))
     assert code == grpc.StatusCode.NOT_FOUND, details
-    assert f"no local folder" in details and "not in the Hugging Face cache" in details and "offline" in details
+    assert "no local folder" in details and "not in the Hugging Face cache" in details and "offline" in details
     assert took < 1.0 and w.max_gap < 2.0, (took, w.changes)
     code, details, _ = refused(lambda: stub.LoadModel(pb.LoadModelRequest(model=model), timeout=60))
     assert code == grpc.StatusCode.NOT_FOUND, details
