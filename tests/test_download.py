@@ -266,6 +266,25 @@ def test_tunerctl_names_a_missing_or_unreachable_model_within_seconds(daemon_onl
     assert time.monotonic() - t0 < 20   # two CLI runs, each a Python start-up
 
 
+@pytest.mark.slow
+def test_a_bare_model_id_is_asked_of_the_hub_in_the_request_thread(daemon_online):
+    """`gpt-4` (no org) used to skip this check: the backend asked the hub on the device worker
+    (issue 16, finding 5) and a raw OSError came back INTERNAL. Now it is NOT_FOUND at once."""
+    import grpc
+    from tuner.v1 import tuner_pb2 as pb
+    stub = daemon_online.stub()
+    for call in (lambda: stub.LoadModel(pb.LoadModelRequest(model="gpt-4"), timeout=30),
+                 lambda: list(stub.Chat(pb.ChatRequest(model="gpt-4", messages=[pb.ChatMessage(role="user",
+                                                                                              content="hi")]),
+                                        timeout=30))):
+        t0 = time.monotonic()
+        with pytest.raises(grpc.RpcError) as e:
+            call()
+        assert e.value.code() == grpc.StatusCode.NOT_FOUND, e.value.details()
+        assert "no model repository gpt-4 on the hub" in e.value.details()
+        assert time.monotonic() - t0 < 5
+
+
 def test_the_cli_draws_a_bar_on_a_terminal_and_lines_elsewhere():
     import io
 

@@ -10,6 +10,7 @@ import queue
 import sys
 import threading
 import time
+from concurrent.futures import TimeoutError as FutureTimeout
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +21,7 @@ from .config.loader import model_context
 from .jobs import refs
 from .jobs.store import JobStore
 from .jobs.worker import DeviceWorker
+from .models.check import check_adapter, check_model
 from .models.registry import ModelRegistry
 
 
@@ -97,6 +99,44 @@ def check_length(prompt_tokens: int, max_tokens: int, context: Optional[int]) ->
                          f"context of {context} positions; use max_tokens <= {context - prompt_tokens}")
 
 
+MAX_PROMPT_CHARS = 1_000_000   # a request's text (all messages, or the plain prompt), checked before tokenising
+
+
+def check_request(p: ChatParams) -> None:
+    """INVALID_ARGUMENT (ValueError) for an empty request, an unknown role or a prompt over
+    MAX_PROMPT_CHARS: before any tokenising, so a huge body costs no device time."""
+    if p.prompt is None and not p.messages:
+        raise ValueError("messages: at least one message is required")
+    if p.prompt is not None and not p.prompt:
+        raise ValueError("prompt: must not be empty")
+    for m in p.messages:
+        if m.get("role") not in ("system", "user", "assistant"):
+            raise ValueError(f"messages: role {m.get('role')!r} is not system, user or assistant")
+    field_, size = ("prompt", len(p.prompt)) if p.prompt is not None else \
+        ("messages", sum(len(str(m.get("content") or "")) for m in p.messages))
+    if size > MAX_PROMPT_CHARS:
+        raise ValueError(f"{field_}: the prompt is {size:,} characters; the limit is {MAX_PROMPT_CHARS:,} "
+                         "characters; shorten it")
+
+
+def prompt_ids(tok, p: ChatParams) -> list:
+    """The prompt's token ids, exactly as the backend would make them (chat template applied for
+    messages; the resident's tokenizer, so an adapter's added tokens count)."""
+    for attempt in range(5):
+        try:
+            if p.prompt is not None:
+                ids = tok(p.prompt)["input_ids"]
+            else:
+                ids = tok.apply_chat_template(p.messages, tokenize=True, add_generation_prompt=True)
+                ids = ids["input_ids"] if hasattr(ids, "keys") else ids
+            return list(ids)
+        except RuntimeError as e:   # a fast tokenizer in use by another thread ("Already borrowed")
+            if "borrow" not in str(e).lower() or attempt == 4:
+                raise
+            time.sleep(0.01)
+    raise AssertionError("unreachable")
+
+
 class ChatService:
     def __init__(self, worker: DeviceWorker, registry: ModelRegistry, store: JobStore):
         self.worker, self.registry, self.store = worker, registry, store
@@ -106,40 +146,55 @@ class ChatService:
         """Shutting down: every chat ends now (finish_reason cancelled)."""
         self._closing.set()
 
+    def _on_worker(self, fn):
+        """fn's result from the device worker (a short task); None when the daemon stops meanwhile."""
+        fut = self.worker.call(fn)
+        while True:
+            try:
+                return fut.result(timeout=1.0)
+            except FutureTimeout:
+                if not self.worker.alive and self._closing.is_set():
+                    return None
+
     def stream(self, p: ChatParams, cancelled: threading.Event) -> Iterator[ChatDelta]:
         """Chunks of the reply, then one with finish_reason and usage. Times are from the
-        request's arrival (here), so time to first token includes the wait for the device."""
+        request's arrival (here), so time to first token includes the wait for the device.
+
+        Everything but the model's work happens here, in the request's thread (issue 16, finding
+        5): the request's size and names are checked, one short worker call loads (or finds) the
+        resident model, the prompt is tokenised with its tokenizer and checked against its context;
+        only then do generation slices go to the device worker."""
         arrived = time.perf_counter()
         p.sampling.check()
-        if p.prompt is None and not p.messages:
-            raise ValueError("messages: at least one message is required")
-        if p.prompt is not None and not p.prompt:
-            raise ValueError("prompt: must not be empty")
-        for m in p.messages:
-            if m.get("role") not in ("system", "user", "assistant"):
-                raise ValueError(f"messages: role {m.get('role')!r} is not system, user or assistant")
+        check_request(p)
         t = refs.target(self.store, p.model, p.adapter, p.backend)
         model, adapter, adapter_name, backend = t.model, t.adapter, t.adapter_name, t.backend
         if not model:
             raise ValueError("model: required (a hub id, a local path, or job:<id>)")
+        check_model(model)
+        if adapter:
+            check_adapter(adapter)
         out: "queue.Queue" = queue.Queue()
         run: dict = {}
 
         def stop() -> bool:
             return cancelled.is_set() or self._closing.is_set()
 
-        def start():
+        def resident():
             run["started"] = time.perf_counter()
-            res = self.registry.get(model, backend, adapter=adapter, name=adapter_name)
-            tok = res.backend.tokenizer
-            if p.prompt is not None:
-                ids = tok(p.prompt)["input_ids"]
-            else:
-                ids = tok.apply_chat_template(p.messages, tokenize=True, add_generation_prompt=True)
-                ids = ids["input_ids"] if hasattr(ids, "keys") else ids
-            ids = list(ids)
-            check_length(len(ids), p.sampling.max_tokens, context_length(res.model))
-            run.update(ids=ids, res=res, gen=res.backend.generate(ids, p.sampling, stop), t0=time.perf_counter(),
+            if stop():   # cancelled, past its deadline or shutting down while queued
+                return None
+            with rng_untouched():
+                return self.registry.get(model, backend, adapter=adapter, name=adapter_name)
+
+        res = self._on_worker(resident)
+        if res is not None:
+            run["ids"] = prompt_ids(res.backend.tokenizer, p)
+            check_length(len(run["ids"]), p.sampling.max_tokens, context_length(res.model))
+
+        def start():
+            res = self.registry.get(model, backend, adapter=adapter, name=adapter_name)   # resident: at once
+            run.update(res=res, gen=res.backend.generate(run["ids"], p.sampling, stop), t0=time.perf_counter(),
                        first=None, n=0, finish="stop")
 
         def finish():
@@ -164,7 +219,7 @@ class ChatService:
             try:
                 with rng_untouched():
                     if "gen" not in run:
-                        if stop():  # cancelled, past its deadline or shutting down while queued
+                        if stop() or "ids" not in run:  # cancelled, past its deadline or shutting down
                             return finish()
                         start()
                     else:  # another chat on this base may have used another adapter in between

@@ -20,7 +20,7 @@ import yaml
 
 from . import __version__, host
 from .backends.registry import resolve_backend
-from .chat import ChatDelta, ChatParams, ChatService
+from .chat import ChatDelta, ChatParams, ChatService, check_request
 from .config.loader import ConfigError, load_config, merge
 from .files import OutputRefused, check_destination, overlaps
 from .jobs import folders, refs
@@ -29,6 +29,7 @@ from .jobs.recovery import rebuild_from_runs
 from .jobs.runner import run_training as train_job
 from .jobs.store import RUNNING, SUCCEEDED, JobNotFound, JobRecord, JobStore, StoredEvent
 from .models import download
+from .models.check import check_adapter, check_model
 from .models.registry import ModelRegistry
 from .paths import local_or_id, looks_like_hub_id, resolve_path
 from .training.outputs import JOB_FOLDER
@@ -165,6 +166,9 @@ class Core:
         t = refs.target(self.store, model, adapter, backend)
         if not t.model:
             raise ValueError("model: required (a hub id, a local path, or job:<id>)")
+        check_model(t.model)      # a file, a folder without config.json, an unknown id: refused here
+        if t.adapter:
+            check_adapter(t.adapter)
         download.fetch(t.model)   # here: the device worker keeps working meanwhile
         res = self.jobs.worker.call(lambda: self.registry.get(
             t.model, t.backend, quantization, dtype, adapter=t.adapter, name=t.adapter_name,
@@ -175,7 +179,10 @@ class Core:
                           keep_alive: float = 0.0, adapter: str = "", cancelled=None) -> Iterator:
         """Download events while a hub model is fetched (here, not on the device worker), then the
         resident's status dict."""
-        yield from download.stream(refs.target(self.store, model, adapter, backend).model, cancelled=cancelled)
+        t = refs.target(self.store, model, adapter, backend)
+        if t.model:
+            check_model(t.model)
+        yield from download.stream(t.model, cancelled=cancelled)
         yield self.load_model(model, backend, quantization, dtype, keep_alive, adapter)
 
     def unload_model(self, model: str = "", adapter: str = "", backend: str = "", quantization: str = "",
@@ -204,8 +211,13 @@ class Core:
     # -- chat ----------------------------------------------------------------------------------
     def chat(self, params: ChatParams, cancelled: threading.Event) -> Iterator[ChatDelta]:
         """A chat reply (params.messages) or a plain completion (params.prompt), streamed; first
-        the download of a hub model not in the cache yet (here, not on the device worker)."""
-        for d in download.stream(params.model, cancelled=cancelled):
+        the download of a hub model not in the cache yet (here, not on the device worker). What the
+        request names is checked first, so a bad one never starts a download or reaches the worker."""
+        check_request(params)
+        t = refs.target(self.store, params.model, params.adapter, params.backend)
+        if t.model:
+            check_model(t.model)
+        for d in download.stream(t.model, cancelled=cancelled):
             yield ChatDelta(download=d)
         yield from self.chat_service.stream(params, cancelled)
 
@@ -242,11 +254,13 @@ class Core:
                 return model_id, "", r.backend_name
         path = Path(model_id).expanduser()
         cfg = path / "adapter_config.json"
-        if cfg.exists():
+        if cfg.is_file():
+            check_adapter(str(path))
             base = json.loads(cfg.read_text()).get("base_model_name_or_path", "")
             if not base:
                 raise ValueError(f"model: adapter {model_id} does not name its base model")
             return base, str(path.resolve()), "auto"
+        check_model(model_id)   # a file, /dev/zero, ~, an unknown id: a clear error here, never INTERNAL
         return model_id, "", "auto"
 
     # -- adapters ------------------------------------------------------------------------------

@@ -44,8 +44,9 @@ A backend instance is owned by one thread (MLX streams are thread-local, DESIGN.
 from __future__ import annotations
 
 import math
-
+import time
 from abc import ABC, abstractmethod
+from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Callable, Iterator, Optional
@@ -181,7 +182,60 @@ def ce_chunk_rows(vocab: int, chunk_bytes: int = CE_CHUNK_BYTES) -> int:
     return max(64, chunk_bytes // (4 * max(int(vocab), 1)))
 
 
-PREFILL_CHUNK = 256  # prompt tokens per forward pass before generation; the device can be yielded between
+PREFILL_SECONDS = 0.1   # each chunk of a long prompt takes about this long (half a chat slice of 0.2 s)
+PREFILL_FIRST = 32      # tokens in the first chunk, before any time per token is known
+PREFILL_MIN, PREFILL_MAX = 16, 4096   # bounds on a chunk, however fast or slow the model is
+
+
+class PrefillPlan:
+    """A long prompt read in chunks sized by time, not a fixed count (issue 16, finding 5): the
+    first is small; each next one is sized from the time per token the last one took so it takes
+    about PREFILL_SECONDS (within PREFILL_MIN..PREFILL_MAX), so a long-context model does not hold
+    the device for seconds per chunk and a small one is not read in needlessly many. The device can
+    be yielded between chunks; the tokens produced are those of an unchunked read.
+
+        plan = PrefillPlan(len(ids))
+        while (n := plan.next()):
+            with plan.timed(n):
+                model(ids[plan.pos - n: plan.pos])   # read (and wait for) the chunk
+    """
+
+    def __init__(self, total: int, seconds: Optional[float] = None):
+        self.total, self.pos = total, 0
+        self.seconds = PREFILL_SECONDS if seconds is None else seconds
+        self.per_token: Optional[float] = None
+        self.sizes: list[int] = []
+
+    def size(self) -> int:
+        """Tokens in the next chunk (0: the prompt is read)."""
+        left = self.total - self.pos
+        if left <= 0:
+            return 0
+        if self.per_token is None:
+            want = PREFILL_FIRST
+        else:
+            want = int(self.seconds / max(self.per_token, 1e-9))
+        return min(left, max(PREFILL_MIN, min(PREFILL_MAX, want)))
+
+    def next(self) -> int:
+        """The next chunk's size, the position moved past it."""
+        n = self.size()
+        self.pos += n
+        if n:
+            self.sizes.append(n)
+        return n
+
+    def took(self, n: int, seconds: float) -> None:
+        """The last chunk of n tokens took this long (attention grows with the position: the
+        latest chunk is the best guess for the next)."""
+        if n > 0:
+            self.per_token = max(seconds, 0.0) / n
+
+    @contextmanager
+    def timed(self, n: int):
+        t0 = time.perf_counter()
+        yield
+        self.took(n, time.perf_counter() - t0)
 
 
 class ReplyText:

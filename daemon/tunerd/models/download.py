@@ -24,7 +24,6 @@ import time
 from pathlib import Path
 from typing import Callable, Iterator, Optional
 
-from ..paths import looks_like_hub_id
 from ..training.events import Download
 
 HUB_TIMEOUT = 10.0      # seconds for the listing request; a closed port or no DNS fails at once
@@ -39,13 +38,19 @@ class DownloadCancelled(Exception):
     """The caller went away while the model was downloading (what arrived stays in the cache)."""
 
 
+def is_hub_id(model: str) -> bool:
+    """A name the hub may know: `org/name` or a bare `name` (`gpt2`), that is no local path and no
+    job reference. A bare id used to be left to the backend, which asked the hub on the device
+    worker (stalling training, then a raw OSError); now it is asked here like `org/name`."""
+    from .check import looks_local
+    return bool(model) and not model.startswith("job:") and model.count("/") <= 1 and not looks_local(model)
 
 
 def fetch(model: str, revision: Optional[str] = None, progress: Optional[Callable[[Download], None]] = None,
           cancelled: Optional[threading.Event] = None) -> Optional[str]:
     """Download the files of hub model `model` that are not in the cache yet; the snapshot folder.
     A local path (or job:<id>) is left alone (None)."""
-    if not looks_like_hub_id(model):
+    if not is_hub_id(model):
         return None
     key = (model, revision or "main")
     if _known(key):
@@ -69,6 +74,9 @@ def fetch(model: str, revision: Optional[str] = None, progress: Optional[Callabl
         raise FileNotFoundError(f"model {model!r}: {where} has no revision {revision!r}") from None
     except HfHubHTTPError as e:
         return _cached_or_raise(model, revision, f"{where} answered {_first_line(e)}")
+    except ValueError as e:   # HFValidationError: a name no hub repository can have ("a b", "x..y")
+        raise FileNotFoundError(f"model {model!r}: no local folder of that name, and not a valid model id on "
+                                f"{where} ({_first_line(e)})") from None
     except Exception as e:  # noqa: BLE001 - no route, no DNS, a timeout: out of reach
         return _cached_or_raise(model, revision, f"{where} is out of reach ({type(e).__name__}: {_first_line(e)})")
 
@@ -98,7 +106,7 @@ def stream(model: str, revision: Optional[str] = None,
            cancelled: Optional[threading.Event] = None) -> Iterator[Download]:
     """`fetch` on a helper thread, its progress yielded here (for a streaming reply); raises what
     fetch raised. Nothing to yield for a local path or a model this process fetched already."""
-    if not looks_like_hub_id(model) or _known((model, revision or "main")):
+    if not is_hub_id(model) or _known((model, revision or "main")):
         return
     out: "queue.Queue" = queue.Queue()
     end = object()

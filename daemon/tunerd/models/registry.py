@@ -19,8 +19,10 @@ from __future__ import annotations
 
 import dataclasses
 import gc
+import json
 import os
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -74,7 +76,8 @@ class Resident:
             return
         if self.own_adapter:
             return   # loaded with the base (load_adapter)
-        size = self.backend.attach_adapter(name, Path(path))
+        with damaged_adapter(path):
+            size = self.backend.attach_adapter(name, Path(path))
         self.adapters[name] = Attached(name, path, stamp, size, time.time())
 
     def use(self, name: str = "") -> None:
@@ -122,6 +125,20 @@ class Lease:
             self.key = None
 
 
+@contextmanager
+def damaged_adapter(path: str):
+    """A library's error reading an adapter's files (checked before, but a file may change in
+    between) -> ValueError (INVALID_ARGUMENT) naming the folder."""
+    try:
+        yield
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"adapter {path} is damaged: a JSON file in it does not parse ({e})") from e
+    except Exception as e:
+        if type(e).__name__ == "SafetensorError" or "safetensors" in type(e).__module__:
+            raise ValueError(f"adapter {path} is damaged: its safetensors file does not load ({e})") from e
+        raise
+
+
 def _model_key(model: str) -> str:
     """A local model by its resolved path (a job records it so; a chat may name it relatively)."""
     path = Path(model).expanduser()
@@ -164,7 +181,8 @@ class ModelRegistry:
             b = get_backend(backend_name)
             info = b.load(dataclasses.replace(cfg, backend=backend_name))
             if own:
-                b.load_adapter(adapter)
+                with damaged_adapter(adapter):
+                    b.load_adapter(adapter)
             now = time.time()
             res = Resident(key, b, model, backend_name, cfg.quantization, info.dtype, now, now,
                            self.default_keep_alive, dataclasses.asdict(info), own_adapter=adapter if own else "",

@@ -665,14 +665,17 @@ class MLXBackend(Backend):
         cache = cache if cache is not None else make_prompt_cache(self.model)
         try:
             prompt = tokens[reused:]
-            while len(prompt) > base.PREFILL_CHUNK:  # a long prompt in chunks, yielding in between
-                self.model(mx.array(prompt[:base.PREFILL_CHUNK])[None], cache=cache)
-                mx.eval([c.state for c in cache])
-                prompt = prompt[base.PREFILL_CHUNK:]
+            plan = base.PrefillPlan(len(prompt))   # a long prompt in chunks of about PREFILL_SECONDS each
+            while plan.total - plan.pos > plan.size():   # the last chunk: stream_generate reads it
+                n = plan.next()
+                with plan.timed(n):
+                    self.model(mx.array(prompt[plan.pos - n:plan.pos])[None], cache=cache)
+                    mx.eval([c.state for c in cache])
                 yield GenerationChunk("", -1)
                 if should_stop():
                     yield GenerationChunk("", -1, "cancelled")
                     return
+            prompt = prompt[plan.pos:]
             for resp in stream_generate(self.model, self._wrapper, prompt, max_tokens=sampling.max_tokens,
                                         sampler=sampler, logits_processors=processors, prompt_cache=cache):
                 tokens.append(int(resp.token))

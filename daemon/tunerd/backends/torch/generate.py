@@ -58,6 +58,13 @@ class Detokenizer:
         return self.tok.decode(self.ids[start:end], skip_special_tokens=True) if end > start else ""
 
 
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
+
+
 @torch.no_grad()
 def stream(model, tokenizer, prompt_ids: list[int], s: Sampling, eos_ids: set, device: torch.device,
            should_stop: Callable[[], bool], past=None, reused: int = 0,
@@ -81,14 +88,17 @@ def _stream(model, tokenizer, prompt_ids, s, eos_ids, device, should_stop, reuse
     reply, text = base.ReplyText(s.stop), Detokenizer(tokenizer)
     context = torch.tensor(prompt_ids, dtype=torch.long, device=device)
     ids = torch.tensor([prompt_ids[reused:]], dtype=torch.long, device=device)
-    for start in range(0, ids.shape[1], base.PREFILL_CHUNK):  # a long prompt in chunks
+    plan = base.PrefillPlan(ids.shape[1])   # a long prompt in chunks of about PREFILL_SECONDS each
+    while n := plan.next():
+        start = plan.pos - n
         if start:
             yield GenerationChunk("", -1)
             if should_stop():
                 yield GenerationChunk("", -1, "cancelled")
                 return
-        out = model(input_ids=ids[:, start:start + base.PREFILL_CHUNK], past_key_values=state["past"],
-                    use_cache=True)
+        with plan.timed(n):
+            out = model(input_ids=ids[:, start:plan.pos], past_key_values=state["past"], use_cache=True)
+            _synchronize(device)   # the chunk's real time (CUDA and MPS return before the work is done)
         state["past"] = out.past_key_values
     logits = out.logits[0, -1]
     generated = state["generated"]
