@@ -6,7 +6,7 @@ network asked.
                           hub id the daemon may fetch (online); else FileNotFoundError (NOT_FOUND) or
                           ValueError (INVALID_ARGUMENT) saying what was tried
     check_adapter(path)   an adapter folder whose adapter_config.json parses and whose safetensors
-                          files are whole; else ValueError naming the damaged file
+                          files are whole (integrity.file_problem); else ValueError naming the damaged file
 
 A file (`/etc/passwd`), a device (`/dev/zero`) or a folder without config.json (`~`) is refused
 here, so no backend ever opens it (reading /dev/zero would never end).
@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import json
 import os
-import struct
 from pathlib import Path
+
+from ..integrity import file_problem
 
 MODEL_FOLDER_NEEDS = "a model folder holds config.json and its weights (*.safetensors), as save_pretrained writes it"
 ADAPTER_FILES = ("adapter_model.safetensors", "adapters.safetensors", "added_tokens.safetensors")
@@ -83,44 +84,17 @@ def check_adapter(path: str) -> None:
                              "adapter_model.safetensors)")
         raise FileNotFoundError(f"adapter {path}: no such folder")
     for sub in (folder, folder / "mlx"):
-        for name in ADAPTER_CONFIGS:
-            if (sub / name).is_file():
-                _check_json(sub / name)
-        for name in ADAPTER_FILES:
-            if (sub / name).is_file():
-                check_safetensors(sub / name)
+        for name in ADAPTER_CONFIGS + ADAPTER_FILES:
+            f = sub / name
+            if f.is_file():
+                problem = file_problem(f) or _not_an_object(f)
+                if problem:
+                    raise ValueError(f"adapter file {f} is damaged: {problem}; export or train the adapter again")
 
 
-def _check_json(f: Path) -> None:
-    try:
-        data = json.loads(f.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"adapter file {f} is damaged: not valid JSON ({e}); export or train the adapter again") \
-            from None
-    if not isinstance(data, dict):
-        raise ValueError(f"adapter file {f} is damaged: a JSON {type(data).__name__}, not an object")
-
-
-def check_safetensors(f: Path) -> None:
-    """A safetensors file is whole: its header parses and its tensors' bytes all lie in the file
-    (a truncated copy fails here, naming the file, instead of deep inside the library)."""
-    size = f.stat().st_size
-    damaged = f"adapter file {f} is damaged"
-    with open(f, "rb") as fh:
-        head = fh.read(8)
-        if len(head) < 8:
-            raise ValueError(f"{damaged}: {size} bytes, too short for a safetensors file (truncated?)")
-        n = struct.unpack("<Q", head)[0]
-        if n > size - 8 or n > 100 * 2**20:
-            raise ValueError(f"{damaged}: its header claims {n} bytes but the file has {size} (truncated?)")
-        try:
-            header = json.loads(fh.read(n))
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            raise ValueError(f"{damaged}: its safetensors header is not valid JSON") from None
-    if not isinstance(header, dict):
-        raise ValueError(f"{damaged}: its safetensors header is not an object")
-    end = max((t.get("data_offsets", [0, 0])[1] for k, t in header.items()
-               if k != "__metadata__" and isinstance(t, dict)), default=0)
-    if 8 + n + end > size:
-        raise ValueError(f"{damaged}: truncated ({size} bytes, its tensors need {8 + n + end}); "
-                         "export or train the adapter again")
+def _not_an_object(f: Path) -> str:
+    """adapter_config.json must hold a JSON object ('' when it does)."""
+    if f.suffix != ".json":
+        return ""
+    data = json.loads(f.read_text())
+    return "" if isinstance(data, dict) else f"a JSON {type(data).__name__}, not an object"

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import json
 import random
-import struct
-import zipfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
@@ -20,6 +18,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from ..files import is_ours, read_marker, remove_output_dir, write_output_dir
+from ..integrity import file_problem
 
 STATE_FILE = "trainer_state.json"
 PREFIX = "checkpoint-"
@@ -115,31 +114,6 @@ def check_intact(ckpt: Path) -> None:
         problem = file_problem(f)
         if problem:
             raise CheckpointDamaged(damaged_message(Path(ckpt), f, problem))
-
-
-def file_problem(f: Path) -> str:
-    """Why `f` cannot be read ('' when it looks whole)."""
-    size = f.stat().st_size
-    try:
-        if f.suffix == ".safetensors":
-            with open(f, "rb") as fh:
-                head = fh.read(8)
-                if len(head) < 8:
-                    return f"truncated: {size} bytes, no safetensors header"
-                n = struct.unpack("<Q", head)[0]
-                if 8 + n > size:
-                    return f"truncated: {size} bytes, its header alone needs {8 + n}"
-                header = json.loads(fh.read(n))
-            end = 8 + n + max((t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"), default=0)
-            return "" if end == size else f"truncated: {size} bytes of {end}"
-        if f.suffix == ".json":
-            json.loads(f.read_text())
-        elif f.suffix in (".pt", ".bin", ".pth"):
-            with zipfile.ZipFile(f):
-                pass
-    except (ValueError, KeyError, TypeError, zipfile.BadZipFile, UnicodeDecodeError) as e:
-        return f"unreadable ({size} bytes: {e})"
-    return ""
 
 
 def damaged_message(ckpt: Path, f: Path, problem: str) -> str:
