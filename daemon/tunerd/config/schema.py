@@ -122,7 +122,8 @@ class TrainConfig:
                                                   "char (letters: CJK/Korean without an analyser) | morpheme "
                                                   "(Korean, needs kiwipiepy)")
     resume_from_checkpoint: Optional[str] = _f(None, "a checkpoint path or 'latest'")
-    output_dir: str = _f("", "where checkpoints, adapters and metrics go (default $TUNER_HOME/runs/<job>)")
+    output_dir: str = _f("", "where checkpoints, adapters and metrics go (default $TUNER_HOME/runs/<job>); "
+                            "one job's own: new or empty, never another job's")
     debug: bool = _f(False, "smoke run: 50 train / 10 eval rows, 1 epoch, batch 2")
     data: DataConfig = field(default_factory=DataConfig, metadata={"help": "the data block (DESIGN.md §4)"})
 
