@@ -1,6 +1,7 @@
 """Token-by-token generation with a KV cache, HF-style sampling, and streamed text deltas."""
 from __future__ import annotations
 
+import inspect
 import secrets
 from typing import Callable, Iterator, Optional
 
@@ -58,6 +59,30 @@ class Detokenizer:
         return self.tok.decode(self.ids[start:end], skip_special_tokens=True) if end > start else ""
 
 
+def _cache_arg(model) -> str:
+    """The forward's name for the KV cache: `cache` since transformers 5.2x (`past_key_values`, its old
+    name, goes in 5.40), `past_key_values` before."""
+    base_model = model.get_base_model() if hasattr(model, "get_base_model") else model   # PeftModel: the HF model
+    cls = type(base_model)
+    if cls not in _CACHE_ARG:
+        _CACHE_ARG[cls] = "cache" if "cache" in inspect.signature(cls.forward).parameters else "past_key_values"
+    return _CACHE_ARG[cls]
+
+
+_CACHE_ARG: dict = {}
+
+
+def step(model, input_ids: torch.Tensor, cache):
+    """One forward over `input_ids` after what `cache` holds (None: nothing yet), keeping the cache."""
+    return model(input_ids=input_ids, use_cache=True, **{_cache_arg(model): cache})
+
+
+def cache_of(out):
+    """The KV cache a forward returned, under either name."""
+    cache = getattr(out, "cache", None)
+    return cache if cache is not None else out.past_key_values
+
+
 def _synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -97,9 +122,9 @@ def _stream(model, tokenizer, prompt_ids, s, eos_ids, device, should_stop, reuse
                 yield GenerationChunk("", -1, "cancelled")
                 return
         with plan.timed(n):
-            out = model(input_ids=ids[:, start:plan.pos], past_key_values=state["past"], use_cache=True)
+            out = step(model, ids[:, start:plan.pos], state["past"])
             _synchronize(device)   # the chunk's real time (CUDA and MPS return before the work is done)
-        state["past"] = out.past_key_values
+        state["past"] = cache_of(out)
     logits = out.logits[0, -1]
     generated = state["generated"]
     for i in range(max(s.max_tokens, 0)):
@@ -117,6 +142,6 @@ def _stream(model, tokenizer, prompt_ids, s, eos_ids, device, should_stop, reuse
             yield GenerationChunk(delta + ("" if stopped else reply.rest()), tok, "stop" if stopped else "length")
             return
         yield GenerationChunk(delta, tok)
-        out = model(input_ids=torch.tensor([[tok]], device=device), past_key_values=state["past"], use_cache=True)
-        state["past"], logits = out.past_key_values, out.logits[0, -1]
+        out = step(model, torch.tensor([[tok]], device=device), state["past"])
+        state["past"], logits = cache_of(out), out.logits[0, -1]
     yield GenerationChunk("", -1, "length")  # max_tokens == 0

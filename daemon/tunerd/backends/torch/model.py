@@ -179,7 +179,11 @@ def add_adapter(model, cfg, token_ids=None):
                 if p.requires_grad:
                     p.data = p.data.to(compute)
     if gc:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        # `activation_checkpointing_enable` since transformers 5.2x; the old name goes in v6
+        if hasattr(model, "activation_checkpointing_enable"):
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if hasattr(model, "enable_input_require_grads"):
             model.enable_input_require_grads()
     return model
