@@ -13,14 +13,13 @@ import time
 from concurrent.futures import TimeoutError as FutureTimeout
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Iterator, Optional
 
 from .backends.base import Sampling
-from .config.loader import model_context
 from .jobs import refs
 from .jobs.store import JobStore
 from .jobs.worker import DeviceWorker
+from .model_config import context_positions
 from .models.check import check_adapter, check_model
 from .models.registry import ModelRegistry
 
@@ -74,14 +73,7 @@ SLICE_SECONDS = 0.2  # generation between two turns of the device worker (traini
 
 def context_length(model: str) -> Optional[int]:
     """Positions the model was trained for (config.json of a local dir or the hub cache), or None."""
-    ctx = model_context(model)
-    if ctx is None and not Path(model).exists():
-        try:
-            from huggingface_hub import try_to_load_from_cache
-            cached = try_to_load_from_cache(model, "config.json")
-            ctx = model_context(str(Path(cached).parent)) if isinstance(cached, str) else None
-        except Exception:  # noqa: BLE001 - no cache, no hub: no limit known
-            ctx = None
+    ctx = context_positions(model)
     return ctx[0] if ctx else None
 
 

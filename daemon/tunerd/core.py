@@ -8,7 +8,6 @@ against the request's base dir (paths.py); host facts come from host.py.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import threading
 import time
@@ -28,7 +27,9 @@ from .jobs.manager import JobManager
 from .jobs.recovery import rebuild_from_runs
 from .jobs.runner import run_training as train_job
 from .jobs.store import RUNNING, SUCCEEDED, JobNotFound, JobRecord, JobStore, StoredEvent
+from .model_config import read_model_config
 from .models import download
+from .models.adapter_base import ADAPTER_CONFIG, adapter_base
 from .models.check import check_adapter, check_model
 from .models.registry import ModelRegistry
 from .paths import local_or_id, looks_like_hub_id, resolve_path
@@ -152,7 +153,7 @@ class Core:
         from .backends.dtypes import checkpoint_dtype, resolve_dtype
         from .training.memory import check_fits
 
-        model_config = host.model_config(cfg.model, cfg.revision)
+        model_config = read_model_config(cfg.model, cfg.revision)
         if model_config is None:
             return
         backend = resolve_backend(cfg)
@@ -253,10 +254,9 @@ class Core:
             if r.model == model_id:
                 return model_id, "", r.backend_name
         path = Path(model_id).expanduser()
-        cfg = path / "adapter_config.json"
-        if cfg.is_file():
+        if (path / ADAPTER_CONFIG).is_file():
             check_adapter(str(path))
-            base = json.loads(cfg.read_text()).get("base_model_name_or_path", "")
+            base = adapter_base(path)
             if not base:
                 raise ValueError(f"model: adapter {model_id} does not name its base model")
             return base, str(path.resolve()), "auto"
@@ -302,10 +302,7 @@ class Core:
                      force: bool = False) -> str:
         from .export.fuse import KIND, fuse
         src = self.resolve_adapter(adapter)
-        if not model:
-            cfg_file = Path(src) / "adapter_config.json"
-            if cfg_file.exists():
-                model = json.loads(cfg_file.read_text()).get("base_model_name_or_path", "")
+        model = model or adapter_base(src)
         if not model:
             raise ValueError("model: the adapter does not name its base model; pass --model")
         out = resolve_path(out_dir)

@@ -61,27 +61,6 @@ def is_apple_silicon() -> bool:
     return sys.platform == "darwin" and platform.machine() == "arm64"
 
 
-def model_config(model: str, revision: str | None = None) -> dict | None:
-    """A model's config.json: from a local directory, or from the hub cache without downloading."""
-    import json
-    from pathlib import Path
-
-    path = Path(model).expanduser() / "config.json"
-    if not path.is_file():
-        try:
-            from huggingface_hub import try_to_load_from_cache
-            cached = try_to_load_from_cache(model, "config.json", revision=revision)
-        except Exception:  # noqa: BLE001 - not a repo id, no cache: nothing to read
-            return None
-        if not isinstance(cached, str):
-            return None
-        path = Path(cached)
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-
-
 def training_device(backend: str) -> tuple[str, int]:
     """(device kind, free bytes) a job on `backend` would train on: an NVIDIA GPU's free memory for
     torch when CUDA is visible, else the host's available memory (Metal and MPS share it)."""

@@ -27,20 +27,20 @@ from typing import Callable, Optional
 from . import host
 from .config.loader import load_config
 from .config.schema import TrainConfig
+from .model_config import CONFIG_FILE, read_model_config
 
 SAMPLE_ROWS = 2000   # rows tokenized for the length distribution
 ROUND = 64
 
 
 def _model_config(model: str) -> dict:
-    path = Path(model).expanduser() / "config.json"
-    if not path.exists():
+    c = read_model_config(model)   # a local folder's, or the hub cache's
+    if c is None:
         from huggingface_hub import hf_hub_download
         try:
-            path = Path(hf_hub_download(model, "config.json"))
+            c = json.loads(Path(hf_hub_download(model, CONFIG_FILE)).read_text())
         except Exception as e:  # noqa: BLE001 - offline, gated, or no such repo
             raise FileNotFoundError(f"model {model!r}: no local config.json and the hub gave none ({e})") from None
-    c = json.loads(path.read_text())
     return c.get("text_config", c)
 
 

@@ -361,12 +361,20 @@ def changes_base(directory) -> bool:
     """True for what cannot sit beside other adapters on one shared base: a full fine-tune (its
     own base weights) or an adapter that grew the vocabulary (added chat tokens, its own tokenizer).
     The model registry gives those a base of their own; every other adapter shares one."""
+    return bool(full_finetune_weights(directory)) or added_tokens_dir(directory) is not None
+
+
+def full_finetune_weights(directory) -> list[Path]:
+    """The weight files of a full fine-tune saved in `directory`, or [] for an adapter: a
+    standalone model (config.json and model*.safetensors, as save_pretrained and a full run on
+    either backend write it), or mlx-lm's layout with `fine_tune_type: full` (its
+    adapters.safetensors holds every weight)."""
     d = Path(directory)
-    if (d / "config.json").exists() and list(d.glob("model*.safetensors")):
-        return True
+    models = sorted(d.glob("model*.safetensors"))
+    if (d / "config.json").exists() and models:
+        return models
     for cfg in (d / MLX_SUBDIR / MLX_CONFIG, d / MLX_CONFIG):
-        if cfg.exists() and (d / MLX_SUBDIR / MLX_WEIGHTS if cfg.parent != d else d / MLX_WEIGHTS).exists():
-            if json.loads(cfg.read_text()).get("fine_tune_type") == "full":
-                return True
-            break
-    return added_tokens_dir(d) is not None
+        weights = cfg.parent / MLX_WEIGHTS
+        if cfg.exists() and weights.exists():
+            return [weights] if json.loads(cfg.read_text()).get("fine_tune_type") == "full" else []
+    return []

@@ -15,8 +15,6 @@ LoRALinear); QLoRA's adapters follow the compute dtype on torch, as TRL does.
 """
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Callable, Optional
 
 DTYPES = ("float32", "float16", "bfloat16")
@@ -39,13 +37,9 @@ def checkpoint_dtype(model_config: dict) -> str:
 
 def read_checkpoint_dtype(model: str) -> Optional[str]:
     """checkpoint_dtype of a local model directory; None when `model` is not one (a hub id)."""
-    path = Path(model).expanduser() / "config.json"
-    if not path.is_file():
-        return None
-    try:
-        return checkpoint_dtype(json.loads(path.read_text()))
-    except (OSError, ValueError):
-        return None
+    from ..model_config import read_model_config
+    doc = read_model_config(model, cache=False)
+    return checkpoint_dtype(doc) if doc is not None else None
 
 
 def resolve_dtype(requested: str, device: str, ckpt: str, measure: Optional[Callable[[str], float]] = None,

@@ -15,6 +15,7 @@ from typing import Any, Optional, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
+from ..model_config import context_positions
 from .debug import apply_debug
 from .schema import DataConfig, TrainConfig
 
@@ -312,29 +313,11 @@ def _path_rules(cfg: TrainConfig, base: Path) -> list[str]:
             p.append(f"output_dir: {out} cannot be created: {probe} is not a directory")
         elif not os.access(probe, os.W_OK | os.X_OK):
             p.append(f"output_dir: {out} is not writable ({probe} does not let you write)")
-    ctx = model_context(cfg.model, base)
+    ctx = context_positions(cfg.model, base_dir=base, cache=False)
     if ctx and isinstance(cfg.max_seq_length, int) and cfg.max_seq_length > ctx[0]:
         p.append(f"max_seq_length: {cfg.max_seq_length} is beyond the model's context of {ctx[0]} positions "
                  f"({ctx[1]}); use max_seq_length <= {ctx[0]}")
     return p
-
-
-def model_context(model: str, base: Path = Path(".")) -> Optional[tuple[int, str]]:
-    """(positions, where it was read) for a local model directory with a config.json, else None."""
-    import json
-    if not model:
-        return None
-    path = Path(model).expanduser()
-    cfg_file = (path if path.is_absolute() else base / path) / "config.json"
-    try:
-        doc = json.loads(cfg_file.read_text())
-    except (OSError, ValueError):
-        return None
-    for d in (doc, doc.get("text_config") or {}):
-        for key in ("max_position_embeddings", "n_positions", "max_sequence_length"):
-            if isinstance(d.get(key), int) and d[key] > 0:
-                return d[key], f"{key} in {cfg_file}"
-    return None
 
 
 def from_dict(doc: dict, source: str = "", base_dir: Optional[Union[str, Path]] = None,

@@ -16,6 +16,7 @@ from typing import Callable, Optional
 from ..config.loader import load_config
 from ..config.schema import TrainConfig
 from ..jobs.store import JobStore
+from ..models.adapter_base import adapter_base
 from .runs import EvalPlan
 
 
@@ -46,7 +47,7 @@ def resolve(store: JobStore, resolve_adapter: Callable[[str], str], *, model: st
         path = Path(base_dir or ".", config_path) if not Path(config_path).is_absolute() else Path(config_path)
         cfg = load_config(path)
         where = where or path.resolve().parent   # its data: the request's base dir, as at submit
-    model = model or (cfg.model if cfg else "") or _adapter_base(resolve_adapter(adapter) if adapter else "")
+    model = model or (cfg.model if cfg else "") or adapter_base(resolve_adapter(adapter) if adapter else "")
     if not model:
         raise ValueError("evaluate needs a model: --model, --job ID, --adapter job:ID or --config C")
     if data_path:
@@ -69,14 +70,3 @@ def resolve(store: JobStore, resolve_adapter: Callable[[str], str], *, model: st
 def _short(path: str) -> str:
     p = Path(path)
     return "/".join(p.parts[-2:]) if p.name in ("adapter",) or p.name.startswith("checkpoint-") else p.name
-
-
-def _adapter_base(path: str) -> str:
-    """The base model a PEFT adapter names (adapter_config.json), or ""."""
-    f = Path(path) / "adapter_config.json" if path else None
-    if f is None or not f.is_file():
-        return ""
-    try:
-        return json.loads(f.read_text()).get("base_model_name_or_path") or ""
-    except ValueError:
-        return ""

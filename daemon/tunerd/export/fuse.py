@@ -22,8 +22,8 @@ from pathlib import Path
 from ..backends import adapter_layout as layout
 from ..backends.base import ModelSpec
 from ..backends.registry import get_backend, resolve_backend
-from ..host import model_config
 from ..files import check_destination, write_output_dir
+from ..model_config import read_model_config
 
 KIND = "fused model"
 GENERATION_CONFIG = "generation_config.json"
@@ -51,7 +51,7 @@ def fuse(model_path, adapter_path, out_dir, dequantize: bool = False, backend: s
 def _fuse_backend(spec: ModelSpec) -> str:
     """`auto` -> backends.auto's rule, except that only MLX reads a base quantized in MLX's format
     (config.json key `quantization`)."""
-    if spec.backend == "auto" and "quantization" in (model_config(spec.model, spec.revision) or {}):
+    if spec.backend == "auto" and "quantization" in (read_model_config(spec.model, spec.revision) or {}):
         return "mlx"
     return resolve_backend(spec)
 

@@ -471,18 +471,12 @@ class MLXBackend(Backend):
     def load_adapter(self, path: Path) -> None:
         self._require_model()
         path = Path(path)
-        if (path / "config.json").exists() and list(path.glob("model*.safetensors")):  # full fine-tune
+        full = layout.full_finetune_weights(path)
+        if full:  # a full fine-tune: every weight of the model
             strip_adapters(self.model)
-            self._load_weights(self._read_weights(path), trainable_only=False)
+            self._load_weights({k: v for f in full for k, v in mx.load(str(f)).items()}, trainable_only=False)
             self.model.eval()
             return
-        kind, where = layout.find_layout(path)
-        if kind == "mlx":
-            mcfg = json.loads((where / layout.MLX_CONFIG).read_text())
-            if mcfg.get("fine_tune_type") == "full":
-                self._load_weights(mx.load(str(where / layout.MLX_WEIGHTS)), trainable_only=False)
-                self.model.eval()
-                return
         spec, weights = layout.read_adapter(path)
         model = self.model
         strip_adapters(model)

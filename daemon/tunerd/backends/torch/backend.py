@@ -17,7 +17,6 @@ Training math (what the loop relies on; the MLX backend computes the same):
 """
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Callable, Iterator, Optional
@@ -386,11 +385,9 @@ class TorchBackend(Backend):
         self._require_model()
         self._prompt_cache.clear()
         path = Path(path)
-        if (path / "config.json").exists() and list(path.glob("model*.safetensors")):  # a full fine-tune
-            return self._load_full(sorted(path.glob("model*.safetensors")))
-        kind, where = layout.find_layout(path)
-        if kind == "mlx" and json.loads((where / layout.MLX_CONFIG).read_text()).get("fine_tune_type") == "full":
-            return self._load_full([where / layout.MLX_WEIGHTS])
+        full = layout.full_finetune_weights(path)
+        if full:  # a full fine-tune: every weight of the model
+            return self._load_full(full)
         added = layout.read_added_tokens(path)
         spec, mlx_weights = layout.read_adapter(path, prefer="peft")
         sd = {k: torch.from_numpy(np.asarray(v, dtype=np.float32))
