@@ -116,3 +116,32 @@ def test_read_only_output_dir_is_refused_at_submit(tmp_path):
     ro.mkdir(mode=0o500)
     ps = problems(doc={**BASE, "output_dir": str(ro / "run")}, check_paths=True)
     assert any(f"output_dir: {ro / 'run'} is not writable" in p for p in ps), ps
+
+
+def test_one_submit_validates_its_config_once(tmp_path, monkeypatch):
+    """Core.submit -> the loader (every rule, and the paths) -> JobManager -> the runner -> the
+    loop: the job's stored config is rebuilt, not validated again, and the loop does not check a
+    job's config a second time (it still checks one built in code: test_training_loop)."""
+    from types import SimpleNamespace
+
+    import tunerd.config.rules as rules
+    from jobs_fakes import job_doc, wait_until
+    from tunerd.core import Core
+    from tunerd.jobs import runner
+    from tunerd.training import loop
+
+    checked, trained = [], []
+    real = rules._run_rules
+    monkeypatch.setattr(rules, "_run_rules", lambda cfg: checked.append(cfg.max_steps) or real(cfg))
+    monkeypatch.setattr(runner, "get_backend", lambda name: SimpleNamespace(name=name))
+    monkeypatch.setattr(loop.Trainer, "run", lambda self: trained.append(self.cfg) or SimpleNamespace(adapter_path=""))
+    core = Core(tmp_path, run_training=runner.run_training)
+    core.start()
+    try:
+        (tmp_path / "model").mkdir()
+        rec = core.submit(doc=job_doc(tmp_path / "model", max_steps=3), base_dir=str(tmp_path))
+        wait_until(lambda: core.get_job(rec.id).state not in ("queued", "running"), 30, "the job to end")
+        assert core.get_job(rec.id).state == "succeeded", core.get_job(rec.id).error
+    finally:
+        core.shutdown(5)
+    assert checked == [3] and [c.max_steps for c in trained] == [3]

@@ -8,15 +8,14 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import math
 import os
 from pathlib import Path
 from typing import Any, Optional, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
-from ..model_config import context_positions
 from .debug import apply_debug
+from .rules import validate
 from .schema import DataConfig, TrainConfig
 
 
@@ -169,155 +168,9 @@ def _build(cls, doc: dict, prefix: str, problems: list[str]):
             continue
         before = len(problems)
         coerced = _coerce(full, value, hints[key], problems)
-        if len(problems) == before:  # a value that failed keeps the default, so the rules below
+        if len(problems) == before:  # a value that failed keeps the default, so the rules (rules.py)
             kwargs[key] = coerced     # check the rest without tripping over it
     return cls(**kwargs)
-
-
-_CHOICES = {
-    "backend": ("auto", "mlx", "torch"),
-    "device": ("auto", "cuda", "mps", "cpu"),
-    "dtype": ("auto", "float32", "float16", "bfloat16"),
-    "quantization": ("none", "4bit", "nf4", "int4", "8bit", "int8"),
-    "peft_adapter": ("lora", "dora", "full"),
-    "lora_bias": ("none", "all", "lora_only"),
-    "lr_scheduler_type": ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant",
-                          "constant_with_warmup", "inverse_sqrt", "cosine_with_min_lr",
-                          "warmup_stable_decay", "reduce_lr_on_plateau"),
-    "eval_strategy": ("no", "steps", "epoch"),
-    "save_strategy": ("no", "steps", "epoch"),
-    "bnb_4bit_quant_type": ("nf4", "fp4"),
-}
-_DATA_CHOICES = {"format": ("auto", "text", "prompt_response", "alpaca", "messages"),
-                 "template": ("auto", "chatml", "qwen", "llama3", "alpaca"),
-                 "overlong": ("truncate", "drop", "error")}
-
-
-EVAL_METRICS = ("eval_loss", "eval_perplexity", "eval_tokens")  # what the training loop's evaluation reports
-# ... and, with eval_generate_rows > 0, these generation metrics (tunerd.evaluation.metrics)
-GENERATION_METRICS = ("eval_rouge1", "eval_rouge2", "eval_rougeL", "eval_rougeLsum", "eval_bleu", "eval_exact_match")
-
-
-def validate(cfg: TrainConfig, base_dir: Optional[Union[str, Path]] = None, check_paths: bool = False) -> list[str]:
-    """Every problem with a config, as messages naming the key, the value and what is allowed.
-    The one validator: submit runs it with `check_paths` (output_dir writable, max_seq_length
-    within a local model's context); the training loop runs it again before it starts."""
-    p: list[str] = []
-    for key, allowed in _CHOICES.items():
-        if getattr(cfg, key) not in allowed:
-            p.append(f"{key}: {getattr(cfg, key)!r} is not one of {', '.join(allowed)}")
-    for key, allowed in _DATA_CHOICES.items():
-        if getattr(cfg.data, key) not in allowed:
-            p.append(f"data.{key}: {getattr(cfg.data, key)!r} is not one of {', '.join(allowed)}")
-
-    def positive(key, value, allow_zero=False):
-        if not isinstance(value, (int, float)) or isinstance(value, bool) or math.isnan(value) \
-                or (value < 0 if allow_zero else value <= 0):
-            p.append(f"{key}: must be {'>= 0' if allow_zero else '> 0'}, got {value!r}")
-
-    if not cfg.model:
-        p.append("model: required (a hub id such as Qwen/Qwen2.5-0.5B-Instruct, or a local path)")
-    for key in ("lora_r", "per_device_train_batch_size", "per_device_eval_batch_size",
-                "gradient_accumulation_steps", "learning_rate", "max_seq_length", "logging_steps",
-                "eval_steps", "save_steps", "group_size"):
-        positive(key, getattr(cfg, key))
-    for key in ("lora_alpha", "weight_decay", "max_grad_norm", "warmup_steps", "warmup_ratio"):
-        positive(key, getattr(cfg, key), allow_zero=True)
-    if isinstance(cfg.learning_rate, float) and cfg.learning_rate > 1.0:
-        p.append(f"learning_rate: {cfg.learning_rate} is far too large (typical: 1e-5 .. 5e-4)")
-    if isinstance(cfg.lora_dropout, (int, float)) and not 0 <= cfg.lora_dropout < 1:
-        p.append(f"lora_dropout: must be in [0, 1), got {cfg.lora_dropout}")
-    if isinstance(cfg.warmup_ratio, (int, float)) and cfg.warmup_ratio >= 1:
-        p.append(f"warmup_ratio: must be < 1, got {cfg.warmup_ratio}")
-    if isinstance(cfg.max_steps, int) and cfg.max_steps <= 0 and not (
-            isinstance(cfg.num_epochs, (int, float)) and cfg.num_epochs > 0):
-        p.append("num_epochs / max_steps: set num_epochs > 0 or max_steps > 0")
-    if cfg.bits not in (2, 3, 4, 5, 6, 8):
-        p.append(f"bits: {cfg.bits} is not one of 2, 3, 4, 5, 6, 8")
-    if not (isinstance(cfg.lora_target_modules, list) and cfg.lora_target_modules
-            or cfg.lora_target_modules == "all-linear"):
-        p.append(f"lora_target_modules: a non-empty list of module names or 'all-linear', "
-                 f"got {cfg.lora_target_modules!r}")
-    if cfg.packing not in (True, False, "auto"):
-        p.append(f"packing: {cfg.packing!r} is not one of true, false, auto")
-    if cfg.save_total_limit is not None and cfg.save_total_limit < 1:
-        p.append(f"save_total_limit: must be >= 1, got {cfg.save_total_limit}")
-    d = cfg.data
-    if d.train is None:
-        p.append("data.train: required (a file, a list of files, a directory or a hub dataset id)")
-    if d.text_column and d.prompt_column:
-        p.append("data.text_column and data.prompt_column: declare one or the other, not both")
-    if isinstance(d.fraction, (int, float)) and not 0 < d.fraction <= 1:
-        p.append(f"data.fraction: must be in (0, 1], got {d.fraction}")
-    if isinstance(d.test_size, (int, float)) and not 0 <= d.test_size < 1:
-        p.append(f"data.test_size: must be in [0, 1), got {d.test_size}")
-    p += _run_rules(cfg)
-    if check_paths:
-        p += _path_rules(cfg, Path(base_dir or "."))
-    return p
-
-
-def _run_rules(cfg: TrainConfig) -> list[str]:
-    """Length, cadence, best-model, early-stopping and scheduler rules."""
-    from ..training.schedulers import kwargs_problems
-
-    p: list[str] = []
-    if isinstance(cfg.max_steps, int) and cfg.max_steps != -1 and cfg.max_steps <= 0:
-        p.append(f"max_steps: must be > 0, or -1 to train for num_epochs; got {cfg.max_steps}")
-    if isinstance(cfg.num_epochs, float) and not math.isfinite(cfg.num_epochs):
-        p.append(f"num_epochs: must be a finite number, got {cfg.num_epochs}")
-    for key, value in (("seed", cfg.seed), ("data.seed", cfg.data.seed)):
-        if isinstance(value, int) and not 0 <= value < 2 ** 32:
-            p.append(f"{key}: must be in [0, 2**32), got {value}")
-    if cfg.load_best_model_at_end:
-        if cfg.eval_strategy == "no" or cfg.save_strategy == "no":
-            p.append("load_best_model_at_end: needs eval_strategy and save_strategy other than 'no'")
-        elif cfg.eval_strategy != cfg.save_strategy:
-            p.append(f"load_best_model_at_end: eval_strategy ({cfg.eval_strategy}) and save_strategy "
-                     f"({cfg.save_strategy}) must match")
-        elif cfg.save_strategy == "steps" and isinstance(cfg.save_steps, int) and isinstance(cfg.eval_steps, int) \
-                and cfg.eval_steps > 0 and cfg.save_steps % cfg.eval_steps:
-            p.append(f"load_best_model_at_end: save_steps ({cfg.save_steps}) must be a multiple of "
-                     f"eval_steps ({cfg.eval_steps})")
-    if cfg.early_stopping_patience is not None:
-        if cfg.eval_strategy == "no":
-            p.append("early_stopping_patience: needs eval_strategy steps or epoch")
-        if not isinstance(cfg.early_stopping_patience, int) or cfg.early_stopping_patience < 1:
-            p.append(f"early_stopping_patience: must be >= 1, got {cfg.early_stopping_patience!r}")
-    metric = cfg.metric_for_best_model or "eval_loss"
-    metric = metric if metric.startswith("eval_") else "eval_" + metric
-    if metric in GENERATION_METRICS and not (isinstance(cfg.eval_generate_rows, int) and cfg.eval_generate_rows > 0):
-        p.append(f"metric_for_best_model: {cfg.metric_for_best_model!r} needs generation at eval; "
-                 f"set eval_generate_rows to the number of validation rows to generate for (e.g. 32)")
-    elif metric not in EVAL_METRICS + GENERATION_METRICS:
-        p.append(f"metric_for_best_model: {cfg.metric_for_best_model!r} is not an eval metric; "
-                 f"choose one of {', '.join(EVAL_METRICS + GENERATION_METRICS)}")
-    if isinstance(cfg.eval_generate_rows, int) and cfg.eval_generate_rows < 0:
-        p.append(f"eval_generate_rows: must be >= 0 (0: off), got {cfg.eval_generate_rows}")
-    if cfg.eval_metric_tokenizer not in ("whitespace", "char", "morpheme"):
-        p.append(f"eval_metric_tokenizer: {cfg.eval_metric_tokenizer!r} is not one of whitespace, char, morpheme")
-    p += kwargs_problems(cfg.lr_scheduler_type, cfg.lr_scheduler_kwargs, cfg.learning_rate)
-    return p
-
-
-def _path_rules(cfg: TrainConfig, base: Path) -> list[str]:
-    """output_dir can be created and written; max_seq_length fits a local model's context."""
-    p: list[str] = []
-    if cfg.output_dir:
-        out = Path(cfg.output_dir).expanduser()
-        out = out if out.is_absolute() else base / out
-        probe = out
-        while not probe.exists() and probe != probe.parent:
-            probe = probe.parent
-        if not probe.is_dir():
-            p.append(f"output_dir: {out} cannot be created: {probe} is not a directory")
-        elif not os.access(probe, os.W_OK | os.X_OK):
-            p.append(f"output_dir: {out} is not writable ({probe} does not let you write)")
-    ctx = context_positions(cfg.model, base_dir=base, cache=False)
-    if ctx and isinstance(cfg.max_seq_length, int) and cfg.max_seq_length > ctx[0]:
-        p.append(f"max_seq_length: {cfg.max_seq_length} is beyond the model's context of {ctx[0]} positions "
-                 f"({ctx[1]}); use max_seq_length <= {ctx[0]}")
-    return p
 
 
 def from_dict(doc: dict, source: str = "", base_dir: Optional[Union[str, Path]] = None,
@@ -329,6 +182,17 @@ def from_dict(doc: dict, source: str = "", base_dir: Optional[Union[str, Path]] 
     problems += validate(cfg, base_dir, check_paths)
     if problems:
         raise ConfigError(problems, source)
+    return apply_debug(cfg)
+
+
+def from_record(doc: dict) -> TrainConfig:
+    """The TrainConfig of a job's stored config, which its submit validated (from_dict, with the
+    paths): built again (types coerced, debug applied), not validated a second time. A key this
+    build does not know, or a value of the wrong type, is still a ConfigError."""
+    problems: list[str] = []
+    cfg = _build(TrainConfig, doc, "", problems)
+    if problems:
+        raise ConfigError(problems)
     return apply_debug(cfg)
 
 

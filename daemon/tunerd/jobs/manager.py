@@ -18,7 +18,7 @@ from collections import deque
 from pathlib import Path
 from typing import Callable, Iterator, Optional
 
-from ..config.loader import from_dict, to_dict
+from ..config.loader import from_record, to_dict
 from ..config.schema import TrainConfig
 from ..disk import NoSpace
 from ..files import OutputRefused, claim_dir
@@ -197,7 +197,7 @@ class JobManager:
             return
         rec = self.store.get(job_id)
         try:
-            cfg = from_dict(rec.config)
+            cfg = from_record(rec.config)   # validated once, at submit
             result = self._run_training(cfg, lambda e: self._record(job_id, e),
                                         self._between_steps(job_id), rec.base_dir or None)
             # the loop emitted Finished

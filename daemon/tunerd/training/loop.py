@@ -109,8 +109,8 @@ class Trainer:
 
     def __init__(self, cfg: TrainConfig, backend: Backend, emit: Callable[[object], None],
                  should_stop: Callable[[], bool] = lambda: False, base_dir: Optional[Path] = None,
-                 shard: Shard = Shard()):
-        self.cfg = resolve_config(cfg, base_dir)
+                 shard: Shard = Shard(), validated: bool = False):
+        self.cfg = resolve_config(cfg, base_dir, validated)
         self.backend, self.emit, self.should_stop, self.shard = backend, emit, should_stop, shard
         self.base_dir = Path(base_dir) if base_dir else None
         self.out = Path(self.cfg.output_dir)
@@ -439,6 +439,7 @@ class Trainer:
 
 def train(cfg: TrainConfig, backend: Backend, emit: Callable[[object], None],
           should_stop: Callable[[], bool] = lambda: False, base_dir: Optional[Path] = None,
-          rank: int = 0, world_size: int = 1) -> ev.Finished:
-    """Train `cfg` on `backend` as rank `rank` of `world_size`, emitting events; see the module docstring."""
-    return Trainer(cfg, backend, emit, should_stop, base_dir, Shard(rank, world_size)).run()
+          rank: int = 0, world_size: int = 1, validated: bool = False) -> ev.Finished:
+    """Train `cfg` on `backend` as rank `rank` of `world_size`, emitting events; see the module docstring.
+    `validated`: the config is a submitted job's, which the loader validated, so it is not checked again."""
+    return Trainer(cfg, backend, emit, should_stop, base_dir, Shard(rank, world_size), validated).run()

@@ -1,6 +1,6 @@
 """What a run trains with, decided before the first step (the Trainer's set-up uses these):
 
-    resolve_config(cfg, base_dir)    debug mode applied, output_dir absolute, validated
+    resolve_config(cfg, base_dir)    debug mode applied, output_dir absolute, validated (once: not a job's again)
     resolve_packing(requested, info) packing on or off, and why
     config_identity(cfg)             the keys a resume must not change, and their hash
     best_metric_rule(cfg)            the eval metric that picks the best checkpoint, and its direction
@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Optional
 
 from ..config.debug import apply_debug
-from ..config.loader import ConfigError, validate
+from ..config.loader import ConfigError
+from ..config.rules import validate
 from ..config.schema import TrainConfig
 
 # Keys that may change between a run and its resume without changing the math.
@@ -25,16 +26,17 @@ RESUME_FREE_KEYS = {"output_dir", "resume_from_checkpoint", "logging_steps", "ev
                     "eval_generate_max_tokens", "eval_metric_tokenizer"}
 
 
-def resolve_config(cfg: TrainConfig, base_dir: Optional[Path] = None) -> TrainConfig:
+def resolve_config(cfg: TrainConfig, base_dir: Optional[Path] = None, validated: bool = False) -> TrainConfig:
     """Apply debug mode (config/debug.py) and make output_dir absolute (relative paths resolve
-    against base_dir)."""
+    against base_dir); validate a config built in code (`validated`: a submitted job's, which the
+    loader checked at submit)."""
     if not cfg.output_dir:
         raise ValueError("output_dir: not set; the caller must choose one (e.g. $TUNER_HOME/runs/<job>)")
     out = Path(cfg.output_dir).expanduser()
     if not out.is_absolute():
         out = Path(base_dir or ".").resolve() / out
     cfg = apply_debug(dataclasses.replace(cfg, output_dir=str(out)))
-    problems = validate(cfg)  # the loader's validator (submit ran it too)
+    problems = [] if validated else validate(cfg)  # the loader's validator
     if problems:
         raise ConfigError(problems)
     return cfg
