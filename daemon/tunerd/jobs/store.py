@@ -5,8 +5,8 @@ from any sequence and then tail live events (`wait_for_events`). A daemon restar
 everything; jobs that were running when the process died are marked interrupted on open.
 
 Damage and a full disk:
-- Opening runs `PRAGMA quick_check`; a database that fails it (or cannot be read at all) raises
-  `StoreDamaged`, whose message says what to do, after a copy was saved beside it
+- Opening runs `PRAGMA quick_check` (jobs/database.py); a database that fails it (or cannot be
+  read at all) raises `StoreDamaged`, whose message says what to do, after a copy was saved beside it
   (jobs.db.damaged-<time>). A missing or 0-byte database opens empty with `was_missing` set, so
   the caller can rebuild the records from the job folders (jobs/recovery.py).
 - Every write is one transaction; a failed one is rolled back (a connection that cannot roll back
@@ -21,7 +21,6 @@ import contextlib
 import dataclasses
 import json
 import logging
-import shutil
 import sqlite3
 import threading
 import time
@@ -31,6 +30,7 @@ from pathlib import Path
 from typing import Optional
 
 from ..disk import NoSpace, free_bytes
+from .database import StoreDamaged, connect, open_checked, set_aside_journals  # noqa: F401 (StoreDamaged: raised here)
 
 log = logging.getLogger(__name__)
 
@@ -39,44 +39,8 @@ QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED, INTERRUPTED = (
 FINAL_STATES = (SUCCEEDED, FAILED, CANCELLED, INTERRUPTED)
 RESUMABLE_STATES = (FAILED, CANCELLED, INTERRUPTED)
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS jobs (
-    id TEXT PRIMARY KEY,
-    name TEXT NOT NULL DEFAULT '',
-    state TEXT NOT NULL,
-    created_at REAL NOT NULL,
-    started_at REAL NOT NULL DEFAULT 0,
-    finished_at REAL NOT NULL DEFAULT 0,
-    config_json TEXT NOT NULL,
-    base_dir TEXT NOT NULL DEFAULT '',
-    model TEXT NOT NULL DEFAULT '',
-    backend TEXT NOT NULL DEFAULT '',
-    output_dir TEXT NOT NULL DEFAULT '',
-    adapter_path TEXT NOT NULL DEFAULT '',
-    error TEXT NOT NULL DEFAULT '',
-    step INTEGER NOT NULL DEFAULT 0,
-    total_steps INTEGER NOT NULL DEFAULT 0,
-    last_loss REAL NOT NULL DEFAULT 0,
-    best_eval_loss REAL NOT NULL DEFAULT 0,
-    last_sequence INTEGER NOT NULL DEFAULT 0
-);
-CREATE TABLE IF NOT EXISTS events (
-    job_id TEXT NOT NULL REFERENCES jobs(id),
-    seq INTEGER NOT NULL,
-    time REAL NOT NULL,
-    kind TEXT NOT NULL,
-    payload TEXT NOT NULL,
-    PRIMARY KEY (job_id, seq)
-);
-"""
-
-
 DB_HEADROOM = 1 << 20   # what a write to the database needs free, about (WAL frames)
 RETRY_SECONDS = 1.0     # how often state changes that could not be written are tried again
-
-
-class StoreDamaged(RuntimeError):
-    """jobs.db cannot be used; the message says what was kept and what to do."""
 
 
 class JobNotFound(KeyError):
@@ -141,64 +105,13 @@ class JobStore:
         self.path = Path(path)
         self.was_missing = not self.path.exists() or self.path.stat().st_size == 0
         if self.was_missing:
-            self._set_aside_journals()
+            set_aside_journals(self.path)
         self._lock = threading.RLock()
         self._changed = threading.Condition(self._lock)
         self._pending: list[_Change] = []   # final state changes not written yet (disk full)
         self._retrying = False
         self._closed = False
-        self._db = self._open_checked()
-
-    # -- opening ----------------------------------------------------------------------------
-    def _connect(self) -> sqlite3.Connection:
-        db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
-        db.row_factory = sqlite3.Row
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=NORMAL")
-        return db
-
-    def _open_checked(self) -> sqlite3.Connection:
-        db = None
-        try:
-            db = self._connect()
-            problems = [r[0] for r in db.execute("PRAGMA quick_check(5)").fetchall()]
-            if problems != ["ok"]:
-                found = " ".join(" ".join(problems).replace("*** in database main ***", "").split())
-                raise sqlite3.DatabaseError(f"PRAGMA quick_check: {found[:200]}")
-            db.executescript(_SCHEMA)
-            return db
-        except sqlite3.DatabaseError as e:
-            if db is not None:
-                db.close()
-            raise StoreDamaged(self._damaged(str(e))) from None
-
-    def _damaged(self, problem: str) -> str:
-        """Save a copy of the damaged database (once per version of it); say what to do."""
-        stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(self.path.stat().st_mtime))
-        copy = self.path.with_name(f"{self.path.name}.damaged-{stamp}")
-        try:
-            for suffix in ("", "-wal"):
-                src, dst = Path(f"{self.path}{suffix}"), Path(f"{copy}{suffix}")
-                if src.exists() and src.stat().st_size and not dst.exists():
-                    shutil.copy2(src, dst)
-            kept = f"a copy is saved as {copy}"
-        except OSError as e:
-            kept = f"no copy could be saved ({e})"
-        runs = self.path.parent / "runs"
-        n = sum(1 for p in runs.iterdir() if p.is_dir()) if runs.is_dir() else 0
-        return (f"the job database {self.path} is damaged ({problem}); tunerd will not start on it. "
-                f"The file is kept as it is and {kept}. To start again, put back a good copy of it (from a "
-                f"backup), or move it aside (`mv {self.path} {self.path}.broken`): the next start rebuilds the "
-                f"job records from the {n} job folder(s) in {runs}")
-
-    def _set_aside_journals(self) -> None:
-        """A WAL or shared-memory file left beside a missing or empty database belongs to the
-        database that is gone: moved aside, never replayed into the new one."""
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        for suffix in ("-wal", "-shm"):
-            p = Path(f"{self.path}{suffix}")
-            if p.exists():
-                p.rename(p.with_name(f"{p.name}.orphan-{stamp}"))
+        self._db = open_checked(self.path)
 
     def close(self) -> None:
         with self._lock:
@@ -233,7 +146,7 @@ class JobStore:
             log.warning("rollback on %s failed (%s): reopened the database", self.path, e)
             with contextlib.suppress(sqlite3.Error):
                 self._db.close()
-            self._db = self._connect()
+            self._db = connect(self.path)
 
     def _write(self, fn):
         """fn() in one transaction, after the state changes still waiting to be written; a full
