@@ -1,3 +1,4 @@
+from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
@@ -221,7 +222,7 @@ class DataSource(_message.Message):
     def __init__(self, path: _Optional[str] = ..., name: _Optional[str] = ..., split: _Optional[str] = ..., revision: _Optional[str] = ..., streaming: _Optional[bool] = ...) -> None: ...
 
 class DataConfig(_message.Message):
-    __slots__ = ("train", "validation", "test", "format", "text_column", "prompt_column", "response_column", "system_column", "messages_column", "name", "split", "revision", "streaming", "fraction", "shuffle", "seed", "test_size", "template", "train_on_prompt", "max_rows", "overlong", "group_by_length", "system_prompt")
+    __slots__ = ("train", "validation", "test", "format", "text_column", "prompt_column", "response_column", "system_column", "messages_column", "name", "split", "revision", "streaming", "fraction", "shuffle", "seed", "test_size", "template", "train_on_prompt", "max_rows", "overlong", "group_by_length", "system_prompt", "token", "operations")
     TRAIN_FIELD_NUMBER: _ClassVar[int]
     VALIDATION_FIELD_NUMBER: _ClassVar[int]
     TEST_FIELD_NUMBER: _ClassVar[int]
@@ -245,6 +246,8 @@ class DataConfig(_message.Message):
     OVERLONG_FIELD_NUMBER: _ClassVar[int]
     GROUP_BY_LENGTH_FIELD_NUMBER: _ClassVar[int]
     SYSTEM_PROMPT_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    OPERATIONS_FIELD_NUMBER: _ClassVar[int]
     train: _containers.RepeatedScalarFieldContainer[str]
     validation: _containers.RepeatedScalarFieldContainer[str]
     test: _containers.RepeatedScalarFieldContainer[str]
@@ -268,10 +271,12 @@ class DataConfig(_message.Message):
     overlong: str
     group_by_length: bool
     system_prompt: str
-    def __init__(self, train: _Optional[_Iterable[str]] = ..., validation: _Optional[_Iterable[str]] = ..., test: _Optional[_Iterable[str]] = ..., format: _Optional[str] = ..., text_column: _Optional[str] = ..., prompt_column: _Optional[str] = ..., response_column: _Optional[str] = ..., system_column: _Optional[str] = ..., messages_column: _Optional[str] = ..., name: _Optional[str] = ..., split: _Optional[str] = ..., revision: _Optional[str] = ..., streaming: _Optional[bool] = ..., fraction: _Optional[float] = ..., shuffle: _Optional[bool] = ..., seed: _Optional[int] = ..., test_size: _Optional[float] = ..., template: _Optional[str] = ..., train_on_prompt: _Optional[bool] = ..., max_rows: _Optional[int] = ..., overlong: _Optional[str] = ..., group_by_length: _Optional[bool] = ..., system_prompt: _Optional[str] = ...) -> None: ...
+    token: str
+    operations: _containers.RepeatedCompositeFieldContainer[_struct_pb2.Struct]
+    def __init__(self, train: _Optional[_Iterable[str]] = ..., validation: _Optional[_Iterable[str]] = ..., test: _Optional[_Iterable[str]] = ..., format: _Optional[str] = ..., text_column: _Optional[str] = ..., prompt_column: _Optional[str] = ..., response_column: _Optional[str] = ..., system_column: _Optional[str] = ..., messages_column: _Optional[str] = ..., name: _Optional[str] = ..., split: _Optional[str] = ..., revision: _Optional[str] = ..., streaming: _Optional[bool] = ..., fraction: _Optional[float] = ..., shuffle: _Optional[bool] = ..., seed: _Optional[int] = ..., test_size: _Optional[float] = ..., template: _Optional[str] = ..., train_on_prompt: _Optional[bool] = ..., max_rows: _Optional[int] = ..., overlong: _Optional[str] = ..., group_by_length: _Optional[bool] = ..., system_prompt: _Optional[str] = ..., token: _Optional[str] = ..., operations: _Optional[_Iterable[_Union[_struct_pb2.Struct, _Mapping]]] = ...) -> None: ...
 
 class TrainingConfig(_message.Message):
-    __slots__ = ("model", "revision", "backend", "device", "dtype", "quantization", "bits", "group_size", "trust_remote_code", "peft_adapter", "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules", "lora_bias", "num_layers", "use_rslora", "num_epochs", "max_steps", "per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps", "learning_rate", "optimizer", "weight_decay", "max_grad_norm", "lr_scheduler_type", "warmup_steps", "warmup_ratio", "seed", "gradient_checkpointing", "max_seq_length", "packing", "logging_steps", "eval_strategy", "eval_steps", "save_strategy", "save_steps", "save_total_limit", "load_best_model_at_end", "metric_for_best_model", "early_stopping_patience", "resume_from_checkpoint", "output_dir", "debug", "data", "eval_generate_rows", "eval_generate_max_tokens", "eval_metric_tokenizer")
+    __slots__ = ("model", "revision", "backend", "device", "dtype", "quantization", "bits", "group_size", "bnb_4bit_quant_type", "bnb_4bit_use_double_quant", "trust_remote_code", "peft_adapter", "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules", "lora_bias", "num_layers", "use_rslora", "num_epochs", "max_steps", "per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps", "learning_rate", "optimizer", "adam_beta1", "adam_beta2", "adam_epsilon", "weight_decay", "max_grad_norm", "lr_scheduler_type", "lr_scheduler_kwargs", "warmup_steps", "warmup_ratio", "seed", "gradient_checkpointing", "max_seq_length", "packing", "logging_steps", "eval_strategy", "eval_steps", "save_strategy", "save_steps", "save_total_limit", "load_best_model_at_end", "metric_for_best_model", "greater_is_better", "early_stopping_patience", "early_stopping_threshold", "resume_from_checkpoint", "output_dir", "debug", "data", "eval_generate_rows", "eval_generate_max_tokens", "eval_metric_tokenizer")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     REVISION_FIELD_NUMBER: _ClassVar[int]
     BACKEND_FIELD_NUMBER: _ClassVar[int]
@@ -280,6 +285,8 @@ class TrainingConfig(_message.Message):
     QUANTIZATION_FIELD_NUMBER: _ClassVar[int]
     BITS_FIELD_NUMBER: _ClassVar[int]
     GROUP_SIZE_FIELD_NUMBER: _ClassVar[int]
+    BNB_4BIT_QUANT_TYPE_FIELD_NUMBER: _ClassVar[int]
+    BNB_4BIT_USE_DOUBLE_QUANT_FIELD_NUMBER: _ClassVar[int]
     TRUST_REMOTE_CODE_FIELD_NUMBER: _ClassVar[int]
     PEFT_ADAPTER_FIELD_NUMBER: _ClassVar[int]
     LORA_R_FIELD_NUMBER: _ClassVar[int]
@@ -296,9 +303,13 @@ class TrainingConfig(_message.Message):
     GRADIENT_ACCUMULATION_STEPS_FIELD_NUMBER: _ClassVar[int]
     LEARNING_RATE_FIELD_NUMBER: _ClassVar[int]
     OPTIMIZER_FIELD_NUMBER: _ClassVar[int]
+    ADAM_BETA1_FIELD_NUMBER: _ClassVar[int]
+    ADAM_BETA2_FIELD_NUMBER: _ClassVar[int]
+    ADAM_EPSILON_FIELD_NUMBER: _ClassVar[int]
     WEIGHT_DECAY_FIELD_NUMBER: _ClassVar[int]
     MAX_GRAD_NORM_FIELD_NUMBER: _ClassVar[int]
     LR_SCHEDULER_TYPE_FIELD_NUMBER: _ClassVar[int]
+    LR_SCHEDULER_KWARGS_FIELD_NUMBER: _ClassVar[int]
     WARMUP_STEPS_FIELD_NUMBER: _ClassVar[int]
     WARMUP_RATIO_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
@@ -313,7 +324,9 @@ class TrainingConfig(_message.Message):
     SAVE_TOTAL_LIMIT_FIELD_NUMBER: _ClassVar[int]
     LOAD_BEST_MODEL_AT_END_FIELD_NUMBER: _ClassVar[int]
     METRIC_FOR_BEST_MODEL_FIELD_NUMBER: _ClassVar[int]
+    GREATER_IS_BETTER_FIELD_NUMBER: _ClassVar[int]
     EARLY_STOPPING_PATIENCE_FIELD_NUMBER: _ClassVar[int]
+    EARLY_STOPPING_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
     RESUME_FROM_CHECKPOINT_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_DIR_FIELD_NUMBER: _ClassVar[int]
     DEBUG_FIELD_NUMBER: _ClassVar[int]
@@ -329,6 +342,8 @@ class TrainingConfig(_message.Message):
     quantization: str
     bits: int
     group_size: int
+    bnb_4bit_quant_type: str
+    bnb_4bit_use_double_quant: bool
     trust_remote_code: bool
     peft_adapter: str
     lora_r: int
@@ -345,9 +360,13 @@ class TrainingConfig(_message.Message):
     gradient_accumulation_steps: int
     learning_rate: float
     optimizer: str
+    adam_beta1: float
+    adam_beta2: float
+    adam_epsilon: float
     weight_decay: float
     max_grad_norm: float
     lr_scheduler_type: str
+    lr_scheduler_kwargs: _struct_pb2.Struct
     warmup_steps: int
     warmup_ratio: float
     seed: int
@@ -362,7 +381,9 @@ class TrainingConfig(_message.Message):
     save_total_limit: int
     load_best_model_at_end: bool
     metric_for_best_model: str
+    greater_is_better: bool
     early_stopping_patience: int
+    early_stopping_threshold: float
     resume_from_checkpoint: str
     output_dir: str
     debug: bool
@@ -370,7 +391,7 @@ class TrainingConfig(_message.Message):
     eval_generate_rows: int
     eval_generate_max_tokens: int
     eval_metric_tokenizer: str
-    def __init__(self, model: _Optional[str] = ..., revision: _Optional[str] = ..., backend: _Optional[str] = ..., device: _Optional[str] = ..., dtype: _Optional[str] = ..., quantization: _Optional[str] = ..., bits: _Optional[int] = ..., group_size: _Optional[int] = ..., trust_remote_code: _Optional[bool] = ..., peft_adapter: _Optional[str] = ..., lora_r: _Optional[int] = ..., lora_alpha: _Optional[float] = ..., lora_dropout: _Optional[float] = ..., lora_target_modules: _Optional[_Iterable[str]] = ..., lora_bias: _Optional[str] = ..., num_layers: _Optional[int] = ..., use_rslora: _Optional[bool] = ..., num_epochs: _Optional[float] = ..., max_steps: _Optional[int] = ..., per_device_train_batch_size: _Optional[int] = ..., per_device_eval_batch_size: _Optional[int] = ..., gradient_accumulation_steps: _Optional[int] = ..., learning_rate: _Optional[float] = ..., optimizer: _Optional[str] = ..., weight_decay: _Optional[float] = ..., max_grad_norm: _Optional[float] = ..., lr_scheduler_type: _Optional[str] = ..., warmup_steps: _Optional[int] = ..., warmup_ratio: _Optional[float] = ..., seed: _Optional[int] = ..., gradient_checkpointing: _Optional[bool] = ..., max_seq_length: _Optional[int] = ..., packing: _Optional[bool] = ..., logging_steps: _Optional[int] = ..., eval_strategy: _Optional[str] = ..., eval_steps: _Optional[int] = ..., save_strategy: _Optional[str] = ..., save_steps: _Optional[int] = ..., save_total_limit: _Optional[int] = ..., load_best_model_at_end: _Optional[bool] = ..., metric_for_best_model: _Optional[str] = ..., early_stopping_patience: _Optional[int] = ..., resume_from_checkpoint: _Optional[str] = ..., output_dir: _Optional[str] = ..., debug: _Optional[bool] = ..., data: _Optional[_Union[DataConfig, _Mapping]] = ..., eval_generate_rows: _Optional[int] = ..., eval_generate_max_tokens: _Optional[int] = ..., eval_metric_tokenizer: _Optional[str] = ...) -> None: ...
+    def __init__(self, model: _Optional[str] = ..., revision: _Optional[str] = ..., backend: _Optional[str] = ..., device: _Optional[str] = ..., dtype: _Optional[str] = ..., quantization: _Optional[str] = ..., bits: _Optional[int] = ..., group_size: _Optional[int] = ..., bnb_4bit_quant_type: _Optional[str] = ..., bnb_4bit_use_double_quant: _Optional[bool] = ..., trust_remote_code: _Optional[bool] = ..., peft_adapter: _Optional[str] = ..., lora_r: _Optional[int] = ..., lora_alpha: _Optional[float] = ..., lora_dropout: _Optional[float] = ..., lora_target_modules: _Optional[_Iterable[str]] = ..., lora_bias: _Optional[str] = ..., num_layers: _Optional[int] = ..., use_rslora: _Optional[bool] = ..., num_epochs: _Optional[float] = ..., max_steps: _Optional[int] = ..., per_device_train_batch_size: _Optional[int] = ..., per_device_eval_batch_size: _Optional[int] = ..., gradient_accumulation_steps: _Optional[int] = ..., learning_rate: _Optional[float] = ..., optimizer: _Optional[str] = ..., adam_beta1: _Optional[float] = ..., adam_beta2: _Optional[float] = ..., adam_epsilon: _Optional[float] = ..., weight_decay: _Optional[float] = ..., max_grad_norm: _Optional[float] = ..., lr_scheduler_type: _Optional[str] = ..., lr_scheduler_kwargs: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., warmup_steps: _Optional[int] = ..., warmup_ratio: _Optional[float] = ..., seed: _Optional[int] = ..., gradient_checkpointing: _Optional[bool] = ..., max_seq_length: _Optional[int] = ..., packing: _Optional[bool] = ..., logging_steps: _Optional[int] = ..., eval_strategy: _Optional[str] = ..., eval_steps: _Optional[int] = ..., save_strategy: _Optional[str] = ..., save_steps: _Optional[int] = ..., save_total_limit: _Optional[int] = ..., load_best_model_at_end: _Optional[bool] = ..., metric_for_best_model: _Optional[str] = ..., greater_is_better: _Optional[bool] = ..., early_stopping_patience: _Optional[int] = ..., early_stopping_threshold: _Optional[float] = ..., resume_from_checkpoint: _Optional[str] = ..., output_dir: _Optional[str] = ..., debug: _Optional[bool] = ..., data: _Optional[_Union[DataConfig, _Mapping]] = ..., eval_generate_rows: _Optional[int] = ..., eval_generate_max_tokens: _Optional[int] = ..., eval_metric_tokenizer: _Optional[str] = ...) -> None: ...
 
 class SubmitJobRequest(_message.Message):
     __slots__ = ("config", "config_path", "config_yaml", "base_dir", "overrides", "name")

@@ -5,6 +5,7 @@ import dataclasses
 import json
 from pathlib import Path
 
+from google.protobuf import json_format
 from tuner.v1 import tuner_pb2 as pb
 
 from ..backends.base import Sampling
@@ -14,6 +15,7 @@ from ..jobs.store import JobRecord, StoredEvent
 _STATE = {"queued": pb.QUEUED, "running": pb.RUNNING, "succeeded": pb.SUCCEEDED, "failed": pb.FAILED,
           "cancelled": pb.CANCELLED, "interrupted": pb.INTERRUPTED}
 STATE_NAMES = {v: k for k, v in _STATE.items()}
+STRUCT = "google.protobuf.Struct"
 
 # core event kind -> (oneof field, proto message)
 _EVENTS = {
@@ -93,7 +95,10 @@ def training_config(msg: pb.TrainingConfig) -> dict:
 def _fields(msg) -> dict:
     doc = {}
     for fd, value in msg.ListFields():
-        if fd.message_type is not None and not fd.is_repeated:
+        struct = fd.message_type is not None and fd.message_type.full_name == STRUCT
+        if struct:   # a mapping key (lr_scheduler_kwargs, data.operations)
+            doc[fd.name] = [_mapping(v) for v in value] if fd.is_repeated else _mapping(value)
+        elif fd.message_type is not None and not fd.is_repeated:
             doc[fd.name] = _fields(value)
         elif fd.is_repeated:
             doc[fd.name] = list(value)
@@ -105,6 +110,20 @@ def _fields(msg) -> dict:
             if k in data and len(data[k]) == 1:
                 data[k] = data[k][0]
     return doc
+
+
+def _mapping(value) -> dict:
+    """A Struct as the dict a YAML config would give: JSON numbers are doubles in a Struct, so a
+    whole one (patience: 3) becomes an int again."""
+    def plain(v):
+        if isinstance(v, float) and v.is_integer():
+            return int(v)
+        if isinstance(v, dict):
+            return {k: plain(x) for k, x in v.items()}
+        if isinstance(v, list):
+            return [plain(x) for x in v]
+        return v
+    return plain(json_format.MessageToDict(value))
 
 
 def data_report(r: dict) -> pb.DataReport:
