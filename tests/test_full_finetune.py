@@ -33,3 +33,10 @@ def test_full_finetunes_in_both_layouts_and_adapters(tmp_path):
         (d / "adapters.safetensors").write_bytes(b"")
         top = tmp_path / where.split("/")[0]
         assert full_finetune_weights(top) == [d / "adapters.safetensors"] and changes_base(top)
+
+
+def test_a_config_asks_for_a_full_fine_tune():
+    from tunerd.config.schema import TrainConfig
+
+    assert TrainConfig(peft_adapter="full").full_finetune
+    assert not TrainConfig().full_finetune and not TrainConfig(peft_adapter="dora").full_finetune

@@ -127,6 +127,12 @@ class TrainConfig:
     debug: bool = _f(False, "smoke run: 50 train / 10 eval rows, 1 epoch, batch 2")
     data: DataConfig = field(default_factory=DataConfig, metadata={"help": "the data block (DESIGN.md §4)"})
 
+    @property
+    def full_finetune(self) -> bool:
+        """peft_adapter full: every weight trains, no adapter; what it saves is a whole model
+        (recognised in a folder by backends/adapter_layout.full_finetune_weights)."""
+        return str(self.peft_adapter).lower() == "full"
+
 
 def field_names(cls) -> list[str]:
     return [f.name for f in fields(cls)]

@@ -303,7 +303,7 @@ class Trainer:
         w = self.window
         w.loss, w.steps, w.tokens = w.loss + loss, w.steps + 1, w.tokens + step.n_tokens
         w.flops += sum(b.n_tokens * flops_per_token(self.info.config, b.mean_context, self.trainable_fraction,
-                                                    full=cfg.peft_adapter == "full") for b in step.batches)
+                                                    full=cfg.full_finetune) for b in step.batches)
         return step
 
     @property

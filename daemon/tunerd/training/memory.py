@@ -133,8 +133,8 @@ def estimate(model_config: dict, cfg, backend: str, seq_len: int, dtype: Optiona
     else:
         weights = (block * s.layers + embed) * b
     # -- adapter, gradients, optimizer
-    kind = cfg.peft_adapter.lower()
-    if kind == "full":
+    full = cfg.full_finetune
+    if full:
         trainable, pb = block * s.layers + embed, b
     else:
         n = s.layers if cfg.num_layers is None or cfg.num_layers < 0 else min(cfg.num_layers, s.layers)
@@ -144,7 +144,7 @@ def estimate(model_config: dict, cfg, backend: str, seq_len: int, dtype: Optiona
     adapter = trainable * pb * COPIES_PER_TRAINABLE
     # -- activations saved for backward, per token and layer
     lora_copies = 0
-    if kind != "full" and pb == 4 and b == 2:          # a 16-bit input cast to float32 for each LoRA layer
+    if not full and pb == 4 and b == 2:          # a 16-bit input cast to float32 for each LoRA layer
         lora_copies = 4 * sum(s.linear_shapes()[t][0] for t in _targets(cfg, s))
     # attention probabilities kept for backward: MLX's (float32) and torch's CPU SDPA (in the dtype)
     # hold [heads, T] per token; CUDA's flash / memory-efficient kernels keep only a log-sum-exp
@@ -177,7 +177,7 @@ def advise(model_config: dict, cfg, backend: str, seq_len: int, available: int, 
                                f"(same effective batch)")
                 break
     trials = [("gradient_checkpointing: true", dict(gradient_checkpointing=True))]
-    if not _quant_bits(cfg.quantization) and cfg.peft_adapter.lower() != "full":
+    if not _quant_bits(cfg.quantization) and not cfg.full_finetune:
         trials.append(("quantization: 4bit (QLoRA)", dict(quantization="4bit")))
     for text, change in trials:
         if estimate(model_config, dataclasses.replace(cfg, **change), backend, seq_len, dtype, device_kind=device_kind).total <= available:
