@@ -19,6 +19,7 @@ from typing import Callable, Iterator, Optional
 import yaml
 
 from . import __version__, host
+from .backends.peak import keep_peaks_in
 from .backends.registry import resolve_backend
 from .chat import ChatDelta, ChatParams, ChatService, check_request
 from .config.loader import ConfigError, load_config, merge
@@ -39,6 +40,7 @@ from .training.outputs import JOB_FOLDER
 class Core:
     def __init__(self, home: Path, run_training=None, keep_alive: float = 300.0):
         self.home = Path(home)
+        keep_peaks_in(self.home / "device_peak.json")   # the device's measured FLOP/s, once per home
         self.started_at = time.time()
         self.store = JobStore(self.home / "jobs.db")   # StoreDamaged: the daemon refuses to start
         self.rebuilt_on_start = rebuild_from_runs(self.store, self.home / "runs") if self.store.was_missing else []
