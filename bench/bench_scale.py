@@ -265,8 +265,18 @@ def peer_dtype(job: dict, gpu: bool) -> tuple[str, str]:
     return ("bfloat16", "GPU default") if gpu else ("float32", "CPU default")
 
 
+def _share_peaks(home: str | None) -> None:
+    """The run's children share one measured peak per device: its home's device_peak.json."""
+    try:
+        from tunerd.backends.peak import keep_peaks_in
+    except ImportError:
+        return
+    if home:
+        keep_peaks_in(Path(home) / "device_peak.json")
+
+
 def device_peak(device: str, dtype: str) -> dict:
-    """The device's measured matmul peak (tunerd.training.flops, cached across the run's children
+    """The device's measured matmul peak (tunerd.backends.peak, cached across the run's children
     through $TUNER_HOME/device_peak.json, so ours and the peer divide by the same number)."""
     try:
         from tunerd.backends.registry import peak_flops
@@ -401,6 +411,7 @@ def main(argv: list[str] | None = None) -> dict | None:
     a = ap.parse_args(argv)
     if a._child:
         job = json.loads(a._child)
+        _share_peaks(os.environ.get("TUNER_HOME"))
         res = run_ours(job) if job["runner"] == "ours" else run_peer(job)
         res.update(backend=job["backend"], mode=job["mode"])
         common.report(res)
@@ -440,7 +451,7 @@ def main(argv: list[str] | None = None) -> dict | None:
             "overrides": {"dtype": a.dtype or None, "packing": a.packing}, "host": platform.platform(),
             "cpus": os.cpu_count(), "gpu": gpu, "gradient_checkpointing": a.gradient_checkpointing,
             "versions": _versions(), "command": "python bench/bench_scale.py " + " ".join(argv or sys.argv[1:])}
-    home = work / f"tuner-home-{os.getpid()}"  # this run's device-peak cache (training/flops.py)
+    home = work / f"tuner-home-{os.getpid()}"  # this run's device-peak cache (backends/peak.py)
     home.mkdir(exist_ok=True)
     results = []
     for backend in backends:

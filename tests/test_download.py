@@ -19,7 +19,7 @@ import grpc
 import pytest
 
 from tunerd.models import download
-from tunerd.training.events import Download
+from tunerd.models.download import Download
 
 REPO = "tiny-org/tiny-llama"
 REPOS = [REPO] + [f"tiny-org/tiny-llama-{i}" for i in range(1, 4)]   # the same files under other names

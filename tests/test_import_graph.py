@@ -1,4 +1,25 @@
-"""The daemon's import graph has no cycle, counting imports inside functions too (AST, no import)."""
+"""The daemon's import graph, counting imports inside functions too (AST, no import): no cycle,
+and no lower floor imports a higher one.
+
+The floors of daemon/tunerd, from the bottom; a module may import its own floor and the floors
+below it, never one above (packages on one floor may import each other; the cycle test keeps that
+acyclic):
+
+  0 foundation   tunerd (__version__), paths, files, disk, integrity: plain helpers, no tunerd import
+  1 config       the schema, the loader and its validator, debug mode
+  2 data         sources, formats, templates, masking, packing, batches
+  3 backends     mlx/ and torch/ behind backends/base.py, the device peak cache; host (the machine)
+  4 evaluation   loss, perplexity and generation metrics, evaluation plans; export (fuse, layouts)
+  5 training     the loop, checkpoints, schedules, memory estimate; no network (the job runner
+                 fetches the model before the loop runs)
+  6 models       the resident models (registry), the hub download, model checks
+  7 jobs         the store, manager, runner and device worker; chat; recommend
+  8 core         `Core`, the one front door
+  9 front        api/ (gRPC servicer, HTTP), errors (exceptions -> gRPC/HTTP status), server,
+                 __main__, demo (a program of its own)
+
+A new top-level module or package must be given a floor here.
+"""
 from __future__ import annotations
 
 import ast
@@ -44,3 +65,40 @@ def test_no_import_cycles():
         if mod not in state:
             visit(mod, [mod])
     assert not cycles, "\n".join(" -> ".join(c) for c in cycles)
+
+
+FLOORS = [   # (name, top-level modules and packages of tunerd), bottom first: the docstring's floors
+    ("foundation", {"tunerd", "paths", "files", "disk", "integrity"}),
+    ("config", {"config"}),
+    ("data", {"data"}),
+    ("backends", {"backends", "host"}),
+    ("evaluation", {"evaluation", "export"}),
+    ("training", {"training"}),
+    ("models", {"models"}),
+    ("jobs", {"jobs", "chat", "recommend"}),
+    ("core", {"core"}),
+    ("front", {"api", "errors", "server", "__main__", "demo"}),
+]
+
+
+def _top(mod: str) -> str:
+    """tunerd.jobs.store -> jobs; tunerd.core -> core; tunerd -> tunerd."""
+    return mod.split(".")[1] if "." in mod else mod
+
+
+def _floor(mod: str) -> int:
+    return next((i for i, (_, names) in enumerate(FLOORS) if _top(mod) in names), -1)
+
+
+def test_every_package_has_a_floor():
+    unplaced = sorted({_top(m) for m in _graph() if _floor(m) < 0})
+    assert not unplaced, f"give these a floor in FLOORS (see the docstring): {', '.join(unplaced)}"
+
+
+def test_no_lower_floor_imports_a_higher_one():
+    graph = _graph()
+    offenders = [f"{mod} (floor {_floor(mod)}, {FLOORS[_floor(mod)][0]}) imports {dep} "
+                 f"(floor {_floor(dep)}, {FLOORS[_floor(dep)][0]})"
+                 for mod in sorted(graph) for dep in sorted(graph[mod]) if _floor(dep) > _floor(mod) >= 0]
+    assert not offenders, "a lower floor imports a higher one (see the floors in this file's docstring):\n" \
+        + "\n".join(offenders)

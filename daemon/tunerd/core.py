@@ -18,11 +18,13 @@ from typing import Callable, Iterator, Optional
 import yaml
 
 from . import __version__, host
+from .backends.peak import keep_peaks_in
 from .backends.registry import resolve_backend
 from .chat import ChatDelta, ChatParams, ChatService, check_request
 from .config.loader import ConfigError, load_config, merge
 from .files import OutputRefused, check_destination, overlaps
 from .jobs import folders, refs
+from .jobs.job_config import job_config
 from .jobs.manager import JobManager
 from .jobs.recovery import rebuild_from_runs
 from .jobs.runner import run_training as train_job
@@ -39,6 +41,7 @@ from .training.outputs import JOB_FOLDER
 class Core:
     def __init__(self, home: Path, run_training=None, keep_alive: float = 300.0):
         self.home = Path(home)
+        keep_peaks_in(self.home / "device_peak.json")   # the device's measured FLOP/s, once per home
         self.started_at = time.time()
         self.store = JobStore(self.home / "jobs.db")   # StoreDamaged: the daemon refuses to start
         self.rebuilt_on_start = rebuild_from_runs(self.store, self.home / "runs") if self.store.was_missing else []
@@ -332,7 +335,6 @@ class Core:
                      max_seq_length: int = 0, job_id: str = "") -> dict:
         from .data.inspect import inspect_data
         if job_id:
-            from .evaluation.plan import job_config
             source, _, job_base = job_config(self.store, refs.resolve_id(self.store, job_id))
             model, base_dir = model or source.model, job_base or base_dir
         elif config_path:
@@ -373,7 +375,8 @@ class Core:
             yield {"result": score_predictions(list(predictions or []), list(references or []),
                                                request.get("tokenizer") or "whitespace")}
             return
-        plan, model, backend = eval_plan.resolve(self.store, self.resolve_adapter, **self._eval_request(**request))
+        plan, model, backend = eval_plan.resolve(partial(job_config, self.store), self.resolve_adapter,
+                                                 **self._eval_request(**request))
         dtype, quant = plan.cfg.dtype, plan.cfg.quantization
 
         def on_device(fn):

@@ -68,7 +68,7 @@ def model_status(m: dict) -> pb.ModelStatus:
 
 
 def download(d) -> pb.DownloadProgress:
-    """`training.events.Download` -> proto (same field names)."""
+    """`models.download.Download` -> proto (same field names)."""
     return pb.DownloadProgress(**dataclasses.asdict(d))
 
 

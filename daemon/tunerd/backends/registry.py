@@ -42,7 +42,7 @@ def resolve_backend(spec) -> str:
 
 
 def peak_flops(device: str, dtype: str) -> float:
-    """Measured peak FLOP/s (cached, training/flops.py) for a device name as the backends report it
+    """Measured peak FLOP/s (cached, backends/peak.py) for a device name as the backends report it
     ('cpu', 'cuda', 'cuda:0', 'mps'; 'Device(gpu, 0)' or 'Device(cpu, 0)' for MLX) in dtype 'float32' |
     'bfloat16' | 'float16': for scripts and tests; a backend's own `peak_flops()` is the same number."""
     name = "mlx" if device.startswith("Device(") or device in ("gpu", "metal") else "torch"

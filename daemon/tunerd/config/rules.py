@@ -103,7 +103,7 @@ def validate(cfg: TrainConfig, base_dir: Optional[Union[str, Path]] = None, chec
 
 def _run_rules(cfg: TrainConfig) -> list[str]:
     """Length, cadence, best-model, early-stopping and scheduler rules."""
-    from ..training.schedulers import kwargs_problems
+    from .scheduler_kwargs import kwargs_problems
 
     p: list[str] = []
     if isinstance(cfg.max_steps, int) and cfg.max_steps != -1 and cfg.max_steps <= 0:

@@ -15,31 +15,23 @@ from typing import Callable, Optional
 
 from ..config.loader import load_config
 from ..config.schema import TrainConfig
-from ..jobs.store import JobStore
 from ..models.adapter_base import adapter_base
 from .runs import EvalPlan
 
-
-def job_config(store: JobStore, job_id: str) -> tuple[TrainConfig, str, str]:
-    """(config, backend, base_dir) of a job: the resolved config.json the run wrote, else the submitted one."""
-    rec = store.get(job_id)
-    resolved = Path(rec.output_dir) / "config.json" if rec.output_dir else None
-    doc = json.loads(resolved.read_text()) if resolved and resolved.exists() else dict(rec.config)
-    doc.pop("resume_from_checkpoint", None)
-    cfg = load_config(doc=doc)
-    return cfg, rec.backend or cfg.backend, rec.base_dir
+JobConfig = Callable[[str], tuple[TrainConfig, str, str]]   # job id -> (config, backend, base_dir)
 
 
-def resolve(store: JobStore, resolve_adapter: Callable[[str], str], *, model: str = "", adapter: str = "",
+def resolve(job_config: JobConfig, resolve_adapter: Callable[[str], str], *, model: str = "", adapter: str = "",
             backend: str = "", data_path: str = "", config_path: str = "", job_id: str = "",
             adapters: Optional[list] = None, compare_base: bool = False, base_dir: str = "",
             split: str = "", **plan_kw) -> tuple[EvalPlan, str, str]:
-    """-> (plan, model, backend)."""
+    """-> (plan, model, backend). `job_config(job_id)` reads a job's config (the caller's:
+    jobs/job_config.py), `resolve_adapter(ref)` turns an adapter reference into its folder."""
     if not job_id and adapter.startswith("job:"):
         job_id = adapter.split(":", 1)[1]
     cfg, where = None, Path(base_dir) if base_dir else None
     if job_id:
-        cfg, job_backend, job_base = job_config(store, job_id)
+        cfg, job_backend, job_base = job_config(job_id)
         backend = backend or job_backend
         where = Path(job_base) if job_base else where
         adapter = adapter or f"job:{job_id}"

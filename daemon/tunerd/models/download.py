@@ -7,8 +7,9 @@ huggingface_hub does the work. `HfApi.model_info(files_metadata=True)` lists the
 their sizes in one request, so a missing repo (NOT_FOUND) or an unreachable hub (UNAVAILABLE) fails
 here within seconds, with the model's name in the message. `hf_hub_download` then fetches each
 file missing from the cache (HTTP or Xet, resumable `.incomplete` files, the cache both backends
-read) and reports its bytes through its `tqdm_class` hook, which becomes `events.Download`: file,
-bytes done/total, rate, ETA. The backends then load the hub id from the cache as before.
+read) and reports its bytes through its `tqdm_class` hook, which becomes a `Download` event (defined
+here; the job runner emits it into the job's events, chat and load stream it): file, bytes
+done/total, rate, ETA. The backends then load the hub id from the cache as before.
 
 Which files: what either backend reads (mlx-lm's allow patterns: configs, tokenizer files, chat
 templates, `model*.safetensors`); other safetensors or PyTorch `.bin` weights only when a repo has
@@ -21,10 +22,9 @@ import fnmatch
 import queue
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Optional
-
-from ..training.events import Download
 
 HUB_TIMEOUT = 10.0      # seconds for the listing request; a closed port or no DNS fails at once
 REPORT_SECONDS = 1.0    # progress at most this often (and at each file's start, and when done)
@@ -32,6 +32,24 @@ PATTERNS = ["*.json", "*.py", "tokenizer.model", "*.tiktoken", "tiktoken.model",
 WEIGHTS = ["model*.safetensors", "*.safetensors", "pytorch_model*.bin", "*.bin"]  # the first that matches
 
 _fetched: dict[tuple[str, str], str] = {}   # (model, revision) -> snapshot folder, fetched by this process
+
+
+@dataclass
+class Download:
+    """Progress of fetching a hub model; bytes of the files to fetch only. A job's event too
+    (jobs/runner.py fetches before the training loop runs), streamed like training's."""
+    model: str
+    file: str = ""
+    files_done: int = 0
+    files_total: int = 0
+    file_bytes_done: int = 0
+    file_bytes_total: int = 0
+    bytes_done: int = 0
+    bytes_total: int = 0
+    bytes_per_second: float = 0.0
+    eta_seconds: float = 0.0
+    elapsed_seconds: float = 0.0
+    done: bool = False
 
 
 class DownloadCancelled(Exception):

@@ -1,4 +1,4 @@
-"""Checkpoint directories: saving (rank 0, atomically), `latest` lookup, rotation, and the trainer state.
+"""Checkpoint directories: saving (rank 0, atomically), `latest` lookup, resuming, rotation, and the trainer state.
 
     output_dir/checkpoint-N/          written as .tmp-checkpoint-N-<pid>-<random>/ then renamed (files.write_output_dir)
         trainer_state.json            TrainerState below (step, data position, scheduler, RNG, best, config)
@@ -17,6 +17,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
+from ..disk import folder_size
 from ..files import is_ours, read_marker, remove_output_dir, write_output_dir
 from ..integrity import file_problem
 
@@ -103,6 +104,26 @@ def find_checkpoint(spec: Optional[str], output_dir: Path, base_dir: Optional[Pa
     return p
 
 
+def resume_point(spec: Optional[str], output_dir: Path, base_dir: Optional[Path], config: dict,
+                 config_hash: str, total_steps: int) -> tuple[Optional[Path], Optional[TrainerState], list]:
+    """(checkpoint, its state made this run's, [(level, note)] for the run's log) for
+    resume_from_checkpoint `spec`: the checkpoint checked intact (a truncated file is named, with
+    the previous one to use); a note names the keys a resume must not change that did (`config`:
+    this run's, hashed `config_hash`). (None, None, notes) when there is nothing to resume from."""
+    ckpt = find_checkpoint(spec, output_dir, base_dir)
+    if ckpt is None:
+        return None, None, [("info", f"resume_from_checkpoint latest: no checkpoint in {output_dir}; starting "
+                                     "from step 0")] if spec == "latest" else []
+    check_intact(ckpt)
+    saved, notes = TrainerState.read(ckpt), []
+    if saved.config_hash != config_hash:
+        changed = sorted(k for k in set(config) | set(saved.config) if config.get(k) != saved.config.get(k))
+        notes.append(("warning", f"resuming {ckpt.name} with a changed config: {', '.join(changed)}; "
+                                 f"losses will not match an uninterrupted run"))
+    saved.total_steps, saved.config_hash, saved.config = total_steps, config_hash, config
+    return ckpt, saved, notes
+
+
 class CheckpointDamaged(ValueError):
     """A checkpoint file is truncated or unreadable; the message names it and the previous checkpoint."""
 
@@ -128,6 +149,13 @@ def damaged_message(ckpt: Path, f: Path, problem: str) -> str:
 
 def checkpoint_path(output_dir: Path, step: int) -> Path:
     return Path(output_dir) / f"{PREFIX}{step}"
+
+
+def checkpoint_bytes(output_dir: Path, trainable_params: int) -> int:
+    """About what a checkpoint takes on disk: the newest one's size, or before the first, the
+    trainable weights 4x in float32 (the adapter in two layouts, the optimizer's two moments)."""
+    found = list_checkpoints(output_dir)
+    return folder_size(found[-1]) if found else 4 * 4 * trainable_params + (64 << 10)
 
 
 def save_checkpoint(output_dir: Path, state: TrainerState, save_backend: Callable[[Path], object],

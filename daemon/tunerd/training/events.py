@@ -1,6 +1,8 @@
 """Typed training events: what the loop emits, the job store persists and `watch` streams.
 
-Plain dataclasses (no gRPC here); `tunerd.api.convert` turns them into the proto's oneof.
+Plain dataclasses (no gRPC here); `tunerd.api.convert` turns them into the proto's oneof. A job's
+other event, `Download` (fetching a hub model before the loop runs), is the download's own
+(models/download.py); the job runner emits it, and `to_record` stores it like these.
 """
 from __future__ import annotations
 
@@ -29,23 +31,6 @@ class Started:
     packing_reason: str = ""
     peak_tflops: float = 0.0      # the device's measured matmul peak in that dtype (MFU's denominator)
     warnings: list = field(default_factory=list)   # e.g. trust_remote_code: the model's own code runs
-
-
-@dataclass
-class Download:
-    """Progress of fetching a hub model (tunerd.models.download); bytes of the files to fetch only."""
-    model: str
-    file: str = ""
-    files_done: int = 0
-    files_total: int = 0
-    file_bytes_done: int = 0
-    file_bytes_total: int = 0
-    bytes_done: int = 0
-    bytes_total: int = 0
-    bytes_per_second: float = 0.0
-    eta_seconds: float = 0.0
-    elapsed_seconds: float = 0.0
-    done: bool = False
 
 
 @dataclass
@@ -111,7 +96,7 @@ class Cancelled:
     checkpoint: str = ""
 
 
-EVENT_TYPES = {cls.__name__: cls for cls in (Started, Download, Log, Step, Eval, CheckpointSaved, Finished, Failed, Cancelled)}
+EVENT_TYPES = {cls.__name__: cls for cls in (Started, Log, Step, Eval, CheckpointSaved, Finished, Failed, Cancelled)}
 
 
 def to_record(event) -> tuple[str, dict]:

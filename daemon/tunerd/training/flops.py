@@ -1,4 +1,4 @@
-"""Training FLOPs and the device's measured peak: the numbers behind TFLOP/s and MFU.
+"""Training FLOPs per token: the numerator of TFLOP/s and MFU (the device's peak is the denominator).
 
 MFU (model FLOPs utilisation, PaLM appendix B / nanoGPT) = model FLOPs per second / device peak.
 Model FLOPs per token, for a decoder with N matmul parameters (every linear layer of the blocks and
@@ -12,22 +12,10 @@ so full fine-tuning is the familiar 6 N + 12 L d T and LoRA is 4 N + 2 N_trainab
 base has no weight-gradient matmuls, and counting them would flatter LoRA's MFU by 1.5x. Work a
 backend skips (the LM head on prompt positions) is not subtracted: MFU is a model figure.
 
-The peak is measured, not looked up: one large matmul in the training dtype on the device, timed
-after a warm-up, cached per (device, dtype) in memory and in `$TUNER_HOME/device_peak.json` so a
-daemon measures each device once. The measuring function comes from the backend (this module never
-imports mlx or torch, nor the backends); `backends.registry.peak_flops(device, dtype)` picks one for scripts.
+The device's peak is the backend's (`Backend.peak_flops()`: measured once per device and dtype, and
+cached, backends/peak.py); `backends.registry.peak_flops(device, dtype)` picks one for scripts.
 """
 from __future__ import annotations
-
-import json
-import os
-import time
-from pathlib import Path
-from typing import Callable, Optional
-
-from ..files import atomic_write_text
-
-_PEAKS: dict[tuple[str, str], float] = {}
 
 
 def matmul_params(model_config: dict) -> tuple[int, int, int]:
@@ -58,47 +46,3 @@ def flops_per_token(model_config: dict, seq_len: float, trainable_fraction: floa
     n, layers, d = matmul_params(model_config)
     trainable = n if full else trainable_fraction * n
     return 4 * n + 2 * trainable + 12 * layers * d * float(seq_len)
-
-
-def _cache_file() -> Optional[Path]:
-    home = os.environ.get("TUNER_HOME")
-    return Path(home) / "device_peak.json" if home else None
-
-
-def cached_peak(device: str, dtype: str, measure: Callable[[], float]) -> float:
-    """The peak FLOP/s of `device` in `dtype`: measured once (by `measure`), then remembered."""
-    key = (device, dtype)
-    if key in _PEAKS:
-        return _PEAKS[key]
-    path = _cache_file()
-    stored = {}
-    if path is not None and path.exists():
-        try:
-            stored = json.loads(path.read_text())
-        except (OSError, ValueError):
-            stored = {}
-    name = f"{device}|{dtype}"
-    if isinstance(stored.get(name), (int, float)) and stored[name] > 0:
-        _PEAKS[key] = float(stored[name])
-        return _PEAKS[key]
-    _PEAKS[key] = value = float(measure())
-    if path is not None:
-        try:
-            stored[name] = value
-            atomic_write_text(path, json.dumps(stored, indent=1))
-        except OSError:
-            pass
-    return value
-
-
-def time_matmul(run: Callable[[], None], n: int, min_seconds: float = 0.2) -> float:
-    """FLOP/s of an n x n x n matmul: `run()` does one and waits for it; best of a few timed runs."""
-    run()  # warm-up (kernel selection, allocation)
-    best, total, reps = float("inf"), 0.0, 0
-    while total < min_seconds or reps < 3:
-        t0 = time.perf_counter()
-        run()
-        dt = time.perf_counter() - t0
-        best, total, reps = min(best, dt), total + dt, reps + 1
-    return 2.0 * n ** 3 / best
-

@@ -2,13 +2,15 @@
 
     train(cfg, backend, emit, should_stop, base_dir, rank=0, world_size=1) -> events.Finished
 
+No network here: a hub model is in the local cache before the loop runs (jobs/runner.py fetches it).
 `Trainer.run()` is the life of a run, top to bottom, one method per phase:
   set up the model (backend.load, packing, the resolved config.json/.yaml) -> the data (tokenized
   rows; new chat tokens grow the vocabulary) -> the adapter -> the batches (this rank's shard of
   every step) -> the plan (memory estimate, total steps, schedule) -> resume -> Started ->
   steps [accumulate micro-batches; normalise by the supervised tokens of the whole step; lr from
-  the schedule; clip; step], each followed by maybe log / maybe evaluate (early stopping) / maybe
-  save; cancellation between steps -> finish (best adapter, final adapter in output_dir/adapter/).
+  the schedule; clip; step], each followed by maybe log / maybe evaluate (evals.py: early
+  stopping) / maybe save; cancellation between steps -> finish (best adapter, final adapter in
+  output_dir/adapter/).
 
 Outputs in output_dir: config.json/.yaml (resolved), metrics.jsonl, tensorboard/ event files
 (outputs.py), checkpoint-N/ (checkpoints.py), adapter/ (final; PEFT layout + mlx/ for MLX, see
@@ -48,19 +50,17 @@ from ..backends.base import Backend, ModelInfo, ModelSpec, ParamStats
 from ..config.schema import TrainConfig
 from ..data.batch import Shard, pad_id_of
 from ..data.prepare import StepBatches, TrainBatches, prepare
-from ..disk import folder_size, writing
-from ..evaluation.generation import GenerationEval
-from ..evaluation.loss import eval_batches, mean_loss, perplexity
+from ..disk import writing
 from ..files import write_output_dir
-from ..models.download import fetch
 from . import events as ev
-from .checkpoints import (TrainerState, check_intact, checkpoint_path, find_checkpoint, list_checkpoints, rotate,
-                          save_checkpoint, step_of)
+from .checkpoints import (TrainerState, checkpoint_bytes, checkpoint_path, resume_point, rotate, save_checkpoint,
+                          step_of)
+from .evals import TrainingEval, better
 from .flops import flops_per_token
 from .memory import Shape, advise, explain_oom, oom_message
 from .memory import estimate as memory_estimate
 from .outputs import ADAPTER, RunLog, claim_output_dir, write_resolved_config
-from .run_config import best_metric_rule, config_identity, resolve_config, resolve_packing
+from .run_config import config_identity, remote_code_warning, resolve_config, resolve_packing
 from .schedulers import Scheduler, warmup_steps_for
 
 
@@ -77,10 +77,6 @@ class TrainingCancelled(Exception):
 
 class NonFiniteLoss(RuntimeError):
     """The loss or gradient norm became NaN/inf."""
-
-
-def _better(a: float, b: Optional[float], greater: bool) -> bool:
-    return b is None or (a > b if greater else a < b)
 
 
 @dataclasses.dataclass
@@ -101,8 +97,7 @@ class Trainer:
     eval_rows: list
     params: ParamStats               # setup_adapter: total / trainable parameters
     data: TrainBatches               # setup_batches: this rank's steps, epoch by epoch
-    eval_batches: list
-    gen_eval: Optional[GenerationEval]
+    evals: TrainingEval              #   ... and the evaluation's batches, best-model metric (evals.py)
     total_steps: int                 # plan: also steps_per_epoch, sched, the memory estimate (need, widest)
     state: TrainerState              #   ... and the trainer state, replaced by resume's
     log: RunLog                      # resume: metrics.jsonl + tensorboard/, cut back to the resumed step
@@ -115,7 +110,6 @@ class Trainer:
         self.base_dir = Path(base_dir) if base_dir else None
         self.out = Path(self.cfg.output_dir)
         self.writer = shard.writes_shared_files
-        self.metric_name, self.greater = best_metric_rule(self.cfg)
         self.stopped_early = False
         self.job = ""
 
@@ -144,10 +138,9 @@ class Trainer:
 
     # ---- set-up -------------------------------------------------------------------------------
     def setup_model(self) -> None:
-        """Fetch a hub model not in the cache yet (Download events), load it; decide packing; write
-        the resolved config."""
-        fetch(self.cfg.model, self.cfg.revision, self.emit)
-        self.warnings = [self.remote_code_warning()] if self.cfg.trust_remote_code else []
+        """Load the model (a hub model is in the cache already: jobs/runner.py fetched it); decide
+        packing; write the resolved config."""
+        self.warnings = [remote_code_warning(self.cfg.model)] if self.cfg.trust_remote_code else []
         for w in self.warnings:
             log.warning("%s", w)
         self.info = info = self.backend.load(ModelSpec.from_config(self.cfg))
@@ -156,11 +149,6 @@ class Trainer:
         if self.writer:
             with writing(self.out / "config.json", 1 << 16):
                 write_resolved_config(self.cfg, self.out)
-
-    def remote_code_warning(self) -> str:
-        return (f"trust_remote_code: true: the Python code that comes with {self.cfg.model} (its own modeling "
-                "files, if it has any) runs inside tunerd with your user's rights; use it only for a model whose "
-                "code you have read or trust")
 
     def setup_data(self) -> None:
         """Tokenize both splits with loss masks; chat tokens the template adds grow the vocabulary."""
@@ -196,10 +184,8 @@ class Trainer:
                                  pad_id, packing=cfg.packing, max_seq_length=cfg.max_seq_length,
                                  seed=cfg.data.seed if cfg.data.seed is not None else cfg.seed,
                                  group_by_length=cfg.data.group_by_length, shard=self.shard)
-        self.eval_batches = eval_batches(self.eval_rows, cfg, pad_id) if self.eval_rows else []
-        self.gen_eval = GenerationEval.for_training(cfg, tok, self.base_dir) \
-            if self.eval_batches and cfg.eval_generate_rows > 0 else None   # eval_rouge*, eval_bleu at each eval
-        if not self.eval_batches and cfg.eval_strategy != "no":
+        self.evals = TrainingEval(cfg, tok, self.eval_rows, pad_id, self.base_dir)
+        if not self.evals.batches and cfg.eval_strategy != "no":
             self.emit(ev.Log("warning", "no validation rows: evaluation is skipped"))
 
     def plan(self) -> None:
@@ -225,27 +211,19 @@ class Trainer:
 
     def resume(self) -> None:
         """Continue from resume_from_checkpoint: adapter, optimizer, schedule, RNG and data position."""
-        cfg, out = self.cfg, self.out
+        ckpt, saved, notes = resume_point(self.cfg.resume_from_checkpoint, self.out, self.base_dir, self.identity,
+                                          self.identity_hash, self.total_steps)
+        for level, note in notes:   # no checkpoint for `latest`, a changed config
+            self.emit(ev.Log(level, note))
         self.resumed_from = 0
-        ckpt = find_checkpoint(cfg.resume_from_checkpoint, out, self.base_dir)
-        if cfg.resume_from_checkpoint == "latest" and ckpt is None:
-            self.emit(ev.Log("info", f"resume_from_checkpoint latest: no checkpoint in {out}; starting from step 0"))
-        if ckpt is not None:
-            check_intact(ckpt)   # a truncated file is named, with the previous checkpoint to use
-            saved = TrainerState.read(ckpt)
-            if saved.config_hash != self.identity_hash:
-                ident = self.identity
-                changed = sorted(k for k in set(ident) | set(saved.config) if ident.get(k) != saved.config.get(k))
-                self.emit(ev.Log("warning", f"resuming {ckpt.name} with a changed config: {', '.join(changed)}; "
-                                            f"losses will not match an uninterrupted run"))
+        if saved is not None:
             self.backend.load_checkpoint(ckpt)
-            saved.total_steps, saved.config_hash, saved.config = self.total_steps, self.identity_hash, self.identity
             self.state = saved
             self.sched.load_state_dict(saved.scheduler)
             saved.restore_rng()
             self.resumed_from = saved.global_step
             self.emit(ev.Log("info", f"resumed from {ckpt} at step {self.resumed_from}"))
-        self.log = RunLog(out, self.resumed_from if ckpt is not None else None, writer=self.writer)
+        self.log = RunLog(self.out, self.resumed_from if ckpt is not None else None, writer=self.writer)
 
     def start(self) -> None:
         """Started (what the run is, before its first step); the clocks of tokens/s, ETA and MFU."""
@@ -344,39 +322,22 @@ class Trainer:
     def maybe_evaluate(self, step: StepBatches) -> Optional[float]:
         """Evaluate on the eval cadence; returns the best-model metric (None when not evaluated) and
         sets `stopped_early` when it has not improved for early_stopping_patience evaluations."""
-        cfg, st = self.cfg, self.state
-        if not self.due(cfg.eval_strategy, cfg.eval_steps, step) or (e := self.evaluate()) is None:
+        if not self.due(self.cfg.eval_strategy, self.cfg.eval_steps, step) or (e := self.evaluate()) is None:
             return None
-        metric = e.metrics.get(self.metric_name)
-        if metric is None:
-            raise ValueError(f"metric_for_best_model: {cfg.metric_for_best_model!r} is not an eval metric; "
-                             f"choose one of {', '.join(sorted(e.metrics))}")
+        metric, stop = self.evals.judge(e, self.state)
         self.sched.on_eval(e.eval_loss)
-        improved = st.best_eval_metric is None or (
-            _better(metric, st.best_eval_metric, self.greater)
-            and abs(metric - st.best_eval_metric) > cfg.early_stopping_threshold)
-        if improved:
-            st.best_eval_metric, st.evals_without_improvement = metric, 0
-        else:
-            st.evals_without_improvement += 1
-        if cfg.early_stopping_patience is not None and st.evals_without_improvement >= cfg.early_stopping_patience:
+        if stop:
             self.stopped_early = True
-            self.emit(ev.Log("info", f"early stopping at step {st.global_step}: {self.metric_name} did not improve "
-                                     f"for {st.evals_without_improvement} evaluations"))
+            self.emit(ev.Log("info", f"early stopping at step {self.state.global_step}: {self.evals.metric_name} "
+                                     f"did not improve for {self.state.evals_without_improvement} evaluations"))
         return metric
 
     def evaluate(self) -> Optional[ev.Eval]:
         """Loss and perplexity on the eval batches (+ generation metrics), as an Eval event."""
-        if not self.eval_batches:
-            return None
-        loss, n = mean_loss(self.backend, self.eval_batches)
-        ppl = perplexity(loss)
-        gen = self.gen_eval.metrics(self.backend) if self.gen_eval else {}
-        e = ev.Eval(step=self.state.global_step, epoch=self.epoch_float(), eval_loss=loss, perplexity=ppl,
-                    metrics={"eval_loss": loss, "eval_perplexity": ppl, "eval_tokens": n, **gen})
-        self.emit(e)
-        self.log.record("eval", e, {"eval/loss": loss, "eval/perplexity": min(ppl, 1e30),
-                                    **{"eval/" + k[5:]: v for k, v in gen.items()}})
+        e = self.evals.run(self.backend, self.state.global_step, self.epoch_float())
+        if e is not None:
+            self.emit(e)
+            self.log.record("eval", e, self.evals.scalars(e))
         return e
 
     def maybe_save(self, step: StepBatches, metric: Optional[float]) -> None:
@@ -389,22 +350,16 @@ class Trainer:
         st = self.state
         st.scheduler = self.sched.state_dict()
         st.capture_rng()
-        is_best = metric is not None and _better(metric, st.best_metric, self.greater)
+        is_best = metric is not None and better(metric, st.best_metric, self.evals.greater)
         if is_best:
             st.best_metric, st.best_checkpoint = metric, str(checkpoint_path(self.out, st.global_step))
-        with writing(checkpoint_path(self.out, st.global_step), self.checkpoint_bytes()):
+        with writing(checkpoint_path(self.out, st.global_step), checkpoint_bytes(self.out, self.params.trainable)):
             path = save_checkpoint(self.out, st, self.backend.save_checkpoint, self.shard.rank, self.job)
         self.emit(ev.CheckpointSaved(step=st.global_step, path=str(path), is_best=is_best))
         for p in rotate(self.out, self.cfg.save_total_limit, keep=(st.best_checkpoint,), rank=self.shard.rank,
                         job=self.job):
             self.emit(ev.Log("info", f"removed {p.name} (save_total_limit={self.cfg.save_total_limit})"))
         return str(path)
-
-    def checkpoint_bytes(self) -> int:
-        """About what a checkpoint takes on disk: the newest one's size, or before the first, the
-        trainable weights 4x in float32 (the adapter in two layouts, the optimizer's two moments)."""
-        found = list_checkpoints(self.out)
-        return folder_size(found[-1]) if found else 4 * 4 * self.params.trainable + (64 << 10)
 
     def out_of_memory(self, cause: str) -> str:
         """The failure message for an allocator OOM: the estimate and the settings that would fit."""
@@ -424,10 +379,10 @@ class Trainer:
             if step_of(Path(st.best_checkpoint)) != st.global_step:
                 self.backend.load_checkpoint(Path(st.best_checkpoint))
             self.emit(ev.Log("info", f"loaded the best checkpoint {Path(st.best_checkpoint).name} "
-                                     f"({self.metric_name}={st.best_metric:.4f})"))
+                                     f"({self.evals.metric_name}={st.best_metric:.4f})"))
         adapter_dir = self.out / "adapter"
         if self.writer:   # the adapter in two layouts: half a checkpoint, about
-            with writing(adapter_dir, self.checkpoint_bytes() // 2):
+            with writing(adapter_dir, checkpoint_bytes(self.out, self.params.trainable) // 2):
                 write_output_dir(adapter_dir, self.backend.save_adapter, ADAPTER, self.job)
         finished = ev.Finished(adapter_path=str(adapter_dir), output_dir=str(self.out), steps=st.global_step,
                                final_loss=st.last_loss, best_checkpoint=st.best_checkpoint,

@@ -4,6 +4,7 @@
     resolve_packing(requested, info) packing on or off, and why
     config_identity(cfg)             the keys a resume must not change, and their hash
     best_metric_rule(cfg)            the eval metric that picks the best checkpoint, and its direction
+    remote_code_warning(model)       what trust_remote_code: true lets run, said in Started
 """
 from __future__ import annotations
 
@@ -70,3 +71,9 @@ def best_metric_rule(cfg: TrainConfig) -> tuple[str, bool]:
     if greater is None:
         greater = not (name.endswith("loss") or name.endswith("perplexity"))
     return name, greater
+
+
+def remote_code_warning(model: str) -> str:
+    return (f"trust_remote_code: true: the Python code that comes with {model} (its own modeling "
+            "files, if it has any) runs inside tunerd with your user's rights; use it only for a model whose "
+            "code you have read or trust")

@@ -1,13 +1,13 @@
-"""The device's peak matmul FLOP/s in a dtype, measured with torch (see training/flops.py)."""
+"""The device's peak matmul FLOP/s in a dtype, measured with torch (cached: backends/peak.py)."""
 from __future__ import annotations
 
 import torch
 
-from ...training.flops import cached_peak, time_matmul
+from ..peak import cached_peak, time_matmul
 
 
 def peak_flops(device: str, dtype: str) -> float:
-    """measure_peak, once per (device, dtype) (training.flops.cached_peak)."""
+    """measure_peak, once per (device, dtype) (backends.peak.cached_peak)."""
     return cached_peak(device, dtype, lambda: measure_peak(device, dtype))
 
 
