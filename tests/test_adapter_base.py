@@ -1,4 +1,4 @@
-"""An adapter's base model is read in one place (models/adapter_base.py), from what saving writes."""
+"""An adapter's base model is read in one place (backends/adapter_base.py), from what saving writes."""
 from __future__ import annotations
 
 import json
@@ -6,7 +6,7 @@ import json
 import numpy as np
 
 from tunerd.backends.adapter_layout import AdapterSpec, write_adapter
-from tunerd.models.adapter_base import adapter_base
+from tunerd.backends.adapter_base import adapter_base
 
 
 def test_the_base_an_adapter_folder_names(tmp_path):

@@ -31,7 +31,7 @@ from .jobs.runner import run_training as train_job
 from .jobs.store import RUNNING, SUCCEEDED, JobNotFound, JobRecord, JobStore, StoredEvent
 from .model_config import read_model_config
 from .models import download
-from .models.adapter_base import ADAPTER_CONFIG, adapter_base
+from .backends.adapter_base import ADAPTER_CONFIG, adapter_base
 from .models.check import check_adapter, check_model
 from .models.registry import ModelRegistry
 from .paths import local_or_id, looks_like_hub_id, resolve_path

@@ -15,7 +15,7 @@ from typing import Callable, Optional
 
 from ..config.loader import load_config
 from ..config.schema import TrainConfig
-from ..models.adapter_base import adapter_base
+from ..backends.adapter_base import adapter_base
 from .runs import EvalPlan
 
 JobConfig = Callable[[str], tuple[TrainConfig, str, str]]   # job id -> (config, backend, base_dir)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..backends.adapter_layout import PEFT_CONFIG as ADAPTER_CONFIG
+from .adapter_layout import PEFT_CONFIG as ADAPTER_CONFIG
 
 BASE_KEY = "base_model_name_or_path"   # as PEFT names it (adapter_layout.peft_config writes it)
 
