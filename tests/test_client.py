@@ -45,6 +45,15 @@ def test_submit_and_watch_a_job_to_its_end(client, demo_bundle, tmp_path):
     assert job.id in [j.id for j in client.jobs()]
 
 
+def test_submit_takes_typed_config_keys(client, demo_bundle):
+    job = client.submit({"model": demo_bundle["model"], "backend": "mlx", "max_steps": 2, "logging_steps": 1,
+                         "per_device_train_batch_size": 4, "max_seq_length": 128, "save_strategy": "no", "eval_strategy": "no",
+                         "data": {"train": [demo_bundle["train"]]}})
+    assert [e.finished.steps for e in client.watch(job.id) if e.HasField("finished")] == [2]
+    with pytest.raises(ValueError, match="learning_rat"):
+        client.submit({"model": demo_bundle["model"], "learning_rat": 0.1})
+
+
 def test_chat_streams_a_few_tokens_then_the_finish(client, demo_bundle):
     chunks = list(client.chat([{"role": "user", "content": demo_bundle["rows"][0]["prompt"]}],
                               model=demo_bundle["model"], backend="mlx",

@@ -49,12 +49,6 @@ class Stream(Generic[T]):
     def cancel(self) -> None:
         self._call.cancel()
 
-    def __enter__(self) -> "Stream[T]":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.cancel()
-
 
 def _sampling(sampling: Sampling) -> Optional[pb.SamplingParams]:
     if sampling is None or isinstance(sampling, pb.SamplingParams):
@@ -148,7 +142,10 @@ class Client:
         TrainingConfig or a dict of its fields); or `config_path=` (a YAML on the daemon's host) /
         `config_yaml=` (its text); `fields` are SubmitJobRequest's (base_dir, overrides, name)."""
         if isinstance(config, Mapping):
-            config = json_format.ParseDict(config, pb.TrainingConfig())
+            try:
+                config = json_format.ParseDict(config, pb.TrainingConfig())
+            except json_format.ParseError as e:   # an unknown key or a wrong type, named
+                raise ValueError(f"config: {e}") from None
         return self._unary("SubmitJob", pb.SubmitJobRequest(config=config, **fields))
 
     def watch(self, job_id: str, from_sequence: int = 0, follow: bool = True) -> Stream[pb.JobEvent]:

@@ -15,15 +15,7 @@ def cmd_models(args) -> int:
     c = client(args)
     if args.action == "list":
         models = c.models()
-        if args.json:
-            return print_json_lines(models)
-        table(["model", "backend", "quantization", "dtype", "memory", "adapters", "expires"],
-              [[short_model(m.model), m.backend, m.quantization, m.dtype,
-                f"{human_bytes(m.memory_bytes)} (base {human_bytes(m.base_bytes)})",
-                ", ".join(f"{short_model(a.name)} ({human_bytes(a.memory_bytes)})" for a in m.attached),
-                "never" if not m.expires_at else time.strftime("%H:%M:%S", time.localtime(m.expires_at))]
-               for m in models], empty="no models loaded")
-        return 0
+        return print_json_lines(models) if args.json else _print_models(models)
     if args.action == "load":
         view, m = DownloadView(console), None
         for p in c.load_stream(local_ref(args.model), backend=args.backend, dtype=args.dtype,
@@ -41,6 +33,16 @@ def cmd_models(args) -> int:
                  quantization=args.quantization, dtype=args.dtype)
     print_json({"unloaded": r.unloaded, "count": r.count}) if args.json else console.print(
         f"unloaded {r.count}" if r.unloaded else f"{args.adapter or args.model} was not loaded")
+    return 0
+
+
+def _print_models(models) -> int:
+    table(["model", "backend", "quantization", "dtype", "memory", "adapters", "expires"],
+          [[short_model(m.model), m.backend, m.quantization, m.dtype,
+            f"{human_bytes(m.memory_bytes)} (base {human_bytes(m.base_bytes)})",
+            ", ".join(f"{short_model(a.name)} ({human_bytes(a.memory_bytes)})" for a in m.attached),
+            "never" if not m.expires_at else time.strftime("%H:%M:%S", time.localtime(m.expires_at))]
+           for m in models], empty="no models loaded")
     return 0
 
 
