@@ -78,3 +78,11 @@ def test_no_daemon_is_a_tuner_error_too():
         Client.connect(home=short_home())
     assert isinstance(e.value, TunerError) and e.value.code == grpc.StatusCode.UNAVAILABLE
     assert "no daemon answers" in e.value.details
+
+
+def test_every_rpc_has_a_client_method():
+    import inspect
+
+    source = inspect.getsource(Client)
+    rpcs = pb.DESCRIPTOR.services_by_name["Tuner"].methods
+    assert [m.name for m in rpcs if f'"{m.name}"' not in source] == []
