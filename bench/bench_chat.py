@@ -135,16 +135,14 @@ def run_hf(model: str, adapter: str, dtype: str, tokens: int, repeat: int) -> di
 
 
 def run_daemon(home: str, model: str, adapter: str, backend: str, tokens: int, repeat: int) -> dict:
-    from tuner.v1 import tuner_pb2 as pb
-    from tunerctl.connection import Target, connect
+    from tuner import Client
 
-    stub, _ = connect(Target(home=Path(home)), autostart=False)
+    client = Client.connect(home=home, timeout=600)
     runs = []
     for i in range(repeat + 1):
-        req = pb.GenerateRequest(model=model, adapter=adapter, backend=backend, prompt=prompt(i),
-                                 sampling=pb.SamplingParams(temperature=0.0, max_tokens=tokens))
         t0, stamps, usage = time.perf_counter(), [], None
-        for c in stub.Generate(req, timeout=600):
+        for c in client.generate(prompt(i), model=model, adapter=adapter, backend=backend,
+                                 sampling={"temperature": 0.0, "max_tokens": tokens}):
             if c.delta or c.finish_reason:
                 stamps.append(time.perf_counter())
             if c.HasField("usage"):

@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 from rich.table import Table
+from tuner import Client
 from tuner.v1 import tuner_pb2 as pb
 
 from .ui import console, print_json
@@ -21,31 +22,30 @@ def _build_bundle(home) -> dict:
     return json.loads(p.stdout.strip().splitlines()[-1])
 
 
-def _ask(s, args, model: str, adapter: str, question: str) -> str:
+def _ask(c: Client, args, model: str, adapter: str, question: str) -> str:
     """Greedy answer to one question, collected from the Chat stream."""
-    req = pb.ChatRequest(model=model, adapter=adapter, backend=args.backend,
-                         messages=[pb.ChatMessage(role="user", content=question)],
-                         sampling=pb.SamplingParams(temperature=0.0, max_tokens=24, seed=0))
-    return "".join(c.delta for c in s.Chat(req)).strip()
+    chunks = c.chat([{"role": "user", "content": question}], model=model, adapter=adapter, backend=args.backend,
+                    sampling=pb.SamplingParams(temperature=0.0, max_tokens=24, seed=0))
+    return "".join(chunk.delta for chunk in chunks).strip()
 
 
-def run_demo(args, stub, watch) -> int:
+def run_demo(args, connect, watch) -> int:
     bundle = _build_bundle(args.home)
-    s = stub(args)
+    c = connect(args)
     model, questions, answers = bundle["model"], bundle["questions"], bundle["answers"]
     if not args.json:
         console.print(f"[bold]1. the base model[/] ({model}) knows nothing yet:")
-    base = [_ask(s, args, model, "", q) for q in questions]
+    base = [_ask(c, args, model, "", q) for q in questions]
     overrides = [f"backend={args.backend}"] + ([f"max_steps={args.steps}"] if args.steps else [])
-    job = s.SubmitJob(pb.SubmitJobRequest(config_path=bundle["config"], overrides=overrides, name="demo"))
+    job = c.submit(config_path=bundle["config"], overrides=overrides, name="demo")
     if not args.json:
         for q, b in zip(questions, base):
             console.print(f"  [dim]{q}[/] → {b!r}")
         console.print(f"\n[bold]2. fine-tuning[/] (job {job.id}):")
-    rc = watch(s, job.id, args)
+    rc = watch(c, job.id, args)
     if rc != 0:
         return rc
-    tuned = [_ask(s, args, model, f"job:{job.id}", q) for q in questions]
+    tuned = [_ask(c, args, model, f"job:{job.id}", q) for q in questions]
     right_base = sum(b == a for b, a in zip(base, answers))
     right_tuned = sum(t == a for t, a in zip(tuned, answers))
     if args.json:

@@ -6,9 +6,10 @@ import json
 import os
 from pathlib import Path
 
+from tuner import Client
+from tuner.connection import local_ref
 from tuner.v1 import tuner_pb2 as pb
 
-from .connection import local_ref
 from .ui import as_dict, console, err, print_json, table
 
 METRIC_COLUMNS = ("rouge1", "rouge2", "rougeL", "rougeLsum", "bleu", "exact_match")
@@ -102,12 +103,12 @@ def request(args) -> pb.EvaluateRequest:
     return req
 
 
-def run(s, args) -> int:
+def run(c: Client, args) -> int:
     req = request(args)
     result = None
     progress = None
     try:
-        for p in s.EvaluateStream(req):
+        for p in c.evaluate_stream(req):
             if p.HasField("result"):
                 result = p.result
                 break

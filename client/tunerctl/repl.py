@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
-from tuner.v1 import tuner_pb2 as pb
+from tuner import Stream
 
 from .progress import DownloadView
 from .ui import console
@@ -78,10 +78,12 @@ def make_reader(history_file: Path) -> Callable[[str], str]:
 
 
 class Repl:
-    def __init__(self, stub, request: Callable[[list, dict], pb.ChatRequest], params: dict, adapter: str,
+    def __init__(self, chat: Callable[[list, dict], Stream], params: dict, adapter: str,
                  system: str = "", history_file: Optional[Path] = None,
                  resolve: Callable[[str], str] = lambda x: x):
-        self.stub, self.request, self.params, self.adapter = stub, request, params, adapter
+        """`chat(messages, params)`: the answer's stream (tuner.Client.chat); params hold the
+        sampling values and the adapter."""
+        self.chat, self.params, self.adapter = chat, params, adapter
         self.resolve = resolve
         self.conv = Conversation(system)
         self.read = make_reader(history_file or Path("chat_history"))
@@ -106,7 +108,7 @@ class Repl:
 
     def ask(self, text: str) -> None:
         self.conv.turns.append({"role": "user", "content": text})
-        call = self.stub.Chat(self.request(self.conv.messages(), {**self.params, "adapter": self.adapter}))
+        call = self.chat(self.conv.messages(), {**self.params, "adapter": self.adapter})
         reply, usage, t0 = [], None, time.perf_counter()
         downloads = DownloadView(console)   # a hub model fetched before the first answer
         try:

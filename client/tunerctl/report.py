@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Optional
 
-import grpc
+from tuner import Client, TunerError
 from tuner.v1 import tuner_pb2 as pb
 
 from tunerd.files import atomic_write_text
@@ -35,12 +35,12 @@ PLOTS = (  # key, title, y label, step field
 
 
 # -- what the API says about a job ---------------------------------------------------------------
-def job_details(s, job_id: str) -> dict:
+def job_details(c: Client, job_id: str) -> dict:
     """The job, and from its stored events: started, steps, eval history, checkpoints, finish."""
-    job = s.GetJob(pb.GetJobRequest(job_id=job_id))
+    job = c.job(job_id)
     d = {"job": as_dict(job, with_defaults=True), "started": {}, "steps": [], "evals": [], "checkpoints": [],
          "finished": {}, "logs": []}
-    for e in s.WatchJob(pb.WatchJobRequest(job_id=job_id, follow=False)):
+    for e in c.watch(job_id, follow=False):
         kind = e.WhichOneof("event")
         if kind == "started":
             d["started"] = as_dict(e.started, with_defaults=True)
@@ -61,22 +61,22 @@ def job_details(s, job_id: str) -> dict:
     return d
 
 
-def collect(s, job_id: str, generate: int = 8, max_tokens: int = 64, compare: tuple = ()) -> dict:
-    d = job_details(s, job_id)
-    d["compare"] = [job_details(s, j) for j in compare]
+def collect(c: Client, job_id: str, generate: int = 8, max_tokens: int = 64, compare: tuple = ()) -> dict:
+    d = job_details(c, job_id)
+    d["compare"] = [job_details(c, j) for j in compare]
     d["notes"] = []
     d["data"] = d["generations"] = None
     try:
-        d["data"] = as_dict(s.InspectData(pb.InspectDataRequest(job_id=job_id)), with_defaults=True)
-    except grpc.RpcError as e:
-        d["notes"].append(f"data statistics unavailable: {e.details()}")
+        d["data"] = as_dict(c.inspect_data(job_id=job_id), with_defaults=True)
+    except TunerError as e:
+        d["notes"].append(f"data statistics unavailable: {e.details}")
     if generate and d["job"]["state"] == "succeeded":
         try:
-            r = s.Evaluate(pb.EvaluateRequest(job_id=job_id, compare_base=True, max_generations=generate,
-                                              sampling=pb.SamplingParams(max_tokens=max_tokens)))
+            r = c.evaluate(job_id=job_id, compare_base=True, max_generations=generate,
+                           sampling=pb.SamplingParams(max_tokens=max_tokens))
             d["generations"] = as_dict(r, with_defaults=True)
-        except grpc.RpcError as e:
-            d["notes"].append(f"base vs tuned generations unavailable: {e.details()}")
+        except TunerError as e:
+            d["notes"].append(f"base vs tuned generations unavailable: {e.details}")
     return d
 
 
@@ -287,13 +287,13 @@ def _generations(g: Optional[dict]) -> str:
     return _section("Base vs tuned", body, "generations")
 
 
-def write_report(s, job_id: str, out: str, compare: tuple = (), generate: int = 8, max_tokens: int = 64,
+def write_report(c: Client, job_id: str, out: str, compare: tuple = (), generate: int = 8, max_tokens: int = 64,
                  force: bool = False) -> Path:
     """Write the report at `out` (default report-JOB.html), atomically and never through a link;
     an existing file is replaced only when it is a report of ours, or with `force`."""
     path = Path(out or f"report-{job_id}.html")
     check_report_path(path, job_id, force)   # before the slow part
-    d = collect(s, job_id, generate=generate, max_tokens=max_tokens, compare=compare)
+    d = collect(c, job_id, generate=generate, max_tokens=max_tokens, compare=compare)
     atomic_write_text(path, render(d))
     return path
 

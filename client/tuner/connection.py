@@ -1,4 +1,6 @@
-"""Reaching the daemon: Unix socket (default) or TCP with a bearer token; start it on demand."""
+"""Reaching the daemon: its Unix socket (default) or TCP with a bearer token (and TLS), whether it
+answers, which process holds a home, and starting one on demand. The one place that knows where a
+daemon lives; `tuner.Client.connect` and tunerctl's daemon commands both use it."""
 from __future__ import annotations
 
 import fcntl
@@ -12,13 +14,10 @@ from pathlib import Path
 from typing import Optional
 
 import grpc
-from tuner.v1 import tuner_pb2_grpc
+
+from .errors import DaemonUnavailable
 
 HEALTH_SERVICE = "tuner.v1.Tuner"
-
-
-class DaemonUnavailable(RuntimeError):
-    pass
 
 
 @dataclass
@@ -101,7 +100,7 @@ def is_healthy(channel: grpc.Channel, timeout: float = 1.0) -> bool:
         return r.status == health_pb2.HealthCheckResponse.SERVING
     except grpc.RpcError as e:
         if e.code() == grpc.StatusCode.UNAUTHENTICATED:
-            raise DaemonUnavailable(f"the daemon rejected the token: {e.details()}") from None
+            raise DaemonUnavailable(f"the daemon rejected the token: {e.details()}", e.code()) from None
         return False
 
 
@@ -204,16 +203,26 @@ def _wait_for_holder(t: Target, holder: dict, wait: float) -> int:
         ch.close()
 
 
-def connect(t: Target, autostart: bool = True):
-    """A TunerStub for a healthy daemon; starts a local daemon when none answers."""
+def target(home: Optional[Path] = None, address: str = "", token: str = "", socket: Optional[Path] = None,
+           tls_ca: str = "") -> Target:
+    """Where a daemon is: the Unix socket of `home` (default $TUNER_HOME or ~/.tuner), another
+    socket (`socket`, or `address` as unix:///path), or TCP at `address` (HOST:PORT)."""
+    if address.startswith("unix://"):
+        socket, address = Path(address[len("unix://"):]), ""
+    return Target(home=Path(home or default_home()).expanduser(), socket=Path(socket) if socket else None,
+                  listen=address, token=token, tls_ca=tls_ca)
+
+
+def healthy_channel(t: Target, autostart: bool = False) -> grpc.Channel:
+    """A channel to a daemon that answers; starts a local one when none does and `autostart`."""
     ch = open_channel(t)
     if not is_healthy(ch):
+        ch.close()
         if not (autostart and t.is_local):
             holder = lock_holder(t.home) if t.is_local else None
             raise DaemonUnavailable(describe_holder(t.home, holder) if holder else
                                     f"no daemon answers on {t.address()}"
                                     + ("" if t.is_local else " (check --listen and --token)"))
-        ch.close()
         start_daemon(t, wait=60.0)
         ch = open_channel(t)
-    return tuner_pb2_grpc.TunerStub(ch), ch
+    return ch

@@ -1,0 +1,69 @@
+"""`tunerctl models list|load|unload` and `tunerctl adapters list|export|fuse`."""
+from __future__ import annotations
+
+import os
+import time
+
+from tuner.connection import local_ref
+
+from ..progress import DownloadView
+from ..ui import as_dict, console, print_json, print_json_lines, table
+from .common import client, human_bytes, short_ids, short_model, show_download
+
+
+def cmd_models(args) -> int:
+    c = client(args)
+    if args.action == "list":
+        models = c.models()
+        return print_json_lines(models) if args.json else _print_models(models)
+    if args.action == "load":
+        view, m = DownloadView(console), None
+        for p in c.load_stream(local_ref(args.model), backend=args.backend, dtype=args.dtype,
+                               quantization=args.quantization, keep_alive_seconds=args.keep_alive,
+                               adapter=local_ref(args.adapter)):
+            show_download(p, view, args)
+            m = p.status if p.HasField("status") else m
+        print_json(as_dict(m)) if args.json else console.print(
+            f"loaded {m.model} on {m.backend} in {m.dtype} ({m.dtype_reason}; {human_bytes(m.memory_bytes)}"
+            f"{', adapters: ' + ', '.join(m.adapters) if m.adapters else ''})")
+        return 0
+    if not args.model and not args.adapter:
+        raise ValueError("models unload: name a MODEL, an --adapter, or both")
+    r = c.unload(local_ref(args.model), adapter=local_ref(args.adapter), backend=args.backend,
+                 quantization=args.quantization, dtype=args.dtype)
+    print_json({"unloaded": r.unloaded, "count": r.count}) if args.json else console.print(
+        f"unloaded {r.count}" if r.unloaded else f"{args.adapter or args.model} was not loaded")
+    return 0
+
+
+def _print_models(models) -> int:
+    table(["model", "backend", "quantization", "dtype", "memory", "adapters", "expires"],
+          [[short_model(m.model), m.backend, m.quantization, m.dtype,
+            f"{human_bytes(m.memory_bytes)} (base {human_bytes(m.base_bytes)})",
+            ", ".join(f"{short_model(a.name)} ({human_bytes(a.memory_bytes)})" for a in m.attached),
+            "never" if not m.expires_at else time.strftime("%H:%M:%S", time.localtime(m.expires_at))]
+           for m in models], empty="no models loaded")
+    return 0
+
+
+def cmd_adapters(args) -> int:
+    c = client(args)
+    if args.action == "list":
+        ads = c.adapters()
+        if args.json:
+            return print_json_lines(ads)
+        short = short_ids([j.id for j in c.jobs()])
+        table(["job", "adapter", "r", "base model", "layouts", "path"],
+              [[short.get(a.job_id, a.job_id), a.peft_adapter, a.lora_r, short_model(a.base_model),
+                ",".join(a.layouts), a.path] for a in ads],
+              empty="no adapters yet", keep=(0,))
+        return 0
+    # paths made absolute here, links not followed: the daemon checks what the path itself is
+    adapter = os.path.abspath(args.adapter) if os.path.lexists(args.adapter) else args.adapter
+    out_dir = os.path.abspath(args.out_dir)
+    if args.action == "export":
+        r = c.export(adapter, out_dir, layout=args.layout, force=args.force)
+    else:
+        r = c.fuse(adapter, out_dir, model=args.model, dequantize=args.dequantize, force=args.force)
+    print_json({"path": r.path}) if args.json else console.print(f"wrote {r.path}")
+    return 0
