@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tunerd.backends.base import ModelInfo, ModelSpec, Sampling
+from tunerd.backends.base import ModelInfo, ModelSpec
+from tunerd.backends.generation import Sampling
 from tunerd.backends.dtypes import checkpoint_dtype, resolve_dtype
 from tunerd.config.schema import DataConfig, TrainConfig
 from tunerd.data.batch import collate
@@ -130,7 +131,7 @@ def test_mlx_loss_never_holds_full_float32_logits(vocab_heavy_model, tmp_path):
     mx = pytest.importorskip("mlx.core")
     import mlx.nn as nn
 
-    from tunerd.backends.mlx.backend import _loss
+    from tunerd.backends.mlx.loss import summed_loss as _loss
     from tunerd.backends.mlx import MLXBackend
 
     be = MLXBackend(compile=False)

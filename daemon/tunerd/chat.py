@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Optional
 
-from .backends.base import Sampling
+from .backends.generation import Sampling
 from .config.loader import model_context
 from .jobs import refs
 from .jobs.store import JobStore
@@ -194,7 +194,7 @@ class ChatService:
 
         def start():
             res = self.registry.get(model, backend, adapter=adapter, name=adapter_name)   # resident: at once
-            run.update(res=res, gen=res.backend.generate(run["ids"], p.sampling, stop), t0=time.perf_counter(),
+            run.update(res=res, gen=res.serve(adapter_name or adapter).generate(run["ids"], p.sampling, stop), t0=time.perf_counter(),
                        first=None, n=0, finish="stop")
 
         def finish():
@@ -218,12 +218,10 @@ class ChatService:
             training job steps and other chats take their turn in between."""
             try:
                 with rng_untouched():
-                    if "gen" not in run:
+                    if "gen" not in run:   # (the generator selects its adapter each time it runs)
                         if stop() or "ids" not in run:  # cancelled, past its deadline or shutting down
                             return finish()
                         start()
-                    else:  # another chat on this base may have used another adapter in between
-                        run["res"].use(adapter_name)
                     until = time.perf_counter() + SLICE_SECONDS
                     for chunk in run["gen"]:
                         if chunk.token_id >= 0:  # (-1: a chunk of the prompt was read)

@@ -15,6 +15,7 @@ from typing import Any, Optional, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
+from .. import quantization
 from .debug import apply_debug
 from .schema import DataConfig, TrainConfig
 
@@ -177,7 +178,7 @@ _CHOICES = {
     "backend": ("auto", "mlx", "torch"),
     "device": ("auto", "cuda", "mps", "cpu"),
     "dtype": ("auto", "float32", "float16", "bfloat16"),
-    "quantization": ("none", "4bit", "nf4", "int4", "8bit", "int8"),
+    "quantization": quantization.NAMES,
     "peft_adapter": ("lora", "dora", "full"),
     "lora_bias": ("none", "all", "lora_only"),
     "lr_scheduler_type": ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant",
