@@ -194,8 +194,8 @@ class ChatService:
 
         def start():
             res = self.registry.get(model, backend, adapter=adapter, name=adapter_name)   # resident: at once
-            run.update(res=res, gen=res.serve(adapter_name or adapter).generate(run["ids"], p.sampling, stop), t0=time.perf_counter(),
-                       first=None, n=0, finish="stop")
+            gen = res.serve(adapter_name or adapter).generate(run["ids"], p.sampling, stop)
+            run.update(res=res, gen=gen, t0=time.perf_counter(), first=None, n=0, finish="stop")
 
         def finish():
             if run.get("gen") is not None:

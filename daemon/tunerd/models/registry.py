@@ -2,9 +2,10 @@
 
 One resident per base, keyed by (model, backend, quantization, dtype): every adapter used with
 that base is attached to it by name (`Backend.attach_adapter`) and selected for each call that
-uses it (`Resident.serve(name)`: generate and eval_loss with that adapter), so chat with adapter A, chat with adapter B and the bare base share one copy of
-the base's weights (DESIGN.md §5). An adapter that changes the base itself (a full fine-tune, or
-added chat tokens with their own vocabulary) gets a base of its own, keyed with its path.
+uses it (`Resident.serve(name)`: generate and eval_loss with that adapter), so chat with adapter
+A, chat with adapter B and the bare base share one copy of the base's weights (DESIGN.md §5). An
+adapter that changes the base itself (a full fine-tune, or added chat tokens with their own
+vocabulary) gets a base of its own, keyed with its path.
 
 A running LoRA/DoRA job lends its model (`lend`): while it trains, chat on the same base (model,
 backend, quantization, dtype) attaches its adapters to the job's model instead of loading another
@@ -28,11 +29,11 @@ from pathlib import Path
 from typing import Optional
 
 from .. import host
-from ..quantization import bits as quantization_bits
 from ..backends.adapter_layout import changes_base
 from ..backends.base import TRAINING, Backend, CannotShare, ModelSpec
 from ..backends.registry import get_backend
 from ..config.schema import TrainConfig
+from ..quantization import bits as quantization_bits
 from .download import fetch
 
 DEFAULT_KEEP_ALIVE = 300.0
