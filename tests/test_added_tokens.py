@@ -105,7 +105,7 @@ def test_load_adapter_reproduces_the_trained_model(trained, into):
 def test_generation_stops_at_the_added_end_of_turn(trained):
     """40 steps teach the demo answers and their <|eot_id|>: generation ends there ("stop"), in the
     trained backend and in a fresh one that loaded the adapter (its tokenizer + stop token)."""
-    from tunerd.backends.base import Sampling
+    from tunerd.backends.generation import Sampling
 
     be, cfg = trained["backend"], trained["cfg"]
     fresh = _make(be.name)

@@ -12,7 +12,8 @@ import shutil
 import numpy as np
 import pytest
 from backend_utils import backward_bytes, batches, logits, make, train_steps
-from tunerd.backends.base import FuseError, ModelSpec, Sampling
+from tunerd.backends.base import FuseError, ModelSpec
+from tunerd.backends.generation import Sampling
 from tunerd.backends.registry import get_backend
 from tunerd.config.schema import DataConfig, TrainConfig
 from tunerd.data.batch import collate

@@ -8,8 +8,9 @@ import time
 
 import pytest
 
-from tunerd.backends import base
-from tunerd.backends.base import ModelSpec, PrefillPlan, Sampling
+from tunerd.backends import generation as base
+from tunerd.backends.base import ModelSpec
+from tunerd.backends.generation import PrefillPlan, Sampling
 from tunerd.backends.registry import get_backend
 
 

@@ -51,7 +51,7 @@ def test_two_adapters_one_base_in_models_list_and_unload_by_adapter(daemon, tiny
 
 @pytest.mark.parametrize("backend", ["torch", "mlx"])
 def test_generate_continues_the_text_without_a_chat_template(daemon, tiny_model_dir, tiny_tokenizer, backend):
-    from tunerd.backends.base import Sampling
+    from tunerd.backends.generation import Sampling
     from tunerd.backends.registry import get_backend
     from tunerd.backends.base import ModelSpec
 

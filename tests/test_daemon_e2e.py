@@ -10,7 +10,8 @@ import pytest
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from tuner.v1 import tuner_pb2 as pb
 
-from tunerd.backends.base import ModelSpec, Sampling
+from tunerd.backends.base import ModelSpec
+from tunerd.backends.generation import Sampling
 from tunerd.backends.registry import get_backend
 
 from daemon_utils import DaemonProcess, cli, job_state, json_lines, short_home, wait_for, write_config

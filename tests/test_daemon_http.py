@@ -75,7 +75,7 @@ def test_streamed_chunks_are_whole_characters(served, tiny_model_dir, tiny_token
     """Byte-level BPE splits a Hangul syllable over tokens, and a random model at temperature 1.5
     emits stray bytes: every streamed prefix is a prefix of the decoded reply (no half character
     sent as U+FFFD and completed later), and the whole equals the reply decoded at once."""
-    from tunerd.backends.base import Sampling
+    from tunerd.backends.generation import Sampling
     from tunerd.backends.registry import get_backend
     from tunerd.backends.base import ModelSpec
 

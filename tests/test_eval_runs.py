@@ -1,7 +1,7 @@
 """run_plan (tunerd.evaluation.runs) with a fake backend at the seam: progress, deltas, cancellation."""
 from __future__ import annotations
 
-from tunerd.backends.base import GenerationChunk, Sampling
+from tunerd.backends.generation import GenerationChunk, Sampling
 from tunerd.config.loader import load_config
 from tunerd.evaluation.runs import EvalPlan, run_plan
 

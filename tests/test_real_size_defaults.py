@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tunerd.backends.base import ModelInfo, ModelSpec, Sampling
+from tunerd.backends.base import ModelInfo, ModelSpec
+from tunerd.backends.generation import Sampling
 from tunerd.backends.dtypes import checkpoint_dtype, resolve_dtype
 from tunerd.config.schema import DataConfig, TrainConfig
 from tunerd.data.batch import collate
@@ -130,8 +131,8 @@ def test_mlx_loss_never_holds_full_float32_logits(vocab_heavy_model, tmp_path):
     mx = pytest.importorskip("mlx.core")
     import mlx.nn as nn
 
-    from tunerd.backends.mlx.backend import _loss
     from tunerd.backends.mlx import MLXBackend
+    from tunerd.backends.mlx.loss import batch_arrays, summed_loss
 
     be = MLXBackend(compile=False)
     be.load(ModelSpec.from_config(_cfg(vocab_heavy_model, tmp_path, dtype="float32")))
@@ -152,8 +153,8 @@ def test_mlx_loss_never_holds_full_float32_logits(vocab_heavy_model, tmp_path):
            * mx.array(batch.loss_mask)).sum()
     assert n == 64 and loss == pytest.approx(float(ref), rel=1e-5)
     # chunks recomputed in backward give the same loss and gradients as one piece
-    packed, arrays = be._arrays(batch)
-    vg = nn.value_and_grad(be.model, _loss)
+    packed, arrays = batch_arrays(batch, be.model_type, be.compile)
+    vg = nn.value_and_grad(be.model, summed_loss)
     (l1, _), g1 = vg(be.model, *arrays[:4], None, mx.float32, True, 0)
     (l2, _), g2 = vg(be.model, *arrays[:4], None, mx.float32, True, 24)
     from mlx.utils import tree_flatten

@@ -1,5 +1,5 @@
-"""The streamed text of a reply (backends/base.ReplyText), shared by both backends' generate."""
-from tunerd.backends.base import ReplyText
+"""The streamed text of a reply (backends/generation.ReplyText), shared by both backends' generate."""
+from tunerd.backends.generation import ReplyText
 
 
 def stream(stops, texts):

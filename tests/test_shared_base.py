@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from tunerd.backends.adapter_layout import AdapterSpec, changes_base, write_adapter
-from tunerd.backends.base import ModelSpec, Sampling
+from tunerd.backends.base import ModelSpec
+from tunerd.backends.generation import Sampling
 from tunerd.backends.registry import get_backend
 from tunerd.models.registry import ModelRegistry
 
@@ -36,8 +37,10 @@ def random_adapter(out: Path, model_dir: str, seed: int, r: int = 4, targets=("q
     return str(out)
 
 
-def greedy(backend, ids, n=12) -> list[int]:
-    return [c.token_id for c in backend.generate(ids, Sampling(temperature=0.0, max_tokens=n)) if c.token_id >= 0]
+def greedy(backend, ids, n=12, **kw) -> list[int]:
+    """`backend`: a Backend (kw: adapter=) or a resident's `serve(name)`."""
+    return [c.token_id for c in backend.generate(ids, Sampling(temperature=0.0, max_tokens=n), **kw)
+            if c.token_id >= 0]
 
 
 def alone(name, model_dir, adapter, ids):
@@ -73,18 +76,15 @@ def test_two_adapters_share_one_base_and_each_answers_as_alone(name, tiny_model_
     assert len(reg.list()) == 1 and reg.list()[0] is res and list(res.adapters) == [a, b]
     # interleaved, as chats on one base take turns: each request selects its own adapter
     for adapter in (b, "", a, b, a, ""):
-        res.use(adapter)
-        assert greedy(res.backend, ids) == expected[adapter], adapter
+        assert greedy(res.serve(adapter), ids) == expected[adapter], adapter
     base, per_adapter = res.backend.weight_bytes()
     assert base == base_bytes   # the base counted once, with two adapters attached
     assert 0 < per_adapter[a] < base and 0 < per_adapter[b] < base
     assert res.memory_bytes == base + per_adapter[a] + per_adapter[b]
 
     assert reg.unload(adapter=a) == 1 and list(res.adapters) == [b]
-    res.use(b)
-    assert greedy(res.backend, ids) == expected[b]
-    res.use("")
-    assert greedy(res.backend, ids) == expected[""]
+    assert greedy(res.serve(b), ids) == expected[b]
+    assert greedy(res.serve(""), ids) == expected[""]
     assert reg.unload(model=tiny_model_dir) == 1 and reg.list() == []
 
 
@@ -136,10 +136,10 @@ def test_a_second_adapter_costs_its_own_bytes_not_a_second_base(name, wide_model
     ids = list(range(5, 25))
     reg = ModelRegistry(lambda cfg: name)
     res = reg.get(wide_model, name, dtype="float32", adapter=a)
-    greedy(res.backend, ids, 2)   # every weight read (safetensors are memory-mapped until then)
+    greedy(res.serve(a), ids, 2)   # every weight read (safetensors are memory-mapped until then)
     before = measure()
     reg.get(wide_model, name, dtype="float32", adapter=b)
-    greedy(res.backend, ids, 2)
+    greedy(res.serve(b), ids, 2)
     with_b = measure() - before
     second_copy = get_backend(name)
     second_copy.load(ModelSpec(model=wide_model, backend=name, dtype="float32"))
@@ -177,14 +177,13 @@ def test_the_next_turn_reads_only_its_new_tokens_and_answers_the_same(name, tiny
     take = be._prompt_cache.take
     be._prompt_cache.take = lambda key, prompt: (lambda r: (reused.append(r[1]), r)[1])(take(key, prompt))
     turn1 = tiny_tokenizer("The capital of Zorblax is")["input_ids"]
-    reply = greedy(be, turn1, 8)
+    reply = greedy(be, turn1, 8, adapter=a)
     turn2 = turn1 + reply + tiny_tokenizer(" and the river of Quenta is")["input_ids"]
-    with_cache = greedy(be, turn2, 8)
+    with_cache = greedy(be, turn2, 8, adapter=a)
     assert reused[-1] >= len(turn1) + len(reply) - 1, (reused, len(turn1), len(reply))
     be._prompt_cache.clear()
-    assert greedy(be, turn2, 8) == with_cache and reused[-1] == 0
-    be.use_adapter(None)   # another adapter's turn does not get this adapter's cache
-    greedy(be, turn2, 2)
+    assert greedy(be, turn2, 8, adapter=a) == with_cache and reused[-1] == 0
+    greedy(be, turn2, 2, adapter="")   # another adapter's turn (the bare base) does not get this adapter's cache
     assert reused[-1] == 0
 
 
@@ -245,14 +244,14 @@ def test_a_running_job_lends_its_base_and_chats_leave_its_losses_unchanged(
         for adapter in (a, ""):
             res = reg.get(tiny_model_dir, name, adapter=adapter)
             assert res is job
-            assert greedy(res.backend, ids) == expected[adapter]
+            assert greedy(res.serve(adapter), ids) == expected[adapter]
         ckpts = list_checkpoints(tmp_path / "busy")
         if ckpts:   # job:<id>: a snapshot of the latest checkpoint, attached beside the run's own adapter
             res = reg.get(tiny_model_dir, name, adapter=str(ckpts[-1]), name="job:j1")
-            assert res is job and greedy(res.backend, ids) == alone(name, tiny_model_dir, str(ckpts[-1]), ids)
+            assert res is job and greedy(res.serve("job:j1"), ids) == alone(name, tiny_model_dir, str(ckpts[-1]), ids)
         res = reg.get(tiny_model_dir, name, adapter=b)
         assert (res is job) == (name == "torch")
-        assert greedy(res.backend, ids) == expected[b]
+        assert greedy(res.serve(b), ids) == expected[b]
         seen.append(sorted(job.adapters))
     busy, reg = _train_lending(name, _job_config(name, tiny_model_dir, demo_bundle, tmp_path / "busy"), chats)
     assert len(seen) >= 6 and "job:j1" in seen[-1] and a in seen[-1]
@@ -283,7 +282,7 @@ def test_two_adapters_beside_a_running_job_cost_their_bytes_not_a_base(name, wid
         before = measure()
         for adapter in (a, b):
             res = reg.get(wide_model, name, adapter=adapter)
-            greedy(res.backend, ids, 2)
+            greedy(res.serve(adapter), ids, 2)
         seen.update(base=job.base_bytes, grown=measure() - before, residents=len(reg.list()),
                     adapters=sorted(job.adapters))
     _train_lending(name, _job_config(name, wide_model, demo_bundle, tmp_path / "run", max_steps=3), chats)

@@ -12,7 +12,7 @@ pytest.importorskip("peft")
 
 import backend_utils  # noqa: E402
 from backend_utils import batches, train_steps  # noqa: E402
-from tunerd.backends.base import Sampling  # noqa: E402
+from tunerd.backends.generation import Sampling  # noqa: E402
 from tunerd.data.batch import collate  # noqa: E402
 
 

@@ -185,7 +185,7 @@ def parse(argv):
 
 
 def _generation_args(c) -> None:
-    """Model and sampling flags of chat and generate; the defaults are the daemon's (backends.base.Sampling)."""
+    """Model and sampling flags of chat and generate; the defaults are the daemon's (backends.generation.Sampling)."""
     c.add_argument("--model", "-m", default="",
                    help="hub id, local path, or job:<id> (default: the --adapter's base model)")
     c.add_argument("--adapter", "-a", default="",

@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Iterator, Optional
 
-from .backends.base import Sampling
+from .backends.generation import Sampling
 from .jobs import refs
 from .jobs.store import JobStore
 from .jobs.worker import DeviceWorker
@@ -186,8 +186,8 @@ class ChatService:
 
         def start():
             res = self.registry.get(model, backend, adapter=adapter, name=adapter_name)   # resident: at once
-            run.update(res=res, gen=res.backend.generate(run["ids"], p.sampling, stop), t0=time.perf_counter(),
-                       first=None, n=0, finish="stop")
+            gen = res.serve(adapter_name or adapter).generate(run["ids"], p.sampling, stop)
+            run.update(res=res, gen=gen, t0=time.perf_counter(), first=None, n=0, finish="stop")
 
         def finish():
             if run.get("gen") is not None:
@@ -210,12 +210,10 @@ class ChatService:
             training job steps and other chats take their turn in between."""
             try:
                 with rng_untouched():
-                    if "gen" not in run:
+                    if "gen" not in run:   # (the generator selects its adapter each time it runs)
                         if stop() or "ids" not in run:  # cancelled, past its deadline or shutting down
                             return finish()
                         start()
-                    else:  # another chat on this base may have used another adapter in between
-                        run["res"].use(adapter_name)
                     until = time.perf_counter() + SLICE_SECONDS
                     for chunk in run["gen"]:
                         if chunk.token_id >= 0:  # (-1: a chunk of the prompt was read)

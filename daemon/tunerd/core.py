@@ -386,7 +386,7 @@ class Core:
             return self.jobs.worker.call(guarded).result()
 
         def model_for(adapter: str):
-            return self.registry.get(model, backend, quant, dtype, adapter=adapter).backend
+            return self.registry.get(model, backend, quant, dtype, adapter=adapter).serve(adapter)
 
         stop = cancelled.is_set if cancelled is not None else (lambda: False)
         yield from run_plan(plan, on_device, model_for, stop)

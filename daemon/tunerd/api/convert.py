@@ -8,7 +8,7 @@ from pathlib import Path
 from google.protobuf import json_format
 from tuner.v1 import tuner_pb2 as pb
 
-from ..backends.base import Sampling
+from ..backends.generation import Sampling
 from ..chat import ChatDelta, ChatParams
 from ..jobs.store import JobRecord, StoredEvent
 

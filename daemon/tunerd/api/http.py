@@ -21,7 +21,7 @@ from fastapi import FastAPI, Request   # the `daemon` extra; this module is impo
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
 
-from ..backends.base import Sampling
+from ..backends.generation import Sampling
 from ..chat import ChatParams
 from ..errors import http_error_for
 from .guard import Guard, Protocol, allowed_hosts

@@ -194,10 +194,22 @@ def tunerd_metadata(spec: AdapterSpec) -> dict:
     return {"num_layers": spec.num_layers, "keys": spec.keys, **spec.extra}
 
 
+def last_layers(spec: AdapterSpec, n_model_layers: Optional[int] = None) -> int:
+    """mlx-lm's `num_layers` (adapt the last N) of an adapter: N covers its lowest adapted layer
+    when it names its layers, else its own num_layers (-1: all)."""
+    if spec.layers and n_model_layers:
+        return n_model_layers - min(spec.layers)
+    return spec.num_layers
+
+
+def misfits(weights: dict, params: dict) -> list:
+    """Names in `weights` that are not in `params` or have another shape (an adapter that does
+    not fit a model): the check before loading tensors into it."""
+    return [k for k, v in weights.items() if k not in params or tuple(params[k].shape) != tuple(v.shape)]
+
+
 def mlx_config(spec: AdapterSpec, n_model_layers: Optional[int] = None) -> dict:
-    num_layers = spec.num_layers
-    if spec.layers and n_model_layers:  # mlx-lm adapts the last N layers: cover the lowest adapted one
-        num_layers = n_model_layers - min(spec.layers)
+    num_layers = last_layers(spec, n_model_layers)
     return {
         "fine_tune_type": spec.kind,
         "num_layers": num_layers if num_layers > 0 else (n_model_layers or -1),

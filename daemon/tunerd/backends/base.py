@@ -3,6 +3,8 @@
 The training loop, chat, the model registry, evaluation and fuse drive a `Backend` and never import
 mlx or torch. A backend is built by name with `tunerd.backends.registry.get_backend`.
 
+Two parts (a `Backend` is both):
+  TrainingBackend: what training needs
     name                                        "mlx" | "torch"
     tokenizer                                   the loaded model's Hugging Face tokenizer
     warnings -> list[str]                       set-up warnings for the user (default none); the loop
@@ -19,32 +21,33 @@ mlx or torch. A backend is built by name with `tunerd.backends.registry.get_back
     optimizer_step(lr, grad_scale, max_grad_norm) -> grad_norm
                                                 scale accumulated grads by grad_scale (1/n_targets
                                                 over all micro-batches), clip, step, zero grads
-    eval_loss(batch) -> (loss_sum, n)           no gradients
+    eval_loss(batch, adapter=None) -> (loss_sum, n)  no gradients (adapter: as generate's, evaluation)
     save_checkpoint(dir) / load_checkpoint(dir) adapter + optimizer state + backend RNG
     save_adapter(dir)                           final adapter: native layout AND PEFT layout
     load_adapter(dir)                           apply a saved adapter (either layout) for inference
-    generate(prompt_ids, sampling, should_stop) -> iterator[GenerationChunk]
     memory() -> MemoryStats                     the device's (process-wide) active and peak bytes
     peak_flops() -> float                       measured matmul FLOP/s of the device in the model's dtype
     fuse(adapter_dir, out_dir, dequantize=False)
                                                 merge an adapter into the loaded base and write a
                                                 standalone Hugging Face model dir (export/fuse.py)
-  For chat, several adapters on one loaded base (one copy of its weights):
+  ServingBackend: what serving adapters needs -- several adapters on one loaded base (one copy of
+  its weights), each selected only for the duration of a call:
+    generate(prompt_ids, sampling, should_stop, adapter=None) -> iterator[GenerationChunk]
+                                                adapter: an attached name, "" the bare base, None
+                                                the model's own (training's adapter / as loaded)
     attach_adapter(name, path) -> bytes         load a saved adapter beside the others (PEFT named
                                                 adapters on torch; named weight sets on mlx)
-    use_adapter(name | None)                    the adapter the next forward passes use (None: the base)
     detach_adapter(name)
+    check_serves(name | None)                   raise CannotShare/ValueError if generate cannot use it
     weight_bytes() -> (base, {name: bytes})     bytes of this model's own weights and of each adapter
-    can_share_base() -> bool                    a training run lends its base to chat (attach/use
-                                                beside its trainable adapter, TRAINING; default False)
+    can_share_base() -> bool                    a training run lends its base to chat (attach beside
+                                                its trainable adapter, TRAINING; default False)
 Losses are sums over supervised target tokens so that the loop can normalise across gradient
 accumulation by the total supervised token count (transformers #34191).
 A backend instance is owned by one thread (MLX streams are thread-local, DESIGN.md §6).
 """
 from __future__ import annotations
 
-import math
-import time
 from abc import ABC, abstractmethod
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
@@ -54,6 +57,7 @@ from typing import Callable, Iterator, Optional
 from ..config.schema import TrainConfig
 from ..data.batch import Batch
 from .adapter_layout import AdapterSpec
+from .generation import GenerationChunk, Sampling
 
 
 class BackendUnavailable(RuntimeError):
@@ -130,50 +134,6 @@ class MemoryStats:
     peak_bytes: int = 0
 
 
-@dataclass
-class Sampling:
-    temperature: float = 0.0
-    top_p: float = 1.0
-    top_k: int = 0
-    min_p: float = 0.0
-    repetition_penalty: float = 1.0
-    seed: Optional[int] = None
-    max_tokens: int = 256
-    stop: list = field(default_factory=list)
-
-    def check(self) -> "Sampling":
-        """The allowed ranges, one place for gRPC and HTTP: a ValueError naming the field."""
-        def bad(name: str, allowed: str) -> ValueError:
-            return ValueError(f"{name}: must be {allowed}, got {getattr(self, name)!r}")
-
-        if not math.isfinite(self.temperature) or self.temperature < 0:
-            raise bad("temperature", "a finite number >= 0")
-        if not 0 < self.top_p <= 1:
-            raise bad("top_p", "in (0, 1]")
-        if self.top_k < 0:
-            raise bad("top_k", "an integer >= 0")
-        if not 0 <= self.min_p <= 1:
-            raise bad("min_p", "in [0, 1]")
-        if not math.isfinite(self.repetition_penalty) or self.repetition_penalty <= 0:
-            raise bad("repetition_penalty", "a finite number > 0")
-        if self.seed is not None and not -2 ** 63 <= self.seed < 2 ** 63:
-            raise bad("seed", "a signed 64-bit integer")
-        if self.max_tokens < 0:
-            raise bad("max_tokens", "an integer >= 0")
-        if not all(isinstance(x, str) for x in self.stop):
-            raise ValueError(f"stop: must be a string or a list of strings, got {self.stop!r}")
-        return self
-
-
-@dataclass
-class GenerationChunk:
-    """One new token's text (maybe empty while held back), or with token_id -1 and no
-    finish_reason: a chunk of a long prompt was read (the caller may let others use the device)."""
-    text: str
-    token_id: int
-    finish_reason: Optional[str] = None  # "stop" | "length" | "cancelled" on the last chunk
-
-
 CE_CHUNK_BYTES = 256 * 2 ** 20   # float32 logits held at once by a backend's cross-entropy
 
 
@@ -182,146 +142,11 @@ def ce_chunk_rows(vocab: int, chunk_bytes: int = CE_CHUNK_BYTES) -> int:
     return max(64, chunk_bytes // (4 * max(int(vocab), 1)))
 
 
-PREFILL_SECONDS = 0.1   # each chunk of a long prompt takes about this long (half a chat slice of 0.2 s)
-PREFILL_FIRST = 32      # tokens in the first chunk, before any time per token is known
-PREFILL_MIN, PREFILL_MAX = 16, 4096   # bounds on a chunk, however fast or slow the model is
-
-
-class PrefillPlan:
-    """A long prompt read in chunks sized by time, not a fixed count (issue 16, finding 5): the
-    first is small; each next one is sized from the time per token the last one took so it takes
-    about PREFILL_SECONDS (within PREFILL_MIN..PREFILL_MAX), so a long-context model does not hold
-    the device for seconds per chunk and a small one is not read in needlessly many. The device can
-    be yielded between chunks; the tokens produced are those of an unchunked read.
-
-        plan = PrefillPlan(len(ids))
-        while (n := plan.next()):
-            with plan.timed(n):
-                model(ids[plan.pos - n: plan.pos])   # read (and wait for) the chunk
-    """
-
-    def __init__(self, total: int, seconds: Optional[float] = None):
-        self.total, self.pos = total, 0
-        self.seconds = PREFILL_SECONDS if seconds is None else seconds
-        self.per_token: Optional[float] = None
-        self.sizes: list[int] = []
-
-    def size(self) -> int:
-        """Tokens in the next chunk (0: the prompt is read)."""
-        left = self.total - self.pos
-        if left <= 0:
-            return 0
-        if self.per_token is None:
-            want = PREFILL_FIRST
-        else:
-            want = int(self.seconds / max(self.per_token, 1e-9))
-        return min(left, max(PREFILL_MIN, min(PREFILL_MAX, want)))
-
-    def next(self) -> int:
-        """The next chunk's size, the position moved past it."""
-        n = self.size()
-        self.pos += n
-        if n:
-            self.sizes.append(n)
-        return n
-
-    def took(self, n: int, seconds: float) -> None:
-        """The last chunk of n tokens took this long (attention grows with the position: the
-        latest chunk is the best guess for the next)."""
-        if n > 0:
-            self.per_token = max(seconds, 0.0) / n
-
-    @contextmanager
-    def timed(self, n: int):
-        t0 = time.perf_counter()
-        yield
-        self.took(n, time.perf_counter() - t0)
-
-
-class ReplyText:
-    """The text of one streamed reply, written once for both backends: `update(text so far)` gives
-    the part that is safe to send (a possible start of a stop string and an incomplete UTF-8
-    character, U+FFFD until its next bytes come, are held back) and whether a stop string ended the
-    reply (the text before the first one found is sent); `rest()` is what is left when the reply
-    ends otherwise (eos, max_tokens, cancel), without a character cut off at its end."""
-
-    def __init__(self, stops: list[str]):
-        self.stops = [x for x in stops if x]
-        self.text, self.sent = "", 0
-
-    def update(self, text: str) -> tuple[str, bool]:
-        self.text = text
-        hits = [j for j in (text.find(x, max(0, self.sent - len(x))) for x in self.stops) if j >= 0]
-        if hits:
-            return self._upto(min(hits)), True
-        safe = len(text) - partial_stop_len(text, self.stops)
-        while safe > self.sent and text[safe - 1] == "\ufffd":
-            safe -= 1
-        return self._upto(safe), False
-
-    def rest(self) -> str:
-        return self._upto(len(self.text) - self.text.endswith("\ufffd"))
-
-    def _upto(self, end: int) -> str:
-        out = self.text[self.sent:end]
-        self.sent = max(self.sent, end)
-        return out
-
-
-def partial_stop_len(text: str, stops: list[str]) -> int:
-    """Length of the longest suffix of `text` that is a proper prefix of a stop string: the
-    part of a streamed reply both backends hold back until it is known not to start a stop."""
-    best = 0
-    for stop in stops:
-        for n in range(min(len(stop) - 1, len(text)), best, -1):
-            if text.endswith(stop[:n]):
-                best = n
-                break
-    return best
-
-
-class PromptCache:
-    """The KV caches of recent replies, one per adapter, reused by the next request whose prompt
-    starts with the same tokens (the next turn of a conversation re-sends the whole history): only
-    the new tokens are read. A cache is taken out while a reply uses it and put back after, so two
-    chats never share one. The backend gives `length(cache)` and `trim(cache, n)` (drop the last n
-    tokens; None when the cache cannot be trimmed, e.g. a sliding window)."""
-
-    def __init__(self, length: Callable, trim: Callable, slots: int = 4):
-        self._length, self._trim, self._slots = length, trim, slots
-        self._kept: dict = {}   # adapter name -> (tokens in the cache, cache)
-
-    def take(self, key, prompt: list[int]):
-        """(a cache holding prompt[:n], n) with n < len(prompt), or (None, 0)."""
-        kept = self._kept.pop(key, None)
-        if kept is None:
-            return None, 0
-        tokens, cache = kept
-        n = 0
-        for a, b in zip(tokens, prompt):
-            if a != b:
-                break
-            n += 1
-        n = min(n, len(prompt) - 1)   # at least one token to read: it gives the first logits
-        if n <= 0 or self._trim(cache, len(tokens) - n) is None:
-            return None, 0
-        return cache, n
-
-    def put(self, key, tokens: list[int], cache) -> None:
-        """Keep `cache`, which holds the first `length(cache)` of `tokens`."""
-        n = self._length(cache)
-        if n <= 0 or n > len(tokens):
-            return
-        self._kept.pop(key, None)
-        self._kept[key] = (list(tokens[:n]), cache)
-        while len(self._kept) > self._slots:
-            self._kept.pop(next(iter(self._kept)))
-
-    def clear(self) -> None:
-        self._kept.clear()
-
-
-class Backend(ABC):
+class TrainingBackend(ABC):
+    """What training needs (the loop, checkpoints, fuse, evaluation's loss): the methods here always
+    run on the training run's own adapter (or, without a run, on the model as loaded, with
+    `load_adapter`'s adapter). A chat's adapter is selected only inside a serving call
+    (`ServingBackend`), never between calls, so no method here has to select anything first."""
     name: str = "base"
     supports_added_tokens: bool = False   # resize_token_embeddings works (the loop asks before calling it)
 
@@ -358,7 +183,9 @@ class Backend(ABC):
     def optimizer_step(self, lr: float, grad_scale: float, max_grad_norm: float) -> float: ...
 
     @abstractmethod
-    def eval_loss(self, batch: Batch) -> tuple[float, int]: ...
+    def eval_loss(self, batch: Batch, adapter: Optional[str] = None) -> tuple[float, int]:
+        """Summed loss without gradients. `adapter` (evaluation of an attached adapter; "" the bare
+        base) is selected for this call only, as `ServingBackend.generate` does; None: training's."""
 
     @abstractmethod
     def save_checkpoint(self, path: Path) -> None: ...
@@ -372,10 +199,6 @@ class Backend(ABC):
     @abstractmethod
     def load_adapter(self, path: Path) -> None:
         """Apply a saved adapter (either layout) to the loaded base for inference."""
-
-    @abstractmethod
-    def generate(self, prompt_ids: list[int], sampling: Sampling,
-                 should_stop: Callable[[], bool] = lambda: False) -> Iterator[GenerationChunk]: ...
 
     @abstractmethod
     def memory(self) -> MemoryStats: ...
@@ -392,21 +215,41 @@ class Backend(ABC):
         quantized base raises FuseError unless `dequantize` (then the output is float)."""
         raise NotImplementedError(f"the {self.name} backend cannot fuse adapters")
 
-    # Several adapters on one base, for chat. Not abstract: a backend (or a test fake) that does
-    # not serve chat need not have them.
-    def attach_adapter(self, name: str, path: Path) -> int:
-        """Load the adapter at `path` as `name` beside the others, sharing the one base; make it
-        active; return its bytes. Adapters that change the base (adapter_layout.changes_base) go
-        through load_adapter on a base of their own instead."""
-        raise NotImplementedError(f"the {self.name} backend holds one adapter at a time")
 
-    def use_adapter(self, name: Optional[str]) -> None:
-        """Select an attached adapter for the next forward passes (None or "": the bare base)."""
-        if name:
-            raise NotImplementedError(f"the {self.name} backend holds one adapter at a time")
+class ServingBackend(ABC):
+    """What serving adapters needs (chat, evaluation): several adapters attached by name to one
+    loaded base (one copy of its weights), and generation with one of them.
+
+    An adapter is selected only for the duration of a serving call: `generate(..., adapter=name)`
+    selects it each time the generator is resumed and, before it yields, selects what training uses
+    again (the run's own adapter, TRAINING), so a training step between two chunks of a reply sees
+    exactly its own model. A backend implements `_select(name)` (None: the bare base, TRAINING: the
+    run's own adapter), `_training()` and `_generate`. Not abstract: a backend (or a test fake) that
+    does not serve chat need not have them."""
+
+    def generate(self, prompt_ids: list[int], sampling: Sampling, should_stop: Callable[[], bool] = lambda: False,
+                 adapter: Optional[str] = None) -> Iterator[GenerationChunk]:
+        """Stream a reply to `prompt_ids`. `adapter`: an attached adapter's name, "" the bare base,
+        None the backend's own model (the training run's adapter, or the model as loaded)."""
+        target = self._target(adapter)
+        with self._selected(target):
+            gen = self._generate(list(prompt_ids), sampling, should_stop, target)
+        return _scoped(gen, lambda: self._selected(target))
+
+    def attach_adapter(self, name: str, path: Path) -> int:
+        """Load the adapter at `path` as `name` beside the others, sharing the one base; return its
+        bytes. Adapters that change the base (adapter_layout.changes_base) go through load_adapter
+        on a base of their own instead."""
+        raise NotImplementedError(f"the {self.name} backend holds one adapter at a time")
 
     def detach_adapter(self, name: str) -> None:
         raise NotImplementedError(f"the {self.name} backend holds one adapter at a time")
+
+    def check_serves(self, adapter: Optional[str]) -> None:
+        """Raise if `generate(..., adapter=adapter)` cannot run here (CannotShare: e.g. the bare
+        base of a DoRA run; ValueError: not attached)."""
+        if adapter:
+            raise ValueError(f"adapter {adapter!r} is not attached to this model")
 
     def weight_bytes(self) -> tuple[int, dict]:
         """(bytes of the base's weights and buffers, {attached adapter name: bytes})."""
@@ -414,10 +257,64 @@ class Backend(ABC):
 
     def can_share_base(self) -> bool:
         """True while a LoRA/DoRA run trains on the checkpoint's own weights: chat may attach
-        adapters to this model and use them between training steps (`attach_adapter`/`use_adapter`
-        raise CannotShare for a request it cannot serve); every training method selects the run's
-        own adapter (TRAINING) again first, so the run's math is untouched."""
+        adapters to this model and generate with them between training steps (`attach_adapter`
+        raises CannotShare for an adapter it cannot serve); the run's math is untouched."""
         return False
+
+    # ---- the selection, private to the backends ------------------------------------------------
+    def _training(self) -> bool:
+        """A training run owns this model: between serving calls its adapter is selected."""
+        return False
+
+    def _select(self, name: Optional[str]) -> None:
+        """Make `name` the adapter the next forward passes use (None: the bare base; TRAINING: the
+        run's own). Only `_selected` calls it."""
+        if name not in (None, TRAINING):
+            raise NotImplementedError(f"the {self.name} backend holds one adapter at a time")
+
+    def _generate(self, prompt_ids: list[int], sampling: Sampling, should_stop: Callable[[], bool],
+                  key: Optional[str]) -> Iterator[GenerationChunk]:
+        """The reply with the adapter `key` already selected (its prompt cache is kept under `key`)."""
+        raise NotImplementedError(f"the {self.name} backend does not generate")
+
+    def _target(self, adapter: Optional[str]) -> Optional[str]:
+        if adapter is None:
+            return TRAINING if self._training() else None
+        return adapter or None
+
+    @contextmanager
+    def _selected(self, target: Optional[str]):
+        """`target` selected for the body; after it, the training run's adapter again."""
+        try:
+            self._select(target)
+            yield
+        finally:
+            if self._training():
+                self._select(TRAINING)
+
+
+def _scoped(gen: Iterator, scope: Callable) -> Iterator:
+    """`gen`, resumed (and closed) only inside `scope()`: the adapter is selected while a chunk is
+    made, not while the caller holds the generator between chunks."""
+    done = False
+    try:
+        while True:
+            with scope():
+                try:
+                    chunk = next(gen)
+                except StopIteration:
+                    done = True
+                    return
+            yield chunk
+    finally:
+        if not done:
+            with scope():
+                gen.close()
+
+
+class Backend(TrainingBackend, ServingBackend):
+    """A backend serves both: `tunerd.backends.registry.get_backend(name)` builds one."""
+
 
 def adapter_spec(cfg: TrainConfig, kind: str) -> AdapterSpec:
     """The adapter_layout.AdapterSpec of an adapter trained with `cfg` (both backends save it)."""

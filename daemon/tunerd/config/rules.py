@@ -13,6 +13,7 @@ import os
 from pathlib import Path
 from typing import Optional, Union
 
+from .. import quantization
 from ..model_config import context_positions
 from .schema import TrainConfig
 
@@ -21,7 +22,7 @@ _CHOICES = {
     "backend": ("auto", "mlx", "torch"),
     "device": ("auto", "cuda", "mps", "cpu"),
     "dtype": ("auto", "float32", "float16", "bfloat16"),
-    "quantization": ("none", "4bit", "nf4", "int4", "8bit", "int8"),
+    "quantization": quantization.NAMES,
     "peft_adapter": ("lora", "dora", "full"),
     "lora_bias": ("none", "all", "lora_only"),
     "lr_scheduler_type": ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant",

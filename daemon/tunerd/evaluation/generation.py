@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable, Optional
 
-from ..backends.base import Sampling
+from ..backends.generation import Sampling
 from ..config.schema import TrainConfig
 from .data import GenRow, build_eval_set
 from .metrics import score

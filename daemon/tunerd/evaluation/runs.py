@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Optional
 
-from ..backends.base import Sampling
+from ..backends.generation import Sampling
 from ..config.schema import TrainConfig
 from ..data.batch import pad_id_of
 from .data import build_eval_set

@@ -1,10 +1,11 @@
 """Resident models: loaded once on the device worker, kept alive between requests.
 
 One resident per base, keyed by (model, backend, quantization, dtype): every adapter used with
-that base is attached to it by name (`Backend.attach_adapter`) and selected per request
-(`Resident.use`), so chat with adapter A, chat with adapter B and the bare base share one copy of
-the base's weights (DESIGN.md §5). An adapter that changes the base itself (a full fine-tune, or
-added chat tokens with their own vocabulary) gets a base of its own, keyed with its path.
+that base is attached to it by name (`Backend.attach_adapter`) and selected for each call that
+uses it (`Resident.serve(name)`: generate and eval_loss with that adapter), so chat with adapter
+A, chat with adapter B and the bare base share one copy of the base's weights (DESIGN.md §5). An
+adapter that changes the base itself (a full fine-tune, or added chat tokens with their own
+vocabulary) gets a base of its own, keyed with its path.
 
 A running LoRA/DoRA job lends its model (`lend`): while it trains, chat on the same base (model,
 backend, quantization, dtype) attaches its adapters to the job's model instead of loading another
@@ -32,6 +33,7 @@ from ..backends.adapter_layout import changes_base
 from ..backends.base import TRAINING, Backend, CannotShare, ModelSpec
 from ..backends.registry import get_backend
 from ..config.schema import TrainConfig
+from ..quantization import bits as quantization_bits
 from .download import fetch
 
 DEFAULT_KEEP_ALIVE = 300.0
@@ -80,11 +82,11 @@ class Resident:
             size = self.backend.attach_adapter(name, Path(path))
         self.adapters[name] = Attached(name, path, stamp, size, time.time())
 
-    def use(self, name: str = "") -> None:
-        """The adapter the next forward passes use ("": the bare base). Chats on one base take
-        turns on the device, so each turn selects its own adapter again."""
-        if not self.own_adapter:
-            self.backend.use_adapter(name or None)
+    def serve(self, name: str = "") -> "Served":
+        """This base with adapter `name` ("": the bare base), as chat and evaluation use it: each
+        call selects the adapter for its own duration (base.ServingBackend), so chats on one base
+        and a lending job's steps can take turns on the device."""
+        return Served(self.backend, None if self.own_adapter else name)
 
     def detach(self, name: str) -> bool:
         if self.adapters.pop(name, None) is None:
@@ -97,6 +99,24 @@ class Resident:
     def memory_bytes(self) -> int:
         """The base's weights plus each attached adapter's (and a lending job's own): the base counts once."""
         return self.base_bytes + self.own_bytes + sum(a.memory_bytes for a in list(self.adapters.values()))
+
+
+@dataclass(frozen=True)
+class Served:
+    """One adapter of a resident base: `generate` and `eval_loss` pass it to the backend, which
+    selects it for that call only (None: the model as loaded, e.g. a base of its own)."""
+    backend: Backend
+    adapter: Optional[str]
+
+    @property
+    def tokenizer(self):
+        return self.backend.tokenizer
+
+    def generate(self, prompt_ids, sampling, should_stop=lambda: False):
+        return self.backend.generate(prompt_ids, sampling, should_stop, adapter=self.adapter)
+
+    def eval_loss(self, batch):
+        return self.backend.eval_loss(batch, adapter=self.adapter)
 
 
 class Lease:
@@ -161,7 +181,7 @@ class ModelRegistry:
     def get(self, model: str, backend: str = "auto", quantization: str = "none", dtype: str = "auto",
             adapter: str = "", keep_alive: Optional[float] = None, name: str = "") -> Resident:
         """The resident base (loaded on first use) with `adapter` attached as `name` (default: its
-        path) and selected."""
+        path); `.serve(name)` uses it."""
         cfg = ModelSpec(model=model, backend=backend or "auto", quantization=quantization or "none",
                         dtype=dtype or "auto")
         backend_name = self._resolve_backend(cfg)
@@ -192,7 +212,6 @@ class ModelRegistry:
             self._models[key] = res
         if adapter:
             res.attach(name or adapter, adapter)
-        res.use(name or adapter)
         res.last_used_at = time.time()
         if keep_alive:
             res.keep_alive = keep_alive
@@ -202,8 +221,8 @@ class ModelRegistry:
         return Lease(self, job_id, cfg, backend_name, backend)
 
     def _lent(self, model, backend_name, quantization, dtype, adapter, name) -> Optional[Resident]:
-        """A running job's model on this base with `adapter` attached and selected, or None (no such
-        job, or one whose model cannot serve this request)."""
+        """A running job's model on this base with `adapter` attached (and servable), or None (no
+        such job, or one whose model cannot serve this request)."""
         want = (_model_key(model), backend_name, quantization)
         for res in self._models.values():
             if not res.job_id or res.key[:3] != want or dtype not in ("auto", res.dtype):
@@ -211,7 +230,7 @@ class ModelRegistry:
             try:
                 if adapter:
                     res.attach(name, adapter)
-                res.use(name)
+                res.backend.check_serves(name or None)
             except CannotShare:
                 continue
             res.last_used_at = time.time()
@@ -265,7 +284,7 @@ def check_fits_in_memory(model: str, quantization: str = "none", available: Opti
     if not path.is_dir():
         return
     size = sum(f.stat().st_size for f in path.glob("*.safetensors"))
-    if quantization in ("4bit", "nf4", "int4"):
+    if quantization_bits(quantization) == 4:
         size //= 3   # a 16-bit checkpoint quantized to 4 bits (+ scales) needs ~1/3..1/4
     avail = host.memory()[1] if available is None else available
     if size > 0.9 * avail:

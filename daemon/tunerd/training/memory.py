@@ -26,6 +26,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable, Optional
 
+from .. import quantization
 from ..backends.base import ce_chunk_rows
 
 BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
@@ -99,11 +100,6 @@ class MemoryEstimate:
                 f"loss {self.logits / GIB:.2f})")
 
 
-def _quant_bits(q: str) -> int:
-    q = (q or "none").lower()
-    return 4 if q in ("4bit", "nf4", "int4", "fp4") else 8 if q in ("8bit", "int8") else 0
-
-
 def _targets(cfg, shape: Shape) -> list[str]:
     t = cfg.lora_target_modules
     if t == "all-linear":
@@ -119,7 +115,7 @@ def estimate(model_config: dict, cfg, backend: str, seq_len: int, dtype: Optiona
     `batch_size` (default: the config's) rows of `seq_len` tokens; `dtype` is the resolved one."""
     s = Shape.of(model_config)
     b = BYTES.get(dtype or cfg.dtype, 4)
-    bits = _quant_bits(cfg.quantization)
+    bits = quantization.bits(cfg.quantization)
     rows = batch_size or cfg.per_device_train_batch_size
     tokens = rows * seq_len
     block = sum(i * o for i, o in s.linear_shapes().values())
@@ -177,7 +173,7 @@ def advise(model_config: dict, cfg, backend: str, seq_len: int, available: int, 
                                f"(same effective batch)")
                 break
     trials = [("gradient_checkpointing: true", dict(gradient_checkpointing=True))]
-    if not _quant_bits(cfg.quantization) and not cfg.full_finetune:
+    if not quantization.bits(cfg.quantization) and not cfg.full_finetune:
         trials.append(("quantization: 4bit (QLoRA)", dict(quantization="4bit")))
     for text, change in trials:
         if estimate(model_config, dataclasses.replace(cfg, **change), backend, seq_len, dtype, device_kind=device_kind).total <= available:

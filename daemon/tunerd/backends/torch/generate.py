@@ -7,8 +7,7 @@ from typing import Callable, Iterator, Optional
 
 import torch
 
-from .. import base
-from ..base import GenerationChunk, Sampling
+from ..generation import GenerationChunk, PrefillPlan, PromptCache, ReplyText, Sampling
 
 
 def sample_next(logits: torch.Tensor, context: torch.Tensor, s: Sampling,
@@ -110,10 +109,10 @@ def _stream(model, tokenizer, prompt_ids, s, eos_ids, device, should_stop, reuse
     # its own generator, never the global RNG a training job draws its dropout from
     # sampling stays on the device: only the chosen token id crosses to the CPU (not [V] logits)
     gen = torch.Generator(device=device).manual_seed(s.seed if s.seed is not None else secrets.randbits(63))
-    reply, text = base.ReplyText(s.stop), Detokenizer(tokenizer)
+    reply, text = ReplyText(s.stop), Detokenizer(tokenizer)
     context = torch.tensor(prompt_ids, dtype=torch.long, device=device)
     ids = torch.tensor([prompt_ids[reused:]], dtype=torch.long, device=device)
-    plan = base.PrefillPlan(ids.shape[1])   # a long prompt in chunks of about PREFILL_SECONDS each
+    plan = PrefillPlan(ids.shape[1])   # a long prompt in chunks of about PREFILL_SECONDS each
     while n := plan.next():
         start = plan.pos - n
         if start:
@@ -145,3 +144,18 @@ def _stream(model, tokenizer, prompt_ids, s, eos_ids, device, should_stop, reuse
         out = step(model, torch.tensor([[tok]], device=device), state["past"])
         state["past"], logits = cache_of(out), out.logits[0, -1]
     yield GenerationChunk("", -1, "length")  # max_tokens == 0
+
+
+def prompt_cache() -> PromptCache:
+    """The KV caches of recent replies, per adapter (generation.PromptCache over transformers' caches)."""
+    return PromptCache(lambda c: c.get_seq_length(), _crop)
+
+
+def _crop(cache, n: int):
+    """Drop the last n tokens of a transformers cache; None when it cannot (sliding windows)."""
+    try:
+        if n:
+            cache.crop(cache.get_seq_length() - n)
+        return cache
+    except Exception:  # noqa: BLE001 - a cache type without crop: read the prompt again
+        return None

@@ -13,17 +13,13 @@ import logging
 
 import torch
 
+from ... import quantization
+
 log = logging.getLogger("tunerd.torch")
 
-QUANT = {"none": None, "": None, "4bit": "4bit", "nf4": "4bit", "int4": "4bit", "fp4": "4bit",
-         "8bit": "8bit", "int8": "8bit"}
-
-
 def quant_mode(spec) -> str | None:
-    q = (spec.quantization or "none").lower()
-    if q not in QUANT:
-        raise ValueError(f"quantization: {spec.quantization!r} is not one of {', '.join(k for k in QUANT if k)}")
-    return QUANT[q]
+    """bitsandbytes' "4bit" | "8bit" | None for the spec's `quantization` (tunerd.quantization)."""
+    return quantization.torch_mode(spec.quantization)
 
 
 def bnb_config(spec, dtype: torch.dtype, device: torch.device):
@@ -33,7 +29,7 @@ def bnb_config(spec, dtype: torch.dtype, device: torch.device):
     if device.type == "mps":
         log.warning("bitsandbytes on MPS is new and partial; 4-bit on a Mac is best done on the mlx backend")
     if mode == "4bit":
-        qt = "fp4" if spec.quantization.lower() == "fp4" else spec.bnb_4bit_quant_type
+        qt = quantization.bnb_4bit_type(spec.quantization, spec.bnb_4bit_quant_type)
         if qt not in ("nf4", "fp4"):
             raise ValueError(f"bnb_4bit_quant_type: {qt!r} is not one of nf4, fp4")
         return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=qt,

@@ -79,3 +79,26 @@ def build_optimizer(cfg, params: list, device: torch.device) -> torch.optim.Opti
     if "lion" in name:
         return cls(params, lr=lr, betas=(cfg.adam_beta1, 0.99), weight_decay=wd)
     return cls(params, lr=lr, betas=betas, eps=eps, weight_decay=wd)
+
+
+def clipped_step(optimizer, params: list, scaler, lr: float, grad_scale: float, max_grad_norm: float) -> float:
+    """Scale the accumulated grads by `grad_scale`, clip their global norm (`clip_grad_norm_`;
+    max_grad_norm 0: no clipping), set the lr, step (through the GradScaler under float16), zero
+    the grads; the norm before clipping."""
+    if scaler:
+        scaler.unscale_(optimizer)
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        raise RuntimeError("optimizer_step without forward_backward")
+    torch._foreach_mul_(grads, grad_scale)
+    norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm if max_grad_norm and max_grad_norm > 0
+                                          else float("inf"))
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    if scaler:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return float(norm)
