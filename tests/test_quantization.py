@@ -3,7 +3,7 @@ import pytest
 
 from tunerd import quantization as q
 from tunerd.backends.base import ModelSpec
-from tunerd.config.loader import _CHOICES
+from tunerd.config.rules import _CHOICES
 
 
 @pytest.mark.parametrize("name, canonical, bits", [
