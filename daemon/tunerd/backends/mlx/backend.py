@@ -36,8 +36,8 @@ from ..base import (Backend, FuseError, GenerationChunk, MemoryStats, ModelInfo,
                     adapter_spec, ce_chunk_rows)
 from ..dtypes import checkpoint_dtype, resolve_dtype
 from .model import (PACKING_MODEL_TYPES, PackedAttention, add_token_rows, apply_lora, block_causal_mask,
-                    densify_token_rows, enable_grad_checkpoint, is_quantized, quantize_base, resolve_lora_keys,
-                    strip_adapters, strip_token_rows, token_rows)
+                    densify_token_rows, enable_grad_checkpoint, is_quantized, load_pretrained, quantize_base,
+                    resolve_lora_keys, strip_adapters, strip_token_rows, token_rows)
 from .peak import peak_flops
 
 log = logging.getLogger("tunerd.mlx")
@@ -167,7 +167,7 @@ class MLXBackend(Backend):
         return self._warnings
 
     def load(self, spec: ModelSpec) -> ModelInfo:
-        from mlx_lm.utils import get_total_parameters, load
+        from mlx_lm.utils import get_total_parameters
 
         if (w := blas_hint()) and w not in self._warnings:
             log.warning(w)
@@ -175,8 +175,7 @@ class MLXBackend(Backend):
         bits = quant_bits(spec)
         self.cfg = None
         set_memory_limits()
-        model, wrapper, config = load(spec.model, return_config=True, revision=spec.revision,
-                                      trust_remote_code=spec.trust_remote_code)
+        model, wrapper, config = load_pretrained(spec)
         device, kind = str(mx.default_device()), device_kind()
         dtype_name, dtype_reason = resolve_dtype(spec.dtype, kind, checkpoint_dtype(config),
                                                  lambda dt: peak_flops(device, dt))
@@ -227,9 +226,8 @@ class MLXBackend(Backend):
         return new
 
     def _vocab_rows(self) -> int:
-        from .model import _embed_owner, dense_weight
-        emb = _embed_owner(self.model).embed_tokens
-        return int(emb._perm.shape[0]) if token_rows(self.model) else int(dense_weight(emb).shape[0])
+        from .model import vocab_rows
+        return vocab_rows(self.model)
 
     def _set_tokenizer(self, hf_tokenizer, end_of_turn=None) -> None:
         """Re-wrap the (grown) tokenizer: the streaming detokenizer maps the new ids, and the
@@ -461,7 +459,8 @@ class MLXBackend(Backend):
             return
         weights = {k: np.array(v.astype(mx.float32)) for k, v in trained.items()}
         rows = {k: weights.pop(k) for k in [k for k in weights if k.endswith(".rows")]}
-        layout.write_adapter(path, weights, self._spec(), n_model_layers=len(self.model.layers))
+        layout.write_adapter(path, weights, self._spec(), n_model_layers=len(self.model.layers),
+                             model_type=self.model_type)
         if self._added:
             head = [v for k, v in rows.items() if k.startswith("lm_head.")]
             embed = [v for k, v in rows.items() if k.endswith("embed_tokens.rows")]
@@ -483,7 +482,7 @@ class MLXBackend(Backend):
                 self._load_weights(mx.load(str(where / layout.MLX_WEIGHTS)), trainable_only=False)
                 self.model.eval()
                 return
-        spec, weights = layout.read_adapter(path)
+        spec, weights = layout.read_adapter(path, model_type=self.model_type)
         model = self.model
         strip_adapters(model)
         self._attached, self._active, self._structure = {}, None, None
@@ -588,7 +587,7 @@ class MLXBackend(Backend):
         if layout.changes_base(path):
             raise ValueError(f"{path}: a full fine-tune or an adapter with added tokens changes the base; "
                              "load it alone (load_adapter)")
-        spec, weights = layout.read_adapter(path)
+        spec, weights = layout.read_adapter(path, model_type=self.model_type)
         structure = self._structure_of(spec)
         training = self.optimizer is not None
         if training and (not self.can_share_base() or structure != self._structure):
