@@ -1,8 +1,9 @@
-"""Every model family on both backends (issue 17): a tiny random model of each family (demo/tiny.py
-FAMILIES) trains a few LoRA steps with the loss going down, saves its adapter in both layouts,
-and a fresh backend reloads each layout alone (the same logits as the trained one) and chats.
-Driven through the Backend interface, as tests/test_backend_contract.py does; the README's
-families x backends table is what this file proves."""
+"""Every model family on both backends (issue 17): a tiny random model of each family
+(backends/families.py FAMILIES, built by demo/tiny.py) trains a few LoRA steps with the loss going
+down, saves its adapter in both layouts, and a fresh backend of each kind reloads each layout alone
+(the trained logits again) and chats. Driven through the Backend interface, as
+tests/test_backend_contract.py does; the README's families x backends table is what this file
+proves. A family a backend cannot run is refused at submit, naming the backend that can."""
 from __future__ import annotations
 
 import importlib.util
@@ -13,7 +14,8 @@ import pytest
 from backend_utils import batches, logits, make, train_steps
 from tunerd.backends.base import ModelSpec, Sampling
 from tunerd.backends.registry import get_backend
-from tunerd.demo.tiny import FAMILIES, TinyModelSpec, build_tiny_model
+from tunerd.backends.families import FAMILIES
+from tunerd.demo.tiny import FAMILY_CLASSES, TinyModelSpec, build_tiny_model
 
 CROSS_ATOL = 2e-4   # as in test_backend_contract.py: a second implementation of the same model
 
@@ -62,3 +64,52 @@ def test_family_trains_saves_reloads_and_chats(family, backend, family_dirs, dem
                                        err_msg=f"the {only} layout read by {reader}")
             chunks = [c for c in other.generate(prompt, Sampling(max_tokens=6)) if c.token_id >= 0]
             assert chunks and chunks[-1].finish_reason in ("stop", "length"), (reader, only)
+
+
+def test_every_family_has_a_tiny_model():
+    assert set(FAMILY_CLASSES) == set(FAMILIES)
+
+
+def test_mlx_gets_the_config_keys_transformers_5_no_longer_writes():
+    """mlx-lm reads GPT-2's n_ctx and rope_theta / rope_scaling / Gemma 3's sliding-window pattern
+    under their 4.x names: filled in from what transformers 5 writes (not over what is there)."""
+    pytest.importorskip("mlx_lm")
+    from tunerd.backends.mlx.model import legacy_config_keys
+
+    assert legacy_config_keys({"model_type": "gpt2", "n_positions": 1024}) == {"n_ctx": 1024}
+    assert legacy_config_keys({"model_type": "gpt2", "n_positions": 1024, "n_ctx": 512}) == {}
+    llama3 = {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 32.0}
+    assert legacy_config_keys({"model_type": "llama", "rope_parameters": llama3}) == {
+        "rope_theta": 500000.0, "rope_scaling": {"rope_type": "llama3", "type": "llama3", "factor": 32.0}}
+    gemma3 = {"model_type": "gemma3_text", "layer_types": ["sliding_attention"] * 5 + ["full_attention"] * 1,
+              "rope_parameters": {"full_attention": {"rope_type": "default", "rope_theta": 1e6},
+                                  "sliding_attention": {"rope_type": "default", "rope_theta": 1e4}}}
+    assert legacy_config_keys(gemma3) == {"rope_theta": 1e6, "rope_local_base_freq": 1e4,
+                                          "sliding_window_pattern": 6}
+
+
+@pytest.mark.parametrize("model_type, backend, other", [("bloom", "mlx", "torch"), ("openelm", "torch", "mlx")])
+def test_a_family_the_backend_cannot_run_is_refused_at_submit(tmp_path, model_type, backend, other):
+    """bloom: transformers has it, mlx-lm not; openelm the other way round (without remote code)."""
+    import json
+
+    from jobs_fakes import FakeTrainer, job_doc
+    from tunerd.config.loader import ConfigError
+    from tunerd.core import Core
+
+    for b in (backend, other):
+        pytest.importorskip("mlx_lm" if b == "mlx" else "transformers")
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text(json.dumps({"model_type": model_type}))
+    core = Core(tmp_path, run_training=FakeTrainer())
+    try:
+        with pytest.raises(ConfigError) as e:
+            core.submit(doc=job_doc(model, backend=backend), base_dir=str(tmp_path))
+        assert e.value.problems == [e.value.problems[0]]
+        msg = e.value.problems[0]
+        assert msg.startswith(f"model: the {backend} backend cannot run a model of family '{model_type}'"), msg
+        assert msg.endswith(f"the {other} backend runs it: set backend: {other}"), msg
+        assert not core.list_jobs()
+    finally:
+        core.shutdown(5)

@@ -4,7 +4,7 @@ Used by `tunerctl demo` and by the tests: random weights, a byte-level BPE
 tokenizer trained on the fly on the data it will see, and a ChatML chat template.
 The result is an ordinary Hugging Face model directory (config.json,
 model.safetensors, tokenizer.json, tokenizer_config.json) that both mlx-lm and
-transformers load. `TinyModelSpec.family` picks the architecture (FAMILIES: Llama by
+transformers load. `TinyModelSpec.family` picks the architecture (FAMILY_CLASSES: Llama by
 default; tests/test_families.py trains each on both backends).
 """
 from __future__ import annotations
@@ -55,11 +55,11 @@ class TinyModelSpec:
     rope_theta: float = 10000.0
     rope_scaling: dict | None = None
     torch_dtype: str = "float32"
-    family: str = "llama"   # one of FAMILIES
+    family: str = "llama"   # a model_type of FAMILY_CLASSES
 
 
-# model_type -> the transformers config and model classes of that family
-FAMILIES = {
+# model_type -> the transformers config and model classes of that family (backends/families.py FAMILIES)
+FAMILY_CLASSES = {
     "llama": ("LlamaConfig", "LlamaForCausalLM"),
     "mistral": ("MistralConfig", "MistralForCausalLM"),
     "qwen2": ("Qwen2Config", "Qwen2ForCausalLM"),
@@ -144,9 +144,9 @@ def build_tiny_model(out_dir: str | Path, corpus: list[str] | None = None,
     import transformers
 
     spec = spec or TinyModelSpec()
-    if spec.family not in FAMILIES:
-        raise ValueError(f"family: {spec.family!r} is not one of {', '.join(FAMILIES)}")
-    config_cls, model_cls = (getattr(transformers, n) for n in FAMILIES[spec.family])
+    if spec.family not in FAMILY_CLASSES:
+        raise ValueError(f"family: {spec.family!r} is not one of {', '.join(FAMILY_CLASSES)}")
+    config_cls, model_cls = (getattr(transformers, n) for n in FAMILY_CLASSES[spec.family])
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if corpus is None:
