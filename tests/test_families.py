@@ -37,8 +37,10 @@ def family_bundle(family_dirs, demo_bundle, tmp_path_factory, family):
 @pytest.mark.parametrize("family", list(FAMILIES))
 def test_family_trains_saves_reloads_and_chats(family, backend, family_dirs, demo_bundle, tmp_path_factory,
                                                tmp_path):
-    """Both layouts alone, read by both backends: the trained logits again (the other backend is a
-    second implementation of the family, so this also checks that both read the config alike)."""
+    """Both layouts alone, read by both backends, applied alone (`load_adapter`, what fuse does) and
+    as chat attaches them beside each other on one base (`attach_adapter`): the trained logits again
+    (the other backend is a second implementation of the family, so this also checks that both read
+    the config alike), and chat replies."""
     readers = [b for b in (backend, "torch" if backend == "mlx" else "mlx")
                if importlib.util.find_spec("mlx" if b == "mlx" else "peft")]
     if backend not in readers:
@@ -55,14 +57,25 @@ def test_family_trains_saves_reloads_and_chats(family, backend, family_dirs, dem
     prompt = be.tokenizer.apply_chat_template([{"role": "user", "content": "What is the river of Oskan?"}],
                                               add_generation_prompt=True, tokenize=True)
     prompt = list(prompt["input_ids"] if hasattr(prompt, "keys") else prompt)
+
+    def fresh(reader):
+        other = get_backend(reader)
+        other.load(ModelSpec(model=bundle["model"], dtype="float32"))
+        return other
+
     for reader in readers:
+        atol = 1e-5 if reader == backend else CROSS_ATOL
         for only in ("peft", "mlx"):
-            other = get_backend(reader)
-            other.load(ModelSpec(model=bundle["model"], dtype="float32"))
+            other = fresh(reader)
             other.load_adapter(tmp_path / only)
-            np.testing.assert_allclose(logits(other, ids), want, atol=1e-5 if reader == backend else CROSS_ATOL,
-                                       err_msg=f"the {only} layout read by {reader}")
-            chunks = [c for c in other.generate(prompt, Sampling(max_tokens=6)) if c.token_id >= 0]
+            np.testing.assert_allclose(logits(other, ids), want, atol=atol, err_msg=f"{only} layout, {reader} load")
+        chat = fresh(reader)
+        for only in ("peft", "mlx"):
+            chat.attach_adapter(only, tmp_path / only)
+        for only in ("peft", "mlx"):
+            chat.use_adapter(only)
+            np.testing.assert_allclose(logits(chat, ids), want, atol=atol, err_msg=f"{only} layout, {reader} attach")
+            chunks = [c for c in chat.generate(prompt, Sampling(max_tokens=6)) if c.token_id >= 0]
             assert chunks and chunks[-1].finish_reason in ("stop", "length"), (reader, only)
 
 
@@ -113,3 +126,18 @@ def test_a_family_the_backend_cannot_run_is_refused_at_submit(tmp_path, model_ty
         assert not core.list_jobs()
     finally:
         core.shutdown(5)
+
+
+@pytest.mark.parametrize("config, needle", [
+    ({"model_type": "gpt2", "n_embd": 64, "n_inner": 128}, "this model's n_inner is 128"),
+    ({"model_type": "gemma3_text", "num_hidden_layers": 2, "layer_types": ["sliding_attention"] * 2},
+     "needs at least sliding_window_pattern = 6 layers, this model has 2"),
+])
+def test_shapes_mlx_lm_cannot_build_are_named_too(config, needle):
+    pytest.importorskip("mlx_lm")
+    pytest.importorskip("transformers")
+    from tunerd.backends.families import family_problem
+
+    msg = family_problem(config, "mlx")
+    assert needle in msg and msg.endswith("the torch backend runs it: set backend: torch"), msg
+    assert family_problem(config, "torch") is None

@@ -39,9 +39,16 @@ def cannot_run(model_config: dict, backend: str) -> Optional[str]:
             return None
         if importlib.util.find_spec(f"mlx_lm.models.{MODEL_REMAPPING.get(kind, kind)}") is None:
             return f"mlx-lm has no {kind} architecture"
-        inner, embd = model_config.get("n_inner"), model_config.get("n_embd")
+        from .mlx.model import legacy_config_keys
+
+        c = {**model_config, **legacy_config_keys(model_config)}   # what mlx-lm will read
+        inner, embd = c.get("n_inner"), c.get("n_embd")
         if kind == "gpt2" and inner is not None and inner != 4 * (embd or 0):
             return f"mlx-lm's GPT-2 MLP is 4 x n_embd = {4 * (embd or 0)} wide, this model's n_inner is {inner}"
+        pattern, layers = c.get("sliding_window_pattern", 6), c.get("num_hidden_layers", 26)
+        if kind == "gemma3_text" and layers < pattern:
+            return (f"mlx-lm's Gemma 3 needs at least sliding_window_pattern = {pattern} layers, this model "
+                    f"has {layers}")
         return None
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
