@@ -16,6 +16,7 @@ from tunerd.backends.base import ModelSpec, Sampling
 from tunerd.backends.registry import get_backend
 from tunerd.backends.families import FAMILIES
 from tunerd.demo.tiny import FAMILY_CLASSES, TinyModelSpec, build_tiny_model
+from tunerd.export.fuse import fuse
 
 CROSS_ATOL = 2e-4   # as in test_backend_contract.py: a second implementation of the same model
 
@@ -38,9 +39,9 @@ def family_bundle(family_dirs, demo_bundle, tmp_path_factory, family):
 def test_family_trains_saves_reloads_and_chats(family, backend, family_dirs, demo_bundle, tmp_path_factory,
                                                tmp_path):
     """Both layouts alone, read by both backends, applied alone (`load_adapter`, what fuse does) and
-    as chat attaches them beside each other on one base (`attach_adapter`): the trained logits again
-    (the other backend is a second implementation of the family, so this also checks that both read
-    the config alike), and chat replies."""
+    as chat attaches them beside each other on one base (`attach_adapter`), and the model fused by
+    the training backend: the trained logits again (the other backend is a second implementation of
+    the family, so this also checks that both read the config alike), and chat replies."""
     readers = [b for b in (backend, "torch" if backend == "mlx" else "mlx")
                if importlib.util.find_spec("mlx" if b == "mlx" else "peft")]
     if backend not in readers:
@@ -58,10 +59,12 @@ def test_family_trains_saves_reloads_and_chats(family, backend, family_dirs, dem
                                               add_generation_prompt=True, tokenize=True)
     prompt = list(prompt["input_ids"] if hasattr(prompt, "keys") else prompt)
 
-    def fresh(reader):
+    def fresh(reader, model=bundle["model"]):
         other = get_backend(reader)
-        other.load(ModelSpec(model=bundle["model"], dtype="float32"))
+        other.load(ModelSpec(model=str(model), dtype="float32"))
         return other
+
+    fused = fuse(bundle["model"], tmp_path / "adapter", tmp_path / "fused", backend=backend)
 
     for reader in readers:
         atol = 1e-5 if reader == backend else CROSS_ATOL
@@ -77,6 +80,7 @@ def test_family_trains_saves_reloads_and_chats(family, backend, family_dirs, dem
             np.testing.assert_allclose(logits(chat, ids), want, atol=atol, err_msg=f"{only} layout, {reader} attach")
             chunks = [c for c in chat.generate(prompt, Sampling(max_tokens=6)) if c.token_id >= 0]
             assert chunks and chunks[-1].finish_reason in ("stop", "length"), (reader, only)
+        np.testing.assert_allclose(logits(fresh(reader, fused), ids), want, atol=atol, err_msg=f"fused, {reader}")
 
 
 def test_every_family_has_a_tiny_model():

@@ -526,7 +526,9 @@ class MLXBackend(Backend):
         from mlx.utils import tree_unflatten
         from mlx_lm.tuner.dora import DoRALinear
         from mlx_lm.tuner.lora import LoRALinear
-        from mlx_lm.utils import dequantize_model, save_config, save_model
+        from mlx_lm.utils import dequantize_model, save_config
+
+        from .model import save_model
 
         self._require_model()
         config = dict(self._config)
@@ -552,7 +554,7 @@ class MLXBackend(Backend):
         model.set_dtype(DTYPES[save_dtype])
         mx.eval(model.parameters())
         out = Path(out_dir)
-        save_model(out, model)
+        save_model(out, model, self.model_type)
         config["torch_dtype"] = save_dtype
         save_config(config, out / "config.json")
         self.tokenizer.save_pretrained(str(out))

@@ -8,6 +8,8 @@
 - `apply_lora()` / `strip_adapters()`: add and remove LoRA/DoRA layers (mlx-lm's classes).
 - `enable_grad_checkpoint()`: recompute each transformer block in backward, for this model only
   (mlx-lm's `grad_checkpoint` patches the layer *class*, i.e. every model in the process).
+- `save_model()`: a standalone model (fuse) that transformers reads too: mlx-lm's `save_model`, but
+  GPT-2 under transformers' names and Conv1D weight layout.
 - `PackedAttention`: how packed rows get a block-diagonal causal mask through mlx-lm's models.
 - `add_token_rows()` / `strip_token_rows()`: added chat special tokens: the (frozen, possibly
   quantized) embedding and lm_head are wrapped so that the rows of the new token ids come from a
@@ -15,6 +17,7 @@
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Optional
 
 import mlx.core as mx
@@ -22,7 +25,7 @@ import mlx.nn as nn
 from mlx_lm.tuner.dora import DoRALinear
 from mlx_lm.tuner.lora import LoRALinear
 from mlx_lm.tuner.utils import linear_to_lora_layers
-from mlx.utils import tree_unflatten
+from mlx.utils import tree_flatten, tree_unflatten
 
 # Model families whose attention is RoPE-only (no absolute position embeddings) and that take
 # their mask from the cache object (see PackedAttention). Packing is exact for these.
@@ -87,6 +90,26 @@ def load_pretrained(spec):
     model, config = load_model(path, model_config=legacy_config_keys(load_config(path)),
                                get_model_classes=_model_classes, trust_remote_code=spec.trust_remote_code)
     return model, load_tokenizer(path, eos_token_ids=config.get("eos_token_id", None)), config
+
+
+_CONV1D_WEIGHTS = (".attn.c_attn.weight", ".attn.c_proj.weight", ".mlp.c_fc.weight", ".mlp.c_proj.weight")
+
+
+def save_model(path, model: nn.Module, model_type: str) -> None:
+    """mlx-lm's `save_model` (safetensors that transformers reads too), except for GPT-2, whose
+    mlx-lm names (`model.h.0...`) and Linear layout transformers would skip with a warning, leaving
+    random weights: written as `transformer.*` with Conv1D weights [in, out] (which mlx-lm reads back
+    through its sanitize, and load_pretrained)."""
+    from mlx_lm.utils import save_model as mlx_lm_save_model
+
+    if model_type != "gpt2":
+        return mlx_lm_save_model(path, model)
+    weights = {}
+    for k, v in tree_flatten(model.parameters()):
+        k = "transformer." + k.removeprefix("model.")
+        weights[k] = v.T if k.endswith(_CONV1D_WEIGHTS) else v
+    Path(path).mkdir(parents=True, exist_ok=True)
+    mx.save_safetensors(str(Path(path) / "model.safetensors"), weights, metadata={"format": "pt"})
 
 
 class PackedAttention:
