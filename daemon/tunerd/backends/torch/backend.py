@@ -563,7 +563,8 @@ def _lora_config(spec: layout.AdapterSpec, base):
 
     return LoraConfig(r=spec.r, lora_alpha=spec.lora_alpha, lora_dropout=0.0, use_rslora=spec.use_rslora,
                       use_dora=spec.kind == "dora", target_modules=spec.target_modules,
-                      layers_to_transform=spec.layers, fan_in_fan_out=tmodel.has_conv1d(base), task_type="CAUSAL_LM")
+                      layers_to_transform=spec.layers, fan_in_fan_out=tmodel.has_conv1d(base),
+                      task_type="CAUSAL_LM")
 
 
 def _crop(cache, n: int):
