@@ -89,6 +89,29 @@ def test_family_trains_saves_reloads_and_chats(family, backend, family_dirs, dem
         np.testing.assert_allclose(logits(fresh(reader, fused), ids), want, atol=atol, err_msg=f"fused, {reader}")
 
 
+@pytest.mark.parametrize("backend", ["mlx", "torch"])
+def test_a_gpt2_full_fine_tune_reads_on_both_backends(backend, family_dirs, demo_bundle, tmp_path_factory, tmp_path):
+    """The family whose module names differ (mlx-lm model.h.N Linear, transformers transformer.h.N
+    Conv1D): the standalone model a full fine-tune writes loads on either backend, as an adapter
+    and as a model, with the trained logits."""
+    for b in ("mlx", "torch"):
+        pytest.importorskip("mlx.core" if b == "mlx" else "peft")
+    bundle = family_bundle(family_dirs, demo_bundle, tmp_path_factory, "gpt2")
+    cfg, be, (train, valid) = make(backend, bundle, peft_adapter="full", learning_rate=1e-3)
+    losses = train_steps(be, batches(be, train), cfg.learning_rate, 4)
+    assert losses[-1] < losses[0]
+    be.save_adapter(tmp_path / "full")
+    want = logits(be, valid[0][0])
+    for reader in ("mlx", "torch"):
+        other = get_backend(reader)
+        other.load(ModelSpec(model=bundle["model"], dtype="float32"))
+        other.load_adapter(tmp_path / "full")
+        np.testing.assert_allclose(logits(other, valid[0][0]), want, atol=CROSS_ATOL, err_msg=reader)
+        alone = get_backend(reader)
+        alone.load(ModelSpec(model=str(tmp_path / "full"), dtype="float32"))
+        np.testing.assert_allclose(logits(alone, valid[0][0]), want, atol=CROSS_ATOL, err_msg=reader)
+
+
 def test_every_family_has_a_tiny_model():
     assert set(FAMILY_CLASSES) == set(FAMILIES)
 

@@ -36,8 +36,8 @@ from ..base import (Backend, FuseError, GenerationChunk, MemoryStats, ModelInfo,
                     adapter_spec, ce_chunk_rows)
 from ..dtypes import checkpoint_dtype, resolve_dtype
 from .model import (PACKING_MODEL_TYPES, PackedAttention, add_token_rows, apply_lora, block_causal_mask,
-                    densify_token_rows, enable_grad_checkpoint, is_quantized, load_pretrained, quantize_base,
-                    resolve_lora_keys, strip_adapters, strip_token_rows, token_rows)
+                    densify_token_rows, enable_grad_checkpoint, is_quantized, load_pretrained, mlx_weight_names,
+                    quantize_base, resolve_lora_keys, save_model, strip_adapters, strip_token_rows, token_rows)
 from .peak import peak_flops
 
 log = logging.getLogger("tunerd.mlx")
@@ -416,8 +416,7 @@ class MLXBackend(Backend):
         self._fns, self._acc = {}, None  # compiled functions captured the old optimizer state
         mx.eval(self.model.parameters(), self.optimizer.state)
 
-    @staticmethod
-    def _read_weights(path: Path) -> dict:
+    def _read_weights(self, path: Path) -> dict:
         """Adapter tensors (mlx layout) of a checkpoint, or every tensor of a full-model dir."""
         if (path / layout.MLX_SUBDIR / layout.MLX_WEIGHTS).exists():
             return mx.load(str(path / layout.MLX_SUBDIR / layout.MLX_WEIGHTS))
@@ -426,7 +425,7 @@ class MLXBackend(Backend):
             weights.update(mx.load(str(f)))
         if not weights:
             raise FileNotFoundError(f"{path}: no adapter or model weights")
-        return weights
+        return mlx_weight_names(weights, self.model_type)
 
     def _load_weights(self, weights: dict, trainable_only: bool) -> None:
         params = dict(tree_flatten(self.model.trainable_parameters() if trainable_only else self.model.parameters()))
@@ -451,9 +450,9 @@ class MLXBackend(Backend):
         if not trained:
             raise RuntimeError("mlx backend: no adapter to save (add_adapter or load_adapter first)")
         if self._kind == "full":  # the "adapter" is the whole model: a standalone HF/mlx-lm model dir
-            from mlx_lm.utils import save_config, save_model
+            from mlx_lm.utils import save_config
 
-            save_model(path, self.model)
+            save_model(path, self.model, self.model_type)
             save_config(dict(self._config), path / "config.json")
             self.tokenizer.save_pretrained(str(path))
             return
@@ -527,8 +526,6 @@ class MLXBackend(Backend):
         from mlx_lm.tuner.dora import DoRALinear
         from mlx_lm.tuner.lora import LoRALinear
         from mlx_lm.utils import dequantize_model, save_config
-
-        from .model import save_model
 
         self._require_model()
         config = dict(self._config)

@@ -8,8 +8,9 @@
 - `apply_lora()` / `strip_adapters()`: add and remove LoRA/DoRA layers (mlx-lm's classes).
 - `enable_grad_checkpoint()`: recompute each transformer block in backward, for this model only
   (mlx-lm's `grad_checkpoint` patches the layer *class*, i.e. every model in the process).
-- `save_model()`: a standalone model (fuse) that transformers reads too: mlx-lm's `save_model`, but
-  GPT-2 under transformers' names and Conv1D weight layout.
+- `save_model()` / `mlx_weight_names()`: a standalone model (fuse, full fine-tune) that transformers
+  reads too: mlx-lm's `save_model`, but GPT-2 under transformers' names and Conv1D weight layout;
+  and such a model's tensors back under mlx-lm's names.
 - `PackedAttention`: how packed rows get a block-diagonal causal mask through mlx-lm's models.
 - `add_token_rows()` / `strip_token_rows()`: added chat special tokens: the (frozen, possibly
   quantized) embedding and lm_head are wrapped so that the rows of the new token ids come from a
@@ -110,6 +111,15 @@ def save_model(path, model: nn.Module, model_type: str) -> None:
         weights[k] = v.T if k.endswith(_CONV1D_WEIGHTS) else v
     Path(path).mkdir(parents=True, exist_ok=True)
     mx.save_safetensors(str(Path(path) / "model.safetensors"), weights, metadata={"format": "pt"})
+
+
+def mlx_weight_names(weights: dict, model_type: str) -> dict:
+    """The tensors of a saved standalone model under mlx-lm's names: a GPT-2 written by save_model or
+    transformers (`transformer.*`, Conv1D [in, out]) back to `model.*` in Linear layout; others as is."""
+    if model_type != "gpt2" or not any(k.startswith("transformer.") for k in weights):
+        return weights
+    return {"model." + k.removeprefix("transformer."): v.T if k.endswith(_CONV1D_WEIGHTS) else v
+            for k, v in weights.items() if k != "lm_head.weight"}   # tied to wte
 
 
 class PackedAttention:
