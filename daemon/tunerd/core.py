@@ -18,6 +18,7 @@ from typing import Callable, Iterator, Optional
 import yaml
 
 from . import __version__, host
+from .backends.families import check_family
 from .backends.peak import keep_peaks_in
 from .backends.registry import resolve_backend
 from .chat import ChatDelta, ChatParams, ChatService, check_request
@@ -111,6 +112,7 @@ class Core:
             if not model_path.exists():
                 raise FileNotFoundError(f"model: local path not found: {model_path}")
             cfg = dataclasses.replace(cfg, model=str(model_path.resolve()))
+        check_family(cfg)   # a family the job's backend cannot run: refused here, naming one that can
         self._check_fits(cfg)
         if cfg.output_dir:
             cfg = dataclasses.replace(cfg, output_dir=resolve_path(cfg.output_dir, base_dir))

@@ -15,7 +15,9 @@ The adapter directory every backend writes with `save_adapter(dir)`:
 `dir/` loads with `peft.PeftModel.from_pretrained(hf_model, dir)`; `dir/mlx/` loads with
 `mlx_lm.load(model, adapter_path=dir/mlx)` (and Ollama's mlx-lm adapter import). `<path>` is the
 module path inside the model (`model.layers.3.self_attn.q_proj`); mlx-lm's model classes use the
-Hugging Face module names, so the same path works on both sides.
+Hugging Face module names, so the same path works on both sides, except where `MODULE_ROOTS` says
+otherwise (GPT-2: mlx-lm `model.h.0.attn.c_attn`, transformers `transformer.h.0.attn.c_attn`): the
+readers and writers take the model's `model_type` for that.
 
 The math is the same on both sides: y = W x + scale * B A x with
     mlx  lora_a = A.T, lora_b = B.T, scale = lora_alpha / r  (lora_alpha / sqrt(r) with rslora)
@@ -69,6 +71,22 @@ ADDED_TOKENS = "added_tokens.safetensors"   # rows of chat special tokens the tr
 TUNERD_SIDECAR = "tunerd_adapter.json"   # num_layers / keys that PEFT's config cannot hold
 
 
+# model_type -> (mlx-lm's root module, transformers' root module) where the two differ
+MODULE_ROOTS = {"gpt2": ("model.", "transformer.")}
+# model types whose transformers layers are Conv1D (weight stored [in, out]): PEFT's fan_in_fan_out
+CONV1D_MODEL_TYPES = {"gpt2"}
+
+
+def _hf_path(path: str, model_type: Optional[str]) -> str:
+    mlx_root, hf_root = MODULE_ROOTS.get(model_type or "", ("", ""))
+    return hf_root + path[len(mlx_root):] if mlx_root and path.startswith(mlx_root) else path
+
+
+def _mlx_path(path: str, model_type: Optional[str]) -> str:
+    mlx_root, hf_root = MODULE_ROOTS.get(model_type or "", ("", ""))
+    return mlx_root + path[len(hf_root):] if hf_root and path.startswith(hf_root) else path
+
+
 class AdapterLayoutError(ValueError):
     """An adapter directory or tensor name that neither layout recognises."""
 
@@ -100,11 +118,12 @@ class AdapterSpec:
 
 # ---- tensor names ---------------------------------------------------------------------------
 
-def mlx_to_peft(weights: dict) -> dict:
-    """mlx-lm adapter tensors -> PEFT tensors (transposing A and B)."""
+def mlx_to_peft(weights: dict, model_type: Optional[str] = None) -> dict:
+    """mlx-lm adapter tensors -> PEFT tensors (transposing A and B) of a `model_type` model."""
     out = {}
     for name, w in weights.items():
         path, _, leaf = name.rpartition(".")
+        path = _hf_path(path, model_type)
         w = np.asarray(w)
         if leaf == "lora_a":
             out[f"{PEFT_PREFIX}{path}.lora_A.weight"] = np.ascontiguousarray(w.T)
@@ -117,9 +136,9 @@ def mlx_to_peft(weights: dict) -> dict:
     return out
 
 
-def peft_to_mlx(weights: dict) -> dict:
-    """PEFT adapter tensors -> mlx-lm tensors. Accepts keys with or without an adapter name
-    (`lora_A.default.weight`) and without the `base_model.model.` prefix."""
+def peft_to_mlx(weights: dict, model_type: Optional[str] = None) -> dict:
+    """PEFT adapter tensors -> mlx-lm tensors of a `model_type` model. Accepts keys with or without
+    an adapter name (`lora_A.default.weight`) and without the `base_model.model.` prefix."""
     out = {}
     for name, w in weights.items():
         w = np.asarray(w)
@@ -128,7 +147,7 @@ def peft_to_mlx(weights: dict) -> dict:
         for leaf, mlx_leaf in (("lora_A", "lora_a"), ("lora_B", "lora_b"), ("lora_magnitude_vector", "m")):
             if leaf in parts:
                 i = parts.index(leaf)
-                path = ".".join(parts[:i])
+                path = _mlx_path(".".join(parts[:i]), model_type)
                 out[f"{path}.{mlx_leaf}"] = w if mlx_leaf == "m" else np.ascontiguousarray(w.T)
                 break
         else:
@@ -168,7 +187,7 @@ def spec_from_tensors(mlx_weights: dict, base: AdapterSpec) -> AdapterSpec:
 
 # ---- configs --------------------------------------------------------------------------------
 
-def peft_config(spec: AdapterSpec) -> dict:
+def peft_config(spec: AdapterSpec, model_type: Optional[str] = None) -> dict:
     return {
         "peft_type": "LORA",
         "task_type": "CAUSAL_LM",
@@ -182,7 +201,7 @@ def peft_config(spec: AdapterSpec) -> dict:
         "bias": "none",
         "use_rslora": spec.use_rslora,
         "use_dora": spec.kind == "dora",
-        "fan_in_fan_out": False,
+        "fan_in_fan_out": model_type in CONV1D_MODEL_TYPES,
         "init_lora_weights": True,
         "inference_mode": True,
         "modules_to_save": None,
@@ -266,18 +285,19 @@ def _write_tensors(path: Path, tensors: dict, metadata: dict) -> None:
 
 
 def write_adapter(directory, weights: dict, spec: AdapterSpec, layout: str = "mlx",
-                  n_model_layers: Optional[int] = None) -> Path:
+                  n_model_layers: Optional[int] = None, model_type: Optional[str] = None) -> Path:
     """Write both layouts into `directory` (PEFT at the top, mlx-lm in `directory/mlx/`).
 
     `weights` are named in `layout` ("mlx" or "peft"). `n_model_layers` lets the mlx-lm config
-    state `num_layers` exactly when only some layers are adapted.
+    state `num_layers` exactly when only some layers are adapted; `model_type` (the base's
+    config.json) names the modules each side's way (MODULE_ROOTS).
     """
     directory = Path(directory)
-    mlx_w = weights if layout == "mlx" else peft_to_mlx(weights)
+    mlx_w = weights if layout == "mlx" else peft_to_mlx(weights, model_type)
     spec = spec_from_tensors(mlx_w, spec)
     (directory / MLX_SUBDIR).mkdir(parents=True, exist_ok=True)
-    _write_tensors(directory / PEFT_WEIGHTS, mlx_to_peft(mlx_w), {"format": "pt"})
-    _write_json(directory / PEFT_CONFIG, peft_config(spec))
+    _write_tensors(directory / PEFT_WEIGHTS, mlx_to_peft(mlx_w, model_type), {"format": "pt"})
+    _write_json(directory / PEFT_CONFIG, peft_config(spec, model_type))
     _write_json(directory / TUNERD_SIDECAR, tunerd_metadata(spec))
     _write_tensors(directory / MLX_SUBDIR / MLX_WEIGHTS, mlx_w, {"format": "mlx"})
     _write_json(directory / MLX_SUBDIR / MLX_CONFIG, mlx_config(spec, n_model_layers))
@@ -299,8 +319,9 @@ def find_layout(directory) -> tuple[str, Path]:
                              f"or {MLX_SUBDIR}/{MLX_WEIGHTS})")
 
 
-def read_adapter(directory, prefer: str = "mlx") -> tuple[AdapterSpec, dict]:
-    """Read an adapter in either layout; returns (spec, tensors in mlx-lm naming)."""
+def read_adapter(directory, prefer: str = "mlx", model_type: Optional[str] = None) -> tuple[AdapterSpec, dict]:
+    """Read an adapter in either layout; returns (spec, tensors in mlx-lm naming for a
+    `model_type` model)."""
     from safetensors.numpy import load_file
 
     d = Path(directory)
@@ -316,7 +337,7 @@ def read_adapter(directory, prefer: str = "mlx") -> tuple[AdapterSpec, dict]:
         if (where / TUNERD_SIDECAR).exists():
             cfg["tunerd"] = json.loads((where / TUNERD_SIDECAR).read_text())
         spec = spec_from_peft_config(cfg)
-        weights = peft_to_mlx(load_file(str(where / PEFT_WEIGHTS)))
+        weights = peft_to_mlx(load_file(str(where / PEFT_WEIGHTS)), model_type)
     filled = spec_from_tensors(weights, spec)
     filled.keys = spec.keys or filled.keys
     return filled, weights

@@ -1,10 +1,11 @@
-"""Build tiny Llama-style models and synthetic instruction data, fully offline.
+"""Build tiny models and synthetic instruction data, fully offline.
 
 Used by `tunerctl demo` and by the tests: random weights, a byte-level BPE
 tokenizer trained on the fly on the data it will see, and a ChatML chat template.
 The result is an ordinary Hugging Face model directory (config.json,
 model.safetensors, tokenizer.json, tokenizer_config.json) that both mlx-lm and
-transformers load.
+transformers load. `TinyModelSpec.family` picks the architecture (FAMILY_CLASSES: Llama by
+default; tests/test_families.py trains each on both backends).
 """
 from __future__ import annotations
 
@@ -54,6 +55,46 @@ class TinyModelSpec:
     rope_theta: float = 10000.0
     rope_scaling: dict | None = None
     torch_dtype: str = "float32"
+    family: str = "llama"   # a model_type of FAMILY_CLASSES
+
+
+# model_type -> the transformers config and model classes of that family (backends/families.py FAMILIES)
+FAMILY_CLASSES = {
+    "llama": ("LlamaConfig", "LlamaForCausalLM"),
+    "mistral": ("MistralConfig", "MistralForCausalLM"),
+    "qwen2": ("Qwen2Config", "Qwen2ForCausalLM"),
+    "qwen3": ("Qwen3Config", "Qwen3ForCausalLM"),
+    "gemma2": ("Gemma2Config", "Gemma2ForCausalLM"),
+    "gemma3_text": ("Gemma3TextConfig", "Gemma3ForCausalLM"),
+    "phi3": ("Phi3Config", "Phi3ForCausalLM"),
+    "gpt2": ("GPT2Config", "GPT2LMHeadModel"),
+}
+TIED = {"gemma2", "gemma3_text", "gpt2"}   # always tied: mlx-lm's models of these families have no lm_head
+
+
+def _family_kwargs(spec: TinyModelSpec) -> dict:
+    """The config arguments of `spec.family` at the tiny sizes (each family names them its own way)."""
+    s = spec
+    head_dim = s.hidden_size // s.num_attention_heads
+    if s.family == "gpt2":
+        # no n_inner: mlx-lm's GPT-2 MLP is always 4 x n_embd wide, as in every released GPT-2
+        return dict(n_embd=s.hidden_size, n_layer=s.num_hidden_layers, n_head=s.num_attention_heads,
+                    n_positions=s.max_position_embeddings,
+                    resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+    kw = dict(hidden_size=s.hidden_size, intermediate_size=s.intermediate_size,
+              num_hidden_layers=s.num_hidden_layers, num_attention_heads=s.num_attention_heads,
+              num_key_value_heads=s.num_key_value_heads, max_position_embeddings=s.max_position_embeddings,
+              rms_norm_eps=1e-5)
+    if s.family in ("qwen3", "gemma2", "gemma3_text"):
+        kw["head_dim"] = head_dim
+    if s.family in ("gemma2", "gemma3_text"):   # sliding-window layers as in the real ones (mlx-lm's gemma2 has
+        kw.update(query_pre_attn_scalar=head_dim, sliding_window=128)   # no window: the test rows are shorter)
+    if s.family == "gemma3_text":   # the real 5 sliding : 1 global pattern, scaled down
+        kw["layer_types"] = ["full_attention" if (i + 1) % 2 == 0 else "sliding_attention"
+                             for i in range(s.num_hidden_layers)]
+    if s.family == "phi3":
+        kw["original_max_position_embeddings"] = s.max_position_embeddings
+    return kw
 
 
 def synthetic_facts(n: int = 32, seed: int = 0) -> list[dict]:
@@ -98,11 +139,14 @@ def _train_tokenizer(corpus: list[str], vocab_size: int):
 
 def build_tiny_model(out_dir: str | Path, corpus: list[str] | None = None,
                      spec: TinyModelSpec | None = None) -> Path:
-    """Write a random-weight Llama model + BPE tokenizer + chat template to `out_dir`."""
+    """Write a random-weight model of `spec.family` + BPE tokenizer + chat template to `out_dir`."""
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+    import transformers
 
     spec = spec or TinyModelSpec()
+    if spec.family not in FAMILY_CLASSES:
+        raise ValueError(f"family: {spec.family!r} is not one of {', '.join(FAMILY_CLASSES)}")
+    config_cls, model_cls = (getattr(transformers, n) for n in FAMILY_CLASSES[spec.family])
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if corpus is None:
@@ -116,16 +160,13 @@ def build_tiny_model(out_dir: str | Path, corpus: list[str] | None = None,
     vocab = max(len(tokenizer), spec.model_vocab_size or 0)
     rope = {"rope_theta": spec.rope_theta} if spec.rope_scaling is None else \
         {"rope_theta": spec.rope_theta, "rope_scaling": dict(spec.rope_scaling)}
-    config = LlamaConfig(
-        vocab_size=vocab, hidden_size=spec.hidden_size,
-        intermediate_size=spec.intermediate_size, num_hidden_layers=spec.num_hidden_layers,
-        num_attention_heads=spec.num_attention_heads, num_key_value_heads=spec.num_key_value_heads,
-        max_position_embeddings=spec.max_position_embeddings, rms_norm_eps=1e-5,
-        initializer_range=spec.initializer_range,
-        tie_word_embeddings=spec.tie_word_embeddings, eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id, bos_token_id=None, torch_dtype=spec.torch_dtype, **rope,
+    config = config_cls(
+        vocab_size=vocab, initializer_range=spec.initializer_range,
+        tie_word_embeddings=spec.tie_word_embeddings or spec.family in TIED, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id, bos_token_id=None, torch_dtype=spec.torch_dtype,
+        **_family_kwargs(spec), **({} if spec.family == "gpt2" else rope),
     )
-    model = LlamaForCausalLM(config).to(getattr(torch, spec.torch_dtype))
+    model = model_cls(config).to(getattr(torch, spec.torch_dtype))
     model.save_pretrained(out, safe_serialization=True)
     if spec.rope_theta != 10000.0 or spec.rope_scaling is not None or spec.torch_dtype != "float32":
         cfg_path = out / "config.json"  # also the keys real checkpoints (and older readers) use

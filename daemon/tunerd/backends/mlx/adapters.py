@@ -20,8 +20,8 @@ from .. import adapter_layout as layout
 from ..base import TRAINING, CannotShare, FuseError, adapter_spec
 from ..dtypes import checkpoint_dtype
 from .device import DTYPES
-from .model import (add_token_rows, apply_lora, densify_token_rows, is_quantized, resolve_lora_keys, strip_adapters,
-                    strip_token_rows)
+from .model import (add_token_rows, apply_lora, densify_token_rows, is_quantized, mlx_weight_names, resolve_lora_keys,
+                    save_model, strip_adapters, strip_token_rows)
 
 
 class MLXAdapters:
@@ -29,8 +29,7 @@ class MLXAdapters:
     _active, _structure, _stash, _prompt_cache, _added, _loaded_spec, _config."""
 
     # ---- save and load ------------------------------------------------------------------------
-    @staticmethod
-    def _read_weights(path: Path) -> dict:
+    def _read_weights(self, path: Path) -> dict:
         """Adapter tensors (mlx layout) of a checkpoint, or every tensor of a full-model dir."""
         if (path / layout.MLX_SUBDIR / layout.MLX_WEIGHTS).exists():
             return mx.load(str(path / layout.MLX_SUBDIR / layout.MLX_WEIGHTS))
@@ -39,7 +38,7 @@ class MLXAdapters:
             weights.update(mx.load(str(f)))
         if not weights:
             raise FileNotFoundError(f"{path}: no adapter or model weights")
-        return weights
+        return mlx_weight_names(weights, self.model_type)
 
     @staticmethod
     def _fit(weights: dict, params: dict, where: str = "") -> None:
@@ -68,15 +67,16 @@ class MLXAdapters:
         if not trained:
             raise RuntimeError("mlx backend: no adapter to save (add_adapter or load_adapter first)")
         if self._kind == "full":  # the "adapter" is the whole model: a standalone HF/mlx-lm model dir
-            from mlx_lm.utils import save_config, save_model
+            from mlx_lm.utils import save_config
 
-            save_model(path, self.model)
+            save_model(path, self.model, self.model_type)
             save_config(dict(self._config), path / "config.json")
             self.tokenizer.save_pretrained(str(path))
             return
         weights = {k: np.array(v.astype(mx.float32)) for k, v in trained.items()}
         rows = {k: weights.pop(k) for k in [k for k in weights if k.endswith(".rows")]}
-        layout.write_adapter(path, weights, self._spec(), n_model_layers=len(self.model.layers))
+        layout.write_adapter(path, weights, self._spec(), n_model_layers=len(self.model.layers),
+                             model_type=self.model_type)
         if self._added:
             head = [v for k, v in rows.items() if k.startswith("lm_head.")]
             embed = [v for k, v in rows.items() if k.endswith("embed_tokens.rows")]
@@ -92,7 +92,7 @@ class MLXAdapters:
             self._load_weights({k: v for f in full for k, v in mx.load(str(f)).items()}, trainable_only=False)
             self.model.eval()
             return
-        spec, weights = layout.read_adapter(path)
+        spec, weights = layout.read_adapter(path, model_type=self.model_type)
         model = self.model
         strip_adapters(model)
         self._attached, self._active, self._structure = {}, None, None
@@ -132,7 +132,7 @@ class MLXAdapters:
         from mlx.utils import tree_unflatten
         from mlx_lm.tuner.dora import DoRALinear
         from mlx_lm.tuner.lora import LoRALinear
-        from mlx_lm.utils import dequantize_model, save_config, save_model
+        from mlx_lm.utils import dequantize_model, save_config
 
         self._require_model()
         config = dict(self._config)
@@ -158,7 +158,7 @@ class MLXAdapters:
         model.set_dtype(DTYPES[save_dtype])
         mx.eval(model.parameters())
         out = Path(out_dir)
-        save_model(out, model)
+        save_model(out, model, self.model_type)
         config["torch_dtype"] = save_dtype
         save_config(config, out / "config.json")
         self.tokenizer.save_pretrained(str(out))
@@ -201,7 +201,7 @@ class MLXAdapters:
         if layout.changes_base(path):
             raise ValueError(f"{path}: a full fine-tune or an adapter with added tokens changes the base; "
                              "load it alone (load_adapter)")
-        spec, weights = layout.read_adapter(path)
+        spec, weights = layout.read_adapter(path, model_type=self.model_type)
         structure = self._structure_of(spec)
         training = self.optimizer is not None
         if training and (not self.can_share_base() or structure != self._structure):

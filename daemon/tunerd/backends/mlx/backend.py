@@ -46,7 +46,7 @@ from .device import DTYPES, device_kind, memory_bytes, set_memory_limits
 from .generate import prompt_cache, stream
 from .loss import PLAIN_HEAD, batch_arrays, summed_loss
 from .model import (PACKING_MODEL_TYPES, add_token_rows, apply_lora, enable_grad_checkpoint, is_quantized,
-                    quantize_base, resolve_lora_keys, token_rows)
+                    load_pretrained, quantize_base, resolve_lora_keys, token_rows)
 from .optim import clipped_update, make_optimizer
 from .peak import peak_flops
 
@@ -91,7 +91,7 @@ class MLXBackend(MLXAdapters, Backend):
         return self._warnings
 
     def load(self, spec: ModelSpec) -> ModelInfo:
-        from mlx_lm.utils import get_total_parameters, load
+        from mlx_lm.utils import get_total_parameters
 
         if (w := blas_hint()) and w not in self._warnings:
             log.warning(w)
@@ -99,8 +99,7 @@ class MLXBackend(MLXAdapters, Backend):
         bits = quantization.mlx_bits(spec.quantization, spec.bits)
         self.cfg = None
         set_memory_limits()
-        model, wrapper, config = load(spec.model, return_config=True, revision=spec.revision,
-                                      trust_remote_code=spec.trust_remote_code)
+        model, wrapper, config = load_pretrained(spec)
         device, kind = str(mx.default_device()), device_kind()
         dtype_name, dtype_reason = resolve_dtype(spec.dtype, kind, checkpoint_dtype(config),
                                                  lambda dt: peak_flops(device, dt))
@@ -151,9 +150,8 @@ class MLXBackend(MLXAdapters, Backend):
         return new
 
     def _vocab_rows(self) -> int:
-        from .model import _embed_owner, dense_weight
-        emb = _embed_owner(self.model).embed_tokens
-        return int(emb._perm.shape[0]) if token_rows(self.model) else int(dense_weight(emb).shape[0])
+        from .model import vocab_rows
+        return vocab_rows(self.model)
 
     def _set_tokenizer(self, hf_tokenizer, end_of_turn=None) -> None:
         """Re-wrap the (grown) tokenizer: the streaming detokenizer maps the new ids, and the

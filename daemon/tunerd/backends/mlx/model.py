@@ -1,10 +1,16 @@
 """Model-side helpers for the MLX backend, on mlx-lm's building blocks.
 
+- `load_pretrained()`: mlx-lm's `load`, with the config keys its models read that transformers 5
+  no longer writes filled in from the ones it does (`legacy_config_keys`: GPT-2's `n_ctx`,
+  `rope_theta`/`rope_scaling` out of `rope_parameters`, Gemma 3's sliding-window pattern).
 - `quantize_base()`: QLoRA base (MLX affine quantization, `bits`/`group_size`).
 - `resolve_lora_keys()`: config target names / `all-linear` -> mlx-lm per-layer keys.
 - `apply_lora()` / `strip_adapters()`: add and remove LoRA/DoRA layers (mlx-lm's classes).
 - `enable_grad_checkpoint()`: recompute each transformer block in backward, for this model only
   (mlx-lm's `grad_checkpoint` patches the layer *class*, i.e. every model in the process).
+- `save_model()` / `mlx_weight_names()`: a standalone model (fuse, full fine-tune) that transformers
+  reads too: mlx-lm's `save_model`, but GPT-2 under transformers' names and Conv1D weight layout;
+  and such a model's tensors back under mlx-lm's names.
 - `PackedAttention`: how packed rows get a block-diagonal causal mask through mlx-lm's models.
 - `add_token_rows()` / `strip_token_rows()`: added chat special tokens: the (frozen, possibly
   quantized) embedding and lm_head are wrapped so that the rows of the new token ids come from a
@@ -12,6 +18,7 @@
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Optional
 
 import mlx.core as mx
@@ -19,12 +26,100 @@ import mlx.nn as nn
 from mlx_lm.tuner.dora import DoRALinear
 from mlx_lm.tuner.lora import LoRALinear
 from mlx_lm.tuner.utils import linear_to_lora_layers
-from mlx.utils import tree_unflatten
+from mlx.utils import tree_flatten, tree_unflatten
 
 # Model families whose attention is RoPE-only (no absolute position embeddings) and that take
 # their mask from the cache object (see PackedAttention). Packing is exact for these.
 PACKING_MODEL_TYPES = {"llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text",
                        "phi3", "granite", "olmo2"}
+
+
+def legacy_config_keys(config: dict) -> dict:
+    """The keys of a transformers-5 `config.json` that mlx-lm (0.32) reads under their 4.x names,
+    derived from what transformers 5 writes instead; only keys the config lacks. Without them
+    GPT-2 fails to load (`n_ctx` is a required argument) and other families silently get mlx-lm's
+    defaults (Qwen2's rope_theta 1e6 for a 1e4 checkpoint, Llama 3 without its rope scaling)."""
+    out = {}
+    if config.get("model_type") == "gpt2" and "n_ctx" not in config and "n_positions" in config:
+        out["n_ctx"] = config["n_positions"]
+    rope = config.get("rope_parameters")
+    if isinstance(rope, dict):
+        full, local = rope, None
+        if isinstance(rope.get("full_attention"), dict):   # per layer type (Gemma 3)
+            full, local = rope["full_attention"], rope.get("sliding_attention")
+        if "rope_theta" not in config and "rope_theta" in full:
+            out["rope_theta"] = full["rope_theta"]
+        if local and "rope_local_base_freq" not in config and "rope_theta" in local:
+            out["rope_local_base_freq"] = local["rope_theta"]
+        if "partial_rotary_factor" not in config and "partial_rotary_factor" in full:
+            out["partial_rotary_factor"] = full["partial_rotary_factor"]
+        scaling = {k: v for k, v in full.items() if k not in ("rope_theta", "partial_rotary_factor")}
+        if config.get("rope_scaling") is None and scaling.get("rope_type", "default") != "default":
+            out["rope_scaling"] = {**scaling, "type": scaling["rope_type"]}
+    types = config.get("layer_types")
+    if config.get("model_type") == "gemma3_text" and "sliding_window_pattern" not in config and types \
+            and "full_attention" in types:
+        n = types.index("full_attention") + 1   # mlx-lm: layer i is global iff i % n == n - 1
+        if all((t == "full_attention") == (i % n == n - 1) for i, t in enumerate(types)):
+            out["sliding_window_pattern"] = n
+    return out
+
+
+def _model_classes(config: dict):
+    """mlx-lm's (Model, ModelArgs) for `config`; GPT-2's Model also reads the weights of a
+    `GPT2LMHeadModel.save_pretrained` (`transformer.h.0...`, what transformers writes), not only
+    the original checkpoint's bare `h.0...` names."""
+    from mlx_lm.utils import _get_classes
+
+    model_class, args_class = _get_classes(config)
+    if config.get("model_type") != "gpt2":
+        return model_class, args_class
+
+    class Model(model_class):
+        def sanitize(self, weights):
+            weights = {k.removeprefix("transformer."): v for k, v in weights.items() if k != "lm_head.weight"}
+            return super().sanitize(weights)
+    return Model, args_class
+
+
+def load_pretrained(spec):
+    """(model, tokenizer wrapper, config) of `spec.model` through mlx-lm (`mlx_lm.load`'s steps),
+    the config completed by `legacy_config_keys` (and so is what a fuse writes back)."""
+    from mlx_lm.utils import _download, load_config, load_model, load_tokenizer
+
+    path = _download(spec.model, revision=spec.revision)
+    model, config = load_model(path, model_config=legacy_config_keys(load_config(path)),
+                               get_model_classes=_model_classes, trust_remote_code=spec.trust_remote_code)
+    return model, load_tokenizer(path, eos_token_ids=config.get("eos_token_id", None)), config
+
+
+_CONV1D_WEIGHTS = (".attn.c_attn.weight", ".attn.c_proj.weight", ".mlp.c_fc.weight", ".mlp.c_proj.weight")
+
+
+def save_model(path, model: nn.Module, model_type: str) -> None:
+    """mlx-lm's `save_model` (safetensors that transformers reads too), except for GPT-2, whose
+    mlx-lm names (`model.h.0...`) and Linear layout transformers would skip with a warning, leaving
+    random weights: written as `transformer.*` with Conv1D weights [in, out] (which mlx-lm reads back
+    through its sanitize, and load_pretrained)."""
+    from mlx_lm.utils import save_model as mlx_lm_save_model
+
+    if model_type != "gpt2":
+        return mlx_lm_save_model(path, model)
+    weights = {}
+    for k, v in tree_flatten(model.parameters()):
+        k = "transformer." + k.removeprefix("model.")
+        weights[k] = v.T if k.endswith(_CONV1D_WEIGHTS) else v
+    Path(path).mkdir(parents=True, exist_ok=True)
+    mx.save_safetensors(str(Path(path) / "model.safetensors"), weights, metadata={"format": "pt"})
+
+
+def mlx_weight_names(weights: dict, model_type: str) -> dict:
+    """The tensors of a saved standalone model under mlx-lm's names: a GPT-2 written by save_model or
+    transformers (`transformer.*`, Conv1D [in, out]) back to `model.*` in Linear layout; others as is."""
+    if model_type != "gpt2" or not any(k.startswith("transformer.") for k in weights):
+        return weights
+    return {"model." + k.removeprefix("transformer."): v.T if k.endswith(_CONV1D_WEIGHTS) else v
+            for k, v in weights.items() if k != "lm_head.weight"}   # tied to wte
 
 
 class PackedAttention:
@@ -186,16 +281,38 @@ class TokenRowsHead(_TokenRows):
                        self._perm, axis=-1)
 
 
+def _inner(model: nn.Module):
+    return getattr(model, "model", None) or getattr(model, "language_model", None)
+
+
 def _embed_owner(model: nn.Module):
-    inner = getattr(model, "model", None) or getattr(model, "language_model", None)
+    inner = _inner(model)
     if inner is None or not hasattr(inner, "embed_tokens"):
-        raise ValueError(f"added tokens: cannot find embed_tokens in {type(model).__module__}")
+        raise ValueError(f"added tokens: cannot find embed_tokens in the "
+                         f"{getattr(model, 'model_type', type(model).__module__)} model (mlx)")
     return inner
+
+
+def input_embedding(model: nn.Module) -> nn.Module:
+    """The token embedding: `embed_tokens` (most families) or GPT-2's `wte`."""
+    inner = _inner(model)
+    for name in ("embed_tokens", "wte"):
+        if inner is not None and name in inner:
+            return inner[name]
+    raise ValueError(f"cannot find the token embedding of the {getattr(model, 'model_type', '?')} model (mlx)")
+
+
+def vocab_rows(model: nn.Module) -> int:
+    """Rows of the (possibly grown) vocabulary the model computes logits for."""
+    rows = token_rows(model)
+    if rows:
+        return int(rows["embed_tokens"]._perm.shape[0])
+    return int(dense_weight(input_embedding(model)).shape[0])
 
 
 def token_rows(model: nn.Module) -> dict:
     """{"embed_tokens": wrapper, "lm_head": wrapper or None} when rows were added, else {}."""
-    emb = _embed_owner(model).embed_tokens
+    emb = getattr(_inner(model), "embed_tokens", None)
     if not isinstance(emb, TokenRowsEmbedding):
         return {}
     head = getattr(model, "lm_head", None)

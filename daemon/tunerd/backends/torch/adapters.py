@@ -44,7 +44,7 @@ class TorchAdapters:
             return
         weights = {k: v.detach().float().cpu().numpy() for k, v in sd.items() if k not in tokens}
         layout.write_adapter(path, weights, adapter_spec(self.cfg, self._kind), layout="peft",
-                             n_model_layers=tmodel.n_layers(self.base))
+                             n_model_layers=tmodel.n_layers(self.base), model_type=self.base.config.model_type)
 
     def _write_added_tokens(self, path: Path, deltas: dict) -> None:
         """The added tokens' rows + tokenizer. While training, the rows are PEFT's trainable-token
@@ -82,13 +82,14 @@ class TorchAdapters:
         if full:  # a full fine-tune: every weight of the model
             return self._load_full(full)
         added = layout.read_added_tokens(path)
-        spec, mlx_weights = layout.read_adapter(path, prefer="peft")
+        mt = self.base.config.model_type
+        spec, mlx_weights = layout.read_adapter(path, prefer="peft", model_type=mt)
         sd = {k: torch.from_numpy(np.asarray(v, dtype=np.float32))
-              for k, v in layout.mlx_to_peft(mlx_weights).items()}
+              for k, v in layout.mlx_to_peft(mlx_weights, mt).items()}
         base = self._strip_adapter()
         if added is not None:
             self._apply_added_tokens(base, added)
-        self.model = get_peft_model(base, _lora_config(spec))
+        self.model = get_peft_model(base, _lora_config(spec, base))
         res = set_peft_model_state_dict(self.model, sd)
         if res.unexpected_keys:
             raise ValueError(f"{path}: adapter tensors do not fit this model: {res.unexpected_keys[:5]}")
@@ -168,18 +169,19 @@ class TorchAdapters:
                              "load it alone (load_adapter)")
         if self.optimizer is not None and not self.can_share_base():
             raise CannotShare("this training run changes its base (full fine-tune or added tokens)")
-        spec, mlx_weights = layout.read_adapter(path, prefer="peft")
+        mt = self.base.config.model_type
+        spec, mlx_weights = layout.read_adapter(path, prefer="peft", model_type=mt)
         sd = {k: torch.from_numpy(np.asarray(v, dtype=np.float32))
-              for k, v in layout.mlx_to_peft(mlx_weights).items()}
+              for k, v in layout.mlx_to_peft(mlx_weights, mt).items()}
         if name in self._slots:
             self.detach_adapter(name)
         self._prompt_cache.clear()
         self._next_slot += 1
         slot = f"tunerd_{self._next_slot}"
         if isinstance(self.model, PeftModel):
-            self.model.add_adapter(slot, _lora_config(spec))
+            self.model.add_adapter(slot, _lora_config(spec, self.base))
         else:
-            self.model = get_peft_model(self.base, _lora_config(spec), adapter_name=slot)
+            self.model = get_peft_model(self.base, _lora_config(spec, self.base), adapter_name=slot)
         self._slots[name] = slot
         res = set_peft_model_state_dict(self.model, sd, adapter_name=slot)
         if res.unexpected_keys:
@@ -247,10 +249,11 @@ class TorchAdapters:
         return base, adapters
 
 
-def _lora_config(spec: layout.AdapterSpec):
-    """The PEFT config of a saved adapter, for inference (no dropout)."""
+def _lora_config(spec: layout.AdapterSpec, base):
+    """The PEFT config of a saved adapter on `base`, for inference (no dropout)."""
     from peft import LoraConfig
 
     return LoraConfig(r=spec.r, lora_alpha=spec.lora_alpha, lora_dropout=0.0, use_rslora=spec.use_rslora,
                       use_dora=spec.kind == "dora", target_modules=spec.target_modules,
-                      layers_to_transform=spec.layers, task_type="CAUSAL_LM")
+                      layers_to_transform=spec.layers, fan_in_fan_out=tmodel.has_conv1d(base),
+                      task_type="CAUSAL_LM")

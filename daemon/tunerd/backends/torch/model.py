@@ -51,9 +51,10 @@ def load_model(spec, device: torch.device, dtype: torch.dtype):
         kw.update(quantization_config=bnb_config(spec, dtype, device), device_map={"": str(device)})
     try:
         model = AutoModelForCausalLM.from_pretrained(spec.model, attn_implementation="sdpa", **kw)
-    except (ValueError, ImportError) as e:  # an architecture without SDPA support
-        if "sdpa" not in str(e).lower():
+    except (ValueError, ImportError) as e:  # an architecture without SDPA support (Gemma 2: soft-capping)
+        if not no_sdpa(e):
             raise
+        log.info("%s: no SDPA attention for this architecture; using eager", spec.model)
         model = AutoModelForCausalLM.from_pretrained(spec.model, attn_implementation="eager", **kw)
     if not quant_mode(spec):
         model.to(device)
@@ -61,6 +62,14 @@ def load_model(spec, device: torch.device, dtype: torch.dtype):
         keep_4bit_trainable_on_cpu(model)
     model.config.use_cache = False
     return model
+
+
+def no_sdpa(e: Exception) -> bool:
+    """transformers' refusal of `attn_implementation="sdpa"` for an architecture that lacks it:
+    "... does not support an attention implementation through
+    torch.nn.functional.scaled_dot_product_attention yet" (5.x), or naming `sdpa` (older)."""
+    msg = str(e).lower()
+    return "sdpa" in msg or "scaled_dot_product_attention" in msg
 
 
 def keep_4bit_trainable_on_cpu(model) -> None:
@@ -104,7 +113,14 @@ def lora_config(cfg, model, token_ids=None):
     return LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
                       target_modules=targets, bias=cfg.lora_bias, use_rslora=cfg.use_rslora,
                       use_dora=cfg.peft_adapter.lower() == "dora", layers_to_transform=layers,
-                      task_type="CAUSAL_LM", **extra)
+                      fan_in_fan_out=has_conv1d(model), task_type="CAUSAL_LM", **extra)
+
+
+def has_conv1d(model) -> bool:
+    """GPT-2-style layers (transformers' Conv1D, weight [in, out]): PEFT's `fan_in_fan_out`."""
+    from transformers.pytorch_utils import Conv1D
+
+    return any(isinstance(m, Conv1D) for m in model.modules())
 
 
 def module_leaf_name(model, module) -> str:
