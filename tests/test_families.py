@@ -82,9 +82,9 @@ def test_family_trains_saves_reloads_and_chats(family, backend, family_dirs, dem
         for only in ("peft", "mlx"):
             chat.attach_adapter(only, tmp_path / only)
         for only in ("peft", "mlx"):
-            chat.use_adapter(only)
-            np.testing.assert_allclose(logits(chat, ids), want, atol=atol, err_msg=f"{only} layout, {reader} attach")
-            chunks = [c for c in chat.generate(prompt, Sampling(max_tokens=6)) if c.token_id >= 0]
+            with chat.using(only):
+                np.testing.assert_allclose(logits(chat, ids), want, atol=atol, err_msg=f"{only} layout, {reader} attach")
+            chunks = [c for c in chat.generate(prompt, Sampling(max_tokens=6), adapter=only) if c.token_id >= 0]
             assert chunks and chunks[-1].finish_reason in ("stop", "length"), (reader, only)
         np.testing.assert_allclose(logits(fresh(reader, fused), ids), want, atol=atol, err_msg=f"fused, {reader}")
 

@@ -277,6 +277,11 @@ class ServingBackend(ABC):
         """The reply with the adapter `key` already selected (its prompt cache is kept under `key`)."""
         raise NotImplementedError(f"the {self.name} backend does not generate")
 
+    def using(self, adapter: Optional[str]):
+        """A context in which the model (`self.model`) is the one `generate(..., adapter=adapter)`
+        would use: for reading it directly (tests, logits); training's adapter again after it."""
+        return self._selected(self._target(adapter))
+
     def _target(self, adapter: Optional[str]) -> Optional[str]:
         if adapter is None:
             return TRAINING if self._training() else None

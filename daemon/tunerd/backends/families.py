@@ -79,10 +79,10 @@ def check_family(cfg) -> None:
     """At submit: refuse (INVALID_ARGUMENT) a model whose family the job's backend cannot run.
     Needs the model's config.json: a local model, or one in the hub cache; others fail at load."""
     from ..config.loader import ConfigError
-    from ..host import model_config
+    from ..model_config import read_model_config
     from .registry import resolve_backend
 
-    doc = model_config(cfg.model, cfg.revision)
+    doc = read_model_config(cfg.model, cfg.revision)
     if doc is None:
         return
     problem = family_problem(doc, resolve_backend(cfg), auto=cfg.backend == "auto")

@@ -89,7 +89,8 @@ class MLXAdapters:
         full = layout.full_finetune_weights(path)
         if full:  # a full fine-tune: every weight of the model
             strip_adapters(self.model)
-            self._load_weights({k: v for f in full for k, v in mx.load(str(f)).items()}, trainable_only=False)
+            weights = {k: v for f in full for k, v in mx.load(str(f)).items()}
+            self._load_weights(mlx_weight_names(weights, self.model_type), trainable_only=False)
             self.model.eval()
             return
         spec, weights = layout.read_adapter(path, model_type=self.model_type)
