@@ -129,9 +129,8 @@ def make_app(core, token: Optional[str] = None, hosts: Optional[set] = None, max
 
     @app.get("/v1/models")
     async def models():
-        return {"object": "list", "data": [{"id": m["id"], "object": "model", "created": m["created"],
-                                            "owned_by": "tunerd", "kind": m["kind"],
-                                            **({"base": m["base"]} if m.get("base") else {})}
+        return {"object": "list", "data": [{"id": m.id, "object": "model", "created": m.created,
+                                            "owned_by": "tunerd", "kind": m.kind, **({"base": m.base} if m.base else {})}
                                            for m in core.model_ids()]}
 
     async def complete(request: Request, chat: bool):
