@@ -30,7 +30,7 @@ from .config.loader import ConfigError, load_config, merge
 from .files import OutputRefused, check_destination, overlaps
 from .jobs import folders, refs
 from .jobs.manager import JobManager
-from .jobs.recovery import rebuild_from_runs
+from .jobs.recovery import rebuild_from_runs, remove_stale_temporaries
 from .jobs.runner import run_training as train_job
 from .jobs.store import RUNNING, SUCCEEDED, JobNotFound, JobRecord, JobStore, StoredEvent
 from .jobs.worker import DeviceWorker
@@ -53,7 +53,7 @@ class Core:
         self.store = JobStore(self.home / "jobs.db")   # StoreDamaged: the daemon refuses to start
         self.rebuilt_on_start = rebuild_from_runs(self.store, self.home / "runs") if self.store.was_missing else []
         self.interrupted_on_start = self.store.mark_orphans_interrupted()
-        self.cleaned_on_start = self._remove_stale_temporaries()
+        self.cleaned_on_start = remove_stale_temporaries(self.store)
         self.worker = DeviceWorker()
         self.registry = ModelRegistry(resolve_backend, keep_alive, self.worker)   # evicts when the worker idles
         # a running job lends its model to chat on its base (models/registry.py Lease)
@@ -65,16 +65,6 @@ class Core:
 
     def start(self) -> None:
         self.worker.start()
-
-    def _remove_stale_temporaries(self) -> list[str]:
-        """Half-written folders (checkpoints, adapters) in the output folders of jobs that are not
-        running (at start-up: none runs); only those provably ours (files.remove_stale_temporaries)."""
-        from .files import remove_stale_temporaries
-        done = []
-        for rec in self.store.list():
-            if rec.output_dir and rec.state != RUNNING:
-                done += [f"job {rec.id}: {what}" for what in remove_stale_temporaries(Path(rec.output_dir))]
-        return done
 
     def shutdown(self, timeout: float = 60.0) -> None:
         self.chat_service.close()  # chats end at once; the running job checkpoints at its next step

@@ -59,7 +59,8 @@ def chat_params(r) -> ChatParams:
 
 
 def chat_chunk(d: ChatDelta) -> pb.ChatChunk:
-    return pb.ChatChunk(delta=d.text, finish_reason=d.finish_reason, usage=pb.Usage(**d.usage) if d.usage else None,
+    return pb.ChatChunk(delta=d.text, finish_reason=d.finish_reason,
+                        usage=pb.Usage(**dataclasses.asdict(d.usage)) if d.usage else None,
                         download=download(d.download) if d.download else None)
 
 

@@ -22,7 +22,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
 
 from ..backends.base import Sampling
-from ..chat import ChatParams
+from ..chat import ChatParams, Usage
 from ..errors import http_error_for
 from .guard import Guard, Protocol, allowed_hosts
 
@@ -204,12 +204,13 @@ def _finish(reason: str) -> str:
     return "length" if reason == "length" else "stop"
 
 
-def _usage(u: Optional[dict]) -> dict:
-    u = u or {}
-    p, c = int(u.get("prompt_tokens", 0)), int(u.get("completion_tokens", 0))
-    return {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c,
-            "time_to_first_token_seconds": u.get("time_to_first_token_seconds", 0.0),
-            "tokens_per_second": u.get("tokens_per_second", 0.0)}
+def _usage(u: Optional[Usage]) -> dict:
+    if u is None:
+        return {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0,
+                "time_to_first_token_seconds": 0.0, "tokens_per_second": 0.0}
+    return {"prompt_tokens": u.prompt_tokens, "completion_tokens": u.completion_tokens,
+            "total_tokens": u.prompt_tokens + u.completion_tokens,
+            "time_to_first_token_seconds": u.time_to_first_token_seconds, "tokens_per_second": u.tokens_per_second}
 
 
 def _collect(deltas: Iterator) -> tuple[str, str, dict]:
