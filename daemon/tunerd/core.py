@@ -43,7 +43,9 @@ from .results import AdapterInfo, Info, LoadProgress, ModelId
 from .training.outputs import JOB_FOLDER
 
 if TYPE_CHECKING:
+    from .data.inspect import DataReport
     from .evaluation.runs import EvalProgress, EvalResult
+    from .recommend import Recommendation
 
 
 class Core:
@@ -296,7 +298,7 @@ class Core:
     # -- data --------------------------------------------------------------------------------------
     def inspect_data(self, config_path: str = "", data_path: str = "", model: str = "",
                      overrides: Optional[list] = None, base_dir: str = "", batch_size: int = 0,
-                     max_seq_length: int = 0, job_id: str = ""):
+                     max_seq_length: int = 0, job_id: str = "") -> DataReport:
         from .data.inspect import inspect_data
         if job_id:
             from .evaluation.plan import job_config
@@ -313,7 +315,7 @@ class Core:
         tokenizer = self._tokenizer(model, base_dir) if model else None  # none: the rows alone
         report = inspect_data(source, tokenizer, batch_size=batch_size or None,
                               max_seq_length=max_seq_length or None, base_dir=Path(resolve_path(".", base_dir)))
-        return report   # data/inspect.py's DataReport
+        return report
 
     def _tokenizer(self, model: str, base_dir: str):
         """Tokenizers for inspection are cheap and thread-safe to load; keep them cached."""
@@ -371,7 +373,7 @@ class Core:
         return next(e.result for e in self.evaluate_stream(**request) if e.result is not None)
 
     def recommend(self, model: str = "", config_path: str = "", train_rows: int = 0, data_path: str = "",
-                  base_dir: str = "") -> dict:
+                  base_dir: str = "") -> Recommendation:
         from .recommend import recommend
         return recommend(local_or_id(model, base_dir), resolve_path(config_path, base_dir), train_rows,
                          local_or_id(data_path, base_dir), base_dir,

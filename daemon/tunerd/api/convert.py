@@ -173,8 +173,9 @@ def evaluate_progress(p: EvalProgress) -> pb.EvaluateProgress:
                                eta_seconds=p.eta_seconds, elapsed_seconds=p.elapsed_seconds)
 
 
-def recommendation(r: dict) -> pb.Recommendation:
-    cfg = {k: v for k, v in r["config"].items() if not (k == "packing" and v == "auto")}  # unset = auto
-    return pb.Recommendation(config=pb.TrainingConfig(**cfg), reasons=r["reasons"], train_rows=r["train_rows"],
-                             tokens_p50=r["tokens_p50"], tokens_p95=r["tokens_p95"], tokens_max=r["tokens_max"],
-                             config_yaml=r["config_yaml"])
+def recommendation(r) -> pb.Recommendation:
+    """recommend.py's Recommendation -> proto."""
+    cfg = {k: v for k, v in r.config.items() if not (k == "packing" and v == "auto")}  # unset = auto
+    return pb.Recommendation(config=pb.TrainingConfig(**cfg), reasons=r.reasons, train_rows=r.train_rows,
+                             tokens_p50=r.tokens_p50, tokens_p95=r.tokens_p95, tokens_max=r.tokens_max,
+                             config_yaml=r.config_yaml)
