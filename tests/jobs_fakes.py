@@ -16,7 +16,7 @@ class FakeTrainer:
     `log_every` steps; on `should_stop()` between steps a checkpoint-N folder and
     TrainingCancelled(N, path); resume_from_checkpoint: latest continues after the newest
     checkpoint; Finished. While `gate` is clear a job waits before each step after `hold_after`,
-    calling `should_stop()` (the between-steps hook) as the loop does between steps."""
+    calling `serve_interactive()` and `should_stop()` as the runner's step hook does between steps."""
 
     def __init__(self, steps: int = 5, log_every: int = 1, step_seconds: float = 0.0,
                  fail_with: BaseException | None = None):
@@ -27,7 +27,7 @@ class FakeTrainer:
         self.gate.set()
         self.waiting = threading.Event()     # a job is held at the gate
 
-    def __call__(self, cfg, emit, should_stop, base_dir=None):
+    def __call__(self, cfg, emit, should_stop, base_dir=None, job_id="", serve_interactive=lambda: None):
         out = Path(cfg.output_dir)
         self.runs.append((out.name, cfg.resume_from_checkpoint))
         done = 0
@@ -39,7 +39,9 @@ class FakeTrainer:
         for step in range(done + 1, self.steps + 1):
             if self.fail_with is not None:
                 raise self.fail_with
+            serve_interactive()
             while step > self.hold_after and not self.gate.is_set() and not should_stop():
+                serve_interactive()
                 self.waiting.set()
                 time.sleep(0.005)
             if should_stop():

@@ -208,7 +208,7 @@ def test_resolve_model_id_refuses_them_too(tmp_path):
     """The HTTP layer's model ids go through Core.resolve_model_id."""
     from tunerd.core import Core
 
-    core = SimpleNamespace(registry=SimpleNamespace(list=lambda: []))
+    core = SimpleNamespace(registry=SimpleNamespace(snapshot=lambda: ()))
     for model, kind in [("/etc/passwd", "is a file"), ("/dev/zero", "not a regular file"),
                         ("~", "without config.json"), (str(tmp_path), "without config.json")]:
         with pytest.raises(ValueError, match=kind):

@@ -33,13 +33,14 @@ def _backends(tiny_tokenizer, demo_bundle):
 def test_progress_then_result_with_deltas_against_the_first_run(tiny_tokenizer, demo_bundle):
     backends = _backends(tiny_tokenizer, demo_bundle)
     out = list(run_plan(_plan(demo_bundle, [("base", ""), ("tuned", "a")]), lambda fn: fn(), backends.__getitem__))
-    progress, result = out[:-1], out[-1]["result"]
-    assert [p["rows_done"] for p in progress] == [0, 1, 2, 3, 4, 5, 6] and progress[-1]["rows_total"] == 6
-    base, tuned = result["runs"]
-    assert base["loss"] == 5.0 and tuned["loss"] == 1.0 and tuned["deltas"]["loss"] == -4.0
-    assert tuned["deltas"]["rougeL"] == tuned["metrics"]["rougeL"] - base["metrics"]["rougeL"] > 0
-    assert len(tuned["generations"]) == 3 and tuned["generations"][0]["scores"]["rougeL"] > 0
-    assert result["loss"] == 1.0 and result["split"] == "validation"
+    progress, result = out[:-1], out[-1].result
+    assert not any(p.result for p in progress)
+    assert [p.rows_done for p in progress] == [0, 1, 2, 3, 4, 5, 6] and progress[-1].rows_total == 6
+    base, tuned = result.runs
+    assert base.loss == 5.0 and tuned.loss == 1.0 and tuned.deltas["loss"] == -4.0
+    assert tuned.deltas["rougeL"] == tuned.metrics["rougeL"] - base.metrics["rougeL"] > 0
+    assert len(tuned.generations) == 3 and tuned.generations[0].scores["rougeL"] > 0
+    assert result.loss == 1.0 and result.split == "validation"
 
 
 def test_a_caller_that_goes_away_stops_the_generation(tiny_tokenizer, demo_bundle):
@@ -48,4 +49,4 @@ def test_a_caller_that_goes_away_stops_the_generation(tiny_tokenizer, demo_bundl
     stop = lambda: len(seen) >= 2  # noqa: E731
     for p in run_plan(_plan(demo_bundle, [("base", "")]), lambda fn: fn(), backends.__getitem__, stop):
         seen.append(p)
-    assert not any("result" in p for p in seen) and seen[-1]["rows_done"] == 1
+    assert not any(p.result for p in seen) and seen[-1].rows_done == 1

@@ -12,6 +12,7 @@ from jobs_fakes import FakeTrainer
 from tunerd.config.loader import from_dict
 from tunerd.jobs.manager import JobManager, JobStateError
 from tunerd.jobs.store import CANCELLED, FINAL_STATES, QUEUED, RUNNING, SUCCEEDED, JobStore
+from tunerd.jobs.worker import DeviceWorker
 
 STEPS = 5
 
@@ -20,11 +21,13 @@ STEPS = 5
 def manager(tmp_path):
     trainer = FakeTrainer(steps=STEPS, step_seconds=0.001)
     store = JobStore(tmp_path / "jobs.db")
-    m = JobManager(store, tmp_path / "runs", trainer)
+    worker = DeviceWorker()
+    m = JobManager(store, tmp_path / "runs", worker, trainer)
     m.runs = trainer.runs
-    m.start()
+    worker.start()
     yield m
-    m.shutdown(10)
+    m.shutdown()
+    worker.stop(10)
     store.close()
 
 

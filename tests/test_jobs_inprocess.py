@@ -124,7 +124,7 @@ def test_interactive_work_runs_between_steps_on_the_device_worker(core, trainer,
     trainer.gate.clear()
     job = submit()
     assert trainer.waiting.wait(2)
-    seen = core.jobs.worker.call(lambda: (threading.current_thread().name, state(core, job.id))).result(2)
+    seen = core.worker.call(lambda: (threading.current_thread().name, state(core, job.id))).result(2)
     assert seen == ("device-worker", RUNNING)   # ran while the job was held between its steps
 
 

@@ -11,7 +11,8 @@ import pytest
 
 from test_training_loop import FakeBackend, _cfg
 from tunerd.config.schema import TrainConfig
-from tunerd.training.memory import DoesNotFit, advise, check_fits, estimate
+from tunerd.models.fit import check_batch_fits
+from tunerd.training.memory import DoesNotFit, advise, estimate
 from tunerd.training.loop import train
 
 # One measured run per fresh process: torch on a CPU reports RSS growth (the high-water mark is
@@ -91,11 +92,11 @@ def test_estimate_reacts_to_the_knobs_that_save_memory(mid_model):
     q = TrainConfig(model="m", per_device_train_batch_size=8, quantization="4bit")
     assert estimate(config, q, "torch", 1024, "bfloat16").weights < full.weights * 0.75   # the 8k embedding stays 16-bit
     with pytest.raises(DoesNotFit) as e:
-        check_fits(config, cfg, "torch", "cpu", base // 3, "bfloat16")
+        check_batch_fits(config, cfg, "torch", "cpu", base // 3, "bfloat16")
     assert "will not fit" in str(e.value)
     assert "it would fit with per_device_train_batch_size: 1 with gradient_accumulation_steps: 8" in str(e.value)
     assert "gradient_checkpointing: true" in advise(config, cfg, "torch", 1024, int(base * 0.7), "bfloat16")
-    check_fits(config, cfg, "torch", "cpu", base * 2, "bfloat16")   # fits: no error
+    check_batch_fits(config, cfg, "torch", "cpu", base * 2, "bfloat16")   # fits: no error
 
 
 class OOMBackend(FakeBackend):

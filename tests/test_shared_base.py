@@ -201,7 +201,7 @@ def _job_config(name, model, bundle, out, **kw):
 
 def _train_lending(name, cfg, between_steps=lambda reg: None):
     """Train as the daemon does: the job's model lent to a registry from Started to the end;
-    `between_steps(registry)` runs where the daemon serves chats (the stop-check)."""
+    `between_steps(registry)` runs where the daemon serves chats (the runner's serve_interactive)."""
     from tunerd.chat import rng_untouched
     from tunerd.jobs.runner import run_training
 
@@ -212,11 +212,10 @@ def _train_lending(name, cfg, between_steps=lambda reg: None):
         if type(e).__name__ == "Step":
             losses.append(e.loss)
 
-    def should_stop():
+    def serve_interactive():
         with rng_untouched():   # as the daemon's chat slices run
             between_steps(reg)
-        return False
-    run_training(cfg, emit, should_stop, lend=lambda c, b, backend: reg.lend("j1", c, b, backend))
+    run_training(cfg, emit, lambda: False, job_id="j1", serve_interactive=serve_interactive, lend=reg.lend)
     return losses, reg
 
 

@@ -24,11 +24,22 @@ from .models.check import check_adapter, check_model
 from .models.registry import ModelRegistry
 
 
+@dataclass(frozen=True)
+class Usage:
+    prompt_tokens: int
+    completion_tokens: int
+    time_to_first_token_seconds: float   # from the request's arrival (the wait for the device included)
+    queue_wait_seconds: float            # arrival until the device started on it
+    tokens_per_second: float
+
+
 @dataclass
 class ChatDelta:
+    """One message of a chat's stream: a download's progress, a piece of the reply, or (the last
+    one, and only it) the `finish_reason` with the `usage`."""
     text: str = ""
     finish_reason: str = ""
-    usage: Optional[dict] = None
+    usage: Optional[Usage] = None
     download: Optional[object] = None   # training.events.Download: the model is being fetched first
 
 
@@ -195,13 +206,13 @@ class ChatService:
             dt = time.perf_counter() - run.get("t0", arrived)
             n = run.get("n", 0)
             reason = "cancelled" if stop() else run.get("finish", "cancelled")
-            usage = {"prompt_tokens": len(run.get("ids", ())), "completion_tokens": n,
-                     "time_to_first_token_seconds": run["first"] - arrived if run.get("first") else 0.0,
-                     "queue_wait_seconds": run.get("started", time.perf_counter()) - arrived,
-                     "tokens_per_second": n / dt if dt > 0 else 0.0}
+            usage = Usage(prompt_tokens=len(run.get("ids", ())), completion_tokens=n,
+                          time_to_first_token_seconds=run["first"] - arrived if run.get("first") else 0.0,
+                          queue_wait_seconds=run.get("started", time.perf_counter()) - arrived,
+                          tokens_per_second=n / dt if dt > 0 else 0.0)
             log.info("chat with %s%s: %s after %d tokens (queue wait %.3fs, first token %.3fs)", model,
-                     f" + {adapter}" if adapter else "", reason, n, usage["queue_wait_seconds"],
-                     usage["time_to_first_token_seconds"])
+                     f" + {adapter}" if adapter else "", reason, n, usage.queue_wait_seconds,
+                     usage.time_to_first_token_seconds)
             out.put(ChatDelta(finish_reason=reason, usage=usage))
             out.put(_DONE)
 

@@ -3,7 +3,12 @@
 The one front door: `tunerd.api.servicer` (and the HTTP layer) translate requests into calls on
 one `Core` and results back, and call nothing else. Here every job reference is resolved
 (jobs/refs.py: ids, unique prefixes, `latest`, `job:...`) and every path in a request resolved
-against the request's base dir (paths.py); host facts come from host.py.
+against the request's base dir (paths.py); host facts come from host.py. Results are dataclasses
+(results.py, and the registry's ModelStatus), never dicts.
+
+Core owns the one device worker (jobs/worker.py): it makes it and hands it to the job manager,
+chat and the model registry. Work on models goes through `self.worker`; request threads read the
+resident models only from the registry's published snapshot (`ModelRegistry.snapshot`).
 """
 from __future__ import annotations
 
@@ -13,7 +18,7 @@ import threading
 import time
 from functools import partial
 from pathlib import Path
-from typing import Callable, Iterator, Optional
+from typing import TYPE_CHECKING, Callable, Iterator, Optional
 
 import yaml
 
@@ -27,16 +32,23 @@ from .files import OutputRefused, check_destination, overlaps
 from .jobs import folders, refs
 from .jobs.job_config import job_config
 from .jobs.manager import JobManager
-from .jobs.recovery import rebuild_from_runs
+from .jobs.recovery import rebuild_from_runs, remove_stale_temporaries
 from .jobs.runner import run_training as train_job
 from .jobs.store import RUNNING, SUCCEEDED, JobNotFound, JobRecord, JobStore, StoredEvent
-from .model_config import read_model_config
+from .jobs.worker import DeviceWorker
 from .models import download
 from .backends.adapter_base import ADAPTER_CONFIG, adapter_base
 from .models.check import check_adapter, check_model
-from .models.registry import ModelRegistry
+from .models.fit import check_fits
+from .models.registry import ModelRegistry, ModelStatus
 from .paths import local_or_id, looks_like_hub_id, resolve_path
+from .results import AdapterInfo, Info, LoadProgress, ModelId
 from .training.outputs import JOB_FOLDER
+
+if TYPE_CHECKING:
+    from .data.inspect import DataReport
+    from .evaluation.runs import EvalProgress, EvalResult
+    from .recommend import Recommendation
 
 
 class Core:
@@ -47,44 +59,30 @@ class Core:
         self.store = JobStore(self.home / "jobs.db")   # StoreDamaged: the daemon refuses to start
         self.rebuilt_on_start = rebuild_from_runs(self.store, self.home / "runs") if self.store.was_missing else []
         self.interrupted_on_start = self.store.mark_orphans_interrupted()
-        self.cleaned_on_start = self._remove_stale_temporaries()
-        self.registry = ModelRegistry(resolve_backend, keep_alive)
-        self.jobs = JobManager(self.store, self.home / "runs", run_training or partial(train_job, lend=self._lend))
-        self.chat_service = ChatService(self.jobs.worker, self.registry, self.store)
-        self.jobs.worker.on_idle = self.registry.evict_expired
+        self.cleaned_on_start = remove_stale_temporaries(self.store)
+        self.worker = DeviceWorker()
+        self.registry = ModelRegistry(resolve_backend, keep_alive, self.worker)   # evicts when the worker idles
+        # a running job lends its model to chat on its base (models/registry.py Lease)
+        self.jobs = JobManager(self.store, self.home / "runs", self.worker,
+                               run_training or partial(train_job, lend=self.registry.lend))
+        self.chat_service = ChatService(self.worker, self.registry, self.store)
         self._tokenizers: dict = {}
         self._submit_lock = threading.Lock()   # checking an output folder and claiming it: one submit at a time
 
     def start(self) -> None:
-        self.jobs.start()
-
-    def _lend(self, cfg, backend_name: str, backend):
-        """The running job's model, lent to chat on its base while it trains (models/registry.py)."""
-        job = next((r.id for r in self.store.list(states=[RUNNING]) if r.output_dir == cfg.output_dir), "")
-        return self.registry.lend(job, cfg, backend_name, backend)
-
-    def _remove_stale_temporaries(self) -> list[str]:
-        """Half-written folders (checkpoints, adapters) in the output folders of jobs that are not
-        running (at start-up: none runs); only those provably ours (files.remove_stale_temporaries)."""
-        from .files import remove_stale_temporaries
-        done = []
-        for rec in self.store.list():
-            if rec.output_dir and rec.state != RUNNING:
-                done += [f"job {rec.id}: {what}" for what in remove_stale_temporaries(Path(rec.output_dir))]
-        return done
+        self.worker.start()
 
     def shutdown(self, timeout: float = 60.0) -> None:
         self.chat_service.close()  # chats end at once; the running job checkpoints at its next step
-        self.jobs.shutdown(timeout)
+        self.jobs.shutdown()
+        self.worker.stop(timeout)
         self.store.close()
 
     # -- info ----------------------------------------------------------------------------------
-    def info(self) -> dict:
+    def info(self) -> Info:
         total, avail = host.memory()
-        return {"version": __version__, "api_version": "tuner.v1", "backends": host.backend_status(),
-                "devices": host.devices(), "default_backend": host.default_backend(), "home": str(self.home),
-                "pid": os.getpid(), "uptime_seconds": time.time() - self.started_at,
-                "memory_total_bytes": total, "memory_available_bytes": avail}
+        return Info(__version__, "tuner.v1", tuple(host.backend_status()), tuple(host.devices()),
+                    host.default_backend(), str(self.home), os.getpid(), time.time() - self.started_at, total, avail)
 
     # -- jobs (every `ref` is an id, a unique prefix of one, or latest: jobs/refs.py) -------------
     def submit(self, config_path: str = "", config_yaml: str = "", doc: Optional[dict] = None,
@@ -113,7 +111,7 @@ class Core:
                 raise FileNotFoundError(f"model: local path not found: {model_path}")
             cfg = dataclasses.replace(cfg, model=str(model_path.resolve()))
         check_family(cfg)   # a family the job's backend cannot run: refused here, naming one that can
-        self._check_fits(cfg)
+        check_fits(cfg.model, resolve_backend(cfg), cfg.quantization, job=cfg)   # RESOURCE_EXHAUSTED: what fits
         if cfg.output_dir:
             cfg = dataclasses.replace(cfg, output_dir=resolve_path(cfg.output_dir, base_dir))
         with self._submit_lock:
@@ -150,25 +148,9 @@ class Core:
     def _with_position(self, rec: JobRecord) -> JobRecord:
         return dataclasses.replace(rec, queue_position=self.jobs.queue_position(rec.id))
 
-    @staticmethod
-    def _check_fits(cfg) -> None:
-        """Refuse (RESOURCE_EXHAUSTED, with what would fit) a job whose worst batch cannot fit in the
-        device's free memory (training/memory.py). Needs the model's config.json: a local model, or
-        one already in the hub cache; others are checked by the loop once downloaded."""
-        from .backends.dtypes import checkpoint_dtype, resolve_dtype
-        from .training.memory import check_fits
-
-        model_config = read_model_config(cfg.model, cfg.revision)
-        if model_config is None:
-            return
-        backend = resolve_backend(cfg)
-        kind, available = host.training_device(backend)
-        dtype, _ = resolve_dtype(cfg.dtype, kind, checkpoint_dtype(model_config))   # CPU auto: float32, the larger
-        check_fits(model_config, cfg, backend, kind, available, dtype)
-
     # -- models --------------------------------------------------------------------------------
     def load_model(self, model: str, backend: str = "auto", quantization: str = "none",
-                   dtype: str = "auto", keep_alive: float = 0.0, adapter: str = "") -> dict:
+                   dtype: str = "auto", keep_alive: float = 0.0, adapter: str = "") -> ModelStatus:
         t = refs.target(self.store, model, adapter, backend)
         if not t.model:
             raise ValueError("model: required (a hub id, a local path, or job:<id>)")
@@ -176,43 +158,28 @@ class Core:
         if t.adapter:
             check_adapter(t.adapter)
         download.fetch(t.model)   # here: the device worker keeps working meanwhile
-        res = self.jobs.worker.call(lambda: self.registry.get(
+        return self.worker.call(lambda: self.registry.get(
             t.model, t.backend, quantization, dtype, adapter=t.adapter, name=t.adapter_name,
-            keep_alive=keep_alive or None)).result()
-        return self._resident(res)
+            keep_alive=keep_alive or None).status()).result()
 
     def load_model_stream(self, model: str, backend: str = "auto", quantization: str = "none", dtype: str = "auto",
-                          keep_alive: float = 0.0, adapter: str = "", cancelled=None) -> Iterator:
-        """Download events while a hub model is fetched (here, not on the device worker), then the
-        resident's status dict."""
+                          keep_alive: float = 0.0, adapter: str = "", cancelled=None) -> Iterator[LoadProgress]:
+        """Download progress while a hub model is fetched (here, not on the device worker), then
+        (the last message, `loaded`) the resident's status."""
         t = refs.target(self.store, model, adapter, backend)
         if t.model:
             check_model(t.model)
-        yield from download.stream(t.model, cancelled=cancelled)
-        yield self.load_model(model, backend, quantization, dtype, keep_alive, adapter)
+        for d in download.stream(t.model, cancelled=cancelled):
+            yield LoadProgress(download=d)
+        yield LoadProgress(loaded=self.load_model(model, backend, quantization, dtype, keep_alive, adapter))
 
     def unload_model(self, model: str = "", adapter: str = "", backend: str = "", quantization: str = "",
                      dtype: str = "") -> int:
         name = refs.adapter_name(self.store, adapter)
-        return self.jobs.worker.call(lambda: self.registry.unload(model, name, backend, quantization, dtype)).result()
+        return self.worker.call(lambda: self.registry.unload(model, name, backend, quantization, dtype)).result()
 
-    def list_models(self) -> list[dict]:
-        return [self._resident(r) for r in self.registry.list()]
-
-    @staticmethod
-    def _resident(r) -> dict:
-        """Memory is the bytes of this base's weights plus its adapters' (the backend counts them),
-        not the process's: two adapters on one base count the base once."""
-        attached = [{"name": a.name, "path": a.path, "memory_bytes": a.memory_bytes, "loaded_at": a.loaded_at}
-                    for a in list(r.adapters.values())]
-        if r.job_id:   # a running job's model: its own adapter trains beside the attached ones
-            attached.insert(0, {"name": f"job:{r.job_id} (training)", "path": "", "loaded_at": r.loaded_at,
-                                "memory_bytes": r.own_bytes})
-        return {"model": r.model, "backend": r.backend_name, "quantization": r.quantization,
-                "dtype": r.dtype, "dtype_reason": r.info.get("dtype_reason", ""), "requested_dtype": r.key[3],
-                "memory_bytes": r.memory_bytes, "base_bytes": r.base_bytes,
-                "loaded_at": r.loaded_at, "last_used_at": r.last_used_at, "expires_at": r.expires_at,
-                "adapters": [a["name"] for a in attached], "attached": attached}
+    def list_models(self) -> tuple[ModelStatus, ...]:
+        return self.registry.snapshot()
 
     # -- chat ----------------------------------------------------------------------------------
     def chat(self, params: ChatParams, cancelled: threading.Event) -> Iterator[ChatDelta]:
@@ -227,22 +194,20 @@ class Core:
             yield ChatDelta(download=d)
         yield from self.chat_service.stream(params, cancelled)
 
-    def model_ids(self) -> list[dict]:
+    def model_ids(self) -> list[ModelId]:
         """Every name a request can use as one model id (the OpenAI-compatible /v1/models):
         resident bases, their attached adapters, finished jobs' adapters and running jobs
         (job:<id>: the latest checkpoint)."""
-        out: dict[str, dict] = {}
-        for r in self.registry.list():
-            out.setdefault(r.model, {"id": r.model, "created": int(r.loaded_at), "kind": "base"})
-            for a in list(r.adapters.values()):
-                out.setdefault(a.name, {"id": a.name, "created": int(a.loaded_at), "kind": "adapter",
-                                        "base": r.model})
+        out: dict[str, ModelId] = {}
+        for m in self.registry.snapshot():
+            out.setdefault(m.model, ModelId(m.model, int(m.loaded_at), "base"))
+            for a in m.chat_adapters:
+                out.setdefault(a.name, ModelId(a.name, int(a.loaded_at), "adapter", m.model))
         for rec in self.store.list(states=[RUNNING, SUCCEEDED]):
             if rec.state == SUCCEEDED and not (rec.adapter_path and Path(rec.adapter_path).exists()):
                 continue
-            out.setdefault(f"job:{rec.id}", {"id": f"job:{rec.id}", "created": int(rec.created_at),
-                                             "kind": "job" if rec.state == RUNNING else "adapter",
-                                             "base": rec.model})
+            out.setdefault(f"job:{rec.id}", ModelId(f"job:{rec.id}", int(rec.created_at),
+                                                    "job" if rec.state == RUNNING else "adapter", rec.model))
         return list(out.values())
 
     def resolve_model_id(self, model_id: str) -> tuple[str, str, str]:
@@ -252,12 +217,13 @@ class Core:
             raise ValueError("model: required (see GET /v1/models)")
         if refs.is_ref(model_id):
             return "", model_id, "auto"
-        for r in self.registry.list():
-            if model_id in r.adapters:
-                return r.model, model_id, r.backend_name
-        for r in self.registry.list():
-            if r.model == model_id:
-                return model_id, "", r.backend_name
+        resident = self.registry.snapshot()
+        for m in resident:
+            if any(a.name == model_id for a in m.chat_adapters):
+                return m.model, model_id, m.backend
+        for m in resident:
+            if m.model == model_id:
+                return model_id, "", m.backend
         path = Path(model_id).expanduser()
         if (path / ADAPTER_CONFIG).is_file():
             check_adapter(str(path))
@@ -269,7 +235,7 @@ class Core:
         return model_id, "", "auto"
 
     # -- adapters ------------------------------------------------------------------------------
-    def list_adapters(self) -> list[dict]:
+    def list_adapters(self) -> list[AdapterInfo]:
         out = []
         for rec in self.store.list(states=[SUCCEEDED]):
             if not rec.adapter_path or not Path(rec.adapter_path).exists():
@@ -278,9 +244,8 @@ class Core:
             p = Path(rec.adapter_path)
             layouts = [name for name, f in (("peft", "adapter_model.safetensors"), ("mlx", "adapters.safetensors"))
                        if (p / f).exists() or any(p.rglob(f))]
-            out.append({"path": rec.adapter_path, "job_id": rec.id, "base_model": rec.model,
-                        "peft_adapter": cfg.get("peft_adapter", ""), "lora_r": cfg.get("lora_r", 0),
-                        "created_at": rec.finished_at, "layouts": layouts})
+            out.append(AdapterInfo(rec.adapter_path, rec.id, rec.model, cfg.get("peft_adapter", ""),
+                                   cfg.get("lora_r", 0), rec.finished_at, tuple(layouts)))
         return out
 
     def resolve_adapter(self, ref: str) -> str:
@@ -313,7 +278,7 @@ class Core:
         out = resolve_path(out_dir)
         self._check_output(out, KIND, force, {"adapter": src, "base model": model} if os.path.exists(model)
                            else {"adapter": src})
-        return str(self.jobs.worker.call(lambda: fuse(model, src, out, dequantize=dequantize, force=force)).result())
+        return str(self.worker.call(lambda: fuse(model, src, out, dequantize=dequantize, force=force)).result())
 
     def _check_output(self, out: str, kind: str, force: bool, sources: dict) -> None:
         """Before any slow work: an export or fuse destination is not the home or a job's folder
@@ -334,7 +299,7 @@ class Core:
     # -- data --------------------------------------------------------------------------------------
     def inspect_data(self, config_path: str = "", data_path: str = "", model: str = "",
                      overrides: Optional[list] = None, base_dir: str = "", batch_size: int = 0,
-                     max_seq_length: int = 0, job_id: str = "") -> dict:
+                     max_seq_length: int = 0, job_id: str = "") -> DataReport:
         from .data.inspect import inspect_data
         if job_id:
             source, _, job_base = job_config(self.store, refs.resolve_id(self.store, job_id))
@@ -350,7 +315,7 @@ class Core:
         tokenizer = self._tokenizer(model, base_dir) if model else None  # none: the rows alone
         report = inspect_data(source, tokenizer, batch_size=batch_size or None,
                               max_seq_length=max_seq_length or None, base_dir=Path(resolve_path(".", base_dir)))
-        return dataclasses.asdict(report)
+        return report
 
     def _tokenizer(self, model: str, base_dir: str):
         """Tokenizers for inspection are cheap and thread-safe to load; keep them cached."""
@@ -367,15 +332,15 @@ class Core:
 
     # -- evaluation and advice -------------------------------------------------------------------
     def evaluate_stream(self, cancelled: Optional[threading.Event] = None, predictions: Optional[list] = None,
-                        references: Optional[list] = None, **request) -> Iterator[dict]:
-        """Progress dicts, then {"result": ...} (tunerd.evaluation.runs). With predictions and
-        references: score them, no model."""
+                        references: Optional[list] = None, **request) -> Iterator[EvalProgress]:
+        """Progress, the last message carrying the `result` (EvalResult: tunerd.evaluation.runs).
+        With predictions and references: score them, no model."""
         from .chat import rng_untouched
         from .evaluation import plan as eval_plan
-        from .evaluation.runs import run_plan, score_predictions
+        from .evaluation.runs import EvalProgress, run_plan, score_predictions
         if predictions or references:
-            yield {"result": score_predictions(list(predictions or []), list(references or []),
-                                               request.get("tokenizer") or "whitespace")}
+            yield EvalProgress(result=score_predictions(list(predictions or []), list(references or []),
+                                                        request.get("tokenizer") or "whitespace"))
             return
         plan, model, backend = eval_plan.resolve(partial(job_config, self.store), self.resolve_adapter,
                                                  **self._eval_request(**request))
@@ -385,7 +350,7 @@ class Core:
             def guarded():
                 with rng_untouched():  # evaluation between a job's steps must not move its RNGs
                     return fn()
-            return self.jobs.worker.call(guarded).result()
+            return self.worker.call(guarded).result()
 
         def model_for(adapter: str):
             return self.registry.get(model, backend, quant, dtype, adapter=adapter).serve(adapter)
@@ -405,11 +370,11 @@ class Core:
                     config_path=resolve_path(config_path, base_dir), data_path=local_or_id(data_path, base_dir),
                     model=local_or_id(model, base_dir))
 
-    def evaluate(self, **request) -> dict:
-        return next(e["result"] for e in self.evaluate_stream(**request) if "result" in e)
+    def evaluate(self, **request) -> EvalResult:
+        return next(e.result for e in self.evaluate_stream(**request) if e.result is not None)
 
     def recommend(self, model: str = "", config_path: str = "", train_rows: int = 0, data_path: str = "",
-                  base_dir: str = "") -> dict:
+                  base_dir: str = "") -> Recommendation:
         from .recommend import recommend
         return recommend(local_or_id(model, base_dir), resolve_path(config_path, base_dir), train_rows,
                          local_or_id(data_path, base_dir), base_dir,

@@ -1,6 +1,6 @@
 """`tunerctl recommend`: hyper-parameters read from the model, the data and the memory free.
 
-    recommend(model, config_path, train_rows, data_path, base_dir, tokenizer_for) -> dict
+    recommend(model, config_path, train_rows, data_path, base_dir, tokenizer_for) -> Recommendation
 
 The seed's rules (DESIGN.md §3) are the starting point:
     model size  < 1B: LoRA r 32;  1-7B: QLoRA r 16;  > 7B: QLoRA r 8
@@ -95,8 +95,19 @@ def _backend_and_dtype(cfg: TrainConfig) -> tuple[str, str]:
     return backend, "bfloat16" if host.is_apple_silicon() else "float32"
 
 
+@dataclasses.dataclass(frozen=True)
+class Recommendation:
+    config: dict          # the recommended config keys (TrainingConfig names)
+    reasons: list         # one line per choice, saying why
+    train_rows: int
+    tokens_p50: int       # the rows' token lengths (chat template included)
+    tokens_p95: int
+    tokens_max: int
+    config_yaml: str      # a commented, ready config (to_yaml)
+
+
 def recommend(model: str = "", config_path: str = "", train_rows: int = 0, data_path: str = "",
-              base_dir: str = "", tokenizer_for: Optional[Callable[[str], object]] = None) -> dict:
+              base_dir: str = "", tokenizer_for: Optional[Callable[[str], object]] = None) -> Recommendation:
     from .data.prepare import load_records
     from .training import memory
 
@@ -184,9 +195,8 @@ def recommend(model: str = "", config_path: str = "", train_rows: int = 0, data_
                    f"({need / 2**30:.2f} GiB" + (")" if fits else ", does not fit: free memory or use a smaller model)")
                    + f", gradient_accumulation_steps {out['gradient_accumulation_steps']} for an effective batch of "
                      f"{bs * out['gradient_accumulation_steps']}")
-    return {"config": out, "reasons": reasons, "train_rows": int(train_rows),
-            "tokens_p50": _percentile(lengths, 0.5), "tokens_p95": _percentile(lengths, 0.95),
-            "tokens_max": lengths[-1] if lengths else 0, "config_yaml": to_yaml(out, reasons, cfg)}
+    return Recommendation(out, reasons, int(train_rows), _percentile(lengths, 0.5), _percentile(lengths, 0.95),
+                          lengths[-1] if lengths else 0, to_yaml(out, reasons, cfg))
 
 
 def to_yaml(out: dict, reasons: list[str], cfg: TrainConfig) -> str:

@@ -1,18 +1,16 @@
-"""tunerd's gRPC server: Unix socket (0600 in a 0700 $TUNER_HOME), optional TCP with a bearer
-token, health checking and reflection, graceful shutdown on SIGTERM/SIGINT."""
+"""tunerd's gRPC server and its lifecycle: Unix socket (0600 in a 0700 $TUNER_HOME), optional TCP
+with a bearer token, optional OpenAI-compatible HTTP, health checking and reflection, graceful
+shutdown on SIGTERM/SIGINT. What it trusts (the home, the lock, the token, HTTP addresses) is
+trust.py; the interceptors are api/interceptors.py.
+"""
 from __future__ import annotations
 
-import fcntl
-import hmac
-import json
 import logging
 import os
-import secrets
 import signal
 import socket
 import stat
 import threading
-import time
 from concurrent import futures
 from pathlib import Path
 from typing import Optional
@@ -22,215 +20,14 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from tuner.v1 import tuner_pb2, tuner_pb2_grpc
 
+from .api.interceptors import StreamLimit, TokenAuth
 from .api.servicer import TunerServicer
 from .core import Core
-from .files import atomic_write_text
 from .jobs.store import StoreDamaged
+from .trust import LOOPBACK, HomeError, HomeLock, http_address, load_or_create_token, prepare_home
 
 log = logging.getLogger("tunerd")
 SERVICE = tuner_pb2.DESCRIPTOR.services_by_name["Tuner"].full_name
-
-
-def default_home() -> Path:
-    return Path(os.environ.get("TUNER_HOME") or Path.home() / ".tuner").expanduser()
-
-
-class HomeError(SystemExit):
-    """The daemon refuses to start (an untrusted home, a second daemon, a foreign socket)."""
-
-
-def prepare_home(home: Path) -> Path:
-    """$TUNER_HOME is trusted the way ssh trusts ~/.ssh: created 0700 if missing; otherwise it
-    must be a directory owned by us and not group/world-writable, or the daemon refuses."""
-    home = Path(home)
-    if not os.path.lexists(home):
-        home.mkdir(mode=0o700, parents=True)
-    st = home.stat()
-    if not stat.S_ISDIR(st.st_mode):
-        raise HomeError(f"{home} is not a directory; pass another --home")
-    if st.st_uid != os.getuid():
-        raise HomeError(f"refusing to use {home}: it is owned by uid {st.st_uid}, not by you "
-                        f"(uid {os.getuid()}); pass another --home (or TUNER_HOME) that you own")
-    if st.st_mode & 0o022:
-        raise HomeError(f"refusing to use {home}: it is group/world-writable "
-                        f"(mode {stat.S_IMODE(st.st_mode):o}); fix it with `chmod 700 {home}` "
-                        "or pass another --home")
-    if stat.S_IMODE(st.st_mode) != 0o700:
-        os.chmod(home, 0o700)
-    return home
-
-
-TOKEN_MIN_BITS = 128
-
-
-def token_problem(path: Path) -> str:
-    """Why the token file cannot be trusted ('' when it can)."""
-    try:
-        st = path.lstat()
-    except FileNotFoundError:
-        return "missing"
-    if not stat.S_ISREG(st.st_mode):
-        return "not a regular file"
-    if st.st_uid != os.getuid():
-        return f"owned by uid {st.st_uid}, not by you"
-    if st.st_mode & 0o077:
-        return f"mode {stat.S_IMODE(st.st_mode):o}, not 600"
-    token = path.read_text(errors="replace").strip()
-    if not token:
-        return "empty"
-    bits = token_bits(token)
-    if bits < TOKEN_MIN_BITS:
-        return f"too short (about {bits:.0f} bits, need {TOKEN_MIN_BITS})"
-    return ""
-
-
-def token_bits(token: str) -> float:
-    """An upper bound on a token's entropy: length x log2(the smallest usual alphabet holding it)."""
-    import math
-    import string
-    for alphabet in (string.hexdigits.lower(), string.ascii_letters + string.digits + "-_",
-                     string.printable.strip()):
-        if set(token) <= set(alphabet):
-            return len(token) * math.log2(len(alphabet))
-    return len(token) * 8.0
-
-
-def load_or_create_token(home: Path) -> str:
-    """The bearer token for TCP clients in $TUNER_HOME/token: ours, 0600, non-empty and >= 128
-    bits, else a new one is generated in its place (and the log says why)."""
-    path = home / "token"
-    problem = token_problem(path)
-    if not problem:
-        return path.read_text().strip()
-    if problem != "missing":
-        log.warning("token file %s is %s: generated a new token (TCP clients need the new one)", path, problem)
-    token = secrets.token_urlsafe(32)
-    atomic_write_text(path, token + "\n", mode=0o600)
-    return token
-
-
-class HomeLock:
-    """One daemon per home: an exclusive `flock` on $TUNER_HOME/tunerd.lock held for the
-    daemon's life (whatever --socket says). The file holds the holder's pid and socket, which
-    `tunerctl daemon stop|status` read (only while the lock is held do they mean anything)."""
-
-    def __init__(self, home: Path):
-        self.path = home / "tunerd.lock"
-        self.fd: Optional[int] = None
-
-    def acquire(self, socket_path: Path, wait: float = 1.0) -> None:
-        fd = self._open()
-        deadline = time.time() + wait  # a client peeking at the lock holds it for microseconds
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.time() >= deadline:
-                    holder = _read_holder(fd)
-                    os.close(fd)
-                    raise HomeError(
-                        f"tunerd is already running for {self.path.parent} (pid {holder.get('pid', '?')}, "
-                        f"socket {holder.get('socket', '?')}); one daemon per home: stop it with "
-                        "`tunerctl daemon stop`, or use another --home") from None
-                time.sleep(0.05)
-        self.fd, self.socket_path = fd, socket_path
-        self._write(ready=False)
-
-    def _open(self) -> int:
-        """The lock file, never through a symlink (someone else's file would be truncated and
-        written): a symlink or anything but a regular file at that path is refused."""
-        try:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o600)
-        except OSError as e:
-            what = "a symlink" if os.path.islink(self.path) else f"not usable ({e.strerror})"
-            raise HomeError(f"refusing to use the lock file {self.path}: it is {what}; tunerd creates its "
-                            f"own lock file there: remove it (`rm {self.path}`) if you know what it is, "
-                            "or pass another --home") from None
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            os.close(fd)
-            raise HomeError(f"refusing to use the lock file {self.path}: it is not a regular file; "
-                            f"remove it (`rm -r {self.path}`) if you know what it is, or pass another --home")
-        return fd
-
-    def mark_ready(self) -> None:
-        """Serving: a client that cannot reach it now need not wait for it to finish starting."""
-        self._write(ready=True)
-
-    def _write(self, ready: bool) -> None:
-        data = json.dumps({"pid": os.getpid(), "socket": str(self.socket_path), "ready": ready}).encode()
-        os.ftruncate(self.fd, 0)
-        os.pwrite(self.fd, data, 0)
-
-    def release(self) -> None:
-        if self.fd is not None:
-            os.ftruncate(self.fd, 0)
-            os.close(self.fd)  # closing the last descriptor releases the flock
-            self.fd = None
-
-
-def _read_holder(fd: int) -> dict:
-    """The holder's {"pid", "socket", "ready"}, read once: `acquire` has waited for the lock, so a
-    holder has long written them. (The client's `tunerctl.connection.lock_holder` is the reader
-    that also waits out a holder that has only just taken the lock; the two packages share no code.)"""
-    try:
-        data = json.loads(os.pread(fd, 4096, 0) or b"{}")
-    except ValueError:
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
-class TokenAuth(grpc.ServerInterceptor):
-    """Rejects calls without `authorization: Bearer <token>` with UNAUTHENTICATED."""
-
-    def __init__(self, token: str):
-        if not token.strip():
-            raise ValueError("an empty bearer token would let anyone in")
-        self._expected = f"Bearer {token}".encode()
-
-        def deny(request, context):
-            context.abort(grpc.StatusCode.UNAUTHENTICATED,
-                          "missing or wrong bearer token (see $TUNER_HOME/token; tunerctl --token)")
-        self._deny_unary = grpc.unary_unary_rpc_method_handler(deny)
-        self._deny_stream = grpc.unary_stream_rpc_method_handler(deny)
-
-    def intercept_service(self, continuation, details):
-        for key, value in details.invocation_metadata or ():
-            if key == "authorization" and value.strip() != "Bearer" \
-                    and hmac.compare_digest(value.encode(), self._expected):
-                return continuation(details)
-        handler = continuation(details)
-        if handler is not None and handler.response_streaming:
-            return self._deny_stream
-        return self._deny_unary
-
-
-class StreamLimit(grpc.ServerInterceptor):
-    """Streams (WatchJob, Chat, health Watch) hold a server thread for as long as they are open.
-    They may use at most `limit` threads; the server's pool has `limit + unary` threads, so
-    health, ListJobs, GetJob and the other unary calls always find a free one. A stream past the
-    limit is refused at once with RESOURCE_EXHAUSTED instead of queueing behind the others."""
-
-    def __init__(self, limit: int):
-        self.limit = limit
-        self._slots = threading.BoundedSemaphore(limit)
-
-    def intercept_service(self, continuation, details):
-        handler = continuation(details)
-        if handler is None or not handler.response_streaming or handler.request_streaming:
-            return handler
-        inner, slots, limit = handler.unary_stream, self._slots, self.limit
-
-        def limited(request, context):
-            if not slots.acquire(blocking=False):
-                context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                              f"too many open streams (limit {limit}): close some watchers or chats")
-            try:
-                yield from inner(request, context)
-            finally:
-                slots.release()
-        return grpc.unary_stream_rpc_method_handler(limited, request_deserializer=handler.request_deserializer,
-                                                    response_serializer=handler.response_serializer)
 
 
 def socket_in_use(path: Path) -> bool:
@@ -242,26 +39,6 @@ def socket_in_use(path: Path) -> bool:
         return False
     finally:
         s.close()
-
-
-LOOPBACK = ("127.0.0.1", "localhost", "::1")
-
-
-def http_address(http: str, http_host: str = "", no_auth: bool = False) -> tuple[str, int, bool]:
-    """`--http [HOST:]PORT` (loopback only) and `--http-host HOST` (any address) -> (host, port,
-    token required). The bearer token is required on loopback too (another local user, or a web
-    page the user opens, can reach a loopback port) unless `--http-no-auth` (loopback only)."""
-    host, _, port = http.rpartition(":")
-    host = host.strip("[]") or "127.0.0.1"
-    if not port.isdigit():
-        raise SystemExit(f"--http: expected [HOST:]PORT, got {http!r}")
-    if host not in LOOPBACK:
-        raise SystemExit(f"--http: {host} is not a loopback address; to serve HTTP beyond this machine pass "
-                         "--http-host HOST (clients then need the bearer token in $TUNER_HOME/token)")
-    host = http_host or host
-    if no_auth and host not in LOOPBACK:
-        raise SystemExit(f"--http-no-auth is only allowed on a loopback address, not {host}")
-    return host, int(port), not no_auth
 
 
 class Daemon:
@@ -349,7 +126,7 @@ class Daemon:
 
     def _start_tcp(self) -> grpc.Server:
         host = self.listen.rsplit(":", 1)[0].strip("[]")
-        loopback = host in ("127.0.0.1", "localhost", "::1")
+        loopback = host in LOOPBACK
         if self.insecure_tcp and not loopback:
             raise SystemExit("--insecure-tcp is only allowed on a loopback address")
         interceptors = () if self.insecure_tcp else (TokenAuth(load_or_create_token(self.home)),)

@@ -10,7 +10,10 @@ from tuner.v1 import tuner_pb2 as pb
 
 from ..backends.generation import Sampling
 from ..chat import ChatDelta, ChatParams
+from ..evaluation.runs import EvalProgress, EvalResult
 from ..jobs.store import JobRecord, StoredEvent
+from ..models.registry import ModelStatus
+from ..results import AdapterInfo, Info, LoadProgress
 
 _STATE = {"queued": pb.QUEUED, "running": pb.RUNNING, "succeeded": pb.SUCCEEDED, "failed": pb.FAILED,
           "cancelled": pb.CANCELLED, "interrupted": pb.INTERRUPTED}
@@ -43,10 +46,10 @@ def job(rec: JobRecord) -> pb.Job:
                   tensorboard_dir=str(Path(rec.output_dir) / "tensorboard") if rec.output_dir else "")
 
 
-def info(i: dict) -> pb.Info:
-    return pb.Info(**{k: v for k, v in i.items() if k not in ("backends", "devices")},
-                   backends=[pb.BackendInfo(**b) for b in i["backends"]],
-                   devices=[pb.Device(**d) for d in i["devices"]])
+def info(i: Info) -> pb.Info:
+    return pb.Info(**{k: v for k, v in dataclasses.asdict(i).items() if k not in ("backends", "devices")},
+                   backends=[pb.BackendInfo(**b) for b in i.backends],
+                   devices=[pb.Device(**d) for d in i.devices])
 
 
 def chat_params(r) -> ChatParams:
@@ -58,13 +61,27 @@ def chat_params(r) -> ChatParams:
 
 
 def chat_chunk(d: ChatDelta) -> pb.ChatChunk:
-    return pb.ChatChunk(delta=d.text, finish_reason=d.finish_reason, usage=pb.Usage(**d.usage) if d.usage else None,
+    return pb.ChatChunk(delta=d.text, finish_reason=d.finish_reason,
+                        usage=pb.Usage(**dataclasses.asdict(d.usage)) if d.usage else None,
                         download=download(d.download) if d.download else None)
 
 
-def model_status(m: dict) -> pb.ModelStatus:
-    return pb.ModelStatus(**{k: v for k, v in m.items() if k != "attached"},
-                          attached=[pb.AttachedAdapter(**a) for a in m["attached"]])
+def model_status(m: ModelStatus) -> pb.ModelStatus:
+    return pb.ModelStatus(model=m.model, backend=m.backend, quantization=m.quantization, dtype=m.dtype,
+                          dtype_reason=m.dtype_reason, requested_dtype=m.requested_dtype,
+                          memory_bytes=m.memory_bytes, base_bytes=m.base_bytes, loaded_at=m.loaded_at,
+                          last_used_at=m.last_used_at, expires_at=m.expires_at, adapters=m.adapters,
+                          attached=[pb.AttachedAdapter(**dataclasses.asdict(a)) for a in m.attached])
+
+
+def load_progress(p: LoadProgress) -> pb.LoadModelProgress:
+    if p.loaded is not None:   # the last message
+        return pb.LoadModelProgress(status=model_status(p.loaded))
+    return pb.LoadModelProgress(download=download(p.download))
+
+
+def adapter(a: AdapterInfo) -> pb.Adapter:
+    return pb.Adapter(**dataclasses.asdict(a))
 
 
 def download(d) -> pb.DownloadProgress:
@@ -126,8 +143,9 @@ def _mapping(value) -> dict:
     return plain(json_format.MessageToDict(value))
 
 
-def data_report(r: dict) -> pb.DataReport:
-    """`dataclasses.asdict(DataReport)` -> proto: same field names; buckets and examples nested."""
+def data_report(report) -> pb.DataReport:
+    """data/inspect.py's DataReport -> proto: same field names; buckets and examples nested."""
+    r = dataclasses.asdict(report)
     out = pb.DataReport(
         length_histogram=[pb.HistogramBucket(lo=lo, hi=hi, count=n) for lo, hi, n in r.get("length_histogram", [])],
         examples=[pb.RenderedExample(segments=[pb.TextSegment(text=seg["text"], supervised=seg["supervised"])
@@ -158,17 +176,25 @@ def evaluate_request(r: pb.EvaluateRequest) -> dict:
                 references=list(r.references))
 
 
-def evaluate_response(r: dict) -> pb.EvaluateResponse:
-    runs = [pb.EvaluateRun(label=u["label"], adapter=u["adapter"], loss=u["loss"], perplexity=u["perplexity"],
-                           rows=u["rows"], metrics=u["metrics"], deltas=u.get("deltas", {}),
-                           generations=[pb.GenerationResult(**g) for g in u["generations"]])
-            for u in r["runs"]]
-    return pb.EvaluateResponse(loss=r["loss"], perplexity=r["perplexity"], rows=r["rows"], metrics=r["metrics"],
-                               runs=runs, tokenizer=r["tokenizer"], split=r["split"])
+def evaluate_response(r: EvalResult) -> pb.EvaluateResponse:
+    runs = [pb.EvaluateRun(label=u.label, adapter=u.adapter, loss=u.loss, perplexity=u.perplexity,
+                           rows=u.rows, metrics=u.metrics, deltas=u.deltas,
+                           generations=[pb.GenerationResult(**dataclasses.asdict(g)) for g in u.generations])
+            for u in r.runs]
+    return pb.EvaluateResponse(loss=r.loss, perplexity=r.perplexity, rows=r.rows, metrics=r.metrics,
+                               runs=runs, tokenizer=r.tokenizer, split=r.split)
 
 
-def recommendation(r: dict) -> pb.Recommendation:
-    cfg = {k: v for k, v in r["config"].items() if not (k == "packing" and v == "auto")}  # unset = auto
-    return pb.Recommendation(config=pb.TrainingConfig(**cfg), reasons=r["reasons"], train_rows=r["train_rows"],
-                             tokens_p50=r["tokens_p50"], tokens_p95=r["tokens_p95"], tokens_max=r["tokens_max"],
-                             config_yaml=r["config_yaml"])
+def evaluate_progress(p: EvalProgress) -> pb.EvaluateProgress:
+    if p.result is not None:   # the last message
+        return pb.EvaluateProgress(result=evaluate_response(p.result))
+    return pb.EvaluateProgress(run=p.run, rows_done=p.rows_done, rows_total=p.rows_total,
+                               eta_seconds=p.eta_seconds, elapsed_seconds=p.elapsed_seconds)
+
+
+def recommendation(r) -> pb.Recommendation:
+    """recommend.py's Recommendation -> proto."""
+    cfg = {k: v for k, v in r.config.items() if not (k == "packing" and v == "auto")}  # unset = auto
+    return pb.Recommendation(config=pb.TrainingConfig(**cfg), reasons=r.reasons, train_rows=r.train_rows,
+                             tokens_p50=r.tokens_p50, tokens_p95=r.tokens_p95, tokens_max=r.tokens_max,
+                             config_yaml=r.config_yaml)

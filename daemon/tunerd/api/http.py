@@ -22,7 +22,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
 
 from ..backends.generation import Sampling
-from ..chat import ChatParams
+from ..chat import ChatParams, Usage
 from ..errors import http_error_for
 from .guard import Guard, Protocol, allowed_hosts
 
@@ -129,9 +129,8 @@ def make_app(core, token: Optional[str] = None, hosts: Optional[set] = None, max
 
     @app.get("/v1/models")
     async def models():
-        return {"object": "list", "data": [{"id": m["id"], "object": "model", "created": m["created"],
-                                            "owned_by": "tunerd", "kind": m["kind"],
-                                            **({"base": m["base"]} if m.get("base") else {})}
+        return {"object": "list", "data": [{"id": m.id, "object": "model", "created": m.created,
+                                            "owned_by": "tunerd", "kind": m.kind, **({"base": m.base} if m.base else {})}
                                            for m in core.model_ids()]}
 
     async def complete(request: Request, chat: bool):
@@ -205,12 +204,13 @@ def _finish(reason: str) -> str:
     return "length" if reason == "length" else "stop"
 
 
-def _usage(u: Optional[dict]) -> dict:
-    u = u or {}
-    p, c = int(u.get("prompt_tokens", 0)), int(u.get("completion_tokens", 0))
-    return {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c,
-            "time_to_first_token_seconds": u.get("time_to_first_token_seconds", 0.0),
-            "tokens_per_second": u.get("tokens_per_second", 0.0)}
+def _usage(u: Optional[Usage]) -> dict:
+    if u is None:
+        return {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0,
+                "time_to_first_token_seconds": 0.0, "tokens_per_second": 0.0}
+    return {"prompt_tokens": u.prompt_tokens, "completion_tokens": u.completion_tokens,
+            "total_tokens": u.prompt_tokens + u.completion_tokens,
+            "time_to_first_token_seconds": u.time_to_first_token_seconds, "tokens_per_second": u.tokens_per_second}
 
 
 def _collect(deltas: Iterator) -> tuple[str, str, dict]:

@@ -71,8 +71,7 @@ class TunerServicer(pb_grpc.TunerServicer):
         for p in self.core.load_model_stream(
                 request.model, request.backend or "auto", request.quantization or "none", request.dtype or "auto",
                 request.keep_alive_seconds, adapter=request.adapter, cancelled=_cancel_event(context)):
-            yield pb.LoadModelProgress(status=convert.model_status(p)) if isinstance(p, dict) else \
-                pb.LoadModelProgress(download=convert.download(p))
+            yield convert.load_progress(p)
 
     @_errors
     def UnloadModel(self, request, context):
@@ -137,16 +136,13 @@ class TunerServicer(pb_grpc.TunerServicer):
     @_errors
     def Evaluate(self, request, context):
         for p in self.core.evaluate_stream(_cancel_event(context), **convert.evaluate_request(request)):
-            if "result" in p:
-                return convert.evaluate_response(p["result"])
+            if p.result is not None:   # the last message
+                return convert.evaluate_response(p.result)
 
     @_errors
     def EvaluateStream(self, request, context):
         for p in self.core.evaluate_stream(_cancel_event(context), **convert.evaluate_request(request)):
-            if "result" in p:
-                yield pb.EvaluateProgress(result=convert.evaluate_response(p["result"]))
-            else:
-                yield pb.EvaluateProgress(**p)
+            yield convert.evaluate_progress(p)
 
     @_errors
     def Recommend(self, request, context):
@@ -158,7 +154,7 @@ class TunerServicer(pb_grpc.TunerServicer):
     # -- adapters
     @_errors
     def ListAdapters(self, request, context):
-        return pb.ListAdaptersResponse(adapters=[pb.Adapter(**a) for a in self.core.list_adapters()])
+        return pb.ListAdaptersResponse(adapters=[convert.adapter(a) for a in self.core.list_adapters()])
 
     @_errors
     def ExportAdapter(self, request, context):

@@ -3,13 +3,13 @@ same rows, side by side, with progress. Device work goes through `on_device` (th
 device worker's call), one generated row per call, so a training job steps in between.
 
     EvalPlan(cfg, runs=[(label, adapter)], ...)   what to evaluate (resolved by the core)
-    run_plan(plan, on_device, model_for) -> iterator of progress dicts, then {"result": ...}
-    score_predictions(predictions, references, tokenizer) -> result   (no model)
+    run_plan(plan, on_device, model_for) -> EvalProgress items; the last one carries `result` (EvalResult)
+    score_predictions(predictions, references, tokenizer) -> EvalResult   (no model)
 """
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterator, Optional
 
@@ -33,8 +33,51 @@ class EvalPlan:
     tokenizer: str = "whitespace"
 
 
+@dataclass(frozen=True)
+class Generation:
+    row: int                 # index in the evaluated split
+    prompt: str
+    reference: str
+    prediction: str
+    scores: dict             # metric -> value for this row
+
+
+@dataclass(frozen=True)
+class EvalRun:
+    label: str               # "base", "adapter", "job:<id>", a checkpoint name ...
+    adapter: str             # resolved adapter path ("" for the base)
+    loss: float
+    perplexity: float
+    rows: int
+    metrics: dict
+    generations: tuple = ()  # Generation
+    deltas: dict = field(default_factory=dict)   # metrics minus those of the first run
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    loss: float              # the last run's numbers
+    perplexity: float
+    rows: int
+    metrics: dict
+    runs: tuple              # EvalRun, in order
+    tokenizer: str           # the metric tokenizer used
+    split: str               # the data split evaluated
+
+
+@dataclass(frozen=True)
+class EvalProgress:
+    """One message of an evaluation's stream; the last one (and only it) carries `result`."""
+    run: str = ""
+    rows_done: int = 0
+    rows_total: int = 0
+    eta_seconds: float = 0.0
+    elapsed_seconds: float = 0.0
+    result: Optional[EvalResult] = None
+
+
 def run_plan(plan: EvalPlan, on_device: Callable[[Callable], object], model_for: Callable[[str], object],
-             should_stop: Callable[[], bool] = lambda: False) -> Iterator[dict]:
+             should_stop: Callable[[], bool] = lambda: False) -> Iterator[EvalProgress]:
     """`model_for(adapter)` returns the backend with that adapter applied ("" = the base); it and
     everything touching it run inside `on_device`."""
     t0 = time.perf_counter()
@@ -48,8 +91,8 @@ def run_plan(plan: EvalPlan, on_device: Callable[[Callable], object], model_for:
         es, (loss, n_tok) = on_device(prepare)
         if i == 0:
             total = len(es.generation) * len(plan.runs)
-            yield {"run": label, "rows_done": 0, "rows_total": total, "eta_seconds": 0.0,
-                   "elapsed_seconds": time.perf_counter() - t0}
+            yield EvalProgress(run=label, rows_done=0, rows_total=total, eta_seconds=0.0,
+                               elapsed_seconds=time.perf_counter() - t0)
         predictions = []
         for row in es.generation:
             if should_stop():  # the caller went away: stop without a result
@@ -58,39 +101,37 @@ def run_plan(plan: EvalPlan, on_device: Callable[[Callable], object], model_for:
                 model_for(adapter), ids, plan.sampling, should_stop)))
             done += 1
             elapsed = time.perf_counter() - t0
-            yield {"run": label, "rows_done": done, "rows_total": total, "elapsed_seconds": elapsed,
-                   "eta_seconds": elapsed / done * (total - done)}
-        run = {"label": label, "adapter": adapter, "loss": loss, "perplexity": perplexity(loss),
-               "rows": len(es.rows), "metrics": {"supervised_tokens": float(n_tok)}, "generations": []}
+            yield EvalProgress(run=label, rows_done=done, rows_total=total, elapsed_seconds=elapsed,
+                               eta_seconds=elapsed / done * (total - done))
+        metrics, generations = {"supervised_tokens": float(n_tok)}, ()
         if es.generation:
             s = score(predictions, [r.reference for r in es.generation], plan.tokenizer)
-            run["metrics"].update(s.metrics)
-            run["generations"] = [{"row": r.index, "prompt": r.prompt, "reference": r.reference, "prediction": p,
-                                   "scores": sc} for r, p, sc in zip(es.generation, predictions, s.rows)]
-        runs.append(run)
+            metrics.update(s.metrics)
+            generations = tuple(Generation(r.index, r.prompt, r.reference, p, sc)
+                                for r, p, sc in zip(es.generation, predictions, s.rows))
+        runs.append(EvalRun(label, adapter, loss, perplexity(loss), len(es.rows), metrics, generations))
         split = es.split
-    yield {"result": _result(runs, plan.tokenizer, split)}
+    yield EvalProgress(result=_result(runs, plan.tokenizer, split))
 
 
-def _result(runs: list[dict], tokenizer: str, split: str) -> dict:
+def _result(runs: list[EvalRun], tokenizer: str, split: str) -> EvalResult:
     first = runs[0]
-    for run in runs:
-        run["deltas"] = {k: run["metrics"][k] - first["metrics"][k] for k in run["metrics"]
-                         if k in first["metrics"] and k != "supervised_tokens"}
-        run["deltas"].update(loss=run["loss"] - first["loss"], perplexity=run["perplexity"] - first["perplexity"])
+
+    def deltas(run: EvalRun) -> dict:
+        out = {k: run.metrics[k] - first.metrics[k] for k in run.metrics
+               if k in first.metrics and k != "supervised_tokens"}
+        return dict(out, loss=run.loss - first.loss, perplexity=run.perplexity - first.perplexity)
+    runs = [replace(run, deltas=deltas(run)) for run in runs]
     last = runs[-1]
-    return {"loss": last["loss"], "perplexity": last["perplexity"], "rows": last["rows"],
-            "metrics": dict(last["metrics"]), "runs": runs, "tokenizer": tokenizer, "split": split}
+    return EvalResult(last.loss, last.perplexity, last.rows, dict(last.metrics), tuple(runs), tokenizer, split)
 
 
 def score_predictions(predictions: list[str], references: list[str], tokenizer: str = "whitespace",
-                      prompts: Optional[list[str]] = None) -> dict:
+                      prompts: Optional[list[str]] = None) -> EvalResult:
     """Score outputs made anywhere: the same metrics, no model."""
     s = score(predictions, references, tokenizer)
     prompts = prompts or [""] * len(predictions)
-    run = {"label": "predictions", "adapter": "", "loss": 0.0, "perplexity": 0.0, "rows": len(predictions),
-           "metrics": dict(s.metrics), "deltas": {},
-           "generations": [{"row": i, "prompt": q, "reference": r, "prediction": p, "scores": sc}
-                           for i, (q, p, r, sc) in enumerate(zip(prompts, predictions, references, s.rows))]}
-    return {"loss": 0.0, "perplexity": 0.0, "rows": len(predictions), "metrics": dict(s.metrics), "runs": [run],
-            "tokenizer": tokenizer, "split": ""}
+    run = EvalRun("predictions", "", 0.0, 0.0, len(predictions), dict(s.metrics),
+                  tuple(Generation(i, q, r, p, sc)
+                        for i, (q, p, r, sc) in enumerate(zip(prompts, predictions, references, s.rows))))
+    return EvalResult(0.0, 0.0, len(predictions), dict(s.metrics), (run,), tokenizer, "")

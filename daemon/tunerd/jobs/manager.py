@@ -1,11 +1,13 @@
 """Training jobs: submit, queue, run on the device worker, cancel, resume, watch.
 
 Knows nothing of gRPC; takes full job ids (Core resolves prefixes and `latest`: jobs/refs.py).
-The thing that actually trains is a collaborator, `run_training(cfg, emit, should_stop, base_dir)`,
-by default `tunerd.jobs.runner.run_training`. Its contract: emit events (training/events.py),
-call `should_stop()` between steps, return an object with `adapter_path`, and raise
-`TrainingCancelled(step, checkpoint)` once `should_stop()` said yes (any other exception fails the
-job). `should_stop` is the manager's between-steps hook (`_between_steps`).
+The device worker is Core's (jobs/worker.py); the manager feeds it jobs. The thing that actually
+trains is a collaborator, `run_training(cfg, emit, should_stop, base_dir, job_id=,
+serve_interactive=)`, by default `tunerd.jobs.runner.run_training`. Its contract: emit events
+(training/events.py); between steps call `serve_interactive()` (the worker's interactive-work
+point: chat, evaluate and loads run there while the job trains) and `should_stop()` (only the
+stop check: cancelled, or the daemon shutting down); return an object with `adapter_path`; raise
+`TrainingCancelled(step, checkpoint)` once `should_stop()` said yes (any other exception fails the job).
 """
 from __future__ import annotations
 
@@ -38,7 +40,8 @@ class JobStateError(ValueError):
 
 
 class JobManager:
-    def __init__(self, store: JobStore, runs_dir: Path, run_training: Optional[Callable] = None):
+    def __init__(self, store: JobStore, runs_dir: Path, worker: DeviceWorker,
+                 run_training: Optional[Callable] = None):
         if run_training is None:
             from .runner import run_training
         self.store = store
@@ -48,12 +51,10 @@ class JobManager:
         self._lock = threading.Lock()
         self._cancel: dict[str, threading.Event] = {}
         self._interrupting = threading.Event()
-        self.worker = DeviceWorker(self._next_job)
+        self.worker = worker
+        worker.take_jobs_from(self._next_job)
         for rec in sorted(store.list(states=[QUEUED]), key=lambda r: r.created_at):
             self._queue.append(rec.id)
-
-    def start(self) -> None:
-        self.worker.start()
 
     # -- API ----------------------------------------------------------------------------------
     def submit(self, cfg: TrainConfig, name: str = "", base_dir: str = "") -> JobRecord:
@@ -137,12 +138,13 @@ class JobManager:
                 continue
             self.store.wait_for_change(0.5)
 
-    def shutdown(self, timeout: float = 60.0) -> None:
-        """Stop taking work; the running job checkpoints and becomes interrupted."""
+    def shutdown(self) -> None:
+        """Stop taking work; the running job checkpoints at its next step and becomes interrupted
+        (the worker's owner then stops the worker, which waits for that)."""
         self._interrupting.set()
         with self._lock:
             self._queue.clear()
-        self.worker.stop(timeout)
+        self.worker.wake()
 
     # -- worker side -----------------------------------------------------------------------------
     def _enqueue(self, job_id: str) -> None:
@@ -157,18 +159,11 @@ class JobManager:
             job_id = self._queue.popleft()
         return lambda: self._run(job_id)
 
-    def _between_steps(self, job_id: str) -> Callable[[], bool]:
-        """The hook the training loop calls between two steps (its `should_stop`), on the device
-        worker. It does two things, in this order: runs the interactive work queued meanwhile
-        (chat, evaluate, model loads: `DeviceWorker.run_interactive`), so they stay responsive
-        while a job trains; then answers whether the job must stop (cancelled, or the daemon is
-        shutting down)."""
+    def _should_stop(self, job_id: str) -> Callable[[], bool]:
+        """The job's stop check (the loop's `should_stop`): cancelled, or the daemon is shutting
+        down. Nothing else: the interactive work between steps is the runner's own call."""
         cancelled = self._cancel_flag(job_id)
-
-        def between_steps() -> bool:
-            self.worker.run_interactive()
-            return self._interrupting.is_set() or cancelled.is_set()
-        return between_steps
+        return lambda: self._interrupting.is_set() or cancelled.is_set()
 
     def _cancel_flag(self, job_id: str) -> threading.Event:
         with self._lock:
@@ -198,8 +193,9 @@ class JobManager:
         rec = self.store.get(job_id)
         try:
             cfg = from_record(rec.config)   # validated once, at submit
-            result = self._run_training(cfg, lambda e: self._record(job_id, e),
-                                        self._between_steps(job_id), rec.base_dir or None)
+            result = self._run_training(cfg, lambda e: self._record(job_id, e), self._should_stop(job_id),
+                                        rec.base_dir or None, job_id=job_id,
+                                        serve_interactive=self.worker.serve_interactive)
             # the loop emitted Finished
             self._finish(job_id, SUCCEEDED, reason="finished", adapter_path=result.adapter_path)
         except TrainingCancelled as e:

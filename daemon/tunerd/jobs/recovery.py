@@ -1,4 +1,5 @@
-"""Job records rebuilt from the job folders in $TUNER_HOME/runs/ when jobs.db is missing or empty.
+"""What a daemon that stopped uncleanly left, put right at start-up: job records rebuilt from the
+job folders in $TUNER_HOME/runs/ when jobs.db is missing or empty, and half-written folders removed.
 
 A job's folder holds what a record needs: config.json (the resolved config, written before the
 first step), metrics.jsonl (its steps and evals), its checkpoints and, once it finished, adapter/.
@@ -13,13 +14,24 @@ import logging
 import time
 from pathlib import Path
 
+from .. import files
 from ..training import events as ev
 from ..training.checkpoints import TrainerState, list_checkpoints, step_of
-from .store import INTERRUPTED, SUCCEEDED, JobRecord, JobStore
+from .store import INTERRUPTED, RUNNING, SUCCEEDED, JobRecord, JobStore
 
 log = logging.getLogger(__name__)
 CONFIG_FILE = "config.json"
 ADAPTER_DIR = "adapter"
+
+
+def remove_stale_temporaries(store: JobStore) -> list[str]:
+    """Half-written folders (checkpoints, adapters) in the output folders of jobs that are not
+    running (at start-up: none runs); only those provably ours (files.remove_stale_temporaries)."""
+    done = []
+    for rec in store.list():
+        if rec.output_dir and rec.state != RUNNING:
+            done += [f"job {rec.id}: {what}" for what in files.remove_stale_temporaries(Path(rec.output_dir))]
+    return done
 
 
 def rebuild_from_runs(store: JobStore, runs_dir: Path) -> list[str]:

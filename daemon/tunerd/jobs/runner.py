@@ -15,23 +15,31 @@ from ..models.download import fetch
 
 
 def run_training(cfg: TrainConfig, emit: Callable, should_stop: Callable[[], bool],
-                 base_dir: Optional[str] = None, lend: Optional[Callable] = None):
-    """Train on the backend `cfg` asks for (a job's config, which its submit validated). With `lend(cfg, backend_name, backend) -> Lease` (the
-    model registry's), the job's model serves chat on its base from its Started event until it ends."""
+                 base_dir: Optional[str] = None, job_id: str = "",
+                 serve_interactive: Callable[[], None] = lambda: None, lend: Optional[Callable] = None):
+    """Train job `job_id` on the backend `cfg` asks for. Between two steps (the loop's step hook)
+    the device is free: `serve_interactive()` (the device worker's) runs the chats, evaluations
+    and loads queued meanwhile, then `should_stop()` says whether the job must stop. With
+    `lend(job_id, cfg, backend_name, backend) -> Lease` (the model registry's), the job's model
+    serves chat on its base from its Started event until it ends."""
     from ..training.events import Started
     from ..training.loop import train
+
+    def between_steps() -> bool:
+        serve_interactive()
+        return should_stop()
     fetch(cfg.model, cfg.revision, emit)   # a hub model not in the cache yet; a local one is left alone
     name = resolve_backend(cfg)
     backend = get_backend(name)
     if lend is None:
-        return train(cfg, backend, emit, should_stop, base_dir, validated=True)
-    lease = lend(cfg, name, backend)
+        return train(cfg, backend, emit, between_steps, base_dir, validated=True)
+    lease = lend(job_id, cfg, name, backend)
 
     def emit_and_lend(e) -> None:
         emit(e)
         if isinstance(e, Started):
             lease.ready(e.dtype)
     try:
-        return train(cfg, backend, emit_and_lend, should_stop, base_dir, validated=True)
+        return train(cfg, backend, emit_and_lend, between_steps, base_dir, validated=True)
     finally:
         lease.end()

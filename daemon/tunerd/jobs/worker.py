@@ -2,10 +2,12 @@
 
 MLX streams are thread-local, so loading, training and generation all happen on this thread.
 gRPC handlers only put work on its queues and read results. Two kinds of work:
-- jobs (training): one at a time, in order;
-- interactive tasks (chat, evaluate, model load/unload): run as soon as possible, also *between
-  training steps* (the job manager's between-steps hook, the loop's `should_stop`, calls
-  `run_interactive`), so chat stays responsive while a job trains.
+- jobs (training): one at a time, in order, taken from the job manager (`take_jobs_from`);
+- interactive tasks (chat, evaluate, model load/unload, fuse): run as soon as possible, also
+  *between training steps*: the job runner's step hook calls `serve_interactive` explicitly
+  (jobs/runner.py), apart from the job's stop check, so chat stays responsive while a job trains.
+
+`Core` makes the one worker and hands it to the job manager, chat and the model registry.
 """
 from __future__ import annotations
 
@@ -20,14 +22,18 @@ log = logging.getLogger(__name__)
 
 
 class DeviceWorker:
-    def __init__(self, next_job: Callable[[], Optional[Callable[[], None]]]):
-        """`next_job()` returns the next training job to run (a callable) or None."""
-        self._next_job = next_job
-        self.on_idle: Callable[[], None] = lambda: None  # e.g. evict models past their keep-alive
+    def __init__(self, on_idle: Callable[[], None] = lambda: None):
+        """`on_idle()` runs when there is nothing to do (e.g. evict models past their keep-alive)."""
+        self._next_job: Callable[[], Optional[Callable[[], None]]] = lambda: None
+        self.on_idle = on_idle
         self._interactive: "queue.Queue[tuple[Callable, Future]]" = queue.Queue()
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="device-worker", daemon=True)
+
+    def take_jobs_from(self, next_job: Callable[[], Optional[Callable[[], None]]]) -> None:
+        """`next_job()` returns the next training job to run (a callable) or None (the job manager's)."""
+        self._next_job = next_job
 
     def start(self) -> None:
         self._thread.start()
@@ -64,9 +70,12 @@ class DeviceWorker:
         self._wake.set()
         return fut
 
-    def run_interactive(self) -> None:
-        """Run the interactive tasks queued so far (between jobs, and between a job's training
-        steps: JobManager._between_steps); tasks they queue wait for the next round."""
+    def serve_interactive(self) -> None:
+        """The interactive-work point: run the interactive tasks queued so far. Called between
+        jobs (here) and between a job's training steps (the job runner's step hook, jobs/runner.py),
+        on this thread only; tasks they queue wait for the next round."""
+        if not self.on_worker_thread:
+            raise RuntimeError("serve_interactive runs on the device worker thread only")
         for _ in range(self._interactive.qsize()):
             try:
                 fn, fut = self._interactive.get_nowait()
@@ -85,7 +94,7 @@ class DeviceWorker:
 
     def _loop(self) -> None:
         while not self._stopping.is_set():
-            self.run_interactive()
+            self.serve_interactive()
             job = None if self._stopping.is_set() else self._next_job()
             if job is not None:
                 try:
@@ -101,7 +110,7 @@ class DeviceWorker:
             self._wake.clear()
         deadline = time.monotonic() + 5.0  # tasks still queued finish (chats end at once on shutdown)
         while not self._interactive.empty() and time.monotonic() < deadline:
-            self.run_interactive()
+            self.serve_interactive()
 
     @property
     def alive(self) -> bool:

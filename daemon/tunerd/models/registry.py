@@ -13,8 +13,10 @@ copy; the job's own adapter stays apart (Backend.can_share_base) and the job's s
 what they would without the chats. A request the job's model cannot serve (CannotShare) gets a base
 of its own as before.
 
-Used only from the device worker thread. Entries idle past their keep-alive are evicted by
-`evict_expired` (called by the worker).
+Changed only on the device worker thread (given the worker, the registry refuses calls from any
+other). Other threads (gRPC, HTTP) read `snapshot()`: a tuple of frozen `ModelStatus` values
+published after every change and replaced atomically. Entries idle past their keep-alive are
+evicted by `evict_expired` (the worker's idle hook).
 """
 from __future__ import annotations
 
@@ -28,15 +30,51 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from .. import host
 from ..backends.adapter_layout import changes_base
 from ..backends.base import TRAINING, Backend, CannotShare, ModelSpec
 from ..backends.registry import get_backend
 from ..config.schema import TrainConfig
-from ..quantization import bits as quantization_bits
 from .download import fetch
+from .fit import check_fits
 
 DEFAULT_KEEP_ALIVE = 300.0
+
+
+@dataclass(frozen=True)
+class AttachedAdapter:
+    """An adapter on a resident base, as other threads see it (ModelStatus.attached)."""
+    name: str
+    path: str
+    memory_bytes: int
+    loaded_at: float
+
+
+@dataclass(frozen=True)
+class ModelStatus:
+    """A resident base as other threads see it (`ModelRegistry.snapshot`): what ListModels shows.
+    Memory is the bytes of this base's weights plus its adapters' (the backend counts them), not
+    the process's: two adapters on one base count the base once."""
+    model: str
+    backend: str
+    quantization: str
+    dtype: str
+    dtype_reason: str
+    requested_dtype: str
+    memory_bytes: int
+    base_bytes: int
+    loaded_at: float
+    last_used_at: float
+    expires_at: float
+    chat_adapters: tuple = ()           # AttachedAdapter: those chats attached, by name
+    training: Optional[AttachedAdapter] = None   # a running job's model: its own adapter, training
+
+    @property
+    def attached(self) -> tuple:
+        return ((self.training,) if self.training else ()) + self.chat_adapters
+
+    @property
+    def adapters(self) -> tuple:
+        return tuple(a.name for a in self.attached)
 
 
 @dataclass
@@ -100,6 +138,15 @@ class Resident:
         """The base's weights plus each attached adapter's (and a lending job's own): the base counts once."""
         return self.base_bytes + self.own_bytes + sum(a.memory_bytes for a in list(self.adapters.values()))
 
+    def status(self) -> ModelStatus:
+        training = AttachedAdapter(f"job:{self.job_id} (training)", "", self.own_bytes, self.loaded_at) \
+            if self.job_id else None
+        return ModelStatus(self.model, self.backend_name, self.quantization, self.dtype,
+                           self.info.get("dtype_reason", ""), self.key[3], self.memory_bytes, self.base_bytes,
+                           self.loaded_at, self.last_used_at, self.expires_at,
+                           tuple(AttachedAdapter(a.name, a.path, a.memory_bytes, a.loaded_at)
+                                 for a in self.adapters.values()), training)
+
 
 @dataclass(frozen=True)
 class Served:
@@ -134,14 +181,14 @@ class Lease:
         cfg, now = self.cfg, time.time()
         base_bytes, adapters = self.backend.weight_bytes()
         self.key = (_model_key(cfg.model), self.backend_name, cfg.quantization or "none", dtype, "job", self.job_id)
-        self._registry._models[self.key] = Resident(
+        self._registry.add(Resident(
             self.key, self.backend, cfg.model, self.backend_name, cfg.quantization or "none", dtype, now, now,
-            keep_alive=-1, job_id=self.job_id, base_bytes=base_bytes, own_bytes=adapters.get(TRAINING, 0))
+            keep_alive=-1, job_id=self.job_id, base_bytes=base_bytes, own_bytes=adapters.get(TRAINING, 0)))
 
     def end(self) -> None:
         """The job is over: chats already streaming finish on its model; new ones load their own."""
         if self.key is not None:
-            self._registry._models.pop(self.key, None)
+            self._registry.remove(self.key)
             self.key = None
 
 
@@ -173,15 +220,50 @@ def _stamp(path: str) -> float:
 
 
 class ModelRegistry:
-    def __init__(self, resolve_backend, default_keep_alive: float = DEFAULT_KEEP_ALIVE):
+    def __init__(self, resolve_backend, default_keep_alive: float = DEFAULT_KEEP_ALIVE, worker=None):
+        """With `worker` (the daemon's DeviceWorker), every change must come from its thread, and
+        models past their keep-alive are evicted when it idles."""
         self._resolve_backend = resolve_backend
         self.default_keep_alive = default_keep_alive
+        self._worker = worker
         self._models: dict[tuple, Resident] = {}
+        self._snapshot: tuple = ()
+        if worker is not None:
+            worker.on_idle = self.evict_expired
+
+    def snapshot(self) -> tuple:
+        """The resident models (ModelStatus, frozen), as of the last change: for any thread."""
+        return self._snapshot
+
+    def _changed(self) -> None:
+        self._snapshot = tuple(r.status() for r in self._models.values())   # one assignment: atomic
+
+    def _on_worker(self) -> None:
+        if self._worker is not None and not self._worker.on_worker_thread:
+            raise RuntimeError("the model registry is changed on the device worker only (Core.worker)")
+
+    def add(self, res: Resident) -> None:
+        """A resident made elsewhere (a running job's lent model: Lease.ready)."""
+        self._on_worker()
+        self._models[res.key] = res
+        self._changed()
+
+    def remove(self, key: tuple) -> None:
+        self._on_worker()
+        if self._models.pop(key, None) is not None:
+            self._changed()
 
     def get(self, model: str, backend: str = "auto", quantization: str = "none", dtype: str = "auto",
             adapter: str = "", keep_alive: Optional[float] = None, name: str = "") -> Resident:
         """The resident base (loaded on first use) with `adapter` attached as `name` (default: its
         path); `.serve(name)` uses it."""
+        self._on_worker()
+        try:
+            return self._get(model, backend, quantization, dtype, adapter, keep_alive, name)
+        finally:
+            self._changed()   # loaded, attached or only used (last_used_at): published either way
+
+    def _get(self, model, backend, quantization, dtype, adapter, keep_alive, name) -> Resident:
         cfg = ModelSpec(model=model, backend=backend or "auto", quantization=quantization or "none",
                         dtype=dtype or "auto")
         backend_name = self._resolve_backend(cfg)
@@ -197,7 +279,7 @@ class ModelRegistry:
         if res is None:
             if model.startswith(("/", ".", "~")) and not Path(model).expanduser().exists():
                 raise FileNotFoundError(f"model: local path not found: {model}")
-            check_fits_in_memory(fetch(model) or model, cfg.quantization)   # a hub model: fetched first
+            check_fits(fetch(model) or model, backend_name, cfg.quantization)   # a hub model: fetched first
             b = get_backend(backend_name)
             info = b.load(dataclasses.replace(cfg, backend=backend_name))
             if own:
@@ -238,6 +320,7 @@ class ModelRegistry:
         return None
 
     def list(self) -> list[Resident]:
+        """The residents themselves (their backends): for the device worker's thread."""
         return list(self._models.values())
 
     def unload(self, model: str = "", adapter: str = "", backend: str = "", quantization: str = "",
@@ -246,6 +329,7 @@ class ModelRegistry:
         it is attached to. Empty filters match all. Returns how many bases or adapters went."""
         if not model and not adapter:
             raise ValueError("unload: name a model, an adapter, or both")
+        self._on_worker()
         gone = 0
         for k, r in list(self._models.items()):
             if (model and r.model != model) or (backend and r.backend_name != backend) or \
@@ -266,27 +350,17 @@ class ModelRegistry:
             elif r.detach(adapter):
                 gone += 1
         if gone:
+            self._changed()
             gc.collect()
         return gone
 
     def evict_expired(self, now: Optional[float] = None) -> list[str]:
+        self._on_worker()
         now = now or time.time()
         gone = [k for k, r in self._models.items() if r.expires_at and r.expires_at < now]
         for k in gone:
             del self._models[k]
+        if gone:
+            self._changed()
         return [k[0] for k in gone]
 
-
-def check_fits_in_memory(model: str, quantization: str = "none", available: Optional[int] = None) -> None:
-    """Refuse to load a local model whose weights cannot fit in free memory (a clear
-    RESOURCE_EXHAUSTED instead of the OOM killer). Hub models are checked after download."""
-    path = Path(model).expanduser()
-    if not path.is_dir():
-        return
-    size = sum(f.stat().st_size for f in path.glob("*.safetensors"))
-    if quantization_bits(quantization) == 4:
-        size //= 3   # a 16-bit checkpoint quantized to 4 bits (+ scales) needs ~1/3..1/4
-    avail = host.memory()[1] if available is None else available
-    if size > 0.9 * avail:
-        raise MemoryError(f"{model} needs about {size / 2**30:.1f} GiB for its weights but only "
-                          f"{avail / 2**30:.1f} GiB is free")

@@ -196,19 +196,6 @@ def oom_message(cause: str, est: Optional[MemoryEstimate], options: list[str]) -
     return text
 
 
-def check_fits(model_config: dict, cfg, backend: str, device_kind: str, available: int, dtype: str) -> MemoryEstimate:
-    """Raise DoesNotFit, naming the settings that would fit, when the worst batch the config can
-    make (`per_device_train_batch_size` rows of `max_seq_length` tokens) needs more than `available`."""
-    est = estimate(model_config, cfg, backend, cfg.max_seq_length, dtype, device_kind=device_kind)
-    if est.total > available:
-        options = advise(model_config, cfg, backend, cfg.max_seq_length, available, dtype, device_kind)
-        raise DoesNotFit(oom_message(
-            f"this job will not fit: a batch of {cfg.per_device_train_batch_size} x {cfg.max_seq_length} tokens "
-            f"on {backend} ({device_kind}, {dtype}) needs about {est.total / GIB:.1f} GiB and "
-            f"{available / GIB:.1f} GiB is free", est, options))
-    return est
-
-
 @contextmanager
 def explain_oom(describe: Callable[[str], str]):
     """Turn an allocator's out-of-memory error inside the block into DoesNotFit(describe(error))."""
