@@ -14,9 +14,9 @@ acyclic):
                  fetches the model before the loop runs)
   6 models       the resident models (registry), the hub download, model checks
   7 jobs         the store, manager, runner and device worker; chat; recommend
-  8 core         `Core`, the one front door
-  9 front        api/ (gRPC servicer, HTTP), errors (exceptions -> gRPC/HTTP status), server,
-                 __main__, demo (a program of its own)
+  8 core         `Core`, the one front door, and results (the dataclasses it returns)
+  9 front        api/ (gRPC servicer, HTTP, interceptors), errors (exceptions -> gRPC/HTTP status),
+                 trust (home, lock, token), server (lifecycle), __main__, demo (a program of its own)
 
 A new top-level module or package must be given a floor here.
 """
@@ -76,8 +76,8 @@ FLOORS = [   # (name, top-level modules and packages of tunerd), bottom first: t
     ("training", {"training"}),
     ("models", {"models"}),
     ("jobs", {"jobs", "chat", "recommend"}),
-    ("core", {"core"}),
-    ("front", {"api", "errors", "server", "__main__", "demo"}),
+    ("core", {"core", "results"}),
+    ("front", {"api", "errors", "server", "trust", "__main__", "demo"}),
 ]
 
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from .models.registry import ModelStatus
-from .training.events import Download
+from .models.download import Download
 
 
 @dataclass(frozen=True)
