@@ -1,5 +1,5 @@
 """Chat special tokens added by a built-in template (DESIGN.md §4): the embeddings grow, the new
-rows train, and they are saved with the adapter (adapter_layout: added_tokens.safetensors +
+rows train, and they are saved with the adapter (own_base: added_tokens.safetensors +
 tokenizer) so that `load_adapter` on a fresh backend reproduces the trained model.
 
 The tiny demo tokenizer is ChatML; `data.template: llama3` needs four tokens it lacks."""
@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from backend_utils import logits
-from tunerd.backends import adapter_layout as layout
+from tunerd.backends import adapter_layout as layout, own_base
 from tunerd.backends.base import ModelSpec
 from tunerd.config.schema import DataConfig, TrainConfig
 from tunerd.training import events as ev
@@ -68,7 +68,7 @@ def test_training_adds_tokens_and_learns(trained, tiny_tokenizer):
 
 def test_adapter_holds_the_new_rows_and_tokenizer(trained, tiny_tokenizer):
     adapter = Path(trained["finished"].adapter_path)
-    added = layout.read_added_tokens(adapter)
+    added = own_base.read_added_tokens(adapter)
     assert added is not None and added["vocab_size"] == len(tiny_tokenizer) + 4
     assert added["token_ids"] == list(range(len(tiny_tokenizer), len(tiny_tokenizer) + 4))
     assert sorted(added["tokens"]) == sorted(LLAMA3_TOKENS) and added["end_of_turn"] == "<|eot_id|>"
@@ -76,7 +76,7 @@ def test_adapter_holds_the_new_rows_and_tokenizer(trained, tiny_tokenizer):
     assert added["embed_tokens"].shape == (4, hidden) and added["lm_head"].shape == (4, hidden)
     # trained: the rows moved away from their (identical) mean initialisation
     assert np.ptp(added["embed_tokens"], axis=0).max() > 1e-4
-    assert layout.read_added_tokens(adapter / "mlx")["dir"] == adapter
+    assert own_base.read_added_tokens(adapter / "mlx")["dir"] == adapter
     from transformers import AutoTokenizer
 
     saved = AutoTokenizer.from_pretrained(adapter)
@@ -145,7 +145,7 @@ def test_quantized_base_and_resume_keep_the_rows(name, demo_bundle, tmp_path):
     a = [e.loss for e in full if isinstance(e, ev.Step)]
     b = [e.loss for e in resumed if isinstance(e, ev.Step)]
     assert b and np.allclose(a[-len(b):], b, rtol=1e-4, atol=1e-5)
-    ra, rb = (layout.read_added_tokens(f.adapter_path) for f in (fin, fin_b))
+    ra, rb = (own_base.read_added_tokens(f.adapter_path) for f in (fin, fin_b))
     np.testing.assert_allclose(ra["embed_tokens"], rb["embed_tokens"], atol=1e-5)
     ids = _probe_ids(be.tokenizer)
     fresh = _make(name)

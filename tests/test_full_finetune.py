@@ -1,4 +1,4 @@
-"""'Is this folder a full fine-tune?' is decided in one place (adapter_layout.full_finetune_weights):
+"""'Is this folder a full fine-tune?' is decided in one place (backends/own_base.full_finetune_weights):
 the model registry (changes_base) and both backends' load_adapter ask it."""
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ import json
 
 import numpy as np
 
-from tunerd.backends.adapter_layout import AdapterSpec, changes_base, full_finetune_weights, write_adapter
+from tunerd.backends.adapter_layout import AdapterSpec, write_adapter
+from tunerd.backends.own_base import changes_base, full_finetune_weights
 
 
 def test_full_finetunes_in_both_layouts_and_adapters(tmp_path):

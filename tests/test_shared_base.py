@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tunerd.backends.adapter_layout import AdapterSpec, changes_base, write_adapter
+from tunerd.backends.adapter_layout import AdapterSpec, write_adapter
+from tunerd.backends.own_base import changes_base
 from tunerd.backends.base import ModelSpec
 from tunerd.backends.generation import Sampling
 from tunerd.backends.registry import get_backend

@@ -40,7 +40,7 @@ class ChatDelta:
     text: str = ""
     finish_reason: str = ""
     usage: Optional[Usage] = None
-    download: Optional[object] = None   # training.events.Download: the model is being fetched first
+    download: Optional[object] = None   # models.download.Download: the model is being fetched first
 
 
 @dataclass

@@ -160,7 +160,7 @@ class HomeLock:
 
 def _read_holder(fd: int) -> dict:
     """The holder's {"pid", "socket", "ready"}, read once: `acquire` has waited for the lock, so a
-    holder has long written them. (The client's `tunerctl.connection.lock_holder` is the reader
+    holder has long written them. (The client's `tuner.connection.lock_holder` is the reader
     that also waits out a holder that has only just taken the lock; the two packages share no code.)"""
     try:
         data = json.loads(os.pread(fd, 4096, 0) or b"{}")

@@ -67,7 +67,6 @@ MLX_SUBDIR = "mlx"
 MLX_CONFIG = "adapter_config.json"
 MLX_WEIGHTS = "adapters.safetensors"
 PEFT_PREFIX = "base_model.model."
-ADDED_TOKENS = "added_tokens.safetensors"   # rows of chat special tokens the training added
 TUNERD_SIDECAR = "tunerd_adapter.json"   # num_layers / keys that PEFT's config cannot hold
 
 
@@ -277,7 +276,7 @@ def _write_json(path: Path, obj: dict) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True))
 
 
-def _write_tensors(path: Path, tensors: dict, metadata: dict) -> None:
+def write_tensors(path: Path, tensors: dict, metadata: dict) -> None:
     from safetensors.numpy import save_file
 
     atomic_write_file(path, lambda tmp: save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, tmp,
@@ -296,10 +295,10 @@ def write_adapter(directory, weights: dict, spec: AdapterSpec, layout: str = "ml
     mlx_w = weights if layout == "mlx" else peft_to_mlx(weights, model_type)
     spec = spec_from_tensors(mlx_w, spec)
     (directory / MLX_SUBDIR).mkdir(parents=True, exist_ok=True)
-    _write_tensors(directory / PEFT_WEIGHTS, mlx_to_peft(mlx_w, model_type), {"format": "pt"})
+    write_tensors(directory / PEFT_WEIGHTS, mlx_to_peft(mlx_w, model_type), {"format": "pt"})
     _write_json(directory / PEFT_CONFIG, peft_config(spec, model_type))
     _write_json(directory / TUNERD_SIDECAR, tunerd_metadata(spec))
-    _write_tensors(directory / MLX_SUBDIR / MLX_WEIGHTS, mlx_w, {"format": "mlx"})
+    write_tensors(directory / MLX_SUBDIR / MLX_WEIGHTS, mlx_w, {"format": "mlx"})
     _write_json(directory / MLX_SUBDIR / MLX_CONFIG, mlx_config(spec, n_model_layers))
     return directory
 
@@ -341,73 +340,3 @@ def read_adapter(directory, prefer: str = "mlx", model_type: Optional[str] = Non
     filled = spec_from_tensors(weights, spec)
     filled.keys = spec.keys or filled.keys
     return filled, weights
-
-
-# ---- added tokens ---------------------------------------------------------------------------
-
-def write_added_tokens(directory, embed_rows, head_rows, info: dict, tokenizer=None) -> Path:
-    """Write the trained rows of added tokens (`info`: token_ids, tokens, vocab_size,
-    end_of_turn) and, when given, the tokenizer (with its chat template) into `directory`."""
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    tensors = {"embed_tokens": np.asarray(embed_rows, dtype=np.float32)}
-    if head_rows is not None:
-        tensors["lm_head"] = np.asarray(head_rows, dtype=np.float32)
-    if len(info["token_ids"]) != tensors["embed_tokens"].shape[0]:
-        raise AdapterLayoutError(f"added tokens: {len(info['token_ids'])} ids but "
-                                 f"{tensors['embed_tokens'].shape[0]} rows")
-    meta = {"token_ids": [int(i) for i in info["token_ids"]], "tokens": list(info.get("tokens") or []),
-            "vocab_size": int(info["vocab_size"]), "end_of_turn": info.get("end_of_turn")}
-    _write_tensors(directory / ADDED_TOKENS, tensors, {"format": "np", "tunerd_added_tokens": json.dumps(meta)})
-    if tokenizer is not None:
-        tokenizer.save_pretrained(str(directory))
-    return directory
-
-
-def added_tokens_dir(directory) -> Optional[Path]:
-    """The folder holding `added_tokens.safetensors` for an adapter path (dir or dir/mlx), if any."""
-    d = Path(directory)
-    for cand in (d, d.parent if d.name == MLX_SUBDIR else None):
-        if cand is not None and (cand / ADDED_TOKENS).exists():
-            return cand
-    return None
-
-
-def read_added_tokens(directory) -> Optional[dict]:
-    """{token_ids, tokens, vocab_size, end_of_turn, embed_tokens, lm_head (or None), dir} or None."""
-    from safetensors import safe_open
-
-    d = added_tokens_dir(directory)
-    if d is None:
-        return None
-    with safe_open(str(d / ADDED_TOKENS), framework="np") as f:
-        meta = json.loads(f.metadata()["tunerd_added_tokens"])
-        keys = set(f.keys())
-        meta["embed_tokens"] = f.get_tensor("embed_tokens")
-        meta["lm_head"] = f.get_tensor("lm_head") if "lm_head" in keys else None
-    meta["dir"] = d
-    meta["has_tokenizer"] = (d / "tokenizer_config.json").exists()
-    return meta
-
-
-def changes_base(directory) -> bool:
-    """True for what cannot sit beside other adapters on one shared base: a full fine-tune (its
-    own base weights) or an adapter that grew the vocabulary (added chat tokens, its own tokenizer).
-    The model registry gives those a base of their own; every other adapter shares one."""
-    return bool(full_finetune_weights(directory)) or added_tokens_dir(directory) is not None
-
-
-def full_finetune_weights(directory) -> list[Path]:
-    """The weight files of a full fine-tune saved in `directory`, or [] for an adapter: a
-    standalone model (config.json and model*.safetensors, as save_pretrained and a full run on
-    either backend write it), or mlx-lm's layout with `fine_tune_type: full` (its
-    adapters.safetensors holds every weight)."""
-    d = Path(directory)
-    models = sorted(d.glob("model*.safetensors"))
-    if (d / "config.json").exists() and models:
-        return models
-    for cfg in (d / MLX_SUBDIR / MLX_CONFIG, d / MLX_CONFIG):
-        weights = cfg.parent / MLX_WEIGHTS
-        if cfg.exists() and weights.exists():
-            return [weights] if json.loads(cfg.read_text()).get("fine_tune_type") == "full" else []
-    return []

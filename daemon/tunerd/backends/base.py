@@ -206,7 +206,7 @@ class TrainingBackend(ABC):
     @abstractmethod
     def peak_flops(self) -> float:
         """The device's matmul FLOP/s in the loaded model's dtype: measured once per device and
-        dtype, then cached (training/flops.py); the denominator of MFU."""
+        dtype, then cached (backends/peak.py); the denominator of MFU."""
 
     def fuse(self, adapter_path: Path, out_dir: Path, dequantize: bool = False) -> None:
         """Merge the adapter at `adapter_path` (either layout, or a full fine-tune) into the loaded
@@ -238,7 +238,7 @@ class ServingBackend(ABC):
 
     def attach_adapter(self, name: str, path: Path) -> int:
         """Load the adapter at `path` as `name` beside the others, sharing the one base; return its
-        bytes. Adapters that change the base (adapter_layout.changes_base) go through load_adapter
+        bytes. Adapters that change the base (own_base.changes_base) go through load_adapter
         on a base of their own instead."""
         raise NotImplementedError(f"the {self.name} backend holds one adapter at a time")
 

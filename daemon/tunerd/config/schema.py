@@ -130,7 +130,7 @@ class TrainConfig:
     @property
     def full_finetune(self) -> bool:
         """peft_adapter full: every weight trains, no adapter; what it saves is a whole model
-        (recognised in a folder by backends/adapter_layout.full_finetune_weights)."""
+        (recognised in a folder by backends/own_base.full_finetune_weights)."""
         return str(self.peft_adapter).lower() == "full"
 
 

@@ -19,7 +19,7 @@ import json
 import shutil
 from pathlib import Path
 
-from ..backends import adapter_layout as layout
+from ..backends import own_base
 from ..backends.base import ModelSpec
 from ..backends.registry import get_backend, resolve_backend
 from ..files import check_destination, write_output_dir
@@ -41,7 +41,7 @@ def fuse(model_path, adapter_path, out_dir, dequantize: bool = False, backend: s
 
     def fill(tmp: Path) -> None:
         be.fuse(Path(adapter_path), tmp, dequantize=dequantize)
-        _stop_at_end_of_turn(tmp, Path(model_path).expanduser(), layout.read_added_tokens(adapter_path),
+        _stop_at_end_of_turn(tmp, Path(model_path).expanduser(), own_base.read_added_tokens(adapter_path),
                              be.tokenizer)
 
     return write_output_dir(out, fill, KIND, force=force, source=str(adapter_path),

@@ -16,7 +16,7 @@ import mlx.core as mx
 import numpy as np
 from mlx.utils import tree_flatten
 
-from .. import adapter_layout as layout
+from .. import adapter_layout as layout, own_base
 from ..base import TRAINING, CannotShare, FuseError, adapter_spec
 from ..dtypes import checkpoint_dtype
 from .device import DTYPES
@@ -80,13 +80,13 @@ class MLXAdapters:
         if self._added:
             head = [v for k, v in rows.items() if k.startswith("lm_head.")]
             embed = [v for k, v in rows.items() if k.endswith("embed_tokens.rows")]
-            layout.write_added_tokens(path, embed[0], head[0] if head else None, self._added,
+            own_base.write_added_tokens(path, embed[0], head[0] if head else None, self._added,
                                       tokenizer=self.tokenizer)
 
     def load_adapter(self, path: Path) -> None:
         self._require_model()
         path = Path(path)
-        full = layout.full_finetune_weights(path)
+        full = own_base.full_finetune_weights(path)
         if full:  # a full fine-tune: every weight of the model
             strip_adapters(self.model)
             weights = {k: v for f in full for k, v in mx.load(str(f)).items()}
@@ -98,7 +98,7 @@ class MLXAdapters:
         strip_adapters(model)
         self._attached, self._active, self._structure = {}, None, None
         self._prompt_cache.clear()
-        added = layout.read_added_tokens(path)
+        added = own_base.read_added_tokens(path)
         if added is not None:
             self._apply_added_tokens(added)
         elif self._added:  # a previous adapter's token rows: back to the base vocabulary's rows
@@ -199,7 +199,7 @@ class MLXAdapters:
 
     def attach_adapter(self, name: str, path: Path) -> int:
         self._require_model()
-        if layout.changes_base(path):
+        if own_base.changes_base(path):
             raise ValueError(f"{path}: a full fine-tune or an adapter with added tokens changes the base; "
                              "load it alone (load_adapter)")
         spec, weights = layout.read_adapter(path, model_type=self.model_type)

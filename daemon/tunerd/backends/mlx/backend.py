@@ -37,7 +37,7 @@ from ... import quantization
 from ...config.schema import TrainConfig
 from ...data.batch import Batch
 from ...host import blas_hint
-from .. import adapter_layout as layout
+from .. import own_base
 from ..base import TRAINING, Backend, MemoryStats, ModelInfo, ModelSpec, ParamStats, ce_chunk_rows
 from ..dtypes import checkpoint_dtype, resolve_dtype
 from ..generation import GenerationChunk, Sampling
@@ -284,7 +284,7 @@ class MLXBackend(MLXAdapters, Backend):
         path = Path(path)
         self._load_weights(self._read_weights(path), trainable_only=True)
         if self._added:
-            added = layout.read_added_tokens(path)
+            added = own_base.read_added_tokens(path)
             for name, w in token_rows(self.model).items():
                 if w is not None:
                     w.rows = mx.array(added[name]).astype(w.rows.dtype)

@@ -13,7 +13,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from .. import adapter_layout as layout
+from .. import adapter_layout as layout, own_base
 from ..base import TRAINING, CannotShare, FuseError, adapter_spec
 from . import model as tmodel
 
@@ -59,7 +59,7 @@ class TorchAdapters:
             w = getattr(layer, "base_layer", layer).weight
             return w[self._added["token_ids"]].detach().float().cpu().numpy()
         head = None if self._added["tied"] else rows("lm_head")
-        layout.write_added_tokens(path, rows("embed_tokens"), head, self._added, tokenizer=self._tok)
+        own_base.write_added_tokens(path, rows("embed_tokens"), head, self._added, tokenizer=self._tok)
 
     def _strip_adapter(self):
         from peft import PeftModel
@@ -78,10 +78,10 @@ class TorchAdapters:
         self._require_model()
         self._prompt_cache.clear()
         path = Path(path)
-        full = layout.full_finetune_weights(path)
+        full = own_base.full_finetune_weights(path)
         if full:  # a full fine-tune: every weight of the model
             return self._load_full(full)
-        added = layout.read_added_tokens(path)
+        added = own_base.read_added_tokens(path)
         mt = self.base.config.model_type
         spec, mlx_weights = layout.read_adapter(path, prefer="peft", model_type=mt)
         sd = {k: torch.from_numpy(np.asarray(v, dtype=np.float32))
@@ -164,7 +164,7 @@ class TorchAdapters:
         from peft import PeftModel, get_peft_model, set_peft_model_state_dict
 
         self._require_model()
-        if layout.changes_base(path):
+        if own_base.changes_base(path):
             raise ValueError(f"{path}: a full fine-tune or an adapter with added tokens changes the base; "
                              "load it alone (load_adapter)")
         if self.optimizer is not None and not self.can_share_base():
