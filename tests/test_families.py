@@ -161,6 +161,28 @@ def test_a_family_the_backend_cannot_run_is_refused_at_submit(tmp_path, model_ty
         core.shutdown(5)
 
 
+@pytest.mark.parametrize("model_type, backend, other", [("bloom", "mlx", "torch"), ("openelm", "torch", "mlx")])
+def test_a_family_the_backend_cannot_run_is_refused_before_a_chat_load(tmp_path, model_type, backend, other):
+    """The same refusal when chat asks the registry to load such a model: before the backend tries
+    (and fails with its library's own message)."""
+    import json
+
+    from tunerd.config.loader import ConfigError
+    from tunerd.models.registry import ModelRegistry
+
+    for b in (backend, other):
+        pytest.importorskip("mlx_lm" if b == "mlx" else "transformers")
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text(json.dumps({"model_type": model_type}))
+    reg = ModelRegistry(lambda cfg: backend)
+    with pytest.raises(ConfigError) as e:
+        reg.get(str(model), backend=backend)
+    assert e.value.problems[0].startswith(f"model: the {backend} backend cannot run a model of family "
+                                          f"'{model_type}'"), e.value.problems
+    assert not reg.snapshot()
+
+
 @pytest.mark.parametrize("config, needle", [
     ({"model_type": "gpt2", "n_embd": 64, "n_inner": 128}, "this model's n_inner is 128"),
     ({"model_type": "gemma3_text", "num_hidden_layers": 2, "layer_types": ["sliding_attention"] * 2},

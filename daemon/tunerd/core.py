@@ -110,7 +110,7 @@ class Core:
             if not model_path.exists():
                 raise FileNotFoundError(f"model: local path not found: {model_path}")
             cfg = dataclasses.replace(cfg, model=str(model_path.resolve()))
-        check_family(cfg)   # a family the job's backend cannot run: refused here, naming one that can
+        check_family(cfg.model, resolve_backend(cfg), cfg.revision, auto=cfg.backend == "auto")   # naming one that can
         check_fits(cfg.model, resolve_backend(cfg), cfg.quantization, job=cfg)   # RESOURCE_EXHAUSTED: what fits
         if cfg.output_dir:
             cfg = dataclasses.replace(cfg, output_dir=resolve_path(cfg.output_dir, base_dir))

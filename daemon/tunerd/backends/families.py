@@ -5,7 +5,8 @@
     cannot_run(model_config, backend)       why `backend` cannot run this model, or None
     family_problem(model_config, backend)   that, as a submit error naming the family and the
                                             backend that can run it; None when `backend` can
-    check_family(cfg)                       raise it at submit (a local or hub-cached model only)
+    check_family(model, backend)            raise it at submit and before a chat load (a local or
+                                            hub-cached model only)
 
 Outside FAMILIES a model runs where its library has its architecture: mlx-lm's
 `mlx_lm/models/<model_type>.py` for mlx, transformers' causal-LM classes (or the model's own code,
@@ -75,16 +76,17 @@ def family_problem(model_config: dict, backend: str, auto: bool = False) -> Opti
     return f"model: the {backend} backend{chosen} cannot run a model of family {family} ({why}); {fix}"
 
 
-def check_family(cfg) -> None:
-    """At submit: refuse (INVALID_ARGUMENT) a model whose family the job's backend cannot run.
-    Needs the model's config.json: a local model, or one in the hub cache; others fail at load."""
+def check_family(model: str, backend: str, revision: Optional[str] = None, auto: bool = False) -> None:
+    """Refuse (ConfigError: INVALID_ARGUMENT) a model whose family `backend` cannot run, before any
+    slow work: a job at submit (Core.submit), a model before it is loaded to serve chat
+    (models/registry.py). Needs the model's config.json: a local model, or one in the hub cache;
+    others fail at load with the library's own message. `auto`: `backend` is `backend: auto`'s choice."""
     from ..config.loader import ConfigError
     from ..model_config import read_model_config
-    from .registry import resolve_backend
 
-    doc = read_model_config(cfg.model, cfg.revision)
+    doc = read_model_config(model, revision)
     if doc is None:
         return
-    problem = family_problem(doc, resolve_backend(cfg), auto=cfg.backend == "auto")
+    problem = family_problem(doc, backend, auto=auto)
     if problem:
         raise ConfigError([problem])

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
+from ..backends.families import check_family
 from ..backends.own_base import changes_base
 from ..backends.base import TRAINING, Backend, CannotShare, ModelSpec
 from ..backends.registry import get_backend
@@ -279,7 +280,9 @@ class ModelRegistry:
         if res is None:
             if model.startswith(("/", ".", "~")) and not Path(model).expanduser().exists():
                 raise FileNotFoundError(f"model: local path not found: {model}")
-            check_fits(fetch(model) or model, backend_name, cfg.quantization)   # a hub model: fetched first
+            local = fetch(model) or model   # a hub model: fetched first
+            check_family(local, backend_name, auto=cfg.backend == "auto")
+            check_fits(local, backend_name, cfg.quantization)
             b = get_backend(backend_name)
             info = b.load(dataclasses.replace(cfg, backend=backend_name))
             if own:
