@@ -81,7 +81,12 @@ def test_ctrl_c_stops_an_answer_and_keeps_the_session(daemon, tiny_model_dir, tm
     # ask again when a sampled answer ends on its own before the interrupt, or when (on a loaded
     # machine) the interrupt comes before the first token, so that there is no partial answer
     turns = 0   # in the conversation so far
-    for _ in range(3):
+    for attempt in range(3):
+        if attempt:   # a fresh conversation: a long answer kept from the last try would not leave room for 480 more
+            child.send("/reset\r")
+            child.expect_exact("conversation cleared")
+            child.expect_exact(">>>")
+            turns = 0
         child.send("tell me a long story\r")
         time.sleep(0.3)   # the answer is streaming (480 tokens: ~2 s at 570 tok/s here, longer under load)
         child.sendintr()
@@ -103,3 +108,26 @@ def test_ctrl_c_stops_an_answer_and_keeps_the_session(daemon, tiny_model_dir, tm
     assert saved[-2] == {"role": "user", "content": "tell me a long story"}
     assert saved[-1]["role"] == "assistant" and saved[-1]["content"]   # the partial answer
     assert "cancelled after" in (daemon.home / "tunerd.log").read_text()
+
+
+def test_a_failed_answer_is_an_error_line_and_the_session_goes_on(daemon, tiny_model_dir, tmp_path):
+    """An answer the daemon refuses (here: max_tokens beyond the model's context) prints its error
+    and leaves the conversation as it was; the next question is answered as usual."""
+    cli(daemon.home, "models", "load", tiny_model_dir, "--backend", "torch", check=True)
+    child = spawn(daemon, tiny_model_dir, tmp_path)
+    child.send("/params max_tokens 100000\r")
+    child.expect_exact(">>>")
+    child.send("hello\r")
+    child.expect_exact("error:")
+    child.expect("exceeds the model's context")
+    child.expect_exact(">>>")
+    child.send("/params max_tokens 4\r")
+    child.expect_exact(">>>")
+    child.send("hello\r")
+    assert repl_answer(child)[0] == 4
+    child.send("/save after.json\r")
+    child.expect_exact("saved 2 messages")   # the refused turn is not in the conversation
+    child.expect_exact(">>>")
+    child.sendcontrol("d")
+    child.expect(pexpect.EOF)
+    assert child.wait() == 0

@@ -14,7 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
-from tuner import Stream
+import grpc
+from rich.markup import escape
+from tuner import DaemonUnavailable, Stream, TunerError
 
 from .progress import DownloadView
 from .ui import console
@@ -128,6 +130,13 @@ class Repl:
                 self.conv.turns.append({"role": "assistant", "content": "".join(reply)})
             else:
                 self.conv.turns.pop()
+            return
+        except TunerError as e:   # this answer failed (e.g. it cannot fit the context): the session goes on
+            if isinstance(e, DaemonUnavailable) or e.code == grpc.StatusCode.UNAVAILABLE:
+                raise   # the daemon is gone: tunerctl says so and exits
+            downloads.stop()
+            self.conv.turns.pop()
+            console.print(f"\n[red]error:[/] {escape(e.details)}", highlight=False)
             return
         console.print()
         self.conv.turns.append({"role": "assistant", "content": "".join(reply)})
