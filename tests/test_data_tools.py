@@ -50,6 +50,22 @@ QWEN25_TOOLS = r"""
 {%- endfor %}
 {%- if add_generation_prompt %}{{- '<|im_start|>assistant\n' }}{%- endif %}
 """
+# Qwen3's idiom: the last assistant turn opens with an empty think block, so an earlier tool-call
+# turn renders differently as the end of a prefix than within the row (the masks search for it).
+QWEN3_TOOLS = (
+    "{%- if tools %}{{- '<|im_start|>system\\n# Tools\\n<tools>' }}"
+    "{%- for tool in tools %}{{- '\\n' + (tool | tojson) }}{%- endfor %}{{- '\\n</tools><|im_end|>\\n' }}{%- endif %}"
+    "{%- for message in messages %}"
+    "{%- if message.role == 'assistant' %}{{- '<|im_start|>assistant\\n' }}"
+    "{%- if loop.last %}{{- '<think>\\n\\n</think>\\n\\n' }}{%- endif %}{{- message.content }}"
+    "{%- for tc in message.tool_calls or [] %}{{- '<tool_call>\\n{\"name\": \"' + tc.function.name + "
+    "'\", \"arguments\": ' + (tc.function.arguments | tojson) + '}\\n</tool_call>' }}{%- endfor %}"
+    "{{- '<|im_end|>\\n' }}"
+    "{%- elif message.role == 'tool' %}"
+    "{{- '<|im_start|>user\\n<tool_response>\\n' + message.content + '\\n</tool_response><|im_end|>\\n' }}"
+    "{%- else %}{{- '<|im_start|>' + message.role + '\\n' + message.content + '<|im_end|>\\n' }}{%- endif %}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}")
 # A template that refuses tools outright, as some models' do.
 REFUSES_TOOLS = ("{%- if tools %}{{ raise_exception('This model does not support tools.') }}{%- endif %}"
                  "{%- for message in messages %}"
@@ -115,6 +131,20 @@ def test_a_tool_result_object_and_flat_calls_are_accepted(tiny_model_dir, tmp_pa
     supervised = [t for t, s in segments(tok, data.train[0]) if s]
     assert supervised[0] == "Let me check.\n" + CALL + "<|im_end|>"
     assert '{"sky": "sunny", "celsius": 22}' in tok.decode(data.train[0].ids)
+
+
+def test_a_tool_call_turn_rendered_differently_as_the_last_is_found_in_the_row(tiny_model_dir, tmp_path):
+    tok = _tokenizer(tiny_model_dir, QWEN3_TOOLS)
+    _, data = _prepare(tmp_path, tok, [ROW])
+    row = data.train[0]
+    call_turn = {"role": "assistant", "content": "", "tool_calls": [{"type": "function", "function": {
+        "name": "get_weather", "arguments": {"city": "Paris"}}}]}
+    prefix = tok.apply_chat_template([ROW["messages"][0], call_turn], tools=TOOLS, tokenize=False)
+    assert "<think>" in prefix and not tok.decode(row.ids).startswith(prefix)  # not a prefix of the row
+    supervised = [t for t, s in segments(tok, row) if s]
+    assert supervised[0] == CALL + "<|im_end|>"
+    assert supervised[-1].endswith("It is sunny and 22 C in Paris.<|im_end|>")
+    assert "Sunny, 22 C" not in "".join(supervised)
 
 
 def test_a_template_without_tool_support_names_the_row(tiny_model_dir, tmp_path):

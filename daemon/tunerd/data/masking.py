@@ -46,9 +46,10 @@ def _turn_spans(tokenizer, template: ChatTemplate, messages: list[dict], full: s
     for i, m in enumerate(messages):
         if m["role"] != "assistant":
             continue
-        span = None
+        span, floor = None, None
         try:
             before = render(tokenizer, template, messages[:i], add_generation_prompt=True, tools=tools) if i else ""
+            floor = len(before) if full.startswith(before) and len(before) >= cursor else None
             upto = render(tokenizer, template, messages[:i + 1], tools=tools)
             if upto.startswith(before) and full.startswith(upto) and len(before) >= cursor:
                 turn = upto[len(before):]
@@ -56,31 +57,38 @@ def _turn_spans(tokenizer, template: ChatTemplate, messages: list[dict], full: s
         except Exception:  # templates that refuse a prefix (e.g. must end with a user turn)
             span = None
         if span is None:  # fall back: find the content, then the end-of-turn token after it
-            span = _found_span(full, m, i, cursor, template.end_of_turn)
+            span = _found_span(full, m, i, cursor, template.end_of_turn, floor)
         spans.append(span)
         cursor = span[1]
     return spans
 
 
-def _found_span(full: str, m: dict, i: int, cursor: int, eot) -> tuple[int, int]:
-    """Assistant message `i`'s span found by searching `full` from `cursor`: its content (or, for
-    a turn that only calls tools, its calls' names) and the end-of-turn token after it."""
+def _found_span(full: str, m: dict, i: int, cursor: int, eot, floor=None) -> tuple[int, int]:
+    """Assistant message `i`'s span found by searching `full` from `cursor`: its content and the
+    end-of-turn token after it. A turn that calls tools runs on to the first end-of-turn token
+    after its content (or its first call's name, when it has no content); one with only calls
+    starts where the generation prompt before it ends (`floor`, when that rendering is a prefix
+    of `full`), so the call's opening markup is supervised too."""
     names = [c["function"]["name"] for c in m.get("tool_calls") or ()]
-    content = m["content"] if m["content"].strip() or not names else names[0]
-    a = full.find(content, cursor)
+    calls_only = bool(names) and not m["content"].strip()
+    content = names[0] if calls_only else m["content"]
+    start = floor if calls_only and floor is not None else cursor
+    a = full.find(content, start)
     if a < 0:  # templates that trim the content
         content = content.strip()
-        a = full.find(content, cursor)
+        a = full.find(content, start)
     if a < 0:
         raise DataError(f"chat template does not render assistant message {i} verbatim; "
                         "set data.template to a built-in template (chatml, llama3, alpaca)")
     b = a + len(content)
-    for name in names:  # through the last call (its arguments), to the end-of-turn token
-        k = full.find(name, b)
-        b = k + len(name) if k >= 0 else b
-    if names and eot:
-        k = full.find(eot, b)
-        b = k if k >= 0 else len(full)
+    if calls_only and floor is not None:
+        a = floor
+    if names and eot and full.find(eot, b) >= 0:
+        b = full.find(eot, b)  # past the calls (their arguments) to the end of the turn
+    elif names:
+        for name in names[1:] if calls_only else names:
+            k = full.find(name, b)
+            b = k + len(name) if k >= 0 else b
     if eot and full.startswith(eot, b):
         b += len(eot)
     return a, b
