@@ -198,3 +198,8 @@ def test_data_inspect_shows_a_tool_calling_example(daemon, tiny_model_dir, tmp_p
     assert any(s.get("supervised") and s["text"] == '[call] get_weather({"city": "Paris"})' for s in tool)
     text = cli(daemon.home, "data", "inspect", str(data), "--model", str(model)).stdout
     assert "get_weather" in text
+    p = cli(daemon.home, "data", "inspect", str(data), "--model", tiny_model_dir, "--json")  # ChatML: no tools
+    r = json_lines(p.stdout)[-1]
+    assert p.returncode == 1 and r["error"]["code"] == "INVALID_ARGUMENT", r
+    assert (f"{data}:5: the tokenizer's own chat template does not render the call to 'get_weather'"
+            in r["error"]["message"]) and "tools-capable" in r["error"]["message"]
