@@ -203,3 +203,25 @@ def test_data_inspect_shows_a_tool_calling_example(daemon, tiny_model_dir, tmp_p
     assert p.returncode == 1 and r["error"]["code"] == "INVALID_ARGUMENT", r
     assert (f"{data}:5: the tokenizer's own chat template does not render the call to 'get_weather'"
             in r["error"]["message"]) and "tools-capable" in r["error"]["message"]
+
+
+def test_the_real_smollm2_tokenizer(daemon, tmp_path):
+    """Where the issue was found: SmolLM2-135M-Instruct's own template (ChatML, no tools) used to
+    fail every row with "field 'messages[2].content' is empty"; now the row is named and a
+    tools-capable template is asked for. Its real tokenizer with Qwen2.5's template masks the calls."""
+    from real_model import smollm2_checkpoint
+
+    model = smollm2_checkpoint()
+    data = tmp_path / "calls.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in [PLAIN, ROW]), encoding="utf-8")
+    p = cli(daemon.home, "data", "inspect", str(data), "--model", str(model), "--json")
+    r = json_lines(p.stdout)[-1]
+    assert p.returncode == 1 and "is empty" not in r["error"]["message"], r
+    assert f"{data}:2: the tokenizer's own chat template does not render the call to 'get_weather'" \
+        in r["error"]["message"] and "tools-capable chat template" in r["error"]["message"]
+    tok = _tokenizer(model, QWEN25_TOOLS)
+    _, prepared = _prepare(tmp_path, tok, [PLAIN, ROW])
+    supervised = [t for t, s in segments(tok, prepared.train[1]) if s]
+    assert len(supervised) == 2 and CALL in supervised[0] and supervised[0].endswith("<|im_end|>")
+    assert supervised[1].strip().endswith("It is sunny and 22 C in Paris.<|im_end|>")
+    assert "Sunny, 22 C" in "".join(t for t, s in segments(tok, prepared.train[1]) if not s)

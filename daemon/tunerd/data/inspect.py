@@ -5,8 +5,9 @@
 `cfg_or_path` is a TrainConfig, a YAML config path (.yaml/.yml) or a data source (a file, a
 directory, a hub id). Without a tokenizer the report is about the rows alone: format, columns,
 row counts, every bad row (file:line and why, up to MAX_ROW_ERRORS) and the first rows as chat
-turns (tool calls and results among them). With one it adds token lengths, truncation, padding waste and which tokens carry loss.
-The tokenizer is not changed: when the template needs new special tokens a copy gets them.
+turns (tool calls and results among them). With one it adds token lengths, truncation, padding
+waste and which tokens carry loss. The examples are the first rows, one of them a tool-calling
+row when the data has one. The tokenizer is not changed: when the template needs new special tokens a copy gets them.
 `dataclasses.asdict(report)` is JSON-serialisable.
 """
 from __future__ import annotations
