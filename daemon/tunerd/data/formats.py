@@ -4,11 +4,13 @@
     text             {"text": ...}                                     -> Example(text=...)
     prompt_response  {"prompt", "completion" | "response", "system"?}  -> system?, user, assistant
     alpaca           {"instruction", "input"?, "output", "system"?}     -> system?, user, assistant
-    messages         {"messages": [{"role", "content"}, ...]}          -> the messages (multi-turn)
+    messages         {"messages": [{"role", "content"}, ...], "tools"?}  -> the messages (multi-turn)
 
 Column mapping (`text_column`, `prompt_column`, `response_column`, `system_column`,
 `messages_column`) overrides the default names. ShareGPT-style `conversations` with
-`from`/`value` keys are accepted as messages.
+`from`/`value` keys are accepted as messages. Tool-calling rows (OpenAI format: an assistant turn
+with `tool_calls` and maybe no content, `tool` turns with the results, a `tools` column of function
+schemas) are messages too; data/tools.py normalises them and checks the template rendered them.
 
 `data.system_prompt` is a constant system prompt for a whole data set: every chat row without
 a system turn of its own (an empty or absent system column, no system message) starts with it.
@@ -25,11 +27,13 @@ from typing import Optional
 from ..config.schema import DataConfig
 from .errors import DataError
 from .sources import Record
+from .tools import tool_calls, tool_result, tools_column
 
 FORMATS = ("text", "prompt_response", "alpaca", "messages")
 PROMPT_NAMES = ("prompt", "question", "query", "input")
 RESPONSE_NAMES = ("completion", "response", "answer", "output")
 MESSAGES_NAMES = ("messages", "conversations", "conversation")
+TOOLS_NAME = "tools"  # the column of function schemas a messages row may have
 _ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
           "model": "assistant", "bot": "assistant", "system": "system", "tool": "tool"}
 
@@ -39,6 +43,7 @@ class Example:
     origin: str
     text: Optional[str] = None                      # format text
     messages: list = field(default_factory=list)    # chat formats
+    tools: Optional[list] = None                    # function schemas, passed to the template as tools=
 
     @property
     def is_text(self) -> bool:
@@ -48,13 +53,13 @@ class Example:
 @dataclass
 class FormatSpec:
     format: str
-    columns: dict  # role -> column name: text | prompt | response | system | input | messages
+    columns: dict  # role -> column name: text | prompt | response | system | input | messages | tools
     system_prompt: Optional[str] = None  # data.system_prompt, for rows without their own
 
     @property
     def required(self) -> list[str]:
-        """The columns every row must have (the system and alpaca input columns are optional)."""
-        return [c for role, c in self.columns.items() if c and role not in ("system", "input")]
+        """The columns every row must have (the system, alpaca input and tools columns are optional)."""
+        return [c for role, c in self.columns.items() if c and role not in ("system", "input", "tools")]
 
 
 def _where(source: str) -> str:
@@ -112,8 +117,9 @@ def detect_format(columns: list[str], cfg: DataConfig, source: str = "") -> Form
                                               columns, source)})
     if fmt == "messages":
         col = cfg.messages_column or _first(MESSAGES_NAMES, columns) or "messages"
-        return FormatSpec(fmt, {"messages": _need(col, "data.messages_column" if cfg.messages_column
-                                                  else "messages column", columns, source)}, cfg.system_prompt)
+        col = _need(col, "data.messages_column" if cfg.messages_column else "messages column", columns, source)
+        tools = TOOLS_NAME if TOOLS_NAME in columns else None
+        return FormatSpec(fmt, {"messages": col, "tools": tools}, cfg.system_prompt)
     if fmt == "alpaca":
         prompt = _need(cfg.prompt_column or "instruction", "data.prompt_column" if cfg.prompt_column
                        else "instruction column", columns, source)
@@ -152,10 +158,19 @@ def _messages(value, origin: str, col: str) -> list[dict]:
         role = m.get("role", m.get("from"))
         content = m.get("content", m.get("value"))
         if role not in _ROLES:
-            raise DataError(f"{origin}: {col}[{i}].role {role!r} is not one of system, user, assistant")
+            raise DataError(f"{origin}: {col}[{i}].role {role!r} is not one of system, user, assistant, tool")
         role = _ROLES[role]
-        content = _str(content, origin, f"{col}[{i}].content", required=(role == "assistant"))
-        out.append({"role": role, "content": content})
+        calls = tool_calls(m["tool_calls"], origin, f"{col}[{i}].tool_calls") \
+            if role == "assistant" and m.get("tool_calls") else []
+        if role == "tool":
+            msg = {"role": role, "content": tool_result(content, origin, f"{col}[{i}].content")}
+            msg.update({k: str(m[k]) for k in ("tool_call_id", "name") if m.get(k) is not None})
+        else:  # an assistant turn that calls tools needs no text of its own
+            msg = {"role": role, "content": _str(content, origin, f"{col}[{i}].content",
+                                                 required=(role == "assistant" and not calls))}
+            if calls:
+                msg["tool_calls"] = calls
+        out.append(msg)
     if not any(m["role"] == "assistant" for m in out):
         raise DataError(f"{origin}: field {col!r} has no assistant message to learn from")
     return out
@@ -175,7 +190,8 @@ def to_example(record: Record, spec: FormatSpec) -> Example:
         msgs = _messages(row.get(c["messages"]), origin, c["messages"])
         if spec.system_prompt and not any(m["role"] == "system" for m in msgs):
             msgs.insert(0, {"role": "system", "content": spec.system_prompt})
-        return Example(origin, messages=msgs)
+        tools = tools_column(row.get(c["tools"]), origin, c["tools"]) if c.get("tools") else None
+        return Example(origin, messages=msgs, tools=tools)
     prompt = _str(row.get(c["prompt"]), origin, c["prompt"], required=False)
     if spec.format == "alpaca" and c.get("input"):
         extra = _str(row.get(c["input"]), origin, c["input"], required=False)

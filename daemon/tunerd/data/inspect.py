@@ -5,14 +5,16 @@
 `cfg_or_path` is a TrainConfig, a YAML config path (.yaml/.yml) or a data source (a file, a
 directory, a hub id). Without a tokenizer the report is about the rows alone: format, columns,
 row counts, every bad row (file:line and why, up to MAX_ROW_ERRORS) and the first rows as chat
-turns. With one it adds token lengths, truncation, padding waste and which tokens carry loss.
-The tokenizer is not changed: when the template needs new special tokens a copy gets them.
+turns (tool calls and results among them). With one it adds token lengths, truncation, padding
+waste and which tokens carry loss. The examples are the first rows, one of them a tool-calling
+row when the data has one. The tokenizer is not changed: when the template needs new special tokens a copy gets them.
 `dataclasses.asdict(report)` is JSON-serialisable.
 """
 from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Union
@@ -24,6 +26,7 @@ from .masking import segments
 from .packing import padding_waste
 from .prepare import fit_all, iterate_batches, load_records, pad_id_of, tokenize_all
 from .templates import missing_tokens, resolve_name, setup_template
+from .tools import has_tools
 
 N_EXAMPLES = 3
 MAX_ROW_ERRORS = 20
@@ -114,14 +117,34 @@ def _examples(records: list, spec) -> tuple[list, list]:
 
 
 def _turns(example, train_on_prompt: bool) -> list[Segment]:
-    """A row as its chat turns, without a tokenizer: the assistant's text is what carries loss."""
+    """A row as its chat turns, without a tokenizer: the assistant's text and tool calls are what
+    carries loss (a tool turn's result does not)."""
     if example.is_text:
         return [Segment(example.text, True)]
     out = []
+    if example.tools:
+        names = [str((t.get("function") or t).get("name", "?")) for t in example.tools]
+        out.append(Segment(f"tools: {', '.join(names)}\n", False))
     for i, m in enumerate(example.messages):
         out.append(Segment(("\n" if i else "") + f"{m['role']}: ", False))
-        out.append(Segment(m["content"], train_on_prompt or m["role"] == "assistant"))
+        supervised = train_on_prompt or m["role"] == "assistant"
+        if m["content"] or not m.get("tool_calls"):
+            out.append(Segment(m["content"], supervised))
+        for c in m.get("tool_calls") or ():
+            fn = c["function"]
+            out.append(Segment(f"[call] {fn['name']}({json.dumps(fn['arguments'], ensure_ascii=False)})",
+                               supervised))
     return out
+
+
+def _shown(examples: list) -> list[int]:
+    """The indices of the examples to show: the first N_EXAMPLES, one of them a tool-calling row
+    when the data has one."""
+    idx = list(range(min(N_EXAMPLES, len(examples))))
+    tool = next((i for i, ex in enumerate(examples) if not ex.is_text and has_tools(ex.messages, ex.tools)), None)
+    if tool is not None and tool not in idx:
+        idx[-1] = tool
+    return idx
 
 
 def inspect_data(cfg_or_path: Union[TrainConfig, str, Path], tokenizer=None, batch_size: Optional[int] = None,
@@ -138,7 +161,7 @@ def inspect_data(cfg_or_path: Union[TrainConfig, str, Path], tokenizer=None, bat
                         max_seq_length=msl, batch_size=bs, row_errors=errors[:MAX_ROW_ERRORS],
                         row_error_count=len(errors))
     if tokenizer is None:
-        report.examples = [_turns(ex, cfg.data.train_on_prompt) for ex in examples[:N_EXAMPLES]]
+        report.examples = [_turns(examples[i], cfg.data.train_on_prompt) for i in _shown(examples)]
         return report
     return _tokenized(report, cfg, loaded.spec, examples, tokenizer)
 
@@ -189,6 +212,6 @@ def _tokenized(report: DataReport, cfg: TrainConfig, spec, examples: list, token
         padding_waste_percent=waste(group_by_length=False),
         padding_waste_grouped_percent=waste(group_by_length=True),
         padding_waste_packed_percent=waste(packing=True),
-        examples=[[Segment(t, s) for t, s in segments(tokenizer, r)] for r in rows[:N_EXAMPLES]],
+        examples=[[Segment(t, s) for t, s in segments(tokenizer, rows[i])] for i in _shown(examples)],
         warnings=warnings,
     )

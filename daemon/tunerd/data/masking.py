@@ -3,7 +3,9 @@
 Chat rows: the conversation is rendered once with the template; each assistant turn's
 character span is found by rendering the conversation up to that turn with and without the
 generation prompt (the difference is the turn: its content and end-of-turn token; whitespace
-the template writes after the end-of-turn token is not supervised). The full text is tokenized
+the template writes after the end-of-turn token is not supervised). An assistant turn that calls
+tools is such a turn too: the template renders its calls, and they are supervised; the `tool`
+turns with the results are not. The full text is tokenized
 once with offsets, and a token is supervised when its first character lies in such a span, so
 the tokens are exactly those inference sees. Text rows are supervised everywhere.
 `mask[j]` is about token j as a *target*; token 0 is never a target, so `mask[0]` is 0.
@@ -16,6 +18,7 @@ from typing import Optional
 from .errors import DataError
 from .formats import Example
 from .templates import ChatTemplate, render
+from .tools import NEED, check_rendered, describe, has_tools
 
 
 @dataclass
@@ -36,37 +39,59 @@ class TokenizedRow:
         return len(self.ids) - self.n_response
 
 
-def _turn_spans(tokenizer, template: ChatTemplate, messages: list[dict], full: str) -> list[tuple[int, int]]:
-    """Character spans [a, b) of every assistant turn in `full` (content + end-of-turn token)."""
+def _turn_spans(tokenizer, template: ChatTemplate, messages: list[dict], full: str,
+                tools=None) -> list[tuple[int, int]]:
+    """Character spans [a, b) of every assistant turn in `full` (content or tool calls + end-of-turn token)."""
     spans, cursor = [], 0
     for i, m in enumerate(messages):
         if m["role"] != "assistant":
             continue
-        span = None
+        span, floor = None, None
         try:
-            before = render(tokenizer, template, messages[:i], add_generation_prompt=True) if i else ""
-            upto = render(tokenizer, template, messages[:i + 1])
+            before = render(tokenizer, template, messages[:i], add_generation_prompt=True, tools=tools) if i else ""
+            floor = len(before) if full.startswith(before) and len(before) >= cursor else None
+            upto = render(tokenizer, template, messages[:i + 1], tools=tools)
             if upto.startswith(before) and full.startswith(upto) and len(before) >= cursor:
                 turn = upto[len(before):]
                 span = (len(before), len(before) + len(turn.rstrip()))
         except Exception:  # templates that refuse a prefix (e.g. must end with a user turn)
             span = None
         if span is None:  # fall back: find the content, then the end-of-turn token after it
-            content = m["content"]
-            a = full.find(content, cursor)
-            if a < 0:  # templates that trim the content
-                content = content.strip()
-                a = full.find(content, cursor)
-            if a < 0:
-                raise DataError(f"chat template does not render assistant message {i} verbatim; "
-                                "set data.template to a built-in template (chatml, llama3, alpaca)")
-            b = a + len(content)
-            if template.end_of_turn and full.startswith(template.end_of_turn, b):
-                b += len(template.end_of_turn)
-            span = (a, b)
+            span = _found_span(full, m, i, cursor, template.end_of_turn, floor)
         spans.append(span)
         cursor = span[1]
     return spans
+
+
+def _found_span(full: str, m: dict, i: int, cursor: int, eot, floor=None) -> tuple[int, int]:
+    """Assistant message `i`'s span found by searching `full` from `cursor`: its content and the
+    end-of-turn token after it. A turn that calls tools runs on to the first end-of-turn token
+    after its content (or its first call's name, when it has no content); one with only calls
+    starts where the generation prompt before it ends (`floor`, when that rendering is a prefix
+    of `full`), so the call's opening markup is supervised too."""
+    names = [c["function"]["name"] for c in m.get("tool_calls") or ()]
+    calls_only = bool(names) and not m["content"].strip()
+    content = names[0] if calls_only else m["content"]
+    start = floor if calls_only and floor is not None else cursor
+    a = full.find(content, start)
+    if a < 0:  # templates that trim the content
+        content = content.strip()
+        a = full.find(content, start)
+    if a < 0:
+        raise DataError(f"chat template does not render assistant message {i} verbatim; "
+                        "set data.template to a built-in template (chatml, llama3, alpaca)")
+    b = a + len(content)
+    if calls_only and floor is not None:
+        a = floor
+    if names and eot and full.find(eot, b) >= 0:
+        b = full.find(eot, b)  # past the calls (their arguments) to the end of the turn
+    elif names:
+        for name in names[1:] if calls_only else names:
+            k = full.find(name, b)
+            b = k + len(name) if k >= 0 else b
+    if eot and full.startswith(eot, b):
+        b += len(eot)
+    return a, b
 
 
 def _encode(tokenizer, text: str):
@@ -98,12 +123,18 @@ def tokenize_example(tokenizer, template: Optional[ChatTemplate], ex: Example,
         if tokenizer.eos_token_id is not None and (not ids or ids[-1] != tokenizer.eos_token_id):
             ids.append(tokenizer.eos_token_id)
         return TokenizedRow(ids, [0.0] + [1.0] * (len(ids) - 1), ex.origin)
+    tools = has_tools(ex.messages, ex.tools)
     try:
-        full = render(tokenizer, template, ex.messages)
+        full = render(tokenizer, template, ex.messages, tools=ex.tools)
     except Exception as e:
+        if tools:
+            raise DataError(f"{ex.origin}: {describe(template)} failed on this tool-calling row ({e}); "
+                            f"{NEED}") from None
         raise DataError(f"{ex.origin}: the chat template failed on this row: {e}") from None
+    if tools:
+        check_rendered(full, ex.messages, ex.tools, template, ex.origin)
     try:
-        spans = [] if train_on_prompt else _turn_spans(tokenizer, template, ex.messages, full)
+        spans = [] if train_on_prompt else _turn_spans(tokenizer, template, ex.messages, full, ex.tools)
     except DataError as e:
         raise DataError(f"{ex.origin}: {e}") from None
     ids, offsets = _encode(tokenizer, full)

@@ -144,7 +144,9 @@ def setup_template(tokenizer, name: str = "auto", *, install: bool = True) -> Ch
     return ChatTemplate(resolved, template, eot, added)
 
 
-def render(tokenizer, template: ChatTemplate, messages: list[dict], add_generation_prompt: bool = False) -> str:
-    """Render messages to text with the chosen template (no tokenization)."""
+def render(tokenizer, template: ChatTemplate, messages: list[dict], add_generation_prompt: bool = False,
+           tools=None) -> str:
+    """Render messages to text with the chosen template (no tokenization); `tools` (function
+    schemas) is passed to the template as `tools=`, as TRL does."""
     return tokenizer.apply_chat_template(messages, chat_template=template.template, tokenize=False,
-                                         add_generation_prompt=add_generation_prompt)
+                                         add_generation_prompt=add_generation_prompt, tools=tools or None)

@@ -56,7 +56,7 @@ def generation_rows(examples: list[Example], tokenizer, template: Optional[ChatT
         if ex.is_text or not ex.messages or ex.messages[-1]["role"] != "assistant":
             continue
         history = ex.messages[:-1]
-        text = render(tokenizer, template, history, add_generation_prompt=True)
+        text = render(tokenizer, template, history, add_generation_prompt=True, tools=ex.tools)
         ids = list(tokenizer(text, add_special_tokens=False)["input_ids"])
         if len(ids) > max_prompt_tokens:  # as training fits rows: the prompt is cut from the left
             ids = ids[len(ids) - max_prompt_tokens:]
