@@ -5,7 +5,8 @@ The floors of daemon/tunerd, from the bottom; a module may import its own floor 
 below it, never one above (packages on one floor may import each other; the cycle test keeps that
 acyclic):
 
-  0 foundation   tunerd (__version__), paths, files, disk, integrity, model_config, quantization: plain helpers
+  0 foundation   tunerd (__version__), paths, files, disk, integrity, model_config, quantization,
+                 gguf_file (what a .gguf / ollama: name points at): plain helpers
   1 config       the schema, the loader and its validator, debug mode
   2 data         sources, formats, templates, masking, packing, batches
   3 backends     mlx/ and torch/ behind backends/base.py, the device peak cache; host (the machine)
@@ -68,7 +69,7 @@ def test_no_import_cycles():
 
 
 FLOORS = [   # (name, top-level modules and packages of tunerd), bottom first: the docstring's floors
-    ("foundation", {"tunerd", "paths", "files", "disk", "integrity", "model_config", "quantization"}),
+    ("foundation", {"tunerd", "paths", "files", "disk", "integrity", "model_config", "quantization", "gguf_file"}),
     ("config", {"config"}),
     ("data", {"data"}),
     ("backends", {"backends", "host"}),

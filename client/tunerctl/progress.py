@@ -36,6 +36,9 @@ class DownloadView:
         if d.done:
             self.stop()
             rate = f" ({decimal(int(d.bytes_per_second))}/s)" if d.bytes_per_second else ""
+            if d.file.startswith("converted"):   # a GGUF model, converted into the daemon's model cache
+                self.console.print(f"{d.model}: {d.file} in {d.elapsed_seconds:.1f}s", highlight=False)
+                return
             self.console.print(f"downloaded {d.model}: {d.files_total} files, {decimal(d.bytes_total)} in "
                                f"{d.elapsed_seconds:.1f}s{rate}", highlight=False)
             return

@@ -28,6 +28,7 @@ from .backends.peak import keep_peaks_in
 from .backends.registry import resolve_backend
 from .chat import ChatDelta, ChatParams, ChatService, check_request
 from .config.loader import ConfigError, load_config, merge
+from .gguf_file import OLLAMA_PREFIX
 from .files import OutputRefused, check_destination, overlaps
 from .jobs import folders, refs
 from .jobs.job_config import job_config
@@ -40,6 +41,7 @@ from .models import download
 from .backends.adapter_base import ADAPTER_CONFIG, adapter_base
 from .models.check import check_adapter, check_model
 from .models.fit import check_fits
+from .models.gguf import use_home as use_gguf_home
 from .models.registry import ModelRegistry, ModelStatus
 from .paths import local_or_id, looks_like_hub_id, resolve_path
 from .results import AdapterInfo, Info, LoadProgress, ModelId
@@ -60,6 +62,7 @@ class Core:
         self.rebuilt_on_start = rebuild_from_runs(self.store, self.home / "runs") if self.store.was_missing else []
         self.interrupted_on_start = self.store.mark_orphans_interrupted()
         self.cleaned_on_start = remove_stale_temporaries(self.store)
+        use_gguf_home(self.home)   # GGUF models are converted into <home>/models/gguf
         self.worker = DeviceWorker()
         self.registry = ModelRegistry(resolve_backend, keep_alive, self.worker)   # evicts when the worker idles
         # a running job lends its model to chat on its base (models/registry.py Lease)
@@ -105,7 +108,7 @@ class Core:
         path = resolve_path(config_path, base_dir)
         base_dir = base_dir or (str(Path(path).parent) if path else "")
         cfg = load_config(path or None, overrides or [], layer, base_dir=base_dir or None, check_paths=True)
-        if cfg.model and not looks_like_hub_id(cfg.model, base_dir):
+        if cfg.model and not looks_like_hub_id(cfg.model, base_dir) and not cfg.model.startswith(OLLAMA_PREFIX):
             model_path = Path(resolve_path(cfg.model, base_dir))
             if not model_path.exists():
                 raise FileNotFoundError(f"model: local path not found: {model_path}")

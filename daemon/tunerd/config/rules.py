@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import Optional, Union
 
-from .. import quantization
+from .. import gguf_file, quantization
 from ..model_config import context_positions
 from .schema import TrainConfig
 
@@ -61,7 +61,8 @@ def validate(cfg: TrainConfig, base_dir: Optional[Union[str, Path]] = None, chec
             p.append(f"{key}: must be {'>= 0' if allow_zero else '> 0'}, got {value!r}")
 
     if not cfg.model:
-        p.append("model: required (a hub id such as Qwen/Qwen2.5-0.5B-Instruct, or a local path)")
+        p.append("model: required (a hub id such as Qwen/Qwen2.5-0.5B-Instruct, a local path, a .gguf file "
+                 "or ollama:NAME[:TAG])")
     for key in ("lora_r", "per_device_train_batch_size", "per_device_eval_batch_size",
                 "gradient_accumulation_steps", "learning_rate", "max_seq_length", "logging_steps",
                 "eval_steps", "save_steps", "group_size"):
@@ -158,7 +159,15 @@ def _path_rules(cfg: TrainConfig, base: Path) -> list[str]:
             p.append(f"output_dir: {out} cannot be created: {probe} is not a directory")
         elif not os.access(probe, os.W_OK | os.X_OK):
             p.append(f"output_dir: {out} is not writable ({probe} does not let you write)")
-    ctx = context_positions(cfg.model, base_dir=base, cache=False)
+    ctx = None
+    if gguf_file.is_gguf(cfg.model):   # a .gguf file or ollama:NAME: there, GGUF, an architecture transformers reads
+        try:
+            n = gguf_file.header(gguf_file.check(cfg.model, base))["context_length"]
+            ctx = (n, f"context_length in {cfg.model}") if n else None
+        except (OSError, ValueError) as e:
+            p.append(f"model: {e}")
+    else:
+        ctx = context_positions(cfg.model, base_dir=base, cache=False)
     if ctx and isinstance(cfg.max_seq_length, int) and cfg.max_seq_length > ctx[0]:
         p.append(f"max_seq_length: {cfg.max_seq_length} is beyond the model's context of {ctx[0]} positions "
                  f"({ctx[1]}); use max_seq_length <= {ctx[0]}")

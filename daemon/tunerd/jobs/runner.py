@@ -3,14 +3,18 @@
 The model is fetched here, before the loop runs (models/download.py: Download events into the
 job's events), so `training/` does no network I/O: the backend then reads the model from the
 local cache. The config keeps the name the user gave (a hub id stays a hub id in the resolved
-config.json, the adapter's base_model_name_or_path, Started and the chat lease).
+config.json, the adapter's base_model_name_or_path, Started and the chat lease). A GGUF model
+(a `.gguf` file, `ollama:NAME`) is converted into the model cache instead, and the loop trains on
+that folder (which the adapter then names as its base); the chat lease keeps the GGUF name.
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Callable, Optional
 
 from ..backends.registry import get_backend, resolve_backend
 from ..config.schema import TrainConfig
+from ..gguf_file import is_gguf
 from ..models.download import fetch
 
 
@@ -28,12 +32,15 @@ def run_training(cfg: TrainConfig, emit: Callable, should_stop: Callable[[], boo
     def between_steps() -> bool:
         serve_interactive()
         return should_stop()
-    fetch(cfg.model, cfg.revision, emit)   # a hub model not in the cache yet; a local one is left alone
+    folder = fetch(cfg.model, cfg.revision, emit)   # a hub model not in the cache yet; a local one is left alone
+    named = cfg
+    if is_gguf(cfg.model):
+        cfg = dataclasses.replace(cfg, model=folder)   # the converted folder: what the backend loads
     name = resolve_backend(cfg)
     backend = get_backend(name)
     if lend is None:
         return train(cfg, backend, emit, between_steps, base_dir, validated=True)
-    lease = lend(job_id, cfg, name, backend)
+    lease = lend(job_id, named, name, backend)
 
     def emit_and_lend(e) -> None:
         emit(e)

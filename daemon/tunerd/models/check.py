@@ -2,8 +2,8 @@
 worker (issue 16, findings 5 and 8): cheap file-system and cache look-ups, no model loaded, no
 network asked.
 
-    check_model(model)    a local model folder (config.json), a model in the Hugging Face cache, or a
-                          hub id the daemon may fetch (online); else FileNotFoundError (NOT_FOUND) or
+    check_model(model)    a local model folder (config.json), a model in the Hugging Face cache, a
+                          GGUF model (gguf_file.check), or a hub id the daemon may fetch (online); else FileNotFoundError (NOT_FOUND) or
                           ValueError (INVALID_ARGUMENT) saying what was tried
     check_adapter(path)   an adapter folder whose adapter_config.json parses and whose safetensors
                           files are whole (integrity.file_problem); else ValueError naming the damaged file
@@ -17,6 +17,7 @@ import json
 import os
 from pathlib import Path
 
+from ..gguf_file import check, is_gguf
 from ..integrity import file_problem
 
 MODEL_FOLDER_NEEDS = "a model folder holds config.json and its weights (*.safetensors), as save_pretrained writes it"
@@ -30,6 +31,9 @@ def looks_local(model: str) -> bool:
 
 
 def check_model(model: str) -> None:
+    if is_gguf(model):   # a .gguf file or ollama:NAME: that file, GGUF, an architecture transformers reads
+        check(model)
+        return
     if looks_local(model):
         return _check_folder(model)
     if _in_cache(model):

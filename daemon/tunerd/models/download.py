@@ -15,6 +15,10 @@ Which files: what either backend reads (mlx-lm's allow patterns: configs, tokeni
 templates, `model*.safetensors`); other safetensors or PyTorch `.bin` weights only when a repo has
 none of those. With no network or the hub down, a model already in the cache is used as it is;
 with `HF_HUB_OFFLINE=1` nothing is asked of the network here (the backend reads the cache).
+
+A GGUF model (a `.gguf` file or `ollama:NAME[:TAG]`) is converted once into the daemon's model
+cache instead (models/gguf.py), reported as one `Download` of the GGUF file (started, done), and
+its folder returned: what the backends load in its place.
 """
 from __future__ import annotations
 
@@ -25,6 +29,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Optional
+
+from ..gguf_file import is_gguf
 
 HUB_TIMEOUT = 10.0      # seconds for the listing request; a closed port or no DNS fails at once
 REPORT_SECONDS = 1.0    # progress at most this often (and at each file's start, and when done)
@@ -67,7 +73,9 @@ def is_hub_id(model: str) -> bool:
 def fetch(model: str, revision: Optional[str] = None, progress: Optional[Callable[[Download], None]] = None,
           cancelled: Optional[threading.Event] = None) -> Optional[str]:
     """Download the files of hub model `model` that are not in the cache yet; the snapshot folder.
-    A local path (or job:<id>) is left alone (None)."""
+    A local path (or job:<id>) is left alone (None); a GGUF model is converted (its folder)."""
+    if is_gguf(model):
+        return _convert(model, progress, cancelled)
     if not is_hub_id(model):
         return None
     key = (model, revision or "main")
@@ -124,7 +132,11 @@ def stream(model: str, revision: Optional[str] = None,
            cancelled: Optional[threading.Event] = None) -> Iterator[Download]:
     """`fetch` on a helper thread, its progress yielded here (for a streaming reply); raises what
     fetch raised. Nothing to yield for a local path or a model this process fetched already."""
-    if not is_hub_id(model) or _known((model, revision or "main")):
+    if is_gguf(model):
+        from .gguf import cached
+        if cached(model):
+            return
+    elif not is_hub_id(model) or _known((model, revision or "main")):
         return
     out: "queue.Queue" = queue.Queue()
     end = object()
@@ -141,6 +153,31 @@ def stream(model: str, revision: Optional[str] = None,
         if isinstance(item, BaseException):
             raise item
         yield item
+
+
+def _convert(model: str, progress, cancelled) -> str:
+    """A GGUF model's converted folder: converted now (one file's Download, started and done) or
+    found in the cache (no events)."""
+    from ..gguf_file import resolve
+    from .gguf import cached, convert
+    folder = cached(model)
+    if folder:
+        return folder
+    size = resolve(model).stat().st_size
+    t0 = time.monotonic()
+    if cancelled is not None and cancelled.is_set():
+        raise DownloadCancelled(f"conversion of {model} cancelled")
+    if progress is not None:
+        progress(Download(model=model, file=f"converting {resolve(model).name}", files_total=1,
+                          file_bytes_total=size, bytes_total=size))
+    folder = convert(model)
+    if progress is not None:
+        elapsed = time.monotonic() - t0
+        progress(Download(model=model, file=f"converted to {folder}", files_done=1, files_total=1,
+                          file_bytes_done=size, file_bytes_total=size, bytes_done=size, bytes_total=size,
+                          bytes_per_second=size / elapsed if elapsed > 0 else 0.0, elapsed_seconds=elapsed,
+                          done=True))
+    return folder
 
 
 def _known(key: tuple[str, str]) -> bool:

@@ -35,6 +35,7 @@ from ..backends.own_base import changes_base
 from ..backends.base import TRAINING, Backend, CannotShare, ModelSpec
 from ..backends.registry import get_backend
 from ..config.schema import TrainConfig
+from ..gguf_file import is_gguf
 from .download import fetch
 from .fit import check_fits
 
@@ -280,11 +281,11 @@ class ModelRegistry:
         if res is None:
             if model.startswith(("/", ".", "~")) and not Path(model).expanduser().exists():
                 raise FileNotFoundError(f"model: local path not found: {model}")
-            local = fetch(model) or model   # a hub model: fetched first
+            local = fetch(model) or model   # a hub model: fetched first; a GGUF model: converted
             check_family(local, backend_name, auto=cfg.backend == "auto")
             check_fits(local, backend_name, cfg.quantization)
             b = get_backend(backend_name)
-            info = b.load(dataclasses.replace(cfg, backend=backend_name))
+            info = b.load(dataclasses.replace(cfg, backend=backend_name, model=local if is_gguf(model) else model))
             if own:
                 with damaged_adapter(adapter):
                     b.load_adapter(adapter)
