@@ -44,7 +44,9 @@ class DownloadView:
             return
         what = f"{d.file} ({d.files_done + 1}/{d.files_total})" if d.file else f"{d.files_total} files"
         if not self.console.is_terminal:
-            if d.file and d.file != self.file:
+            if d.file.startswith("converting") and d.file != self.file:   # a GGUF model: one step
+                self.console.print(f"{d.model}: {d.file}, {decimal(d.file_bytes_total)}", highlight=False)
+            elif d.file and d.file != self.file:
                 self.console.print(f"downloading {d.model}: {what}, {decimal(d.file_bytes_total)}; "
                                    f"{decimal(d.bytes_done)} of {decimal(d.bytes_total)} so far", highlight=False)
             self.file = d.file
