@@ -133,6 +133,14 @@ def test_an_ollama_name_resolves_through_the_store(core, trained, ollama_store, 
     assert any(m.model == "ollama:smollm2:latest" for m in core.list_models())
 
 
+def test_data_inspect_uses_the_gguf_tokenizer_and_template(core, trained, gguf_file, tmp_path):
+    (tmp_path / "rows.jsonl").write_text(json.dumps({"messages": QUESTION + [
+        {"role": "assistant", "content": "Paris."}]}) + "\n")
+    report = core.inspect_data(data_path=str(tmp_path / "rows.jsonl"), model=str(gguf_file), base_dir=str(tmp_path))
+    assert report.template == "tokenizer" and report.end_of_turn_token == "<|im_end|>"
+    assert report.tokens_total > 10 and report.response_tokens_total > 0
+
+
 def test_mlx_chats_on_the_converted_model(core, trained, gguf_file):
     pytest.importorskip("mlx_lm")
     assert "Paris" in answer(core, str(gguf_file), backend="mlx")

@@ -28,7 +28,7 @@ from .backends.peak import keep_peaks_in
 from .backends.registry import resolve_backend
 from .chat import ChatDelta, ChatParams, ChatService, check_request
 from .config.loader import ConfigError, load_config, merge
-from .gguf_file import OLLAMA_PREFIX
+from .gguf_file import OLLAMA_PREFIX, is_gguf
 from .files import OutputRefused, check_destination, overlaps
 from .jobs import folders, refs
 from .jobs.job_config import job_config
@@ -323,6 +323,8 @@ class Core:
     def _tokenizer(self, model: str, base_dir: str):
         """Tokenizers for inspection are cheap and thread-safe to load; keep them cached."""
         key = local_or_id(model, base_dir)
+        if is_gguf(key):
+            key = download.fetch(key)   # a GGUF model: its converted folder (converted once)
         if key not in self._tokenizers:
             from transformers import AutoTokenizer
             try:
