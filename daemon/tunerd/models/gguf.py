@@ -87,8 +87,9 @@ def _convert(model: str, path: Path, out: Path) -> None:
     fresh.load_state_dict(loaded.state_dict())
     fresh.to(torch.bfloat16)
     del loaded
+    for stale in out.parent.glob(f".{out.name}.tmp-*"):   # a converter that died (we hold the lock)
+        shutil.rmtree(stale, ignore_errors=True)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
     try:
         fresh.save_pretrained(str(tmp))
         tokenizer.save_pretrained(str(tmp))
