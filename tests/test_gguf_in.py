@@ -185,3 +185,26 @@ def test_an_architecture_transformers_cannot_dequantise_is_refused(core, tmp_pat
     w.close()
     msg = submit_error(core, tmp_path, str(path))
     assert "'rwkv6'" in msg and "transformers cannot dequantise" in msg and "llama" in msg
+
+
+def test_ollama_names_map_to_manifest_paths_and_a_manifest_without_a_model_layer_is_named(tmp_path, monkeypatch):
+    from tunerd.gguf_file import resolve
+    monkeypatch.setenv("OLLAMA_MODELS", str(tmp_path))
+    for name, parts in (("ollama:me/tuned:v1", ("registry.ollama.ai", "me", "tuned", "v1")),
+                        ("ollama:hf.co/org/m:q4", ("hf.co", "org", "m", "q4"))):
+        manifest = tmp_path.joinpath("manifests", *parts)
+        manifest.parent.mkdir(parents=True)
+        manifest.write_text(json.dumps({"layers": [{"mediaType": "application/vnd.ollama.image.license"}]}))
+        with pytest.raises(ValueError, match=f"its manifest {manifest} names no model layer"):
+            resolve(name)
+    with pytest.raises(ValueError, match="not an Ollama model name"):
+        resolve("ollama:../../etc:x")
+
+
+def test_the_cache_is_keyed_by_the_files_version(tmp_path):
+    f = tmp_path / "m.gguf"
+    f.write_bytes(b"GGUF" + bytes(60))
+    first = gguf._folder(f)
+    st = f.stat()
+    os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns + 10 ** 9))   # the file was replaced: converted again
+    assert gguf._folder(f) != first and gguf._folder(f).parent == first.parent
