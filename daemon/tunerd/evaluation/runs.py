@@ -1,7 +1,8 @@
 """Evaluate: loss/perplexity and generation metrics of the base model and/or adapters on the
 same rows, side by side, with progress; with a retain set (data.retain, evaluation/retain.py) its
-retain_* metrics and answers too, so base vs tuned shows what the tuning made the model forget. Device work goes through `on_device` (the core passes the
-device worker's call), one generated row per call, so a training job steps in between.
+retain_* metrics and answers too, so base vs tuned shows what the tuning made the model forget.
+Device work goes through `on_device` (the core passes the device worker's call), one generated
+row per call, so a training job steps in between.
 
     EvalPlan(cfg, runs=[(label, adapter)], ...)   what to evaluate (resolved by the core)
     run_plan(plan, on_device, model_for) -> EvalProgress items; the last one carries `result` (EvalResult)
@@ -96,7 +97,7 @@ def run_plan(plan: EvalPlan, on_device: Callable[[Callable], object], model_for:
             rs = build_retain_set(plan.cfg, tok, plan.base_dir, plan.max_generations, plan.sampling.max_tokens)
             return (es, mean_loss(backend, eval_batches(es.rows, plan.cfg, pad)),
                     rs, rs and mean_loss(backend, eval_batches(rs.rows, plan.cfg, pad)))
-        es, (loss, n_tok), rs, retain_loss = on_device(prepare)
+        es, (loss, n_tok), rs, kept = on_device(prepare)
         to_generate = list(es.generation) + list(rs.generation if rs else [])
         if i == 0:
             total = len(to_generate) * len(plan.runs)
@@ -116,8 +117,8 @@ def run_plan(plan: EvalPlan, on_device: Callable[[Callable], object], model_for:
         generations = _scored(es.generation, predictions[:len(es.generation)], plan.tokenizer, metrics, "")
         retained = ()
         if rs is not None:
-            metrics.update(retain_loss=retain_loss[0], retain_perplexity=perplexity(retain_loss[0]),
-                           retain_rows=float(len(rs.rows)), retain_tokens=float(retain_loss[1]))
+            metrics.update(retain_loss=kept[0], retain_perplexity=perplexity(kept[0]),
+                           retain_rows=float(len(rs.rows)), retain_tokens=float(kept[1]))
             retained = _scored(rs.generation, predictions[len(es.generation):], plan.tokenizer, metrics, RETAIN)
         runs.append(EvalRun(label, adapter, loss, perplexity(loss), len(es.rows), metrics, generations,
                             retain_generations=retained))
