@@ -102,6 +102,34 @@ def test_base_vs_tuned_side_by_side_the_adapter_wins(daemon, rouge_job):
     assert "base" in out and "rougeL" in out and "reference" in out
 
 
+def test_base_vs_tuned_shows_the_retain_set_and_many_passes_warn(daemon, demo_bundle, tmp_path):
+    # 32 rows, batch 8: 4 steps an epoch; 40 steps are 10 passes (issue 18: forgetting was invisible)
+    job = _train(daemon, tmp_path / "retain.yaml", demo_bundle, max_steps=40, eval_steps=40, save_steps=40,
+                 eval_generate_rows=2, eval_generate_max_tokens=8, data={"retain": "general"})
+    started = next(e["started"] for e in job["events"] if "started" in e)
+    assert any("10.0 passes over 32 training rows" in w and "forget" in w for w in started["warnings"])
+    own = _eval_at(job, 40)["metrics"]
+    assert own["retain_loss"] > 0 and "retain_changed" in own
+    r = _evaluate(daemon, "--job", job["id"], "--split", "validation", "--base", "--generate", "3",
+                  "--max-tokens", "8")
+    base, tuned = r["runs"]
+    assert len(base["retain_generations"]) == len(tuned["retain_generations"]) == 3
+    assert base["retain_generations"][0]["prompt"] == "What is the capital of France?"
+    assert base["metrics"]["retain_rows"] == tuned["metrics"]["retain_rows"] == 36
+    assert tuned["metrics"]["retain_loss"] == pytest.approx(own["retain_loss"], rel=1e-4)  # the job's own number
+    assert tuned["deltas"]["retain_loss"] == pytest.approx(tuned["metrics"]["retain_loss"]
+                                                           - base["metrics"]["retain_loss"])
+    assert tuned["metrics"]["retain_changed"] == sum(
+        b["prediction"].split() != t["prediction"].split()
+        for b, t in zip(base["retain_generations"], tuned["retain_generations"]))
+    out = cli(daemon.home, "evaluate", "--job", job["id"], "--base", "--generate", "2", "--max-tokens", "8",
+              check=True).stdout
+    assert "retain set" in out and "36 general prompts" in out and "retain loss" in out and "retain changed" in out
+    # --retain: any evaluation, here the base model on a data file
+    r = _evaluate(daemon, "--model", demo_bundle["model"], "--data", demo_bundle["valid"], "--retain", "general")
+    assert r["runs"][0]["metrics"]["retain_rows"] == 36 and r["runs"][0]["metrics"]["retain_loss"] > 0
+
+
 def test_score_predictions_made_elsewhere_korean(daemon, tmp_path):
     one = tmp_path / "both.jsonl"
     one.write_text(json.dumps({"prediction": "나는 집에 간다", "reference": "나는 학교에 간다."}, ensure_ascii=False))

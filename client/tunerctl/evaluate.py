@@ -48,6 +48,10 @@ def add_arguments(ev) -> None:
     ev.add_argument("--references", default="",
                     help="JSONL/JSON rows with a reference, row for row with --predictions (default: the "
                          "predictions' own reference field)")
+    ev.add_argument("--retain", default="",
+                    help="also evaluate this retain set of general prompts (a file, or 'general': the built-in "
+                         "one): with --base, what the tuning made the model forget (default: the job's/config's "
+                         "data.retain)")
     ev.add_argument("--show", type=int, default=3, help="print this many generations side by side (default: 3)")
 
 
@@ -95,7 +99,8 @@ def request(args) -> pb.EvaluateRequest:
     req = pb.EvaluateRequest(model=args.model, adapter=args.adapter, backend=args.backend, job_id=args.job,
                              adapters=args.compare, compare_base=args.base, max_generations=args.generate,
                              tokenizer=args.tokenizer, split=args.split or "", base_dir=os.getcwd(), sampling=sp,
-                             data_path=local_ref(args.data), config_path=local_ref(args.config))
+                             data_path=local_ref(args.data), config_path=local_ref(args.config),
+                             retain=local_ref(args.retain))
     if args.predictions:
         preds, refs = predictions_request(args)
         req.predictions.extend(preds)
@@ -136,7 +141,7 @@ def run(c: Client, args) -> int:
 
 
 def _fmt(k: str, v: float) -> str:
-    return f"{v:.2f}" if k in ("bleu", "perplexity") else f"{v:.4f}"
+    return f"{v:.2f}" if k.endswith(("bleu", "perplexity")) else f"{v:.4f}"
 
 
 def print_result(r, show: int = 3) -> None:
@@ -159,6 +164,8 @@ def print_result(r, show: int = 3) -> None:
     table(["run"] + cols, rows)
     if len(runs) > 1:
         console.print(f"[dim](deltas against {runs[0].label})[/]")
+    if any("retain_loss" in u.metrics for u in runs):
+        print_retain(runs, show)
     if show and has_gen:
         for j in range(min(show, len(runs[0].generations))):
             g0 = runs[0].generations[j]
@@ -167,3 +174,45 @@ def print_result(r, show: int = 3) -> None:
             for u in runs:
                 g = u.generations[j]
                 console.print(f"  [bold]{u.label:>10}[/]  {g.prediction}  [dim]rougeL {g.scores.get('rougeL', 0):.3f}[/]")
+
+
+RETAIN_COLUMNS = ("retain_loss", "retain_perplexity", "retain_rougeL", "retain_exact_match")
+
+
+def print_retain(runs: list, show: int = 3) -> None:
+    """The retain set (general prompts the model should keep answering), base vs tuned: a higher
+    retain loss and changed answers are what the tuning made the model forget."""
+    first = runs[0]
+    cols = [k for k in RETAIN_COLUMNS if k in first.metrics] + (["retain_changed"] if len(runs) > 1 and any(
+        "retain_changed" in u.metrics for u in runs) else [])
+    console.print(f"\n[bold]retain set[/] ({first.metrics['retain_rows']:.0f} general prompts; forgetting shows "
+                  f"as a higher retain loss and changed answers)")
+    rows = []
+    for i, u in enumerate(runs):
+        cells = []
+        for k in cols:
+            v = u.metrics.get(k, 0.0)
+            if k == "retain_changed":
+                cells.append(f"{v:.0f} of {len(u.retain_generations)}" if i else "-")
+                continue
+            cell = _fmt(k, v)
+            if i > 0 and k in u.deltas:
+                cell += f" ({'+' if u.deltas[k] >= 0 else ''}{_fmt(k, u.deltas[k])})"
+            cells.append(cell)
+        rows.append([u.label] + cells)
+    table(["run"] + [k.replace("retain_", "retain ").replace("_", " ") for k in cols], rows)
+    for u in runs[1:]:
+        up = u.deltas.get("retain_loss", 0.0)
+        if up > 0:
+            console.print(f"[bold yellow]{u.label}: retain loss up {up:.4f} against {first.label}[/] "
+                          "(the model may have forgotten some of what it knew)")
+    if show and len(runs) > 1 and first.retain_generations:
+        diffs = [j for j, g in enumerate(first.retain_generations)
+                 if any(" ".join(u.retain_generations[j].prediction.split()) != " ".join(g.prediction.split())
+                        for u in runs[1:])]
+        for j in diffs[:show]:
+            g0 = first.retain_generations[j]
+            console.print(f"\n[bold]retain row {g0.row}[/] {g0.prompt}")
+            console.print(f"  [green]reference[/]  {g0.reference}")
+            for u in runs:
+                console.print(f"  [bold]{u.label:>10}[/]  {u.retain_generations[j].prediction}")

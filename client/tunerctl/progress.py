@@ -127,8 +127,11 @@ class JobView:
                            f"peak {s.peak_memory_bytes / 2**20:.0f} MiB ETA {_eta(s.eta_seconds)}")
         elif kind == "eval":
             v = e.eval
+            retain = v.metrics.get("retain_loss")
             self._line(f"[dim]#{e.sequence}[/] step {v.step} eval_loss [bold]{v.eval_loss:.4f}[/] "
-                       f"perplexity {v.perplexity:.2f}")
+                       f"perplexity {v.perplexity:.2f}" + (f"; retain_loss {retain:.4f}" if retain is not None else "")
+                       + (f", retain answers changed {v.metrics['retain_changed']:.0f}"
+                          if "retain_changed" in v.metrics else ""))
         elif kind == "checkpoint":
             self._line(f"[dim]#{e.sequence} checkpoint {e.checkpoint.path}"
                        + (" (best)" if e.checkpoint.is_best else "") + "[/]")

@@ -15,6 +15,9 @@ and the data and host decide the rest:
     batch, gradient checkpointing, LoRA vs QLoRA   the largest batch whose estimated peak memory
                 (training/memory.py) fits in 90% of the memory free now
 The model's size comes from its config.json (local, or that one file from the hub; no weights).
+Warnings: many passes over a small data set (evaluation/retain.py: > 5 passes over < 1,000 rows,
+as the < 1K rule's 10 epochs are) may make the model forget what it knew; the written config then
+tracks the built-in retain set (data.retain: general) unless the config names one.
 """
 from __future__ import annotations
 
@@ -104,11 +107,13 @@ class Recommendation:
     tokens_p95: int
     tokens_max: int
     config_yaml: str      # a commented, ready config (to_yaml)
+    warnings: list = dataclasses.field(default_factory=list)   # e.g. many passes: the model may forget
 
 
 def recommend(model: str = "", config_path: str = "", train_rows: int = 0, data_path: str = "",
               base_dir: str = "", tokenizer_for: Optional[Callable[[str], object]] = None) -> Recommendation:
     from .data.prepare import load_records
+    from .evaluation.retain import many_passes_warnings
     from .training import memory
 
     base = Path(base_dir) if base_dir else None
@@ -195,13 +200,17 @@ def recommend(model: str = "", config_path: str = "", train_rows: int = 0, data_
                    f"({need / 2**30:.2f} GiB" + (")" if fits else ", does not fit: free memory or use a smaller model)")
                    + f", gradient_accumulation_steps {out['gradient_accumulation_steps']} for an effective batch of "
                      f"{bs * out['gradient_accumulation_steps']}")
+    warnings = many_passes_warnings(out.get("num_epochs", 0.0), int(train_rows), bool(cfg.data.retain)) \
+        if train_rows else []
     return Recommendation(out, reasons, int(train_rows), _percentile(lengths, 0.5), _percentile(lengths, 0.95),
-                          lengths[-1] if lengths else 0, to_yaml(out, reasons, cfg))
+                          lengths[-1] if lengths else 0, to_yaml(out, reasons, cfg, warnings), warnings)
 
 
-def to_yaml(out: dict, reasons: list[str], cfg: TrainConfig) -> str:
-    """A commented, ready config: the advice, then the data block it was read from."""
-    lines = ["# Written by `tunerctl recommend`. Why:"] + [f"#   - {r}" for r in reasons] + [""]
+def to_yaml(out: dict, reasons: list[str], cfg: TrainConfig, warnings: Optional[list] = None) -> str:
+    """A commented, ready config: the advice, then the data block it was read from (with a retain
+    set when a warning says the model may forget)."""
+    lines = ["# Written by `tunerctl recommend`. Why:"] + [f"#   - {r}" for r in reasons]
+    lines += [f"# Warning: {w}" for w in warnings or []] + [""]
     for k, v in out.items():
         lines.append(f"{k}: {json.dumps(v)}")
     lines += ["eval_strategy: steps", "save_strategy: steps", "load_best_model_at_end: true"]
@@ -209,4 +218,7 @@ def to_yaml(out: dict, reasons: list[str], cfg: TrainConfig) -> str:
         lines += ["data:", f"  train: {json.dumps(cfg.data.train, default=str)}"]
         if cfg.data.validation is not None:
             lines.append(f"  validation: {json.dumps(cfg.data.validation, default=str)}")
+        if cfg.data.retain is not None or warnings:
+            lines.append(f"  retain: {json.dumps(cfg.data.retain or 'general', default=str)}"
+                         + ("" if cfg.data.retain else "   # general prompts: retain_loss shows forgetting"))
     return "\n".join(lines) + "\n"

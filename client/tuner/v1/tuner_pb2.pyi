@@ -222,7 +222,7 @@ class DataSource(_message.Message):
     def __init__(self, path: _Optional[str] = ..., name: _Optional[str] = ..., split: _Optional[str] = ..., revision: _Optional[str] = ..., streaming: _Optional[bool] = ...) -> None: ...
 
 class DataConfig(_message.Message):
-    __slots__ = ("train", "validation", "test", "format", "text_column", "prompt_column", "response_column", "system_column", "messages_column", "name", "split", "revision", "streaming", "fraction", "shuffle", "seed", "test_size", "template", "train_on_prompt", "max_rows", "overlong", "group_by_length", "system_prompt", "token", "operations")
+    __slots__ = ("train", "validation", "test", "format", "text_column", "prompt_column", "response_column", "system_column", "messages_column", "name", "split", "revision", "streaming", "fraction", "shuffle", "seed", "test_size", "template", "train_on_prompt", "max_rows", "overlong", "group_by_length", "system_prompt", "token", "operations", "retain")
     TRAIN_FIELD_NUMBER: _ClassVar[int]
     VALIDATION_FIELD_NUMBER: _ClassVar[int]
     TEST_FIELD_NUMBER: _ClassVar[int]
@@ -248,6 +248,7 @@ class DataConfig(_message.Message):
     SYSTEM_PROMPT_FIELD_NUMBER: _ClassVar[int]
     TOKEN_FIELD_NUMBER: _ClassVar[int]
     OPERATIONS_FIELD_NUMBER: _ClassVar[int]
+    RETAIN_FIELD_NUMBER: _ClassVar[int]
     train: _containers.RepeatedScalarFieldContainer[str]
     validation: _containers.RepeatedScalarFieldContainer[str]
     test: _containers.RepeatedScalarFieldContainer[str]
@@ -273,7 +274,8 @@ class DataConfig(_message.Message):
     system_prompt: str
     token: str
     operations: _containers.RepeatedCompositeFieldContainer[_struct_pb2.Struct]
-    def __init__(self, train: _Optional[_Iterable[str]] = ..., validation: _Optional[_Iterable[str]] = ..., test: _Optional[_Iterable[str]] = ..., format: _Optional[str] = ..., text_column: _Optional[str] = ..., prompt_column: _Optional[str] = ..., response_column: _Optional[str] = ..., system_column: _Optional[str] = ..., messages_column: _Optional[str] = ..., name: _Optional[str] = ..., split: _Optional[str] = ..., revision: _Optional[str] = ..., streaming: _Optional[bool] = ..., fraction: _Optional[float] = ..., shuffle: _Optional[bool] = ..., seed: _Optional[int] = ..., test_size: _Optional[float] = ..., template: _Optional[str] = ..., train_on_prompt: _Optional[bool] = ..., max_rows: _Optional[int] = ..., overlong: _Optional[str] = ..., group_by_length: _Optional[bool] = ..., system_prompt: _Optional[str] = ..., token: _Optional[str] = ..., operations: _Optional[_Iterable[_Union[_struct_pb2.Struct, _Mapping]]] = ...) -> None: ...
+    retain: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, train: _Optional[_Iterable[str]] = ..., validation: _Optional[_Iterable[str]] = ..., test: _Optional[_Iterable[str]] = ..., format: _Optional[str] = ..., text_column: _Optional[str] = ..., prompt_column: _Optional[str] = ..., response_column: _Optional[str] = ..., system_column: _Optional[str] = ..., messages_column: _Optional[str] = ..., name: _Optional[str] = ..., split: _Optional[str] = ..., revision: _Optional[str] = ..., streaming: _Optional[bool] = ..., fraction: _Optional[float] = ..., shuffle: _Optional[bool] = ..., seed: _Optional[int] = ..., test_size: _Optional[float] = ..., template: _Optional[str] = ..., train_on_prompt: _Optional[bool] = ..., max_rows: _Optional[int] = ..., overlong: _Optional[str] = ..., group_by_length: _Optional[bool] = ..., system_prompt: _Optional[str] = ..., token: _Optional[str] = ..., operations: _Optional[_Iterable[_Union[_struct_pb2.Struct, _Mapping]]] = ..., retain: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class TrainingConfig(_message.Message):
     __slots__ = ("model", "revision", "backend", "device", "dtype", "quantization", "bits", "group_size", "bnb_4bit_quant_type", "bnb_4bit_use_double_quant", "trust_remote_code", "peft_adapter", "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules", "lora_bias", "num_layers", "use_rslora", "num_epochs", "max_steps", "per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps", "learning_rate", "optimizer", "adam_beta1", "adam_beta2", "adam_epsilon", "weight_decay", "max_grad_norm", "lr_scheduler_type", "lr_scheduler_kwargs", "warmup_steps", "warmup_ratio", "seed", "gradient_checkpointing", "max_seq_length", "packing", "logging_steps", "eval_strategy", "eval_steps", "save_strategy", "save_steps", "save_total_limit", "load_best_model_at_end", "metric_for_best_model", "greater_is_better", "early_stopping_patience", "early_stopping_threshold", "resume_from_checkpoint", "output_dir", "debug", "data", "eval_generate_rows", "eval_generate_max_tokens", "eval_metric_tokenizer")
@@ -763,7 +765,7 @@ class ChatChunk(_message.Message):
     def __init__(self, delta: _Optional[str] = ..., finish_reason: _Optional[str] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., download: _Optional[_Union[DownloadProgress, _Mapping]] = ...) -> None: ...
 
 class EvaluateRequest(_message.Message):
-    __slots__ = ("model", "adapter", "backend", "data_path", "config_path", "max_generations", "job_id", "adapters", "compare_base", "sampling", "tokenizer", "predictions", "references", "split", "base_dir")
+    __slots__ = ("model", "adapter", "backend", "data_path", "config_path", "max_generations", "job_id", "adapters", "compare_base", "sampling", "tokenizer", "predictions", "references", "split", "base_dir", "retain")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     ADAPTER_FIELD_NUMBER: _ClassVar[int]
     BACKEND_FIELD_NUMBER: _ClassVar[int]
@@ -779,6 +781,7 @@ class EvaluateRequest(_message.Message):
     REFERENCES_FIELD_NUMBER: _ClassVar[int]
     SPLIT_FIELD_NUMBER: _ClassVar[int]
     BASE_DIR_FIELD_NUMBER: _ClassVar[int]
+    RETAIN_FIELD_NUMBER: _ClassVar[int]
     model: str
     adapter: str
     backend: str
@@ -794,7 +797,8 @@ class EvaluateRequest(_message.Message):
     references: _containers.RepeatedScalarFieldContainer[str]
     split: str
     base_dir: str
-    def __init__(self, model: _Optional[str] = ..., adapter: _Optional[str] = ..., backend: _Optional[str] = ..., data_path: _Optional[str] = ..., config_path: _Optional[str] = ..., max_generations: _Optional[int] = ..., job_id: _Optional[str] = ..., adapters: _Optional[_Iterable[str]] = ..., compare_base: _Optional[bool] = ..., sampling: _Optional[_Union[SamplingParams, _Mapping]] = ..., tokenizer: _Optional[str] = ..., predictions: _Optional[_Iterable[str]] = ..., references: _Optional[_Iterable[str]] = ..., split: _Optional[str] = ..., base_dir: _Optional[str] = ...) -> None: ...
+    retain: str
+    def __init__(self, model: _Optional[str] = ..., adapter: _Optional[str] = ..., backend: _Optional[str] = ..., data_path: _Optional[str] = ..., config_path: _Optional[str] = ..., max_generations: _Optional[int] = ..., job_id: _Optional[str] = ..., adapters: _Optional[_Iterable[str]] = ..., compare_base: _Optional[bool] = ..., sampling: _Optional[_Union[SamplingParams, _Mapping]] = ..., tokenizer: _Optional[str] = ..., predictions: _Optional[_Iterable[str]] = ..., references: _Optional[_Iterable[str]] = ..., split: _Optional[str] = ..., base_dir: _Optional[str] = ..., retain: _Optional[str] = ...) -> None: ...
 
 class GenerationResult(_message.Message):
     __slots__ = ("row", "prompt", "reference", "prediction", "scores")
@@ -818,7 +822,7 @@ class GenerationResult(_message.Message):
     def __init__(self, row: _Optional[int] = ..., prompt: _Optional[str] = ..., reference: _Optional[str] = ..., prediction: _Optional[str] = ..., scores: _Optional[_Mapping[str, float]] = ...) -> None: ...
 
 class EvaluateRun(_message.Message):
-    __slots__ = ("label", "adapter", "loss", "perplexity", "rows", "metrics", "deltas", "generations")
+    __slots__ = ("label", "adapter", "loss", "perplexity", "rows", "metrics", "deltas", "generations", "retain_generations")
     class MetricsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -841,6 +845,7 @@ class EvaluateRun(_message.Message):
     METRICS_FIELD_NUMBER: _ClassVar[int]
     DELTAS_FIELD_NUMBER: _ClassVar[int]
     GENERATIONS_FIELD_NUMBER: _ClassVar[int]
+    RETAIN_GENERATIONS_FIELD_NUMBER: _ClassVar[int]
     label: str
     adapter: str
     loss: float
@@ -849,7 +854,8 @@ class EvaluateRun(_message.Message):
     metrics: _containers.ScalarMap[str, float]
     deltas: _containers.ScalarMap[str, float]
     generations: _containers.RepeatedCompositeFieldContainer[GenerationResult]
-    def __init__(self, label: _Optional[str] = ..., adapter: _Optional[str] = ..., loss: _Optional[float] = ..., perplexity: _Optional[float] = ..., rows: _Optional[int] = ..., metrics: _Optional[_Mapping[str, float]] = ..., deltas: _Optional[_Mapping[str, float]] = ..., generations: _Optional[_Iterable[_Union[GenerationResult, _Mapping]]] = ...) -> None: ...
+    retain_generations: _containers.RepeatedCompositeFieldContainer[GenerationResult]
+    def __init__(self, label: _Optional[str] = ..., adapter: _Optional[str] = ..., loss: _Optional[float] = ..., perplexity: _Optional[float] = ..., rows: _Optional[int] = ..., metrics: _Optional[_Mapping[str, float]] = ..., deltas: _Optional[_Mapping[str, float]] = ..., generations: _Optional[_Iterable[_Union[GenerationResult, _Mapping]]] = ..., retain_generations: _Optional[_Iterable[_Union[GenerationResult, _Mapping]]] = ...) -> None: ...
 
 class EvaluateProgress(_message.Message):
     __slots__ = ("run", "rows_done", "rows_total", "eta_seconds", "elapsed_seconds", "result")
@@ -1017,7 +1023,7 @@ class RecommendRequest(_message.Message):
     def __init__(self, model: _Optional[str] = ..., config_path: _Optional[str] = ..., train_rows: _Optional[int] = ..., data_path: _Optional[str] = ..., base_dir: _Optional[str] = ...) -> None: ...
 
 class Recommendation(_message.Message):
-    __slots__ = ("config", "reasons", "train_rows", "tokens_p50", "tokens_p95", "tokens_max", "config_yaml")
+    __slots__ = ("config", "reasons", "train_rows", "tokens_p50", "tokens_p95", "tokens_max", "config_yaml", "warnings")
     CONFIG_FIELD_NUMBER: _ClassVar[int]
     REASONS_FIELD_NUMBER: _ClassVar[int]
     TRAIN_ROWS_FIELD_NUMBER: _ClassVar[int]
@@ -1025,6 +1031,7 @@ class Recommendation(_message.Message):
     TOKENS_P95_FIELD_NUMBER: _ClassVar[int]
     TOKENS_MAX_FIELD_NUMBER: _ClassVar[int]
     CONFIG_YAML_FIELD_NUMBER: _ClassVar[int]
+    WARNINGS_FIELD_NUMBER: _ClassVar[int]
     config: TrainingConfig
     reasons: _containers.RepeatedScalarFieldContainer[str]
     train_rows: int
@@ -1032,7 +1039,8 @@ class Recommendation(_message.Message):
     tokens_p95: int
     tokens_max: int
     config_yaml: str
-    def __init__(self, config: _Optional[_Union[TrainingConfig, _Mapping]] = ..., reasons: _Optional[_Iterable[str]] = ..., train_rows: _Optional[int] = ..., tokens_p50: _Optional[int] = ..., tokens_p95: _Optional[int] = ..., tokens_max: _Optional[int] = ..., config_yaml: _Optional[str] = ...) -> None: ...
+    warnings: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, config: _Optional[_Union[TrainingConfig, _Mapping]] = ..., reasons: _Optional[_Iterable[str]] = ..., train_rows: _Optional[int] = ..., tokens_p50: _Optional[int] = ..., tokens_p95: _Optional[int] = ..., tokens_max: _Optional[int] = ..., config_yaml: _Optional[str] = ..., warnings: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Adapter(_message.Message):
     __slots__ = ("path", "job_id", "base_model", "peft_adapter", "lora_r", "created_at", "layouts")

@@ -44,10 +44,13 @@ def cmd_recommend(args) -> int:
     if args.json:
         print_json({"config": cfg, "reasons": list(r.reasons), "train_rows": r.train_rows,
                     "tokens_p50": r.tokens_p50, "tokens_p95": r.tokens_p95, "tokens_max": r.tokens_max,
+                    "warnings": list(r.warnings),
                     **({"written": args.write} if args.write else {})})
         return 0
     for reason in r.reasons:
         console.print(f"• {reason}")
+    for w in r.warnings:
+        console.print(f"[bold yellow]warning[/]: {w}")
     console.print("\n# suggested config keys")
     for k, v in cfg.items():
         console.print(f"{k}: {json.dumps(v)}")

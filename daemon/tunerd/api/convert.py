@@ -123,7 +123,7 @@ def _fields(msg) -> dict:
             doc[fd.name] = value
     data = doc.get("data")
     if data:
-        for k in ("train", "validation", "test"):
+        for k in ("train", "validation", "test", "retain"):
             if k in data and len(data[k]) == 1:
                 data[k] = data[k][0]
     return doc
@@ -173,13 +173,15 @@ def evaluate_request(r: pb.EvaluateRequest) -> dict:
                 compare_base=r.compare_base, base_dir=r.base_dir, split=r.split,
                 max_generations=r.max_generations, sampling=sampling(r.sampling, default_max_tokens=128),
                 tokenizer=r.tokenizer or "whitespace", predictions=list(r.predictions),
-                references=list(r.references))
+                references=list(r.references), retain=r.retain)
 
 
 def evaluate_response(r: EvalResult) -> pb.EvaluateResponse:
     runs = [pb.EvaluateRun(label=u.label, adapter=u.adapter, loss=u.loss, perplexity=u.perplexity,
                            rows=u.rows, metrics=u.metrics, deltas=u.deltas,
-                           generations=[pb.GenerationResult(**dataclasses.asdict(g)) for g in u.generations])
+                           generations=[pb.GenerationResult(**dataclasses.asdict(g)) for g in u.generations],
+                           retain_generations=[pb.GenerationResult(**dataclasses.asdict(g))
+                                               for g in u.retain_generations])
             for u in r.runs]
     return pb.EvaluateResponse(loss=r.loss, perplexity=r.perplexity, rows=r.rows, metrics=r.metrics,
                                runs=runs, tokenizer=r.tokenizer, split=r.split)
@@ -197,4 +199,4 @@ def recommendation(r) -> pb.Recommendation:
     cfg = {k: v for k, v in r.config.items() if not (k == "packing" and v == "auto")}  # unset = auto
     return pb.Recommendation(config=pb.TrainingConfig(**cfg), reasons=r.reasons, train_rows=r.train_rows,
                              tokens_p50=r.tokens_p50, tokens_p95=r.tokens_p95, tokens_max=r.tokens_max,
-                             config_yaml=r.config_yaml)
+                             config_yaml=r.config_yaml, warnings=r.warnings)

@@ -197,7 +197,7 @@ def from_record(doc: dict) -> TrainConfig:
 
 
 _PATH_KEYS = ("model", "output_dir", "resume_from_checkpoint")
-_DATA_PATH_KEYS = ("train", "validation", "test")
+_DATA_PATH_KEYS = ("train", "validation", "test", "retain")
 
 
 def expand_home(cfg: TrainConfig) -> TrainConfig:

@@ -93,6 +93,9 @@ def validate(cfg: TrainConfig, base_dir: Optional[Union[str, Path]] = None, chec
         p.append("data.train: required (a file, a list of files, a directory or a hub dataset id)")
     if d.text_column and d.prompt_column:
         p.append("data.text_column and data.prompt_column: declare one or the other, not both")
+    if d.retain is not None and not (isinstance(d.retain, (str, list, dict)) and d.retain):
+        p.append(f"data.retain: a file, a list of files, a directory, a hub dataset id or 'general' "
+                 f"(the built-in set), got {d.retain!r}")
     if isinstance(d.fraction, (int, float)) and not 0 < d.fraction <= 1:
         p.append(f"data.fraction: must be in (0, 1], got {d.fraction}")
     if isinstance(d.test_size, (int, float)) and not 0 <= d.test_size < 1:

@@ -21,6 +21,12 @@ class DataConfig:
                           "or a list of source dicts ({path, name, split, revision, ...})")
     validation: Any = _f(None, "validation data (same forms as train); else `test_size` splits train")
     test: Any = _f(None, "optional held-out test data for evaluation")
+    retain: Any = _f(None, "a retain set: general prompts with reference answers the model should keep "
+                           "answering (same forms as train; 'general': the built-in 36 general-knowledge "
+                           "Q/A). At each eval its retain_loss (and, with eval_generate_rows, retain_rougeL, "
+                           "retain_exact_match, retain_changed: answers no longer the base's) sit next to "
+                           "eval_loss; `tunerctl evaluate --base` shows them base vs tuned. Rows are read "
+                           "in their own format (auto); none: off")
     format: str = _f("auto", "auto | text | prompt_response | alpaca | messages")
     text_column: Optional[str] = _f(None, "column holding plain text (format text)")
     prompt_column: Optional[str] = _f(None, "column holding the prompt")

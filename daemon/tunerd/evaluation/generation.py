@@ -40,8 +40,11 @@ class GenerationEval:
             raise ValueError("eval_generate_rows: no validation row ends with an assistant answer to generate")
         return cls(es.generation, cfg.eval_generate_max_tokens, cfg.eval_metric_tokenizer)
 
-    def metrics(self, backend) -> dict:
+    def predict(self, backend) -> tuple[list[str], dict]:
+        """(the answers, their corpus scores: rouge1/2/L/Lsum, bleu, exact_match)."""
         predictions = [generate_text(backend, r.prompt_ids, self.sampling) for r in self.rows]
-        s = score(predictions, [r.reference for r in self.rows], self.tokenizer)
-        return {f"eval_{k}": v for k, v in s.metrics.items()}
+        return predictions, score(predictions, [r.reference for r in self.rows], self.tokenizer).metrics
+
+    def metrics(self, backend) -> dict:
+        return {f"eval_{k}": v for k, v in self.predict(backend)[1].items()}
 

