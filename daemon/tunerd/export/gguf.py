@@ -81,6 +81,7 @@ def write_gguf(model_dir, out_file, quant: str = "f16", force: bool = False) -> 
 
     def write(tmp: str) -> None:
         w = gguf.GGUFWriter(tmp, gguf.MODEL_ARCH_NAMES[arch])
+        w.add_name(src.name)   # not the bare model_type: transformers takes a GGUF named "mistral" for its own
         n_vocab = _add_hparams(w, config, quant, gguf)
         _add_vocab(w, src, n_vocab, gguf)
         _add_tensors(w, src, config, arch, permute, quant, gguf)
@@ -101,7 +102,6 @@ def _add_hparams(w, config: dict, quant: str, gguf) -> int:
     heads = config["num_attention_heads"]
     head_dim = config.get("head_dim") or config["hidden_size"] // heads
     n_vocab = config["vocab_size"]
-    w.add_name(config.get("_name_or_path") or config.get("_model_name_or_path") or config["model_type"])
     w.add_context_length(config.get("max_position_embeddings", 2048))
     w.add_embedding_length(config["hidden_size"])
     w.add_block_count(config["num_hidden_layers"])
@@ -111,7 +111,7 @@ def _add_hparams(w, config: dict, quant: str, gguf) -> int:
     w.add_layer_norm_rms_eps(config.get("rms_norm_eps", 1e-6))
     w.add_rope_freq_base(_rope_theta(config))
     w.add_rope_dimension_count(head_dim)
-    if head_dim != config["hidden_size"] // heads:
+    if config.get("head_dim"):   # as convert_hf_to_gguf.py: llama.cpp reads the head size from these
         w.add_key_length(head_dim)
         w.add_value_length(head_dim)
     w.add_vocab_size(n_vocab)
