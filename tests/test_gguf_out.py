@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from tunerd.export.gguf import GGUFError, write_gguf
+from tunerd.files import OutputRefused
 
 PROMPT = [{"role": "user", "content": "What is the capital of France?"}]
 
@@ -152,10 +153,36 @@ def test_unsupported_arch_and_quant_say_what_is(tiny_model_dir, tmp_path):
 def test_refuses_to_replace_a_file_without_force(tiny_model_dir, tmp_path):
     out = tmp_path / "mine.gguf"
     out.write_bytes(b"not ours")
-    with pytest.raises(FileExistsError):
+    with pytest.raises(OutputRefused, match="exists; pass --force"):
         write_gguf(tiny_model_dir, out)
     assert out.read_bytes() == b"not ours"
     write_gguf(tiny_model_dir, out, force=True)
     assert out.read_bytes()[:4] == b"GGUF"
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
     np.testing.assert_equal(read(out)[0]["general.file_type"], 1)
+
+
+def test_tunerctl_export_gguf_through_the_daemon(daemon, demo_bundle, tmp_path):
+    """Train on torch, `tunerctl export job:ID --format gguf -o FILE`: the GGUF generates what the
+    fused model (`tunerctl adapters fuse`) does; a k-quant or an existing file is a clear refusal."""
+    from daemon_utils import cli, json_lines, write_config
+
+    cfg = write_config(tmp_path / "g.yaml", demo_bundle, backend="torch", max_steps=20, save_steps=1000)
+    job_id = json_lines(cli(daemon.home, "train", str(cfg), "--json", check=True).stdout)[0]["job_id"]
+    out = tmp_path / "tuned.gguf"
+    got = json_lines(cli(daemon.home, "export", f"job:{job_id}", "--format", "gguf", "-o", str(out), "--json",
+                         check=True).stdout)[-1]
+    assert got["path"] == str(out) and got["bytes"] == out.stat().st_size
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tuned.gguf")]   # the fused temp is gone
+    cli(daemon.home, "adapters", "fuse", f"job:{job_id}", str(tmp_path / "fused"), check=True)
+    check_read_back(out, tmp_path / "fused", "f16")
+    _, ids = prompt_ids(tmp_path / "fused")
+    assert greedy(gguf_model(out), ids, 12) == greedy(hf_model(tmp_path / "fused"), ids, 12)
+
+    p = cli(daemon.home, "export", f"job:{job_id}", "-o", str(out), "--json")
+    err = json_lines(p.stdout)[-1]["error"]
+    assert p.returncode == 1 and err["code"] == "INVALID_ARGUMENT" and "exists; pass --force" in err["message"]
+    p = cli(daemon.home, "export", f"job:{job_id}", "--quant", "q4_k_m", "-o", str(tmp_path / "q4.gguf"), "--json")
+    err = json_lines(p.stdout)[-1]["error"]
+    assert err["code"] == "INVALID_ARGUMENT" and "llama-quantize" in err["message"] and "ollama create" in err["message"]
+    assert not (tmp_path / "q4.gguf").exists()

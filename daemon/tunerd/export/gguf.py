@@ -2,6 +2,7 @@
 fused model export/fuse.py writes (safetensors + config.json + tokenizer).
 
     write_gguf(model_dir, out_file, quant="f16", force=False) -> Path
+    export_gguf(model, adapter, out_file, quant="f16", force=False) -> Path   (fuse, then write)
 
 Everything GGUF-specific comes from the `gguf` package, llama.cpp's own Python package: the writer
 (`gguf.GGUFWriter`), the tensor names (`gguf.get_tensor_name_map`), the special tokens, merges and
@@ -22,11 +23,13 @@ llama.cpp's `llama-quantize` or `ollama create --quantize` on the f16 file (GGUF
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
 
-from ..files import atomic_write_file
+from ..files import OutputRefused, atomic_write_file
 
 KIND = "GGUF file"
 QUANTS = ("f16", "bf16", "q8_0")
@@ -65,17 +68,43 @@ def check_arch(config: dict) -> str:
     return mt
 
 
+def export_gguf(model, adapter, out_file, quant: str = "f16", force: bool = False) -> Path:
+    """Fuse `adapter` into `model` (export/fuse.py, de-quantised) in a temporary folder next to
+    `out_file`, then write that as GGUF; the quant type and architecture are checked first."""
+    from ..model_config import read_model_config
+    from .fuse import fuse
+
+    quant = check_quant(quant)
+    config = read_model_config(str(model))
+    if config:
+        check_arch(config)
+    out = _check_file(out_file, force)
+    with tempfile.TemporaryDirectory(prefix=f".{out.name}.fuse-", dir=out.parent) as tmp:
+        folder = fuse(model, adapter, Path(tmp) / "fused", dequantize=True)
+        return write_gguf(folder, out, quant, force=force)
+
+
+def _check_file(out_file, force: bool) -> Path:
+    out = Path(out_file).expanduser()
+    if out.is_dir():
+        raise OutputRefused(f"{out} is a folder; the GGUF output is a file (e.g. {out / 'model.gguf'})")
+    if not out.parent.is_dir():
+        raise FileNotFoundError(f"{out.parent}: no such folder for the GGUF file")
+    if os.path.lexists(out) and not force:
+        raise OutputRefused(f"{out} exists; pass --force to replace it")
+    return out
+
+
 def write_gguf(model_dir, out_file, quant: str = "f16", force: bool = False) -> Path:
     """Write `model_dir` as a GGUF file at `out_file` (files.atomic_write_file: a new file, or
-    `force` to replace one); GGUFError for an unsupported architecture or quant type."""
+    `force` to replace one; else OutputRefused); GGUFError for an unsupported architecture or quant type."""
     import gguf
 
     src, out = Path(model_dir).expanduser(), Path(out_file).expanduser()
     quant = check_quant(quant)
     config = json.loads((src / "config.json").read_text())
     mt = check_arch(config)
-    if out.exists() and not force:
-        raise FileExistsError(f"{out} exists; pass --force to replace it")
+    _check_file(out, force)
     arch_name, permute = ARCHS[mt]
     arch = getattr(gguf.MODEL_ARCH, arch_name)
 
