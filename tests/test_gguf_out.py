@@ -136,6 +136,35 @@ def test_real_smollm2_f16_and_q8_0(tmp_path):
         out.unlink()   # bf16 is checked on the tiny model (each real load here takes ~25 s on 2 cores)
 
 
+def test_llama3_rope_scaling_writes_rope_freqs(tmp_path):
+    """Llama 3.x rope scaling: llama.cpp reads it from a `rope_freqs` tensor (the divisor of each
+    rotary frequency); checked against the published formula (transformers' GGUF loader ignores
+    the tensor, so no generation check here)."""
+    import math
+
+    from tunerd.demo.tiny import TinyModelSpec, build_tiny_model
+
+    rope = {"rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 8192}
+    folder = build_tiny_model(tmp_path / "l3", spec=TinyModelSpec(rope_theta=500000.0, rope_scaling=rope))
+    out = write_gguf(folder, tmp_path / "l3.gguf")
+    _, tensors = check_read_back(out, folder, "f16")
+    dim, base = 16, 500000.0
+    want = []
+    for i in range(0, dim, 2):
+        wavelen = 2 * math.pi * base ** (i / dim)
+        if wavelen < 8192 / 4.0:
+            want.append(1.0)
+        elif wavelen > 8192 / 1.0:
+            want.append(32.0)
+        else:
+            smooth = (8192 / wavelen - 1.0) / (4.0 - 1.0)
+            want.append(1 / ((1 - smooth) / 32.0 + smooth))
+    got = np.asarray(tensors["rope_freqs"].data, dtype=np.float64)
+    np.testing.assert_allclose(got, want, rtol=1e-5)
+    assert 1.0 in want and 32.0 in want   # both ends of the scale are exercised
+
+
 def test_unsupported_arch_and_quant_say_what_is(tiny_model_dir, tmp_path):
     with pytest.raises(GGUFError, match=r"llama-quantize.*Q4_K_M.*ollama create NAME --quantize q4_k_m"):
         write_gguf(tiny_model_dir, tmp_path / "x.gguf", "q4_k_m")

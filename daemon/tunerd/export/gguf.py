@@ -60,11 +60,10 @@ def check_arch(config: dict) -> str:
     if mt not in ARCHS:
         raise GGUFError(f"GGUF export: architecture {mt or '(no model_type)'} is not supported; supported "
                         f"model types: {', '.join(sorted(ARCHS))}")
-    rope = config.get("rope_scaling") or config.get("rope_parameters") or {}
-    kind = rope.get("rope_type") or rope.get("type") or "default"
-    if kind != "default":
+    kind = _rope_kind(config)
+    if kind != "default" and not (kind == "llama3" and ARCHS[mt][0] == "LLAMA"):
         raise GGUFError(f"GGUF export: rope scaling {kind!r} ({mt}) is not supported yet; supported: "
-                        "models with default rotary embeddings")
+                        "default rotary embeddings, and Llama 3's (llama3) on llama")
     return mt
 
 
@@ -114,12 +113,33 @@ def write_gguf(model_dir, out_file, quant: str = "f16", force: bool = False) -> 
         n_vocab = _add_hparams(w, config, quant, gguf)
         _add_vocab(w, src, n_vocab, gguf)
         _add_tensors(w, src, config, arch, permute, quant, gguf)
+        if _rope_kind(config) == "llama3":
+            w.add_tensor(gguf.TENSOR_NAMES[gguf.MODEL_TENSOR.ROPE_FREQS], _llama3_rope_factors(src))
         w.write_header_to_file()
         w.write_kv_data_to_file()
         w.write_tensors_to_file()
         w.close()
 
     return atomic_write_file(out, write)
+
+
+def _rope_kind(config: dict) -> str:
+    rope = config.get("rope_scaling") or config.get("rope_parameters") or {}
+    return rope.get("rope_type") or rope.get("type") or "default"
+
+
+def _llama3_rope_factors(src: Path) -> np.ndarray:
+    """llama.cpp's `rope_freqs` for Llama 3.x rope scaling: what each rotary frequency is divided
+    by, taken from transformers' own llama3 frequencies (so the two cannot disagree)."""
+    from transformers import AutoConfig
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    cfg = AutoConfig.from_pretrained(str(src))
+    scaled, _ = ROPE_INIT_FUNCTIONS["llama3"](cfg, "cpu")
+    dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    base = (cfg.rope_parameters or {}).get("rope_theta") or getattr(cfg, "rope_theta", 10000.0)
+    plain = 1.0 / (base ** (np.arange(0, dim, 2, dtype=np.float64) / dim))
+    return (plain / scaled.double().numpy()).astype(np.float32)
 
 
 def _rope_theta(config: dict) -> float:
