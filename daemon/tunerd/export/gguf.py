@@ -13,8 +13,8 @@ special added tokens, user-defined for other added ones, `[PADn]` for ids the to
 
 llama.cpp's llama architecture (Llama, Mistral, SmolLM2) applies rotary embeddings to interleaved
 pairs where Hugging Face rotates the two halves of each head, so the Q and K projections are
-permuted per head (`_permute`; readers such as transformers' GGUF loader undo it). Qwen2/Qwen3 use
-NEOX-style rotary in llama.cpp, which is Hugging Face's layout: no permutation.
+permuted per head (`_permute`; readers such as transformers' GGUF loader undo it). Qwen2/Qwen3 and
+Phi-3 use NEOX-style rotary in llama.cpp, which is Hugging Face's layout: no permutation.
 
 Quant types: f16, bf16 and q8_0 (1-D tensors, norms and biases, stay f32, and a matrix whose rows
 are not a whole number of q8_0 blocks is written f16, as llama.cpp does). Others (q4_k_m ...) need
@@ -37,7 +37,7 @@ OTHER_TOOLS = ("q2_k", "q3_k_s", "q3_k_m", "q3_k_l", "q4_0", "q4_1", "q4_k_s", "
                "q5_k_s", "q5_k_m", "q6_k", "iq2_xxs", "iq3_xxs", "iq4_nl", "iq4_xs", "tq1_0", "tq2_0")
 # model_type -> (gguf MODEL_ARCH name, Q/K permuted for llama.cpp's rotary layout)
 ARCHS = {"llama": ("LLAMA", True), "mistral": ("LLAMA", True), "qwen2": ("QWEN2", False),
-         "qwen3": ("QWEN3", False)}
+         "qwen3": ("QWEN3", False), "phi3": ("PHI3", False)}
 
 
 class GGUFError(ValueError):
@@ -159,7 +159,9 @@ def _add_hparams(w, config: dict, quant: str, gguf) -> int:
     w.add_head_count_kv(config.get("num_key_value_heads") or heads)
     w.add_layer_norm_rms_eps(config.get("rms_norm_eps", 1e-6))
     w.add_rope_freq_base(_rope_theta(config))
-    w.add_rope_dimension_count(head_dim)
+    w.add_rope_dimension_count(int(head_dim * config.get("partial_rotary_factor", 1.0)))
+    if config.get("original_max_position_embeddings"):   # Phi-3's
+        w.add_rope_scaling_orig_ctx_len(config["original_max_position_embeddings"])
     if config.get("head_dim"):   # as convert_hf_to_gguf.py: llama.cpp reads the head size from these
         w.add_key_length(head_dim)
         w.add_value_length(head_dim)
