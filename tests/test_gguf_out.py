@@ -166,6 +166,47 @@ def test_llama3_rope_scaling_writes_rope_freqs(tmp_path):
     assert 1.0 in want and 32.0 in want   # both ends of the scale are exercised
 
 
+LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
+                r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+QWEN2_SPLIT = LLAMA3_SPLIT.replace(r"\p{N}{1,3}", r"\p{N}")
+
+
+@pytest.mark.parametrize("split, name", [(LLAMA3_SPLIT, "llama-bpe"), (QWEN2_SPLIT, "qwen2"), (None, "gpt2")])
+def test_pre_tokenizer_is_named_and_reads_back_the_same(tiny_model_dir, tmp_path, split, name):
+    """The split regex (Llama 3's, Qwen2's, GPT-2's byte-level) is named as llama.cpp names it, and
+    the tokenizer transformers rebuilds from the GGUF encodes text as the original does."""
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    folder = tmp_path / "m"
+    shutil.copytree(tiny_model_dir, folder)
+    if split:
+        tj = json.loads((folder / "tokenizer.json").read_text())
+        tj["pre_tokenizer"] = {"type": "Sequence", "pretokenizers": [
+            {"type": "Split", "pattern": {"Regex": split}, "behavior": "Isolated", "invert": False},
+            {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": False}]}
+        (folder / "tokenizer.json").write_text(json.dumps(tj))
+    out = write_gguf(folder, tmp_path / "t.gguf")
+    assert read(out)[0]["tokenizer.ggml.pre"] == name
+    text = "Ada's 12345 apples\n\n  weren't 7 here."
+    back = AutoTokenizer.from_pretrained(str(tmp_path), gguf_file="t.gguf")
+    assert back(text)["input_ids"] == AutoTokenizer.from_pretrained(str(folder))(text)["input_ids"]
+
+
+def test_a_sentencepiece_style_tokenizer_is_a_clear_error(tiny_model_dir, tmp_path):
+    import shutil
+
+    folder = tmp_path / "m"
+    shutil.copytree(tiny_model_dir, folder)
+    tj = json.loads((folder / "tokenizer.json").read_text())
+    tj["pre_tokenizer"] = {"type": "Metaspace", "replacement": "\u2581", "prepend_scheme": "first", "split": False}
+    (folder / "tokenizer.json").write_text(json.dumps(tj))
+    with pytest.raises(GGUFError, match="pre-tokenizer .* supported: byte-level"):
+        write_gguf(folder, tmp_path / "t.gguf")
+    assert not list(tmp_path.glob("*.gguf")) and not list(tmp_path.glob(".t.gguf*"))
+
+
 def test_unsupported_arch_and_quant_say_what_is(tiny_model_dir, tmp_path):
     with pytest.raises(GGUFError, match=r"llama-quantize.*Q4_K_M.*ollama create NAME --quantize q4_k_m"):
         write_gguf(tiny_model_dir, tmp_path / "x.gguf", "q4_k_m")
