@@ -244,6 +244,7 @@ def test_tunerctl_export_gguf_through_the_daemon(daemon, demo_bundle, tmp_path):
     got = json_lines(cli(daemon.home, "export", f"job:{job_id}", "--format", "gguf", "-o", str(out), "--json",
                          check=True).stdout)[-1]
     assert got["path"] == str(out) and got["bytes"] == out.stat().st_size
+    assert read(out)[0]["general.name"] == "tuned"
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tuned.gguf")]   # the fused temp is gone
     cli(daemon.home, "adapters", "fuse", f"job:{job_id}", str(tmp_path / "fused"), check=True)
     check_read_back(out, tmp_path / "fused", "f16")

@@ -1,7 +1,7 @@
 """Write a GGUF file (llama.cpp, Ollama, LM Studio) from a Hugging Face model folder, usually the
 fused model export/fuse.py writes (safetensors + config.json + tokenizer).
 
-    write_gguf(model_dir, out_file, quant="f16", force=False) -> Path
+    write_gguf(model_dir, out_file, quant="f16", force=False, name="") -> Path
     export_gguf(model, adapter, out_file, quant="f16", force=False) -> Path   (fuse, then write)
 
 Everything GGUF-specific comes from the `gguf` package, llama.cpp's own Python package: the writer
@@ -31,7 +31,6 @@ import numpy as np
 
 from ..files import OutputRefused, atomic_write_file
 
-KIND = "GGUF file"
 QUANTS = ("f16", "bf16", "q8_0")
 OTHER_TOOLS = ("q2_k", "q3_k_s", "q3_k_m", "q3_k_l", "q4_0", "q4_1", "q4_k_s", "q4_k_m", "q5_0", "q5_1",
                "q5_k_s", "q5_k_m", "q6_k", "iq2_xxs", "iq3_xxs", "iq4_nl", "iq4_xs", "tq1_0", "tq2_0")
@@ -80,7 +79,7 @@ def export_gguf(model, adapter, out_file, quant: str = "f16", force: bool = Fals
     out = _check_file(out_file, force)
     with tempfile.TemporaryDirectory(prefix=f".{out.name}.fuse-", dir=out.parent) as tmp:
         folder = fuse(model, adapter, Path(tmp) / "fused", dequantize=True)
-        return write_gguf(folder, out, quant, force=force)
+        return write_gguf(folder, out, quant, force=force, name=out.stem)
 
 
 def _check_file(out_file, force: bool) -> Path:
@@ -94,9 +93,10 @@ def _check_file(out_file, force: bool) -> Path:
     return out
 
 
-def write_gguf(model_dir, out_file, quant: str = "f16", force: bool = False) -> Path:
+def write_gguf(model_dir, out_file, quant: str = "f16", force: bool = False, name: str = "") -> Path:
     """Write `model_dir` as a GGUF file at `out_file` (files.atomic_write_file: a new file, or
-    `force` to replace one; else OutputRefused); GGUFError for an unsupported architecture or quant type."""
+    `force` to replace one; else OutputRefused), `general.name` `name` (default: the folder's);
+    GGUFError for an unsupported architecture, tokenizer or quant type."""
     import gguf
 
     src, out = Path(model_dir).expanduser(), Path(out_file).expanduser()
@@ -109,7 +109,7 @@ def write_gguf(model_dir, out_file, quant: str = "f16", force: bool = False) -> 
 
     def write(tmp: str) -> None:
         w = gguf.GGUFWriter(tmp, gguf.MODEL_ARCH_NAMES[arch])
-        w.add_name(src.name)   # not the bare model_type: transformers takes a GGUF named "mistral" for its own
+        w.add_name(name or src.name)   # not the bare model_type: transformers reads a GGUF named "mistral" wrong
         n_vocab = _add_hparams(w, config, quant, gguf)
         _add_vocab(w, src, n_vocab, gguf)
         _add_tensors(w, src, config, arch, permute, quant, gguf)
