@@ -14,7 +14,7 @@ from .commands.common import EXIT_FAILED, EXIT_USAGE, JOB_HELP, SHORT_ID  # noqa
 from .commands.daemon import cmd_daemon, cmd_info, cmd_service, cmd_version
 from .commands.data import cmd_data, cmd_evaluate, cmd_recommend
 from .commands.jobs import cmd_jobs, cmd_report, cmd_train
-from .commands.models import cmd_adapters, cmd_models
+from .commands.models import cmd_adapters, cmd_export, cmd_models
 from .ui import err, print_json
 
 
@@ -160,6 +160,16 @@ def build_parser() -> argparse.ArgumentParser:
     af.add_argument("--dequantize", action="store_true", help="write a de-quantized (16/32-bit) model")
     af.add_argument("--force", action="store_true", help=force_help)
 
+    ex = cmd(sub, "export", "write a trained adapter out: fused into its base as one GGUF file (llama.cpp, "
+                            "Ollama, LM Studio), or the adapter in peft or mlx layout")
+    ex.add_argument("adapter", help=adapter_help)
+    ex.add_argument("--format", choices=["gguf", "peft", "mlx"], default="gguf")
+    ex.add_argument("--quant", default="f16", help="gguf: f16 (default), bf16 or q8_0; for q4_k_m and other "
+                                                  "k-quants run llama-quantize (or ollama create --quantize) on the f16 file")
+    ex.add_argument("-o", "--output", required=True, help="gguf: the .gguf file to write; peft/mlx: a new or empty folder")
+    ex.add_argument("--model", default="", help="gguf: base model (default: the adapter's)")
+    ex.add_argument("--force", action="store_true", help="gguf: replace the file; peft/mlx: " + force_help)
+
     rp = cmd(sub, "report", "write a self-contained HTML report of a job: curves, metrics, data, base vs tuned")
     rp.add_argument("job_id")
     rp.add_argument("--compare", action="append", default=[], metavar="JOB", help="overlay another job (repeatable)")
@@ -206,7 +216,7 @@ def _generation_args(c) -> None:
 
 COMMANDS = {"train": cmd_train, "jobs": cmd_jobs, "models": cmd_models, "chat": cmd_chat, "generate": cmd_generate,
             "daemon": cmd_daemon, "service": cmd_service, "data": cmd_data, "evaluate": cmd_evaluate,
-            "recommend": cmd_recommend, "adapters": cmd_adapters, "report": cmd_report, "info": cmd_info, "demo": cmd_demo}
+            "recommend": cmd_recommend, "adapters": cmd_adapters, "export": cmd_export, "report": cmd_report, "info": cmd_info, "demo": cmd_demo}
 
 
 def main(argv=None) -> int:

@@ -265,11 +265,28 @@ class Core:
             raise FileNotFoundError(f"adapter {ref!r}: no such folder ({path}), and no job id starts with it "
                                     "(see `tunerctl jobs list`)") from None
 
-    def export_adapter(self, adapter: str, out_dir: str, layout: str = "peft", force: bool = False) -> str:
+    def export_adapter(self, adapter: str, out_dir: str, layout: str = "peft", force: bool = False,
+                       format: str = "", quant: str = "", out_file: str = "", model: str = "") -> str:
+        if format == "gguf":
+            return self._export_gguf(adapter, out_file or out_dir, quant, model, force)
+        if format not in ("", "adapter"):
+            raise ValueError(f"format {format}: not one of adapter, gguf")
         from .export.layout import KIND, export_adapter
         src, out = self.resolve_adapter(adapter), resolve_path(out_dir)
         self._check_output(out, KIND, force, {"adapter": src})
         return str(export_adapter(src, out, layout, force=force))
+
+    def _export_gguf(self, adapter: str, out_file: str, quant: str, model: str, force: bool) -> str:
+        from .export.gguf import export_gguf
+        src = self.resolve_adapter(adapter)
+        model = model or adapter_base(src)
+        if not model:
+            raise ValueError("model: the adapter does not name its base model; pass --model")
+        if not out_file:
+            raise ValueError("out_file: required (the .gguf file to write)")
+        out = resolve_path(out_file)
+        folders.refuse_claimed(self.store, self.home, out, "out_file", fix="choose a file elsewhere")
+        return str(self.worker.call(lambda: export_gguf(model, src, out, quant=quant or "f16", force=force)).result())
 
     def fuse_adapter(self, adapter: str, out_dir: str, model: str = "", dequantize: bool = False,
                      force: bool = False) -> str:

@@ -1,4 +1,4 @@
-"""`tunerctl models list|load|unload` and `tunerctl adapters list|export|fuse`."""
+"""`tunerctl models list|load|unload`, `tunerctl adapters list|export|fuse` and `tunerctl export`."""
 from __future__ import annotations
 
 import os
@@ -65,5 +65,23 @@ def cmd_adapters(args) -> int:
         r = c.export(adapter, out_dir, layout=args.layout, force=args.force)
     else:
         r = c.fuse(adapter, out_dir, model=args.model, dequantize=args.dequantize, force=args.force)
+    print_json({"path": r.path}) if args.json else console.print(f"wrote {r.path}")
+    return 0
+
+
+def cmd_export(args) -> int:
+    """`tunerctl export ADAPTER --format gguf [--quant Q] -o FILE` (or --format peft|mlx -o DIR)."""
+    adapter = os.path.abspath(args.adapter) if os.path.lexists(args.adapter) else args.adapter
+    out = os.path.abspath(args.output)
+    c = client(args)
+    if args.format == "gguf":
+        started = time.monotonic()
+        r = c.export(adapter, "", format="gguf", quant=args.quant, out_file=out, model=args.model, force=args.force)
+        size = os.path.getsize(r.path) if os.path.exists(r.path) else 0
+        if args.json:
+            return print_json({"path": r.path, "bytes": size})
+        console.print(f"wrote {r.path} ({human_bytes(size)}, {args.quant}, {time.monotonic() - started:.0f} s)")
+        return 0
+    r = c.export(adapter, out, layout=args.format, force=args.force)
     print_json({"path": r.path}) if args.json else console.print(f"wrote {r.path}")
     return 0

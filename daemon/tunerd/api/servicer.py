@@ -159,7 +159,9 @@ class TunerServicer(pb_grpc.TunerServicer):
     @_errors
     def ExportAdapter(self, request, context):
         return pb.ExportAdapterResponse(path=self.core.export_adapter(request.adapter, request.out_dir,
-                                                                      request.layout or "peft", request.force))
+                                                                      request.layout or "peft", request.force,
+                                                                      request.format, request.quant,
+                                                                      request.out_file, request.model))
 
     @_errors
     def FuseAdapter(self, request, context):
