@@ -97,11 +97,17 @@ class MemoryEstimate:
     adapter_and_optimizer: int
     activations: int
     logits: int
-    framework: int = 0        # torch on a CPU: imports and kernel workspaces, counted in its RSS
+    framework: int = 0        # torch on a CPU: the imports, counted in its RSS
 
     @property
     def total(self) -> int:
         return self.weights + self.adapter_and_optimizer + self.activations + self.logits + self.framework
+
+    @property
+    def to_allocate(self) -> int:
+        """What the run adds to a process that has imported the framework already (the daemon's):
+        what must fit in the free memory."""
+        return self.total - self.framework
 
     def describe(self) -> str:
         return (f"{self.total / GIB:.1f} GiB (weights {self.weights / GIB:.2f}, adapter+optimizer "
@@ -166,7 +172,10 @@ def estimate(model_config: dict, cfg, backend: str, seq_len: int, dtype: Optiona
     supervised = max(1, int(tokens * supervised_fraction))
     chunk = ce_chunk_rows(s.vocab, TORCH_CE_CHUNK_BYTES if backend == "torch" else CE_CHUNK_BYTES)
     logits = min(supervised, chunk) * s.vocab * (b + 12) + supervised * s.d * 4
-    framework = TORCH_CPU_FRAMEWORK + TORCH_CPU_WORKSPACE if backend == "torch" and device_kind == "cpu" else 0
+    framework = 0
+    if backend == "torch" and device_kind == "cpu":
+        activations += TORCH_CPU_WORKSPACE
+        framework = TORCH_CPU_FRAMEWORK
     return MemoryEstimate(weights=int(weights), adapter_and_optimizer=int(adapter),
                           activations=int(activations), logits=int(logits), framework=framework)
 
@@ -177,7 +186,7 @@ def advise(model_config: dict, cfg, backend: str, seq_len: int, available: int, 
     options = []
     if cfg.per_device_train_batch_size > 1:
         for bs in (cfg.per_device_train_batch_size // 2, cfg.per_device_train_batch_size // 4, 1):
-            if bs >= 1 and estimate(model_config, cfg, backend, seq_len, dtype, batch_size=bs, device_kind=device_kind).total <= available:
+            if bs >= 1 and estimate(model_config, cfg, backend, seq_len, dtype, batch_size=bs, device_kind=device_kind).to_allocate <= available:
                 acc = cfg.gradient_accumulation_steps * cfg.per_device_train_batch_size // bs
                 options.append(f"per_device_train_batch_size: {bs} with gradient_accumulation_steps: {acc} "
                                f"(same effective batch)")
@@ -186,10 +195,10 @@ def advise(model_config: dict, cfg, backend: str, seq_len: int, available: int, 
     if not quantization.bits(cfg.quantization) and not cfg.full_finetune:
         trials.append(("quantization: 4bit (QLoRA)", dict(quantization="4bit")))
     for text, change in trials:
-        if estimate(model_config, dataclasses.replace(cfg, **change), backend, seq_len, dtype, device_kind=device_kind).total <= available:
+        if estimate(model_config, dataclasses.replace(cfg, **change), backend, seq_len, dtype, device_kind=device_kind).to_allocate <= available:
             options.append(text)
     for n in (seq_len // 2, seq_len // 4):
-        if n >= 64 and estimate(model_config, cfg, backend, n, dtype, device_kind=device_kind).total <= available:
+        if n >= 64 and estimate(model_config, cfg, backend, n, dtype, device_kind=device_kind).to_allocate <= available:
             options.append(f"max_seq_length: {n}")
             break
     return options
