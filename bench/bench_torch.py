@@ -12,6 +12,9 @@ allocator's peak on CUDA) is its own. Tokens/s counts real (non-padding) input t
     python bench/bench_torch.py --real --dtypes float32,bfloat16 --rows 48 --repeat 1 --padded-only
         # the real SmolLM2-135M-Instruct (tests/real_model.py, its checkpoint in each dtype), ours vs
         # TRL in that dtype: peak RSS, RSS growth, tokens/s, and ours' Started estimate vs its peak
+        # Dec 2026, 2 loaded cores (bench/results/torch_vs_trl_real_cpu.json; tokens/s noisy): ours/TRL
+        # float32 1.70x tokens/s, 0.73x peak RSS (5,261 vs 7,179 MiB), estimate/peak 0.85;
+        # bfloat16 0.80x tokens/s, 0.74x peak RSS (3,777 vs 5,105 MiB), estimate/peak 0.99
 
 Ours runs through the real training loop (`tunerd.training.loop.train`), eval and saving off; TRL
 through `SFTTrainer.train()` (its `train_runtime`). Both exclude model loading and tokenization.
