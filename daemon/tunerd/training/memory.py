@@ -19,7 +19,7 @@
 the real longest batch once the data is tokenized. What it leaves out: the framework itself
 on CUDA/MPS/MLX (their allocators' peaks do not count it) and allocator slack; its constants were
 checked against measured peaks of the scale benchmark's mid shape and of the real SmolLM2-135M
-(tests/test_memory_estimate.py, bench/bench_memory.py).
+(tests/test_memory_estimate.py, bench/bench_torch.py --real).
 
 `advise(...)` lists the changes that would fit (smaller batch, gradient checkpointing, 4-bit,
 shorter max_seq_length) for a RESOURCE_EXHAUSTED at submit and for an OOM that still happens.
