@@ -9,6 +9,12 @@ allocator's peak on CUDA) is its own. Tokens/s counts real (non-padding) input t
     python bench/bench_torch.py                 # ours vs TRL, unpacked and packed -> table + JSON
     python bench/bench_torch.py --rows 128 --json out.json
     python bench/bench_torch.py --backends      # LoRA step time torch vs mlx (the `backend: auto` rule)
+    python bench/bench_torch.py --real --dtypes float32,bfloat16 --rows 48 --repeat 1 --padded-only
+        # the real SmolLM2-135M-Instruct (tests/real_model.py, its checkpoint in each dtype), ours vs
+        # TRL in that dtype: peak RSS, RSS growth, tokens/s, and ours' Started estimate vs its peak
+        # Dec 2026, 2 loaded cores (bench/results/torch_vs_trl_real_cpu.json; tokens/s noisy): ours/TRL
+        # float32 1.70x tokens/s, 0.73x peak RSS (5,261 vs 7,179 MiB), estimate/peak 0.85;
+        # bfloat16 0.80x tokens/s, 0.74x peak RSS (3,777 vs 5,105 MiB), estimate/peak 0.99
 
 Ours runs through the real training loop (`tunerd.training.loop.train`), eval and saving off; TRL
 through `SFTTrainer.train()` (its `train_runtime`). Both exclude model loading and tokenization.
@@ -67,23 +73,34 @@ def build(work: Path, n_rows: int) -> dict:
 
 # ---- one measured run per subprocess (bench/common.py holds the runners) ------------------------
 
-def run_ours(model: str, data: str, packing: bool, device: str) -> dict:
+def real_model(dtype: str) -> str:
+    """The real SmolLM2-135M-Instruct checkpoint in `dtype` (tests/real_model.py; converted once)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+    from real_model import smollm2_checkpoint
+
+    return str(smollm2_checkpoint(dtype))
+
+
+def run_ours(model: str, data: str, packing: bool, device: str, dtype: str = "float32") -> dict:
     from tunerd.backends.torch import TorchBackend
     from tunerd.config.schema import DataConfig, TrainConfig
 
-    cfg = TrainConfig(model=model, backend="torch", device=device, dtype="float32", lora_r=HP["lora_r"],
+    cfg = TrainConfig(model=model, backend="torch", device=device, dtype=dtype, lora_r=HP["lora_r"],
                       lora_alpha=HP["lora_alpha"], lora_target_modules="all-linear", learning_rate=HP["lr"],
                       lr_scheduler_type="linear", per_device_train_batch_size=HP["batch"], num_epochs=HP["epochs"],
                       max_seq_length=HP["max_len"], packing=packing, seed=HP["seed"], eval_strategy="no",
                       save_strategy="no", logging_steps=1, output_dir=tempfile.mkdtemp(prefix="bench-ours-"),
                       data=DataConfig(train=data, validation=data, max_rows=None))
-    return {**common.run_ours(cfg, TorchBackend(), device), "packing": packing}
+    r = common.run_ours(cfg, TorchBackend(), device)
+    est = r["started"].get("estimated_peak_memory_bytes") or 0
+    return {**r, "packing": packing, "dtype": dtype, "estimated_peak_bytes": est,
+            "estimate_over_peak": est / r["peak_bytes"] if est and r.get("peak_bytes") else None}
 
 
-def run_trl(model: str, data: str, packing: bool, device: str) -> dict:
-    return {**common.run_trl(model, data, device=device, dtype="float32", packing=packing, batch=HP["batch"],
+def run_trl(model: str, data: str, packing: bool, device: str, dtype: str = "float32") -> dict:
+    return {**common.run_trl(model, data, device=device, dtype=dtype, packing=packing, batch=HP["batch"],
                              lr=HP["lr"], max_len=HP["max_len"], lora_r=HP["lora_r"], lora_alpha=HP["lora_alpha"],
-                             epochs=HP["epochs"], seed=HP["seed"]), "packing": packing}
+                             epochs=HP["epochs"], seed=HP["seed"]), "packing": packing, "dtype": dtype}
 
 
 def step_times(backend_name: str, model: str, data: str, steps: int, quantization: str = "none") -> dict:
@@ -135,6 +152,10 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=2, help="runs per configuration, alternating; the best counts "
                                                            "(CPU timings on a shared host are noisy)")
     ap.add_argument("--backends", action="store_true", help="measure torch vs mlx LoRA step time instead")
+    ap.add_argument("--real", action="store_true", help="the real SmolLM2-135M-Instruct instead of the random "
+                                                        "Llama, its checkpoint in each of --dtypes")
+    ap.add_argument("--dtypes", default="float32", help="comma-separated dtypes both runners train in")
+    ap.add_argument("--padded-only", action="store_true", help="skip the packed runs")
     ap.add_argument("--_run", nargs="*", help=argparse.SUPPRESS)
     a = ap.parse_args()
     work = Path(a.work)
@@ -143,7 +164,7 @@ def main() -> None:
         kind, model, data, extra = a._run[0], a._run[1], a._run[2], a._run[3:]
         if kind in ("ours", "trl"):
             fn = run_ours if kind == "ours" else run_trl
-            res = fn(model, data, extra[0] == "packed", a.device)
+            res = fn(model, data, extra[0] == "packed", a.device, *extra[1:2])
         else:
             res = step_times(kind, model, data, steps=int(extra[0]), quantization=extra[1])
         print("RESULT " + json.dumps(res))
@@ -152,7 +173,10 @@ def main() -> None:
     setup = build(work, a.rows)
     import platform
 
-    meta = {"host": platform.platform(), "cpus": os.cpu_count(), "rows": a.rows, "hp": HP, "device": a.device}
+    meta = {"host": platform.platform(), "cpus": os.cpu_count(), "rows": a.rows, "hp": HP, "device": a.device,
+            "model": "SmolLM2-135M-Instruct (tests/real_model.py)" if a.real else "random Llama, hidden 256, 4 layers"}
+    dtypes = a.dtypes.split(",")
+    models = {dt: real_model(dt) if a.real else setup["model"] for dt in dtypes}
     results = []
     if a.backends:
         from tunerd.demo.tiny import build_tiny_model
@@ -174,27 +198,32 @@ def main() -> None:
                           f"{r['tokens_per_s']:9.0f} tok/s", flush=True)
     else:
         runs = []
-        for packing in (False, True):
+        configs = [(p, dt) for dt in dtypes for p in ((False,) if a.padded_only else (False, True))]
+        for packing, dt in configs:
             for rep in range(a.repeat):
                 for runner in ("ours", "trl"):
-                    r = _sub(["--_run", runner, setup["model"], setup["data"], "packed" if packing else "padded"])
+                    r = _sub(["--_run", runner, models[dt], setup["data"], "packed" if packing else "padded", dt])
                     r["repeat"] = rep
                     runs.append(r)
-                    print(f"{runner:5s} packing={str(packing):5s} {r['tokens_per_s']:9.0f} tok/s  "
+                    print(f"{runner:5s} {dt:8s} packing={str(packing):5s} {r['tokens_per_s']:9.0f} tok/s  "
                           f"peak {common.mib(r['peak_bytes'])} MiB  ({r['steps']} steps, {r['tokens']} tokens, "
                           f"{r['seconds']:.1f} s, final loss {r['final_loss']})", flush=True)
             for runner in ("ours", "trl"):
-                mine = [r for r in runs if r["runner"] == runner and r["packing"] == packing]
+                mine = [r for r in runs if r["runner"] == runner and r["packing"] == packing and r["dtype"] == dt]
                 results.append({**max(mine, key=lambda r: r["tokens_per_s"]),
                                 "all_tokens_per_s": [r["tokens_per_s"] for r in mine]})
-        print("\n| runner | packing | real tokens/s | peak memory (MiB) | RSS growth in training (MiB) | steps | final loss |")
-        print("|---|---|---:|---:|---:|---:|---:|")
+        print("\n| runner | dtype | packing | real tokens/s | peak memory (MiB) | RSS growth in training (MiB) | steps | final loss |")
+        print("|---|---|---|---:|---:|---:|---:|---:|")
         for r in results:
-            print(f"| {r['runner']} | {r['packing']} | {r['tokens_per_s']:,.0f} | {common.mib(r['peak_bytes'])} | "
+            print(f"| {r['runner']} | {r['dtype']} | {r['packing']} | {r['tokens_per_s']:,.0f} | {common.mib(r['peak_bytes'])} | "
                   f"{common.mib(r.get('rss_growth_bytes'))} | {r['steps']} | {r['final_loss']:.3f} |")
-        for packing in (False, True):
-            o, t = [r for r in results if r["packing"] == packing]
-            print(f"packing={packing}: ours / TRL = {o['tokens_per_s'] / t['tokens_per_s']:.2f}x tokens/s")
+        for packing, dt in configs:
+            o, t = [r for r in results if r["packing"] == packing and r["dtype"] == dt]
+            growth = (f", {o['rss_growth_bytes'] / t['rss_growth_bytes']:.2f}x RSS growth"
+                      if o.get("rss_growth_bytes") and t.get("rss_growth_bytes") else "")
+            est = f"; ours' estimate / its peak {o['estimate_over_peak']:.2f}" if o.get("estimate_over_peak") else ""
+            print(f"{dt} packing={packing}: ours / TRL = {o['tokens_per_s'] / t['tokens_per_s']:.2f}x tokens/s, "
+                  f"{o['peak_bytes'] / t['peak_bytes']:.2f}x peak{growth}{est}")
     if a.json:
         common.write_results(a.json, {"meta": meta, "results": results})
 

