@@ -19,7 +19,7 @@ from tunerd.training.loop import train
 # `Step`, imports included: the estimate counts them), MLX its allocator's peak. Prints
 # {"measured", "estimated"} in bytes.
 MEASURE = r'''
-import json, resource, sys
+import json, sys
 import numpy as np
 from tunerd.backends.base import ModelSpec
 from tunerd.backends.registry import get_backend
@@ -38,7 +38,7 @@ for _ in range(2):
 if name == "mlx":
     import mlx.core as mx; measured = mx.get_peak_memory()
 else:
-    measured = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    measured = b.memory().peak_bytes   # the peak RSS of this process (VmHWM), as `Step` reports it
 est = estimate(info.config, cfg, name, T, info.dtype, device_kind=info.device_kind)
 print(json.dumps({"measured": measured, "estimated": est.total, "parts": est.describe()}))
 '''

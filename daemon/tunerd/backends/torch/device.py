@@ -61,10 +61,23 @@ def memory_bytes(device: torch.device) -> tuple[int, int]:
     if device.type == "mps":
         active = torch.mps.current_allocated_memory()
         return active, max(active, torch.mps.driver_allocated_memory())
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    peak = peak if sys.platform == "darwin" else peak * 1024  # Linux reports KiB, macOS bytes
     rss = _rss_bytes()
-    return rss, max(rss, peak)
+    return rss, max(rss, _peak_rss_bytes())
+
+
+def _peak_rss_bytes() -> int:
+    """This process's peak RSS. Linux: VmHWM, the high-water mark of its own memory; not
+    ru_maxrss, which after exec also counts the parent's RSS at fork (a daemon or a benchmark
+    started from a large process would report the parent's size)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024  # Linux reports KiB, macOS bytes
 
 
 def reset_peak(device: torch.device) -> None:
