@@ -88,7 +88,10 @@ def test_ctrl_c_stops_an_answer_and_keeps_the_session(daemon, tiny_model_dir, tm
             child.expect_exact(">>>")
             turns = 0
         child.send("tell me a long story\r")
-        time.sleep(0.3)   # the answer is streaming (480 tokens: ~2 s at 570 tok/s here, longer under load)
+        child.expect_exact("tell me a long story")
+        child.expect_exact("\x1b[?2004l")      # the line editor is done with the question (bracketed paste off);
+        child.read_nonblocking(1, timeout=60)   # what follows is the answer's first text: it is streaming
+        time.sleep(0.05)                        # (480 tokens: ~1-2 s, longer under load)
         child.sendintr()
         stopped = child.expect([r"\(stopped\)", r"\d+ tokens, [\d.]+ tok/s"]) == 0   # (">>>" redraws as you type)
         child.expect_exact(">>>")
