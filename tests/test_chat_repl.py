@@ -71,6 +71,20 @@ def test_line_editing_history_paste_and_commands(daemon, tiny_model_dir, tmp_pat
     assert json.loads((tmp_path / "again.json").read_text())[0] == {"role": "user", "content": "line one\nline two"}
 
 
+def _first_text(child) -> str:
+    """Read until the first character of text, skipping terminal escape sequences and whitespace."""
+    while True:
+        c = child.read_nonblocking(1, timeout=60)
+        if c == "\x1b":
+            nxt = child.read_nonblocking(1, timeout=60)
+            if nxt == "[":   # CSI: parameters, then a final letter (or ~)
+                while not (c := child.read_nonblocking(1, timeout=60)).isalpha() and c != "~":
+                    pass
+            continue
+        if not c.isspace():
+            return c
+
+
 def test_ctrl_c_stops_an_answer_and_keeps_the_session(daemon, tiny_model_dir, tmp_path):
     cli(daemon.home, "models", "load", tiny_model_dir, "--backend", "torch", check=True)   # no load time
     child = spawn(daemon, tiny_model_dir, tmp_path)
@@ -90,8 +104,7 @@ def test_ctrl_c_stops_an_answer_and_keeps_the_session(daemon, tiny_model_dir, tm
         child.send("tell me a long story\r")
         child.expect_exact("tell me a long story")
         child.expect_exact("\x1b[?2004l")      # the line editor is done with the question (bracketed paste off);
-        child.read_nonblocking(1, timeout=60)   # what follows is the answer's first text: it is streaming
-        time.sleep(0.05)                        # (480 tokens: ~1-2 s, longer under load)
+        _first_text(child)                      # the answer is streaming (480 tokens: ~1-2 s, longer under load)
         child.sendintr()
         stopped = child.expect([r"\(stopped\)", r"\d+ tokens, [\d.]+ tok/s"]) == 0   # (">>>" redraws as you type)
         child.expect_exact(">>>")
