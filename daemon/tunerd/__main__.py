@@ -25,7 +25,8 @@ def _maybe_preload_blas(argv: list[str]) -> None:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     from .server import Daemon
-    from .trust import HomeError, default_home, prepare_home
+    from .paths import default_home
+    from .trust import HomeError, prepare_home
 
     p = argparse.ArgumentParser(prog="tunerd", description="MacTuner daemon: fine-tuning over gRPC")
     p.add_argument("--home", type=Path, default=None, help="state directory (default $TUNER_HOME or ~/.tuner)")

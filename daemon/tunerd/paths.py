@@ -34,3 +34,8 @@ def looks_like_hub_id(name: str, base_dir: str = "") -> bool:
     """`org/name` that is not an existing path (under base_dir) and not absolute/relative-looking."""
     return (name.count("/") == 1 and not name.startswith((".", "/", "~"))
             and not os.path.exists(resolve_path(name, base_dir)))
+
+
+def default_home() -> Path:
+    """The daemon's home when no --home is given: $TUNER_HOME, else ~/.tuner."""
+    return Path(os.environ.get("TUNER_HOME") or Path.home() / ".tuner").expanduser()

@@ -20,8 +20,6 @@ from .files import atomic_write_text
 log = logging.getLogger("tunerd")
 
 
-def default_home() -> Path:
-    return Path(os.environ.get("TUNER_HOME") or Path.home() / ".tuner").expanduser()
 
 
 class HomeError(SystemExit):

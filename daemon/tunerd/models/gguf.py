@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Optional
 
 from ..gguf_file import check, resolve
+from ..paths import default_home
 
 SOURCE_FILE = "gguf_source.json"
 _home: Optional[Path] = None
@@ -37,7 +38,7 @@ def use_home(home) -> None:
 
 
 def cache_root() -> Path:
-    home = _home or Path(os.environ.get("TUNER_HOME") or Path.home() / ".tuner").expanduser()
+    home = _home or default_home()
     return home / "models" / "gguf"
 
 
@@ -67,26 +68,32 @@ def convert(model: str, base_dir=None) -> str:
     return str(out)
 
 
-def _convert(model: str, path: Path, out: Path) -> None:
+def dequantised(gguf: Path, dtype: str = "bfloat16"):
+    """(model, tokenizer) of the GGUF file `gguf`, dequantised by transformers' GGUF loader into an
+    ordinary model in `dtype` (no quantization_config: save_pretrained writes a plain checkpoint)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    loaded = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    config = loaded.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    config.dtype = dtype
+    fresh = type(loaded)(config)
+    fresh.load_state_dict(loaded.state_dict())
+    return fresh.to(getattr(torch, dtype)), tokenizer
+
+
+def _convert(model: str, path: Path, out: Path) -> None:
     t0 = time.monotonic()
     real = path.resolve()
     try:
-        loaded = AutoModelForCausalLM.from_pretrained(str(real.parent), gguf_file=real.name, dtype=torch.float32)
-        tokenizer = AutoTokenizer.from_pretrained(str(real.parent), gguf_file=real.name)
+        fresh, tokenizer = dequantised(real)
     except Exception as e:  # noqa: BLE001 - transformers' own reason (a tensor type it cannot dequantise ...)
         raise ValueError(f"model {model!r}: transformers cannot convert the GGUF file {path} "
                          f"({type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''})") from e
-    config = loaded.config
-    if hasattr(config, "quantization_config"):
-        del config.quantization_config   # dequantised: an ordinary checkpoint
-    config.dtype = "bfloat16"
-    fresh = type(loaded)(config)
-    fresh.load_state_dict(loaded.state_dict())
-    fresh.to(torch.bfloat16)
-    del loaded
+    config = fresh.config
     for stale in out.parent.glob(f".{out.name}.tmp-*"):   # a converter that died (we hold the lock)
         shutil.rmtree(stale, ignore_errors=True)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
