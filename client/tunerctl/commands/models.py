@@ -99,8 +99,9 @@ def _export(c, args, adapter: str, **fields) -> int:
             view.stop()
     r = last.record
     if args.json:
-        return print_json({"path": last.path, "bytes": r.size_bytes, "format": r.format, "quant": r.quant,
-                           "seconds": round(last.elapsed_seconds, 3)})
+        print_json({"path": last.path, "bytes": r.size_bytes, "format": r.format, "quant": r.quant,
+                    "seconds": round(last.elapsed_seconds, 3)})
+        return 0
     console.print(f"wrote {last.path} ({human_bytes(r.size_bytes)}{', ' + r.quant if r.quant else ''}, "
                   f"{last.elapsed_seconds:.0f} s)")
     return 0
