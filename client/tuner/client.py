@@ -219,6 +219,12 @@ class Client:
             adapter=adapter, out_dir=out_dir, layout=layout, force=force, format=format, quant=quant,
             out_file=out_file, model=model))
 
+    def export_stream(self, adapter: str, **fields) -> Stream[pb.ExportProgress]:
+        """`export` with progress (stage, bytes done/total, ETA); the last message (done) has the
+        path (or Hub repo URL) and its record. `fields`: ExportAdapterRequest's (out_dir, layout,
+        format adapter|gguf|hub, quant, out_file, model, repo, private, fused, gguf_quant, force)."""
+        return self._stream("Export", pb.ExportAdapterRequest(adapter=adapter, **fields))
+
     def fuse(self, adapter: str, out_dir: str, *, model: str = "", dequantize: bool = False,
              force: bool = False) -> pb.FuseAdapterResponse:
         """Merge an adapter into its base (or `model`) and write a standalone model into `out_dir`."""

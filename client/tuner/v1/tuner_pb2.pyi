@@ -412,7 +412,7 @@ class SubmitJobRequest(_message.Message):
     def __init__(self, config: _Optional[_Union[TrainingConfig, _Mapping]] = ..., config_path: _Optional[str] = ..., config_yaml: _Optional[str] = ..., base_dir: _Optional[str] = ..., overrides: _Optional[_Iterable[str]] = ..., name: _Optional[str] = ...) -> None: ...
 
 class Job(_message.Message):
-    __slots__ = ("id", "name", "state", "created_at", "started_at", "finished_at", "model", "backend", "output_dir", "adapter_path", "error", "step", "total_steps", "last_loss", "best_eval_loss", "config_json", "last_sequence", "queue_position", "metrics_path", "tensorboard_dir")
+    __slots__ = ("id", "name", "state", "created_at", "started_at", "finished_at", "model", "backend", "output_dir", "adapter_path", "error", "step", "total_steps", "last_loss", "best_eval_loss", "config_json", "last_sequence", "queue_position", "metrics_path", "tensorboard_dir", "exports")
     ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
@@ -433,6 +433,7 @@ class Job(_message.Message):
     QUEUE_POSITION_FIELD_NUMBER: _ClassVar[int]
     METRICS_PATH_FIELD_NUMBER: _ClassVar[int]
     TENSORBOARD_DIR_FIELD_NUMBER: _ClassVar[int]
+    EXPORTS_FIELD_NUMBER: _ClassVar[int]
     id: str
     name: str
     state: JobState
@@ -453,7 +454,8 @@ class Job(_message.Message):
     queue_position: int
     metrics_path: str
     tensorboard_dir: str
-    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ..., created_at: _Optional[float] = ..., started_at: _Optional[float] = ..., finished_at: _Optional[float] = ..., model: _Optional[str] = ..., backend: _Optional[str] = ..., output_dir: _Optional[str] = ..., adapter_path: _Optional[str] = ..., error: _Optional[str] = ..., step: _Optional[int] = ..., total_steps: _Optional[int] = ..., last_loss: _Optional[float] = ..., best_eval_loss: _Optional[float] = ..., config_json: _Optional[str] = ..., last_sequence: _Optional[int] = ..., queue_position: _Optional[int] = ..., metrics_path: _Optional[str] = ..., tensorboard_dir: _Optional[str] = ...) -> None: ...
+    exports: _containers.RepeatedCompositeFieldContainer[ExportRecord]
+    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ..., created_at: _Optional[float] = ..., started_at: _Optional[float] = ..., finished_at: _Optional[float] = ..., model: _Optional[str] = ..., backend: _Optional[str] = ..., output_dir: _Optional[str] = ..., adapter_path: _Optional[str] = ..., error: _Optional[str] = ..., step: _Optional[int] = ..., total_steps: _Optional[int] = ..., last_loss: _Optional[float] = ..., best_eval_loss: _Optional[float] = ..., config_json: _Optional[str] = ..., last_sequence: _Optional[int] = ..., queue_position: _Optional[int] = ..., metrics_path: _Optional[str] = ..., tensorboard_dir: _Optional[str] = ..., exports: _Optional[_Iterable[_Union[ExportRecord, _Mapping]]] = ...) -> None: ...
 
 class WatchJobRequest(_message.Message):
     __slots__ = ("job_id", "from_sequence", "follow")
@@ -1043,7 +1045,7 @@ class Recommendation(_message.Message):
     def __init__(self, config: _Optional[_Union[TrainingConfig, _Mapping]] = ..., reasons: _Optional[_Iterable[str]] = ..., train_rows: _Optional[int] = ..., tokens_p50: _Optional[int] = ..., tokens_p95: _Optional[int] = ..., tokens_max: _Optional[int] = ..., config_yaml: _Optional[str] = ..., warnings: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Adapter(_message.Message):
-    __slots__ = ("path", "job_id", "base_model", "peft_adapter", "lora_r", "created_at", "layouts")
+    __slots__ = ("path", "job_id", "base_model", "peft_adapter", "lora_r", "created_at", "layouts", "exports")
     PATH_FIELD_NUMBER: _ClassVar[int]
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     BASE_MODEL_FIELD_NUMBER: _ClassVar[int]
@@ -1051,6 +1053,7 @@ class Adapter(_message.Message):
     LORA_R_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
     LAYOUTS_FIELD_NUMBER: _ClassVar[int]
+    EXPORTS_FIELD_NUMBER: _ClassVar[int]
     path: str
     job_id: str
     base_model: str
@@ -1058,7 +1061,8 @@ class Adapter(_message.Message):
     lora_r: int
     created_at: float
     layouts: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, path: _Optional[str] = ..., job_id: _Optional[str] = ..., base_model: _Optional[str] = ..., peft_adapter: _Optional[str] = ..., lora_r: _Optional[int] = ..., created_at: _Optional[float] = ..., layouts: _Optional[_Iterable[str]] = ...) -> None: ...
+    exports: _containers.RepeatedCompositeFieldContainer[ExportRecord]
+    def __init__(self, path: _Optional[str] = ..., job_id: _Optional[str] = ..., base_model: _Optional[str] = ..., peft_adapter: _Optional[str] = ..., lora_r: _Optional[int] = ..., created_at: _Optional[float] = ..., layouts: _Optional[_Iterable[str]] = ..., exports: _Optional[_Iterable[_Union[ExportRecord, _Mapping]]] = ...) -> None: ...
 
 class ListAdaptersRequest(_message.Message):
     __slots__ = ()
@@ -1071,7 +1075,7 @@ class ListAdaptersResponse(_message.Message):
     def __init__(self, adapters: _Optional[_Iterable[_Union[Adapter, _Mapping]]] = ...) -> None: ...
 
 class ExportAdapterRequest(_message.Message):
-    __slots__ = ("adapter", "out_dir", "layout", "force", "format", "quant", "out_file", "model")
+    __slots__ = ("adapter", "out_dir", "layout", "force", "format", "quant", "out_file", "model", "repo", "private", "fused", "gguf_quant")
     ADAPTER_FIELD_NUMBER: _ClassVar[int]
     OUT_DIR_FIELD_NUMBER: _ClassVar[int]
     LAYOUT_FIELD_NUMBER: _ClassVar[int]
@@ -1080,6 +1084,10 @@ class ExportAdapterRequest(_message.Message):
     QUANT_FIELD_NUMBER: _ClassVar[int]
     OUT_FILE_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
+    REPO_FIELD_NUMBER: _ClassVar[int]
+    PRIVATE_FIELD_NUMBER: _ClassVar[int]
+    FUSED_FIELD_NUMBER: _ClassVar[int]
+    GGUF_QUANT_FIELD_NUMBER: _ClassVar[int]
     adapter: str
     out_dir: str
     layout: str
@@ -1088,13 +1096,57 @@ class ExportAdapterRequest(_message.Message):
     quant: str
     out_file: str
     model: str
-    def __init__(self, adapter: _Optional[str] = ..., out_dir: _Optional[str] = ..., layout: _Optional[str] = ..., force: _Optional[bool] = ..., format: _Optional[str] = ..., quant: _Optional[str] = ..., out_file: _Optional[str] = ..., model: _Optional[str] = ...) -> None: ...
+    repo: str
+    private: bool
+    fused: bool
+    gguf_quant: str
+    def __init__(self, adapter: _Optional[str] = ..., out_dir: _Optional[str] = ..., layout: _Optional[str] = ..., force: _Optional[bool] = ..., format: _Optional[str] = ..., quant: _Optional[str] = ..., out_file: _Optional[str] = ..., model: _Optional[str] = ..., repo: _Optional[str] = ..., private: _Optional[bool] = ..., fused: _Optional[bool] = ..., gguf_quant: _Optional[str] = ...) -> None: ...
 
 class ExportAdapterResponse(_message.Message):
     __slots__ = ("path",)
     PATH_FIELD_NUMBER: _ClassVar[int]
     path: str
     def __init__(self, path: _Optional[str] = ...) -> None: ...
+
+class ExportRecord(_message.Message):
+    __slots__ = ("format", "target", "quant", "time", "size_bytes", "job_id", "layout")
+    FORMAT_FIELD_NUMBER: _ClassVar[int]
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    QUANT_FIELD_NUMBER: _ClassVar[int]
+    TIME_FIELD_NUMBER: _ClassVar[int]
+    SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    LAYOUT_FIELD_NUMBER: _ClassVar[int]
+    format: str
+    target: str
+    quant: str
+    time: float
+    size_bytes: int
+    job_id: str
+    layout: str
+    def __init__(self, format: _Optional[str] = ..., target: _Optional[str] = ..., quant: _Optional[str] = ..., time: _Optional[float] = ..., size_bytes: _Optional[int] = ..., job_id: _Optional[str] = ..., layout: _Optional[str] = ...) -> None: ...
+
+class ExportProgress(_message.Message):
+    __slots__ = ("stage", "bytes_done", "bytes_total", "eta_seconds", "elapsed_seconds", "message", "done", "path", "record")
+    STAGE_FIELD_NUMBER: _ClassVar[int]
+    BYTES_DONE_FIELD_NUMBER: _ClassVar[int]
+    BYTES_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    ETA_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    ELAPSED_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    DONE_FIELD_NUMBER: _ClassVar[int]
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    RECORD_FIELD_NUMBER: _ClassVar[int]
+    stage: str
+    bytes_done: int
+    bytes_total: int
+    eta_seconds: float
+    elapsed_seconds: float
+    message: str
+    done: bool
+    path: str
+    record: ExportRecord
+    def __init__(self, stage: _Optional[str] = ..., bytes_done: _Optional[int] = ..., bytes_total: _Optional[int] = ..., eta_seconds: _Optional[float] = ..., elapsed_seconds: _Optional[float] = ..., message: _Optional[str] = ..., done: _Optional[bool] = ..., path: _Optional[str] = ..., record: _Optional[_Union[ExportRecord, _Mapping]] = ...) -> None: ...
 
 class FuseAdapterRequest(_message.Message):
     __slots__ = ("adapter", "model", "out_dir", "dequantize", "force")
