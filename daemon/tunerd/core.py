@@ -266,27 +266,35 @@ class Core:
                                     "(see `tunerctl jobs list`)") from None
 
     def export_adapter(self, adapter: str, out_dir: str, layout: str = "peft", force: bool = False,
-                       format: str = "", quant: str = "", out_file: str = "", model: str = "") -> str:
-        if format == "gguf":
-            return self._export_gguf(adapter, out_file or out_dir, quant, model, force)
+                       format: str = "", quant: str = "", out_file: str = "", model: str = "",
+                       name: str = "") -> str:
+        if format in ("gguf", "ollama"):
+            return self._export_gguf(adapter, out_file or out_dir, quant, model, force, format, name)
         if format not in ("", "adapter"):
-            raise ValueError(f"format {format}: not one of adapter, gguf")
+            raise ValueError(f"format {format}: not one of adapter, gguf, ollama")
         from .export.layout import KIND, export_adapter
         src, out = self.resolve_adapter(adapter), resolve_path(out_dir)
         self._check_output(out, KIND, force, {"adapter": src})
         return str(export_adapter(src, out, layout, force=force))
 
-    def _export_gguf(self, adapter: str, out_file: str, quant: str, model: str, force: bool) -> str:
+    def _export_gguf(self, adapter: str, out_file: str, quant: str, model: str, force: bool,
+                     format: str = "gguf", name: str = "") -> str:
+        """GGUF (a file, export/gguf.py) or Ollama (a folder with the GGUF + Modelfile, export/ollama.py)."""
         from .export.gguf import export_gguf
+        from .export.ollama import export_ollama
         src = self.resolve_adapter(adapter)
         model = model or adapter_base(src)
         if not model:
             raise ValueError("model: the adapter does not name its base model; pass --model")
         if not out_file:
-            raise ValueError("out_file: required (the .gguf file to write)")
+            raise ValueError("out_file: required (the .gguf file to write)" if format == "gguf" else
+                             "out_dir: required (the folder for the GGUF and the Modelfile)")
         out = resolve_path(out_file)
         folders.refuse_claimed(self.store, self.home, out, "out_file", fix="choose a file elsewhere")
-        return str(self.worker.call(lambda: export_gguf(model, src, out, quant=quant or "f16", force=force)).result())
+        q = quant or "f16"
+        job = (lambda: export_gguf(model, src, out, quant=q, force=force)) if format == "gguf" else \
+            (lambda: export_ollama(model, src, out, quant=q, force=force, name=name))
+        return str(self.worker.call(job).result())
 
     def fuse_adapter(self, adapter: str, out_dir: str, model: str = "", dequantize: bool = False,
                      force: bool = False) -> str:

@@ -1071,7 +1071,7 @@ class ListAdaptersResponse(_message.Message):
     def __init__(self, adapters: _Optional[_Iterable[_Union[Adapter, _Mapping]]] = ...) -> None: ...
 
 class ExportAdapterRequest(_message.Message):
-    __slots__ = ("adapter", "out_dir", "layout", "force", "format", "quant", "out_file", "model")
+    __slots__ = ("adapter", "out_dir", "layout", "force", "format", "quant", "out_file", "model", "name")
     ADAPTER_FIELD_NUMBER: _ClassVar[int]
     OUT_DIR_FIELD_NUMBER: _ClassVar[int]
     LAYOUT_FIELD_NUMBER: _ClassVar[int]
@@ -1080,6 +1080,7 @@ class ExportAdapterRequest(_message.Message):
     QUANT_FIELD_NUMBER: _ClassVar[int]
     OUT_FILE_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
     adapter: str
     out_dir: str
     layout: str
@@ -1088,7 +1089,8 @@ class ExportAdapterRequest(_message.Message):
     quant: str
     out_file: str
     model: str
-    def __init__(self, adapter: _Optional[str] = ..., out_dir: _Optional[str] = ..., layout: _Optional[str] = ..., force: _Optional[bool] = ..., format: _Optional[str] = ..., quant: _Optional[str] = ..., out_file: _Optional[str] = ..., model: _Optional[str] = ...) -> None: ...
+    name: str
+    def __init__(self, adapter: _Optional[str] = ..., out_dir: _Optional[str] = ..., layout: _Optional[str] = ..., force: _Optional[bool] = ..., format: _Optional[str] = ..., quant: _Optional[str] = ..., out_file: _Optional[str] = ..., model: _Optional[str] = ..., name: _Optional[str] = ...) -> None: ...
 
 class ExportAdapterResponse(_message.Message):
     __slots__ = ("path",)

@@ -70,7 +70,8 @@ def cmd_adapters(args) -> int:
 
 
 def cmd_export(args) -> int:
-    """`tunerctl export ADAPTER --format gguf [--quant Q] -o FILE` (or --format peft|mlx -o DIR)."""
+    """`tunerctl export ADAPTER --format gguf [--quant Q] -o FILE`, `--format ollama -o DIR [--name N]
+    [--create]` (or --format peft|mlx -o DIR)."""
     adapter = os.path.abspath(args.adapter) if os.path.lexists(args.adapter) else args.adapter
     out = os.path.abspath(args.output)
     c = client(args)
@@ -82,6 +83,45 @@ def cmd_export(args) -> int:
             return print_json({"path": r.path, "bytes": size})
         console.print(f"wrote {r.path} ({human_bytes(size)}, {args.quant}, {time.monotonic() - started:.0f} s)")
         return 0
+    if args.format == "ollama":
+        return _export_ollama(c, adapter, out, args)
     r = c.export(adapter, out, layout=args.format, force=args.force)
     print_json({"path": r.path}) if args.json else console.print(f"wrote {r.path}")
+    return 0
+
+
+def _export_ollama(c, adapter: str, out: str, args) -> int:
+    """The daemon writes DIR (GGUF + Modelfile, tunerd/export/ollama.py); the Modelfile's header
+    names the exact `ollama create` line (`# create: `) and any warning (`# warning: `). `--create`
+    runs that line here when an `ollama` binary is on PATH."""
+    import shlex
+    import shutil
+    import subprocess
+
+    started = time.monotonic()
+    r = c.export(adapter, out, format="ollama", quant=args.quant, model=args.model, force=args.force,
+                 name=args.name)
+    header = [ln.rstrip("\n") for ln in open(os.path.join(r.path, "Modelfile"), encoding="utf-8") if ln.startswith("# ")]
+    line = next((ln[len("# create: "):] for ln in header if ln.startswith("# create: ")), "")
+    warnings = [ln[len("# warning: "):] for ln in header if ln.startswith("# warning: ")]
+    size = sum(os.path.getsize(os.path.join(r.path, f)) for f in os.listdir(r.path) if f.endswith(".gguf"))
+    created, rc = False, 0
+    if args.create and shutil.which("ollama"):
+        rc = subprocess.run(shlex.split(line), stdout=None if not args.json else subprocess.DEVNULL).returncode
+        created = rc == 0
+    if args.json:
+        print_json({"path": r.path, "bytes": size, "create": line, "created": created, "warnings": warnings})
+        return 0 if rc == 0 else 1
+    for w in warnings:
+        console.print(f"[yellow]warning:[/yellow] {w}")
+    console.print(f"wrote {r.path} (GGUF {human_bytes(size)}, {args.quant}, Modelfile; "
+                  f"{time.monotonic() - started:.0f} s)")
+    if args.create and not shutil.which("ollama"):
+        console.print("ollama is not on PATH, so the model was not created; install Ollama, then run:")
+    elif args.create:
+        console.print(f"created the Ollama model ({line})" if created else f"ollama create failed (exit {rc})")
+        return 0 if created else 1
+    else:
+        console.print("create the Ollama model with:")
+    console.print(line, markup=False, highlight=False)
     return 0

@@ -161,7 +161,8 @@ class TunerServicer(pb_grpc.TunerServicer):
         return pb.ExportAdapterResponse(path=self.core.export_adapter(request.adapter, request.out_dir,
                                                                       request.layout or "peft", request.force,
                                                                       request.format, request.quant,
-                                                                      request.out_file, request.model))
+                                                                      request.out_file, request.model,
+                                                                      request.name))
 
     @_errors
     def FuseAdapter(self, request, context):

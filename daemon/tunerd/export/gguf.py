@@ -66,9 +66,10 @@ def check_arch(config: dict) -> str:
     return mt
 
 
-def export_gguf(model, adapter, out_file, quant: str = "f16", force: bool = False) -> Path:
+def export_gguf(model, adapter, out_file, quant: str = "f16", force: bool = False, then=None) -> Path:
     """Fuse `adapter` into `model` (export/fuse.py, de-quantised) in a temporary folder next to
-    `out_file`, then write that as GGUF; the quant type and architecture are checked first."""
+    `out_file`, then write that as GGUF; the quant type and architecture are checked first.
+    `then(fused_folder)`, if given, runs after the write, before the fused folder is removed."""
     from ..model_config import read_model_config
     from .fuse import fuse
 
@@ -79,7 +80,10 @@ def export_gguf(model, adapter, out_file, quant: str = "f16", force: bool = Fals
     out = _check_file(out_file, force)
     with tempfile.TemporaryDirectory(prefix=f".{out.name}.fuse-", dir=out.parent) as tmp:
         folder = fuse(model, adapter, Path(tmp) / "fused", dequantize=True)
-        return write_gguf(folder, out, quant, force=force, name=out.stem)
+        written = write_gguf(folder, out, quant, force=force, name=out.stem)
+        if then is not None:
+            then(folder)
+        return written
 
 
 def _check_file(out_file, force: bool) -> Path:
