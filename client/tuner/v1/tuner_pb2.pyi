@@ -1075,7 +1075,7 @@ class ListAdaptersResponse(_message.Message):
     def __init__(self, adapters: _Optional[_Iterable[_Union[Adapter, _Mapping]]] = ...) -> None: ...
 
 class ExportAdapterRequest(_message.Message):
-    __slots__ = ("adapter", "out_dir", "layout", "force", "format", "quant", "out_file", "model", "repo", "private", "fused", "gguf_quant")
+    __slots__ = ("adapter", "out_dir", "layout", "force", "format", "quant", "out_file", "model", "name", "repo", "private", "fused", "gguf_quant")
     ADAPTER_FIELD_NUMBER: _ClassVar[int]
     OUT_DIR_FIELD_NUMBER: _ClassVar[int]
     LAYOUT_FIELD_NUMBER: _ClassVar[int]
@@ -1084,6 +1084,7 @@ class ExportAdapterRequest(_message.Message):
     QUANT_FIELD_NUMBER: _ClassVar[int]
     OUT_FILE_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
     REPO_FIELD_NUMBER: _ClassVar[int]
     PRIVATE_FIELD_NUMBER: _ClassVar[int]
     FUSED_FIELD_NUMBER: _ClassVar[int]
@@ -1096,11 +1097,12 @@ class ExportAdapterRequest(_message.Message):
     quant: str
     out_file: str
     model: str
+    name: str
     repo: str
     private: bool
     fused: bool
     gguf_quant: str
-    def __init__(self, adapter: _Optional[str] = ..., out_dir: _Optional[str] = ..., layout: _Optional[str] = ..., force: _Optional[bool] = ..., format: _Optional[str] = ..., quant: _Optional[str] = ..., out_file: _Optional[str] = ..., model: _Optional[str] = ..., repo: _Optional[str] = ..., private: _Optional[bool] = ..., fused: _Optional[bool] = ..., gguf_quant: _Optional[str] = ...) -> None: ...
+    def __init__(self, adapter: _Optional[str] = ..., out_dir: _Optional[str] = ..., layout: _Optional[str] = ..., force: _Optional[bool] = ..., format: _Optional[str] = ..., quant: _Optional[str] = ..., out_file: _Optional[str] = ..., model: _Optional[str] = ..., name: _Optional[str] = ..., repo: _Optional[str] = ..., private: _Optional[bool] = ..., fused: _Optional[bool] = ..., gguf_quant: _Optional[str] = ...) -> None: ...
 
 class ExportAdapterResponse(_message.Message):
     __slots__ = ("path",)

@@ -69,8 +69,8 @@ def cmd_adapters(args) -> int:
 
 
 def cmd_export(args) -> int:
-    """`tunerctl export ADAPTER --format gguf [--quant Q] -o FILE`, --format peft|mlx -o DIR, or
-    --format hub --repo USER/NAME [--private] [--fused] [--gguf QUANT]."""
+    """`tunerctl export ADAPTER --format gguf [--quant Q] -o FILE`, --format ollama -o DIR [--name N]
+    [--create], --format peft|mlx -o DIR, or --format hub --repo USER/NAME [--private] [--fused] [--gguf QUANT]."""
     adapter = os.path.abspath(args.adapter) if os.path.lexists(args.adapter) else args.adapter
     c = client(args)
     if args.format == "hub":
@@ -84,11 +84,26 @@ def cmd_export(args) -> int:
     if args.format == "gguf":
         return _export(c, args, adapter, format="gguf", quant=args.quant, out_file=out, model=args.model,
                        force=args.force)
+    if args.format == "ollama":
+        return _export_ollama(c, args, adapter, out)
     return _export(c, args, adapter, out_dir=out, layout=args.format, force=args.force)
 
 
 def _export(c, args, adapter: str, **fields) -> int:
     """The Export stream drawn as a progress bar; the last message says what was written."""
+    last = _stream(c, args, adapter, **fields)
+    r = last.record
+    if args.json:
+        print_json({"path": last.path, "bytes": r.size_bytes, "format": r.format, "quant": r.quant,
+                    "seconds": round(last.elapsed_seconds, 3)})
+        return 0
+    console.print(f"wrote {last.path} ({human_bytes(r.size_bytes)}{', ' + r.quant if r.quant else ''}, "
+                  f"{last.elapsed_seconds:.0f} s)")
+    return 0
+
+
+def _stream(c, args, adapter: str, **fields):
+    """Run one Export stream, drawn as a progress bar unless --json; its last message."""
     view, last = None if args.json else ExportView(console), None
     try:
         for last in c.export_stream(adapter, **fields):
@@ -97,13 +112,43 @@ def _export(c, args, adapter: str, **fields) -> int:
     finally:
         if view:
             view.stop()
-    r = last.record
+    return last
+
+
+def _export_ollama(c, args, adapter: str, out: str) -> int:
+    """The daemon writes DIR (GGUF + Modelfile, tunerd/export/ollama.py); the Modelfile's header
+    names the exact `ollama create` line (`# create: `) and any warning (`# warning: `). `--create`
+    runs that line here when an `ollama` binary is on PATH."""
+    import shlex
+    import shutil
+    import subprocess
+
+    last = _stream(c, args, adapter, format="ollama", out_dir=out, quant=args.quant, model=args.model,
+                   force=args.force, name=args.name)
+    path = last.path
+    header = [ln.rstrip("\n") for ln in open(os.path.join(path, "Modelfile"), encoding="utf-8") if ln.startswith("# ")]
+    line = next((ln[len("# create: "):] for ln in header if ln.startswith("# create: ")), "")
+    warnings = [ln[len("# warning: "):] for ln in header if ln.startswith("# warning: ")]
+    size = sum(os.path.getsize(os.path.join(path, f)) for f in os.listdir(path) if f.endswith(".gguf"))
+    created, rc = False, 0
+    if args.create and shutil.which("ollama"):
+        rc = subprocess.run(shlex.split(line), stdout=None if not args.json else subprocess.DEVNULL).returncode
+        created = rc == 0
     if args.json:
-        print_json({"path": last.path, "bytes": r.size_bytes, "format": r.format, "quant": r.quant,
+        print_json({"path": path, "bytes": size, "create": line, "created": created, "warnings": warnings,
                     "seconds": round(last.elapsed_seconds, 3)})
-        return 0
-    console.print(f"wrote {last.path} ({human_bytes(r.size_bytes)}{', ' + r.quant if r.quant else ''}, "
-                  f"{last.elapsed_seconds:.0f} s)")
+        return 0 if rc == 0 else 1
+    for w in warnings:
+        console.print(f"[yellow]warning:[/yellow] {w}")
+    console.print(f"wrote {path} (GGUF {human_bytes(size)}, {args.quant}, Modelfile; {last.elapsed_seconds:.0f} s)")
+    if args.create and not shutil.which("ollama"):
+        console.print("ollama is not on PATH, so the model was not created; install Ollama, then run:")
+    elif args.create:
+        console.print(f"created the Ollama model ({line})" if created else f"ollama create failed (exit {rc})")
+        return 0 if created else 1
+    else:
+        console.print("create the Ollama model with:")
+    console.print(line, markup=False, highlight=False)
     return 0
 
 

@@ -99,7 +99,7 @@ def export_progress(p: ExportProgress) -> pb.ExportProgress:
 def export_request(r: pb.ExportAdapterRequest) -> dict:
     """ExportAdapterRequest -> jobs/exports.py Exports.stream's arguments (same names)."""
     return dict(out_dir=r.out_dir, layout=r.layout or "peft", force=r.force, format=r.format, quant=r.quant,
-                out_file=r.out_file, model=r.model, repo=r.repo, private=r.private, fused=r.fused,
+                out_file=r.out_file, model=r.model, name=r.name, repo=r.repo, private=r.private, fused=r.fused,
                 gguf_quant=r.gguf_quant)
 
 

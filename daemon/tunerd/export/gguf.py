@@ -66,10 +66,12 @@ def check_arch(config: dict) -> str:
     return mt
 
 
-def export_gguf(model, adapter, out_file, quant: str = "f16", force: bool = False, progress=None) -> Path:
+def export_gguf(model, adapter, out_file, quant: str = "f16", force: bool = False, progress=None,
+                then=None) -> Path:
     """Fuse `adapter` into `model` (export/fuse.py, de-quantised) in a temporary folder next to
     `out_file`, then write that as GGUF; the quant type and architecture are checked first.
-    `progress` (export/progress.py Reporter): the fuse, then each tensor converted, then the write."""
+    `progress` (export/progress.py Reporter): the fuse, then each tensor converted, then the write.
+    `then(fused_folder)`, if given, runs after the write, before the fused folder is removed."""
     from ..model_config import read_model_config
     from .fuse import fuse
 
@@ -82,7 +84,10 @@ def export_gguf(model, adapter, out_file, quant: str = "f16", force: bool = Fals
         if progress:
             progress("fuse", message=f"fusing the adapter into {model}")
         folder = fuse(model, adapter, Path(tmp) / "fused", dequantize=True)
-        return write_gguf(folder, out, quant, force=force, name=out.stem, progress=progress)
+        written = write_gguf(folder, out, quant, force=force, name=out.stem, progress=progress)
+        if then is not None:
+            then(folder)
+        return written
 
 
 def _check_file(out_file, force: bool) -> Path:

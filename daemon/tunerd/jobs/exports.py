@@ -6,7 +6,8 @@
       .fuse(adapter, out_dir, model, dequantize, force) -> path      a fused Hugging Face model
       .of_job(job_id) -> [ExportRecord]                              what was exported, oldest first
 
-Formats: adapter (one layout, export/layout.py), gguf (fused, one file: export/gguf.py) and hub
+Formats: adapter (one layout, export/layout.py), gguf (fused, one file: export/gguf.py), ollama
+(a folder with that GGUF and a Modelfile: export/ollama.py) and hub
 (a Hub repo: export/hub.py, with the model card of export/model_card.py). Everything is checked
 before the slow work (the destination, the quant type, the Hub's reach and token); the work that
 needs the device (fusing, converting) runs on the device worker, the upload on the request's thread.
@@ -32,7 +33,7 @@ from ..paths import resolve_path
 from . import folders, refs
 from .store import JobStore
 
-FORMATS = ("adapter", "gguf", "hub")
+FORMATS = ("adapter", "gguf", "ollama", "hub")
 
 
 class Exports:
@@ -40,7 +41,7 @@ class Exports:
         self.store, self.home, self.worker, self.resolve_adapter = store, Path(home), worker, resolve_adapter
 
     def stream(self, adapter: str, out_dir: str = "", layout: str = "peft", force: bool = False, format: str = "",
-               quant: str = "", out_file: str = "", model: str = "", repo: str = "", private: bool = False,
+               quant: str = "", out_file: str = "", model: str = "", name: str = "", repo: str = "", private: bool = False,
                fused: bool = False, gguf_quant: str = "") -> Iterator[ExportProgress]:
         format = format or "adapter"
         if format not in FORMATS:
@@ -52,8 +53,9 @@ class Exports:
         if format == "hub":
             path, record = yield from self._hub(src, job_id, model, repo, private, fused, gguf_quant, report, q)
         else:
-            if format == "gguf":   # fusing needs the device: on the worker
-                work, rec = self._gguf(src, out_file or out_dir, quant, model, force, report)
+            if format in ("gguf", "ollama"):   # fusing needs the device: on the worker
+                work, rec = (self._gguf(src, out_file or out_dir, quant, model, force, report) if format == "gguf"
+                             else self._ollama(src, out_dir or out_file, quant, model, force, name, report))
                 path = yield from _pump(q, self.worker.call(work))
             else:                  # a copy: here
                 work, rec = self._layout(src, out_dir, layout, force)
@@ -84,6 +86,18 @@ class Exports:
         folders.refuse_claimed(self.store, self.home, out, "out_file", fix="choose a file elsewhere")
         return ((lambda: str(export_gguf(model, src, out, quant=quant, force=force, progress=report))),
                 ExportRecord("gguf", out, quant=quant))
+
+    def _ollama(self, src: str, out_dir: str, quant: str, model: str, force: bool, name: str, report: Reporter):
+        from ..export.gguf import check_quant
+        from ..export.ollama import KIND, export_ollama
+        model = self._base(src, model)
+        if not out_dir:
+            raise ValueError("out_dir: required (the folder for the GGUF and the Modelfile)")
+        quant = check_quant(quant or "f16")
+        out = resolve_path(out_dir)
+        self.check_output(out, KIND, force, {"adapter": src})
+        return ((lambda: str(export_ollama(model, src, out, quant=quant, force=force, name=name, progress=report))),
+                ExportRecord("ollama", out, quant=quant))
 
     def _hub(self, src, job_id, model, repo, private, fused, gguf_quant, report, q):
         """A generator: the progress of staging (on the worker) and of the upload (here)."""
