@@ -3,6 +3,7 @@ machinery (queue, worker, store, cancel, resume, watch) runs for real in millise
 from __future__ import annotations
 
 import threading
+import os
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -69,5 +70,15 @@ def wait_until(check, timeout: float = 5.0, what: str = "") -> None:
 
 def job_doc(model_dir, **kw) -> dict:
     """A config a submit accepts: a local model folder (no config.json: the memory check is
-    skipped) and a data path the fake never reads."""
-    return {"model": str(model_dir), "data": {"train": "train.jsonl"}, **kw}
+    skipped) and a one-row data file the fake never reads (submit checks its rows)."""
+    return {"model": str(model_dir), "data": {"train": str(_fake_train())}, **kw}
+
+
+def _fake_train():
+    import tempfile
+    from pathlib import Path
+
+    path = Path(tempfile.gettempdir()) / f"mactuner-fake-train-{os.getpid()}.jsonl"
+    if not path.exists():
+        path.write_text('{"text": "one row"}\n', encoding="utf-8")
+    return path

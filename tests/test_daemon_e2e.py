@@ -295,7 +295,7 @@ def test_torch_adapter_serves_mlx_chat_and_fuses(daemon, demo_bundle, tmp_path):
     assert reply("--model", str(tmp_path / "fused"), "--backend", "torch") == on_torch
 
 
-def test_unreachable_model_is_a_clear_not_found(daemon, demo_bundle):
+def test_an_uncached_model_offline_is_a_clear_unavailable(daemon, demo_bundle):
     p = cli(daemon.home, "data", "inspect", demo_bundle["train"], "--model", "no-such-org/no-such-model", "--json")
     err = json_lines(p.stdout)[-1]["error"]
-    assert p.returncode == 1 and err["code"] == "NOT_FOUND" and "no-such-org/no-such-model" in err["message"]
+    assert p.returncode == 1 and err["code"] == "UNAVAILABLE" and "no-such-org/no-such-model" in err["message"]

@@ -206,10 +206,10 @@ def test_offline_or_without_a_token_the_push_fails_at_once(monkeypatch, tmp_path
 
     from tunerd.export.hub import check_hub
 
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(ConnectionError, match="HF_HUB_OFFLINE"):
         check_hub("me/x")
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.delenv("HF_HUB_OFFLINE")
     monkeypatch.delenv("HF_TOKEN", raising=False)
     monkeypatch.delenv("HUGGING_FACE_HUB_TOKEN", raising=False)
     monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(tmp_path / "no-token"))
@@ -217,7 +217,7 @@ def test_offline_or_without_a_token_the_push_fails_at_once(monkeypatch, tmp_path
     with pytest.raises(ConnectionError, match="no Hugging Face token"):
         check_hub("me/x")
     monkeypatch.setenv("HF_TOKEN", "hf_x")
-    monkeypatch.setattr(constants, "ENDPOINT", "https://hub.invalid")   # a name that never resolves
+    monkeypatch.setenv("HF_ENDPOINT", "https://hub.invalid")   # a name that never resolves
     started = time.monotonic()
     with pytest.raises(ConnectionError, match="out of reach"):
         check_hub("me/x")

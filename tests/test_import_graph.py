@@ -6,7 +6,8 @@ below it, never one above (packages on one floor may import each other; the cycl
 acyclic):
 
   0 foundation   tunerd (__version__), paths, files, disk, integrity, model_config, quantization,
-                 gguf_file (what a .gguf / ollama: name points at), plot (SVG plots): plain helpers
+                 gguf_file (what a .gguf / ollama: name points at), plot (SVG plots), hub (the one
+                 offline rule): plain helpers
   1 config       the schema, the loader and its validator, debug mode
   2 data         sources, formats, templates, masking, packing, batches
   3 backends     mlx/ and torch/ behind backends/base.py, the device peak cache; host (the machine)
@@ -69,7 +70,8 @@ def test_no_import_cycles():
 
 
 FLOORS = [   # (name, top-level modules and packages of tunerd), bottom first: the docstring's floors
-    ("foundation", {"tunerd", "paths", "files", "disk", "integrity", "model_config", "quantization", "gguf_file", "plot"}),
+    ("foundation", {"tunerd", "paths", "files", "disk", "integrity", "model_config", "quantization", "gguf_file",
+                    "plot", "hub"}),
     ("config", {"config"}),
     ("data", {"data"}),
     ("backends", {"backends", "host"}),

@@ -28,6 +28,7 @@ from .backends.peak import keep_peaks_in
 from .backends.registry import resolve_backend
 from .chat import ChatDelta, ChatParams, ChatService, check_request
 from .config.loader import ConfigError, load_config, merge
+from .data.inspect import check_for_submit
 from .gguf_file import OLLAMA_PREFIX, is_gguf
 from .files import OutputRefused, check_destination
 from .jobs import folders, refs
@@ -116,6 +117,9 @@ class Core:
             if not model_path.exists():
                 raise FileNotFoundError(f"model: local path not found: {model_path}")
             cfg = dataclasses.replace(cfg, model=str(model_path.resolve()))
+        elif cfg.model and not cfg.model.startswith(OLLAMA_PREFIX):
+            check_model(cfg.model)   # an uncached hub id, the hub out of reach: UNAVAILABLE now (hub.py)
+        check_for_submit(cfg, Path(base_dir or "."))   # bad rows: INVALID_ARGUMENT now, not when the job runs
         check_family(cfg.model, resolve_backend(cfg), cfg.revision, auto=cfg.backend == "auto")   # naming one that can
         check_fits(cfg.model, resolve_backend(cfg), cfg.quantization, job=cfg)   # RESOURCE_EXHAUSTED: what fits
         if cfg.output_dir:
@@ -314,6 +318,7 @@ class Core:
             key = download.fetch(key)   # a GGUF model: its converted folder (converted once)
         if key not in self._tokenizers:
             from transformers import AutoTokenizer
+            check_model(key)   # an uncached hub id, the hub out of reach: UNAVAILABLE at once (hub.py)
             try:
                 self._tokenizers[key] = AutoTokenizer.from_pretrained(key)
             except OSError as e:  # not a local dir, and the hub is unreachable or has no such repo

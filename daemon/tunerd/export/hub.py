@@ -12,19 +12,18 @@ mlx-lm's in `mlx/` (export/layout.py), or the fused model (export/fuse.py), the 
 huggingface_hub (`HfApi.create_repo`, `preupload_lfs_files` per file for the progress, then
 `create_commit`), against $HF_ENDPOINT (default https://huggingface.co), the token from
 $HF_TOKEN or `hf auth login`. Offline ($HF_HUB_OFFLINE) or unreachable, it fails in about 2 s
-with no retries: the endpoint is tried with one plain TCP connect first.
+with no retries: the one offline rule (tunerd/hub.py) is asked first.
 """
 from __future__ import annotations
 
 import re
-import socket
 from pathlib import Path
-from urllib.parse import urlparse
 
 from ..files import MARKER
+from ..hub import endpoint as hub_endpoint
+from ..hub import offline, reachable
 
 REPO = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
-CONNECT_SECONDS = 2.0
 
 
 def check_hub(repo: str) -> tuple[str, str]:
@@ -32,23 +31,19 @@ def check_hub(repo: str) -> tuple[str, str]:
         raise ValueError("repo: required for --format hub (USER/NAME)")
     if not REPO.match(repo) or len(repo) > 96:
         raise ValueError(f"repo {repo!r}: not a Hub repo id; use USER/NAME (letters, digits, '-', '_', '.')")
-    from huggingface_hub import constants, get_token
+    from huggingface_hub import get_token
 
-    endpoint = constants.ENDPOINT
-    if constants.HF_HUB_OFFLINE:
+    if offline():
         raise ConnectionError(f"Hub push to {repo}: HF_HUB_OFFLINE is set, so nothing can be uploaded; "
                               "unset it and try again with the network on")
     token = get_token()
     if not token:
         raise ConnectionError(f"Hub push to {repo}: no Hugging Face token; run `hf auth login` (or set HF_TOKEN "
                               "in the daemon's environment) and try again")
-    url = urlparse(endpoint)
-    port = url.port or (443 if url.scheme == "https" else 80)
-    try:
-        socket.create_connection((url.hostname, port), timeout=CONNECT_SECONDS).close()
-    except OSError as e:
-        raise ConnectionError(f"Hub push to {repo}: {endpoint} is out of reach ({e}); the push needs the "
-                              "network") from None
+    ok, why = reachable(fresh=True)   # the one offline rule (tunerd/hub.py): a 2 s connect check
+    if not ok:
+        raise ConnectionError(f"Hub push to {repo}: {why}; the push needs the network")
+    endpoint = hub_endpoint()
     return endpoint, token
 
 
