@@ -318,7 +318,8 @@ class Core:
             key = download.fetch(key)   # a GGUF model: its converted folder (converted once)
         if key not in self._tokenizers:
             from transformers import AutoTokenizer
-            check_model(key)   # an uncached hub id, the hub out of reach: UNAVAILABLE at once (hub.py)
+            if not os.path.isdir(key):   # a folder needs only its tokenizer files here
+                check_model(key)   # an uncached hub id, the hub out of reach: UNAVAILABLE at once (hub.py)
             try:
                 self._tokenizers[key] = AutoTokenizer.from_pretrained(key)
             except OSError as e:  # not a local dir, and the hub is unreachable or has no such repo
