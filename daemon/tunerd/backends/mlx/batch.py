@@ -27,7 +27,7 @@ class MlxBatch(BatchDecoder):
                                   prefill_batch_size=size, prefill_step_size=PREFILL_FIRST)
         self.seqs: dict = {}   # uid -> (Sequence, the prompt's tokens)
         self.done: list = []
-        self.plan = PrefillPlan(0)   # only its rule: tokens a step from the time per token
+        self.plan = PrefillPlan(1 << 62)   # only its rule (never read to the end): tokens a step from the time per token
 
     def __len__(self) -> int:
         return len(self.seqs) + len(self.done)
@@ -76,7 +76,7 @@ class MlxBatch(BatchDecoder):
         out, self.done = self.done, []
         if not self.seqs:
             return out
-        self.gen.prefill_step_size = self.plan.size() if self.plan.per_token is not None else PREFILL_FIRST
+        self.gen.prefill_step_size = self.plan.size()   # PREFILL_FIRST until a chunk was timed
         with self.gen.stats() as st:
             _, responses = self.gen.next()
         if st.prompt_tokens:
