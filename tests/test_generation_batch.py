@@ -76,3 +76,16 @@ def test_batched_greedy_equals_alone(demo_bundle, name):
     be._prompt_cache.clear()
     texts = decode_all(be.decoder(), ps, Sampling(max_tokens=n), batch_size=2)
     assert texts == [t for _, t in expected]
+
+
+@pytest.mark.parametrize("name", ["mlx", "torch"])
+def test_evaluation_rows_in_batches_equal_one_at_a_time(demo_bundle, name):
+    from tunerd.evaluation.generation import generate_all
+
+    be = get_backend(name)
+    be.load(ModelSpec(model=demo_bundle["model"], backend=name))
+    ps = prompts(be, demo_bundle, 6)
+    greedy = Sampling(temperature=0.0, max_tokens=10)
+    one = generate_all(be, ps, greedy, batch_size=1)
+    be._prompt_cache.clear()
+    assert generate_all(be, ps, greedy, batch_size=4) == one

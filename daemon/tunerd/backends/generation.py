@@ -8,7 +8,7 @@ import math
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from typing import Callable, Iterator, Optional
 
 
 @dataclass
@@ -272,21 +272,34 @@ class BatchDecoder:
         """Every sequence dropped, the memory it held freed."""
 
 
-def decode_all(decoder: BatchDecoder, prompts: list[list[int]], sampling: Sampling,
-               should_stop: Callable[[], bool] = lambda: False, batch_size: int = 8) -> list[str]:
-    """The replies to `prompts`, at most `batch_size` decoded together (a finished one's place is
-    taken by the next prompt at once): evaluation's batched generation."""
+def decode_each(decoder: BatchDecoder, prompts: list[list[int]], sampling: Sampling,
+                should_stop: Callable[[], bool] = lambda: False, batch_size: int = 8,
+                run: Callable[[Callable], object] = lambda f: f()) -> Iterator[tuple[int, str]]:
+    """(index, whole reply) for each of `prompts` as it finishes, at most `batch_size` decoded
+    together (a finished one's place is taken by the next prompt at once): evaluation's batched
+    generation. Each step goes through `run` (the device thread: a training job takes its turns
+    between steps); `should_stop` ends it early, the unfinished replies not yielded."""
     texts: dict = {}
     uids: dict = {}
     todo = list(enumerate(prompts))[::-1]
-    while todo or len(decoder):
-        while todo and len(decoder) < max(batch_size, 1):
-            i, ids = todo.pop()
-            uids[decoder.add(ids, sampling)] = i
-            texts[i] = ""
-        if should_stop():
-            break
-        for uid, chunk in decoder.step():
-            texts[uids[uid]] += chunk.text
-    decoder.close()
+    try:
+        while todo or len(decoder):
+            while todo and len(decoder) < max(batch_size, 1):
+                i, ids = todo.pop()
+                uids[run(lambda ids=ids: decoder.add(ids, sampling))] = i
+            if should_stop():
+                return
+            for uid, chunk in run(decoder.step):
+                i = uids[uid]
+                texts[i] = texts.get(i, "") + chunk.text
+                if chunk.finish_reason:
+                    yield i, texts.pop(i)
+    finally:
+        run(decoder.close)
+
+
+def decode_all(decoder: BatchDecoder, prompts: list[list[int]], sampling: Sampling,
+               should_stop: Callable[[], bool] = lambda: False, batch_size: int = 8) -> list[str]:
+    """The replies to `prompts` in order (decode_each's, all of them)."""
+    texts = dict(decode_each(decoder, prompts, sampling, should_stop, batch_size))
     return [texts.get(i, "") for i in range(len(prompts))]
