@@ -767,7 +767,7 @@ class ChatChunk(_message.Message):
     def __init__(self, delta: _Optional[str] = ..., finish_reason: _Optional[str] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., download: _Optional[_Union[DownloadProgress, _Mapping]] = ...) -> None: ...
 
 class EvaluateRequest(_message.Message):
-    __slots__ = ("model", "adapter", "backend", "data_path", "config_path", "max_generations", "job_id", "adapters", "compare_base", "sampling", "tokenizer", "predictions", "references", "split", "base_dir", "retain")
+    __slots__ = ("model", "adapter", "backend", "data_path", "config_path", "max_generations", "job_id", "adapters", "compare_base", "sampling", "tokenizer", "predictions", "references", "split", "base_dir", "retain", "generate_batch_size")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     ADAPTER_FIELD_NUMBER: _ClassVar[int]
     BACKEND_FIELD_NUMBER: _ClassVar[int]
@@ -784,6 +784,7 @@ class EvaluateRequest(_message.Message):
     SPLIT_FIELD_NUMBER: _ClassVar[int]
     BASE_DIR_FIELD_NUMBER: _ClassVar[int]
     RETAIN_FIELD_NUMBER: _ClassVar[int]
+    GENERATE_BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
     model: str
     adapter: str
     backend: str
@@ -800,7 +801,8 @@ class EvaluateRequest(_message.Message):
     split: str
     base_dir: str
     retain: str
-    def __init__(self, model: _Optional[str] = ..., adapter: _Optional[str] = ..., backend: _Optional[str] = ..., data_path: _Optional[str] = ..., config_path: _Optional[str] = ..., max_generations: _Optional[int] = ..., job_id: _Optional[str] = ..., adapters: _Optional[_Iterable[str]] = ..., compare_base: _Optional[bool] = ..., sampling: _Optional[_Union[SamplingParams, _Mapping]] = ..., tokenizer: _Optional[str] = ..., predictions: _Optional[_Iterable[str]] = ..., references: _Optional[_Iterable[str]] = ..., split: _Optional[str] = ..., base_dir: _Optional[str] = ..., retain: _Optional[str] = ...) -> None: ...
+    generate_batch_size: int
+    def __init__(self, model: _Optional[str] = ..., adapter: _Optional[str] = ..., backend: _Optional[str] = ..., data_path: _Optional[str] = ..., config_path: _Optional[str] = ..., max_generations: _Optional[int] = ..., job_id: _Optional[str] = ..., adapters: _Optional[_Iterable[str]] = ..., compare_base: _Optional[bool] = ..., sampling: _Optional[_Union[SamplingParams, _Mapping]] = ..., tokenizer: _Optional[str] = ..., predictions: _Optional[_Iterable[str]] = ..., references: _Optional[_Iterable[str]] = ..., split: _Optional[str] = ..., base_dir: _Optional[str] = ..., retain: _Optional[str] = ..., generate_batch_size: _Optional[int] = ...) -> None: ...
 
 class GenerationResult(_message.Message):
     __slots__ = ("row", "prompt", "reference", "prediction", "scores")

@@ -192,7 +192,8 @@ def evaluate_request(r: pb.EvaluateRequest) -> dict:
                 compare_base=r.compare_base, base_dir=r.base_dir, split=r.split,
                 max_generations=r.max_generations, sampling=sampling(r.sampling, default_max_tokens=128),
                 tokenizer=r.tokenizer or "whitespace", predictions=list(r.predictions),
-                references=list(r.references), retain=r.retain)
+                references=list(r.references), retain=r.retain,
+                **({"generate_batch_size": r.generate_batch_size} if r.generate_batch_size else {}))
 
 
 def evaluate_response(r: EvalResult) -> pb.EvaluateResponse:
