@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import codecs
 import json
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -99,11 +100,22 @@ def _diagnose_json(path: Path) -> Optional[str]:
     return None
 
 
-def _load_dataset(*args, **kw):
-    import datasets
+_LOAD_LOCK = threading.Lock()
 
-    datasets.disable_progress_bars()
-    return datasets.load_dataset(*args, **kw)
+
+def _load_dataset(*args, **kw):
+    """datasets.load_dataset, one at a time: the daemon checks data on concurrent request threads
+    (submit, data inspect), and a first, concurrent import of datasets/transformers fails half way
+    ("module 'transformers' has no attribute ...", seen in a burst of submits), as can two loads
+    sharing a cache folder."""
+    with _LOAD_LOCK:
+        import datasets
+        import transformers
+
+        transformers.PreTrainedTokenizerBase   # noqa: B018 (datasets' hashing reads it: load it fully first)
+
+        datasets.disable_progress_bars()
+        return datasets.load_dataset(*args, **kw)
 
 
 def load_file(path: Path, head: Optional[int] = None) -> list[Record]:
