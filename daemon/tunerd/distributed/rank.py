@@ -111,6 +111,7 @@ class Rank:
 
         self.redirect_output()
         self.mark("pid", str(os.getpid()))
+        logging.getLogger(__name__).info("rank %d: pid %d, daemon pid %d", self.rank, os.getpid(), self.daemon_pid)
         signal.signal(signal.SIGTERM, self._terminated)
         threading.Thread(target=self.watch_daemon, name="daemon-watch", daemon=True).start()
         eng = None
