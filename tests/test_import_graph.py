@@ -13,7 +13,8 @@ acyclic):
   3 backends     mlx/ and torch/ behind backends/base.py, the device peak cache; host (the machine)
   4 evaluation   loss, perplexity and generation metrics, evaluation plans; export (fuse, layouts)
   5 training     the loop, checkpoints, schedules, memory estimate; no network (the job runner
-                 fetches the model before the loop runs)
+                 fetches the model before the loop runs); distributed (the loop as a process group
+                 of ranks, started by the engine's launcher)
   6 models       the resident models (registry), the hub download, model checks
   7 jobs         the store, manager, runner and device worker; chat; recommend
   8 core         `Core`, the one front door, and results (the dataclasses it returns)
@@ -76,7 +77,7 @@ FLOORS = [   # (name, top-level modules and packages of tunerd), bottom first: t
     ("data", {"data"}),
     ("backends", {"backends", "host"}),
     ("evaluation", {"evaluation", "export"}),
-    ("training", {"training"}),
+    ("training", {"training", "distributed"}),
     ("models", {"models"}),
     ("jobs", {"jobs", "chat", "recommend"}),
     ("core", {"core", "results"}),

@@ -152,6 +152,9 @@ class JobView:
                 self._line(f"[dim]#{e.sequence}[/] dtype [bold]{s.dtype}[/] ({s.dtype_reason}); packing "
                            f"[bold]{'on' if s.packing else 'off'}[/] ({s.packing_reason}); estimated peak "
                            f"{s.estimated_peak_memory_bytes / 2**30:.2f} GiB; device peak {s.peak_tflops:.2f} TFLOP/s")
+            if s.world_size > 1:
+                self._line(f"[dim]#{e.sequence}[/] distributed: [bold]{s.world_size}[/] ranks "
+                           f"({s.distributed_backend}), global batch {s.global_batch_size} rows per step")
             for w in s.warnings:
                 self._line(f"[dim]#{e.sequence}[/] [bold yellow]warning[/]: {w}")
             self._start_bar(s.total_steps)

@@ -278,7 +278,7 @@ class DataConfig(_message.Message):
     def __init__(self, train: _Optional[_Iterable[str]] = ..., validation: _Optional[_Iterable[str]] = ..., test: _Optional[_Iterable[str]] = ..., format: _Optional[str] = ..., text_column: _Optional[str] = ..., prompt_column: _Optional[str] = ..., response_column: _Optional[str] = ..., system_column: _Optional[str] = ..., messages_column: _Optional[str] = ..., name: _Optional[str] = ..., split: _Optional[str] = ..., revision: _Optional[str] = ..., streaming: _Optional[bool] = ..., fraction: _Optional[float] = ..., shuffle: _Optional[bool] = ..., seed: _Optional[int] = ..., test_size: _Optional[float] = ..., template: _Optional[str] = ..., train_on_prompt: _Optional[bool] = ..., max_rows: _Optional[int] = ..., overlong: _Optional[str] = ..., group_by_length: _Optional[bool] = ..., system_prompt: _Optional[str] = ..., token: _Optional[str] = ..., operations: _Optional[_Iterable[_Union[_struct_pb2.Struct, _Mapping]]] = ..., retain: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class TrainingConfig(_message.Message):
-    __slots__ = ("model", "revision", "backend", "device", "dtype", "quantization", "bits", "group_size", "bnb_4bit_quant_type", "bnb_4bit_use_double_quant", "trust_remote_code", "peft_adapter", "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules", "lora_bias", "num_layers", "use_rslora", "num_epochs", "max_steps", "per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps", "learning_rate", "optimizer", "adam_beta1", "adam_beta2", "adam_epsilon", "weight_decay", "max_grad_norm", "lr_scheduler_type", "lr_scheduler_kwargs", "warmup_steps", "warmup_ratio", "seed", "gradient_checkpointing", "max_seq_length", "packing", "logging_steps", "eval_strategy", "eval_steps", "save_strategy", "save_steps", "save_total_limit", "load_best_model_at_end", "metric_for_best_model", "greater_is_better", "early_stopping_patience", "early_stopping_threshold", "resume_from_checkpoint", "output_dir", "debug", "data", "eval_generate_rows", "eval_generate_max_tokens", "eval_metric_tokenizer")
+    __slots__ = ("model", "revision", "backend", "device", "dtype", "quantization", "bits", "group_size", "bnb_4bit_quant_type", "bnb_4bit_use_double_quant", "trust_remote_code", "peft_adapter", "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules", "lora_bias", "num_layers", "use_rslora", "num_epochs", "max_steps", "per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps", "learning_rate", "optimizer", "adam_beta1", "adam_beta2", "adam_epsilon", "weight_decay", "max_grad_norm", "lr_scheduler_type", "lr_scheduler_kwargs", "warmup_steps", "warmup_ratio", "seed", "gradient_checkpointing", "max_seq_length", "packing", "logging_steps", "eval_strategy", "eval_steps", "save_strategy", "save_steps", "save_total_limit", "load_best_model_at_end", "metric_for_best_model", "greater_is_better", "early_stopping_patience", "early_stopping_threshold", "resume_from_checkpoint", "output_dir", "debug", "data", "eval_generate_rows", "eval_generate_max_tokens", "eval_metric_tokenizer", "distributed")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     REVISION_FIELD_NUMBER: _ClassVar[int]
     BACKEND_FIELD_NUMBER: _ClassVar[int]
@@ -336,6 +336,7 @@ class TrainingConfig(_message.Message):
     EVAL_GENERATE_ROWS_FIELD_NUMBER: _ClassVar[int]
     EVAL_GENERATE_MAX_TOKENS_FIELD_NUMBER: _ClassVar[int]
     EVAL_METRIC_TOKENIZER_FIELD_NUMBER: _ClassVar[int]
+    DISTRIBUTED_FIELD_NUMBER: _ClassVar[int]
     model: str
     revision: str
     backend: str
@@ -393,7 +394,24 @@ class TrainingConfig(_message.Message):
     eval_generate_rows: int
     eval_generate_max_tokens: int
     eval_metric_tokenizer: str
-    def __init__(self, model: _Optional[str] = ..., revision: _Optional[str] = ..., backend: _Optional[str] = ..., device: _Optional[str] = ..., dtype: _Optional[str] = ..., quantization: _Optional[str] = ..., bits: _Optional[int] = ..., group_size: _Optional[int] = ..., bnb_4bit_quant_type: _Optional[str] = ..., bnb_4bit_use_double_quant: _Optional[bool] = ..., trust_remote_code: _Optional[bool] = ..., peft_adapter: _Optional[str] = ..., lora_r: _Optional[int] = ..., lora_alpha: _Optional[float] = ..., lora_dropout: _Optional[float] = ..., lora_target_modules: _Optional[_Iterable[str]] = ..., lora_bias: _Optional[str] = ..., num_layers: _Optional[int] = ..., use_rslora: _Optional[bool] = ..., num_epochs: _Optional[float] = ..., max_steps: _Optional[int] = ..., per_device_train_batch_size: _Optional[int] = ..., per_device_eval_batch_size: _Optional[int] = ..., gradient_accumulation_steps: _Optional[int] = ..., learning_rate: _Optional[float] = ..., optimizer: _Optional[str] = ..., adam_beta1: _Optional[float] = ..., adam_beta2: _Optional[float] = ..., adam_epsilon: _Optional[float] = ..., weight_decay: _Optional[float] = ..., max_grad_norm: _Optional[float] = ..., lr_scheduler_type: _Optional[str] = ..., lr_scheduler_kwargs: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., warmup_steps: _Optional[int] = ..., warmup_ratio: _Optional[float] = ..., seed: _Optional[int] = ..., gradient_checkpointing: _Optional[bool] = ..., max_seq_length: _Optional[int] = ..., packing: _Optional[bool] = ..., logging_steps: _Optional[int] = ..., eval_strategy: _Optional[str] = ..., eval_steps: _Optional[int] = ..., save_strategy: _Optional[str] = ..., save_steps: _Optional[int] = ..., save_total_limit: _Optional[int] = ..., load_best_model_at_end: _Optional[bool] = ..., metric_for_best_model: _Optional[str] = ..., greater_is_better: _Optional[bool] = ..., early_stopping_patience: _Optional[int] = ..., early_stopping_threshold: _Optional[float] = ..., resume_from_checkpoint: _Optional[str] = ..., output_dir: _Optional[str] = ..., debug: _Optional[bool] = ..., data: _Optional[_Union[DataConfig, _Mapping]] = ..., eval_generate_rows: _Optional[int] = ..., eval_generate_max_tokens: _Optional[int] = ..., eval_metric_tokenizer: _Optional[str] = ...) -> None: ...
+    distributed: DistributedConfig
+    def __init__(self, model: _Optional[str] = ..., revision: _Optional[str] = ..., backend: _Optional[str] = ..., device: _Optional[str] = ..., dtype: _Optional[str] = ..., quantization: _Optional[str] = ..., bits: _Optional[int] = ..., group_size: _Optional[int] = ..., bnb_4bit_quant_type: _Optional[str] = ..., bnb_4bit_use_double_quant: _Optional[bool] = ..., trust_remote_code: _Optional[bool] = ..., peft_adapter: _Optional[str] = ..., lora_r: _Optional[int] = ..., lora_alpha: _Optional[float] = ..., lora_dropout: _Optional[float] = ..., lora_target_modules: _Optional[_Iterable[str]] = ..., lora_bias: _Optional[str] = ..., num_layers: _Optional[int] = ..., use_rslora: _Optional[bool] = ..., num_epochs: _Optional[float] = ..., max_steps: _Optional[int] = ..., per_device_train_batch_size: _Optional[int] = ..., per_device_eval_batch_size: _Optional[int] = ..., gradient_accumulation_steps: _Optional[int] = ..., learning_rate: _Optional[float] = ..., optimizer: _Optional[str] = ..., adam_beta1: _Optional[float] = ..., adam_beta2: _Optional[float] = ..., adam_epsilon: _Optional[float] = ..., weight_decay: _Optional[float] = ..., max_grad_norm: _Optional[float] = ..., lr_scheduler_type: _Optional[str] = ..., lr_scheduler_kwargs: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., warmup_steps: _Optional[int] = ..., warmup_ratio: _Optional[float] = ..., seed: _Optional[int] = ..., gradient_checkpointing: _Optional[bool] = ..., max_seq_length: _Optional[int] = ..., packing: _Optional[bool] = ..., logging_steps: _Optional[int] = ..., eval_strategy: _Optional[str] = ..., eval_steps: _Optional[int] = ..., save_strategy: _Optional[str] = ..., save_steps: _Optional[int] = ..., save_total_limit: _Optional[int] = ..., load_best_model_at_end: _Optional[bool] = ..., metric_for_best_model: _Optional[str] = ..., greater_is_better: _Optional[bool] = ..., early_stopping_patience: _Optional[int] = ..., early_stopping_threshold: _Optional[float] = ..., resume_from_checkpoint: _Optional[str] = ..., output_dir: _Optional[str] = ..., debug: _Optional[bool] = ..., data: _Optional[_Union[DataConfig, _Mapping]] = ..., eval_generate_rows: _Optional[int] = ..., eval_generate_max_tokens: _Optional[int] = ..., eval_metric_tokenizer: _Optional[str] = ..., distributed: _Optional[_Union[DistributedConfig, _Mapping]] = ...) -> None: ...
+
+class DistributedConfig(_message.Message):
+    __slots__ = ("backend", "nproc_per_node", "hosts", "hostfile", "master_addr", "master_port")
+    BACKEND_FIELD_NUMBER: _ClassVar[int]
+    NPROC_PER_NODE_FIELD_NUMBER: _ClassVar[int]
+    HOSTS_FIELD_NUMBER: _ClassVar[int]
+    HOSTFILE_FIELD_NUMBER: _ClassVar[int]
+    MASTER_ADDR_FIELD_NUMBER: _ClassVar[int]
+    MASTER_PORT_FIELD_NUMBER: _ClassVar[int]
+    backend: str
+    nproc_per_node: int
+    hosts: _containers.RepeatedScalarFieldContainer[str]
+    hostfile: str
+    master_addr: str
+    master_port: int
+    def __init__(self, backend: _Optional[str] = ..., nproc_per_node: _Optional[int] = ..., hosts: _Optional[_Iterable[str]] = ..., hostfile: _Optional[str] = ..., master_addr: _Optional[str] = ..., master_port: _Optional[int] = ...) -> None: ...
 
 class SubmitJobRequest(_message.Message):
     __slots__ = ("config", "config_path", "config_yaml", "base_dir", "overrides", "name")
@@ -538,7 +556,7 @@ class StateChanged(_message.Message):
     def __init__(self, state: _Optional[_Union[JobState, str]] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class TrainingStarted(_message.Message):
-    __slots__ = ("backend", "device", "model", "total_steps", "num_epochs", "train_rows", "eval_rows", "total_params", "trainable_params", "trainable_percent", "estimated_peak_memory_bytes", "output_dir", "resumed_from_step", "dtype", "dtype_reason", "packing", "packing_reason", "peak_tflops", "warnings")
+    __slots__ = ("backend", "device", "model", "total_steps", "num_epochs", "train_rows", "eval_rows", "total_params", "trainable_params", "trainable_percent", "estimated_peak_memory_bytes", "output_dir", "resumed_from_step", "dtype", "dtype_reason", "packing", "packing_reason", "peak_tflops", "warnings", "world_size", "global_batch_size", "distributed_backend")
     BACKEND_FIELD_NUMBER: _ClassVar[int]
     DEVICE_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
@@ -558,6 +576,9 @@ class TrainingStarted(_message.Message):
     PACKING_REASON_FIELD_NUMBER: _ClassVar[int]
     PEAK_TFLOPS_FIELD_NUMBER: _ClassVar[int]
     WARNINGS_FIELD_NUMBER: _ClassVar[int]
+    WORLD_SIZE_FIELD_NUMBER: _ClassVar[int]
+    GLOBAL_BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
+    DISTRIBUTED_BACKEND_FIELD_NUMBER: _ClassVar[int]
     backend: str
     device: str
     model: str
@@ -577,7 +598,10 @@ class TrainingStarted(_message.Message):
     packing_reason: str
     peak_tflops: float
     warnings: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, backend: _Optional[str] = ..., device: _Optional[str] = ..., model: _Optional[str] = ..., total_steps: _Optional[int] = ..., num_epochs: _Optional[float] = ..., train_rows: _Optional[int] = ..., eval_rows: _Optional[int] = ..., total_params: _Optional[int] = ..., trainable_params: _Optional[int] = ..., trainable_percent: _Optional[float] = ..., estimated_peak_memory_bytes: _Optional[int] = ..., output_dir: _Optional[str] = ..., resumed_from_step: _Optional[int] = ..., dtype: _Optional[str] = ..., dtype_reason: _Optional[str] = ..., packing: _Optional[bool] = ..., packing_reason: _Optional[str] = ..., peak_tflops: _Optional[float] = ..., warnings: _Optional[_Iterable[str]] = ...) -> None: ...
+    world_size: int
+    global_batch_size: int
+    distributed_backend: str
+    def __init__(self, backend: _Optional[str] = ..., device: _Optional[str] = ..., model: _Optional[str] = ..., total_steps: _Optional[int] = ..., num_epochs: _Optional[float] = ..., train_rows: _Optional[int] = ..., eval_rows: _Optional[int] = ..., total_params: _Optional[int] = ..., trainable_params: _Optional[int] = ..., trainable_percent: _Optional[float] = ..., estimated_peak_memory_bytes: _Optional[int] = ..., output_dir: _Optional[str] = ..., resumed_from_step: _Optional[int] = ..., dtype: _Optional[str] = ..., dtype_reason: _Optional[str] = ..., packing: _Optional[bool] = ..., packing_reason: _Optional[str] = ..., peak_tflops: _Optional[float] = ..., warnings: _Optional[_Iterable[str]] = ..., world_size: _Optional[int] = ..., global_batch_size: _Optional[int] = ..., distributed_backend: _Optional[str] = ...) -> None: ...
 
 class LogMessage(_message.Message):
     __slots__ = ("level", "message")

@@ -16,7 +16,7 @@ import yaml
 
 from .debug import apply_debug
 from .rules import validate
-from .schema import DataConfig, TrainConfig
+from .schema import DataConfig, DistributedConfig, TrainConfig
 
 
 class ConfigError(ValueError):
@@ -162,6 +162,18 @@ def _build(cls, doc: dict, prefix: str, problems: list[str]):
                 problems.append("data: expected a mapping (train, validation, format, ...)")
                 continue
             kwargs[key] = _build(DataConfig, value, "data.", problems)
+            continue
+        if key == "distributed":
+            if isinstance(value, int) and not isinstance(value, bool):
+                value = {"nproc_per_node": value}   # distributed: 2
+            if value is None:
+                continue
+            if not isinstance(value, dict):
+                problems.append("distributed: expected a mapping (backend, nproc_per_node, hosts, ...)")
+                continue
+            if isinstance(value.get("hosts"), str):   # hosts: mac1,mac2 (mlx.launch's spelling)
+                value = {**value, "hosts": [h.strip() for h in value["hosts"].split(",") if h.strip()]}
+            kwargs[key] = _build(DistributedConfig, value, "distributed.", problems)
             continue
         if hints[key] is not dict and isinstance(value, dict):
             problems.append(f"{full}: expected a single value, not a mapping (got {value!r})")
