@@ -16,7 +16,7 @@ import grpc
 import pytest
 from tuner.v1 import tuner_pb2 as pb
 
-from daemon_utils import cli, json_lines, wait_for, write_config
+from daemon_utils import cli, json_lines, wait_for, write_config, SLACK
 
 pytestmark = pytest.mark.slow
 
@@ -140,7 +140,7 @@ def test_a_prompt_over_the_character_cap_is_refused_at_once(daemon, demo_bundle,
         code, details, took = refused(call)
         assert code == grpc.StatusCode.INVALID_ARGUMENT, details
         assert "1,000,001 characters" in details and "limit is 1,000,000" in details, details
-        assert took < 2.0, took
+        assert took < 2.0 * SLACK, took
     # the sum over the messages counts
     req = pb.ChatRequest(model=demo_bundle["model"], messages=[pb.ChatMessage(role="user", content="y" * 600_000),
                                                                 pb.ChatMessage(role="user", content="z" * 600_000)])
@@ -173,7 +173,7 @@ def test_an_unknown_model_id_fails_at_once(daemon, job, model):
         code, details, took = refused(lambda: chat(stub, model))
     assert code == grpc.StatusCode.UNAVAILABLE, details
     assert "no local folder" in details and "not in the Hugging Face cache" in details and "offline" in details
-    assert took < 1.0 and w.max_gap < 2.0, (took, w.changes)
+    assert took < SLACK and w.max_gap < 2.0, (took, w.changes)
     code, details, _ = refused(lambda: stub.LoadModel(pb.LoadModelRequest(model=model), timeout=60))
     assert code == grpc.StatusCode.UNAVAILABLE, details
 
@@ -186,7 +186,7 @@ def test_tunerctl_chat_with_an_unknown_model_is_unavailable_offline(daemon, mode
     err = json_lines(p.stdout)[-1]["error"]
     assert p.returncode == 1 and err["code"] == "UNAVAILABLE", p.stdout + p.stderr
     assert model in err["message"] and "Hugging Face cache" in err["message"]
-    assert took < 5.0, took   # the CLI's own start-up included; the daemon answers in milliseconds
+    assert took < 5.0 * SLACK, took   # the CLI's own start-up included; the daemon answers in milliseconds
 
 
 # -- finding 8: a model that is a file, a device or a folder without config.json ------------------
@@ -201,7 +201,7 @@ def test_a_model_path_that_is_no_model_folder_is_a_clear_error(daemon, model, ki
         code, details, took = refused(call)
         assert code in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND), (name, code, details)
         assert model in details and kind in details and "config.json" in details, (name, details)
-        assert took < 2.0, (name, took)
+        assert took < 2.0 * SLACK, (name, took)
 
 
 def test_resolve_model_id_refuses_them_too(tmp_path):

@@ -302,6 +302,11 @@ class Core:
             cfg = load_config(resolve_path(config_path, base_dir), overrides or [])
             model = model or cfg.model
             source = cfg
+        elif data_path and overrides:   # --set data.format=... on a data file: a config around it
+            source = load_config(doc={"model": model or "-", "data": {"train": local_or_id(data_path, base_dir),
+                                                                      "test_size": 0.0, "shuffle": False}},
+                                 overrides=overrides)
+            model = model or ("" if source.model == "-" else source.model)
         elif data_path:
             source = local_or_id(data_path, base_dir)
         else:
