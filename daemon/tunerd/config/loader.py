@@ -215,10 +215,17 @@ _DATA_PATH_KEYS = ("train", "validation", "test", "retain")
 def expand_home(cfg: TrainConfig) -> TrainConfig:
     """`~` and `~user` at the start of a config's paths (model, output_dir,
     resume_from_checkpoint, data sources) become the home directory, as a shell would expand
-    them; relative paths stay relative (to the submitter's directory). Hub ids never start
-    with `~`, so they are left alone."""
+    them, and `${TUNER_HOME}` / `$TUNER_HOME` the daemon's home (tunerd/__main__ sets it; else
+    paths.default_home), so configs/examples/demo.yaml finds the demo wherever --home put it;
+    relative paths stay relative (to the submitter's directory). Hub ids never start with `~` or
+    `$`, so they are left alone."""
     def expand(value):
         if isinstance(value, str):
+            if value.startswith("$"):
+                from ..paths import default_home
+                home = str(default_home())
+                value = value.replace("${TUNER_HOME}", home, 1) if value.startswith("${TUNER_HOME}") else \
+                    value.replace("$TUNER_HOME", home, 1) if value.startswith("$TUNER_HOME") else value
             return os.path.expanduser(value) if value.startswith("~") else value
         if isinstance(value, list):
             return [expand(v) for v in value]
