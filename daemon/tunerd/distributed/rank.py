@@ -30,6 +30,8 @@ import time
 import traceback
 from pathlib import Path
 
+from ..files import process_exists
+
 SPEC_ENV = "TUNER_DIST_SPEC"
 DAEMON_GONE_GRACE_S = 60.0
 
@@ -42,15 +44,7 @@ def _env_rank() -> int:
 
 
 def _daemon_alive(pid: int) -> bool:
-    if pid <= 0:
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return pid <= 0 or process_exists(pid)   # no pid given: nothing to watch
 
 
 class Rank:
