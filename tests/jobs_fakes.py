@@ -78,7 +78,9 @@ def _fake_train():
     import tempfile
     from pathlib import Path
 
+    from tunerd.files import atomic_write_text
+
     path = Path(tempfile.gettempdir()) / f"mactuner-fake-train-{os.getpid()}.jsonl"
-    if not path.exists():
-        path.write_text('{"text": "one row"}\n', encoding="utf-8")
+    if not path.exists():   # whole or absent: concurrent submits read it while it is written
+        atomic_write_text(path, '{"text": "one row"}\n')
     return path
