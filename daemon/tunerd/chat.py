@@ -1,7 +1,9 @@
 """Chat and plain completion: stream a reply from a resident model (optionally with an adapter).
 
-Generation runs on the device worker (it owns the models); this module hands the work over and
-streams the chunks back through a queue to whichever thread asked (a gRPC handler).
+Generation runs on the device worker (it owns the models): this module checks a request, has the
+model made resident, tokenises the prompt and hands the sequence to serving.Scheduler, which
+decodes it in one batch with the other requests on that model and adapter; the chunks come back
+through a queue to whichever thread asked (a gRPC or HTTP handler).
 """
 from __future__ import annotations
 
@@ -183,7 +185,7 @@ class ChatService:
         Everything but the model's work happens here, in the request's thread (issue 16, finding
         5): the request's size and names are checked, one short worker call loads (or finds) the
         resident model, the prompt is tokenised with its tokenizer and checked against its context;
-        only then do generation slices go to the device worker."""
+        only then does the sequence join its model's batch on the device worker (serving.py)."""
         arrived = time.perf_counter()
         p.sampling.check()
         check_request(p)
