@@ -22,12 +22,13 @@ Results: JSON (stdout last line, and --out) plus a table.
     python bench/bench_chat.py --concurrent [--tokens 64] [--out bench/results/chat_concurrent_cpu.json]
 
 Concurrent clients (issue 21) on the real SmolLM2-135M-Instruct (tests/real_model.py, float32):
-1, 4 and 8 clients streaming greedy chats at once (8 different questions, one request each, after
-a warm-up) through the daemon over gRPC and over its OpenAI-compatible HTTP API (torch and mlx
-backends), through `mlx_lm.server` (its batched decoding) and with plain HF `generate` on the same
-prompts (one left-padded batch of N, the chat template applied). Aggregate tokens/s = all
-completion tokens / wall time from the first request to the last reply's end; TTFT p50/p95 over
-the clients, as each client saw it.
+the same 8 different questions asked by 1, 4 and 8 clients streaming greedy chats at once (each
+client asks its share in turn: 8, 2 or 1 questions; after a warm-up), through the daemon over
+gRPC and over its OpenAI-compatible HTTP API (torch and mlx backends), through `mlx_lm.server`
+(its batched decoding) and with plain HF `generate` on the same prompts (left-padded batches of N,
+one after another, the chat template applied). Aggregate tokens/s = all completion tokens / wall
+time from the first request to the last reply's end; TTFT p50/p95 over the requests, as each
+client saw it (HF: for batches of 1 only, through a streamer).
 """
 from __future__ import annotations
 
@@ -205,21 +206,24 @@ def percentile(xs: list[float], q: float) -> float:
     return xs[min(len(xs) - 1, max(0, round(q * (len(xs) - 1))))] if xs else 0.0
 
 
-def at_once(one, n: int) -> dict:
-    """`one(i)` -> (ttft seconds, completion tokens), for i < n, all started together."""
+def at_once(one, n: int, requests: int = len(QUESTIONS)) -> dict:
+    """`one(i)` -> (ttft seconds, completion tokens) for each of `requests` questions, asked by
+    `n` clients started together, each asking its share one after another (so every row answers
+    the same questions: the same tokens)."""
     import threading
 
-    out: list = [None] * n
+    out: list = [None] * requests
     go = threading.Barrier(n + 1)
 
-    def run(i):
+    def run(c):
         go.wait()
-        try:
-            out[i] = one(i)
-        except Exception as e:  # noqa: BLE001 - reported in the row
-            out[i] = e
+        for i in range(c, requests, n):
+            try:
+                out[i] = one(i)
+            except Exception as e:  # noqa: BLE001 - reported in the row
+                out[i] = e
 
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(n)]
+    threads = [threading.Thread(target=run, args=(c,)) for c in range(n)]
     for t in threads:
         t.start()
     go.wait()
@@ -231,7 +235,8 @@ def at_once(one, n: int) -> dict:
     if errors:
         return {"clients": n, "error": errors[0][-500:]}
     ttfts, tokens = [x[0] for x in out], sum(x[1] for x in out)
-    return {"clients": n, "tokens": tokens, "seconds": wall, "aggregate_tokens_per_second": tokens / wall,
+    return {"clients": n, "requests": requests, "tokens": tokens, "seconds": wall,
+            "aggregate_tokens_per_second": tokens / wall,
             "ttft_p50_seconds": percentile(ttfts, 0.5), "ttft_p95_seconds": percentile(ttfts, 0.95)}
 
 
@@ -313,29 +318,38 @@ def run_hf_batches(model: str, dtype: str, tokens: int) -> dict:
         def end(self):
             pass
 
-    def batch(n: int) -> dict:
-        texts = [tok.apply_chat_template([{"role": "user", "content": QUESTIONS[i % len(QUESTIONS)]}],
-                                         tokenize=False, add_generation_prompt=True) for i in range(n)]
+    def batch(qs: list[int]) -> tuple[int, float, float]:
+        """(tokens, seconds, ttft or -1) of one left-padded batch of these questions."""
+        texts = [tok.apply_chat_template([{"role": "user", "content": QUESTIONS[i]}], tokenize=False,
+                                         add_generation_prompt=True) for i in qs]
         enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
-        st = First() if n == 1 else None
+        st = First()
         t0 = time.perf_counter()
         with torch.no_grad():
             out = m.generate(**enc, max_new_tokens=tokens, do_sample=False, pad_token_id=tok.pad_token_id,
-                             streamer=st)
+                             streamer=st if len(qs) == 1 else None)
         wall = time.perf_counter() - t0
-        new = out[:, enc["input_ids"].shape[1]:].tolist()
         count = 0
-        for row in new:   # up to and including the first eos (the daemon counts it too)
+        for row in out[:, enc["input_ids"].shape[1]:].tolist():   # up to and including the first eos
             for t in row:
                 count += 1
                 if t in eos:
                     break
-        ttft = (st.first - t0) if st and st.first else None
-        return {"clients": n, "tokens": count, "seconds": wall, "aggregate_tokens_per_second": count / wall,
-                "ttft_p50_seconds": ttft, "ttft_p95_seconds": ttft}
+        return count, wall, (st.first - t0) if st.first else -1.0
 
-    batch(1)   # warm-up
-    return {"rows": [batch(n) for n in CLIENTS]}
+    def row(n: int) -> dict:
+        """The questions in batches of n, one batch after another (a static batch has no clients
+        joining mid-way: its first token comes for all rows at once, after the batch's prefill)."""
+        done = [batch(list(range(j, min(j + n, len(QUESTIONS))))) for j in range(0, len(QUESTIONS), n)]
+        count, wall = sum(d[0] for d in done), sum(d[1] for d in done)
+        ttfts = [d[2] for d in done if d[2] >= 0]
+        return {"clients": n, "requests": len(QUESTIONS), "tokens": count, "seconds": wall,
+                "aggregate_tokens_per_second": count / wall,
+                "ttft_p50_seconds": percentile(ttfts, 0.5) if ttfts else None,
+                "ttft_p95_seconds": percentile(ttfts, 0.95) if ttfts else None}
+
+    batch([0])   # warm-up
+    return {"rows": [row(n) for n in CLIENTS]}
 
 
 def concurrent_main(a) -> None:
