@@ -379,8 +379,9 @@ def concurrent_main(a) -> None:
         d.stop()
     if not a.no_mlx_server:
         results["paths"]["mlx_lm_server"] = mlx_server_rows(model, a.tokens)
-    results["paths"]["hf_generate"] = {"dtype": "float32", **worker(
-        ["--worker", "hf_batches", "--model", model, "--dtype", "float32", "--tokens", str(a.tokens)])}
+    if not a.no_hf:
+        results["paths"]["hf_generate"] = {"dtype": "float32", **worker(
+            ["--worker", "hf_batches", "--model", model, "--dtype", "float32", "--tokens", str(a.tokens)])}
 
     print(f"{'path':<20} {'clients':>7} {'tokens':>6} {'agg tok/s':>9} {'vs 1':>5} {'TTFT p50 ms':>11} "
           f"{'TTFT p95 ms':>11}")
@@ -440,6 +441,7 @@ def main() -> None:
     ap.add_argument("--concurrent", action="store_true", help="1, 4 and 8 concurrent clients (issue 21)")
     ap.add_argument("--backends", default="torch,mlx", help="--concurrent: the daemon's backends")
     ap.add_argument("--no-mlx-server", action="store_true", help="--concurrent: skip mlx_lm.server")
+    ap.add_argument("--no-hf", action="store_true", help="--concurrent: skip HF generate")
     ap.add_argument("--model")
     ap.add_argument("--adapter")
     ap.add_argument("--dtype", default="float32")
