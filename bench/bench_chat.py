@@ -18,6 +18,17 @@ over the time after the first. The daemon's dtype is the one it resolved (`dtype
 in-process runs use the same. Also: wall time of a cold `mlx_lm generate` command vs a resident
 `tunerctl generate -p` command for one token (process start included on both sides).
 Results: JSON (stdout last line, and --out) plus a table.
+
+    python bench/bench_chat.py --concurrent [--tokens 64] [--out bench/results/chat_concurrent_cpu.json]
+
+Concurrent clients (issue 21) on the real SmolLM2-135M-Instruct (tests/real_model.py, float32):
+the same 8 different questions asked by 1, 4 and 8 clients streaming greedy chats at once (each
+client asks its share in turn: 8, 2 or 1 questions; after a warm-up), through the daemon over
+gRPC and over its OpenAI-compatible HTTP API (torch and mlx backends), through `mlx_lm.server`
+(its batched decoding) and with plain HF `generate` on the same prompts (left-padded batches of N,
+one after another, the chat template applied). Aggregate tokens/s = all completion tokens / wall
+time from the first request to the last reply's end; TTFT p50/p95 over the requests, as each
+client saw it (HF: for batches of 1 only, through a streamer).
 """
 from __future__ import annotations
 
@@ -181,19 +192,267 @@ def worker(args: list[str]) -> dict:
     return json.loads(line[-1][len("RESULT "):])
 
 
+# ---- concurrent clients (issue 21) -----------------------------------------------------------
+
+QUESTIONS = ["What is the capital of France?", "Write a short poem about the sea.",
+             "Explain photosynthesis to a child.", "Give three tips for learning to code.",
+             "Why is the sky blue?", "Describe a cat in two sentences.", "What is a prime number?",
+             "How do airplanes fly?"]
+CLIENTS = (1, 4, 8)
+
+
+def percentile(xs: list[float], q: float) -> float:
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, max(0, round(q * (len(xs) - 1))))] if xs else 0.0
+
+
+def at_once(one, n: int, requests: int = len(QUESTIONS)) -> dict:
+    """`one(i)` -> (ttft seconds, completion tokens) for each of `requests` questions, asked by
+    `n` clients started together, each asking its share one after another (so every row answers
+    the same questions: the same tokens)."""
+    import threading
+
+    out: list = [None] * requests
+    go = threading.Barrier(n + 1)
+
+    def run(c):
+        go.wait()
+        for i in range(c, requests, n):
+            try:
+                out[i] = one(i)
+            except Exception as e:  # noqa: BLE001 - reported in the row
+                out[i] = e
+
+    threads = [threading.Thread(target=run, args=(c,)) for c in range(n)]
+    for t in threads:
+        t.start()
+    go.wait()
+    t0 = time.perf_counter()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - t0
+    errors = [repr(x) for x in out if isinstance(x, Exception)]
+    if errors:
+        return {"clients": n, "error": errors[0][-500:]}
+    ttfts, tokens = [x[0] for x in out], sum(x[1] for x in out)
+    return {"clients": n, "requests": requests, "tokens": tokens, "seconds": wall,
+            "aggregate_tokens_per_second": tokens / wall,
+            "ttft_p50_seconds": percentile(ttfts, 0.5), "ttft_p95_seconds": percentile(ttfts, 0.95)}
+
+
+def grpc_client(home: str, model: str, backend: str, tokens: int):
+    from tuner import Client
+
+    client = Client.connect(home=home, timeout=600)
+
+    def one(i: int):
+        t0, first, n = time.perf_counter(), None, 0
+        for c in client.chat([{"role": "user", "content": QUESTIONS[i % len(QUESTIONS)]}], model=model,
+                             backend=backend, sampling={"temperature": 0.0, "max_tokens": tokens}):
+            if c.delta and first is None:
+                first = time.perf_counter() - t0
+            if c.finish_reason:
+                n = int(c.usage.completion_tokens)
+        return first or 0.0, n
+    return one
+
+
+def http_client(port: int, model: str, tokens: int, token: str = ""):
+    """An OpenAI-compatible streaming chat client (tunerd --http, mlx_lm.server)."""
+    import http.client
+
+    def one(i: int):
+        body = json.dumps({"model": model, "messages": [{"role": "user", "content": QUESTIONS[i % len(QUESTIONS)]}],
+                           "temperature": 0.0, "max_tokens": tokens, "stream": True,
+                           "stream_options": {"include_usage": True}})
+        headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {token}"} if token else {})}
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
+        t0, first, deltas, usage = time.perf_counter(), None, 0, None
+        conn.request("POST", "/v1/chat/completions", body, headers)
+        r = conn.getresponse()
+        if r.status != 200:
+            raise RuntimeError(f"HTTP {r.status}: {r.read()[:300]!r}")
+        for line in r:
+            line = line.strip()
+            if not line.startswith(b"data: ") or line == b"data: [DONE]":
+                continue
+            ev = json.loads(line[6:])
+            for ch in ev.get("choices") or []:
+                if (ch.get("delta") or {}).get("content"):
+                    deltas += 1
+                    if first is None:
+                        first = time.perf_counter() - t0
+            if ev.get("usage"):
+                usage = ev["usage"]
+        conn.close()
+        return first or 0.0, int(usage["completion_tokens"]) if usage else deltas
+    return one
+
+
+def rows(one, warm: int = 1) -> list[dict]:
+    for _ in range(warm):
+        one(0)
+    return [at_once(one, n) for n in CLIENTS]
+
+
+def run_hf_batches(model: str, dtype: str, tokens: int) -> dict:
+    """Plain HF `generate`: the N prompts as one left-padded batch, greedy, for each N in CLIENTS."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.generation.streamers import BaseStreamer
+
+    tok = AutoTokenizer.from_pretrained(model, padding_side="left")
+    m = AutoModelForCausalLM.from_pretrained(model, dtype=getattr(torch, dtype)).eval()
+    eos = {tok.eos_token_id} | set(m.generation_config.eos_token_id if isinstance(
+        m.generation_config.eos_token_id, list) else [m.generation_config.eos_token_id])
+
+    class First(BaseStreamer):
+        def __init__(self):
+            self.calls, self.first = 0, None
+
+        def put(self, value):
+            self.calls += 1
+            if self.calls == 2:   # the first put is the prompt
+                self.first = time.perf_counter()
+
+        def end(self):
+            pass
+
+    def batch(qs: list[int]) -> tuple[int, float, float]:
+        """(tokens, seconds, ttft or -1) of one left-padded batch of these questions."""
+        texts = [tok.apply_chat_template([{"role": "user", "content": QUESTIONS[i]}], tokenize=False,
+                                         add_generation_prompt=True) for i in qs]
+        enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+        st = First()
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            out = m.generate(**enc, max_new_tokens=tokens, do_sample=False, pad_token_id=tok.pad_token_id,
+                             streamer=st if len(qs) == 1 else None)
+        wall = time.perf_counter() - t0
+        count = 0
+        for row in out[:, enc["input_ids"].shape[1]:].tolist():   # up to and including the first eos
+            for t in row:
+                count += 1
+                if t in eos:
+                    break
+        return count, wall, (st.first - t0) if st.first else -1.0
+
+    def row(n: int) -> dict:
+        """The questions in batches of n, one batch after another (a static batch has no clients
+        joining mid-way: its first token comes for all rows at once, after the batch's prefill)."""
+        done = [batch(list(range(j, min(j + n, len(QUESTIONS))))) for j in range(0, len(QUESTIONS), n)]
+        count, wall = sum(d[0] for d in done), sum(d[1] for d in done)
+        ttfts = [d[2] for d in done if d[2] >= 0]
+        return {"clients": n, "requests": len(QUESTIONS), "tokens": count, "seconds": wall,
+                "aggregate_tokens_per_second": count / wall,
+                "ttft_p50_seconds": percentile(ttfts, 0.5) if ttfts else None,
+                "ttft_p95_seconds": percentile(ttfts, 0.95) if ttfts else None}
+
+    batch([0])   # warm-up
+    return {"rows": [row(n) for n in CLIENTS]}
+
+
+def concurrent_main(a) -> None:
+    from real_model import smollm2_checkpoint
+
+    from daemon_utils import DaemonProcess, free_port, short_home
+    from tuner.v1 import tuner_pb2 as pb
+
+    model = str(smollm2_checkpoint("float32"))
+    results = {"config": {"model": "SmolLM2-135M-Instruct (float32)", "tokens": a.tokens, "clients": CLIENTS,
+                          "greedy": True}, "paths": {}}
+    port = free_port()
+    d = DaemonProcess(short_home(), "--http", f"127.0.0.1:{port}").start()
+    try:
+        token = (d.home / "token").read_text().strip()
+        for backend in a.backends.split(","):
+            st = d.stub().LoadModel(pb.LoadModelRequest(model=model, backend=backend))
+            results["paths"][f"tunerd_grpc_{backend}"] = {"dtype": st.dtype, "rows": rows(
+                grpc_client(str(d.home), model, backend, a.tokens))}
+            results["paths"][f"tunerd_http_{backend}"] = {"dtype": st.dtype, "rows": rows(
+                http_client(port, model, a.tokens, token))}   # the HTTP API: the resident backend of that model
+            peak = max(m.peak_active_sequences for m in d.stub().ListModels(pb.ListModelsRequest()).models
+                       if m.backend == backend)
+            results["paths"][f"tunerd_grpc_{backend}"]["peak_active_sequences"] = peak
+            d.stub().UnloadModel(pb.UnloadModelRequest(model=model, backend=backend))
+    finally:
+        d.stop()
+    if not a.no_mlx_server:
+        results["paths"]["mlx_lm_server"] = mlx_server_rows(model, a.tokens)
+    if not a.no_hf:
+        results["paths"]["hf_generate"] = {"dtype": "float32", **worker(
+            ["--worker", "hf_batches", "--model", model, "--dtype", "float32", "--tokens", str(a.tokens)])}
+
+    print(f"{'path':<20} {'clients':>7} {'tokens':>6} {'agg tok/s':>9} {'vs 1':>5} {'TTFT p50 ms':>11} "
+          f"{'TTFT p95 ms':>11}")
+    for name, p in results["paths"].items():
+        if "error" in p:
+            print(f"{name:<20} ERROR {p['error'][-400:]}")
+            continue
+        base = p["rows"][0].get("aggregate_tokens_per_second")
+        for r in p["rows"]:
+            if "error" in r:
+                print(f"{name:<20} {r['clients']:>7} ERROR {r['error'][-300:]}")
+                continue
+            ms = (lambda v: f"{v * 1000:.0f}" if v is not None else "-")
+            print(f"{name:<20} {r['clients']:>7} {r['tokens']:>6} {r['aggregate_tokens_per_second']:>9.1f} "
+                  f"{r['aggregate_tokens_per_second'] / base:>4.1f}x {ms(r['ttft_p50_seconds']):>11} "
+                  f"{ms(r['ttft_p95_seconds']):>11}")
+    if a.out:
+        write_results(a.out, results)
+    print(json.dumps(results))
+
+
+def mlx_server_rows(model: str, tokens: int) -> dict:
+    """`mlx_lm.server` (its own batched decoding) on the same model and questions."""
+    from daemon_utils import free_port
+
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "mlx_lm.server", "--model", model, "--port", str(port),
+                             "--log-level", "WARNING"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        import http.client
+        deadline = time.time() + 180
+        while True:
+            try:
+                c = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+                c.request("GET", "/v1/models")
+                c.getresponse().read()
+                break
+            except OSError:
+                if proc.poll() is not None or time.time() > deadline:
+                    return {"error": (proc.stderr.read() or b"").decode()[-1000:] or "mlx_lm.server did not start"}
+                time.sleep(0.5)
+        return {"rows": rows(http_client(port, model, tokens))}
+    except Exception as e:  # noqa: BLE001
+        return {"error": repr(e)}
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--tokens", type=int, default=128)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--workdir", default=None)
     ap.add_argument("--out", default=None)
-    ap.add_argument("--worker", choices=["mlx_lm", "hf", "daemon"])
+    ap.add_argument("--worker", choices=["mlx_lm", "hf", "daemon", "hf_batches"])
+    ap.add_argument("--concurrent", action="store_true", help="1, 4 and 8 concurrent clients (issue 21)")
+    ap.add_argument("--backends", default="torch,mlx", help="--concurrent: the daemon's backends")
+    ap.add_argument("--no-mlx-server", action="store_true", help="--concurrent: skip mlx_lm.server")
+    ap.add_argument("--no-hf", action="store_true", help="--concurrent: skip HF generate")
     ap.add_argument("--model")
     ap.add_argument("--adapter")
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--home")
     ap.add_argument("--backend")
     a = ap.parse_args()
+    if a.worker == "hf_batches":
+        print("RESULT " + json.dumps(run_hf_batches(a.model, a.dtype, a.tokens)))
+        return
+    if a.concurrent:
+        return concurrent_main(a)
     if a.worker:
         res = (run_mlx_lm(a.model, a.adapter, a.dtype, a.tokens, a.repeat) if a.worker == "mlx_lm" else
                run_hf(a.model, a.adapter, a.dtype, a.tokens, a.repeat) if a.worker == "hf" else

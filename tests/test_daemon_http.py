@@ -107,7 +107,7 @@ def test_errors_come_back_as_openai_errors(served, tiny_model_dir, tmp_path):
     with pytest.raises(openai.NotFoundError):
         chat(client, str(tmp_path / "no-such-model"))
     with pytest.raises(openai.BadRequestError):
-        chat(client, tiny_model_dir, n=2)
+        chat(client, tiny_model_dir, n=17)   # n: 1..16 (tests/test_chat_concurrency.py)
 
 
 def test_beyond_loopback_needs_the_bearer_token(tiny_model_dir):

@@ -16,7 +16,7 @@ acyclic):
                  fetches the model before the loop runs); distributed (the loop as a process group
                  of ranks, started by the engine's launcher)
   6 models       the resident models (registry), the hub download, model checks
-  7 jobs         the store, manager, runner and device worker; chat; recommend
+  7 jobs         the store, manager, runner and device worker; chat; serving (its batches); recommend
   8 core         `Core`, the one front door, and results (the dataclasses it returns)
   9 front        api/ (gRPC servicer, HTTP, interceptors), errors (exceptions -> gRPC/HTTP status),
                  trust (home, lock, token), server (lifecycle), __main__, demo (a program of its own)
@@ -79,7 +79,7 @@ FLOORS = [   # (name, top-level modules and packages of tunerd), bottom first: t
     ("evaluation", {"evaluation", "export"}),
     ("training", {"training", "distributed"}),
     ("models", {"models"}),
-    ("jobs", {"jobs", "chat", "recommend"}),
+    ("jobs", {"jobs", "chat", "serving", "recommend"}),
     ("core", {"core", "results"}),
     ("front", {"api", "errors", "server", "trust", "__main__", "demo"}),
 ]

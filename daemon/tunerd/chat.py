@@ -1,17 +1,17 @@
 """Chat and plain completion: stream a reply from a resident model (optionally with an adapter).
 
-Generation runs on the device worker (it owns the models); this module hands the work over and
-streams the chunks back through a queue to whichever thread asked (a gRPC handler).
+Generation runs on the device worker (it owns the models): this module checks a request, has the
+model made resident, tokenises the prompt and hands the sequence to serving.Scheduler, which
+decodes it in one batch with the other requests on that model and adapter; the chunks come back
+through a queue to whichever thread asked (a gRPC or HTTP handler).
 """
 from __future__ import annotations
 
 import logging
 import queue
-import sys
 import threading
 import time
 from concurrent.futures import TimeoutError as FutureTimeout
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Iterator, Optional
 
@@ -22,6 +22,7 @@ from .jobs.worker import DeviceWorker
 from .model_config import context_positions
 from .models.check import check_adapter, check_model
 from .models.registry import ModelRegistry
+from .serving import Reply, Scheduler, rng_untouched
 
 
 @dataclass(frozen=True)
@@ -57,29 +58,6 @@ _DONE = object()
 log = logging.getLogger(__name__)
 
 
-@contextmanager
-def rng_untouched():
-    """Chat runs between a job's training steps: whatever it draws (a model or adapter being
-    initialised on load) must not move the global RNGs the job's dropout and shuffles use.
-    Sampling itself uses its own generator (both backends); this restores the rest."""
-    import random
-
-    import numpy as np
-    torch = sys.modules.get("torch")
-    saved = (random.getstate(), np.random.get_state(), torch.random.get_rng_state() if torch else None,
-             torch.cuda.get_rng_state_all() if torch and torch.cuda.is_initialized() else None)
-    try:
-        yield
-    finally:
-        random.setstate(saved[0])
-        np.random.set_state(saved[1])
-        if saved[2] is not None:
-            torch.random.set_rng_state(saved[2])
-        if saved[3] is not None:
-            torch.cuda.set_rng_state_all(saved[3])
-
-
-SLICE_SECONDS = 0.2  # generation between two turns of the device worker (training steps, other chats)
 
 
 def context_length(model: str) -> Optional[int]:
@@ -140,10 +118,51 @@ def prompt_ids(tok, p: ChatParams) -> list:
     raise AssertionError("unreachable")
 
 
+class ChatReply(Reply):
+    """One chat's sequence: its chunks go to the request's thread through `out` as ChatDeltas,
+    then the finish (reason and usage), logged; timed from the request's arrival."""
+
+    def __init__(self, ids, sampling, resolve, stop, arrived: float, started: float, out: "queue.Queue",
+                 label: str):
+        super().__init__(ids, sampling, resolve, stop)
+        self.arrived, self.started, self.out, self.label = arrived, started, out, label
+        self.t0, self.first, self.n, self.finish = arrived, None, 0, "cancelled"
+
+    def joined(self) -> None:
+        self.t0 = time.perf_counter()
+
+    def chunk(self, c) -> None:
+        if c.token_id >= 0:   # (-1: a chunk of the prompt was read, or the sequence was removed)
+            self.n += 1
+            if self.first is None:
+                self.first = time.perf_counter()
+        if c.text:
+            self.out.put(ChatDelta(text=c.text))
+        if c.finish_reason:
+            self.finish = c.finish_reason
+
+    def end(self) -> None:
+        dt = time.perf_counter() - self.t0
+        reason = "cancelled" if self.stop() else self.finish
+        usage = Usage(prompt_tokens=len(self.ids), completion_tokens=self.n,
+                      time_to_first_token_seconds=self.first - self.arrived if self.first else 0.0,
+                      queue_wait_seconds=self.started - self.arrived,
+                      tokens_per_second=self.n / dt if dt > 0 else 0.0)
+        log.info("chat with %s: %s after %d tokens (queue wait %.3fs, first token %.3fs)", self.label, reason,
+                 self.n, usage.queue_wait_seconds, usage.time_to_first_token_seconds)
+        self.out.put(ChatDelta(finish_reason=reason, usage=usage))
+        self.out.put(_DONE)
+
+    def fail(self, error: BaseException) -> None:
+        self.out.put(error)
+        self.out.put(_DONE)
+
+
 class ChatService:
     def __init__(self, worker: DeviceWorker, registry: ModelRegistry, store: JobStore):
         self.worker, self.registry, self.store = worker, registry, store
         self._closing = threading.Event()
+        self.scheduler = Scheduler(worker, lambda counts: registry.set_active(counts))
 
     def close(self) -> None:
         """Shutting down: every chat ends now (finish_reason cancelled)."""
@@ -166,7 +185,7 @@ class ChatService:
         Everything but the model's work happens here, in the request's thread (issue 16, finding
         5): the request's size and names are checked, one short worker call loads (or finds) the
         resident model, the prompt is tokenised with its tokenizer and checked against its context;
-        only then do generation slices go to the device worker."""
+        only then does the sequence join its model's batch on the device worker (serving.py)."""
         arrived = time.perf_counter()
         p.sampling.check()
         check_request(p)
@@ -191,62 +210,19 @@ class ChatService:
                 return self.registry.get(model, backend, adapter=adapter, name=adapter_name)
 
         res = self._on_worker(resident)
-        if res is not None:
-            run["ids"] = prompt_ids(res.backend.tokenizer, p)
-            check_length(len(run["ids"]), p.sampling.max_tokens, context_length(res.model))
+        label = model + (f" + {adapter}" if adapter else "")
+        if res is None:   # cancelled or shutting down while it waited
+            ChatReply([], p.sampling, None, stop, arrived, run.get("started", arrived), out, label).end()
+        else:
+            ids = prompt_ids(res.backend.tokenizer, p)
+            check_length(len(ids), p.sampling.max_tokens, context_length(res.model))
 
-        def start():
-            res = self.registry.get(model, backend, adapter=adapter, name=adapter_name)   # resident: at once
-            gen = res.serve(adapter_name or adapter).generate(run["ids"], p.sampling, stop)
-            run.update(res=res, gen=gen, t0=time.perf_counter(), first=None, n=0, finish="stop")
+            def resolve():
+                res = self.registry.get(model, backend, adapter=adapter, name=adapter_name)   # resident: at once
+                return res.key, res.serve(adapter_name or adapter)
 
-        def finish():
-            if run.get("gen") is not None:
-                run["gen"].close()  # here on the worker thread (MLX streams are thread-local)
-            dt = time.perf_counter() - run.get("t0", arrived)
-            n = run.get("n", 0)
-            reason = "cancelled" if stop() else run.get("finish", "cancelled")
-            usage = Usage(prompt_tokens=len(run.get("ids", ())), completion_tokens=n,
-                          time_to_first_token_seconds=run["first"] - arrived if run.get("first") else 0.0,
-                          queue_wait_seconds=run.get("started", time.perf_counter()) - arrived,
-                          tokens_per_second=n / dt if dt > 0 else 0.0)
-            log.info("chat with %s%s: %s after %d tokens (queue wait %.3fs, first token %.3fs)", model,
-                     f" + {adapter}" if adapter else "", reason, n, usage.queue_wait_seconds,
-                     usage.time_to_first_token_seconds)
-            out.put(ChatDelta(finish_reason=reason, usage=usage))
-            out.put(_DONE)
-
-        def slice_():
-            """Up to SLICE_SECONDS of generation on the worker, then back in the queue: a
-            training job steps and other chats take their turn in between."""
-            try:
-                with rng_untouched():
-                    if "gen" not in run:   # (the generator selects its adapter each time it runs)
-                        if stop() or "ids" not in run:  # cancelled, past its deadline or shutting down
-                            return finish()
-                        start()
-                    until = time.perf_counter() + SLICE_SECONDS
-                    for chunk in run["gen"]:
-                        if chunk.token_id >= 0:  # (-1: a chunk of the prompt was read)
-                            run["n"] += 1
-                            if run["first"] is None:
-                                run["first"] = time.perf_counter()
-                        if chunk.text:
-                            out.put(ChatDelta(text=chunk.text))
-                        if chunk.finish_reason:
-                            run["finish"] = chunk.finish_reason
-                        if time.perf_counter() >= until:
-                            break
-                    else:
-                        return finish()
-                self.worker.later(slice_)
-            except BaseException as e:  # handed to the caller's thread
-                if run.get("gen") is not None:
-                    run["gen"].close()
-                out.put(e)
-                out.put(_DONE)
-
-        self.worker.later(slice_)
+            # decoded with the other requests on this model and adapter (serving.Scheduler)
+            self.scheduler.submit(ChatReply(ids, p.sampling, resolve, stop, arrived, run["started"], out, label))
         while True:
             try:
                 item = out.get(timeout=1.0)

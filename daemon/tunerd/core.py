@@ -89,7 +89,8 @@ class Core:
     def info(self) -> Info:
         total, avail = host.memory()
         return Info(__version__, "tuner.v1", tuple(host.backend_status()), tuple(host.devices()),
-                    host.default_backend(), str(self.home), os.getpid(), time.time() - self.started_at, total, avail)
+                    host.default_backend(), str(self.home), os.getpid(), time.time() - self.started_at, total, avail,
+                    self.chat_service.scheduler.active, self.chat_service.scheduler.peak)
 
     # -- jobs (every `ref` is an id, a unique prefix of one, or latest: jobs/refs.py) -------------
     def submit(self, config_path: str = "", config_yaml: str = "", doc: Optional[dict] = None,
@@ -338,7 +339,7 @@ class Core:
                         references: Optional[list] = None, **request) -> Iterator[EvalProgress]:
         """Progress, the last message carrying the `result` (EvalResult: tunerd.evaluation.runs).
         With predictions and references: score them, no model."""
-        from .chat import rng_untouched
+        from .serving import rng_untouched
         from .evaluation import plan as eval_plan
         from .evaluation.runs import EvalProgress, run_plan, score_predictions
         if predictions or references:

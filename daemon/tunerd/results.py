@@ -25,6 +25,8 @@ class Info:
     uptime_seconds: float
     memory_total_bytes: int
     memory_available_bytes: int
+    active_sequences: int = 0        # chat/completion replies decoding now (serving.Scheduler)
+    peak_active_sequences: int = 0   # the most decoding together since the daemon started
 
 
 @dataclass(frozen=True)

@@ -56,7 +56,7 @@ class BackendInfo(_message.Message):
     def __init__(self, name: _Optional[str] = ..., available: _Optional[bool] = ..., version: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class Info(_message.Message):
-    __slots__ = ("version", "api_version", "backends", "devices", "default_backend", "home", "pid", "uptime_seconds", "memory_total_bytes", "memory_available_bytes")
+    __slots__ = ("version", "api_version", "backends", "devices", "default_backend", "home", "pid", "uptime_seconds", "memory_total_bytes", "memory_available_bytes", "active_sequences", "peak_active_sequences")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     API_VERSION_FIELD_NUMBER: _ClassVar[int]
     BACKENDS_FIELD_NUMBER: _ClassVar[int]
@@ -67,6 +67,8 @@ class Info(_message.Message):
     UPTIME_SECONDS_FIELD_NUMBER: _ClassVar[int]
     MEMORY_TOTAL_BYTES_FIELD_NUMBER: _ClassVar[int]
     MEMORY_AVAILABLE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    ACTIVE_SEQUENCES_FIELD_NUMBER: _ClassVar[int]
+    PEAK_ACTIVE_SEQUENCES_FIELD_NUMBER: _ClassVar[int]
     version: str
     api_version: str
     backends: _containers.RepeatedCompositeFieldContainer[BackendInfo]
@@ -77,7 +79,9 @@ class Info(_message.Message):
     uptime_seconds: float
     memory_total_bytes: int
     memory_available_bytes: int
-    def __init__(self, version: _Optional[str] = ..., api_version: _Optional[str] = ..., backends: _Optional[_Iterable[_Union[BackendInfo, _Mapping]]] = ..., devices: _Optional[_Iterable[_Union[Device, _Mapping]]] = ..., default_backend: _Optional[str] = ..., home: _Optional[str] = ..., pid: _Optional[int] = ..., uptime_seconds: _Optional[float] = ..., memory_total_bytes: _Optional[int] = ..., memory_available_bytes: _Optional[int] = ...) -> None: ...
+    active_sequences: int
+    peak_active_sequences: int
+    def __init__(self, version: _Optional[str] = ..., api_version: _Optional[str] = ..., backends: _Optional[_Iterable[_Union[BackendInfo, _Mapping]]] = ..., devices: _Optional[_Iterable[_Union[Device, _Mapping]]] = ..., default_backend: _Optional[str] = ..., home: _Optional[str] = ..., pid: _Optional[int] = ..., uptime_seconds: _Optional[float] = ..., memory_total_bytes: _Optional[int] = ..., memory_available_bytes: _Optional[int] = ..., active_sequences: _Optional[int] = ..., peak_active_sequences: _Optional[int] = ...) -> None: ...
 
 class LoadModelRequest(_message.Message):
     __slots__ = ("model", "backend", "quantization", "dtype", "revision", "keep_alive_seconds", "adapter")
@@ -98,7 +102,7 @@ class LoadModelRequest(_message.Message):
     def __init__(self, model: _Optional[str] = ..., backend: _Optional[str] = ..., quantization: _Optional[str] = ..., dtype: _Optional[str] = ..., revision: _Optional[str] = ..., keep_alive_seconds: _Optional[float] = ..., adapter: _Optional[str] = ...) -> None: ...
 
 class ModelStatus(_message.Message):
-    __slots__ = ("model", "backend", "quantization", "memory_bytes", "loaded_at", "last_used_at", "expires_at", "adapters", "dtype", "dtype_reason", "base_bytes", "attached", "requested_dtype")
+    __slots__ = ("model", "backend", "quantization", "memory_bytes", "loaded_at", "last_used_at", "expires_at", "adapters", "dtype", "dtype_reason", "base_bytes", "attached", "requested_dtype", "active_sequences", "peak_active_sequences")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     BACKEND_FIELD_NUMBER: _ClassVar[int]
     QUANTIZATION_FIELD_NUMBER: _ClassVar[int]
@@ -112,6 +116,8 @@ class ModelStatus(_message.Message):
     BASE_BYTES_FIELD_NUMBER: _ClassVar[int]
     ATTACHED_FIELD_NUMBER: _ClassVar[int]
     REQUESTED_DTYPE_FIELD_NUMBER: _ClassVar[int]
+    ACTIVE_SEQUENCES_FIELD_NUMBER: _ClassVar[int]
+    PEAK_ACTIVE_SEQUENCES_FIELD_NUMBER: _ClassVar[int]
     model: str
     backend: str
     quantization: str
@@ -125,7 +131,9 @@ class ModelStatus(_message.Message):
     base_bytes: int
     attached: _containers.RepeatedCompositeFieldContainer[AttachedAdapter]
     requested_dtype: str
-    def __init__(self, model: _Optional[str] = ..., backend: _Optional[str] = ..., quantization: _Optional[str] = ..., memory_bytes: _Optional[int] = ..., loaded_at: _Optional[float] = ..., last_used_at: _Optional[float] = ..., expires_at: _Optional[float] = ..., adapters: _Optional[_Iterable[str]] = ..., dtype: _Optional[str] = ..., dtype_reason: _Optional[str] = ..., base_bytes: _Optional[int] = ..., attached: _Optional[_Iterable[_Union[AttachedAdapter, _Mapping]]] = ..., requested_dtype: _Optional[str] = ...) -> None: ...
+    active_sequences: int
+    peak_active_sequences: int
+    def __init__(self, model: _Optional[str] = ..., backend: _Optional[str] = ..., quantization: _Optional[str] = ..., memory_bytes: _Optional[int] = ..., loaded_at: _Optional[float] = ..., last_used_at: _Optional[float] = ..., expires_at: _Optional[float] = ..., adapters: _Optional[_Iterable[str]] = ..., dtype: _Optional[str] = ..., dtype_reason: _Optional[str] = ..., base_bytes: _Optional[int] = ..., attached: _Optional[_Iterable[_Union[AttachedAdapter, _Mapping]]] = ..., requested_dtype: _Optional[str] = ..., active_sequences: _Optional[int] = ..., peak_active_sequences: _Optional[int] = ...) -> None: ...
 
 class AttachedAdapter(_message.Message):
     __slots__ = ("name", "path", "memory_bytes", "loaded_at")

@@ -132,6 +132,7 @@ def _print_info(info, args) -> int:
                   f"home {info.home}")
     console.print(f"memory: {human_bytes(info.memory_available_bytes)} free of {human_bytes(info.memory_total_bytes)}; "
                   f"default backend: {info.default_backend or '?'}")
+    console.print(f"chat: {info.active_sequences} replies decoding now (peak {info.peak_active_sequences} together)")
     table(["backend", "available", "version", "note"],
           [[b.name, "yes" if b.available else "no", b.version, b.reason] for b in info.backends])
     table(["device", "backend", "detail"], [[d.name, d.backend, d.detail] for d in info.devices])

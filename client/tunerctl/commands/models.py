@@ -37,10 +37,11 @@ def cmd_models(args) -> int:
 
 
 def _print_models(models) -> int:
-    table(["model", "backend", "quantization", "dtype", "memory", "adapters", "expires"],
+    table(["model", "backend", "quantization", "dtype", "memory", "adapters", "decoding", "expires"],
           [[short_model(m.model), m.backend, m.quantization, m.dtype,
             f"{human_bytes(m.memory_bytes)} (base {human_bytes(m.base_bytes)})",
             ", ".join(f"{short_model(a.name)} ({human_bytes(a.memory_bytes)})" for a in m.attached),
+            f"{m.active_sequences} (peak {m.peak_active_sequences})",
             "never" if not m.expires_at else time.strftime("%H:%M:%S", time.localtime(m.expires_at))]
            for m in models], empty="no models loaded")
     return 0

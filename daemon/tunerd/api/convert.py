@@ -73,7 +73,8 @@ def model_status(m: ModelStatus) -> pb.ModelStatus:
                           dtype_reason=m.dtype_reason, requested_dtype=m.requested_dtype,
                           memory_bytes=m.memory_bytes, base_bytes=m.base_bytes, loaded_at=m.loaded_at,
                           last_used_at=m.last_used_at, expires_at=m.expires_at, adapters=m.adapters,
-                          attached=[pb.AttachedAdapter(**dataclasses.asdict(a)) for a in m.attached])
+                          attached=[pb.AttachedAdapter(**dataclasses.asdict(a)) for a in m.attached],
+                          active_sequences=m.active_sequences, peak_active_sequences=m.peak_active_sequences)
 
 
 def load_progress(p: LoadProgress) -> pb.LoadModelProgress:

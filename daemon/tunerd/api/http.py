@@ -10,8 +10,10 @@ Errors leave through `errors.http_error_for` (one mapping for both APIs).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
+import queue
 import threading
 import time
 import uuid
@@ -32,7 +34,7 @@ log = logging.getLogger(__name__)
 _SAMPLING = {"temperature": "temperature", "top_p": "top_p", "top_k": "top_k", "min_p": "min_p",
              "repetition_penalty": "repetition_penalty", "seed": "seed", "max_tokens": "max_tokens",
              "max_completion_tokens": "max_tokens"}
-_UNSUPPORTED = {"n": 1, "presence_penalty": 0, "frequency_penalty": 0, "logprobs": False, "best_of": 1,
+_UNSUPPORTED = {"presence_penalty": 0, "frequency_penalty": 0, "logprobs": False, "best_of": 1,
                 "echo": False, "suffix": None, "tools": None, "logit_bias": None}
 
 
@@ -56,6 +58,27 @@ def sampling(body: dict) -> Sampling:
         raise ValueError(f"stop: must be a string or a list of strings, got {stop!r}")
     s.stop = [stop] if isinstance(stop, str) else list(stop or [])
     return s.check()
+
+
+MAX_CHOICES = 16   # `n`: replies to one request, decoded in the same batch as any other
+
+
+def choices(body: dict) -> int:
+    """`n`: how many replies (choices) to generate; each is one sequence of the model's batch."""
+    n = body.get("n")
+    if n is None:
+        return 1
+    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_CHOICES:
+        raise ValueError(f"n: must be an integer in 1..{MAX_CHOICES}, got {n!r}")
+    return n
+
+
+def choice_sampling(s: Sampling, i: int) -> Sampling:
+    """Choice i's sampling: its own seed (seed + i, within 64 bits), so seeded choices differ."""
+    if i == 0 or s.seed is None:
+        return s
+    seed = s.seed + i
+    return dataclasses.replace(s, seed=seed - 2 ** 64 if seed >= 2 ** 63 else seed)
 
 
 def _text(i: int, content) -> str:
@@ -142,34 +165,39 @@ def make_app(core, token: Optional[str] = None, hosts: Optional[set] = None, max
                 raise ValueError("the request body must be a JSON object")
             name = model_id(body)
             streamed, usage = stream_flags(body)
+            n, sampled = choices(body), sampling(body)
             model, adapter, backend = core.resolve_model_id(name)
-            params = ChatParams(model=model, adapter=adapter, backend=backend, sampling=sampling(body),
-                                **({"messages": messages(body)} if chat else {"prompt": prompt(body)}))
+            content = {"messages": messages(body)} if chat else {"prompt": prompt(body)}
             watcher = asyncio.ensure_future(_cancel_on_disconnect(request.receive, cancelled))
-            stream = core.chat(params, cancelled)
-            first = await run_in_threadpool(next, stream, None)   # errors before the first byte: a status
+            # n choices: n sequences, all joining the model's one batch (serving.Scheduler)
+            streams = [core.chat(ChatParams(model=model, adapter=adapter, backend=backend,
+                                            sampling=choice_sampling(sampled, i), **content), cancelled)
+                       for i in range(n)]
+            # errors before the first byte: a status
+            firsts = await asyncio.gather(*(run_in_threadpool(next, st, None) for st in streams))
         except Exception as e:  # noqa: BLE001
             cancelled.set()
             _stop(watcher)
             return error(e)
         rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
         created = int(time.time())
-        deltas = _chain(first, stream)
+        deltas = _merge([_chain(f, st) for f, st in zip(firsts, streams)])
         if streamed:   # Starlette watches for the disconnect of a stream (and cancels _sse)
             _stop(watcher)
             return StreamingResponse(_sse(iterate_in_threadpool(deltas), cancelled, rid, created, name, chat,
-                                          usage), media_type="text/event-stream")
+                                          usage, n), media_type="text/event-stream")
         try:
-            text, finish, use = await run_in_threadpool(_collect, deltas)
+            replies, use = await run_in_threadpool(_collect, deltas, n)
         except Exception as e:  # noqa: BLE001
             return error(e)
         finally:
             cancelled.set()
             _stop(watcher)
-        choice = ({"index": 0, "message": {"role": "assistant", "content": text}} if chat else
-                  {"index": 0, "text": text, "logprobs": None})
+        out = [{"index": i, "message": {"role": "assistant", "content": text}} if chat else
+               {"index": i, "text": text, "logprobs": None} for i, (text, _) in enumerate(replies)]
         return {"id": rid, "object": "chat.completion" if chat else "text_completion", "created": created,
-                "model": name, "choices": [{**choice, "finish_reason": finish}], "usage": use}
+                "model": name, "choices": [{**c, "finish_reason": f} for c, (_, f) in zip(out, replies)],
+                "usage": use}
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
@@ -204,28 +232,68 @@ def _finish(reason: str) -> str:
     return "length" if reason == "length" else "stop"
 
 
-def _usage(u: Optional[Usage]) -> dict:
-    if u is None:
+def _usage(us: list) -> dict:
+    """The usage of a request's choices together: the prompt once, their completions summed."""
+    us = [u for u in us if u is not None]
+    if not us:
         return {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0,
                 "time_to_first_token_seconds": 0.0, "tokens_per_second": 0.0}
-    return {"prompt_tokens": u.prompt_tokens, "completion_tokens": u.completion_tokens,
-            "total_tokens": u.prompt_tokens + u.completion_tokens,
-            "time_to_first_token_seconds": u.time_to_first_token_seconds, "tokens_per_second": u.tokens_per_second}
+    prompt_tokens, completion = us[0].prompt_tokens, sum(u.completion_tokens for u in us)
+    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion,
+            "total_tokens": prompt_tokens + completion,
+            "time_to_first_token_seconds": min(u.time_to_first_token_seconds for u in us),
+            "tokens_per_second": sum(u.tokens_per_second for u in us)}
 
 
-def _collect(deltas: Iterator) -> tuple[str, str, dict]:
-    text, finish, usage = [], "stop", {}
-    for d in deltas:
-        text.append(d.text)
+_END = object()
+
+
+def _merge(streams: list) -> Iterator[tuple[int, object]]:
+    """(choice index, delta) from each of the choices' streams as they come (one thread each when
+    there are several: each stream waits on its own reply)."""
+    if len(streams) == 1:
+        for d in streams[0]:
+            yield 0, d
+        return
+    q: "queue.Queue" = queue.Queue()
+
+    def pump(i: int, stream: Iterator) -> None:
+        try:
+            for d in stream:
+                q.put((i, d))
+        except BaseException as e:  # noqa: BLE001 - raised in the reader's thread
+            q.put((i, e))
+        finally:
+            q.put((i, _END))
+
+    for i, st in enumerate(streams):
+        threading.Thread(target=pump, args=(i, st), name=f"http-choice-{i}", daemon=True).start()
+    left = len(streams)
+    while left:
+        i, d = q.get()
+        if d is _END:
+            left -= 1
+        elif isinstance(d, BaseException):
+            raise d
+        else:
+            yield i, d
+
+
+def _collect(deltas: Iterator, n: int) -> tuple[list[tuple[str, str]], dict]:
+    """([(text, finish reason)] per choice, the usage of all)."""
+    texts, finish, usages = [[] for _ in range(n)], ["stop"] * n, [None] * n
+    for i, d in deltas:
+        texts[i].append(d.text)
         if d.finish_reason:
-            finish, usage = _finish(d.finish_reason), _usage(d.usage)
-    return "".join(text), finish, usage
+            finish[i], usages[i] = _finish(d.finish_reason), d.usage
+    return [("".join(t), f) for t, f in zip(texts, finish)], _usage(usages)
 
 
 async def _sse(deltas, cancelled: threading.Event, rid: str, created: int, model: str, chat: bool,
-               include_usage: bool):
-    """Server-sent events in OpenAI's chunk format, then `data: [DONE]`. A client that goes away
-    cancels the generation (the finally runs when Starlette cancels this generator)."""
+               include_usage: bool, n: int = 1):
+    """Server-sent events in OpenAI's chunk format (each choice by its index), then `data: [DONE]`.
+    A client that goes away cancels the generation (the finally runs when Starlette cancels this
+    generator)."""
     kind = "chat.completion.chunk" if chat else "text_completion"
 
     def event(choices: list, usage: Optional[dict] = None) -> str:
@@ -234,26 +302,27 @@ async def _sse(deltas, cancelled: threading.Event, rid: str, created: int, model
             out["usage"] = usage
         return f"data: {json.dumps(out, ensure_ascii=False)}\n\n"
 
-    def choice(text: str, finish: Optional[str] = None) -> dict:
+    def choice(i: int, text: str, finish: Optional[str] = None) -> dict:
         if chat:
-            return {"index": 0, "delta": {"content": text} if text else {}, "finish_reason": finish}
-        return {"index": 0, "text": text, "logprobs": None, "finish_reason": finish}
+            return {"index": i, "delta": {"content": text} if text else {}, "finish_reason": finish}
+        return {"index": i, "text": text, "logprobs": None, "finish_reason": finish}
 
     try:
         if chat:
-            yield event([{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}])
-        usage = None
+            yield event([{"index": i, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}
+                         for i in range(n)])
+        usages = [None] * n
         try:
-            async for d in deltas:
+            async for i, d in deltas:
                 if d.text:
-                    yield event([choice(d.text)])
+                    yield event([choice(i, d.text)])
                 if d.finish_reason:
-                    usage = _usage(d.usage)
-                    yield event([choice("", _finish(d.finish_reason))])
+                    usages[i] = d.usage
+                    yield event([choice(i, "", _finish(d.finish_reason))])
         except Exception as e:  # noqa: BLE001 - after the first byte, the error goes in the stream
             yield f"data: {json.dumps(http_error_for(e)[1])}\n\n"
-        if include_usage and usage is not None:
-            yield event([], usage)
+        if include_usage and any(u is not None for u in usages):
+            yield event([], _usage(usages))
         yield "data: [DONE]\n\n"
     finally:
         cancelled.set()

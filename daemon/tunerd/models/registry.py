@@ -69,6 +69,8 @@ class ModelStatus:
     expires_at: float
     chat_adapters: tuple = ()           # AttachedAdapter: those chats attached, by name
     training: Optional[AttachedAdapter] = None   # a running job's model: its own adapter, training
+    active_sequences: int = 0        # replies decoding on it now (serving.Scheduler's batches)
+    peak_active_sequences: int = 0   # the most decoding together since it was loaded
 
     @property
     def attached(self) -> tuple:
@@ -105,6 +107,8 @@ class Resident:
     job_id: str = ""        # lent by this running job (its model; never evicted or unloaded here)
     base_bytes: int = 0     # its weights as the backend counts them (Backend.weight_bytes), at load
     own_bytes: int = 0      # a lending job's own adapter (Backend.weight_bytes()[1][TRAINING]), at lending
+    active: int = 0         # replies decoding on it now (set_active)
+    peak_active: int = 0
 
     @property
     def expires_at(self) -> float:
@@ -147,7 +151,7 @@ class Resident:
                            self.info.get("dtype_reason", ""), self.key[3], self.memory_bytes, self.base_bytes,
                            self.loaded_at, self.last_used_at, self.expires_at,
                            tuple(AttachedAdapter(a.name, a.path, a.memory_bytes, a.loaded_at)
-                                 for a in self.adapters.values()), training)
+                                 for a in self.adapters.values()), training, self.active, self.peak_active)
 
 
 @dataclass(frozen=True)
@@ -257,6 +261,17 @@ class ModelRegistry:
     def remove(self, key: tuple) -> None:
         self._on_worker()
         if self._models.pop(key, None) is not None:
+            self._changed()
+
+    def set_active(self, counts: dict) -> None:
+        """{resident key: replies decoding on it now}, from chat's scheduler when they change."""
+        self._on_worker()
+        changed = False
+        for k, r in self._models.items():
+            n = counts.get(k, 0)
+            if r.active != n:
+                r.active, r.peak_active, changed = n, max(r.peak_active, n), True
+        if changed:
             self._changed()
 
     def get(self, model: str, backend: str = "auto", quantization: str = "none", dtype: str = "auto",
