@@ -98,7 +98,7 @@ class LoadModelRequest(_message.Message):
     def __init__(self, model: _Optional[str] = ..., backend: _Optional[str] = ..., quantization: _Optional[str] = ..., dtype: _Optional[str] = ..., revision: _Optional[str] = ..., keep_alive_seconds: _Optional[float] = ..., adapter: _Optional[str] = ...) -> None: ...
 
 class ModelStatus(_message.Message):
-    __slots__ = ("model", "backend", "quantization", "memory_bytes", "loaded_at", "last_used_at", "expires_at", "adapters", "dtype", "dtype_reason", "base_bytes", "attached", "requested_dtype")
+    __slots__ = ("model", "backend", "quantization", "memory_bytes", "loaded_at", "last_used_at", "expires_at", "adapters", "dtype", "dtype_reason", "base_bytes", "attached", "requested_dtype", "context_length")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     BACKEND_FIELD_NUMBER: _ClassVar[int]
     QUANTIZATION_FIELD_NUMBER: _ClassVar[int]
@@ -112,6 +112,7 @@ class ModelStatus(_message.Message):
     BASE_BYTES_FIELD_NUMBER: _ClassVar[int]
     ATTACHED_FIELD_NUMBER: _ClassVar[int]
     REQUESTED_DTYPE_FIELD_NUMBER: _ClassVar[int]
+    CONTEXT_LENGTH_FIELD_NUMBER: _ClassVar[int]
     model: str
     backend: str
     quantization: str
@@ -125,7 +126,8 @@ class ModelStatus(_message.Message):
     base_bytes: int
     attached: _containers.RepeatedCompositeFieldContainer[AttachedAdapter]
     requested_dtype: str
-    def __init__(self, model: _Optional[str] = ..., backend: _Optional[str] = ..., quantization: _Optional[str] = ..., memory_bytes: _Optional[int] = ..., loaded_at: _Optional[float] = ..., last_used_at: _Optional[float] = ..., expires_at: _Optional[float] = ..., adapters: _Optional[_Iterable[str]] = ..., dtype: _Optional[str] = ..., dtype_reason: _Optional[str] = ..., base_bytes: _Optional[int] = ..., attached: _Optional[_Iterable[_Union[AttachedAdapter, _Mapping]]] = ..., requested_dtype: _Optional[str] = ...) -> None: ...
+    context_length: int
+    def __init__(self, model: _Optional[str] = ..., backend: _Optional[str] = ..., quantization: _Optional[str] = ..., memory_bytes: _Optional[int] = ..., loaded_at: _Optional[float] = ..., last_used_at: _Optional[float] = ..., expires_at: _Optional[float] = ..., adapters: _Optional[_Iterable[str]] = ..., dtype: _Optional[str] = ..., dtype_reason: _Optional[str] = ..., base_bytes: _Optional[int] = ..., attached: _Optional[_Iterable[_Union[AttachedAdapter, _Mapping]]] = ..., requested_dtype: _Optional[str] = ..., context_length: _Optional[int] = ...) -> None: ...
 
 class AttachedAdapter(_message.Message):
     __slots__ = ("name", "path", "memory_bytes", "loaded_at")
