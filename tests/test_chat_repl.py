@@ -142,12 +142,13 @@ def _ctrl_c(daemon, tiny_model_dir, tmp_path):
 
 def test_a_failed_answer_is_an_error_line_and_the_session_goes_on(daemon, tiny_model_dir, tmp_path):
     """An answer the daemon refuses (here: max_tokens beyond the model's context) prints its error
-    and leaves the conversation as it was; the next question is answered as usual."""
+    and leaves the conversation as it was; the next question is answered as usual. (max_tokens
+    beyond the context itself is refused when typed: test_adapter_and_params_are_checked...)"""
     cli(daemon.home, "models", "load", tiny_model_dir, "--backend", "torch", check=True)
     child = spawn(daemon, tiny_model_dir, tmp_path)
-    child.send("/params max_tokens 100000\r")
+    child.send("/params max_tokens 500\r")
     child.expect_exact(">>>")
-    child.send("hello\r")
+    child.send("hello " * 40 + "\r")    # a prompt that leaves less than 500 of the 512 positions
     child.expect_exact("error:")
     child.expect("exceeds the model's context")
     child.expect_exact(">>>")
@@ -161,3 +162,49 @@ def test_a_failed_answer_is_an_error_line_and_the_session_goes_on(daemon, tiny_m
     child.sendcontrol("d")
     child.expect(pexpect.EOF)
     assert child.wait() == 0
+
+
+def test_adapter_and_params_are_checked_when_typed_and_errors_keep_the_session(daemon, demo_bundle,
+                                                                               tiny_model_dir, tmp_path):
+    """Issue 23, item 1: started with `--adapter job:ID` alone, `/adapter job:nope` is refused when
+    typed (the old adapter stays), `/adapter none` keeps the adapter's base (it was `model:
+    required`), `/params max_tokens` beyond the model's 512 positions is refused when typed, and
+    `/params` shows the values in effect (not None); the conversation survives all of it."""
+    cfg = write_config(tmp_path / "short.yaml", demo_bundle, backend="torch", max_steps=4, save_steps=4,
+                       eval_steps=100, logging_steps=2)
+    job = json_lines(cli(daemon.home, "train", str(cfg), "--json", check=True).stdout)[0]["job_id"]
+    child = spawn_repl(daemon.home, tmp_path, "--adapter", f"job:{job}", "--backend", "torch",
+                       "--temperature", "0", "--max-tokens", "4")
+    child.send("hello\r")
+    repl_answer(child)
+    child.send("/adapter job:nope\r")
+    child.expect_exact("no job with id")
+    child.expect_exact(">>>")
+    child.send("/params\r")
+    child.expect(r"temperature=0\.0 +top_p=1\.0 .*seed=random +max_tokens=4 +stop=\[\]")
+    child.expect_exact(">>>")
+    assert "None" not in child.before
+    child.send("again\r")
+    repl_answer(child)                                   # still on the job's adapter
+    child.send("/adapter none\r")
+    child.expect_exact(f"adapter: none (the base model {tiny_model_dir}")
+    child.expect_exact(">>>")
+    child.send("and the base?\r")
+    repl_answer(child)                                   # was: error (INVALID_ARGUMENT): model: required
+    child.send("/params max_tokens 600\r")
+    child.expect_exact("the model's context of 512")
+    child.expect_exact(">>>")
+    child.send("/params\r")
+    child.expect(r"max_tokens=4 ")                       # unchanged
+    child.expect_exact(">>>")
+    child.send(f"/adapter job:{job}\r")
+    child.expect_exact(f"adapter: job:{job} on {tiny_model_dir}")
+    child.expect_exact(">>>")
+    child.send("/save kept.json\r")
+    child.expect_exact("saved 6 messages")
+    child.expect_exact(">>>")
+    child.sendcontrol("d")
+    child.expect(pexpect.EOF)
+    assert child.wait() == 0
+    users = [m["content"] for m in json.loads((tmp_path / "kept.json").read_text()) if m["role"] == "user"]
+    assert users == ["hello", "again", "and the base?"]

@@ -12,7 +12,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, NamedTuple, Optional
 
 import grpc
 from rich.markup import escape
@@ -23,7 +23,7 @@ from .ui import console
 
 HELP = """commands:
   /help                     this list
-  /params                   show the sampling parameters
+  /params                   show the sampling parameters (the values in effect)
   /params NAME VALUE        set one (temperature, top_p, top_k, min_p, repetition_penalty, seed,
                             max_tokens, stop); VALUE "none" unsets it; a stop string in double
                             quotes is read as JSON: /params stop "\\n", /params stop " User:"
@@ -38,6 +38,17 @@ Ctrl-C stops an answer."""
 
 PARAMS = {"temperature": float, "top_p": float, "top_k": int, "min_p": float, "repetition_penalty": float,
           "seed": int, "max_tokens": int, "stop": str}
+
+# what an unset parameter means (the daemon's defaults, tunerd.backends.generation.Sampling):
+# /params shows these rather than None
+DEFAULTS = {"temperature": 0.0, "top_p": 1.0, "top_k": 0, "min_p": 0.0, "repetition_penalty": 1.0,
+            "seed": "random", "max_tokens": 256, "stop": []}
+
+
+class Target(NamedTuple):
+    """What the daemon resolved an adapter (and the model) to: the base model and its positions."""
+    model: str
+    context_length: int   # 0: unknown
 
 
 @dataclass
@@ -82,11 +93,15 @@ def make_reader(history_file: Path) -> Callable[[str], str]:
 class Repl:
     def __init__(self, chat: Callable[[list, dict], Stream], params: dict, adapter: str,
                  system: str = "", history_file: Optional[Path] = None,
-                 resolve: Callable[[str], str] = lambda x: x):
+                 resolve: Callable[[str], str] = lambda x: x, model: str = "",
+                 check: Optional[Callable[[str, str], Target]] = None):
         """`chat(messages, params)`: the answer's stream (tuner.Client.chat); params hold the
-        sampling values and the adapter."""
-        self.chat, self.params, self.adapter = chat, params, adapter
-        self.resolve = resolve
+        sampling values, the model and the adapter. `check(model, adapter)`: what the daemon
+        resolves them to (it raises TunerError for an unknown job or folder), so /adapter and
+        /params are checked when typed."""
+        self.chat, self.params, self.adapter, self.model = chat, params, adapter, model
+        self.resolve, self.check = resolve, check
+        self._targets: dict = {}   # (model, adapter) -> Target, as the daemon resolved them
         self.conv = Conversation(system)
         self.read = make_reader(history_file or Path("chat_history"))
 
@@ -102,15 +117,28 @@ class Repl:
                 return 0
             if not line.strip():
                 continue
-            if line.startswith("/"):
-                if self.command(line) == "quit":
-                    return 0
-                continue
-            self.ask(line)
+            try:
+                if line.startswith("/"):
+                    if self.command(line) == "quit":
+                        return 0
+                    continue
+                self.ask(line)
+            except KeyboardInterrupt:   # e.g. while /adapter waits for the daemon
+                console.print("\n[dim](stopped)[/]")
+            except TunerError as e:
+                if isinstance(e, DaemonUnavailable) or e.code == grpc.StatusCode.UNAVAILABLE:
+                    raise   # the daemon is gone: tunerctl says so and exits
+                console.print(f"\n[red]error:[/] {escape(e.details)}", highlight=False)
+            except Exception as e:   # any other error: said, and the session (and its history) goes on
+                console.print(f"\n[red]error:[/] {escape(f'{type(e).__name__}: {e}')}", highlight=False)
 
     def ask(self, text: str) -> None:
         self.conv.turns.append({"role": "user", "content": text})
-        call = self.chat(self.conv.messages(), {**self.params, "adapter": self.adapter})
+        try:
+            call = self.chat(self.conv.messages(), {**self.params, "adapter": self.adapter, "model": self.model})
+        except BaseException:
+            self.conv.turns.pop()
+            raise
         reply, usage, t0 = [], None, time.perf_counter()
         downloads = DownloadView(console)   # a hub model fetched before the first answer
         try:
@@ -157,8 +185,7 @@ class Repl:
                 self.set_param(rest) if rest else console.print(
                     "  ".join(f"{k}={v}" for k, v in self.shown_params().items()), markup=False)
             elif name == "adapter":
-                self.adapter = "" if rest in ("", "none") else self.resolve(rest)
-                console.print(f"[dim]adapter: {self.adapter or 'none (the base model)'}[/]")
+                self.set_adapter(rest)
             elif name == "system":
                 self.conv.system = rest
                 console.print(f"[dim]system prompt {'set' if rest else 'cleared'}[/]")
@@ -180,8 +207,35 @@ class Repl:
             console.print(f"[red]{e}[/]", markup=True)
         return None
 
+    def target(self, adapter: str) -> Optional[Target]:
+        """The daemon's resolution of this model with `adapter` (remembered); None without a checker."""
+        if self.check is None:
+            return None
+        key = (self.model, adapter)
+        if key not in self._targets:
+            self._targets[key] = self.check(self.model, adapter)
+        return self._targets[key]
+
+    def set_adapter(self, rest: str) -> None:
+        """/adapter X: resolved through the daemon now (an unknown job or folder is said here and
+        the old adapter stays); /adapter none keeps the base of the adapter in use."""
+        if rest in ("", "none"):
+            if not self.model and self.adapter:   # the model was the adapter's base: keep it
+                t = self.target(self.adapter)
+                if t is not None:
+                    self.model = t.model
+            self.adapter = ""
+            console.print(f"[dim]adapter: none (the base model{f' {self.model}' if self.model else ''})[/]",
+                          highlight=False)
+            return
+        ref = self.resolve(rest)
+        t = self.target(ref)   # raises: the old adapter stays
+        self.adapter = ref
+        console.print(f"[dim]adapter: {escape(ref)}{f' on {escape(t.model)}' if t else ''}[/]", highlight=False)
+
     def shown_params(self) -> dict:
-        return {k: self.params.get(k) if k != "stop" else self.params.get("stop") or [] for k in PARAMS}
+        """The values in effect: what was set, else the daemon's default."""
+        return {k: self.params.get(k) if self.params.get(k) not in (None, []) else DEFAULTS[k] for k in PARAMS}
 
     def set_param(self, rest: str) -> None:
         key, _, value = rest.partition(" ")
@@ -199,7 +253,18 @@ class Repl:
             self.params["stop"] = [*(self.params.get("stop") or []), value]
         else:
             try:
-                self.params[key] = PARAMS[key](value)
+                v = PARAMS[key](value)
             except ValueError:
                 raise ValueError(f"/params {key}: {value!r} is not a {PARAMS[key].__name__}") from None
+            if key == "max_tokens":
+                self.check_max_tokens(v)
+            self.params[key] = v
         console.print(f"[dim]{key} = {self.params[key]}[/]")
+
+    def check_max_tokens(self, n: int) -> None:
+        if n < 1:
+            raise ValueError(f"/params max_tokens: must be at least 1, got {n}")
+        t = self.target(self.adapter) if self.model or self.adapter else None
+        if t is not None and t.context_length and n >= t.context_length:
+            raise ValueError(f"/params max_tokens: {n} does not fit the model's context of {t.context_length} "
+                             f"positions (the prompt needs some too); use fewer, e.g. {t.context_length // 2}")

@@ -102,7 +102,7 @@ class LoadModelRequest(_message.Message):
     def __init__(self, model: _Optional[str] = ..., backend: _Optional[str] = ..., quantization: _Optional[str] = ..., dtype: _Optional[str] = ..., revision: _Optional[str] = ..., keep_alive_seconds: _Optional[float] = ..., adapter: _Optional[str] = ...) -> None: ...
 
 class ModelStatus(_message.Message):
-    __slots__ = ("model", "backend", "quantization", "memory_bytes", "loaded_at", "last_used_at", "expires_at", "adapters", "dtype", "dtype_reason", "base_bytes", "attached", "requested_dtype", "active_sequences", "peak_active_sequences")
+    __slots__ = ("model", "backend", "quantization", "memory_bytes", "loaded_at", "last_used_at", "expires_at", "adapters", "dtype", "dtype_reason", "base_bytes", "attached", "requested_dtype", "active_sequences", "peak_active_sequences", "context_length")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     BACKEND_FIELD_NUMBER: _ClassVar[int]
     QUANTIZATION_FIELD_NUMBER: _ClassVar[int]
@@ -118,6 +118,7 @@ class ModelStatus(_message.Message):
     REQUESTED_DTYPE_FIELD_NUMBER: _ClassVar[int]
     ACTIVE_SEQUENCES_FIELD_NUMBER: _ClassVar[int]
     PEAK_ACTIVE_SEQUENCES_FIELD_NUMBER: _ClassVar[int]
+    CONTEXT_LENGTH_FIELD_NUMBER: _ClassVar[int]
     model: str
     backend: str
     quantization: str
@@ -133,7 +134,8 @@ class ModelStatus(_message.Message):
     requested_dtype: str
     active_sequences: int
     peak_active_sequences: int
-    def __init__(self, model: _Optional[str] = ..., backend: _Optional[str] = ..., quantization: _Optional[str] = ..., memory_bytes: _Optional[int] = ..., loaded_at: _Optional[float] = ..., last_used_at: _Optional[float] = ..., expires_at: _Optional[float] = ..., adapters: _Optional[_Iterable[str]] = ..., dtype: _Optional[str] = ..., dtype_reason: _Optional[str] = ..., base_bytes: _Optional[int] = ..., attached: _Optional[_Iterable[_Union[AttachedAdapter, _Mapping]]] = ..., requested_dtype: _Optional[str] = ..., active_sequences: _Optional[int] = ..., peak_active_sequences: _Optional[int] = ...) -> None: ...
+    context_length: int
+    def __init__(self, model: _Optional[str] = ..., backend: _Optional[str] = ..., quantization: _Optional[str] = ..., memory_bytes: _Optional[int] = ..., loaded_at: _Optional[float] = ..., last_used_at: _Optional[float] = ..., expires_at: _Optional[float] = ..., adapters: _Optional[_Iterable[str]] = ..., dtype: _Optional[str] = ..., dtype_reason: _Optional[str] = ..., base_bytes: _Optional[int] = ..., attached: _Optional[_Iterable[_Union[AttachedAdapter, _Mapping]]] = ..., requested_dtype: _Optional[str] = ..., active_sequences: _Optional[int] = ..., peak_active_sequences: _Optional[int] = ..., context_length: _Optional[int] = ...) -> None: ...
 
 class AttachedAdapter(_message.Message):
     __slots__ = ("name", "path", "memory_bytes", "loaded_at")

@@ -58,20 +58,25 @@ def cmd_chat(args) -> int:
     if args.prompt is not None:
         chat_once(c, args, system + [{"role": "user", "content": args.prompt}])
         return 0
-    from ..repl import PARAMS, Repl
+    from ..repl import PARAMS, Repl, Target
 
     def ask(messages: list, p: dict):
         sp = pb.SamplingParams(stop=p.get("stop") or [])
         for k in PARAMS:
             if k != "stop" and p.get(k) is not None:
                 setattr(sp, k, p[k])
-        return c.chat(messages, model=local_ref(args.model), adapter=p["adapter"], backend=args.backend,
-                      sampling=sp)
+        return c.chat(messages, model=p["model"], adapter=p["adapter"], backend=args.backend, sampling=sp)
+
+    def check(model: str, adapter: str) -> Target:
+        """The daemon resolves (and makes resident, as the next answer would) the model with this
+        adapter: an unknown job or folder is its NOT_FOUND / INVALID_ARGUMENT, said when typed."""
+        st = c.load(model, backend=args.backend or "auto", adapter=adapter)
+        return Target(st.model, st.context_length)
 
     params = {k: getattr(args, k) for k in PARAMS}
     home = args.home or default_home()
     return Repl(ask, params, local_ref(args.adapter), args.system, Path(home) / "chat_history",
-                resolve=local_ref).run()
+                resolve=local_ref, model=local_ref(args.model), check=check).run()
 
 
 def cmd_generate(args) -> int:
