@@ -162,5 +162,15 @@ def main() -> int:
     return Rank(spec).run()
 
 
+def _exit_now(code: int) -> None:
+    """End the process at once: what a rank leaves is written and flushed by now, and the
+    interpreter's own teardown of torch/transformers/mlx takes seconds (4-6 s on a 2-core box),
+    which every launch of the group, and so the daemon's job, would wait for."""
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    _exit_now(main())
