@@ -218,7 +218,8 @@ def test_unsupported_arch_and_quant_say_what_is(tiny_model_dir, tmp_path):
     other = tmp_path / "gpt2"
     other.mkdir()
     (other / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
-    with pytest.raises(GGUFError, match=r"architecture gpt2 is not supported; supported model types: llama, "
+    with pytest.raises(GGUFError, match=r"architecture gpt2 is not supported; supported model types: gemma2, "
+                                        r"gemma3_text, llama, "
                                         r"mistral, phi3, qwen2, qwen3"):
         write_gguf(other, tmp_path / "x.gguf")
     assert not (tmp_path / "x.gguf").exists()

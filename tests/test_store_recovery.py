@@ -110,6 +110,28 @@ def test_missing_or_empty_db_is_rebuilt_from_the_job_folders(trained_home, how):
         stop_daemon(home)
 
 
+def test_a_rebuilt_db_has_the_jobs_exports_again(trained_home, tmp_path):
+    """An export is recorded in the job's folder too (exports.jsonl), so the records rebuilt from
+    runs/ list it again (`jobs show`)."""
+    home = copy_home(trained_home["home"])
+    _repoint_output_dirs(home, trained_home["home"])   # exports.jsonl goes into the copy's job folder
+    job, out = trained_home["done"], tmp_path / "mlx"
+    try:
+        cli(home, "export", f"job:{job}", "--format", "mlx", "-o", str(out), check=True)
+        before = json.loads(cli(home, "jobs", "show", job, "--json", check=True).stdout)["exports"]
+    finally:
+        stop_daemon(home)
+    assert [(e["format"], e["layout"], e["target"]) for e in before] == [("adapter", "mlx", str(out))]
+    for p in home.glob("jobs.db*"):
+        p.unlink()
+    try:
+        shown = json.loads(cli(home, "jobs", "show", job, "--json", check=True).stdout)
+        assert shown["state"] == "succeeded" and "rebuilt" in (home / "tunerd.log").read_text()
+        assert shown["exports"] == before
+    finally:
+        stop_daemon(home)
+
+
 def test_truncated_db_refuses_to_start_and_keeps_a_copy(trained_home):
     home = copy_home(trained_home["home"])
     db = home / "jobs.db"

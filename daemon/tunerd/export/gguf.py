@@ -11,10 +11,14 @@ vocabulary is written as llama.cpp's convert_hf_to_gguf.py writes a byte-level B
 tokenizer: every id up to the model's vocab size, as the tokenizer spells it, control tokens for
 special added tokens, user-defined for other added ones, `[PADn]` for ids the tokenizer lacks.
 
+Gemma 2 and Gemma 3 (text): export/gguf_gemma.py adds what they need (their hyperparameters, the
+RMSNorm weights + 1, and the SentencePiece vocabulary of their tokenizer as llama.cpp's "llama"
+tokenizer model) and refuses a config llama.cpp would run differently.
+
 llama.cpp's llama architecture (Llama, Mistral, SmolLM2) applies rotary embeddings to interleaved
 pairs where Hugging Face rotates the two halves of each head, so the Q and K projections are
 permuted per head (`_permute`; readers such as transformers' GGUF loader undo it). Qwen2/Qwen3 and
-Phi-3 use NEOX-style rotary in llama.cpp, which is Hugging Face's layout: no permutation.
+Phi-3 (and Gemma) use NEOX-style rotary in llama.cpp, which is Hugging Face's layout: no permutation.
 
 Quant types: f16, bf16 and q8_0 (1-D tensors, norms and biases, stay f32, and a matrix whose rows
 are not a whole number of q8_0 blocks is written f16, as llama.cpp does). Others (q4_k_m ...) need
@@ -30,13 +34,15 @@ from pathlib import Path
 import numpy as np
 
 from ..files import OutputRefused, atomic_write_file
+from . import gguf_gemma
 
 QUANTS = ("f16", "bf16", "q8_0")
 OTHER_TOOLS = ("q2_k", "q3_k_s", "q3_k_m", "q3_k_l", "q4_0", "q4_1", "q4_k_s", "q4_k_m", "q5_0", "q5_1",
                "q5_k_s", "q5_k_m", "q6_k", "iq2_xxs", "iq3_xxs", "iq4_nl", "iq4_xs", "tq1_0", "tq2_0")
 # model_type -> (gguf MODEL_ARCH name, Q/K permuted for llama.cpp's rotary layout)
 ARCHS = {"llama": ("LLAMA", True), "mistral": ("LLAMA", True), "qwen2": ("QWEN2", False),
-         "qwen3": ("QWEN3", False), "phi3": ("PHI3", False)}
+         "qwen3": ("QWEN3", False), "phi3": ("PHI3", False), "gemma2": ("GEMMA2", False),
+         "gemma3_text": ("GEMMA3", False)}
 
 
 class GGUFError(ValueError):
@@ -59,6 +65,11 @@ def check_arch(config: dict) -> str:
     if mt not in ARCHS:
         raise GGUFError(f"GGUF export: architecture {mt or '(no model_type)'} is not supported; supported "
                         f"model types: {', '.join(sorted(ARCHS))}")
+    if mt in gguf_gemma.FAMILIES:
+        why = gguf_gemma.problem(config)
+        if why:
+            raise GGUFError(why)
+        return mt
     kind = _rope_kind(config)
     if kind != "default" and not (kind == "llama3" and ARCHS[mt][0] == "LLAMA"):
         raise GGUFError(f"GGUF export: rope scaling {kind!r} ({mt}) is not supported yet; supported: "
@@ -113,6 +124,8 @@ def write_gguf(model_dir, out_file, quant: str = "f16", force: bool = False, nam
     quant = check_quant(quant)
     config = json.loads((src / "config.json").read_text())
     mt = check_arch(config)
+    if mt in gguf_gemma.FAMILIES:
+        config = gguf_gemma.normalized(config)
     _check_file(out, force)
     arch_name, permute = ARCHS[mt]
     arch = getattr(gguf.MODEL_ARCH, arch_name)
@@ -121,7 +134,9 @@ def write_gguf(model_dir, out_file, quant: str = "f16", force: bool = False, nam
         w = gguf.GGUFWriter(tmp, gguf.MODEL_ARCH_NAMES[arch])
         w.add_name(name or src.name)   # not the bare model_type: transformers reads a GGUF named "mistral" wrong
         n_vocab = _add_hparams(w, config, quant, gguf)
-        _add_vocab(w, src, n_vocab, gguf)
+        if mt in gguf_gemma.FAMILIES:
+            gguf_gemma.add_hparams(w, config, gguf)
+        _add_vocab(w, src, n_vocab, gguf, sentencepiece_ok=mt in gguf_gemma.FAMILIES)
         _add_tensors(w, src, config, arch, permute, quant, gguf, progress)
         if _rope_kind(config) == "llama3":
             w.add_tensor(gguf.TENSOR_NAMES[gguf.MODEL_TENSOR.ROPE_FREQS], _llama3_rope_factors(src))
@@ -155,6 +170,8 @@ def _llama3_rope_factors(src: Path) -> np.ndarray:
 
 
 def _rope_theta(config: dict) -> float:
+    if config.get("model_type") in gguf_gemma.FAMILIES:
+        return gguf_gemma.rope_theta(config)
     rope = config.get("rope_parameters") or {}
     return float(rope.get("rope_theta") or config.get("rope_theta") or 10000.0)
 
@@ -207,12 +224,22 @@ def _pre_tokenizer(src: Path) -> str:
                     "byte-level (GPT-2), Llama 3's, Qwen2's and SmolLM's")
 
 
-def _add_vocab(w, src: Path, n_vocab: int, gguf) -> None:
+def _add_vocab(w, src: Path, n_vocab: int, gguf, sentencepiece_ok: bool = False) -> None:
+    """Byte-level BPE, as below; a SentencePiece-style one (BPE with byte fallback) where the
+    architecture's is (Gemma: gguf_gemma.add_vocab)."""
     from transformers import AutoTokenizer
 
+    tj = src / "tokenizer.json"
+    tok_json = json.loads(tj.read_text(encoding="utf-8")) if tj.exists() else {}
+    if gguf_gemma.is_sentencepiece(tok_json):
+        if not sentencepiece_ok:
+            raise GGUFError("GGUF export: a SentencePiece-style tokenizer (BPE with byte fallback) is "
+                            "supported on Gemma 2/3 only; elsewhere: byte-level BPE tokenizers")
+        return gguf_gemma.add_vocab(w, src, n_vocab, gguf)
     tok = AutoTokenizer.from_pretrained(str(src))
-    if not tok.is_fast or json.loads((src / "tokenizer.json").read_text())["model"]["type"] != "BPE":
-        raise GGUFError("GGUF export: only byte-level BPE tokenizers are supported")
+    if not tok.is_fast or (tok_json.get("model") or {}).get("type") != "BPE":
+        raise GGUFError("GGUF export: only byte-level BPE tokenizers are supported, and Gemma 2/3's "
+                        "SentencePiece-style one (BPE with byte fallback)")
     pre = _pre_tokenizer(src)
     reverse = {i: t for t, i in tok.get_vocab().items()}
     added = tok.added_tokens_decoder
@@ -259,6 +286,7 @@ def _add_tensors(w, src: Path, config: dict, arch, permute: bool, quant: str, gg
     from safetensors import safe_open
 
     names = gguf.get_tensor_name_map(arch, config["num_hidden_layers"])
+    gemma = config["model_type"] in gguf_gemma.FAMILIES
     heads = config["num_attention_heads"]
     kv_heads = config.get("num_key_value_heads") or heads
     files = sorted(src.glob("*.safetensors"))
@@ -279,6 +307,8 @@ def _add_tensors(w, src: Path, config: dict, arch, permute: bool, quant: str, gg
                 tensor = f.get_tensor(hf_name)
                 done += tensor.numel() * tensor.element_size()
                 data = tensor.float().numpy()
+                if gemma:
+                    data = gguf_gemma.shift_norm(hf_name, data)
                 if permute and hf_name.endswith("q_proj.weight"):
                     data = _permute(data, heads)
                 elif permute and hf_name.endswith("k_proj.weight"):

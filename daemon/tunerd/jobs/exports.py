@@ -5,18 +5,23 @@
                                            message (done) carries the path and the ExportRecord
       .fuse(adapter, out_dir, model, dequantize, force) -> path      a fused Hugging Face model
       .of_job(job_id) -> [ExportRecord]                              what was exported, oldest first
+    in_folder(folder) -> [dict]        the export records a job's folder holds (jobs/recovery.py)
 
 Formats: adapter (one layout, export/layout.py), gguf (fused, one file: export/gguf.py), ollama
 (a folder with that GGUF and a Modelfile: export/ollama.py) and hub
 (a Hub repo: export/hub.py, with the model card of export/model_card.py). Everything is checked
 before the slow work (the destination, the quant type, the Hub's reach and token); the work that
 needs the device (fusing, converting) runs on the device worker, the upload on the request's thread.
-Each export of a job's adapter is recorded with the job (the store's exports table); a path
-inside a job's output folder counts as that job's.
+Each export of a job's adapter is recorded with the job (the store's exports table), and in the
+job's output folder (`exports.jsonl`, one record a line, rewritten atomically) so that a store
+rebuilt from the job folders (jobs/recovery.py) has them again; a path inside a job's output folder
+counts as that job's.
 """
 from __future__ import annotations
 
 import dataclasses
+import json
+import logging
 import os
 import queue
 import tempfile
@@ -28,12 +33,14 @@ from typing import Callable, Iterator
 
 from ..backends.adapter_base import adapter_base
 from ..export.progress import ExportProgress, ExportRecord, Reporter, size_of
-from ..files import OutputRefused, check_destination, overlaps
+from ..files import OutputRefused, atomic_write_text, check_destination, overlaps
 from ..paths import resolve_path
 from . import folders, refs
 from .store import JobStore
 
 FORMATS = ("adapter", "gguf", "ollama", "hub")
+EXPORTS_FILE = "exports.jsonl"   # in a job's output folder
+log = logging.getLogger(__name__)
 
 
 class Exports:
@@ -63,8 +70,19 @@ class Exports:
             record = dataclasses.replace(rec, target=path, size_bytes=size_of(path))
         record = dataclasses.replace(record, time=time.time(), job_id=job_id)
         if job_id:
-            self.store.add_export(job_id, dataclasses.asdict(record))
+            self._record(job_id, dataclasses.asdict(record))
         yield report.finish(record.target, record)
+
+    def _record(self, job_id: str, record: dict) -> None:
+        self.store.add_export(job_id, record)
+        folder = self.store.get(job_id).output_dir
+        if not folder or not os.path.isdir(folder):
+            return
+        try:
+            lines = [json.dumps(r) + "\n" for r in in_folder(folder) + [record]]
+            atomic_write_text(Path(folder) / EXPORTS_FILE, "".join(lines))
+        except OSError as e:   # the store has it; only a rebuild from the folders would miss it
+            log.warning("job %s: export not recorded in %s (%s)", job_id, folder, e)
 
     def of_job(self, job_id: str) -> tuple:
         return tuple(ExportRecord(**{k: v for k, v in r.items() if k in _FIELDS}) for r in self.store.exports(job_id))
@@ -182,6 +200,22 @@ class Exports:
 
 
 _FIELDS = {f.name for f in dataclasses.fields(ExportRecord)}
+
+
+def in_folder(folder) -> list[dict]:
+    """The export records in a job folder's exports.jsonl, oldest first (a damaged line is skipped)."""
+    path = Path(folder) / EXPORTS_FILE
+    if not path.is_file():
+        return []
+    found = []
+    for line in path.read_text(errors="replace").splitlines():
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(rec, dict) and rec.get("format") and rec.get("target"):
+            found.append(rec)
+    return found
 
 
 def _in_thread(fn) -> Future:

@@ -2,7 +2,8 @@
 job folders in $TUNER_HOME/runs/ when jobs.db is missing or empty, and half-written folders removed.
 
 A job's folder holds what a record needs: config.json (the resolved config, written before the
-first step), metrics.jsonl (its steps and evals), its checkpoints and, once it finished, adapter/.
+first step), metrics.jsonl (its steps and evals), its checkpoints, once it finished, adapter/, and
+exports.jsonl (what was exported from it: jobs/exports.py), which refills the exports table.
 A job with its final adapter becomes succeeded; any other becomes interrupted, so `tunerctl jobs
 resume` continues it from its newest checkpoint. Its events are a StateChanged saying so, then the
 Step and Eval events of metrics.jsonl. Jobs whose output_dir was outside runs/ are not found.
@@ -17,6 +18,7 @@ from pathlib import Path
 from .. import files
 from ..training import events as ev
 from ..training.checkpoints import TrainerState, list_checkpoints, step_of
+from .exports import in_folder
 from .store import INTERRUPTED, RUNNING, SUCCEEDED, JobRecord, JobStore
 
 log = logging.getLogger(__name__)
@@ -49,7 +51,7 @@ def rebuild_from_runs(store: JobStore, runs_dir: Path) -> list[str]:
         except (OSError, ValueError) as e:
             done.append(f"{folder}: not rebuilt ({e})")
             continue
-        store.restore(rec, events)
+        store.restore(rec, events, in_folder(folder))
         done.append(f"job {rec.id}: rebuilt as {rec.state} (step {rec.step}) from {folder}")
     return done
 

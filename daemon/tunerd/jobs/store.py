@@ -186,13 +186,17 @@ class JobStore:
                 if not attempts:
                     raise
 
-    def restore(self, rec: JobRecord, events: list[tuple[str, dict, float]]) -> None:
-        """Insert a job rebuilt from its folder (jobs/recovery.py) with its events, in one transaction."""
+    def restore(self, rec: JobRecord, events: list[tuple[str, dict, float]], exports: list[dict] = ()) -> None:
+        """Insert a job rebuilt from its folder (jobs/recovery.py) with its events and its export
+        records, in one transaction."""
         def insert() -> None:
             self._insert_job(rec)
             for seq, (kind, payload, at) in enumerate(events, 1):
                 self._db.execute("INSERT INTO events (job_id, seq, time, kind, payload) VALUES (?, ?, ?, ?, ?)",
                                  (rec.id, seq, at, kind, json.dumps(payload)))
+            for r in exports:
+                self._db.execute("INSERT INTO exports (job_id, time, record) VALUES (?, ?, ?)",
+                                 (rec.id, r.get("time") or time.time(), json.dumps({**r, "job_id": rec.id})))
             self._db.execute("UPDATE jobs SET last_sequence = ? WHERE id = ?", (len(events), rec.id))
         self._write(insert)
 
