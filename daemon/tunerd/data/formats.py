@@ -29,7 +29,7 @@ from .errors import DataError
 from .sources import Record
 from .tools import tool_calls, tool_result, tools_column
 
-FORMATS = ("text", "prompt_response", "alpaca", "messages")
+FORMATS = ("text", "prompt_response", "alpaca", "messages", "preference")   # preference: data/preference.py
 PROMPT_NAMES = ("prompt", "question", "query", "input")
 RESPONSE_NAMES = ("completion", "response", "answer", "output")
 MESSAGES_NAMES = ("messages", "conversations", "conversation")
@@ -44,6 +44,8 @@ class Example:
     text: Optional[str] = None                      # format text
     messages: list = field(default_factory=list)    # chat formats
     tools: Optional[list] = None                    # function schemas, passed to the template as tools=
+    first_supervised: int = 0                       # assistant turns before this message are context only
+                                                    # (a preference pair's history: data/preference.py)
 
     @property
     def is_text(self) -> bool:
@@ -87,6 +89,9 @@ def detect_format(columns: list[str], cfg: DataConfig, source: str = "") -> Form
     system = cfg.system_column or _first(("system",), columns)
     if cfg.system_column:
         _need(cfg.system_column, "data.system_column", columns, source)
+    from .preference import is_preference, preference_spec   # it builds on this module's helpers
+    if fmt == "preference" or fmt == "auto" and is_preference(columns, cfg):
+        return preference_spec(columns, cfg, system, source)
     if fmt == "auto":
         if cfg.messages_column:
             fmt = "messages"
@@ -177,6 +182,13 @@ def _messages(value, origin: str, col: str) -> list[dict]:
 
 
 def to_example(record: Record, spec: FormatSpec) -> Example:
+    if spec.format == "preference":
+        raise DataError(f"{record.origin}: a preference row (chosen / rejected) is a pair; "
+                        "data/preference.py reads it (task dpo or orpo)")
+    return _to_example(record, spec)
+
+
+def _to_example(record: Record, spec: FormatSpec) -> Example:
     """One row as an Example; missing columns, empty responses and wrong types are errors naming
     row and field."""
     row, origin, c = record.data, record.origin, spec.columns

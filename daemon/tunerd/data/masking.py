@@ -40,11 +40,12 @@ class TokenizedRow:
 
 
 def _turn_spans(tokenizer, template: ChatTemplate, messages: list[dict], full: str,
-                tools=None) -> list[tuple[int, int]]:
-    """Character spans [a, b) of every assistant turn in `full` (content or tool calls + end-of-turn token)."""
+                tools=None, first: int = 0) -> list[tuple[int, int]]:
+    """Character spans [a, b) of every assistant turn from message `first` on in `full` (content or
+    tool calls + end-of-turn token)."""
     spans, cursor = [], 0
     for i, m in enumerate(messages):
-        if m["role"] != "assistant":
+        if m["role"] != "assistant" or i < first:
             continue
         span, floor = None, None
         try:
@@ -134,7 +135,8 @@ def tokenize_example(tokenizer, template: Optional[ChatTemplate], ex: Example,
     if tools:
         check_rendered(full, ex.messages, ex.tools, template, ex.origin)
     try:
-        spans = [] if train_on_prompt else _turn_spans(tokenizer, template, ex.messages, full, ex.tools)
+        spans = [] if train_on_prompt else _turn_spans(tokenizer, template, ex.messages, full, ex.tools,
+                                                       ex.first_supervised)
     except DataError as e:
         raise DataError(f"{ex.origin}: {e}") from None
     ids, offsets = _encode(tokenizer, full)

@@ -184,16 +184,21 @@ def prepare(cfg: TrainConfig, tokenizer, base_dir: Optional[Path] = None) -> Pre
     chat template when it had none (`report["chat_template"]`, to save with the adapter)."""
     loaded = load_records(cfg, base_dir)
     template = None if loaded.spec.format == "text" else setup_template(tokenizer, cfg.data.template)
-    train, facts = tokenize_all(to_examples(loaded.train, loaded.spec), tokenizer, template, cfg,
-                                cfg.max_seq_length)
-    valid, vfacts = tokenize_all(to_examples(loaded.validation, loaded.spec), tokenizer, template, cfg,
-                                 cfg.max_seq_length)
+    if loaded.spec.format == "preference":   # pairs of rows (task dpo / orpo): data/preference.py
+        from .preference import iterate_pair_batches, to_pairs, tokenize_pairs
+        tokenized, iterate = (lambda recs: tokenize_pairs(to_pairs(recs, loaded.spec), tokenizer, template, cfg,
+                                                          cfg.max_seq_length)), iterate_pair_batches
+    else:
+        tokenized, iterate = (lambda recs: tokenize_all(to_examples(recs, loaded.spec), tokenizer, template, cfg,
+                                                        cfg.max_seq_length)), iterate_batches
+    train, facts = tokenized(loaded.train)
+    valid, vfacts = tokenized(loaded.validation)
     if not train:
         raise DataError("data.train: every row was dropped (data.overlong: drop); raise max_seq_length")
     pad = pad_id_of(tokenizer)
-    batches = iterate_batches(train, cfg.per_device_train_batch_size, pad, packing=cfg.packing,
-                              max_seq_length=cfg.max_seq_length, seed=_data_seed(cfg), epoch=0,
-                              group_by_length=cfg.data.group_by_length)
+    batches = iterate(train, cfg.per_device_train_batch_size, pad, packing=cfg.packing,
+                      max_seq_length=cfg.max_seq_length, seed=_data_seed(cfg), epoch=0,
+                      group_by_length=cfg.data.group_by_length)
     report = {
         "train_rows": len(train), "validation_rows": len(valid),
         "format": loaded.spec.format, "columns": loaded.columns,
@@ -271,8 +276,10 @@ class TrainBatches:
     epoch; each epoch ends at its own last batch. The latest epoch's batches are kept."""
 
     def __init__(self, rows: list, batch_size: int, accumulation: int, pad_id: int, *, packing: bool,
-                 max_seq_length: int, seed: int, group_by_length: bool = True, shard: Shard = Shard()):
+                 max_seq_length: int, seed: int, group_by_length: bool = True, shard: Shard = Shard(),
+                 iterate=None):
         self.rows, self.accumulation, self.shard = rows, accumulation, shard
+        self._iterate = iterate or iterate_batches   # a task's own (preference pairs: iterate_pair_batches)
         self._kw = dict(batch_size=batch_size, pad_id=pad_id, packing=packing, max_seq_length=max_seq_length,
                         shuffle=True, seed=seed, group_by_length=group_by_length)
         self._epoch, self._batches = -1, []
@@ -280,7 +287,7 @@ class TrainBatches:
     def epoch(self, e: int) -> list[Batch]:
         """Every micro-batch of epoch `e` (all ranks')."""
         if e != self._epoch:
-            self._batches, self._epoch = iterate_batches(self.rows, epoch=e, **self._kw), e
+            self._batches, self._epoch = self._iterate(self.rows, epoch=e, **self._kw), e
         return self._batches
 
     def step(self, epoch: int, start: int) -> StepBatches:
