@@ -17,7 +17,8 @@ from pathlib import Path
 import torch
 
 PROMPTS = ["What is the capital of France?", "Write a haiku about the sea.",
-           "Explain in one sentence what a neural network is."]
+           "Explain in one sentence what a neural network is.", "List three primary colors.",
+           "How many legs does a spider have?"]
 
 
 def main() -> int:

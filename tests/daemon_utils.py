@@ -16,6 +16,11 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tuner.v1 import tuner_pb2 as pb
 from tuner.v1 import tuner_pb2_grpc
 
+# Bounds on "at once" / "fast" in seconds are multiplied by this: CI and the helpers' machines are
+# shared 2-core boxes, where a process can wait a second or more for a core (issue 23, item 11).
+# What the tests tell apart stays apart: a blocked call waits for a whole training step or reply.
+SLACK = float(os.environ.get("MACTUNER_TIME_SLACK", "2.5"))
+
 
 def free_port() -> int:
     with socket.socket() as s:

@@ -3,6 +3,7 @@ machinery (queue, worker, store, cancel, resume, watch) runs for real in millise
 from __future__ import annotations
 
 import threading
+import os
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -69,5 +70,17 @@ def wait_until(check, timeout: float = 5.0, what: str = "") -> None:
 
 def job_doc(model_dir, **kw) -> dict:
     """A config a submit accepts: a local model folder (no config.json: the memory check is
-    skipped) and a data path the fake never reads."""
-    return {"model": str(model_dir), "data": {"train": "train.jsonl"}, **kw}
+    skipped) and a one-row data file the fake never reads (submit checks its rows)."""
+    return {"model": str(model_dir), "data": {"train": str(_fake_train())}, **kw}
+
+
+def _fake_train():
+    import tempfile
+    from pathlib import Path
+
+    from tunerd.files import atomic_write_text
+
+    path = Path(tempfile.gettempdir()) / f"mactuner-fake-train-{os.getpid()}.jsonl"
+    if not path.exists():   # whole or absent: concurrent submits read it while it is written
+        atomic_write_text(path, '{"text": "one row"}\n')
+    return path

@@ -35,6 +35,8 @@ def test_daemon_start_version_logs_stop_speak_json():
         pid = r["pid"]
         again = json_lines(cli(home, "daemon", "start", "--json", check=True).stdout)[0]
         assert again == {"running": True, "started": False, "address": r["address"]}
+        busy = cli(home, "daemon", "start", "--http", "127.0.0.1:1")   # running without it: not applied, rc != 0
+        assert busy.returncode != 0 and "--http 127.0.0.1:1 was not applied" in " ".join(busy.stderr.split()), busy
 
         v = json_lines(cli(home, "--version", "--json", check=True).stdout)[0]
         assert v["tunerctl"] == __version__ and v["tunerd"]["pid"] == pid

@@ -85,3 +85,14 @@ def test_system_prompt_from_the_config_and_from_set(daemon, demo_bundle, tmp_pat
     assert "You are terse." in unsupervised
     code, r = _inspect(daemon, str(cfg), "--set", "data.system_prompt=Be kind.")
     assert "Be kind." in "".join(s["text"] for s in r["examples"][0]["segments"])
+
+
+def test_set_overrides_apply_to_a_data_file(daemon, tmp_path):
+    """`data inspect FILE --set data.prompt_column=... --set data.response_column=...`: columns no
+    detector knows are read as mapped (the overrides were dropped for a data file before)."""
+    f = _rows(tmp_path / "odd.jsonl", [{"frage": f"q{i}", "antwort": f"a{i}"} for i in range(3)])
+    code, r = _inspect(daemon, str(f))
+    assert code != 0, r   # unmapped: no format fits these columns
+    code, r = _inspect(daemon, str(f), "--set", "data.prompt_column=frage", "--set", "data.response_column=antwort")
+    assert code == 0 and r["format"] == "prompt_response" and r["train_rows"] == 3, r
+    assert [s["text"] for s in r["examples"][0]["segments"] if s["supervised"]] == ["a0"]

@@ -11,7 +11,7 @@ import grpc
 import pytest
 from tuner.v1 import tuner_pb2 as pb
 
-from daemon_utils import DaemonProcess, cli, job_state, json_lines, short_home, wait_for, write_config
+from daemon_utils import DaemonProcess, cli, job_state, json_lines, short_home, wait_for, write_config, SLACK
 
 pytestmark = pytest.mark.slow
 
@@ -111,7 +111,7 @@ def test_a_deadline_is_honoured(daemon, demo_bundle, tmp_path):
         with pytest.raises(grpc.RpcError) as e:
             timed_chat(stub, chat_request(model, max_tokens=CONTEXT - 40, seed=1), timeout=0.5)
         assert e.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-        assert time.perf_counter() - t0 < 2.0
+        assert time.perf_counter() - t0 < 2.0 * SLACK
         # the daemon stopped generating it (a chat that ran on would log "length after 472 tokens")
         wait_for(lambda: "cancelled after" in (daemon.home / "tunerd.log").read_text(), timeout=2,
                  interval=0.05, what="the chat ended on the daemon")
@@ -149,7 +149,7 @@ def test_sigterm_during_chats_cancels_them_checkpoints_the_job_and_exits_fast(de
     for t in threads:
         t.join(10)
     print(f"SIGTERM with 2 chats and a training job: exited in {took:.2f}s")
-    assert rc == 0 and took < 5.0, took
+    assert rc == 0 and took < 5.0 * SLACK, took
     assert len(ended) == 2
     assert not list((home / "runs" / job_id).glob(".tmp-checkpoint-*"))
     d = DaemonProcess(home).start()

@@ -284,10 +284,13 @@ def test_torch_adapter_serves_mlx_chat_and_fuses(daemon, demo_bundle, tmp_path):
         return "".join(e.get("delta", "") for e in json_lines(cli(daemon.home, "chat", *args, *ask, check=True).stdout))
 
     on_torch = reply("--adapter", f"job:{job_id}", "--backend", "torch")
+    assert reply("--adapter", job_id, "--backend", "torch") == on_torch   # a bare job id works as job:ID does
     cli(daemon.home, "adapters", "export", f"job:{job_id}", str(tmp_path / "mlx"), "--layout", "mlx", check=True)
     assert (tmp_path / "mlx" / "adapters.safetensors").exists()
     cli(daemon.home, "adapters", "export", f"job:{job_id}", str(tmp_path / "peft"), "--layout", "peft", check=True)
     assert (tmp_path / "peft" / "adapter_model.safetensors").exists() and not (tmp_path / "peft" / "mlx").exists()
+    # an adapter folder alone: the base comes from its adapter_config.json (issue 23, item 2)
+    assert reply("--adapter", str(tmp_path / "peft"), "--backend", "torch") == on_torch
     on_mlx = reply("--model", demo_bundle["model"], "--adapter", str(tmp_path / "mlx"), "--backend", "mlx")
     assert on_torch and on_mlx == on_torch
     cli(daemon.home, "adapters", "fuse", f"job:{job_id}", str(tmp_path / "fused"), check=True)
@@ -295,7 +298,7 @@ def test_torch_adapter_serves_mlx_chat_and_fuses(daemon, demo_bundle, tmp_path):
     assert reply("--model", str(tmp_path / "fused"), "--backend", "torch") == on_torch
 
 
-def test_unreachable_model_is_a_clear_not_found(daemon, demo_bundle):
+def test_an_uncached_model_offline_is_a_clear_unavailable(daemon, demo_bundle):
     p = cli(daemon.home, "data", "inspect", demo_bundle["train"], "--model", "no-such-org/no-such-model", "--json")
     err = json_lines(p.stdout)[-1]["error"]
-    assert p.returncode == 1 and err["code"] == "NOT_FOUND" and "no-such-org/no-such-model" in err["message"]
+    assert p.returncode == 1 and err["code"] == "UNAVAILABLE" and "no-such-org/no-such-model" in err["message"]

@@ -11,7 +11,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tuner.v1 import tuner_pb2 as pb
 from tuner.v1 import tuner_pb2_grpc
 
-from daemon_utils import DaemonProcess, cli, job_state, json_lines, short_home, wait_for, write_config
+from daemon_utils import DaemonProcess, cli, job_state, json_lines, short_home, wait_for, write_config, SLACK
 
 pytestmark = pytest.mark.slow
 
@@ -50,8 +50,8 @@ def test_100_open_watchers_do_not_starve_health_or_unary_calls(demo_bundle, tmp_
             list_get = time.perf_counter() - t0
         print(f"health with 100 watchers: median {statistics.median(times) * 1000:.1f} ms, "
               f"max {max(times) * 1000:.1f} ms; ListJobs+GetJob {list_get * 1000:.1f} ms")
-        assert statistics.median(times) < 0.1, times
-        assert max(times) < 1.0 and list_get < 1.0, (times, list_get)
+        assert statistics.median(times) < 0.1 * SLACK, times
+        assert max(times) < SLACK and list_get < SLACK, (times, list_get)
         # the CLI sees a running daemon (it used to report "not running" and start a second one)
         p = cli(home, "daemon", "status", "--json", timeout=60)
         assert p.returncode == 0, p.stdout + p.stderr

@@ -133,6 +133,47 @@ def test_a_tool_result_object_and_flat_calls_are_accepted(tiny_model_dir, tmp_pa
     assert '{"sky": "sunny", "celsius": 22}' in tok.decode(data.train[0].ids)
 
 
+# The same conversation in ShareGPT format as LLaMA-Factory writes tool calling (its
+# glaive_toolcall demo): the call and the result are turns of their own, `tools` a JSON string
+# of flat schemas.
+SHAREGPT_ROW = {"conversations": [
+    {"from": "human", "value": "What is the weather in Paris?"},
+    {"from": "function_call", "value": "{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\"}}"},
+    {"from": "observation", "value": "Sunny, 22 C"},
+    {"from": "gpt", "value": "It is sunny and 22 C in Paris."}],
+    "tools": json.dumps([TOOLS[0]["function"]])}
+
+
+def test_sharegpt_function_call_and_observation_turns_are_tool_calls_and_results(tiny_model_dir, tmp_path):
+    tok = _tokenizer(tiny_model_dir, QWEN25_TOOLS)
+    _, openai = _prepare(tmp_path, tok, [ROW])
+    _, data = _prepare(tmp_path, tok, [SHAREGPT_ROW])
+    assert data.report["format"] == "messages"
+    row = data.train[0]
+    # the same rendering as the OpenAI row (less the call id the template does not show), the same mask
+    assert tok.decode(row.ids) == tok.decode(openai.train[0].ids)
+    assert json.dumps(TOOLS[0]) in tok.decode(row.ids)   # the flat schema nested as templates read it
+    assert [t for t, s in segments(tok, row) if s] == [CALL + "<|im_end|>", "It is sunny and 22 C in Paris.<|im_end|>"]
+    assert "Sunny, 22 C" in "".join(t for t, s in segments(tok, row) if not s)
+    # parallel calls: a list of calls in one function_call turn
+    two = json.loads(json.dumps(SHAREGPT_ROW))
+    two["conversations"][1]["value"] = [{"name": "get_weather", "arguments": {"city": "Paris"}},
+                                        {"name": "get_weather", "arguments": "{\"city\": \"Rome\"}"}]
+    _, data = _prepare(tmp_path, tok, [two])
+    assert [t for t, s in segments(tok, data.train[0]) if s][0] == \
+        CALL + CALL.replace("Paris", "Rome").replace("<tool_call>", "\n<tool_call>", 1) + "<|im_end|>"
+    bad = json.loads(json.dumps(SHAREGPT_ROW))
+    bad["conversations"][1]["value"] = "get_weather(city=Paris)"
+    with pytest.raises(DataError, match=r"tools.jsonl:1: conversations\[1\].value is not valid JSON"):
+        _prepare(tmp_path, tok, [bad])
+    bad["conversations"][1]["value"] = '{"arguments": {"city": "Paris"}}'
+    with pytest.raises(DataError, match=r"conversations\[1\].value\[0\] has no function name"):
+        _prepare(tmp_path, tok, [bad])
+    with pytest.raises(DataError, match=r"tools.jsonl:1: the tokenizer.s own chat template does not render the call "
+                                        r"to .get_weather. in messages\[1\]"):
+        _prepare(tmp_path, AutoTokenizer.from_pretrained(tiny_model_dir), [SHAREGPT_ROW])   # ChatML: no tools
+
+
 def test_a_tool_call_turn_rendered_differently_as_the_last_is_found_in_the_row(tiny_model_dir, tmp_path):
     tok = _tokenizer(tiny_model_dir, QWEN3_TOOLS)
     _, data = _prepare(tmp_path, tok, [ROW])

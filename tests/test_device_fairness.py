@@ -16,7 +16,7 @@ import grpc
 import pytest
 from tuner.v1 import tuner_pb2 as pb
 
-from daemon_utils import cli, json_lines, wait_for, write_config
+from daemon_utils import cli, json_lines, wait_for, write_config, SLACK
 
 pytestmark = pytest.mark.slow
 
@@ -140,7 +140,7 @@ def test_a_prompt_over_the_character_cap_is_refused_at_once(daemon, demo_bundle,
         code, details, took = refused(call)
         assert code == grpc.StatusCode.INVALID_ARGUMENT, details
         assert "1,000,001 characters" in details and "limit is 1,000,000" in details, details
-        assert took < 2.0, took
+        assert took < 2.0 * SLACK, took
     # the sum over the messages counts
     req = pb.ChatRequest(model=demo_bundle["model"], messages=[pb.ChatMessage(role="user", content="y" * 600_000),
                                                                 pb.ChatMessage(role="user", content="z" * 600_000)])
@@ -165,28 +165,28 @@ def test_a_huge_prompt_does_not_stall_training(daemon, demo_bundle, job, size):
     assert w.max_gap < 2.0, w.changes
 
 
-# -- finding 5: unknown model ids are NOT_FOUND at once --------------------------------------------
+# -- finding 5: unknown model ids fail at once (offline: UNAVAILABLE, the one offline rule, hub.py) --
 @pytest.mark.parametrize("model", ["gpt2", "gpt-4", "no-such-org/no-such-model"])
-def test_an_unknown_model_id_is_not_found_at_once(daemon, job, model):
+def test_an_unknown_model_id_fails_at_once(daemon, job, model):
     stub = daemon.stub()
     with StepWatch(stub, job) as w:
         code, details, took = refused(lambda: chat(stub, model))
-    assert code == grpc.StatusCode.NOT_FOUND, details
+    assert code == grpc.StatusCode.UNAVAILABLE, details
     assert "no local folder" in details and "not in the Hugging Face cache" in details and "offline" in details
-    assert took < 1.0 and w.max_gap < 2.0, (took, w.changes)
+    assert took < SLACK and w.max_gap < 2.0, (took, w.changes)
     code, details, _ = refused(lambda: stub.LoadModel(pb.LoadModelRequest(model=model), timeout=60))
-    assert code == grpc.StatusCode.NOT_FOUND, details
+    assert code == grpc.StatusCode.UNAVAILABLE, details
 
 
 @pytest.mark.parametrize("model", ["gpt2", "gpt-4"])
-def test_tunerctl_chat_with_an_unknown_model_is_not_found(daemon, model):
+def test_tunerctl_chat_with_an_unknown_model_is_unavailable_offline(daemon, model):
     t0 = time.perf_counter()
     p = cli(daemon.home, "chat", "--model", model, "-p", "hi", "--json")
     took = time.perf_counter() - t0
     err = json_lines(p.stdout)[-1]["error"]
-    assert p.returncode == 1 and err["code"] == "NOT_FOUND", p.stdout + p.stderr
+    assert p.returncode == 1 and err["code"] == "UNAVAILABLE", p.stdout + p.stderr
     assert model in err["message"] and "Hugging Face cache" in err["message"]
-    assert took < 5.0, took   # the CLI's own start-up included; the daemon answers in milliseconds
+    assert took < 5.0 * SLACK, took   # the CLI's own start-up included; the daemon answers in milliseconds
 
 
 # -- finding 8: a model that is a file, a device or a folder without config.json ------------------
@@ -201,7 +201,7 @@ def test_a_model_path_that_is_no_model_folder_is_a_clear_error(daemon, model, ki
         code, details, took = refused(call)
         assert code in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND), (name, code, details)
         assert model in details and kind in details and "config.json" in details, (name, details)
-        assert took < 2.0, (name, took)
+        assert took < 2.0 * SLACK, (name, took)
 
 
 def test_resolve_model_id_refuses_them_too(tmp_path):
@@ -213,5 +213,5 @@ def test_resolve_model_id_refuses_them_too(tmp_path):
                         ("~", "without config.json"), (str(tmp_path), "without config.json")]:
         with pytest.raises(ValueError, match=kind):
             Core.resolve_model_id(core, model)
-    with pytest.raises(FileNotFoundError, match="Hugging Face cache"):
+    with pytest.raises(ConnectionError, match="Hugging Face cache"):
         Core.resolve_model_id(core, "gpt-4")

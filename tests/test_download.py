@@ -18,6 +18,7 @@ from urllib.parse import unquote, urlsplit
 import grpc
 import pytest
 
+from daemon_utils import SLACK
 from tunerd.models import download
 from tunerd.models.download import Download
 
@@ -170,7 +171,7 @@ def test_a_missing_repo_fails_at_once_as_not_found(online):
     t0 = time.monotonic()
     with pytest.raises(FileNotFoundError, match="no model repository tiny-org/nope on the hub") as e:
         download.fetch("tiny-org/nope")
-    assert time.monotonic() - t0 < 3
+    assert time.monotonic() - t0 < 3 * SLACK
     assert status_for(e.value)[0] == grpc.StatusCode.NOT_FOUND
 
 
@@ -180,7 +181,7 @@ def test_an_unreachable_hub_fails_at_once_as_unavailable_naming_the_model(online
     t0 = time.monotonic()
     with pytest.raises(ConnectionError, match=f"model '{REPO}' cannot be downloaded: the hub .* is out of reach") as e:
         download.fetch(REPO)
-    assert time.monotonic() - t0 < 3
+    assert time.monotonic() - t0 < 3 * SLACK
     assert status_for(e.value)[0] == grpc.StatusCode.UNAVAILABLE
 
 
@@ -282,7 +283,7 @@ def test_a_bare_model_id_is_asked_of_the_hub_in_the_request_thread(daemon_online
             call()
         assert e.value.code() == grpc.StatusCode.NOT_FOUND, e.value.details()
         assert "no model repository gpt-4 on the hub" in e.value.details()
-        assert time.monotonic() - t0 < 5
+        assert time.monotonic() - t0 < 5 * SLACK
 
 
 def test_the_cli_draws_a_bar_on_a_terminal_and_lines_elsewhere():

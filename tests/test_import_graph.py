@@ -6,14 +6,16 @@ below it, never one above (packages on one floor may import each other; the cycl
 acyclic):
 
   0 foundation   tunerd (__version__), paths, files, disk, integrity, model_config, quantization,
-                 gguf_file (what a .gguf / ollama: name points at): plain helpers
+                 gguf_file (what a .gguf / ollama: name points at), plot (SVG plots), hub (the one
+                 offline rule): plain helpers
   1 config       the schema, the loader and its validator, debug mode
   2 data         sources, formats, templates, masking, packing, batches
   3 backends     mlx/ and torch/ behind backends/base.py, the device peak cache; host (the machine)
   4 evaluation   loss, perplexity and generation metrics, evaluation plans; export (fuse, layouts);
                  tasks (sft, dpo, orpo: a task's batches, loss, metrics and eval, over the Backend)
   5 training     the loop, checkpoints, schedules, memory estimate; no network (the job runner
-                 fetches the model before the loop runs)
+                 fetches the model before the loop runs); distributed (the loop as a process group
+                 of ranks, started by the engine's launcher)
   6 models       the resident models (registry), the hub download, model checks
   7 jobs         the store, manager, runner and device worker; chat; recommend
   8 core         `Core`, the one front door, and results (the dataclasses it returns)
@@ -70,12 +72,13 @@ def test_no_import_cycles():
 
 
 FLOORS = [   # (name, top-level modules and packages of tunerd), bottom first: the docstring's floors
-    ("foundation", {"tunerd", "paths", "files", "disk", "integrity", "model_config", "quantization", "gguf_file"}),
+    ("foundation", {"tunerd", "paths", "files", "disk", "integrity", "model_config", "quantization", "gguf_file",
+                    "plot", "hub"}),
     ("config", {"config"}),
     ("data", {"data"}),
     ("backends", {"backends", "host"}),
     ("evaluation", {"evaluation", "export", "tasks"}),
-    ("training", {"training"}),
+    ("training", {"training", "distributed"}),
     ("models", {"models"}),
     ("jobs", {"jobs", "chat", "recommend"}),
     ("core", {"core", "results"}),

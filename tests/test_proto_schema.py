@@ -30,7 +30,8 @@ def _problems(schema_cls, message) -> list[str]:
         where = f"{message.DESCRIPTOR.name}.{name} ({hint})"
         if hint is typing.Any:
             continue                                  # data.train: a path, a list, source dicts
-        if dataclasses.is_dataclass(hint):
+        if dataclasses.is_dataclass(args[0]):          # data, distributed (Optional: unset, one process)
+            hint = args[0]
             ok = fd.message_type is not None and not fd.is_repeated
             p += [] if ok else [f"{where}: not a message"]
             p += _problems(hint, getattr(pb, fd.message_type.name)) if ok else []

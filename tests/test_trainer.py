@@ -75,8 +75,8 @@ class RecordingBackend(FakeBackend):
 def test_two_trainer_ranks_split_every_step_and_only_rank_0_writes(demo_bundle, tiny_tokenizer, tmp_path):
     kw = dict(max_steps=5, gradient_accumulation_steps=3, per_device_train_batch_size=2, eval_strategy="steps",
               eval_steps=2, save_strategy="steps", save_steps=2)
-    one = RecordingBackend(tiny_tokenizer)
-    train(_cfg(demo_bundle, tmp_path / "one", **kw), one, lambda e: None)
+    one = RecordingBackend(tiny_tokenizer)   # one process, the same global batch: accumulation x world
+    train(_cfg(demo_bundle, tmp_path / "one", **{**kw, "gradient_accumulation_steps": 6}), one, lambda e: None)
     ranks, seen = [RecordingBackend(tiny_tokenizer) for _ in range(2)], []
     for r, be in enumerate(ranks):
         seen.append([])

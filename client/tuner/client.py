@@ -211,13 +211,20 @@ class Client:
         return list(self._unary("ListAdapters", pb.ListAdaptersRequest()).adapters)
 
     def export(self, adapter: str, out_dir: str, *, layout: str = "peft", force: bool = False, format: str = "",
-               quant: str = "", out_file: str = "", model: str = "") -> pb.ExportAdapterResponse:
+               quant: str = "", out_file: str = "", model: str = "", name: str = "") -> pb.ExportAdapterResponse:
         """Copy an adapter (a folder, or job:<id>) in one layout (peft | mlx) into `out_dir`; with
         format="gguf", fuse it into its base (or `model`) and write one GGUF file at `out_file`
-        (quant f16 | bf16 | q8_0)."""
+        (quant f16 | bf16 | q8_0); format="ollama": the GGUF + a Modelfile into `out_dir`, for
+        `ollama create name`."""
         return self._unary("ExportAdapter", pb.ExportAdapterRequest(
             adapter=adapter, out_dir=out_dir, layout=layout, force=force, format=format, quant=quant,
-            out_file=out_file, model=model))
+            out_file=out_file, model=model, name=name))
+
+    def export_stream(self, adapter: str, **fields) -> Stream[pb.ExportProgress]:
+        """`export` with progress (stage, bytes done/total, ETA); the last message (done) has the
+        path (or Hub repo URL) and its record. `fields`: ExportAdapterRequest's (out_dir, layout,
+        format adapter|gguf|hub, quant, out_file, model, repo, private, fused, gguf_quant, force)."""
+        return self._stream("Export", pb.ExportAdapterRequest(adapter=adapter, **fields))
 
     def fuse(self, adapter: str, out_dir: str, *, model: str = "", dequantize: bool = False,
              force: bool = False) -> pb.FuseAdapterResponse:

@@ -161,14 +161,23 @@ def build_parser() -> argparse.ArgumentParser:
     af.add_argument("--force", action="store_true", help=force_help)
 
     ex = cmd(sub, "export", "write a trained adapter out: fused into its base as one GGUF file (llama.cpp, "
-                            "Ollama, LM Studio), or the adapter in peft or mlx layout")
+                            "Ollama, LM Studio), the adapter in peft or mlx layout, or a Hub repo with a model card")
     ex.add_argument("adapter", help=adapter_help)
-    ex.add_argument("--format", choices=["gguf", "peft", "mlx"], default="gguf")
-    ex.add_argument("--quant", default="f16", help="gguf: f16 (default), bf16 or q8_0; for q4_k_m and other "
+    ex.add_argument("--format", choices=["gguf", "ollama", "peft", "mlx", "hub"], default="gguf",
+                    help="ollama: a folder with the GGUF and a Modelfile (TEMPLATE, stops, SYSTEM)")
+    ex.add_argument("--quant", default="f16", help="gguf/ollama: f16 (default), bf16 or q8_0; for q4_k_m and other "
                                                   "k-quants run llama-quantize (or ollama create --quantize) on the f16 file")
-    ex.add_argument("-o", "--output", required=True, help="gguf: the .gguf file to write; peft/mlx: a new or empty folder")
+    ex.add_argument("-o", "--output", default="", help="gguf: the .gguf file to write; ollama/peft/mlx: a new or "
+                                                       "empty folder")
+    ex.add_argument("--name", default="", help="ollama: the model name (default: the folder's name)")
+    ex.add_argument("--create", action="store_true", help="ollama: run `ollama create` when ollama is on PATH")
     ex.add_argument("--model", default="", help="gguf: base model (default: the adapter's)")
     ex.add_argument("--force", action="store_true", help="gguf: replace the file; peft/mlx: " + force_help)
+    ex.add_argument("--repo", default="", metavar="USER/NAME", help="hub: the Hub repo to push to (needs the "
+                                                                    "network and a token: hf auth login)")
+    ex.add_argument("--private", action="store_true", help="hub: create the repo private")
+    ex.add_argument("--fused", action="store_true", help="hub: push the fused model instead of the adapter")
+    ex.add_argument("--gguf", default="", metavar="QUANT", help="hub: also push a GGUF (f16, bf16 or q8_0)")
 
     rp = cmd(sub, "report", "write a self-contained HTML report of a job: curves, metrics, data, base vs tuned")
     rp.add_argument("job_id")

@@ -35,6 +35,8 @@ def add_arguments(ev) -> None:
     ev.add_argument("--backend", default="", help="auto | mlx | torch (default: the job's, else auto)")
     ev.add_argument("--generate", "-n", type=int, default=0, metavar="N",
                     help="generate for the first N rows and score ROUGE/BLEU/exact match (default: 0, loss only)")
+    ev.add_argument("--generate-batch-size", type=int, default=0, metavar="B",
+                    help="generated rows decoded together (default: 8; 1: one at a time)")
     ev.add_argument("--tokenizer", choices=["whitespace", "char", "morpheme"], default="whitespace",
                     help="tokens for ROUGE/BLEU: words of any script, characters (CJK/Korean), or Korean "
                          "morphemes (kiwipiepy on the daemon) (default: whitespace)")
@@ -98,6 +100,7 @@ def request(args) -> pb.EvaluateRequest:
             setattr(sp, name, getattr(args, name))
     req = pb.EvaluateRequest(model=args.model, adapter=args.adapter, backend=args.backend, job_id=args.job,
                              adapters=args.compare, compare_base=args.base, max_generations=args.generate,
+                             generate_batch_size=max(args.generate_batch_size, 0),
                              tokenizer=args.tokenizer, split=args.split or "", base_dir=os.getcwd(), sampling=sp,
                              data_path=local_ref(args.data), config_path=local_ref(args.config),
                              retain=local_ref(args.retain))

@@ -68,6 +68,50 @@ class DownloadView:
             self.progress = None
 
 
+class ExportView:
+    """`ExportProgress` messages (`tunerctl export`, `adapters export`) as a bar per stage on a
+    terminal (bytes and ETA where the stage counts them), else a line per stage."""
+
+    def __init__(self, console: Console):
+        self.console = console
+        self.progress = None
+        self.task = None
+        self.stage = ""
+        self.total = 1
+
+    def update(self, p: pb.ExportProgress) -> None:
+        if p.done:
+            self.stop()
+            return
+        new = p.stage != self.stage
+        self.stage = p.stage
+        if not self.console.is_terminal:
+            if new:
+                self.console.print(f"{p.stage}: {p.message}" + (f" ({decimal(p.bytes_total)})" if p.bytes_total else ""),
+                                   highlight=False)
+            return
+        if self.progress is None:
+            self.progress = Progress(
+                TextColumn("[bold]{task.fields[stage]}"), BarColumn(), TextColumn("{task.fields[size]}"),
+                TextColumn("ETA {task.fields[eta]}"), TextColumn("[dim]{task.description}"),
+                console=self.console, transient=False)
+            self.progress.start()
+            self.task = self.progress.add_task("", total=None, stage="", size="", eta="-")
+        elif new:   # a new stage: a new bar under the finished one
+            self.progress.update(self.task, total=self.total, completed=self.total)
+            self.task = self.progress.add_task("", total=None, stage="", size="", eta="-")
+        self.total = p.bytes_total or 1
+        self.progress.update(self.task, description=p.message[:60], stage=p.stage, completed=p.bytes_done,
+                             total=p.bytes_total or None,
+                             size=f"{decimal(p.bytes_done)}/{decimal(p.bytes_total)}" if p.bytes_total else "",
+                             eta=_eta(p.eta_seconds))
+
+    def stop(self) -> None:
+        if self.progress:
+            self.progress.stop()
+            self.progress = None
+
+
 class JobView:
     def __init__(self, console: Console):
         self.console = console
@@ -108,6 +152,9 @@ class JobView:
                 self._line(f"[dim]#{e.sequence}[/] dtype [bold]{s.dtype}[/] ({s.dtype_reason}); packing "
                            f"[bold]{'on' if s.packing else 'off'}[/] ({s.packing_reason}); estimated peak "
                            f"{s.estimated_peak_memory_bytes / 2**30:.2f} GiB; device peak {s.peak_tflops:.2f} TFLOP/s")
+            if s.world_size > 1:
+                self._line(f"[dim]#{e.sequence}[/] distributed: [bold]{s.world_size}[/] ranks "
+                           f"({s.distributed_backend}), global batch {s.global_batch_size} rows per step")
             for w in s.warnings:
                 self._line(f"[dim]#{e.sequence}[/] [bold yellow]warning[/]: {w}")
             self._start_bar(s.total_steps)

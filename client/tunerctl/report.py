@@ -8,7 +8,6 @@ matplotlib (`pip install 'mactuner[report]'`), each with its numbers in a JSON b
 from __future__ import annotations
 
 import html
-import io
 import json
 import os
 import stat
@@ -19,6 +18,7 @@ from typing import Optional
 from tuner import Client, TunerError
 from tuner.v1 import tuner_pb2 as pb
 
+from tunerd import plot
 from tunerd.files import atomic_write_text
 
 from .ui import as_dict
@@ -82,32 +82,11 @@ def collect(c: Client, job_id: str, generate: int = 8, max_tokens: int = 64, com
 
 # -- plots ---------------------------------------------------------------------------------------
 def _svg(series: dict, title: str, ylabel: str, xlabel: str = "step", widths: Optional[list] = None) -> str:
-    """Lines (or, with `widths`, bars from x to x + width) as an SVG document."""
+    """Lines (or, with `widths`, bars from x to x + width) as an SVG document (tunerd.plot)."""
     try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        return plot.svg(series, title, ylabel, xlabel, widths)
     except ImportError as e:
         raise ValueError(f"tunerctl report draws its plots with matplotlib: pip install 'mactuner[report]' ({e})")
-    plt.rcParams.update({"svg.fonttype": "none", "svg.hashsalt": "tunerctl"})
-    fig, ax = plt.subplots(figsize=(6.4, 3.2), dpi=100)
-    for name, (xs, ys) in series.items():
-        if widths:
-            ax.bar(xs, ys, width=widths, label=name, align="edge", edgecolor="white")
-        else:
-            ax.plot(xs, ys, marker="o" if len(xs) < 30 else None, markersize=3, label=name)
-    ax.set_title(title)
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    ax.grid(alpha=0.3)
-    if len(series) > 1:
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    buf = io.StringIO()
-    fig.savefig(buf, format="svg")
-    plt.close(fig)
-    text = buf.getvalue()
-    return text[text.index("<svg"):]
 
 
 def _figure(key: str, title: str, ylabel: str, series: dict, **kw) -> str:

@@ -55,6 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     args.tls_cert, args.tls_key = (str(Path(f).expanduser().resolve()) if f else ""
                                    for f in (args.tls_cert, args.tls_key))
     os.chdir(home)
+    os.environ["TUNER_HOME"] = str(home)   # a config's ${TUNER_HOME} is this daemon's home (config/loader.py)
     handlers = [logging.handlers.RotatingFileHandler(home / "tunerd.log", maxBytes=10 << 20, backupCount=3)]
     if sys.stderr.isatty():
         handlers.append(logging.StreamHandler())

@@ -28,9 +28,11 @@ from .backends.peak import keep_peaks_in
 from .backends.registry import resolve_backend
 from .chat import ChatDelta, ChatParams, ChatService, check_request
 from .config.loader import ConfigError, load_config, merge
+from .data.inspect import check_for_submit
 from .gguf_file import OLLAMA_PREFIX, is_gguf
-from .files import OutputRefused, check_destination, overlaps
+from .files import OutputRefused, check_destination
 from .jobs import folders, refs
+from .jobs.exports import Exports
 from .jobs.job_config import job_config
 from .jobs.manager import JobManager
 from .jobs.recovery import rebuild_from_runs, remove_stale_temporaries
@@ -50,6 +52,7 @@ from .training.outputs import JOB_FOLDER
 if TYPE_CHECKING:
     from .data.inspect import DataReport
     from .evaluation.runs import EvalProgress, EvalResult
+    from .export.progress import ExportProgress
     from .recommend import Recommendation
 
 
@@ -69,6 +72,7 @@ class Core:
         self.jobs = JobManager(self.store, self.home / "runs", self.worker,
                                run_training or partial(train_job, lend=self.registry.lend))
         self.chat_service = ChatService(self.worker, self.registry, self.store)
+        self.exports = Exports(self.store, self.home, self.worker, self.resolve_adapter)
         self._tokenizers: dict = {}
         self._submit_lock = threading.Lock()   # checking an output folder and claiming it: one submit at a time
 
@@ -113,6 +117,9 @@ class Core:
             if not model_path.exists():
                 raise FileNotFoundError(f"model: local path not found: {model_path}")
             cfg = dataclasses.replace(cfg, model=str(model_path.resolve()))
+        elif cfg.model and not cfg.model.startswith(OLLAMA_PREFIX):
+            check_model(cfg.model)   # an uncached hub id, the hub out of reach: UNAVAILABLE now (hub.py)
+        check_for_submit(cfg, Path(base_dir or "."))   # bad rows: INVALID_ARGUMENT now, not when the job runs
         check_family(cfg.model, resolve_backend(cfg), cfg.revision, auto=cfg.backend == "auto")   # naming one that can
         check_fits(cfg.model, resolve_backend(cfg), cfg.quantization, job=cfg)   # RESOURCE_EXHAUSTED: what fits
         if cfg.output_dir:
@@ -149,7 +156,8 @@ class Core:
         return self.jobs.watch(refs.resolve_id(self.store, ref), from_sequence, follow, is_active)
 
     def _with_position(self, rec: JobRecord) -> JobRecord:
-        return dataclasses.replace(rec, queue_position=self.jobs.queue_position(rec.id))
+        return dataclasses.replace(rec, queue_position=self.jobs.queue_position(rec.id),
+                                   exports=self.exports.of_job(rec.id))
 
     # -- models --------------------------------------------------------------------------------
     def load_model(self, model: str, backend: str = "auto", quantization: str = "none",
@@ -248,7 +256,8 @@ class Core:
             layouts = [name for name, f in (("peft", "adapter_model.safetensors"), ("mlx", "adapters.safetensors"))
                        if (p / f).exists() or any(p.rglob(f))]
             out.append(AdapterInfo(rec.adapter_path, rec.id, rec.model, cfg.get("peft_adapter", ""),
-                                   cfg.get("lora_r", 0), rec.finished_at, tuple(layouts)))
+                                   cfg.get("lora_r", 0), rec.finished_at, tuple(layouts),
+                                   self.exports.of_job(rec.id)))
         return out
 
     def resolve_adapter(self, ref: str) -> str:
@@ -265,56 +274,21 @@ class Core:
             raise FileNotFoundError(f"adapter {ref!r}: no such folder ({path}), and no job id starts with it "
                                     "(see `tunerctl jobs list`)") from None
 
-    def export_adapter(self, adapter: str, out_dir: str, layout: str = "peft", force: bool = False,
-                       format: str = "", quant: str = "", out_file: str = "", model: str = "") -> str:
-        if format == "gguf":
-            return self._export_gguf(adapter, out_file or out_dir, quant, model, force)
-        if format not in ("", "adapter"):
-            raise ValueError(f"format {format}: not one of adapter, gguf")
-        from .export.layout import KIND, export_adapter
-        src, out = self.resolve_adapter(adapter), resolve_path(out_dir)
-        self._check_output(out, KIND, force, {"adapter": src})
-        return str(export_adapter(src, out, layout, force=force))
+    def export_stream(self, adapter: str, **request) -> Iterator[ExportProgress]:
+        """An export's progress (jobs/exports.py); the last message (done) names what was written."""
+        return self.exports.stream(adapter, **request)
 
-    def _export_gguf(self, adapter: str, out_file: str, quant: str, model: str, force: bool) -> str:
-        from .export.gguf import export_gguf
-        src = self.resolve_adapter(adapter)
-        model = model or adapter_base(src)
-        if not model:
-            raise ValueError("model: the adapter does not name its base model; pass --model")
-        if not out_file:
-            raise ValueError("out_file: required (the .gguf file to write)")
-        out = resolve_path(out_file)
-        folders.refuse_claimed(self.store, self.home, out, "out_file", fix="choose a file elsewhere")
-        return str(self.worker.call(lambda: export_gguf(model, src, out, quant=quant or "f16", force=force)).result())
+    def export_adapter(self, adapter: str, out_dir: str, layout: str = "peft", force: bool = False,
+                       format: str = "", quant: str = "", out_file: str = "", model: str = "", **request) -> str:
+        last = None
+        for last in self.exports.stream(adapter, out_dir=out_dir, layout=layout, force=force, format=format,
+                                        quant=quant, out_file=out_file, model=model, **request):
+            pass
+        return last.path
 
     def fuse_adapter(self, adapter: str, out_dir: str, model: str = "", dequantize: bool = False,
                      force: bool = False) -> str:
-        from .export.fuse import KIND, fuse
-        src = self.resolve_adapter(adapter)
-        model = model or adapter_base(src)
-        if not model:
-            raise ValueError("model: the adapter does not name its base model; pass --model")
-        out = resolve_path(out_dir)
-        self._check_output(out, KIND, force, {"adapter": src, "base model": model} if os.path.exists(model)
-                           else {"adapter": src})
-        return str(self.worker.call(lambda: fuse(model, src, out, dequantize=dequantize, force=force)).result())
-
-    def _check_output(self, out: str, kind: str, force: bool, sources: dict) -> None:
-        """Before any slow work: an export or fuse destination is not the home or a job's folder
-        (jobs/folders.py), not one of its own sources, and new, empty, ours or forced
-        (files.check_destination); else INVALID_ARGUMENT naming why."""
-        if not out:
-            raise ValueError("out_dir: required (a new or empty folder)")
-        folders.refuse_claimed(self.store, self.home, out, "out_dir")
-        for what, src in sources.items():
-            if overlaps(out, src):
-                raise OutputRefused(f"out_dir {out} is (or holds, or is inside) the {what} {src} it is made from; "
-                                    "choose a new folder")
-        try:
-            check_destination(out, kind, force=force)
-        except OutputRefused as e:
-            raise OutputRefused(f"out_dir {e}") from None
+        return self.exports.fuse(adapter, out_dir, model, dequantize, force)
 
     # -- data --------------------------------------------------------------------------------------
     def inspect_data(self, config_path: str = "", data_path: str = "", model: str = "",
@@ -328,6 +302,11 @@ class Core:
             cfg = load_config(resolve_path(config_path, base_dir), overrides or [])
             model = model or cfg.model
             source = cfg
+        elif data_path and overrides:   # --set data.format=... on a data file: a config around it
+            source = load_config(doc={"model": model or "-", "data": {"train": local_or_id(data_path, base_dir),
+                                                                      "test_size": 0.0, "shuffle": False}},
+                                 overrides=overrides)
+            model = model or ("" if source.model == "-" else source.model)
         elif data_path:
             source = local_or_id(data_path, base_dir)
         else:
@@ -344,6 +323,8 @@ class Core:
             key = download.fetch(key)   # a GGUF model: its converted folder (converted once)
         if key not in self._tokenizers:
             from transformers import AutoTokenizer
+            if not os.path.isdir(key):   # a folder needs only its tokenizer files here
+                check_model(key)   # an uncached hub id, the hub out of reach: UNAVAILABLE at once (hub.py)
             try:
                 self._tokenizers[key] = AutoTokenizer.from_pretrained(key)
             except OSError as e:  # not a local dir, and the hub is unreachable or has no such repo

@@ -301,6 +301,11 @@ def _pid_alive(pid, at_start_up: bool) -> bool:
         return False
     if pid == os.getpid():
         return not at_start_up
+    return process_exists(pid)
+
+
+def process_exists(pid: int) -> bool:
+    """Whether a process `pid` (> 0) exists: signal 0 delivered, or refused for another user's."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -40,6 +40,9 @@ def _model_config(model: str) -> dict:
     c = read_model_config(model)   # a local folder's, or the hub cache's
     if c is None:
         from huggingface_hub import hf_hub_download
+
+        from . import hub
+        hub.require(f"model {model!r}", detail="has no local config.json and is not in the Hugging Face cache")
         try:
             c = json.loads(Path(hf_hub_download(model, CONFIG_FILE)).read_text())
         except Exception as e:  # noqa: BLE001 - offline, gated, or no such repo

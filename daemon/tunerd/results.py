@@ -53,3 +53,4 @@ class AdapterInfo:
     lora_r: int
     created_at: float
     layouts: tuple             # "peft", "mlx"
+    exports: tuple = ()        # export.progress.ExportRecord: what was exported from it, oldest first

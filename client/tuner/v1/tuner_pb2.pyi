@@ -282,7 +282,7 @@ class DataConfig(_message.Message):
     def __init__(self, train: _Optional[_Iterable[str]] = ..., validation: _Optional[_Iterable[str]] = ..., test: _Optional[_Iterable[str]] = ..., format: _Optional[str] = ..., text_column: _Optional[str] = ..., prompt_column: _Optional[str] = ..., response_column: _Optional[str] = ..., system_column: _Optional[str] = ..., messages_column: _Optional[str] = ..., name: _Optional[str] = ..., split: _Optional[str] = ..., revision: _Optional[str] = ..., streaming: _Optional[bool] = ..., fraction: _Optional[float] = ..., shuffle: _Optional[bool] = ..., seed: _Optional[int] = ..., test_size: _Optional[float] = ..., template: _Optional[str] = ..., train_on_prompt: _Optional[bool] = ..., max_rows: _Optional[int] = ..., overlong: _Optional[str] = ..., group_by_length: _Optional[bool] = ..., system_prompt: _Optional[str] = ..., token: _Optional[str] = ..., operations: _Optional[_Iterable[_Union[_struct_pb2.Struct, _Mapping]]] = ..., retain: _Optional[_Iterable[str]] = ..., chosen_column: _Optional[str] = ..., rejected_column: _Optional[str] = ...) -> None: ...
 
 class TrainingConfig(_message.Message):
-    __slots__ = ("model", "revision", "backend", "device", "dtype", "quantization", "bits", "group_size", "bnb_4bit_quant_type", "bnb_4bit_use_double_quant", "trust_remote_code", "peft_adapter", "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules", "lora_bias", "num_layers", "use_rslora", "num_epochs", "max_steps", "per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps", "learning_rate", "optimizer", "adam_beta1", "adam_beta2", "adam_epsilon", "weight_decay", "max_grad_norm", "lr_scheduler_type", "lr_scheduler_kwargs", "warmup_steps", "warmup_ratio", "seed", "gradient_checkpointing", "max_seq_length", "packing", "logging_steps", "eval_strategy", "eval_steps", "save_strategy", "save_steps", "save_total_limit", "load_best_model_at_end", "metric_for_best_model", "greater_is_better", "early_stopping_patience", "early_stopping_threshold", "resume_from_checkpoint", "output_dir", "debug", "data", "eval_generate_rows", "eval_generate_max_tokens", "eval_metric_tokenizer", "task", "beta", "loss_type", "label_smoothing")
+    __slots__ = ("model", "revision", "backend", "device", "dtype", "quantization", "bits", "group_size", "bnb_4bit_quant_type", "bnb_4bit_use_double_quant", "trust_remote_code", "peft_adapter", "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules", "lora_bias", "num_layers", "use_rslora", "num_epochs", "max_steps", "per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps", "learning_rate", "optimizer", "adam_beta1", "adam_beta2", "adam_epsilon", "weight_decay", "max_grad_norm", "lr_scheduler_type", "lr_scheduler_kwargs", "warmup_steps", "warmup_ratio", "seed", "gradient_checkpointing", "max_seq_length", "packing", "logging_steps", "eval_strategy", "eval_steps", "save_strategy", "save_steps", "save_total_limit", "load_best_model_at_end", "metric_for_best_model", "greater_is_better", "early_stopping_patience", "early_stopping_threshold", "resume_from_checkpoint", "output_dir", "debug", "data", "eval_generate_rows", "eval_generate_max_tokens", "eval_metric_tokenizer", "task", "beta", "loss_type", "label_smoothing", "distributed")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     REVISION_FIELD_NUMBER: _ClassVar[int]
     BACKEND_FIELD_NUMBER: _ClassVar[int]
@@ -344,6 +344,7 @@ class TrainingConfig(_message.Message):
     BETA_FIELD_NUMBER: _ClassVar[int]
     LOSS_TYPE_FIELD_NUMBER: _ClassVar[int]
     LABEL_SMOOTHING_FIELD_NUMBER: _ClassVar[int]
+    DISTRIBUTED_FIELD_NUMBER: _ClassVar[int]
     model: str
     revision: str
     backend: str
@@ -405,7 +406,24 @@ class TrainingConfig(_message.Message):
     beta: float
     loss_type: str
     label_smoothing: float
-    def __init__(self, model: _Optional[str] = ..., revision: _Optional[str] = ..., backend: _Optional[str] = ..., device: _Optional[str] = ..., dtype: _Optional[str] = ..., quantization: _Optional[str] = ..., bits: _Optional[int] = ..., group_size: _Optional[int] = ..., bnb_4bit_quant_type: _Optional[str] = ..., bnb_4bit_use_double_quant: _Optional[bool] = ..., trust_remote_code: _Optional[bool] = ..., peft_adapter: _Optional[str] = ..., lora_r: _Optional[int] = ..., lora_alpha: _Optional[float] = ..., lora_dropout: _Optional[float] = ..., lora_target_modules: _Optional[_Iterable[str]] = ..., lora_bias: _Optional[str] = ..., num_layers: _Optional[int] = ..., use_rslora: _Optional[bool] = ..., num_epochs: _Optional[float] = ..., max_steps: _Optional[int] = ..., per_device_train_batch_size: _Optional[int] = ..., per_device_eval_batch_size: _Optional[int] = ..., gradient_accumulation_steps: _Optional[int] = ..., learning_rate: _Optional[float] = ..., optimizer: _Optional[str] = ..., adam_beta1: _Optional[float] = ..., adam_beta2: _Optional[float] = ..., adam_epsilon: _Optional[float] = ..., weight_decay: _Optional[float] = ..., max_grad_norm: _Optional[float] = ..., lr_scheduler_type: _Optional[str] = ..., lr_scheduler_kwargs: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., warmup_steps: _Optional[int] = ..., warmup_ratio: _Optional[float] = ..., seed: _Optional[int] = ..., gradient_checkpointing: _Optional[bool] = ..., max_seq_length: _Optional[int] = ..., packing: _Optional[bool] = ..., logging_steps: _Optional[int] = ..., eval_strategy: _Optional[str] = ..., eval_steps: _Optional[int] = ..., save_strategy: _Optional[str] = ..., save_steps: _Optional[int] = ..., save_total_limit: _Optional[int] = ..., load_best_model_at_end: _Optional[bool] = ..., metric_for_best_model: _Optional[str] = ..., greater_is_better: _Optional[bool] = ..., early_stopping_patience: _Optional[int] = ..., early_stopping_threshold: _Optional[float] = ..., resume_from_checkpoint: _Optional[str] = ..., output_dir: _Optional[str] = ..., debug: _Optional[bool] = ..., data: _Optional[_Union[DataConfig, _Mapping]] = ..., eval_generate_rows: _Optional[int] = ..., eval_generate_max_tokens: _Optional[int] = ..., eval_metric_tokenizer: _Optional[str] = ..., task: _Optional[str] = ..., beta: _Optional[float] = ..., loss_type: _Optional[str] = ..., label_smoothing: _Optional[float] = ...) -> None: ...
+    distributed: DistributedConfig
+    def __init__(self, model: _Optional[str] = ..., revision: _Optional[str] = ..., backend: _Optional[str] = ..., device: _Optional[str] = ..., dtype: _Optional[str] = ..., quantization: _Optional[str] = ..., bits: _Optional[int] = ..., group_size: _Optional[int] = ..., bnb_4bit_quant_type: _Optional[str] = ..., bnb_4bit_use_double_quant: _Optional[bool] = ..., trust_remote_code: _Optional[bool] = ..., peft_adapter: _Optional[str] = ..., lora_r: _Optional[int] = ..., lora_alpha: _Optional[float] = ..., lora_dropout: _Optional[float] = ..., lora_target_modules: _Optional[_Iterable[str]] = ..., lora_bias: _Optional[str] = ..., num_layers: _Optional[int] = ..., use_rslora: _Optional[bool] = ..., num_epochs: _Optional[float] = ..., max_steps: _Optional[int] = ..., per_device_train_batch_size: _Optional[int] = ..., per_device_eval_batch_size: _Optional[int] = ..., gradient_accumulation_steps: _Optional[int] = ..., learning_rate: _Optional[float] = ..., optimizer: _Optional[str] = ..., adam_beta1: _Optional[float] = ..., adam_beta2: _Optional[float] = ..., adam_epsilon: _Optional[float] = ..., weight_decay: _Optional[float] = ..., max_grad_norm: _Optional[float] = ..., lr_scheduler_type: _Optional[str] = ..., lr_scheduler_kwargs: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., warmup_steps: _Optional[int] = ..., warmup_ratio: _Optional[float] = ..., seed: _Optional[int] = ..., gradient_checkpointing: _Optional[bool] = ..., max_seq_length: _Optional[int] = ..., packing: _Optional[bool] = ..., logging_steps: _Optional[int] = ..., eval_strategy: _Optional[str] = ..., eval_steps: _Optional[int] = ..., save_strategy: _Optional[str] = ..., save_steps: _Optional[int] = ..., save_total_limit: _Optional[int] = ..., load_best_model_at_end: _Optional[bool] = ..., metric_for_best_model: _Optional[str] = ..., greater_is_better: _Optional[bool] = ..., early_stopping_patience: _Optional[int] = ..., early_stopping_threshold: _Optional[float] = ..., resume_from_checkpoint: _Optional[str] = ..., output_dir: _Optional[str] = ..., debug: _Optional[bool] = ..., data: _Optional[_Union[DataConfig, _Mapping]] = ..., eval_generate_rows: _Optional[int] = ..., eval_generate_max_tokens: _Optional[int] = ..., eval_metric_tokenizer: _Optional[str] = ..., task: _Optional[str] = ..., beta: _Optional[float] = ..., loss_type: _Optional[str] = ..., label_smoothing: _Optional[float] = ..., distributed: _Optional[_Union[DistributedConfig, _Mapping]] = ...) -> None: ...
+
+class DistributedConfig(_message.Message):
+    __slots__ = ("backend", "nproc_per_node", "hosts", "hostfile", "master_addr", "master_port")
+    BACKEND_FIELD_NUMBER: _ClassVar[int]
+    NPROC_PER_NODE_FIELD_NUMBER: _ClassVar[int]
+    HOSTS_FIELD_NUMBER: _ClassVar[int]
+    HOSTFILE_FIELD_NUMBER: _ClassVar[int]
+    MASTER_ADDR_FIELD_NUMBER: _ClassVar[int]
+    MASTER_PORT_FIELD_NUMBER: _ClassVar[int]
+    backend: str
+    nproc_per_node: int
+    hosts: _containers.RepeatedScalarFieldContainer[str]
+    hostfile: str
+    master_addr: str
+    master_port: int
+    def __init__(self, backend: _Optional[str] = ..., nproc_per_node: _Optional[int] = ..., hosts: _Optional[_Iterable[str]] = ..., hostfile: _Optional[str] = ..., master_addr: _Optional[str] = ..., master_port: _Optional[int] = ...) -> None: ...
 
 class SubmitJobRequest(_message.Message):
     __slots__ = ("config", "config_path", "config_yaml", "base_dir", "overrides", "name")
@@ -424,7 +442,7 @@ class SubmitJobRequest(_message.Message):
     def __init__(self, config: _Optional[_Union[TrainingConfig, _Mapping]] = ..., config_path: _Optional[str] = ..., config_yaml: _Optional[str] = ..., base_dir: _Optional[str] = ..., overrides: _Optional[_Iterable[str]] = ..., name: _Optional[str] = ...) -> None: ...
 
 class Job(_message.Message):
-    __slots__ = ("id", "name", "state", "created_at", "started_at", "finished_at", "model", "backend", "output_dir", "adapter_path", "error", "step", "total_steps", "last_loss", "best_eval_loss", "config_json", "last_sequence", "queue_position", "metrics_path", "tensorboard_dir")
+    __slots__ = ("id", "name", "state", "created_at", "started_at", "finished_at", "model", "backend", "output_dir", "adapter_path", "error", "step", "total_steps", "last_loss", "best_eval_loss", "config_json", "last_sequence", "queue_position", "metrics_path", "tensorboard_dir", "exports")
     ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
@@ -445,6 +463,7 @@ class Job(_message.Message):
     QUEUE_POSITION_FIELD_NUMBER: _ClassVar[int]
     METRICS_PATH_FIELD_NUMBER: _ClassVar[int]
     TENSORBOARD_DIR_FIELD_NUMBER: _ClassVar[int]
+    EXPORTS_FIELD_NUMBER: _ClassVar[int]
     id: str
     name: str
     state: JobState
@@ -465,7 +484,8 @@ class Job(_message.Message):
     queue_position: int
     metrics_path: str
     tensorboard_dir: str
-    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ..., created_at: _Optional[float] = ..., started_at: _Optional[float] = ..., finished_at: _Optional[float] = ..., model: _Optional[str] = ..., backend: _Optional[str] = ..., output_dir: _Optional[str] = ..., adapter_path: _Optional[str] = ..., error: _Optional[str] = ..., step: _Optional[int] = ..., total_steps: _Optional[int] = ..., last_loss: _Optional[float] = ..., best_eval_loss: _Optional[float] = ..., config_json: _Optional[str] = ..., last_sequence: _Optional[int] = ..., queue_position: _Optional[int] = ..., metrics_path: _Optional[str] = ..., tensorboard_dir: _Optional[str] = ...) -> None: ...
+    exports: _containers.RepeatedCompositeFieldContainer[ExportRecord]
+    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ..., created_at: _Optional[float] = ..., started_at: _Optional[float] = ..., finished_at: _Optional[float] = ..., model: _Optional[str] = ..., backend: _Optional[str] = ..., output_dir: _Optional[str] = ..., adapter_path: _Optional[str] = ..., error: _Optional[str] = ..., step: _Optional[int] = ..., total_steps: _Optional[int] = ..., last_loss: _Optional[float] = ..., best_eval_loss: _Optional[float] = ..., config_json: _Optional[str] = ..., last_sequence: _Optional[int] = ..., queue_position: _Optional[int] = ..., metrics_path: _Optional[str] = ..., tensorboard_dir: _Optional[str] = ..., exports: _Optional[_Iterable[_Union[ExportRecord, _Mapping]]] = ...) -> None: ...
 
 class WatchJobRequest(_message.Message):
     __slots__ = ("job_id", "from_sequence", "follow")
@@ -548,7 +568,7 @@ class StateChanged(_message.Message):
     def __init__(self, state: _Optional[_Union[JobState, str]] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class TrainingStarted(_message.Message):
-    __slots__ = ("backend", "device", "model", "total_steps", "num_epochs", "train_rows", "eval_rows", "total_params", "trainable_params", "trainable_percent", "estimated_peak_memory_bytes", "output_dir", "resumed_from_step", "dtype", "dtype_reason", "packing", "packing_reason", "peak_tflops", "warnings")
+    __slots__ = ("backend", "device", "model", "total_steps", "num_epochs", "train_rows", "eval_rows", "total_params", "trainable_params", "trainable_percent", "estimated_peak_memory_bytes", "output_dir", "resumed_from_step", "dtype", "dtype_reason", "packing", "packing_reason", "peak_tflops", "warnings", "world_size", "global_batch_size", "distributed_backend")
     BACKEND_FIELD_NUMBER: _ClassVar[int]
     DEVICE_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
@@ -568,6 +588,9 @@ class TrainingStarted(_message.Message):
     PACKING_REASON_FIELD_NUMBER: _ClassVar[int]
     PEAK_TFLOPS_FIELD_NUMBER: _ClassVar[int]
     WARNINGS_FIELD_NUMBER: _ClassVar[int]
+    WORLD_SIZE_FIELD_NUMBER: _ClassVar[int]
+    GLOBAL_BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
+    DISTRIBUTED_BACKEND_FIELD_NUMBER: _ClassVar[int]
     backend: str
     device: str
     model: str
@@ -587,7 +610,10 @@ class TrainingStarted(_message.Message):
     packing_reason: str
     peak_tflops: float
     warnings: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, backend: _Optional[str] = ..., device: _Optional[str] = ..., model: _Optional[str] = ..., total_steps: _Optional[int] = ..., num_epochs: _Optional[float] = ..., train_rows: _Optional[int] = ..., eval_rows: _Optional[int] = ..., total_params: _Optional[int] = ..., trainable_params: _Optional[int] = ..., trainable_percent: _Optional[float] = ..., estimated_peak_memory_bytes: _Optional[int] = ..., output_dir: _Optional[str] = ..., resumed_from_step: _Optional[int] = ..., dtype: _Optional[str] = ..., dtype_reason: _Optional[str] = ..., packing: _Optional[bool] = ..., packing_reason: _Optional[str] = ..., peak_tflops: _Optional[float] = ..., warnings: _Optional[_Iterable[str]] = ...) -> None: ...
+    world_size: int
+    global_batch_size: int
+    distributed_backend: str
+    def __init__(self, backend: _Optional[str] = ..., device: _Optional[str] = ..., model: _Optional[str] = ..., total_steps: _Optional[int] = ..., num_epochs: _Optional[float] = ..., train_rows: _Optional[int] = ..., eval_rows: _Optional[int] = ..., total_params: _Optional[int] = ..., trainable_params: _Optional[int] = ..., trainable_percent: _Optional[float] = ..., estimated_peak_memory_bytes: _Optional[int] = ..., output_dir: _Optional[str] = ..., resumed_from_step: _Optional[int] = ..., dtype: _Optional[str] = ..., dtype_reason: _Optional[str] = ..., packing: _Optional[bool] = ..., packing_reason: _Optional[str] = ..., peak_tflops: _Optional[float] = ..., warnings: _Optional[_Iterable[str]] = ..., world_size: _Optional[int] = ..., global_batch_size: _Optional[int] = ..., distributed_backend: _Optional[str] = ...) -> None: ...
 
 class LogMessage(_message.Message):
     __slots__ = ("level", "message")
@@ -786,7 +812,7 @@ class ChatChunk(_message.Message):
     def __init__(self, delta: _Optional[str] = ..., finish_reason: _Optional[str] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., download: _Optional[_Union[DownloadProgress, _Mapping]] = ...) -> None: ...
 
 class EvaluateRequest(_message.Message):
-    __slots__ = ("model", "adapter", "backend", "data_path", "config_path", "max_generations", "job_id", "adapters", "compare_base", "sampling", "tokenizer", "predictions", "references", "split", "base_dir", "retain")
+    __slots__ = ("model", "adapter", "backend", "data_path", "config_path", "max_generations", "job_id", "adapters", "compare_base", "sampling", "tokenizer", "predictions", "references", "split", "base_dir", "retain", "generate_batch_size")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     ADAPTER_FIELD_NUMBER: _ClassVar[int]
     BACKEND_FIELD_NUMBER: _ClassVar[int]
@@ -803,6 +829,7 @@ class EvaluateRequest(_message.Message):
     SPLIT_FIELD_NUMBER: _ClassVar[int]
     BASE_DIR_FIELD_NUMBER: _ClassVar[int]
     RETAIN_FIELD_NUMBER: _ClassVar[int]
+    GENERATE_BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
     model: str
     adapter: str
     backend: str
@@ -819,7 +846,8 @@ class EvaluateRequest(_message.Message):
     split: str
     base_dir: str
     retain: str
-    def __init__(self, model: _Optional[str] = ..., adapter: _Optional[str] = ..., backend: _Optional[str] = ..., data_path: _Optional[str] = ..., config_path: _Optional[str] = ..., max_generations: _Optional[int] = ..., job_id: _Optional[str] = ..., adapters: _Optional[_Iterable[str]] = ..., compare_base: _Optional[bool] = ..., sampling: _Optional[_Union[SamplingParams, _Mapping]] = ..., tokenizer: _Optional[str] = ..., predictions: _Optional[_Iterable[str]] = ..., references: _Optional[_Iterable[str]] = ..., split: _Optional[str] = ..., base_dir: _Optional[str] = ..., retain: _Optional[str] = ...) -> None: ...
+    generate_batch_size: int
+    def __init__(self, model: _Optional[str] = ..., adapter: _Optional[str] = ..., backend: _Optional[str] = ..., data_path: _Optional[str] = ..., config_path: _Optional[str] = ..., max_generations: _Optional[int] = ..., job_id: _Optional[str] = ..., adapters: _Optional[_Iterable[str]] = ..., compare_base: _Optional[bool] = ..., sampling: _Optional[_Union[SamplingParams, _Mapping]] = ..., tokenizer: _Optional[str] = ..., predictions: _Optional[_Iterable[str]] = ..., references: _Optional[_Iterable[str]] = ..., split: _Optional[str] = ..., base_dir: _Optional[str] = ..., retain: _Optional[str] = ..., generate_batch_size: _Optional[int] = ...) -> None: ...
 
 class GenerationResult(_message.Message):
     __slots__ = ("row", "prompt", "reference", "prediction", "scores")
@@ -1066,7 +1094,7 @@ class Recommendation(_message.Message):
     def __init__(self, config: _Optional[_Union[TrainingConfig, _Mapping]] = ..., reasons: _Optional[_Iterable[str]] = ..., train_rows: _Optional[int] = ..., tokens_p50: _Optional[int] = ..., tokens_p95: _Optional[int] = ..., tokens_max: _Optional[int] = ..., config_yaml: _Optional[str] = ..., warnings: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Adapter(_message.Message):
-    __slots__ = ("path", "job_id", "base_model", "peft_adapter", "lora_r", "created_at", "layouts")
+    __slots__ = ("path", "job_id", "base_model", "peft_adapter", "lora_r", "created_at", "layouts", "exports")
     PATH_FIELD_NUMBER: _ClassVar[int]
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     BASE_MODEL_FIELD_NUMBER: _ClassVar[int]
@@ -1074,6 +1102,7 @@ class Adapter(_message.Message):
     LORA_R_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
     LAYOUTS_FIELD_NUMBER: _ClassVar[int]
+    EXPORTS_FIELD_NUMBER: _ClassVar[int]
     path: str
     job_id: str
     base_model: str
@@ -1081,7 +1110,8 @@ class Adapter(_message.Message):
     lora_r: int
     created_at: float
     layouts: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, path: _Optional[str] = ..., job_id: _Optional[str] = ..., base_model: _Optional[str] = ..., peft_adapter: _Optional[str] = ..., lora_r: _Optional[int] = ..., created_at: _Optional[float] = ..., layouts: _Optional[_Iterable[str]] = ...) -> None: ...
+    exports: _containers.RepeatedCompositeFieldContainer[ExportRecord]
+    def __init__(self, path: _Optional[str] = ..., job_id: _Optional[str] = ..., base_model: _Optional[str] = ..., peft_adapter: _Optional[str] = ..., lora_r: _Optional[int] = ..., created_at: _Optional[float] = ..., layouts: _Optional[_Iterable[str]] = ..., exports: _Optional[_Iterable[_Union[ExportRecord, _Mapping]]] = ...) -> None: ...
 
 class ListAdaptersRequest(_message.Message):
     __slots__ = ()
@@ -1094,7 +1124,7 @@ class ListAdaptersResponse(_message.Message):
     def __init__(self, adapters: _Optional[_Iterable[_Union[Adapter, _Mapping]]] = ...) -> None: ...
 
 class ExportAdapterRequest(_message.Message):
-    __slots__ = ("adapter", "out_dir", "layout", "force", "format", "quant", "out_file", "model")
+    __slots__ = ("adapter", "out_dir", "layout", "force", "format", "quant", "out_file", "model", "name", "repo", "private", "fused", "gguf_quant")
     ADAPTER_FIELD_NUMBER: _ClassVar[int]
     OUT_DIR_FIELD_NUMBER: _ClassVar[int]
     LAYOUT_FIELD_NUMBER: _ClassVar[int]
@@ -1103,6 +1133,11 @@ class ExportAdapterRequest(_message.Message):
     QUANT_FIELD_NUMBER: _ClassVar[int]
     OUT_FILE_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    REPO_FIELD_NUMBER: _ClassVar[int]
+    PRIVATE_FIELD_NUMBER: _ClassVar[int]
+    FUSED_FIELD_NUMBER: _ClassVar[int]
+    GGUF_QUANT_FIELD_NUMBER: _ClassVar[int]
     adapter: str
     out_dir: str
     layout: str
@@ -1111,13 +1146,58 @@ class ExportAdapterRequest(_message.Message):
     quant: str
     out_file: str
     model: str
-    def __init__(self, adapter: _Optional[str] = ..., out_dir: _Optional[str] = ..., layout: _Optional[str] = ..., force: _Optional[bool] = ..., format: _Optional[str] = ..., quant: _Optional[str] = ..., out_file: _Optional[str] = ..., model: _Optional[str] = ...) -> None: ...
+    name: str
+    repo: str
+    private: bool
+    fused: bool
+    gguf_quant: str
+    def __init__(self, adapter: _Optional[str] = ..., out_dir: _Optional[str] = ..., layout: _Optional[str] = ..., force: _Optional[bool] = ..., format: _Optional[str] = ..., quant: _Optional[str] = ..., out_file: _Optional[str] = ..., model: _Optional[str] = ..., name: _Optional[str] = ..., repo: _Optional[str] = ..., private: _Optional[bool] = ..., fused: _Optional[bool] = ..., gguf_quant: _Optional[str] = ...) -> None: ...
 
 class ExportAdapterResponse(_message.Message):
     __slots__ = ("path",)
     PATH_FIELD_NUMBER: _ClassVar[int]
     path: str
     def __init__(self, path: _Optional[str] = ...) -> None: ...
+
+class ExportRecord(_message.Message):
+    __slots__ = ("format", "target", "quant", "time", "size_bytes", "job_id", "layout")
+    FORMAT_FIELD_NUMBER: _ClassVar[int]
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    QUANT_FIELD_NUMBER: _ClassVar[int]
+    TIME_FIELD_NUMBER: _ClassVar[int]
+    SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    LAYOUT_FIELD_NUMBER: _ClassVar[int]
+    format: str
+    target: str
+    quant: str
+    time: float
+    size_bytes: int
+    job_id: str
+    layout: str
+    def __init__(self, format: _Optional[str] = ..., target: _Optional[str] = ..., quant: _Optional[str] = ..., time: _Optional[float] = ..., size_bytes: _Optional[int] = ..., job_id: _Optional[str] = ..., layout: _Optional[str] = ...) -> None: ...
+
+class ExportProgress(_message.Message):
+    __slots__ = ("stage", "bytes_done", "bytes_total", "eta_seconds", "elapsed_seconds", "message", "done", "path", "record")
+    STAGE_FIELD_NUMBER: _ClassVar[int]
+    BYTES_DONE_FIELD_NUMBER: _ClassVar[int]
+    BYTES_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    ETA_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    ELAPSED_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    DONE_FIELD_NUMBER: _ClassVar[int]
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    RECORD_FIELD_NUMBER: _ClassVar[int]
+    stage: str
+    bytes_done: int
+    bytes_total: int
+    eta_seconds: float
+    elapsed_seconds: float
+    message: str
+    done: bool
+    path: str
+    record: ExportRecord
+    def __init__(self, stage: _Optional[str] = ..., bytes_done: _Optional[int] = ..., bytes_total: _Optional[int] = ..., eta_seconds: _Optional[float] = ..., elapsed_seconds: _Optional[float] = ..., message: _Optional[str] = ..., done: _Optional[bool] = ..., path: _Optional[str] = ..., record: _Optional[_Union[ExportRecord, _Mapping]] = ...) -> None: ...
 
 class FuseAdapterRequest(_message.Message):
     __slots__ = ("adapter", "model", "out_dir", "dequantize", "force")

@@ -132,6 +132,11 @@ class TunerStub:
                 request_serializer=tuner_dot_v1_dot_tuner__pb2.FuseAdapterRequest.SerializeToString,
                 response_deserializer=tuner_dot_v1_dot_tuner__pb2.FuseAdapterResponse.FromString,
                 _registered_method=True)
+        self.Export = channel.unary_stream(
+                '/tuner.v1.Tuner/Export',
+                request_serializer=tuner_dot_v1_dot_tuner__pb2.ExportAdapterRequest.SerializeToString,
+                response_deserializer=tuner_dot_v1_dot_tuner__pb2.ExportProgress.FromString,
+                _registered_method=True)
         self.EvaluateStream = channel.unary_stream(
                 '/tuner.v1.Tuner/EvaluateStream',
                 request_serializer=tuner_dot_v1_dot_tuner__pb2.EvaluateRequest.SerializeToString,
@@ -272,6 +277,14 @@ class TunerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Export(self, request, context):
+        """ExportAdapter with progress: stage, bytes done/total and ETA per message; the last one
+        (done) names what was written (path or Hub repo) and its record.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def EvaluateStream(self, request, context):
         """Evaluate with progress: one message per generated row (run, rows done, ETA), the last one
         carries the result (base vs adapters side by side when asked).
@@ -377,6 +390,11 @@ def add_TunerServicer_to_server(servicer, server):
                     servicer.FuseAdapter,
                     request_deserializer=tuner_dot_v1_dot_tuner__pb2.FuseAdapterRequest.FromString,
                     response_serializer=tuner_dot_v1_dot_tuner__pb2.FuseAdapterResponse.SerializeToString,
+            ),
+            'Export': grpc.unary_stream_rpc_method_handler(
+                    servicer.Export,
+                    request_deserializer=tuner_dot_v1_dot_tuner__pb2.ExportAdapterRequest.FromString,
+                    response_serializer=tuner_dot_v1_dot_tuner__pb2.ExportProgress.SerializeToString,
             ),
             'EvaluateStream': grpc.unary_stream_rpc_method_handler(
                     servicer.EvaluateStream,
@@ -900,6 +918,33 @@ class Tuner:
             '/tuner.v1.Tuner/FuseAdapter',
             tuner_dot_v1_dot_tuner__pb2.FuseAdapterRequest.SerializeToString,
             tuner_dot_v1_dot_tuner__pb2.FuseAdapterResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Export(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/tuner.v1.Tuner/Export',
+            tuner_dot_v1_dot_tuner__pb2.ExportAdapterRequest.SerializeToString,
+            tuner_dot_v1_dot_tuner__pb2.ExportProgress.FromString,
             options,
             channel_credentials,
             insecure,

@@ -22,14 +22,21 @@ def cmd_daemon(args) -> int:
     if args.action == "start":
         ch = open_channel(t)
         if is_healthy(ch):
+            if args.http:   # asked for what the running daemon may not serve: say so, and fail (issue 23, item 10)
+                print_json({"running": True, "started": False, "address": t.address(),
+                            "error": {"code": "FAILED_PRECONDITION", "message": "already running; --http not applied"}}) \
+                    if args.json else err.print(f"tunerd is already running on {t.address()}, so --http {args.http} "
+                                                "was not applied; stop it first (tunerctl daemon stop)")
+                return EXIT_FAILED
             print_json({"running": True, "started": False, "address": t.address()}) if args.json else console.print(
-                f"tunerd is already running on {t.address()}" + (" (stop it first to change --http)" if args.http else ""))
+                f"tunerd is already running on {t.address()}")
             return 0
         extra = ((["--http", args.http] if args.http else []) + (["--http-host", args.http_host] if args.http_host else [])
                  + (["--http-no-auth"] if args.http_no_auth else []))
         pid = start_daemon(t, extra=extra)
         print_json({"running": True, "started": True, "pid": pid, "address": t.address()}) if args.json \
-            else console.print(f"tunerd started (pid {pid}) on {t.address()}")
+            else console.print(f"tunerd started (pid {pid}) on {t.address()}"
+                               + (f"; OpenAI-compatible HTTP on http://{args.http}" if args.http else ""))
         return 0
     if args.action == "stop":
         return _stop_daemon(t, args)

@@ -6,11 +6,13 @@ import sys
 import time
 from pathlib import Path
 
+from rich.markup import escape
 from tuner import Client
 
 from ..progress import JobView, job_state_name
 from ..ui import as_dict, console, err, print_json, table
 from .common import EXIT_FAILED, EXIT_USAGE, client, short_ids, short_model, target
+from .models import export_line
 
 
 def cmd_train(args) -> int:
@@ -119,11 +121,14 @@ def _show(c: Client, args) -> int:
                     "paths": details["paths"]})
         return 0
     d.pop("config_json", None)
+    exports = d.pop("exports", [])
     for k in ("created_at", "started_at", "finished_at"):
         d[k] = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(d[k])) if d.get(k) else "-"
     for k, v in d.items():
         console.print(f"[bold]{k:>15}[/] {v}")
     console.print(f"[bold]{'best checkpoint':>15}[/] {details['paths']['best_checkpoint'] or '-'}")
+    for i, e in enumerate(exports):
+        console.print(f"[bold]{'exported' if i == 0 else '':>15}[/] {escape(export_line(e))}")
     if details["evals"]:
         keys = sorted({k for e in details["evals"] for k in e["metrics"]} - {"eval_loss", "eval_perplexity"})
         console.print("\n[bold]eval history[/]")

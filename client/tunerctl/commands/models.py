@@ -6,7 +6,7 @@ import time
 
 from tuner.connection import local_ref
 
-from ..progress import DownloadView
+from ..progress import DownloadView, ExportView
 from ..ui import as_dict, console, print_json, print_json_lines, table
 from .common import client, human_bytes, short_ids, short_model, show_download
 
@@ -53,35 +53,107 @@ def cmd_adapters(args) -> int:
         if args.json:
             return print_json_lines(ads)
         short = short_ids([j.id for j in c.jobs()])
-        table(["job", "adapter", "r", "base model", "layouts", "path"],
+        table(["job", "adapter", "r", "base model", "layouts", "path", "exported"],
               [[short.get(a.job_id, a.job_id), a.peft_adapter, a.lora_r, short_model(a.base_model),
-                ",".join(a.layouts), a.path] for a in ads],
+                ",".join(a.layouts), a.path, "\n".join(export_line(as_dict(e, True)) for e in a.exports)] for a in ads],
               empty="no adapters yet", keep=(0,))
         return 0
     # paths made absolute here, links not followed: the daemon checks what the path itself is
     adapter = os.path.abspath(args.adapter) if os.path.lexists(args.adapter) else args.adapter
     out_dir = os.path.abspath(args.out_dir)
     if args.action == "export":
-        r = c.export(adapter, out_dir, layout=args.layout, force=args.force)
-    else:
-        r = c.fuse(adapter, out_dir, model=args.model, dequantize=args.dequantize, force=args.force)
+        return _export(c, args, adapter, out_dir=out_dir, layout=args.layout, force=args.force)
+    r = c.fuse(adapter, out_dir, model=args.model, dequantize=args.dequantize, force=args.force)
     print_json({"path": r.path}) if args.json else console.print(f"wrote {r.path}")
     return 0
 
 
 def cmd_export(args) -> int:
-    """`tunerctl export ADAPTER --format gguf [--quant Q] -o FILE` (or --format peft|mlx -o DIR)."""
+    """`tunerctl export ADAPTER --format gguf [--quant Q] -o FILE`, --format ollama -o DIR [--name N]
+    [--create], --format peft|mlx -o DIR, or --format hub --repo USER/NAME [--private] [--fused] [--gguf QUANT]."""
     adapter = os.path.abspath(args.adapter) if os.path.lexists(args.adapter) else args.adapter
-    out = os.path.abspath(args.output)
     c = client(args)
+    if args.format == "hub":
+        if not args.repo:
+            raise ValueError("export --format hub: --repo USER/NAME is required")
+        return _export(c, args, adapter, format="hub", repo=args.repo, private=args.private, fused=args.fused,
+                       gguf_quant=args.gguf, model=args.model)
+    if not args.output:
+        raise ValueError(f"export --format {args.format}: -o/--output is required")
+    out = os.path.abspath(args.output)
     if args.format == "gguf":
-        started = time.monotonic()
-        r = c.export(adapter, "", format="gguf", quant=args.quant, out_file=out, model=args.model, force=args.force)
-        size = os.path.getsize(r.path) if os.path.exists(r.path) else 0
-        if args.json:
-            return print_json({"path": r.path, "bytes": size})
-        console.print(f"wrote {r.path} ({human_bytes(size)}, {args.quant}, {time.monotonic() - started:.0f} s)")
+        return _export(c, args, adapter, format="gguf", quant=args.quant, out_file=out, model=args.model,
+                       force=args.force)
+    if args.format == "ollama":
+        return _export_ollama(c, args, adapter, out)
+    return _export(c, args, adapter, out_dir=out, layout=args.format, force=args.force)
+
+
+def _export(c, args, adapter: str, **fields) -> int:
+    """The Export stream drawn as a progress bar; the last message says what was written."""
+    last = _stream(c, args, adapter, **fields)
+    r = last.record
+    if args.json:
+        print_json({"path": last.path, "bytes": r.size_bytes, "format": r.format, "quant": r.quant,
+                    "seconds": round(last.elapsed_seconds, 3)})
         return 0
-    r = c.export(adapter, out, layout=args.format, force=args.force)
-    print_json({"path": r.path}) if args.json else console.print(f"wrote {r.path}")
+    console.print(f"wrote {last.path} ({human_bytes(r.size_bytes)}{', ' + r.quant if r.quant else ''}, "
+                  f"{last.elapsed_seconds:.0f} s)")
     return 0
+
+
+def _stream(c, args, adapter: str, **fields):
+    """Run one Export stream, drawn as a progress bar unless --json; its last message."""
+    view, last = None if args.json else ExportView(console), None
+    try:
+        for last in c.export_stream(adapter, **fields):
+            if view:
+                view.update(last)
+    finally:
+        if view:
+            view.stop()
+    return last
+
+
+def _export_ollama(c, args, adapter: str, out: str) -> int:
+    """The daemon writes DIR (GGUF + Modelfile, tunerd/export/ollama.py); the Modelfile's header
+    names the exact `ollama create` line (`# create: `) and any warning (`# warning: `). `--create`
+    runs that line here when an `ollama` binary is on PATH."""
+    import shlex
+    import shutil
+    import subprocess
+
+    last = _stream(c, args, adapter, format="ollama", out_dir=out, quant=args.quant, model=args.model,
+                   force=args.force, name=args.name)
+    path = last.path
+    header = [ln.rstrip("\n") for ln in open(os.path.join(path, "Modelfile"), encoding="utf-8") if ln.startswith("# ")]
+    line = next((ln[len("# create: "):] for ln in header if ln.startswith("# create: ")), "")
+    warnings = [ln[len("# warning: "):] for ln in header if ln.startswith("# warning: ")]
+    size = sum(os.path.getsize(os.path.join(path, f)) for f in os.listdir(path) if f.endswith(".gguf"))
+    created, rc = False, 0
+    if args.create and shutil.which("ollama"):
+        rc = subprocess.run(shlex.split(line), stdout=None if not args.json else subprocess.DEVNULL).returncode
+        created = rc == 0
+    if args.json:
+        print_json({"path": path, "bytes": size, "create": line, "created": created, "warnings": warnings,
+                    "seconds": round(last.elapsed_seconds, 3)})
+        return 0 if rc == 0 else 1
+    for w in warnings:
+        console.print(f"[yellow]warning:[/yellow] {w}")
+    console.print(f"wrote {path} (GGUF {human_bytes(size)}, {args.quant}, Modelfile; {last.elapsed_seconds:.0f} s)")
+    if args.create and not shutil.which("ollama"):
+        console.print("ollama is not on PATH, so the model was not created; install Ollama, then run:")
+    elif args.create:
+        console.print(f"created the Ollama model ({line})" if created else f"ollama create failed (exit {rc})")
+        return 0 if created else 1
+    else:
+        console.print("create the Ollama model with:")
+    console.print(line, markup=False, highlight=False)
+    return 0
+
+
+def export_line(e: dict) -> str:
+    """One ExportRecord (as_dict with defaults) for a person: format (layout, quant), where, size, when."""
+    what = " ".join(x for x in (e["format"], e["layout"], e["quant"]) if x)
+    return (f"{what}: {e['target']} ({human_bytes(int(e['size_bytes']))}, "
+            f"{time.strftime('%Y-%m-%d %H:%M', time.localtime(e['time']))})")

@@ -11,6 +11,7 @@ from tuner.v1 import tuner_pb2 as pb
 from ..backends.generation import Sampling
 from ..chat import ChatDelta, ChatParams
 from ..evaluation.runs import EvalProgress, EvalResult
+from ..export.progress import ExportProgress, ExportRecord
 from ..jobs.store import JobRecord, StoredEvent
 from ..models.registry import ModelStatus
 from ..results import AdapterInfo, Info, LoadProgress
@@ -43,7 +44,8 @@ def job(rec: JobRecord) -> pb.Job:
                   best_eval_loss=rec.best_eval_loss, config_json=rec.config_json,
                   last_sequence=rec.last_sequence, queue_position=rec.queue_position,
                   metrics_path=str(Path(rec.output_dir) / "metrics.jsonl") if rec.output_dir else "",
-                  tensorboard_dir=str(Path(rec.output_dir) / "tensorboard") if rec.output_dir else "")
+                  tensorboard_dir=str(Path(rec.output_dir) / "tensorboard") if rec.output_dir else "",
+                  exports=[export_record(r) for r in rec.exports])
 
 
 def info(i: Info) -> pb.Info:
@@ -81,7 +83,24 @@ def load_progress(p: LoadProgress) -> pb.LoadModelProgress:
 
 
 def adapter(a: AdapterInfo) -> pb.Adapter:
-    return pb.Adapter(**dataclasses.asdict(a))
+    fields = {f.name: getattr(a, f.name) for f in dataclasses.fields(a) if f.name != "exports"}
+    return pb.Adapter(**fields, exports=[export_record(r) for r in a.exports])
+
+
+def export_record(r: ExportRecord) -> pb.ExportRecord:
+    return pb.ExportRecord(**dataclasses.asdict(r))
+
+
+def export_progress(p: ExportProgress) -> pb.ExportProgress:
+    fields = {f.name: getattr(p, f.name) for f in dataclasses.fields(p) if f.name != "record"}
+    return pb.ExportProgress(**fields, record=export_record(p.record) if p.record else None)
+
+
+def export_request(r: pb.ExportAdapterRequest) -> dict:
+    """ExportAdapterRequest -> jobs/exports.py Exports.stream's arguments (same names)."""
+    return dict(out_dir=r.out_dir, layout=r.layout or "peft", force=r.force, format=r.format, quant=r.quant,
+                out_file=r.out_file, model=r.model, name=r.name, repo=r.repo, private=r.private, fused=r.fused,
+                gguf_quant=r.gguf_quant)
 
 
 def download(d) -> pb.DownloadProgress:
@@ -175,7 +194,8 @@ def evaluate_request(r: pb.EvaluateRequest) -> dict:
                 compare_base=r.compare_base, base_dir=r.base_dir, split=r.split,
                 max_generations=r.max_generations, sampling=sampling(r.sampling, default_max_tokens=128),
                 tokenizer=r.tokenizer or "whitespace", predictions=list(r.predictions),
-                references=list(r.references), retain=r.retain)
+                references=list(r.references), retain=r.retain,
+                **({"generate_batch_size": r.generate_batch_size} if r.generate_batch_size else {}))
 
 
 def evaluate_response(r: EvalResult) -> pb.EvaluateResponse:

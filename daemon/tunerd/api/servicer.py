@@ -158,10 +158,13 @@ class TunerServicer(pb_grpc.TunerServicer):
 
     @_errors
     def ExportAdapter(self, request, context):
-        return pb.ExportAdapterResponse(path=self.core.export_adapter(request.adapter, request.out_dir,
-                                                                      request.layout or "peft", request.force,
-                                                                      request.format, request.quant,
-                                                                      request.out_file, request.model))
+        return pb.ExportAdapterResponse(path=self.core.export_adapter(request.adapter,
+                                                                      **convert.export_request(request)))
+
+    @_errors
+    def Export(self, request, context):
+        for p in self.core.export_stream(request.adapter, **convert.export_request(request)):
+            yield convert.export_progress(p)
 
     @_errors
     def FuseAdapter(self, request, context):

@@ -44,6 +44,10 @@ Two parts (a `Backend` is both):
     generate(prompt_ids, sampling, should_stop, adapter=None) -> iterator[GenerationChunk]
                                                 adapter: an attached name, "" the bare base, None
                                                 the model's own (training's adapter / as loaded)
+    decoder(adapter=None) -> generation.BatchDecoder
+                                                many replies decoded together with that adapter
+                                                (selected around each step), sequences joining
+                                                and leaving between steps (issue 21)
     attach_adapter(name, path) -> bytes         load a saved adapter beside the others (PEFT named
                                                 adapters on torch; named weight sets on mlx)
     detach_adapter(name)
@@ -66,7 +70,7 @@ from typing import Callable, Iterator, Optional
 from ..config.schema import TrainConfig
 from ..data.batch import Batch
 from .adapter_layout import AdapterSpec
-from .generation import GenerationChunk, Sampling
+from .generation import BatchDecoder, GenerationChunk, Sampling
 
 
 class BackendUnavailable(RuntimeError):
@@ -260,6 +264,16 @@ class ServingBackend(ABC):
             gen = self._generate(list(prompt_ids), sampling, should_stop, target)
         return _scoped(gen, lambda: self._selected(target))
 
+    def decoder(self, adapter: Optional[str] = None) -> BatchDecoder:
+        """A batch decoder whose steps use `adapter` (as generate's): the adapter is selected
+        around each call, so a training step between two steps sees exactly its own model."""
+        target = self._target(adapter)
+        with self._selected(target):
+            return _ScopedDecoder(self._decoder(target), lambda: self._selected(target))
+
+    def _decoder(self, key: Optional[str]) -> BatchDecoder:
+        raise NotImplementedError(f"the {self.name} backend does not decode in batches")
+
     def attach_adapter(self, name: str, path: Path) -> int:
         """Load the adapter at `path` as `name` beside the others, sharing the one base; return its
         bytes. Adapters that change the base (own_base.changes_base) go through load_adapter
@@ -339,6 +353,32 @@ def _scoped(gen: Iterator, scope: Callable) -> Iterator:
         if not done:
             with scope():
                 gen.close()
+
+
+class _ScopedDecoder(BatchDecoder):
+    """A backend's batch decoder, each call inside `scope()` (its adapter selected)."""
+
+    def __init__(self, inner: BatchDecoder, scope: Callable):
+        self.inner, self.scope = inner, scope
+
+    def add(self, prompt_ids, sampling):
+        with self.scope():
+            return self.inner.add(list(prompt_ids), sampling)
+
+    def remove(self, uid):
+        with self.scope():
+            return self.inner.remove(uid)
+
+    def step(self):
+        with self.scope():
+            return self.inner.step()
+
+    def __len__(self):
+        return len(self.inner)
+
+    def close(self):
+        with self.scope():
+            self.inner.close()
 
 
 class Backend(TrainingBackend, ServingBackend):

@@ -8,7 +8,7 @@ import math
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from typing import Callable, Iterator, Optional
 
 
 @dataclass
@@ -153,6 +153,31 @@ def partial_stop_len(text: str, stops: list[str]) -> int:
     return best
 
 
+class Detokenizer:
+    """The reply's text so far, decoded incrementally: a new token decodes a short window (the
+    tokens since the last complete character, after the few before them for context) instead of
+    the whole reply again (the offsets approach of TGI's and vLLM's incremental detokenization).
+    `add` returns the whole text so far; an incomplete character at its end reads as U+FFFD, as a
+    full decode would show it."""
+
+    def __init__(self, tokenizer):
+        self.tok, self.ids, self.done = tokenizer, [], ""
+        self.prefix = self.read = 0   # ids[prefix:read]: context already in `done`; ids[read:]: pending
+
+    def add(self, token_id: int) -> str:
+        self.ids.append(token_id)
+        before = self._decode(self.prefix, self.read)
+        now = self._decode(self.prefix, len(self.ids))
+        if len(now) > len(before) and not now.endswith("\ufffd"):
+            self.done += now[len(before):]
+            self.prefix, self.read = self.read, len(self.ids)
+            return self.done
+        return self.done + now[len(before):]
+
+    def _decode(self, start: int, end: int) -> str:
+        return self.tok.decode(self.ids[start:end], skip_special_tokens=True) if end > start else ""
+
+
 class PromptCache:
     """The KV caches of recent replies, one per adapter, reused by the next request whose prompt
     starts with the same tokens (the next turn of a conversation re-sends the whole history): only
@@ -192,3 +217,89 @@ class PromptCache:
 
     def clear(self) -> None:
         self._kept.clear()
+
+
+class Sequence:
+    """One reply of a batch, written once for both backends: the chunk each new token makes (eos,
+    a stop string, max_tokens end it), the text so far (Detokenizer, ReplyText) and its tokens."""
+
+    def __init__(self, tokenizer, sampling: Sampling, eos_ids):
+        self.sampling, self.eos = sampling, set(eos_ids)
+        self.reply, self.text = ReplyText(sampling.stop), Detokenizer(tokenizer)
+        self.generated: list[int] = []
+
+    def token(self, tok: int) -> GenerationChunk:
+        if tok in self.eos:
+            return GenerationChunk(self.reply.rest(), tok, "stop")
+        self.generated.append(tok)
+        delta, stopped = self.reply.update(self.text.add(tok))
+        if stopped or len(self.generated) >= self.sampling.max_tokens:
+            return GenerationChunk(delta + ("" if stopped else self.reply.rest()), tok,
+                                   "stop" if stopped else "length")
+        return GenerationChunk(delta, tok)
+
+    def cancelled(self) -> GenerationChunk:
+        return GenerationChunk(self.reply.rest(), -1, "cancelled")
+
+
+class BatchDecoder:
+    """Several replies decoded together, one forward per step for all of them (issue 21): a
+    backend's `_decoder(key)` makes one for the adapter `key` (ServingBackend.decoder selects it
+    around each call). Sequences join (`add`) and leave (`remove`, or when they finish) between
+    steps; each keeps its own sampling parameters and RNG, and a greedy reply equals the reply
+    generated alone, token for token. A long prompt is read in chunks of about PREFILL_SECONDS,
+    one chunk per step, while the others keep decoding.
+
+        uid = dec.add(prompt_ids, sampling)
+        while len(dec):
+            for uid, chunk in dec.step(): ...   # at most one chunk per sequence a step
+    """
+
+    def add(self, prompt_ids: list[int], sampling: Sampling) -> int:
+        raise NotImplementedError
+
+    def remove(self, uid: int) -> GenerationChunk:
+        """Drop a sequence (cancelled, past its deadline, its client gone): its last chunk."""
+        raise NotImplementedError
+
+    def step(self) -> list[tuple[int, GenerationChunk]]:
+        raise NotImplementedError
+
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Every sequence dropped, the memory it held freed."""
+
+
+def decode_each(decoder: BatchDecoder, prompts: list[list[int]], sampling: Sampling,
+                should_stop: Callable[[], bool] = lambda: False, batch_size: int = 8,
+                run: Callable[[Callable], object] = lambda f: f()) -> Iterator[tuple[int, str]]:
+    """(index, whole reply) for each of `prompts` as it finishes, at most `batch_size` decoded
+    together (a finished one's place is taken by the next prompt at once): evaluation's batched
+    generation. Each step goes through `run` (the device thread: a training job takes its turns
+    between steps); `should_stop` ends it early, the unfinished replies not yielded."""
+    texts: dict = {}
+    uids: dict = {}
+    todo = list(enumerate(prompts))[::-1]
+    try:
+        while todo or len(decoder):
+            while todo and len(decoder) < max(batch_size, 1):
+                i, ids = todo.pop()
+                uids[run(lambda ids=ids: decoder.add(ids, sampling))] = i
+            if should_stop():
+                return
+            for uid, chunk in run(decoder.step):
+                i = uids[uid]
+                texts[i] = texts.get(i, "") + chunk.text
+                if chunk.finish_reason:
+                    yield i, texts.pop(i)
+    finally:
+        run(decoder.close)
+
+
+def decode_all(decoder: BatchDecoder, prompts: list[list[int]], sampling: Sampling,
+               should_stop: Callable[[], bool] = lambda: False, batch_size: int = 8) -> list[str]:
+    """The replies to `prompts` in order (decode_each's, all of them)."""
+    texts = dict(decode_each(decoder, prompts, sampling, should_stop, batch_size))
+    return [texts.get(i, "") for i in range(len(prompts))]

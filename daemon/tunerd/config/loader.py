@@ -16,7 +16,7 @@ import yaml
 
 from .debug import apply_debug
 from .rules import validate
-from .schema import DataConfig, TrainConfig
+from .schema import DataConfig, DistributedConfig, TrainConfig
 
 
 class ConfigError(ValueError):
@@ -163,6 +163,18 @@ def _build(cls, doc: dict, prefix: str, problems: list[str]):
                 continue
             kwargs[key] = _build(DataConfig, value, "data.", problems)
             continue
+        if key == "distributed":
+            if isinstance(value, int) and not isinstance(value, bool):
+                value = {"nproc_per_node": value}   # distributed: 2
+            if value is None:
+                continue
+            if not isinstance(value, dict):
+                problems.append("distributed: expected a mapping (backend, nproc_per_node, hosts, ...)")
+                continue
+            if isinstance(value.get("hosts"), str):   # hosts: mac1,mac2 (mlx.launch's spelling)
+                value = {**value, "hosts": [h.strip() for h in value["hosts"].split(",") if h.strip()]}
+            kwargs[key] = _build(DistributedConfig, value, "distributed.", problems)
+            continue
         if hints[key] is not dict and isinstance(value, dict):
             problems.append(f"{full}: expected a single value, not a mapping (got {value!r})")
             continue
@@ -203,10 +215,17 @@ _DATA_PATH_KEYS = ("train", "validation", "test", "retain")
 def expand_home(cfg: TrainConfig) -> TrainConfig:
     """`~` and `~user` at the start of a config's paths (model, output_dir,
     resume_from_checkpoint, data sources) become the home directory, as a shell would expand
-    them; relative paths stay relative (to the submitter's directory). Hub ids never start
-    with `~`, so they are left alone."""
+    them, and `${TUNER_HOME}` / `$TUNER_HOME` the daemon's home (tunerd/__main__ sets it; else
+    paths.default_home), so configs/examples/demo.yaml finds the demo wherever --home put it;
+    relative paths stay relative (to the submitter's directory). Hub ids never start with `~` or
+    `$`, so they are left alone."""
     def expand(value):
         if isinstance(value, str):
+            if value.startswith("$"):
+                from ..paths import default_home
+                home = str(default_home())
+                value = value.replace("${TUNER_HOME}", home, 1) if value.startswith("${TUNER_HOME}") else \
+                    value.replace("$TUNER_HOME", home, 1) if value.startswith("$TUNER_HOME") else value
             return os.path.expanduser(value) if value.startswith("~") else value
         if isinstance(value, list):
             return [expand(v) for v in value]

@@ -110,6 +110,7 @@ def validate(cfg: TrainConfig, base_dir: Optional[Union[str, Path]] = None, chec
         p.append(f"data.test_size: must be in [0, 1), got {d.test_size}")
     p += _task_rules(cfg)
     p += _run_rules(cfg)
+    p += _distributed_rules(cfg)
     if check_paths:
         p += _path_rules(cfg, Path(base_dir or "."))
     return p
@@ -183,6 +184,33 @@ def _run_rules(cfg: TrainConfig) -> list[str]:
     if cfg.eval_metric_tokenizer not in ("whitespace", "char", "morpheme"):
         p.append(f"eval_metric_tokenizer: {cfg.eval_metric_tokenizer!r} is not one of whitespace, char, morpheme")
     p += kwargs_problems(cfg.lr_scheduler_type, cfg.lr_scheduler_kwargs, cfg.learning_rate)
+    return p
+
+
+DISTRIBUTED_BACKENDS = ("auto", "ddp", "fsdp", "mlx")
+
+
+def _distributed_rules(cfg: TrainConfig) -> list[str]:
+    """The distributed block: a known engine that fits the job's backend, counts and a port in range."""
+    d, p = cfg.distributed, []
+    if d is None:
+        return p
+    if d.backend not in DISTRIBUTED_BACKENDS:
+        p.append(f"distributed.backend: {d.backend!r} is not one of {', '.join(DISTRIBUTED_BACKENDS)}")
+    elif d.backend == "mlx" and cfg.backend == "torch" or d.backend in ("ddp", "fsdp") and cfg.backend == "mlx":
+        p.append(f"distributed.backend: {d.backend} does not run the {cfg.backend} backend "
+                 f"(ddp/fsdp: torch, mlx: mlx; auto picks by the job's backend)")
+    elif d.backend == "fsdp":
+        p.append("distributed.backend: fsdp is not available yet; use ddp (the adapter is small: every rank "
+                 "holds the whole model)")
+    if not isinstance(d.nproc_per_node, int) or isinstance(d.nproc_per_node, bool) or d.nproc_per_node < 1:
+        p.append(f"distributed.nproc_per_node: must be >= 1, got {d.nproc_per_node!r}")
+    if not isinstance(d.hosts, list) or not all(isinstance(h, str) and h for h in d.hosts):
+        p.append(f"distributed.hosts: a list of host names or IPs, got {d.hosts!r}")
+    if d.hosts and d.hostfile:
+        p.append("distributed.hosts and distributed.hostfile: give one or the other")
+    if not isinstance(d.master_port, int) or not 0 <= d.master_port < 65536:
+        p.append(f"distributed.master_port: must be in [0, 65535], got {d.master_port!r}")
     return p
 
 

@@ -63,6 +63,23 @@ class DataConfig:
 
 
 @dataclass
+class DistributedConfig:
+    """Data-parallel training on an existing engine's launcher (DESIGN.md §9, tunerd.distributed)."""
+    backend: str = _f("auto", "auto (ddp for torch, mlx for mlx) | ddp | fsdp | mlx: the engine that averages "
+                              "the gradients")
+    nproc_per_node: int = _f(1, "processes (ranks) on each host: one per GPU, or 2+ CPU processes")
+    hosts: list = _f([], "several machines: host names or IPs, rank 0's first (mlx.launch --hosts; torch: "
+                         "start the same job on each); empty: this machine only")
+    hostfile: Optional[str] = _f(None, "a hostfile (mlx.launch --hostfile JSON) instead of hosts")
+    master_addr: str = _f("127.0.0.1", "the rendezvous address (rank 0's host)")
+    master_port: int = _f(0, "the rendezvous port (0: a free one, for one machine)")
+
+    @property
+    def world_size(self) -> int:
+        return max(1, self.nproc_per_node) * max(1, len(self.hosts))
+
+
+@dataclass
 class TrainConfig:
     # task (tunerd/tasks: what the rows become, the loss, the metrics; the loop is the same for all)
     task: str = _f("sft", "sft (next-token loss on the answers) | dpo (prefer `chosen` over `rejected` against "
@@ -145,6 +162,8 @@ class TrainConfig:
                             "one job's own: new or empty, never another job's")
     debug: bool = _f(False, "smoke run: 50 train / 10 eval rows, 1 epoch, batch 2")
     data: DataConfig = field(default_factory=DataConfig, metadata={"help": "the data block (DESIGN.md §4)"})
+    distributed: Optional[DistributedConfig] = field(default=None, metadata={
+        "help": "data-parallel training over several processes/machines (torchrun, mlx.launch); none: one process"})
 
     @property
     def full_finetune(self) -> bool:

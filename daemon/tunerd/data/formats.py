@@ -8,9 +8,11 @@
 
 Column mapping (`text_column`, `prompt_column`, `response_column`, `system_column`,
 `messages_column`) overrides the default names. ShareGPT-style `conversations` with
-`from`/`value` keys are accepted as messages. Tool-calling rows (OpenAI format: an assistant turn
-with `tool_calls` and maybe no content, `tool` turns with the results, a `tools` column of function
-schemas) are messages too; data/tools.py normalises them and checks the template rendered them.
+`from`/`value` keys are accepted as messages, their `function_call` and `observation` turns
+(LLaMA-Factory's tool calling) as an assistant turn's `tool_calls` and a `tool` turn. Tool-calling
+rows (OpenAI format: an assistant turn with `tool_calls` and maybe no content, `tool` turns with
+the results, a `tools` column of function schemas) are messages too; data/tools.py normalises
+them and checks the template rendered them.
 
 `data.system_prompt` is a constant system prompt for a whole data set: every chat row without
 a system turn of its own (an empty or absent system column, no system message) starts with it.
@@ -27,7 +29,7 @@ from typing import Optional
 from ..config.schema import DataConfig
 from .errors import DataError
 from .sources import Record
-from .tools import tool_calls, tool_result, tools_column
+from .tools import SHAREGPT_ROLES, function_call, tool_calls, tool_result, tools_column
 
 FORMATS = ("text", "prompt_response", "alpaca", "messages", "preference")   # preference: data/preference.py
 PROMPT_NAMES = ("prompt", "question", "query", "input")
@@ -35,7 +37,7 @@ RESPONSE_NAMES = ("completion", "response", "answer", "output")
 MESSAGES_NAMES = ("messages", "conversations", "conversation")
 TOOLS_NAME = "tools"  # the column of function schemas a messages row may have
 _ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
-          "model": "assistant", "bot": "assistant", "system": "system", "tool": "tool"}
+          "model": "assistant", "bot": "assistant", "system": "system", "tool": "tool", **SHAREGPT_ROLES}
 
 
 @dataclass
@@ -160,13 +162,16 @@ def _messages(value, origin: str, col: str) -> list[dict]:
     for i, m in enumerate(value):
         if not isinstance(m, dict):
             raise DataError(f"{origin}: {col}[{i}] must be an object with role and content")
-        role = m.get("role", m.get("from"))
+        given = m.get("role", m.get("from"))
         content = m.get("content", m.get("value"))
-        if role not in _ROLES:
-            raise DataError(f"{origin}: {col}[{i}].role {role!r} is not one of system, user, assistant, tool")
-        role = _ROLES[role]
+        if given not in _ROLES:
+            raise DataError(f"{origin}: {col}[{i}].role {given!r} is not one of system, user, assistant, tool")
+        role = _ROLES[given]
         calls = tool_calls(m["tool_calls"], origin, f"{col}[{i}].tool_calls") \
             if role == "assistant" and m.get("tool_calls") else []
+        if given == "function_call":   # ShareGPT: the value is the call
+            calls = function_call(content, origin, f"{col}[{i}].{'value' if 'value' in m else 'content'}")
+            content = ""
         if role == "tool":
             msg = {"role": role, "content": tool_result(content, origin, f"{col}[{i}].content")}
             msg.update({k: str(m[k]) for k in ("tool_call_id", "name") if m.get(k) is not None})

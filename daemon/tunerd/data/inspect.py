@@ -1,6 +1,7 @@
 """`tunerctl data inspect`: what the data looks like to the model, before any training.
 
     inspect_data(cfg_or_path, tokenizer=None, batch_size=None, max_seq_length=None) -> DataReport
+    check_for_submit(cfg, base_dir)   the same row checks, before submit accepts a job (Core.submit)
 
 `cfg_or_path` is a TrainConfig, a YAML config path (.yaml/.yml) or a data source (a file, a
 directory, a hub id). Without a tokenizer the report is about the rows alone: format, columns,
@@ -21,6 +22,7 @@ from typing import Optional, Union
 
 from ..config.schema import DataConfig, TrainConfig
 from .errors import DataError
+from .sources import EXTENSIONS, looks_local, split_files_in
 from .formats import to_example
 from .masking import segments
 from .preference import to_pair
@@ -31,6 +33,8 @@ from .tools import has_tools
 
 N_EXAMPLES = 3
 MAX_ROW_ERRORS = 20
+SUBMIT_FULL_BYTES = 64 << 20   # local data up to this size is checked in full at submit ...
+SUBMIT_SAMPLE_ROWS = 5000      # ... beyond it, the first rows of each JSON Lines file
 
 
 @dataclass
@@ -228,3 +232,52 @@ def _tokenized(report: DataReport, cfg: TrainConfig, spec, examples: list, token
         rejected_examples=[[Segment(t, s) for t, s in segments(tokenizer, rows[i + 1])] for i in shown] if pairs else [],
         warnings=warnings,
     )
+
+
+def check_for_submit(cfg: TrainConfig, base_dir: Optional[Path] = None) -> None:
+    """What `data inspect` checks without a tokenizer, before a job is accepted (issue 23, item 4):
+    the files load (exist, supported type, not empty, UTF-8, JSON syntax: file:line), the format and
+    columns are detected or as declared, and every row becomes an example; else DataError
+    (INVALID_ARGUMENT) listing the bad rows as file:line. Local data of at most SUBMIT_FULL_BYTES is
+    checked in full; beyond that the UTF-8 scan still reads every file, and the rows checked are the
+    first SUBMIT_SAMPLE_ROWS of each JSON Lines file (CSV, parquet and JSON arrays load in full).
+    Hub datasets are left to the job, which downloads them."""
+    base = Path(base_dir or ".")
+    sizes = [_local_bytes(spec, base) for spec in (cfg.data.train, cfg.data.validation) if spec is not None]
+    if any(n is None for n in sizes):   # a hub dataset among the sources
+        return
+    head = None if sum(sizes) <= SUBMIT_FULL_BYTES else SUBMIT_SAMPLE_ROWS
+    loaded = load_records(cfg, base, head=head)
+    _, errors = _examples(loaded.train, loaded.spec)
+    errors += _examples(loaded.validation, loaded.spec)[1]
+    if errors:
+        shown = "\n  ".join(errors[:MAX_ROW_ERRORS])
+        more = f"\n  ... and {len(errors) - MAX_ROW_ERRORS} more" if len(errors) > MAX_ROW_ERRORS else ""
+        sampled = f" (in the first {head} rows of each file)" if head else ""
+        raise DataError(f"data: {len(errors)} bad row(s){sampled} in the {loaded.spec.format} data; "
+                        f"`tunerctl data inspect` lists them too:\n  {shown}{more}")
+
+
+def _local_bytes(spec, base: Path) -> Optional[int]:
+    """The bytes of a data source's local files; None when it names a hub dataset."""
+    if isinstance(spec, (list, tuple)):
+        sizes = [_local_bytes(s, base) for s in spec]
+        return None if any(n is None for n in sizes) else sum(sizes)
+    if isinstance(spec, dict):
+        spec = spec.get("path", "")
+    path = base / Path(str(spec)).expanduser()
+    try:
+        if path.is_dir():
+            return sum(f.stat().st_size for s in ("train", "validation") for f in _files_or_none(path, s))
+        if path.exists():
+            return path.stat().st_size
+    except OSError:
+        return 0   # load_records says what is wrong with it
+    return 0 if looks_local(str(spec)) or Path(str(spec)).suffix.lower() in EXTENSIONS else None
+
+
+def _files_or_none(path: Path, split: str) -> list:
+    try:
+        return split_files_in(path, split)
+    except DataError:
+        return []

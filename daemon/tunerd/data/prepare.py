@@ -79,11 +79,12 @@ def _check(cfg: TrainConfig) -> None:
     parse(d.operations)
 
 
-def load_records(cfg: TrainConfig, base_dir: Optional[Path] = None) -> Loaded:
-    """Load, sample, split and transform the raw rows of both splits; detect their format."""
+def load_records(cfg: TrainConfig, base_dir: Optional[Path] = None, head: Optional[int] = None) -> Loaded:
+    """Load, sample, split and transform the raw rows of both splits; detect their format.
+    `head`: JSON Lines files give their first `head` rows only (sources.load_source)."""
     _check(cfg)
     d, base = cfg.data, Path(base_dir or ".")
-    hub = dict(name=d.name, revision=d.revision, streaming=d.streaming, token=d.token)
+    hub = dict(name=d.name, revision=d.revision, streaming=d.streaming, token=d.token, head=head)
     seed = _data_seed(cfg)
     train = load_source(d.train, base, d.split or "train", max_rows=d.max_rows if d.streaming else None, **hub)
     valid_spec = d.validation

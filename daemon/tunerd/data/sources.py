@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import codecs
 import json
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -99,15 +100,27 @@ def _diagnose_json(path: Path) -> Optional[str]:
     return None
 
 
+_LOAD_LOCK = threading.Lock()
+
+
 def _load_dataset(*args, **kw):
-    import datasets
+    """datasets.load_dataset, one at a time: the daemon checks data on concurrent request threads
+    (submit, data inspect), and a first, concurrent import of datasets/transformers fails half way
+    ("module 'transformers' has no attribute ...", seen in a burst of submits), as can two loads
+    sharing a cache folder."""
+    with _LOAD_LOCK:
+        import datasets
+        import transformers
 
-    datasets.disable_progress_bars()
-    return datasets.load_dataset(*args, **kw)
+        transformers.PreTrainedTokenizerBase   # noqa: B018 (datasets' hashing reads it: load it fully first)
+
+        datasets.disable_progress_bars()
+        return datasets.load_dataset(*args, **kw)
 
 
-def load_file(path: Path) -> list[Record]:
-    """All rows of one local file."""
+def load_file(path: Path, head: Optional[int] = None) -> list[Record]:
+    """All rows of one local file; with `head`, a JSON Lines file's first `head` rows only (read
+    line by line; the UTF-8 scan still covers the whole file)."""
     if not path.exists():
         raise FileNotFoundError(f"data file not found: {path}")
     builder = EXTENSIONS.get(path.suffix.lower())
@@ -126,6 +139,10 @@ def load_file(path: Path) -> list[Record]:
             kw["encoding"] = "utf-8-sig"
         if path.suffix.lower() == ".tsv":
             kw["delimiter"] = "\t"
+        if builder == "json" and head:
+            rows = _json_lines_head(path, head)
+            if rows is not None:
+                return rows
         if builder == "json":
             problem = _diagnose_json(path)
             if problem:
@@ -144,6 +161,27 @@ def load_file(path: Path) -> list[Record]:
     if scan is not None and builder in ("json", "text") and len(scan.lines) == len(rows):
         return [Record(r, f"{path}:{line}", str(path)) for r, line in zip(rows, scan.lines)]
     return [Record(r, f"{path}: row {i}", str(path)) for i, r in enumerate(rows, start=1)]
+
+
+def _json_lines_head(path: Path, head: int) -> Optional[list[Record]]:
+    """The first `head` rows of a JSON Lines file, or None when it is not one line per object (a
+    JSON array, a pretty-printed document, a malformed line: the full load then says what)."""
+    out: list[Record] = []
+    with open(path, "rb") as f:
+        for n, raw in enumerate(f, start=1):
+            line = raw.decode("utf-8").lstrip("\ufeff") if n == 1 else raw.decode("utf-8")
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                return None
+            if not isinstance(row, dict):
+                return None
+            out.append(Record(row, f"{path}:{n}", str(path)))
+            if len(out) >= head:
+                break
+    return out or None
 
 
 def _split_files(directory: Path, split: str) -> list[Path]:
@@ -171,8 +209,15 @@ def looks_local(spec: str) -> bool:
 
 def _load_hub(path: str, name=None, split="train", revision=None, streaming=False, token=None,
               max_rows: Optional[int] = None) -> list[Record]:
+    from .. import hub
+    fix = "use a local file, or start tunerd where the hub can be reached (HF_HUB_OFFLINE=1: the datasets cache only)"
+    if not hub.offline(datasets=True):   # offline, `datasets` reads its cache at once; unreachable, it retries
+        hub.require(f"dataset {path!r}", fix, detail="cannot be loaded", datasets=True)
     try:
         ds = _load_dataset(path, name, split=split, revision=revision, streaming=streaming, token=token)
+    except ConnectionError:   # the one offline rule (hub.py): UNAVAILABLE
+        hub.require(f"dataset {path!r}", fix, datasets=True)
+        raise
     except FileNotFoundError as e:
         raise FileNotFoundError(f"dataset not found (no local path, not on the hub): {path} ({e})") from None
     except Exception as e:
@@ -194,16 +239,18 @@ def _load_hub(path: str, name=None, split="train", revision=None, streaming=Fals
 
 
 def load_source(spec: Any, base_dir: Path, split: str = "train", *, name=None, revision=None,
-                streaming: bool = False, token=None, max_rows: Optional[int] = None) -> list[Record]:
+                streaming: bool = False, token=None, max_rows: Optional[int] = None,
+                head: Optional[int] = None) -> list[Record]:
     """All rows of a source spec (see module docstring). `split` picks files in a directory and
-    the hub split; a dict spec's own keys override the keyword defaults."""
+    the hub split; a dict spec's own keys override the keyword defaults. `head`: JSON Lines files
+    give their first `head` rows only (submit's bounded check, data/inspect.check_for_submit)."""
     if spec is None:
         return []
     if isinstance(spec, (list, tuple)):
         out: list[Record] = []
         for item in spec:
             out.extend(load_source(item, base_dir, split, name=name, revision=revision,
-                                   streaming=streaming, token=token, max_rows=max_rows))
+                                   streaming=streaming, token=token, max_rows=max_rows, head=head))
         return out
     if isinstance(spec, dict):
         known = {"path", "name", "split", "revision", "streaming", "token"}
@@ -214,7 +261,7 @@ def load_source(spec: Any, base_dir: Path, split: str = "train", *, name=None, r
         path = str(spec["path"])
         local = (base_dir / Path(path).expanduser())
         if local.exists() or looks_local(path):
-            return load_source(path, base_dir, spec.get("split", split))
+            return load_source(path, base_dir, spec.get("split", split), head=head)
         return _load_hub(path, spec.get("name", name), spec.get("split") or split,
                          spec.get("revision", revision), bool(spec.get("streaming", streaming)),
                          spec.get("token", token), max_rows)
@@ -228,7 +275,7 @@ def load_source(spec: Any, base_dir: Path, split: str = "train", *, name=None, r
         files = _split_files(path, split)
         if not files:
             raise DataError(f"{path}: no {split} files in this directory")
-        return [r for f in files for r in load_file(f)]
+        return [r for f in files for r in load_file(f, head)]
     if path.exists() or looks_local(spec):
-        return load_file(path)
+        return load_file(path, head)
     return _load_hub(spec, name, split, revision, streaming, token, max_rows)

@@ -13,6 +13,12 @@ turns, and the row's `tools` column passed as `tools=`. Here a call is put in th
 templates read (`{"type": "function", "function": {"name", "arguments": <object>}}`; `arguments`
 given as a JSON string is parsed, a flat `{"name", "arguments"}` call is nested), a `tools`
 column given as a JSON string is parsed, and a tool result that is an object is written as JSON.
+ShareGPT rows call tools the way LLaMA-Factory writes them: a `function_call` turn whose value is
+the call as JSON (`{"name", "arguments"}`, or a list of them for parallel calls) and an
+`observation` turn with the result, beside a `tools` column of flat function schemas
+(`{"name", "description", "parameters"}`). They become the same assistant `tool_calls` turn and
+`tool` turn (SHAREGPT_ROLES, `function_call`), and a flat schema is nested as
+`{"type": "function", "function": ...}`, the shape chat templates and TRL expect.
 After rendering, `check_rendered` makes sure the template did render them: a template without
 tool support (one that ignores `tool_calls`, the `tool` role or `tools`) would otherwise train
 the model on turns with the calls silently left out.
@@ -23,6 +29,9 @@ import json
 from typing import Optional
 
 from .errors import DataError
+
+# ShareGPT's tool turns (LLaMA-Factory's names) and the roles they are
+SHAREGPT_ROLES = {"function_call": "assistant", "observation": "tool"}
 
 
 def _json(value, what: str, origin: str, kind: type):
@@ -59,6 +68,23 @@ def tool_calls(value, origin: str, where: str) -> list[dict]:
     return out
 
 
+def function_call(value, origin: str, where: str) -> list[dict]:
+    """A ShareGPT `function_call` turn's value (JSON text, or already an object or list): its calls,
+    as `tool_calls` normalises them."""
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            raise DataError(f"{origin}: {where} is not valid JSON (a function_call turn holds the call: "
+                            '{"name": ..., "arguments": {...}})') from None
+    if isinstance(value, dict):
+        value = [value]
+    if not isinstance(value, list) or not value:
+        raise DataError(f"{origin}: {where} must be a call {{\"name\", \"arguments\"}} or a list of them, "
+                        f"got {type(value).__name__ if value else 'nothing'}")
+    return tool_calls(value, origin, where)
+
+
 def tool_result(value, origin: str, where: str) -> str:
     """A `tool` turn's content as text (an object or list result written as JSON)."""
     if value is None:
@@ -80,7 +106,9 @@ def tools_column(value, origin: str, col: str) -> Optional[list]:
     for k, t in enumerate(tools):
         if not isinstance(t, dict):
             raise DataError(f"{origin}: {col}[{k}] must be a function schema (an object)")
-    return tools
+    # a flat schema (LLaMA-Factory's) nested the way chat templates read it
+    return [{"type": "function", "function": {k: v for k, v in t.items() if k != "type"}}
+            if "function" not in t and "name" in t else t for t in tools]
 
 
 def has_tools(messages: list[dict], tools: Optional[list]) -> bool:

@@ -2,14 +2,15 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Iterator, Optional
 
-from ..backends.generation import Sampling
+from ..backends.generation import Sampling, decode_each
 from ..config.schema import TrainConfig
 from .data import GenRow, build_eval_set
 from .metrics import score
 
 DEFAULT_MAX_TOKENS = 128
+DEFAULT_BATCH = 8   # rows decoded together (issue 21); 1: one at a time
 
 
 def generate_text(backend, prompt_ids: list[int], sampling: Sampling,
@@ -22,12 +23,39 @@ def generate_text(backend, prompt_ids: list[int], sampling: Sampling,
         gen.close()
 
 
+def generate_texts(backend, prompts: list[list[int]], sampling: Sampling,
+                   should_stop: Callable[[], bool] = lambda: False, batch_size: int = DEFAULT_BATCH,
+                   run: Callable[[Callable], object] = lambda f: f()) -> Iterator[tuple[int, str]]:
+    """(index, reply) for each prompt as it finishes, `batch_size` decoded together (the backend's
+    decoder); each device call goes through `run`. A greedy reply equals generate_text's."""
+    decoder = None
+    if batch_size > 1 and hasattr(backend, "decoder"):   # (a backend without one: row by row)
+        try:
+            decoder = run(backend.decoder)
+        except NotImplementedError:
+            pass
+        if decoder is not None:
+            for i, text in decode_each(decoder, prompts, sampling, should_stop, batch_size, run):
+                yield i, text.strip()
+            return
+    for i, ids in enumerate(prompts):
+        if should_stop():
+            return
+        yield i, run(lambda ids=ids: generate_text(backend, ids, sampling, should_stop))
+
+
+def generate_all(backend, prompts: list[list[int]], sampling: Sampling, batch_size: int = DEFAULT_BATCH) -> list[str]:
+    texts = dict(generate_texts(backend, prompts, sampling, batch_size=batch_size))
+    return [texts.get(i, "") for i in range(len(prompts))]
+
+
 class GenerationEval:
     """Training's generation metrics: the first `eval_generate_rows` validation rows, greedy,
     scored with `eval_metric_tokenizer`. Built once before the loop; `metrics(backend)` at each eval."""
 
-    def __init__(self, rows: list[GenRow], max_tokens: int, tokenizer: str = "whitespace"):
-        self.rows, self.tokenizer = rows, tokenizer
+    def __init__(self, rows: list[GenRow], max_tokens: int, tokenizer: str = "whitespace",
+                 batch_size: int = DEFAULT_BATCH):
+        self.rows, self.tokenizer, self.batch_size = rows, tokenizer, batch_size
         self.sampling = Sampling(temperature=0.0, max_tokens=max_tokens)
 
     @classmethod
@@ -42,7 +70,7 @@ class GenerationEval:
 
     def predict(self, backend) -> tuple[list[str], dict]:
         """(the answers, their corpus scores: rouge1/2/L/Lsum, bleu, exact_match)."""
-        predictions = [generate_text(backend, r.prompt_ids, self.sampling) for r in self.rows]
+        predictions = generate_all(backend, [r.prompt_ids for r in self.rows], self.sampling, self.batch_size)
         return predictions, score(predictions, [r.reference for r in self.rows], self.tokenizer).metrics
 
     def metrics(self, backend) -> dict:

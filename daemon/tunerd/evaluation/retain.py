@@ -22,7 +22,7 @@ from typing import Optional
 
 from ..config.schema import DataConfig, TrainConfig
 from .data import EvalSet, build_eval_set
-from .generation import GenerationEval, generate_text
+from .generation import GenerationEval, generate_all
 from .loss import eval_batches, mean_loss, perplexity
 
 GENERAL = "general"
@@ -80,7 +80,7 @@ class RetainEval:
             return None
         gen = GenerationEval(rs.generation, cfg.eval_generate_max_tokens, cfg.eval_metric_tokenizer) \
             if rs.generation else None
-        before = [generate_text(backend, r.prompt_ids, gen.sampling) for r in gen.rows] if gen else []
+        before = generate_all(backend, [r.prompt_ids for r in gen.rows], gen.sampling) if gen else []
         return cls(eval_batches(rs.rows, cfg, pad_id), gen, before)
 
     def metrics(self, backend) -> dict:

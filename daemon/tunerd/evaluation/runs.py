@@ -19,7 +19,7 @@ from ..backends.generation import Sampling
 from ..config.schema import TrainConfig
 from ..data.batch import pad_id_of
 from .data import build_eval_set
-from .generation import generate_text
+from .generation import DEFAULT_BATCH, generate_texts
 from .loss import eval_batches, mean_loss, perplexity
 from .metrics import score
 from .retain import PREFIX as RETAIN, build_retain_set, changed
@@ -35,6 +35,7 @@ class EvalPlan:
     split: str = ""                   # "" -> test when the config has one, else validation
     max_generations: int = 0
     sampling: Sampling = field(default_factory=lambda: Sampling(temperature=0.0, max_tokens=128))
+    generate_batch_size: int = DEFAULT_BATCH   # rows decoded together (issue 21)
     tokenizer: str = "whitespace"
 
 
@@ -103,16 +104,19 @@ def run_plan(plan: EvalPlan, on_device: Callable[[Callable], object], model_for:
             total = len(to_generate) * len(plan.runs)
             yield EvalProgress(run=label, rows_done=0, rows_total=total, eta_seconds=0.0,
                                elapsed_seconds=time.perf_counter() - t0)
-        predictions = []
-        for row in to_generate:
-            if should_stop():  # the caller went away: stop without a result
-                return
-            predictions.append(on_device(lambda ids=row.prompt_ids, adapter=adapter: generate_text(
-                model_for(adapter), ids, plan.sampling, should_stop)))
+        texts: dict = {}
+        backend = on_device(lambda adapter=adapter: model_for(adapter))
+        for j, text in generate_texts(backend, [r.prompt_ids for r in to_generate], plan.sampling, should_stop,
+                                      plan.generate_batch_size,
+                                      run=lambda f, adapter=adapter: on_device(lambda: (model_for(adapter), f())[1])):
+            texts[j] = text
             done += 1
             elapsed = time.perf_counter() - t0
             yield EvalProgress(run=label, rows_done=done, rows_total=total, elapsed_seconds=elapsed,
                                eta_seconds=elapsed / done * (total - done))
+        if len(texts) < len(to_generate):  # the caller went away: stop without a result
+            return
+        predictions = [texts[j] for j in range(len(to_generate))]
         metrics = {"supervised_tokens": float(n_tok)}
         generations = _scored(es.generation, predictions[:len(es.generation)], plan.tokenizer, metrics, "")
         retained = ()

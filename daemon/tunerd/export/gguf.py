@@ -66,9 +66,12 @@ def check_arch(config: dict) -> str:
     return mt
 
 
-def export_gguf(model, adapter, out_file, quant: str = "f16", force: bool = False) -> Path:
+def export_gguf(model, adapter, out_file, quant: str = "f16", force: bool = False, progress=None,
+                then=None) -> Path:
     """Fuse `adapter` into `model` (export/fuse.py, de-quantised) in a temporary folder next to
-    `out_file`, then write that as GGUF; the quant type and architecture are checked first."""
+    `out_file`, then write that as GGUF; the quant type and architecture are checked first.
+    `progress` (export/progress.py Reporter): the fuse, then each tensor converted, then the write.
+    `then(fused_folder)`, if given, runs after the write, before the fused folder is removed."""
     from ..model_config import read_model_config
     from .fuse import fuse
 
@@ -78,8 +81,13 @@ def export_gguf(model, adapter, out_file, quant: str = "f16", force: bool = Fals
         check_arch(config)
     out = _check_file(out_file, force)
     with tempfile.TemporaryDirectory(prefix=f".{out.name}.fuse-", dir=out.parent) as tmp:
+        if progress:
+            progress("fuse", message=f"fusing the adapter into {model}")
         folder = fuse(model, adapter, Path(tmp) / "fused", dequantize=True)
-        return write_gguf(folder, out, quant, force=force, name=out.stem)
+        written = write_gguf(folder, out, quant, force=force, name=out.stem, progress=progress)
+        if then is not None:
+            then(folder)
+        return written
 
 
 def _check_file(out_file, force: bool) -> Path:
@@ -93,10 +101,12 @@ def _check_file(out_file, force: bool) -> Path:
     return out
 
 
-def write_gguf(model_dir, out_file, quant: str = "f16", force: bool = False, name: str = "") -> Path:
+def write_gguf(model_dir, out_file, quant: str = "f16", force: bool = False, name: str = "",
+               progress=None) -> Path:
     """Write `model_dir` as a GGUF file at `out_file` (files.atomic_write_file: a new file, or
     `force` to replace one; else OutputRefused), `general.name` `name` (default: the folder's);
-    GGUFError for an unsupported architecture, tokenizer or quant type."""
+    GGUFError for an unsupported architecture, tokenizer or quant type. `progress`: stage
+    "convert" per tensor (bytes of the source tensors done), then "write"."""
     import gguf
 
     src, out = Path(model_dir).expanduser(), Path(out_file).expanduser()
@@ -112,9 +122,11 @@ def write_gguf(model_dir, out_file, quant: str = "f16", force: bool = False, nam
         w.add_name(name or src.name)   # not the bare model_type: transformers reads a GGUF named "mistral" wrong
         n_vocab = _add_hparams(w, config, quant, gguf)
         _add_vocab(w, src, n_vocab, gguf)
-        _add_tensors(w, src, config, arch, permute, quant, gguf)
+        _add_tensors(w, src, config, arch, permute, quant, gguf, progress)
         if _rope_kind(config) == "llama3":
             w.add_tensor(gguf.TENSOR_NAMES[gguf.MODEL_TENSOR.ROPE_FREQS], _llama3_rope_factors(src))
+        if progress:
+            progress("write", message=f"writing {out.name}")
         w.write_header_to_file()
         w.write_kv_data_to_file()
         w.write_tensors_to_file()
@@ -243,7 +255,7 @@ def _encode(name: str, data: np.ndarray, quant: str, gguf):
     return data.astype(np.float16), None
 
 
-def _add_tensors(w, src: Path, config: dict, arch, permute: bool, quant: str, gguf) -> None:
+def _add_tensors(w, src: Path, config: dict, arch, permute: bool, quant: str, gguf, progress=None) -> None:
     from safetensors import safe_open
 
     names = gguf.get_tensor_name_map(arch, config["num_hidden_layers"])
@@ -252,6 +264,7 @@ def _add_tensors(w, src: Path, config: dict, arch, permute: bool, quant: str, gg
     files = sorted(src.glob("*.safetensors"))
     if not files:
         raise GGUFError(f"GGUF export: no *.safetensors in {src}")
+    total, done = sum(p.stat().st_size for p in files), 0   # the source's bytes (headers too, a little)
     for path in files:
         with safe_open(str(path), framework="pt") as f:
             for hf_name in f.keys():
@@ -263,10 +276,16 @@ def _add_tensors(w, src: Path, config: dict, arch, permute: bool, quant: str, gg
                 if name is None:
                     raise GGUFError(f"GGUF export: tensor {hf_name} has no GGUF name for "
                                     f"{config['model_type']}")
-                data = f.get_tensor(hf_name).float().numpy()
+                tensor = f.get_tensor(hf_name)
+                done += tensor.numel() * tensor.element_size()
+                data = tensor.float().numpy()
                 if permute and hf_name.endswith("q_proj.weight"):
                     data = _permute(data, heads)
                 elif permute and hf_name.endswith("k_proj.weight"):
                     data = _permute(data, kv_heads)
                 arr, raw = _encode(name, data, quant, gguf)
                 w.add_tensor(name, arr, raw_dtype=raw)
+                if progress:
+                    progress("convert", min(done, total), total, message=name)
+    if progress:
+        progress("convert", total, total, message="all tensors converted")

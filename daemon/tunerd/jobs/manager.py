@@ -33,6 +33,9 @@ from .store import (CANCELLED, FAILED, FINAL_STATES, INTERRUPTED, QUEUED, RESUMA
 from .worker import DeviceWorker
 
 log = logging.getLogger(__name__)
+# a person's mistake or the machine's limits (bad data or config, a missing file, the hub out of
+# reach, memory, disk): logged as one line; anything else is a bug, logged with its traceback
+USER_ERRORS = (ValueError, FileNotFoundError, PermissionError, ConnectionError, MemoryError, NoSpace)
 
 
 class JobStateError(ValueError):
@@ -208,7 +211,10 @@ class JobManager:
             else:
                 self._finish(job_id, CANCELLED, reason="cancelled by request", event=cancelled, **step)
         except Exception as e:  # noqa: BLE001 - every failure becomes a recorded state
-            log.exception("job %s failed", job_id)
+            if isinstance(e, USER_ERRORS):   # the job's reason says it all: no traceback in the log
+                log.warning("job %s failed: %s", job_id, _describe(e))
+            else:
+                log.exception("job %s failed", job_id)
             self._failed(job_id, e)
         finally:
             with self._lock:

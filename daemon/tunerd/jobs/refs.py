@@ -13,9 +13,11 @@ An unknown reference is `JobNotFound` (NOT_FOUND); a prefix that fits several jo
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..backends.adapter_base import adapter_base
 from ..paths import resolve_path
 from ..training.checkpoints import list_checkpoints
 from .store import JobNotFound, JobRecord, JobStore
@@ -89,6 +91,17 @@ def adapter_of(store: JobStore, ref: str) -> str:
     return str(ckpts[-1])
 
 
+def as_ref(store: JobStore, text: str) -> str:
+    """A bare job id (or a unique prefix, or `latest`) that is not an existing path -> `job:<id>`,
+    so it works wherever `job:ID` does; anything else as it is (issue 23, item 7)."""
+    if not text or is_ref(text) or os.path.lexists(resolve_path(text)):
+        return text
+    try:
+        return PREFIX + resolve_id(store, text)
+    except JobNotFound:   # not a job: a path or id for the caller to judge (an ambiguous prefix says so)
+        return text
+
+
 def adapter_name(store: JobStore, adapter: str) -> str:
     """The name a resident adapter is known by: `job:<full id>` for a job, else the folder's
     absolute path ('' for none)."""
@@ -109,8 +122,10 @@ class Target:
 def target(store: JobStore, model: str = "", adapter: str = "", backend: str = "auto") -> Target:
     """`adapter: job:<ref>` -> that job's adapter or latest checkpoint, its base model (unless
     `model` is given) and its backend (unless one is asked for); `model: job:<ref>` -> the job's
-    base model; an adapter folder -> its absolute path."""
+    base model; an adapter folder -> its absolute path, and (unless `model` is given) the base
+    model its adapter_config.json names."""
     backend = backend or "auto"
+    adapter = as_ref(store, adapter)
     name = adapter_name(store, adapter)
     path = name
     if is_ref(adapter):
@@ -119,6 +134,8 @@ def target(store: JobStore, model: str = "", adapter: str = "", backend: str = "
         model = model or rec.model
         if backend == "auto":
             backend = rec.backend or backend   # the job's own backend
+    elif path and not model:   # an adapter folder alone: the base it names (adapter_config.json)
+        model = adapter_base(path)
     if is_ref(model):
         model = model_of(store, model)
     return Target(model, path, name, backend)

@@ -6,6 +6,8 @@ local cache. The config keeps the name the user gave (a hub id stays a hub id in
 config.json, the adapter's base_model_name_or_path, Started and the chat lease). A GGUF model
 (a `.gguf` file, `ollama:NAME`) is converted into the model cache instead, and the loop trains on
 that folder (which the adapter then names as its base); the chat lease keeps the GGUF name.
+A job with `distributed:` over more than one process runs as a process group started by the
+engine's launcher (tunerd.distributed.launch); its model is the ranks', so it lends none to chat.
 """
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ from typing import Callable, Optional
 
 from ..backends.registry import get_backend, resolve_backend
 from ..config.schema import TrainConfig
+from ..distributed.launch import run_group, world_size
 from ..gguf_file import is_gguf
 from ..models.download import fetch
 
@@ -37,6 +40,8 @@ def run_training(cfg: TrainConfig, emit: Callable, should_stop: Callable[[], boo
     if is_gguf(cfg.model):
         cfg = dataclasses.replace(cfg, model=folder)   # the converted folder: what the backend loads
     name = resolve_backend(cfg)
+    if cfg.distributed is not None and world_size(cfg.distributed) > 1:   # a process group: tunerd.distributed
+        return run_group(cfg, name, emit, should_stop, base_dir, serve_interactive)
     backend = get_backend(name)
     if lend is None:
         return train(cfg, backend, emit, between_steps, base_dir, validated=True)

@@ -69,6 +69,7 @@ class JobRecord:
     best_eval_loss: float = 0.0
     last_sequence: int = 0
     queue_position: int = 0   # not stored: the manager's queue, filled in by Core (1 = next to run)
+    exports: tuple = ()       # not stored here: the exports table (jobs/exports.py), filled in by Core
 
     @property
     def config(self) -> dict:
@@ -196,7 +197,7 @@ class JobStore:
         self._write(insert)
 
     def _insert_job(self, rec: JobRecord) -> None:
-        cols = [f.name for f in dataclasses.fields(JobRecord) if f.name not in ("queue_position", "last_sequence")]
+        cols = [f.name for f in dataclasses.fields(JobRecord) if f.name not in ("queue_position", "last_sequence", "exports")]
         self._db.execute(f"INSERT INTO jobs ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})",
                          [getattr(rec, c) for c in cols])
 
@@ -358,6 +359,17 @@ class JobStore:
                 if seq >= from_sequence:
                     kept.append(StoredEvent(job_id, seq, c.time, kind, payload))
         return kept
+
+    # -- exports (jobs/exports.py): what was written from a job's adapter, oldest first ----------
+    def add_export(self, job_id: str, record: dict) -> None:
+        self._write(lambda: self._db.execute("INSERT INTO exports (job_id, time, record) VALUES (?, ?, ?)",
+                                             (job_id, record.get("time") or time.time(), json.dumps(record))))
+
+    def exports(self, job_id: str) -> list[dict]:
+        with self._lock:
+            rows = self._db.execute("SELECT record FROM exports WHERE job_id = ? ORDER BY time, rowid",
+                                    (job_id,)).fetchall()
+        return [json.loads(r[0]) for r in rows]
 
     def wait_for_change(self, timeout: float) -> None:
         """Block until any job or event changes (or timeout)."""

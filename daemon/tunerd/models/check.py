@@ -39,12 +39,12 @@ def check_model(model: str) -> None:
     if _in_cache(model):
         return
     from huggingface_hub import constants
-    if constants.HF_HUB_OFFLINE:
-        raise FileNotFoundError(
-            f"model {model!r} not found: no local folder {os.path.abspath(model)}; not in the Hugging Face "
-            f"cache ({constants.HF_HUB_CACHE}); and the daemon is offline (HF_HUB_OFFLINE=1), so the hub was "
-            "not asked. Use a local model folder, or start tunerd online to download it")
-    # online: models.download.fetch asks the hub (NOT_FOUND for an unknown repo) in the request's thread
+
+    from .. import hub
+    hub.require(f"model {model!r}", fix="use a local model folder, or start tunerd where the hub can be reached "
+                "to download it", detail=f"was not found: no local folder {os.path.abspath(model)}; not in the "
+                f"Hugging Face cache ({constants.HF_HUB_CACHE})")
+    # reachable: models.download.fetch asks the hub (NOT_FOUND for an unknown repo) in the request's thread
 
 
 def _check_folder(model: str) -> None:

@@ -164,6 +164,10 @@ class Served:
     def generate(self, prompt_ids, sampling, should_stop=lambda: False):
         return self.backend.generate(prompt_ids, sampling, should_stop, adapter=self.adapter)
 
+    def decoder(self):
+        """A batch decoder with this adapter (issue 21: evaluation's rows, concurrent chats)."""
+        return self.backend.decoder(adapter=self.adapter)
+
     def eval_loss(self, batch):
         return self.backend.eval_loss(batch, adapter=self.adapter)
 

@@ -3,6 +3,7 @@
     Task(cfg)
       name, packs, sequences_per_row     its config name; whether its rows may be packed; the
                                          sequences one data row becomes (the memory estimate's)
+      metric_names                       the metrics its forward_backward returns (logged per step)
       check_data(report)                 the prepared data suits it (data.prepare's report)
       iterate                            how tokenized rows become one epoch's batches
       normaliser(step) -> float          what a step's summed loss (and its metrics) divide by
@@ -26,6 +27,7 @@ class Task:
     name = ""
     packs = True              # rows may be packed (packing: auto / true)
     sequences_per_row = 1     # a preference pair is 2
+    metric_names: tuple = ()  # forward_backward's metric sums, summed across ranks in this order
     iterate = staticmethod(iterate_batches)
 
     def __init__(self, cfg: TrainConfig):

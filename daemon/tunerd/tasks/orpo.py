@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .preference import PreferenceTask, log_sigmoid, n_pairs, reward_metrics, sigmoid
+from .preference import REWARDS, PreferenceTask, log_sigmoid, n_pairs, reward_metrics, sigmoid
 
 
 def log1mexp(x):
@@ -33,6 +33,7 @@ def odds_ratio(ac, ar, beta: float):
 
 class ORPO(PreferenceTask):
     name = "orpo"
+    metric_names = REWARDS + ("nll_loss", "log_odds_ratio", "log_odds_chosen")
 
     def context(self, batches) -> float:
         """Pairs per chosen answer token of the whole step: NLL(chosen) is a mean over those tokens."""

@@ -44,8 +44,13 @@ def reward_metrics(chosen: np.ndarray, rejected: np.ndarray) -> dict:
             "rewards/accuracies": float((chosen > rejected).sum()), "rewards/margins": float((chosen - rejected).sum())}
 
 
+REWARDS = ("rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins", "logps/chosen",
+           "logps/rejected")
+
+
 class PreferenceTask(Task):
     packs = False
+    metric_names = REWARDS
     sequences_per_row = 2
     needs_reference = False
     iterate = staticmethod(iterate_pair_batches)

@@ -31,6 +31,9 @@ class Started:
     packing_reason: str = ""
     peak_tflops: float = 0.0      # the device's measured matmul peak in that dtype (MFU's denominator)
     warnings: list = field(default_factory=list)   # e.g. trust_remote_code: the model's own code runs
+    world_size: int = 1           # processes training together (tunerd.distributed)
+    global_batch_size: int = 0    # rows per optimizer step: per-device batch x accumulation x world_size
+    distributed_backend: str = ""   # ddp | mlx when world_size > 1
 
 
 @dataclass

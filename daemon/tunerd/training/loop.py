@@ -29,10 +29,11 @@ Exact resume: the batches of epoch e are a pure function of (data seed, e) (data
 checkpoint records the epoch and the micro-batches consumed in it, the schedule is a function of
 the step (+ plateau state), and the backend restores adapter + optimizer + its RNG.
 
-Several ranks (the door to multi-machine training, DESIGN.md §9): every rank builds the same
-batches and runs its `Shard` of each step's micro-batches; the loss is normalised by the whole
-step's supervised tokens. Summing gradients and losses across ranks is the distributed backend's
-part and is not written yet: with world_size 1 (the default) nothing is left out.
+Several ranks (DESIGN.md §9, launched by tunerd.distributed): every rank builds the same batches;
+a step is accumulation x world_size micro-batches, of which each rank runs its `Shard`; the loss
+is normalised by the whole step's supervised tokens. The engine sums the gradients across ranks
+(distributed/sync.py wraps the backend) and `all_sum` the step's loss sum; with world_size 1 (the
+default) both are the identity.
 """
 from __future__ import annotations
 
@@ -108,9 +109,11 @@ class Trainer:
 
     def __init__(self, cfg: TrainConfig, backend: Backend, emit: Callable[[object], None],
                  should_stop: Callable[[], bool] = lambda: False, base_dir: Optional[Path] = None,
-                 shard: Shard = Shard(), validated: bool = False):
+                 shard: Shard = Shard(), validated: bool = False, all_sum: Callable[[float], float] = float):
         self.cfg = resolve_config(cfg, base_dir, validated)
         self.task = get_task(self.cfg)
+        self.all_sum = all_sum   # a float summed across the ranks (distributed/sync.py)
+        self.accumulation = self.cfg.gradient_accumulation_steps * shard.world_size   # micro-batches a step
         self.backend, self.emit, self.should_stop, self.shard = backend, emit, should_stop, shard
         self.base_dir = Path(base_dir) if base_dir else None
         self.out = Path(self.cfg.output_dir)
@@ -176,7 +179,7 @@ class Trainer:
         """This rank's training steps, the evaluation batches and the generation metrics' rows."""
         cfg, tok = self.cfg, self.backend.tokenizer
         pad_id = pad_id_of(tok, self.info.eos_token_ids)
-        self.data = TrainBatches(self.train_rows, cfg.per_device_train_batch_size, cfg.gradient_accumulation_steps,
+        self.data = TrainBatches(self.train_rows, cfg.per_device_train_batch_size, self.accumulation,
                                  pad_id, packing=cfg.packing, max_seq_length=cfg.max_seq_length,
                                  seed=cfg.data.seed if cfg.data.seed is not None else cfg.seed,
                                  group_by_length=cfg.data.group_by_length, shard=self.shard, iterate=self.task.iterate)
@@ -196,7 +199,7 @@ class Trainer:
                                         batch_size=self.widest.inputs.shape[0], device_kind=info.device_kind,
                                         supervised_fraction=sum(b.n_targets for b in first_epoch)
                                         / max(sum(b.inputs.size for b in first_epoch), 1))
-        self.steps_per_epoch = math.ceil(len(first_epoch) / cfg.gradient_accumulation_steps)
+        self.steps_per_epoch = math.ceil(len(first_epoch) / self.accumulation)
         self.total_steps = cfg.max_steps if cfg.max_steps > 0 else \
             max(1, math.ceil(cfg.num_epochs * self.steps_per_epoch))
         self.sched = Scheduler(cfg.lr_scheduler_type, cfg.learning_rate, self.total_steps,
@@ -235,7 +238,9 @@ class Trainer:
             output_dir=str(self.out), resumed_from_step=self.resumed_from, dtype=info.dtype,
             dtype_reason=info.dtype_reason, packing=cfg.packing, packing_reason=self.packing_reason,
             peak_tflops=self.peak_flops / 1e12, warnings=self.warnings + many_passes_warnings(   # forgetting
-                self.total_steps / self.steps_per_epoch, len(self.train_rows), bool(cfg.data.retain))))
+                self.total_steps / self.steps_per_epoch, len(self.train_rows), bool(cfg.data.retain)),
+            world_size=self.shard.world_size, global_batch_size=cfg.per_device_train_batch_size * self.accumulation,
+            distributed_backend=cfg.distributed.backend if cfg.distributed and self.shard.world_size > 1 else ""))
         self.t_start = time.perf_counter()
         self.steps_this_run = 0
         self.window = _Window(t0=time.perf_counter())
@@ -255,14 +260,16 @@ class Trainer:
         cfg, st, w = self.cfg, self.state, self.window
         step = self.data.step(st.epoch, st.batch_in_epoch)
         norm = self.task.normaliser(step)
-        loss_sum = 0.0
+        loss_sum, sums = 0.0, {}
         for b in step.mine:
             s, metrics = self.task.forward_backward(self.backend, b, step)
             loss_sum += s
             for k, v in metrics.items():
-                w.metrics[k] = w.metrics.get(k, 0.0) + v / norm
+                sums[k] = sums.get(k, 0.0) + v
+        for k in self.task.metric_names:   # in one order on every rank: each is a collective
+            w.metrics[k] = w.metrics.get(k, 0.0) + self.all_sum(sums.get(k, 0.0)) / norm
         step_no = st.global_step + 1
-        loss = loss_sum / norm
+        loss = self.all_sum(loss_sum) / norm
         if not math.isfinite(loss):
             raise NonFiniteLoss(f"step {step_no}: training loss is {loss} (learning_rate={cfg.learning_rate}, "
                                 f"dtype={cfg.dtype}); lower the learning rate, use float32/bfloat16, or check the data")
@@ -395,7 +402,9 @@ class Trainer:
 
 def train(cfg: TrainConfig, backend: Backend, emit: Callable[[object], None],
           should_stop: Callable[[], bool] = lambda: False, base_dir: Optional[Path] = None,
-          rank: int = 0, world_size: int = 1, validated: bool = False) -> ev.Finished:
+          rank: int = 0, world_size: int = 1, validated: bool = False,
+          all_sum: Callable[[float], float] = float) -> ev.Finished:
     """Train `cfg` on `backend` as rank `rank` of `world_size`, emitting events; see the module docstring.
-    `validated`: the config is a submitted job's, which the loader validated, so it is not checked again."""
-    return Trainer(cfg, backend, emit, should_stop, base_dir, Shard(rank, world_size), validated).run()
+    `validated`: the config is a submitted job's, which the loader validated, so it is not checked again.
+    `all_sum`: sums a float across the ranks (the distributed engine's; distributed/rank.py)."""
+    return Trainer(cfg, backend, emit, should_stop, base_dir, Shard(rank, world_size), validated, all_sum).run()

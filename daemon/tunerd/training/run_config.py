@@ -59,6 +59,9 @@ def resolve_packing(requested, info) -> tuple[bool, str]:
 
 def config_identity(cfg: TrainConfig) -> tuple[dict, str]:
     d = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in RESUME_FREE_KEYS}
+    d.pop("distributed", None)   # of the launch only the world size changes the math (the global batch)
+    if cfg.distributed is not None and cfg.distributed.world_size > 1:
+        d["world_size"] = cfg.distributed.world_size
     text = json.dumps(d, sort_keys=True, default=str)
     return json.loads(text), hashlib.sha256(text.encode()).hexdigest()[:16]
 

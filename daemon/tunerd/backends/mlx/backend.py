@@ -5,6 +5,7 @@
     loss.py       the summed cross-entropy over supervised positions, a batch as its arrays
     optim.py      the optimizers and the clipped update
     generate.py   streamed generation and sampling
+    batch.py      batched decoding: mlx-lm's BatchGenerator behind generation.BatchDecoder
     adapters.py   save/load adapters, fuse, and several adapters on one base for chat
     backend.py    this class: load, add the adapter, the compiled steps, checkpoints
 
@@ -44,6 +45,7 @@ from ..dtypes import checkpoint_dtype, resolve_dtype
 from ..generation import GenerationChunk, Sampling
 from .adapters import MLXAdapters
 from .device import DTYPES, device_kind, memory_bytes, set_memory_limits
+from .batch import MlxBatch
 from .generate import prompt_cache, stream
 from .loss import PLAIN_HEAD, batch_arrays, row_losses, summed_loss
 from .model import (PACKING_MODEL_TYPES, add_token_rows, apply_lora, enable_grad_checkpoint, is_quantized,
@@ -355,6 +357,10 @@ class MLXBackend(MLXAdapters, Backend):
                   key: Optional[str]) -> Iterator[GenerationChunk]:
         self._require_model()
         return stream(self.model, self._wrapper, prompt_ids, sampling, should_stop, self._prompt_cache, key)
+
+    def _decoder(self, key: Optional[str]) -> MlxBatch:
+        self._require_model()
+        return MlxBatch(self.model, self._wrapper, self._prompt_cache, key)
 
     def memory(self) -> MemoryStats:
         active, peak = memory_bytes()

@@ -64,6 +64,10 @@ def stream(model, wrapper, prompt_ids: list[int], sampling: Sampling, should_sto
         mx.clear_cache()   # freed buffers go back (device.set_memory_limits); the kept KV cache stays
 
 
+def greedy(logprobs):
+    return mx.argmax(logprobs, axis=-1)
+
+
 def _own_key_sampler(s: Sampling):
     """mlx_lm's sampler chain (top-p, min-p, top-k, then temperature), drawing from its own key
     instead of the global mx.random state that a training job's dropout uses."""
@@ -72,7 +76,7 @@ def _own_key_sampler(s: Sampling):
     from mlx_lm.sample_utils import apply_min_p, apply_top_k, apply_top_p
 
     if s.temperature <= 0:
-        return lambda logprobs: mx.argmax(logprobs, axis=-1)
+        return greedy   # one object: a batch of greedy rows is sampled in one call
     key = [mx.random.key(s.seed if s.seed is not None else secrets.randbits(62))]
 
     def sampler(logprobs):

@@ -6,6 +6,7 @@ composed of
     loss.py       a batch as the model's inputs (packing) and its summed loss on supervised positions
     optim.py      the optimizers and the clipped step
     generate.py   streamed generation and sampling
+    batch.py      batched decoding: many replies in one forward per step (left-padded DynamicCache)
     adapters.py   save/load adapters, fuse, and several adapters on one base for chat
     backend.py    this class: load, add the adapter, the training step, checkpoints
 
@@ -41,6 +42,7 @@ from ..generation import GenerationChunk, Sampling
 from . import model as tmodel
 from .adapters import TorchAdapters
 from .device import memory_bytes, pick_device, pick_dtype
+from .batch import TorchBatch
 from .generate import prompt_cache, stream
 from .loss import BatchLoss
 from .optim import build_optimizer, clipped_step
@@ -261,6 +263,11 @@ class TorchBackend(TorchAdapters, BatchLoss, Backend):
         past, reused = self._prompt_cache.take(key, prompt_ids)
         return stream(self.model, self._tok, prompt_ids, sampling, self._eos, self.device, should_stop,
                       past=past, reused=reused, keep=lambda tokens, c: self._prompt_cache.put(key, tokens, c))
+
+    def _decoder(self, key: Optional[str]) -> TorchBatch:
+        self._require_model()
+        self.model.eval()
+        return TorchBatch(self.model, self._tok, self._eos, self.device, self._prompt_cache, key)
 
     def memory(self) -> MemoryStats:
         active, peak = memory_bytes(self.device or torch.device("cpu"))

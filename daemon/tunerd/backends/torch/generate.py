@@ -7,7 +7,7 @@ from typing import Callable, Iterator, Optional
 
 import torch
 
-from ..generation import GenerationChunk, PrefillPlan, PromptCache, ReplyText, Sampling
+from ..generation import Detokenizer, GenerationChunk, PrefillPlan, PromptCache, ReplyText, Sampling
 
 
 def sample_next(logits: torch.Tensor, context: torch.Tensor, s: Sampling,
@@ -31,31 +31,6 @@ def sample_next(logits: torch.Tensor, context: torch.Tensor, s: Sampling,
     if s.min_p and s.min_p > 0:
         probs[probs < s.min_p * probs.max()] = 0.0
     return int(torch.multinomial(probs / probs.sum(), 1, generator=gen))
-
-
-class Detokenizer:
-    """The reply's text so far, decoded incrementally: a new token decodes a short window (the
-    tokens since the last complete character, after the few before them for context) instead of
-    the whole reply again (the offsets approach of TGI's and vLLM's incremental detokenization).
-    `add` returns the whole text so far; an incomplete character at its end reads as U+FFFD, as a
-    full decode would show it."""
-
-    def __init__(self, tokenizer):
-        self.tok, self.ids, self.done = tokenizer, [], ""
-        self.prefix = self.read = 0   # ids[prefix:read]: context already in `done`; ids[read:]: pending
-
-    def add(self, token_id: int) -> str:
-        self.ids.append(token_id)
-        before = self._decode(self.prefix, self.read)
-        now = self._decode(self.prefix, len(self.ids))
-        if len(now) > len(before) and not now.endswith("\ufffd"):
-            self.done += now[len(before):]
-            self.prefix, self.read = self.read, len(self.ids)
-            return self.done
-        return self.done + now[len(before):]
-
-    def _decode(self, start: int, end: int) -> str:
-        return self.tok.decode(self.ids[start:end], skip_special_tokens=True) if end > start else ""
 
 
 def _cache_arg(model) -> str:
