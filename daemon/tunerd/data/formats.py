@@ -91,7 +91,6 @@ def detect_format(columns: list[str], cfg: DataConfig, source: str = "") -> Form
     system = cfg.system_column or _first(("system",), columns)
     if cfg.system_column:
         _need(cfg.system_column, "data.system_column", columns, source)
-    from .preference import is_preference, preference_spec   # it builds on this module's helpers
     if fmt == "preference" or fmt == "auto" and is_preference(columns, cfg):
         return preference_spec(columns, cfg, system, source)
     if fmt == "auto":
@@ -233,3 +232,23 @@ def columns_of(records: list[Record]) -> list[str]:
         for k in r.data:
             seen.setdefault(k, None)
     return list(seen)
+
+
+# ---- preference rows (task dpo / orpo; data/preference.py turns them into pairs) ------------------
+PROMPT_NAMES = ("prompt", "question", "instruction", "input")
+
+
+def is_preference(columns: list, cfg: DataConfig) -> bool:
+    return bool(cfg.chosen_column or cfg.rejected_column) or ("chosen" in columns and "rejected" in columns)
+
+
+def preference_spec(columns: list, cfg: DataConfig, system: Optional[str], source: str = "") -> FormatSpec:
+    chosen = _need(cfg.chosen_column or "chosen", "data.chosen_column" if cfg.chosen_column else "chosen column",
+                   columns, source)
+    rejected = _need(cfg.rejected_column or "rejected", "data.rejected_column" if cfg.rejected_column
+                     else "rejected column", columns, source)
+    prompt = cfg.prompt_column or _first(PROMPT_NAMES, columns)
+    if cfg.prompt_column:
+        _need(prompt, "data.prompt_column", columns, source)
+    return FormatSpec("preference", {"prompt": prompt, "chosen": chosen, "rejected": rejected, "system": system},
+                      cfg.system_prompt)

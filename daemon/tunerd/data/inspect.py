@@ -24,10 +24,10 @@ from ..config.schema import DataConfig, TrainConfig
 from .errors import DataError
 from .sources import EXTENSIONS, looks_local, split_files_in
 from .formats import to_example
-from .masking import segments
+from .masking import fit_all, segments
 from .preference import to_pair
 from .packing import padding_waste
-from .prepare import fit_all, iterate_batches, load_records, pad_id_of, tokenize_all
+from .prepare import iterate_batches, load_records, pad_id_of, tokenize_all
 from .templates import missing_tokens, resolve_name, setup_template
 from .tools import has_tools
 

@@ -1,7 +1,6 @@
 """Preference rows for task dpo / orpo: {prompt, chosen, rejected}, as pairs of tokenized rows.
 
-    is_preference(columns, cfg)             the rows have chosen + rejected columns (or map them)
-    preference_spec(columns, cfg, system, source) -> FormatSpec("preference", {prompt, chosen, rejected, system})
+    (detection: formats.is_preference / preference_spec -> FormatSpec("preference", {prompt, chosen, rejected, system}))
     to_pair(record, spec) -> (chosen Example, rejected Example)
     tokenize_pairs(examples, tokenizer, template, cfg, max_seq_length) -> (pairs, facts)
     PairRow(chosen, rejected, origin)       the two TokenizedRows of one pair
@@ -25,32 +24,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
-from ..config.schema import DataConfig, TrainConfig
+from ..config.schema import TrainConfig
 from .batch import Batch, collate_sequences
 from .errors import DataError
-from .formats import _ROLES, Example, FormatSpec, _first, _messages, _need, _str
-from .masking import TokenizedRow, tokenize_example
+from .formats import _ROLES, Example, FormatSpec, _messages, _str
+from .masking import TokenizedRow, fit_all, tokenize_example
 from .packing import batch_order
 from .sources import Record
-
-PROMPT_NAMES = ("prompt", "question", "instruction", "input")
-
-
-def is_preference(columns: list, cfg: DataConfig) -> bool:
-    return bool(cfg.chosen_column or cfg.rejected_column) or ("chosen" in columns and "rejected" in columns)
-
-
-def preference_spec(columns: list, cfg: DataConfig, system: Optional[str], source: str = "") -> FormatSpec:
-    chosen = _need(cfg.chosen_column or "chosen", "data.chosen_column" if cfg.chosen_column else "chosen column",
-                   columns, source)
-    rejected = _need(cfg.rejected_column or "rejected", "data.rejected_column" if cfg.rejected_column
-                     else "rejected column", columns, source)
-    prompt = cfg.prompt_column or _first(PROMPT_NAMES, columns)
-    if cfg.prompt_column:
-        _need(prompt, "data.prompt_column", columns, source)
-    return FormatSpec("preference", {"prompt": prompt, "chosen": chosen, "rejected": rejected, "system": system},
-                      cfg.system_prompt)
-
 
 def _turns(value, origin: str, col: str, role: str) -> list[dict]:
     """Text as one `role` turn; a list as its messages (an answer must have an assistant turn)."""
@@ -136,8 +116,6 @@ def tokenize_pairs(pairs: list[tuple[Example, Example]], tokenizer, template, cf
                    max_seq_length: int) -> tuple[list[PairRow], dict]:
     """Tokenize both answers of every pair and fit each into max_seq_length (prompt cut from the
     left, as for SFT rows); the facts count pairs (a pair is cut or dropped when either answer is)."""
-    from .prepare import fit_all
-
     chosen = [tokenize_example(tokenizer, template, c, cfg.data.train_on_prompt) for c, _ in pairs]
     rejected = [tokenize_example(tokenizer, template, r, cfg.data.train_on_prompt) for _, r in pairs]
     fc, facts_c = fit_all(chosen, tokenizer, max_seq_length, "truncate")
