@@ -11,7 +11,8 @@ acyclic):
   1 config       the schema, the loader and its validator, debug mode
   2 data         sources, formats, templates, masking, packing, batches
   3 backends     mlx/ and torch/ behind backends/base.py, the device peak cache; host (the machine)
-  4 evaluation   loss, perplexity and generation metrics, evaluation plans; export (fuse, layouts)
+  4 evaluation   loss, perplexity and generation metrics, evaluation plans; export (fuse, layouts);
+                 tasks (sft, dpo, orpo: a task's batches, loss, metrics and eval, over the Backend)
   5 training     the loop, checkpoints, schedules, memory estimate; no network (the job runner
                  fetches the model before the loop runs); distributed (the loop as a process group
                  of ranks, started by the engine's launcher)
@@ -76,7 +77,7 @@ FLOORS = [   # (name, top-level modules and packages of tunerd), bottom first: t
     ("config", {"config"}),
     ("data", {"data"}),
     ("backends", {"backends", "host"}),
-    ("evaluation", {"evaluation", "export"}),
+    ("evaluation", {"evaluation", "export", "tasks"}),
     ("training", {"training", "distributed"}),
     ("models", {"models"}),
     ("jobs", {"jobs", "chat", "serving", "recommend"}),

@@ -232,7 +232,7 @@ class DataSource(_message.Message):
     def __init__(self, path: _Optional[str] = ..., name: _Optional[str] = ..., split: _Optional[str] = ..., revision: _Optional[str] = ..., streaming: _Optional[bool] = ...) -> None: ...
 
 class DataConfig(_message.Message):
-    __slots__ = ("train", "validation", "test", "format", "text_column", "prompt_column", "response_column", "system_column", "messages_column", "name", "split", "revision", "streaming", "fraction", "shuffle", "seed", "test_size", "template", "train_on_prompt", "max_rows", "overlong", "group_by_length", "system_prompt", "token", "operations", "retain")
+    __slots__ = ("train", "validation", "test", "format", "text_column", "prompt_column", "response_column", "system_column", "messages_column", "name", "split", "revision", "streaming", "fraction", "shuffle", "seed", "test_size", "template", "train_on_prompt", "max_rows", "overlong", "group_by_length", "system_prompt", "token", "operations", "retain", "chosen_column", "rejected_column")
     TRAIN_FIELD_NUMBER: _ClassVar[int]
     VALIDATION_FIELD_NUMBER: _ClassVar[int]
     TEST_FIELD_NUMBER: _ClassVar[int]
@@ -259,6 +259,8 @@ class DataConfig(_message.Message):
     TOKEN_FIELD_NUMBER: _ClassVar[int]
     OPERATIONS_FIELD_NUMBER: _ClassVar[int]
     RETAIN_FIELD_NUMBER: _ClassVar[int]
+    CHOSEN_COLUMN_FIELD_NUMBER: _ClassVar[int]
+    REJECTED_COLUMN_FIELD_NUMBER: _ClassVar[int]
     train: _containers.RepeatedScalarFieldContainer[str]
     validation: _containers.RepeatedScalarFieldContainer[str]
     test: _containers.RepeatedScalarFieldContainer[str]
@@ -285,10 +287,12 @@ class DataConfig(_message.Message):
     token: str
     operations: _containers.RepeatedCompositeFieldContainer[_struct_pb2.Struct]
     retain: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, train: _Optional[_Iterable[str]] = ..., validation: _Optional[_Iterable[str]] = ..., test: _Optional[_Iterable[str]] = ..., format: _Optional[str] = ..., text_column: _Optional[str] = ..., prompt_column: _Optional[str] = ..., response_column: _Optional[str] = ..., system_column: _Optional[str] = ..., messages_column: _Optional[str] = ..., name: _Optional[str] = ..., split: _Optional[str] = ..., revision: _Optional[str] = ..., streaming: _Optional[bool] = ..., fraction: _Optional[float] = ..., shuffle: _Optional[bool] = ..., seed: _Optional[int] = ..., test_size: _Optional[float] = ..., template: _Optional[str] = ..., train_on_prompt: _Optional[bool] = ..., max_rows: _Optional[int] = ..., overlong: _Optional[str] = ..., group_by_length: _Optional[bool] = ..., system_prompt: _Optional[str] = ..., token: _Optional[str] = ..., operations: _Optional[_Iterable[_Union[_struct_pb2.Struct, _Mapping]]] = ..., retain: _Optional[_Iterable[str]] = ...) -> None: ...
+    chosen_column: str
+    rejected_column: str
+    def __init__(self, train: _Optional[_Iterable[str]] = ..., validation: _Optional[_Iterable[str]] = ..., test: _Optional[_Iterable[str]] = ..., format: _Optional[str] = ..., text_column: _Optional[str] = ..., prompt_column: _Optional[str] = ..., response_column: _Optional[str] = ..., system_column: _Optional[str] = ..., messages_column: _Optional[str] = ..., name: _Optional[str] = ..., split: _Optional[str] = ..., revision: _Optional[str] = ..., streaming: _Optional[bool] = ..., fraction: _Optional[float] = ..., shuffle: _Optional[bool] = ..., seed: _Optional[int] = ..., test_size: _Optional[float] = ..., template: _Optional[str] = ..., train_on_prompt: _Optional[bool] = ..., max_rows: _Optional[int] = ..., overlong: _Optional[str] = ..., group_by_length: _Optional[bool] = ..., system_prompt: _Optional[str] = ..., token: _Optional[str] = ..., operations: _Optional[_Iterable[_Union[_struct_pb2.Struct, _Mapping]]] = ..., retain: _Optional[_Iterable[str]] = ..., chosen_column: _Optional[str] = ..., rejected_column: _Optional[str] = ...) -> None: ...
 
 class TrainingConfig(_message.Message):
-    __slots__ = ("model", "revision", "backend", "device", "dtype", "quantization", "bits", "group_size", "bnb_4bit_quant_type", "bnb_4bit_use_double_quant", "trust_remote_code", "peft_adapter", "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules", "lora_bias", "num_layers", "use_rslora", "num_epochs", "max_steps", "per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps", "learning_rate", "optimizer", "adam_beta1", "adam_beta2", "adam_epsilon", "weight_decay", "max_grad_norm", "lr_scheduler_type", "lr_scheduler_kwargs", "warmup_steps", "warmup_ratio", "seed", "gradient_checkpointing", "max_seq_length", "packing", "logging_steps", "eval_strategy", "eval_steps", "save_strategy", "save_steps", "save_total_limit", "load_best_model_at_end", "metric_for_best_model", "greater_is_better", "early_stopping_patience", "early_stopping_threshold", "resume_from_checkpoint", "output_dir", "debug", "data", "eval_generate_rows", "eval_generate_max_tokens", "eval_metric_tokenizer", "distributed")
+    __slots__ = ("model", "revision", "backend", "device", "dtype", "quantization", "bits", "group_size", "bnb_4bit_quant_type", "bnb_4bit_use_double_quant", "trust_remote_code", "peft_adapter", "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules", "lora_bias", "num_layers", "use_rslora", "num_epochs", "max_steps", "per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps", "learning_rate", "optimizer", "adam_beta1", "adam_beta2", "adam_epsilon", "weight_decay", "max_grad_norm", "lr_scheduler_type", "lr_scheduler_kwargs", "warmup_steps", "warmup_ratio", "seed", "gradient_checkpointing", "max_seq_length", "packing", "logging_steps", "eval_strategy", "eval_steps", "save_strategy", "save_steps", "save_total_limit", "load_best_model_at_end", "metric_for_best_model", "greater_is_better", "early_stopping_patience", "early_stopping_threshold", "resume_from_checkpoint", "output_dir", "debug", "data", "eval_generate_rows", "eval_generate_max_tokens", "eval_metric_tokenizer", "task", "beta", "loss_type", "label_smoothing", "distributed")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     REVISION_FIELD_NUMBER: _ClassVar[int]
     BACKEND_FIELD_NUMBER: _ClassVar[int]
@@ -346,6 +350,10 @@ class TrainingConfig(_message.Message):
     EVAL_GENERATE_ROWS_FIELD_NUMBER: _ClassVar[int]
     EVAL_GENERATE_MAX_TOKENS_FIELD_NUMBER: _ClassVar[int]
     EVAL_METRIC_TOKENIZER_FIELD_NUMBER: _ClassVar[int]
+    TASK_FIELD_NUMBER: _ClassVar[int]
+    BETA_FIELD_NUMBER: _ClassVar[int]
+    LOSS_TYPE_FIELD_NUMBER: _ClassVar[int]
+    LABEL_SMOOTHING_FIELD_NUMBER: _ClassVar[int]
     DISTRIBUTED_FIELD_NUMBER: _ClassVar[int]
     model: str
     revision: str
@@ -404,8 +412,12 @@ class TrainingConfig(_message.Message):
     eval_generate_rows: int
     eval_generate_max_tokens: int
     eval_metric_tokenizer: str
+    task: str
+    beta: float
+    loss_type: str
+    label_smoothing: float
     distributed: DistributedConfig
-    def __init__(self, model: _Optional[str] = ..., revision: _Optional[str] = ..., backend: _Optional[str] = ..., device: _Optional[str] = ..., dtype: _Optional[str] = ..., quantization: _Optional[str] = ..., bits: _Optional[int] = ..., group_size: _Optional[int] = ..., bnb_4bit_quant_type: _Optional[str] = ..., bnb_4bit_use_double_quant: _Optional[bool] = ..., trust_remote_code: _Optional[bool] = ..., peft_adapter: _Optional[str] = ..., lora_r: _Optional[int] = ..., lora_alpha: _Optional[float] = ..., lora_dropout: _Optional[float] = ..., lora_target_modules: _Optional[_Iterable[str]] = ..., lora_bias: _Optional[str] = ..., num_layers: _Optional[int] = ..., use_rslora: _Optional[bool] = ..., num_epochs: _Optional[float] = ..., max_steps: _Optional[int] = ..., per_device_train_batch_size: _Optional[int] = ..., per_device_eval_batch_size: _Optional[int] = ..., gradient_accumulation_steps: _Optional[int] = ..., learning_rate: _Optional[float] = ..., optimizer: _Optional[str] = ..., adam_beta1: _Optional[float] = ..., adam_beta2: _Optional[float] = ..., adam_epsilon: _Optional[float] = ..., weight_decay: _Optional[float] = ..., max_grad_norm: _Optional[float] = ..., lr_scheduler_type: _Optional[str] = ..., lr_scheduler_kwargs: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., warmup_steps: _Optional[int] = ..., warmup_ratio: _Optional[float] = ..., seed: _Optional[int] = ..., gradient_checkpointing: _Optional[bool] = ..., max_seq_length: _Optional[int] = ..., packing: _Optional[bool] = ..., logging_steps: _Optional[int] = ..., eval_strategy: _Optional[str] = ..., eval_steps: _Optional[int] = ..., save_strategy: _Optional[str] = ..., save_steps: _Optional[int] = ..., save_total_limit: _Optional[int] = ..., load_best_model_at_end: _Optional[bool] = ..., metric_for_best_model: _Optional[str] = ..., greater_is_better: _Optional[bool] = ..., early_stopping_patience: _Optional[int] = ..., early_stopping_threshold: _Optional[float] = ..., resume_from_checkpoint: _Optional[str] = ..., output_dir: _Optional[str] = ..., debug: _Optional[bool] = ..., data: _Optional[_Union[DataConfig, _Mapping]] = ..., eval_generate_rows: _Optional[int] = ..., eval_generate_max_tokens: _Optional[int] = ..., eval_metric_tokenizer: _Optional[str] = ..., distributed: _Optional[_Union[DistributedConfig, _Mapping]] = ...) -> None: ...
+    def __init__(self, model: _Optional[str] = ..., revision: _Optional[str] = ..., backend: _Optional[str] = ..., device: _Optional[str] = ..., dtype: _Optional[str] = ..., quantization: _Optional[str] = ..., bits: _Optional[int] = ..., group_size: _Optional[int] = ..., bnb_4bit_quant_type: _Optional[str] = ..., bnb_4bit_use_double_quant: _Optional[bool] = ..., trust_remote_code: _Optional[bool] = ..., peft_adapter: _Optional[str] = ..., lora_r: _Optional[int] = ..., lora_alpha: _Optional[float] = ..., lora_dropout: _Optional[float] = ..., lora_target_modules: _Optional[_Iterable[str]] = ..., lora_bias: _Optional[str] = ..., num_layers: _Optional[int] = ..., use_rslora: _Optional[bool] = ..., num_epochs: _Optional[float] = ..., max_steps: _Optional[int] = ..., per_device_train_batch_size: _Optional[int] = ..., per_device_eval_batch_size: _Optional[int] = ..., gradient_accumulation_steps: _Optional[int] = ..., learning_rate: _Optional[float] = ..., optimizer: _Optional[str] = ..., adam_beta1: _Optional[float] = ..., adam_beta2: _Optional[float] = ..., adam_epsilon: _Optional[float] = ..., weight_decay: _Optional[float] = ..., max_grad_norm: _Optional[float] = ..., lr_scheduler_type: _Optional[str] = ..., lr_scheduler_kwargs: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., warmup_steps: _Optional[int] = ..., warmup_ratio: _Optional[float] = ..., seed: _Optional[int] = ..., gradient_checkpointing: _Optional[bool] = ..., max_seq_length: _Optional[int] = ..., packing: _Optional[bool] = ..., logging_steps: _Optional[int] = ..., eval_strategy: _Optional[str] = ..., eval_steps: _Optional[int] = ..., save_strategy: _Optional[str] = ..., save_steps: _Optional[int] = ..., save_total_limit: _Optional[int] = ..., load_best_model_at_end: _Optional[bool] = ..., metric_for_best_model: _Optional[str] = ..., greater_is_better: _Optional[bool] = ..., early_stopping_patience: _Optional[int] = ..., early_stopping_threshold: _Optional[float] = ..., resume_from_checkpoint: _Optional[str] = ..., output_dir: _Optional[str] = ..., debug: _Optional[bool] = ..., data: _Optional[_Union[DataConfig, _Mapping]] = ..., eval_generate_rows: _Optional[int] = ..., eval_generate_max_tokens: _Optional[int] = ..., eval_metric_tokenizer: _Optional[str] = ..., task: _Optional[str] = ..., beta: _Optional[float] = ..., loss_type: _Optional[str] = ..., label_smoothing: _Optional[float] = ..., distributed: _Optional[_Union[DistributedConfig, _Mapping]] = ...) -> None: ...
 
 class DistributedConfig(_message.Message):
     __slots__ = ("backend", "nproc_per_node", "hosts", "hostfile", "master_addr", "master_port")
@@ -622,7 +634,14 @@ class LogMessage(_message.Message):
     def __init__(self, level: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...
 
 class StepMetrics(_message.Message):
-    __slots__ = ("step", "total_steps", "epoch", "loss", "learning_rate", "grad_norm", "tokens_per_second", "trained_tokens", "peak_memory_bytes", "eta_seconds", "elapsed_seconds", "tflops", "mfu")
+    __slots__ = ("step", "total_steps", "epoch", "loss", "learning_rate", "grad_norm", "tokens_per_second", "trained_tokens", "peak_memory_bytes", "eta_seconds", "elapsed_seconds", "tflops", "mfu", "metrics")
+    class MetricsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
     STEP_FIELD_NUMBER: _ClassVar[int]
     TOTAL_STEPS_FIELD_NUMBER: _ClassVar[int]
     EPOCH_FIELD_NUMBER: _ClassVar[int]
@@ -636,6 +655,7 @@ class StepMetrics(_message.Message):
     ELAPSED_SECONDS_FIELD_NUMBER: _ClassVar[int]
     TFLOPS_FIELD_NUMBER: _ClassVar[int]
     MFU_FIELD_NUMBER: _ClassVar[int]
+    METRICS_FIELD_NUMBER: _ClassVar[int]
     step: int
     total_steps: int
     epoch: float
@@ -649,7 +669,8 @@ class StepMetrics(_message.Message):
     elapsed_seconds: float
     tflops: float
     mfu: float
-    def __init__(self, step: _Optional[int] = ..., total_steps: _Optional[int] = ..., epoch: _Optional[float] = ..., loss: _Optional[float] = ..., learning_rate: _Optional[float] = ..., grad_norm: _Optional[float] = ..., tokens_per_second: _Optional[float] = ..., trained_tokens: _Optional[int] = ..., peak_memory_bytes: _Optional[int] = ..., eta_seconds: _Optional[float] = ..., elapsed_seconds: _Optional[float] = ..., tflops: _Optional[float] = ..., mfu: _Optional[float] = ...) -> None: ...
+    metrics: _containers.ScalarMap[str, float]
+    def __init__(self, step: _Optional[int] = ..., total_steps: _Optional[int] = ..., epoch: _Optional[float] = ..., loss: _Optional[float] = ..., learning_rate: _Optional[float] = ..., grad_norm: _Optional[float] = ..., tokens_per_second: _Optional[float] = ..., trained_tokens: _Optional[int] = ..., peak_memory_bytes: _Optional[int] = ..., eta_seconds: _Optional[float] = ..., elapsed_seconds: _Optional[float] = ..., tflops: _Optional[float] = ..., mfu: _Optional[float] = ..., metrics: _Optional[_Mapping[str, float]] = ...) -> None: ...
 
 class EvalMetrics(_message.Message):
     __slots__ = ("step", "epoch", "eval_loss", "perplexity", "metrics")
@@ -981,7 +1002,7 @@ class RenderedExample(_message.Message):
     def __init__(self, segments: _Optional[_Iterable[_Union[TextSegment, _Mapping]]] = ...) -> None: ...
 
 class DataReport(_message.Message):
-    __slots__ = ("source", "format", "columns", "train_rows", "validation_rows", "template", "end_of_turn_token", "added_tokens", "max_seq_length", "batch_size", "tokens_total", "tokens_mean", "tokens_max", "prompt_tokens_total", "prompt_tokens_mean", "response_tokens_total", "response_tokens_mean", "length_histogram", "over_length_rows", "over_length_ids", "truncated_prompt_rows", "overlong_rows", "overlong_ids", "padding_waste_percent", "padding_waste_grouped_percent", "padding_waste_packed_percent", "examples", "warnings", "tokenizer", "row_errors", "row_error_count")
+    __slots__ = ("source", "format", "columns", "train_rows", "validation_rows", "template", "end_of_turn_token", "added_tokens", "max_seq_length", "batch_size", "tokens_total", "tokens_mean", "tokens_max", "prompt_tokens_total", "prompt_tokens_mean", "response_tokens_total", "response_tokens_mean", "length_histogram", "over_length_rows", "over_length_ids", "truncated_prompt_rows", "overlong_rows", "overlong_ids", "padding_waste_percent", "padding_waste_grouped_percent", "padding_waste_packed_percent", "examples", "warnings", "tokenizer", "row_errors", "row_error_count", "rejected_examples")
     SOURCE_FIELD_NUMBER: _ClassVar[int]
     FORMAT_FIELD_NUMBER: _ClassVar[int]
     COLUMNS_FIELD_NUMBER: _ClassVar[int]
@@ -1013,6 +1034,7 @@ class DataReport(_message.Message):
     TOKENIZER_FIELD_NUMBER: _ClassVar[int]
     ROW_ERRORS_FIELD_NUMBER: _ClassVar[int]
     ROW_ERROR_COUNT_FIELD_NUMBER: _ClassVar[int]
+    REJECTED_EXAMPLES_FIELD_NUMBER: _ClassVar[int]
     source: str
     format: str
     columns: _containers.RepeatedScalarFieldContainer[str]
@@ -1044,7 +1066,8 @@ class DataReport(_message.Message):
     tokenizer: str
     row_errors: _containers.RepeatedScalarFieldContainer[str]
     row_error_count: int
-    def __init__(self, source: _Optional[str] = ..., format: _Optional[str] = ..., columns: _Optional[_Iterable[str]] = ..., train_rows: _Optional[int] = ..., validation_rows: _Optional[int] = ..., template: _Optional[str] = ..., end_of_turn_token: _Optional[str] = ..., added_tokens: _Optional[_Iterable[str]] = ..., max_seq_length: _Optional[int] = ..., batch_size: _Optional[int] = ..., tokens_total: _Optional[int] = ..., tokens_mean: _Optional[float] = ..., tokens_max: _Optional[int] = ..., prompt_tokens_total: _Optional[int] = ..., prompt_tokens_mean: _Optional[float] = ..., response_tokens_total: _Optional[int] = ..., response_tokens_mean: _Optional[float] = ..., length_histogram: _Optional[_Iterable[_Union[HistogramBucket, _Mapping]]] = ..., over_length_rows: _Optional[int] = ..., over_length_ids: _Optional[_Iterable[str]] = ..., truncated_prompt_rows: _Optional[int] = ..., overlong_rows: _Optional[int] = ..., overlong_ids: _Optional[_Iterable[str]] = ..., padding_waste_percent: _Optional[float] = ..., padding_waste_grouped_percent: _Optional[float] = ..., padding_waste_packed_percent: _Optional[float] = ..., examples: _Optional[_Iterable[_Union[RenderedExample, _Mapping]]] = ..., warnings: _Optional[_Iterable[str]] = ..., tokenizer: _Optional[str] = ..., row_errors: _Optional[_Iterable[str]] = ..., row_error_count: _Optional[int] = ...) -> None: ...
+    rejected_examples: _containers.RepeatedCompositeFieldContainer[RenderedExample]
+    def __init__(self, source: _Optional[str] = ..., format: _Optional[str] = ..., columns: _Optional[_Iterable[str]] = ..., train_rows: _Optional[int] = ..., validation_rows: _Optional[int] = ..., template: _Optional[str] = ..., end_of_turn_token: _Optional[str] = ..., added_tokens: _Optional[_Iterable[str]] = ..., max_seq_length: _Optional[int] = ..., batch_size: _Optional[int] = ..., tokens_total: _Optional[int] = ..., tokens_mean: _Optional[float] = ..., tokens_max: _Optional[int] = ..., prompt_tokens_total: _Optional[int] = ..., prompt_tokens_mean: _Optional[float] = ..., response_tokens_total: _Optional[int] = ..., response_tokens_mean: _Optional[float] = ..., length_histogram: _Optional[_Iterable[_Union[HistogramBucket, _Mapping]]] = ..., over_length_rows: _Optional[int] = ..., over_length_ids: _Optional[_Iterable[str]] = ..., truncated_prompt_rows: _Optional[int] = ..., overlong_rows: _Optional[int] = ..., overlong_ids: _Optional[_Iterable[str]] = ..., padding_waste_percent: _Optional[float] = ..., padding_waste_grouped_percent: _Optional[float] = ..., padding_waste_packed_percent: _Optional[float] = ..., examples: _Optional[_Iterable[_Union[RenderedExample, _Mapping]]] = ..., warnings: _Optional[_Iterable[str]] = ..., tokenizer: _Optional[str] = ..., row_errors: _Optional[_Iterable[str]] = ..., row_error_count: _Optional[int] = ..., rejected_examples: _Optional[_Iterable[_Union[RenderedExample, _Mapping]]] = ...) -> None: ...
 
 class RecommendRequest(_message.Message):
     __slots__ = ("model", "config_path", "train_rows", "data_path", "base_dir")

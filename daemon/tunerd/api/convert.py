@@ -168,10 +168,12 @@ def _mapping(value) -> dict:
 def data_report(report) -> pb.DataReport:
     """data/inspect.py's DataReport -> proto: same field names; buckets and examples nested."""
     r = dataclasses.asdict(report)
+    def rendered(examples):
+        return [pb.RenderedExample(segments=[pb.TextSegment(text=seg["text"], supervised=seg["supervised"])
+                                             for seg in ex]) for ex in examples]
     out = pb.DataReport(
         length_histogram=[pb.HistogramBucket(lo=lo, hi=hi, count=n) for lo, hi, n in r.get("length_histogram", [])],
-        examples=[pb.RenderedExample(segments=[pb.TextSegment(text=seg["text"], supervised=seg["supervised"])
-                                               for seg in ex]) for ex in r.get("examples", [])])
+        examples=rendered(r.get("examples", [])), rejected_examples=rendered(r.get("rejected_examples", [])))
     for f in pb.DataReport.DESCRIPTOR.fields:
         if f.message_type is not None or r.get(f.name) is None:
             continue

@@ -22,6 +22,15 @@ Two parts (a `Backend` is both):
                                                 scale accumulated grads by grad_scale (1/n_targets
                                                 over all micro-batches), clip, step, zero grads
     eval_loss(batch, adapter=None) -> (loss_sum, n)  no gradients (adapter: as generate's, evaluation)
+    sequence_logps(batch, reference=False) -> float64 [rows]
+                                                per batch row, the summed log-probs of its supervised
+                                                targets, no gradients; `reference`: with the adapter
+                                                off (the base: DPO's reference, no second model copy)
+    forward_backward_sequences(batch, loss_fn) -> (value, extra)
+                                                the same log-probs with the adapter on (training mode);
+                                                loss_fn(logps) -> (value, weights = d value / d logps,
+                                                extra); accumulates the gradient of value, i.e. of
+                                                sum_i weights_i * logp_i (a task's loss: tunerd/tasks)
     save_checkpoint(dir) / load_checkpoint(dir) adapter + optimizer state + backend RNG
     save_adapter(dir)                           final adapter: native layout AND PEFT layout
     load_adapter(dir)                           apply a saved adapter (either layout) for inference
@@ -194,6 +203,17 @@ class TrainingBackend(ABC):
     def eval_loss(self, batch: Batch, adapter: Optional[str] = None) -> tuple[float, int]:
         """Summed loss without gradients. `adapter` (evaluation of an attached adapter; "" the bare
         base) is selected for this call only, as `ServingBackend.generate` does; None: training's."""
+
+    def sequence_logps(self, batch: Batch, reference: bool = False):
+        """Per row of `batch`, the summed log-probs of its supervised targets (numpy float64 [rows]),
+        without gradients; `reference`: of the base with the adapter switched off."""
+        raise NotImplementedError(f"the {self.name} backend has no per-sequence log-probs")
+
+    def forward_backward_sequences(self, batch: Batch, loss_fn: Callable):
+        """The per-row log-probs with the training adapter on; `loss_fn(logps)` returns (value,
+        d value / d logps, extra); the gradient of value is added to the accumulated gradients
+        (optimizer_step scales and applies it). Returns (value, extra)."""
+        raise NotImplementedError(f"the {self.name} backend has no per-sequence log-probs")
 
     @abstractmethod
     def save_checkpoint(self, path: Path) -> None: ...

@@ -18,7 +18,12 @@ from ..model_config import context_positions
 from .schema import TrainConfig
 
 
+TASKS = ("sft", "dpo", "orpo")   # each is a module of tunerd/tasks (its registry checks this list)
+PREFERENCE_TASKS = ("dpo", "orpo")   # rows {prompt, chosen, rejected}
+
 _CHOICES = {
+    "task": TASKS,
+    "loss_type": ("sigmoid", "ipo", "hinge"),
     "backend": ("auto", "mlx", "torch"),
     "device": ("auto", "cuda", "mps", "cpu"),
     "dtype": ("auto", "float32", "float16", "bfloat16"),
@@ -32,13 +37,16 @@ _CHOICES = {
     "save_strategy": ("no", "steps", "epoch"),
     "bnb_4bit_quant_type": ("nf4", "fp4"),
 }
-_DATA_CHOICES = {"format": ("auto", "text", "prompt_response", "alpaca", "messages"),
+_DATA_CHOICES = {"format": ("auto", "text", "prompt_response", "alpaca", "messages", "preference"),
                  "template": ("auto", "chatml", "qwen", "llama3", "alpaca"),
                  "overlong": ("truncate", "drop", "error")}
 
 
 EVAL_METRICS = ("eval_loss", "eval_perplexity", "eval_tokens")  # what the training loop's evaluation reports
 # ... and, with eval_generate_rows > 0, these generation metrics (tunerd.evaluation.metrics)
+# ... and, for task dpo / orpo, the reward metrics TRL logs (tunerd/tasks/preference.py)
+PREFERENCE_METRICS = ("eval_rewards/chosen", "eval_rewards/rejected", "eval_rewards/accuracies",
+                      "eval_rewards/margins")
 GENERATION_METRICS = ("eval_rouge1", "eval_rouge2", "eval_rougeL", "eval_rougeLsum", "eval_bleu", "eval_exact_match")
 
 
@@ -100,10 +108,36 @@ def validate(cfg: TrainConfig, base_dir: Optional[Union[str, Path]] = None, chec
         p.append(f"data.fraction: must be in (0, 1], got {d.fraction}")
     if isinstance(d.test_size, (int, float)) and not 0 <= d.test_size < 1:
         p.append(f"data.test_size: must be in [0, 1), got {d.test_size}")
+    p += _task_rules(cfg)
     p += _run_rules(cfg)
     p += _distributed_rules(cfg)
     if check_paths:
         p += _path_rules(cfg, Path(base_dir or "."))
+    return p
+
+
+def _task_rules(cfg: TrainConfig) -> list[str]:
+    """The task's own keys: beta, loss_type, label_smoothing, and what a preference task needs."""
+    p: list[str] = []
+    if not isinstance(cfg.beta, (int, float)) or isinstance(cfg.beta, bool) or not cfg.beta > 0:
+        p.append(f"beta: must be > 0, got {cfg.beta!r}")
+    if not isinstance(cfg.label_smoothing, (int, float)) or not 0 <= cfg.label_smoothing < 0.5:
+        p.append(f"label_smoothing: must be in [0, 0.5), got {cfg.label_smoothing!r}")
+    elif cfg.label_smoothing and (cfg.task != "dpo" or cfg.loss_type != "sigmoid"):
+        p.append("label_smoothing: only task dpo with loss_type sigmoid smooths labels (cDPO)")
+    if cfg.task == "dpo" and cfg.full_finetune:
+        p.append("task dpo: peft_adapter full has no reference model (the reference is the base with the "
+                 "adapter off); use lora or dora, or task orpo, which needs no reference")
+    if cfg.task in PREFERENCE_TASKS:
+        if cfg.packing is True:
+            p.append(f"packing: task {cfg.task} batches each pair as two rows and does not pack; "
+                     f"set packing: false (or auto)")
+        if cfg.data.format not in ("auto", "preference"):
+            p.append(f"data.format: task {cfg.task} reads preference rows ({{prompt, chosen, rejected}}); "
+                     f"got {cfg.data.format!r}")
+    elif cfg.data.format == "preference" or cfg.data.chosen_column or cfg.data.rejected_column:
+        p.append(f"task: preference data (chosen / rejected answers) trains with task dpo or orpo, "
+                 f"not {cfg.task}")
     return p
 
 
@@ -139,9 +173,12 @@ def _run_rules(cfg: TrainConfig) -> list[str]:
     if metric in GENERATION_METRICS and not (isinstance(cfg.eval_generate_rows, int) and cfg.eval_generate_rows > 0):
         p.append(f"metric_for_best_model: {cfg.metric_for_best_model!r} needs generation at eval; "
                  f"set eval_generate_rows to the number of validation rows to generate for (e.g. 32)")
-    elif metric not in EVAL_METRICS + GENERATION_METRICS:
+    elif metric in PREFERENCE_METRICS and cfg.task not in PREFERENCE_TASKS:
+        p.append(f"metric_for_best_model: {cfg.metric_for_best_model!r} is a preference metric; "
+                 f"it needs task dpo or orpo (task is {cfg.task!r})")
+    elif metric not in EVAL_METRICS + GENERATION_METRICS + PREFERENCE_METRICS:
         p.append(f"metric_for_best_model: {cfg.metric_for_best_model!r} is not an eval metric; "
-                 f"choose one of {', '.join(EVAL_METRICS + GENERATION_METRICS)}")
+                 f"choose one of {', '.join(EVAL_METRICS + GENERATION_METRICS + PREFERENCE_METRICS)}")
     if isinstance(cfg.eval_generate_rows, int) and cfg.eval_generate_rows < 0:
         p.append(f"eval_generate_rows: must be >= 0 (0: off), got {cfg.eval_generate_rows}")
     if cfg.eval_metric_tokenizer not in ("whitespace", "char", "morpheme"):

@@ -27,11 +27,16 @@ class DataConfig:
                            "retain_exact_match, retain_changed: answers no longer the base's) sit next to "
                            "eval_loss; `tunerctl evaluate --base` shows them base vs tuned. Rows are read "
                            "in their own format (auto); none: off")
-    format: str = _f("auto", "auto | text | prompt_response | alpaca | messages")
+    format: str = _f("auto", "auto | text | prompt_response | alpaca | messages | preference ({prompt, chosen, "
+                             "rejected}: task dpo / orpo)")
     text_column: Optional[str] = _f(None, "column holding plain text (format text)")
     prompt_column: Optional[str] = _f(None, "column holding the prompt")
     response_column: Optional[str] = _f(None, "column holding the response/completion")
     system_column: Optional[str] = _f(None, "column holding an optional system prompt")
+    chosen_column: Optional[str] = _f(None, "column holding the preferred answer (format preference: task dpo / "
+                                            "orpo); default 'chosen'")
+    rejected_column: Optional[str] = _f(None, "column holding the dispreferred answer (format preference); "
+                                              "default 'rejected'")
     system_prompt: Optional[str] = _f(None, "system prompt for every row of a chat format (prompt_response, "
                                             "alpaca, messages) that has none of its own; a row's system "
                                             "column or system message wins")
@@ -76,6 +81,14 @@ class DistributedConfig:
 
 @dataclass
 class TrainConfig:
+    # task (tunerd/tasks: what the rows become, the loss, the metrics; the loop is the same for all)
+    task: str = _f("sft", "sft (next-token loss on the answers) | dpo (prefer `chosen` over `rejected` against "
+                          "the base with the adapter off) | orpo (SFT on `chosen` + an odds-ratio penalty, no "
+                          "reference)")
+    beta: float = _f(0.1, "dpo: temperature of the implicit reward (higher: stay closer to the base); "
+                          "orpo: weight of the odds-ratio term (lambda)")
+    loss_type: str = _f("sigmoid", "dpo: sigmoid (the DPO paper) | ipo (squared, length-normalised) | hinge (SLiC)")
+    label_smoothing: float = _f(0.0, "dpo sigmoid: the share of pairs assumed mislabelled (cDPO), 0 <= x < 0.5")
     # model
     model: str = _f("", "hub id or local path of the base model")
     revision: Optional[str] = _f(None, "model revision (branch, tag or commit) on the hub")

@@ -31,7 +31,7 @@ from .errors import DataError
 from .sources import Record
 from .tools import SHAREGPT_ROLES, function_call, tool_calls, tool_result, tools_column
 
-FORMATS = ("text", "prompt_response", "alpaca", "messages")
+FORMATS = ("text", "prompt_response", "alpaca", "messages", "preference")   # preference: data/preference.py
 PROMPT_NAMES = ("prompt", "question", "query", "input")
 RESPONSE_NAMES = ("completion", "response", "answer", "output")
 MESSAGES_NAMES = ("messages", "conversations", "conversation")
@@ -46,6 +46,8 @@ class Example:
     text: Optional[str] = None                      # format text
     messages: list = field(default_factory=list)    # chat formats
     tools: Optional[list] = None                    # function schemas, passed to the template as tools=
+    first_supervised: int = 0                       # assistant turns before this message are context only
+                                                    # (a preference pair's history: data/preference.py)
 
     @property
     def is_text(self) -> bool:
@@ -89,6 +91,8 @@ def detect_format(columns: list[str], cfg: DataConfig, source: str = "") -> Form
     system = cfg.system_column or _first(("system",), columns)
     if cfg.system_column:
         _need(cfg.system_column, "data.system_column", columns, source)
+    if fmt == "preference" or fmt == "auto" and is_preference(columns, cfg):
+        return preference_spec(columns, cfg, system, source)
     if fmt == "auto":
         if cfg.messages_column:
             fmt = "messages"
@@ -182,6 +186,13 @@ def _messages(value, origin: str, col: str) -> list[dict]:
 
 
 def to_example(record: Record, spec: FormatSpec) -> Example:
+    if spec.format == "preference":
+        raise DataError(f"{record.origin}: a preference row (chosen / rejected) is a pair; "
+                        "data/preference.py reads it (task dpo or orpo)")
+    return _to_example(record, spec)
+
+
+def _to_example(record: Record, spec: FormatSpec) -> Example:
     """One row as an Example; missing columns, empty responses and wrong types are errors naming
     row and field."""
     row, origin, c = record.data, record.origin, spec.columns
@@ -221,3 +232,23 @@ def columns_of(records: list[Record]) -> list[str]:
         for k in r.data:
             seen.setdefault(k, None)
     return list(seen)
+
+
+# ---- preference rows (task dpo / orpo; data/preference.py turns them into pairs) ------------------
+PROMPT_NAMES = ("prompt", "question", "instruction", "input")
+
+
+def is_preference(columns: list, cfg: DataConfig) -> bool:
+    return bool(cfg.chosen_column or cfg.rejected_column) or ("chosen" in columns and "rejected" in columns)
+
+
+def preference_spec(columns: list, cfg: DataConfig, system: Optional[str], source: str = "") -> FormatSpec:
+    chosen = _need(cfg.chosen_column or "chosen", "data.chosen_column" if cfg.chosen_column else "chosen column",
+                   columns, source)
+    rejected = _need(cfg.rejected_column or "rejected", "data.rejected_column" if cfg.rejected_column
+                     else "rejected column", columns, source)
+    prompt = cfg.prompt_column or _first(PROMPT_NAMES, columns)
+    if cfg.prompt_column:
+        _need(prompt, "data.prompt_column", columns, source)
+    return FormatSpec("preference", {"prompt": prompt, "chosen": chosen, "rejected": rejected, "system": system},
+                      cfg.system_prompt)

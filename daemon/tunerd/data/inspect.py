@@ -24,9 +24,10 @@ from ..config.schema import DataConfig, TrainConfig
 from .errors import DataError
 from .sources import EXTENSIONS, looks_local, split_files_in
 from .formats import to_example
-from .masking import segments
+from .masking import fit_all, segments
+from .preference import to_pair
 from .packing import padding_waste
-from .prepare import fit_all, iterate_batches, load_records, pad_id_of, tokenize_all
+from .prepare import iterate_batches, load_records, pad_id_of, tokenize_all
 from .templates import missing_tokens, resolve_name, setup_template
 from .tools import has_tools
 
@@ -75,6 +76,7 @@ class DataReport:
     padding_waste_packed_percent: float = 0.0    # packed sequences of max_seq_length
     examples: list = field(default_factory=list)   # N_EXAMPLES lists of Segment
     warnings: list = field(default_factory=list)
+    rejected_examples: list = field(default_factory=list)   # format preference: examples[i]'s rejected answer
 
 
 def _config(cfg_or_path, base_dir) -> tuple[TrainConfig, Path, str]:
@@ -110,11 +112,13 @@ def _histogram(lengths: list[int], max_seq_length: int) -> list:
 
 
 def _examples(records: list, spec) -> tuple[list, list]:
-    """The rows that make examples, and "origin: why" for every one that does not."""
+    """The rows that make examples, and "origin: why" for every one that does not. Preference rows
+    make (chosen, rejected) pairs of examples (data/preference.py)."""
     good, bad = [], []
+    make = to_pair if spec.format == "preference" else to_example
     for r in records:
         try:
-            good.append(to_example(r, spec))
+            good.append(make(r, spec))
         except DataError as e:
             bad.append(str(e))
     return good, bad
@@ -164,8 +168,14 @@ def inspect_data(cfg_or_path: Union[TrainConfig, str, Path], tokenizer=None, bat
                         train_rows=len(loaded.train), validation_rows=len(loaded.validation),
                         max_seq_length=msl, batch_size=bs, row_errors=errors[:MAX_ROW_ERRORS],
                         row_error_count=len(errors))
+    pairs = loaded.spec.format == "preference"
+    if pairs:   # both answers of each shown pair; the statistics count every answer as a row
+        report.rejected_examples = [_turns(examples[i][1], cfg.data.train_on_prompt)
+                                    for i in range(min(N_EXAMPLES, len(examples)))]
+        examples = [ex for pair in examples for ex in pair]
     if tokenizer is None:
-        report.examples = [_turns(examples[i], cfg.data.train_on_prompt) for i in _shown(examples)]
+        shown = range(0, min(2 * N_EXAMPLES, len(examples)), 2) if pairs else _shown(examples)
+        report.examples = [_turns(examples[i], cfg.data.train_on_prompt) for i in shown]
         return report
     return _tokenized(report, cfg, loaded.spec, examples, tokenizer)
 
@@ -183,6 +193,8 @@ def _tokenized(report: DataReport, cfg: TrainConfig, spec, examples: list, token
         template = setup_template(tokenizer, cfg.data.template, install=False)
     full_rows, _ = tokenize_all(examples, tokenizer, template, cfg, 10 ** 9)
     rows, facts = fit_all(full_rows, tokenizer, msl, "truncate")
+    pairs = spec.format == "preference"   # rows: chosen, rejected, chosen, ... (one pair after the other)
+    shown = range(0, min(2 * N_EXAMPLES, len(rows)), 2) if pairs else _shown(examples)
     lengths = [len(r.ids) for r in full_rows]
     over = [r.origin for r in full_rows if len(r.ids) > msl]
     pad = pad_id_of(tokenizer)
@@ -216,7 +228,8 @@ def _tokenized(report: DataReport, cfg: TrainConfig, spec, examples: list, token
         padding_waste_percent=waste(group_by_length=False),
         padding_waste_grouped_percent=waste(group_by_length=True),
         padding_waste_packed_percent=waste(packing=True),
-        examples=[[Segment(t, s) for t, s in segments(tokenizer, rows[i])] for i in _shown(examples)],
+        examples=[[Segment(t, s) for t, s in segments(tokenizer, rows[i])] for i in shown],
+        rejected_examples=[[Segment(t, s) for t, s in segments(tokenizer, rows[i + 1])] for i in shown] if pairs else [],
         warnings=warnings,
     )
 

@@ -40,11 +40,12 @@ class TokenizedRow:
 
 
 def _turn_spans(tokenizer, template: ChatTemplate, messages: list[dict], full: str,
-                tools=None) -> list[tuple[int, int]]:
-    """Character spans [a, b) of every assistant turn in `full` (content or tool calls + end-of-turn token)."""
+                tools=None, first: int = 0) -> list[tuple[int, int]]:
+    """Character spans [a, b) of every assistant turn from message `first` on in `full` (content or
+    tool calls + end-of-turn token)."""
     spans, cursor = [], 0
     for i, m in enumerate(messages):
-        if m["role"] != "assistant":
+        if m["role"] != "assistant" or i < first:
             continue
         span, floor = None, None
         try:
@@ -134,7 +135,8 @@ def tokenize_example(tokenizer, template: Optional[ChatTemplate], ex: Example,
     if tools:
         check_rendered(full, ex.messages, ex.tools, template, ex.origin)
     try:
-        spans = [] if train_on_prompt else _turn_spans(tokenizer, template, ex.messages, full, ex.tools)
+        spans = [] if train_on_prompt else _turn_spans(tokenizer, template, ex.messages, full, ex.tools,
+                                                       ex.first_supervised)
     except DataError as e:
         raise DataError(f"{ex.origin}: {e}") from None
     ids, offsets = _encode(tokenizer, full)
@@ -188,3 +190,33 @@ def segments(tokenizer, row: TokenizedRow) -> list[tuple[str, bool]]:
             out.append((tokenizer.decode(row.ids[start:j]), bool(row.mask[start] > 0)))
             start = j
     return out
+
+
+REPORT_IDS = 20   # the row ids a report names
+
+
+def fit_all(rows: list[TokenizedRow], tokenizer, max_seq_length: int,
+            overlong: str = "truncate") -> tuple[list[TokenizedRow], dict]:
+    """Fit rows into max_seq_length (prompt cut from the left, a BOS kept); count and name the
+    rows cut, and apply `overlong` to those whose answer alone does not fit."""
+    bos = tokenizer.bos_token_id
+    out, cut, over, dropped = [], [], [], []
+    for row in rows:
+        keep_head = 1 if bos is not None and row.ids and row.ids[0] == bos else 0
+        fitted, status = fit_row(row, max_seq_length, keep_head)
+        if status == "prompt_cut":
+            cut.append(row.origin)
+        elif status == "answer_cut":
+            over.append(row.origin)
+            if overlong == "drop":
+                dropped.append(row.origin)
+                continue
+        out.append(fitted)
+    if over and overlong == "error":
+        raise DataError(f"{len(over)} row(s) do not fit max_seq_length={max_seq_length} even with the "
+                        f"prompt cut: {', '.join(over[:5])}{' ...' if len(over) > 5 else ''}; raise "
+                        "max_seq_length or set data.overlong to truncate or drop")
+    facts = {"truncated_prompt_rows": {"count": len(cut), "ids": cut[:REPORT_IDS]},
+             "overlong_rows": {"count": len(over), "ids": over[:REPORT_IDS]},
+             "dropped_rows": {"count": len(dropped), "ids": dropped[:REPORT_IDS]}}
+    return out, facts

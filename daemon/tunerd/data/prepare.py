@@ -30,9 +30,10 @@ from ..config.schema import TrainConfig
 from .batch import Batch, Shard, collate_sequences, pad_id_of
 from .errors import DataError
 from .formats import Example, FormatSpec, columns_of, detect_format, to_examples
-from .masking import TokenizedRow, fit_row, tokenize_example
+from .masking import TokenizedRow, fit_all, fit_row, tokenize_example
 from .operations import apply_operations, parse
 from .packing import batch_order, epoch_rng, pack, padding_waste
+from .preference import iterate_pair_batches, to_pairs, tokenize_pairs
 from .sources import load_source, split_files_in
 from .templates import ChatTemplate, setup_template
 
@@ -40,7 +41,6 @@ __all__ = ["prepare", "iterate_batches", "TrainBatches", "StepBatches", "Prepare
            "DataError", "pad_id_of", "load_records", "Loaded"]
 
 OVERLONG = ("truncate", "drop", "error")
-REPORT_IDS = 20
 
 
 @dataclass
@@ -150,33 +150,6 @@ def tokenize_all(examples: list[Example], tokenizer, template: Optional[ChatTemp
     return fit_all(rows, tokenizer, max_seq_length, cfg.data.overlong)
 
 
-def fit_all(rows: list[TokenizedRow], tokenizer, max_seq_length: int,
-            overlong: str = "truncate") -> tuple[list[TokenizedRow], dict]:
-    """Fit rows into max_seq_length (prompt cut from the left, a BOS kept); count and name the
-    rows cut, and apply `overlong` to those whose answer alone does not fit."""
-    bos = tokenizer.bos_token_id
-    out, cut, over, dropped = [], [], [], []
-    for row in rows:
-        keep_head = 1 if bos is not None and row.ids and row.ids[0] == bos else 0
-        fitted, status = fit_row(row, max_seq_length, keep_head)
-        if status == "prompt_cut":
-            cut.append(row.origin)
-        elif status == "answer_cut":
-            over.append(row.origin)
-            if overlong == "drop":
-                dropped.append(row.origin)
-                continue
-        out.append(fitted)
-    if over and overlong == "error":
-        raise DataError(f"{len(over)} row(s) do not fit max_seq_length={max_seq_length} even with the "
-                        f"prompt cut: {', '.join(over[:5])}{' ...' if len(over) > 5 else ''}; raise "
-                        "max_seq_length or set data.overlong to truncate or drop")
-    facts = {"truncated_prompt_rows": {"count": len(cut), "ids": cut[:REPORT_IDS]},
-             "overlong_rows": {"count": len(over), "ids": over[:REPORT_IDS]},
-             "dropped_rows": {"count": len(dropped), "ids": dropped[:REPORT_IDS]}}
-    return out, facts
-
-
 def prepare(cfg: TrainConfig, tokenizer, base_dir: Optional[Path] = None) -> PreparedData:
     """Load, format, template, tokenize and mask the data of `cfg` (see the module docstring).
 
@@ -185,16 +158,20 @@ def prepare(cfg: TrainConfig, tokenizer, base_dir: Optional[Path] = None) -> Pre
     chat template when it had none (`report["chat_template"]`, to save with the adapter)."""
     loaded = load_records(cfg, base_dir)
     template = None if loaded.spec.format == "text" else setup_template(tokenizer, cfg.data.template)
-    train, facts = tokenize_all(to_examples(loaded.train, loaded.spec), tokenizer, template, cfg,
-                                cfg.max_seq_length)
-    valid, vfacts = tokenize_all(to_examples(loaded.validation, loaded.spec), tokenizer, template, cfg,
-                                 cfg.max_seq_length)
+    if loaded.spec.format == "preference":   # pairs of rows (task dpo / orpo): data/preference.py
+        tokenized, iterate = (lambda recs: tokenize_pairs(to_pairs(recs, loaded.spec), tokenizer, template, cfg,
+                                                          cfg.max_seq_length)), iterate_pair_batches
+    else:
+        tokenized, iterate = (lambda recs: tokenize_all(to_examples(recs, loaded.spec), tokenizer, template, cfg,
+                                                        cfg.max_seq_length)), iterate_batches
+    train, facts = tokenized(loaded.train)
+    valid, vfacts = tokenized(loaded.validation)
     if not train:
         raise DataError("data.train: every row was dropped (data.overlong: drop); raise max_seq_length")
     pad = pad_id_of(tokenizer)
-    batches = iterate_batches(train, cfg.per_device_train_batch_size, pad, packing=cfg.packing,
-                              max_seq_length=cfg.max_seq_length, seed=_data_seed(cfg), epoch=0,
-                              group_by_length=cfg.data.group_by_length)
+    batches = iterate(train, cfg.per_device_train_batch_size, pad, packing=cfg.packing,
+                      max_seq_length=cfg.max_seq_length, seed=_data_seed(cfg), epoch=0,
+                      group_by_length=cfg.data.group_by_length)
     report = {
         "train_rows": len(train), "validation_rows": len(valid),
         "format": loaded.spec.format, "columns": loaded.columns,
@@ -272,8 +249,10 @@ class TrainBatches:
     epoch; each epoch ends at its own last batch. The latest epoch's batches are kept."""
 
     def __init__(self, rows: list, batch_size: int, accumulation: int, pad_id: int, *, packing: bool,
-                 max_seq_length: int, seed: int, group_by_length: bool = True, shard: Shard = Shard()):
+                 max_seq_length: int, seed: int, group_by_length: bool = True, shard: Shard = Shard(),
+                 iterate=None):
         self.rows, self.accumulation, self.shard = rows, accumulation, shard
+        self._iterate = iterate or iterate_batches   # a task's own (preference pairs: iterate_pair_batches)
         self._kw = dict(batch_size=batch_size, pad_id=pad_id, packing=packing, max_seq_length=max_seq_length,
                         shuffle=True, seed=seed, group_by_length=group_by_length)
         self._epoch, self._batches = -1, []
@@ -281,7 +260,7 @@ class TrainBatches:
     def epoch(self, e: int) -> list[Batch]:
         """Every micro-batch of epoch `e` (all ranks')."""
         if e != self._epoch:
-            self._batches, self._epoch = iterate_batches(self.rows, epoch=e, **self._kw), e
+            self._batches, self._epoch = self._iterate(self.rows, epoch=e, **self._kw), e
         return self._batches
 
     def step(self, epoch: int, start: int) -> StepBatches:

@@ -113,6 +113,21 @@ def synthetic_facts(n: int = 32, seed: int = 0) -> list[dict]:
     return rows
 
 
+def synthetic_preferences(n: int = 64, seed: int = 1) -> list[dict]:
+    """Preference pairs about the made-up places, `{"prompt", "chosen", "rejected"}` (task dpo /
+    orpo): the chosen answer is a whole sentence, the rejected one the bare value -- a style the
+    model can learn to prefer on questions it never saw."""
+    rng = random.Random(seed)
+    pairs = [(name, thing) for name in _NAMES for thing in _THINGS]
+    rng.shuffle(pairs)
+    rows = []
+    for name, thing in pairs[:n]:
+        value = rng.choice(_VALUES)
+        rows.append({"prompt": f"What is the {thing} of {name}?",
+                     "chosen": f"The {thing} of {name} is {value}.", "rejected": f"{value}."})
+    return rows
+
+
 def write_jsonl(path: Path, rows: list[dict]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", encoding="utf-8") as f:
@@ -187,7 +202,11 @@ def build_demo(home: str | Path, n_facts: int = 32, seed: int = 0) -> dict:
         build_tiny_model(model_dir)
     train = write_jsonl(home / "data" / "train.jsonl", rows)
     valid = write_jsonl(home / "data" / "valid.jsonl", rows[: max(4, n_facts // 4)])
-    return {"model": str(model_dir), "train": str(train), "valid": str(valid), "rows": rows}
+    prefs = synthetic_preferences(64, seed + 1)   # task dpo / orpo: 48 pairs to train on, 16 held out
+    pref_train = write_jsonl(home / "data" / "preference_train.jsonl", prefs[:48])
+    pref_valid = write_jsonl(home / "data" / "preference_valid.jsonl", prefs[48:])
+    return {"model": str(model_dir), "train": str(train), "valid": str(valid), "rows": rows,
+            "preference_train": str(pref_train), "preference_valid": str(pref_valid), "preference_rows": prefs}
 
 
 # The demo's training config; configs/examples/demo.yaml is the same with placeholder paths

@@ -20,8 +20,8 @@ from typing import Optional
 
 from ..config.schema import TrainConfig
 from ..evaluation.generation import GenerationEval
-from ..evaluation.loss import eval_batches, mean_loss, perplexity
 from ..evaluation.retain import PREFIX as RETAIN, RetainEval
+from ..tasks import Task, get_task
 from . import events as ev
 from .checkpoints import TrainerState
 from .run_config import best_metric_rule
@@ -33,25 +33,25 @@ def better(a: float, b: Optional[float], greater: bool) -> bool:
 
 class TrainingEval:
     def __init__(self, cfg: TrainConfig, tokenizer, rows: list, pad_id: int, base_dir: Optional[Path],
-                 backend=None):
-        self.cfg = cfg
+                 backend=None, task: Optional[Task] = None):
+        self.cfg, self.task = cfg, task or get_task(cfg)
         self.metric_name, self.greater = best_metric_rule(cfg)
-        self.batches = eval_batches(rows, cfg, pad_id) if rows else []
+        self.batches = self.task.eval_batches(rows, cfg, pad_id) if rows else []
         self.gen = GenerationEval.for_training(cfg, tokenizer, base_dir) \
             if self.batches and cfg.eval_generate_rows > 0 else None   # eval_rouge*, eval_bleu at each eval
         self.retain = RetainEval.for_training(cfg, backend, base_dir, pad_id) \
             if self.batches and backend is not None else None          # retain_loss ... (forgetting)
 
     def run(self, backend, step: int, epoch: float) -> Optional[ev.Eval]:
-        """Loss and perplexity on the eval batches (+ generation metrics); None without batches."""
+        """The task's loss, perplexity and metrics on the eval batches (+ generation metrics); None
+        without batches."""
         if not self.batches:
             return None
-        loss, n = mean_loss(backend, self.batches)
-        ppl = perplexity(loss)
+        loss, ppl, metrics = self.task.evaluate(backend, self.batches)
         gen = self.gen.metrics(backend) if self.gen else {}
         gen.update(self.retain.metrics(backend) if self.retain else {})
         return ev.Eval(step=step, epoch=epoch, eval_loss=loss, perplexity=ppl,
-                       metrics={"eval_loss": loss, "eval_perplexity": ppl, "eval_tokens": n, **gen})
+                       metrics={"eval_loss": loss, "eval_perplexity": ppl, **metrics, **gen})
 
     @staticmethod
     def scalars(e: ev.Eval) -> dict:

@@ -57,6 +57,7 @@ class Step:
     elapsed_seconds: float
     tflops: float = 0.0           # achieved model TFLOP/s over the logging window (training/flops.py)
     mfu: float = 0.0              # tflops / the device's measured peak
+    metrics: dict = field(default_factory=dict)   # the task's own (dpo/orpo: rewards/chosen, ...), window means
 
 
 @dataclass

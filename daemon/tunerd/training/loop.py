@@ -54,6 +54,7 @@ from ..data.prepare import StepBatches, TrainBatches, prepare
 from ..disk import writing
 from ..evaluation.retain import many_passes_warnings
 from ..files import write_output_dir
+from ..tasks import Task, get_task
 from . import events as ev
 from .checkpoints import (TrainerState, checkpoint_bytes, checkpoint_path, resume_point, rotate, save_checkpoint,
                           step_of)
@@ -62,7 +63,7 @@ from .flops import flops_per_token
 from .memory import Shape, advise, explain_oom, oom_message
 from .memory import estimate as memory_estimate
 from .outputs import ADAPTER, RunLog, claim_output_dir, write_resolved_config
-from .run_config import config_identity, remote_code_warning, resolve_config, resolve_packing
+from .run_config import add_tokens, config_identity, remote_code_warning, resolve_config, resolve_packing
 from .schedulers import Scheduler, warmup_steps_for
 
 
@@ -89,6 +90,7 @@ class _Window:
     steps: int = 0
     tokens: int = 0
     flops: float = 0.0
+    metrics: dict = dataclasses.field(default_factory=dict)   # the task's, summed over the steps
 
 
 class Trainer:
@@ -103,11 +105,13 @@ class Trainer:
     total_steps: int                 # plan: also steps_per_epoch, sched, the memory estimate (need, widest)
     state: TrainerState              #   ... and the trainer state, replaced by resume's
     log: RunLog                      # resume: metrics.jsonl + tensorboard/, cut back to the resumed step
+    task: Task                       # tunerd/tasks: the rows' batches, the loss, its metrics and eval
 
     def __init__(self, cfg: TrainConfig, backend: Backend, emit: Callable[[object], None],
                  should_stop: Callable[[], bool] = lambda: False, base_dir: Optional[Path] = None,
                  shard: Shard = Shard(), validated: bool = False, all_sum: Callable[[float], float] = float):
         self.cfg = resolve_config(cfg, base_dir, validated)
+        self.task = get_task(self.cfg)
         self.all_sum = all_sum   # a float summed across the ranks (distributed/sync.py)
         self.accumulation = self.cfg.gradient_accumulation_steps * shard.world_size   # micro-batches a step
         self.backend, self.emit, self.should_stop, self.shard = backend, emit, should_stop, shard
@@ -148,7 +152,8 @@ class Trainer:
         for w in self.warnings:
             log.warning("%s", w)
         self.info = info = self.backend.load(ModelSpec.from_config(self.cfg))
-        packing, self.packing_reason = resolve_packing(self.cfg.packing, info)
+        packing, self.packing_reason = resolve_packing(self.cfg.packing, info) if self.task.packs else \
+            (False, f"task {self.task.name} does not pack its rows")
         self.cfg = dataclasses.replace(self.cfg, dtype=info.dtype, packing=packing)
         if self.writer:
             with writing(self.out / "config.json", 1 << 16):
@@ -157,22 +162,12 @@ class Trainer:
     def setup_data(self) -> None:
         """Tokenize both splits with loss masks; chat tokens the template adds grow the vocabulary."""
         data = prepare(self.cfg, self.backend.tokenizer, self.base_dir)
+        self.task.check_data(data.report)
         self.train_rows, self.eval_rows = list(data.train), list(data.validation)
         if not self.train_rows:
             raise ValueError("data.train: no training rows after preparation")
-        if data.report.get("added_tokens"):
-            self.add_tokens(data.report)
-
-    def add_tokens(self, report: dict) -> None:
-        """The backend grows its embeddings (and head) by the chat special tokens the data added."""
-        if not self.backend.supports_added_tokens:
-            raise ValueError(f"data.template: the chat template needs {report['added_tokens']} new special "
-                             f"tokens ({report.get('added_token_list')}), and the {self.info.backend} backend "
-                             f"cannot add tokens yet; use a model whose tokenizer has them or data.template: auto")
-        tok = self.backend.tokenizer
-        self.backend.resize_token_embeddings(
-            len(tok), token_ids=[int(i) for i in tok.convert_tokens_to_ids(report["added_token_list"])],
-            end_of_turn=report.get("end_of_turn_token"), chat_template=report.get("chat_template"))
+        if data.report.get("added_tokens"):   # the backend grows its embeddings (and head) by them
+            add_tokens(self.backend, data.report)
 
     def setup_adapter(self) -> None:
         """LoRA / DoRA / full fine-tuning on top of the model; the backend's set-up warnings."""
@@ -187,8 +182,8 @@ class Trainer:
         self.data = TrainBatches(self.train_rows, cfg.per_device_train_batch_size, self.accumulation,
                                  pad_id, packing=cfg.packing, max_seq_length=cfg.max_seq_length,
                                  seed=cfg.data.seed if cfg.data.seed is not None else cfg.seed,
-                                 group_by_length=cfg.data.group_by_length, shard=self.shard)
-        self.evals = TrainingEval(cfg, tok, self.eval_rows, pad_id, self.base_dir, self.backend)
+                                 group_by_length=cfg.data.group_by_length, shard=self.shard, iterate=self.task.iterate)
+        self.evals = TrainingEval(cfg, tok, self.eval_rows, pad_id, self.base_dir, self.backend, self.task)
         if not self.evals.batches and cfg.eval_strategy != "no":
             self.emit(ev.Log("warning", "no validation rows: evaluation is skipped"))
 
@@ -259,22 +254,27 @@ class Trainer:
             raise TrainingCancelled(self.state.global_step, path)
 
     def step(self) -> StepBatches:
-        """Forward/backward over this rank's micro-batches of the step, the loss normalised by the
-        supervised tokens of the whole step, then one optimizer update; advances the data position."""
-        cfg, st = self.cfg, self.state
+        """Forward/backward over this rank's micro-batches of the step (the task's), the loss and
+        the task's metrics normalised by the whole step's (SFT: supervised tokens; DPO: pairs), then
+        one optimizer update; advances the data position."""
+        cfg, st, w = self.cfg, self.state, self.window
         step = self.data.step(st.epoch, st.batch_in_epoch)
-        n_targets = max(step.n_targets, 1)
-        loss_sum = 0.0
+        norm = self.task.normaliser(step)
+        loss_sum, sums = 0.0, {}
         for b in step.mine:
-            s, _ = self.backend.forward_backward(b)
+            s, metrics = self.task.forward_backward(self.backend, b, step)
             loss_sum += s
+            for k, v in metrics.items():
+                sums[k] = sums.get(k, 0.0) + v
+        for k in self.task.metric_names:   # in one order on every rank: each is a collective
+            w.metrics[k] = w.metrics.get(k, 0.0) + self.all_sum(sums.get(k, 0.0)) / norm
         step_no = st.global_step + 1
-        loss = self.all_sum(loss_sum) / n_targets
+        loss = self.all_sum(loss_sum) / norm
         if not math.isfinite(loss):
             raise NonFiniteLoss(f"step {step_no}: training loss is {loss} (learning_rate={cfg.learning_rate}, "
                                 f"dtype={cfg.dtype}); lower the learning rate, use float32/bfloat16, or check the data")
         lr = self.sched.lr_at(st.global_step)
-        grad_norm = self.backend.optimizer_step(lr, 1.0 / n_targets, cfg.max_grad_norm)
+        grad_norm = self.backend.optimizer_step(lr, 1.0 / norm, cfg.max_grad_norm)
         if not math.isfinite(grad_norm):
             raise NonFiniteLoss(f"step {step_no}: gradient norm is {grad_norm} at loss {loss:.4f}; "
                                 f"lower the learning rate or set max_grad_norm")
@@ -285,7 +285,6 @@ class Trainer:
         if step.ends_epoch:
             st.epoch, st.batch_in_epoch = st.epoch + 1, 0
         self.steps_this_run += 1
-        w = self.window
         w.loss, w.steps, w.tokens = w.loss + loss, w.steps + 1, w.tokens + step.n_tokens
         w.flops += sum(b.n_tokens * flops_per_token(self.info.config, b.mean_context, self.trainable_fraction,
                                                     full=cfg.full_finetune) for b in step.batches)
@@ -318,12 +317,14 @@ class Trainer:
                     trained_tokens=st.trained_tokens, peak_memory_bytes=self.backend.memory().peak_bytes,
                     eta_seconds=elapsed / self.steps_this_run * (self.total_steps - st.global_step),
                     elapsed_seconds=elapsed, tflops=achieved / 1e12,
-                    mfu=achieved / self.peak_flops if self.peak_flops > 0 else 0.0)
+                    mfu=achieved / self.peak_flops if self.peak_flops > 0 else 0.0,
+                    metrics={k: v / w.steps for k, v in w.metrics.items()})
         self.emit(e)
         self.log.record("train", e, {"train/loss": e.loss, "train/learning_rate": self.lr,
                                      "train/grad_norm": self.grad_norm, "train/epoch": e.epoch,
                                      "train/tokens_per_second": e.tokens_per_second,
-                                     "train/tflops": e.tflops, "train/mfu": e.mfu})
+                                     "train/tflops": e.tflops, "train/mfu": e.mfu,
+                                     **{"train/" + k: v for k, v in e.metrics.items()}})
         self.window = _Window(t0=now)
 
     def maybe_evaluate(self, step: StepBatches) -> Optional[float]:

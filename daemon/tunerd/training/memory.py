@@ -125,6 +125,13 @@ def _targets(cfg, shape: Shape) -> list[str]:
     return [n for n in shape.linear_shapes() if any(n == x or x.endswith("." + n) or n.endswith(x) for x in names)]
 
 
+def sequences_per_row(cfg) -> int:
+    """Sequences one data row becomes in a batch (a preference pair: its two answers)."""
+    from ..tasks import TASKS
+    task = TASKS.get(getattr(cfg, "task", "sft"))
+    return task.sequences_per_row if task else 1
+
+
 def estimate(model_config: dict, cfg, backend: str, seq_len: int, dtype: Optional[str] = None,
              batch_size: Optional[int] = None, supervised_fraction: float = 0.5,
              device_kind: str = "cpu") -> MemoryEstimate:
@@ -133,7 +140,7 @@ def estimate(model_config: dict, cfg, backend: str, seq_len: int, dtype: Optiona
     s = Shape.of(model_config)
     b = BYTES.get(dtype or cfg.dtype, 4)
     bits = quantization.bits(cfg.quantization)
-    rows = batch_size or cfg.per_device_train_batch_size
+    rows = batch_size or cfg.per_device_train_batch_size * sequences_per_row(cfg)
     tokens = rows * seq_len
     block = sum(i * o for i, o in s.linear_shapes().values())
     embed = s.vocab * s.d * (1 if s.tied else 2)

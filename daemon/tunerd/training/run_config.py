@@ -5,6 +5,7 @@
     config_identity(cfg)             the keys a resume must not change, and their hash
     best_metric_rule(cfg)            the eval metric that picks the best checkpoint, and its direction
     remote_code_warning(model)       what trust_remote_code: true lets run, said in Started
+    add_tokens(backend, report)      the chat special tokens the data added, grown into the model
 """
 from __future__ import annotations
 
@@ -80,3 +81,15 @@ def remote_code_warning(model: str) -> str:
     return (f"trust_remote_code: true: the Python code that comes with {model} (its own modeling "
             "files, if it has any) runs inside tunerd with your user's rights; use it only for a model whose "
             "code you have read or trust")
+
+
+def add_tokens(backend, report: dict) -> None:
+    """The backend grows its embeddings (and head) by the chat special tokens the data added."""
+    if not backend.supports_added_tokens:
+        raise ValueError(f"data.template: the chat template needs {report['added_tokens']} new special "
+                         f"tokens ({report.get('added_token_list')}), and the {backend.name} backend "
+                         f"cannot add tokens yet; use a model whose tokenizer has them or data.template: auto")
+    tok = backend.tokenizer
+    backend.resize_token_embeddings(
+        len(tok), token_ids=[int(i) for i in tok.convert_tokens_to_ids(report["added_token_list"])],
+        end_of_turn=report.get("end_of_turn_token"), chat_template=report.get("chat_template"))

@@ -32,6 +32,7 @@ from typing import Callable, Iterator, Optional
 
 import mlx.core as mx
 import mlx.nn as nn
+import numpy as np
 from mlx.utils import tree_flatten, tree_map, tree_map_with_path
 
 from ... import quantization
@@ -46,7 +47,7 @@ from .adapters import MLXAdapters
 from .device import DTYPES, device_kind, memory_bytes, set_memory_limits
 from .batch import MlxBatch
 from .generate import prompt_cache, stream
-from .loss import PLAIN_HEAD, batch_arrays, summed_loss
+from .loss import PLAIN_HEAD, batch_arrays, row_losses, summed_loss
 from .model import (PACKING_MODEL_TYPES, add_token_rows, apply_lora, enable_grad_checkpoint, is_quantized,
                     load_pretrained, quantize_base, resolve_lora_keys, token_rows)
 from .optim import clipped_update, make_optimizer
@@ -232,6 +233,21 @@ class MLXBackend(MLXAdapters, Backend):
                 return summed_loss(model, inputs, idx, targets, weights,
                                    segment_ids if name == "eval_packed" else None, dtype, plain, chunk)
             fn = wrap(ev, [model.state], [])
+        elif name in ("rows", "rows_packed"):   # per-row summed losses, no gradient
+            def rl(inputs, idx, targets, weights, segment_ids):
+                return row_losses(model, inputs, idx, targets, weights,
+                                  segment_ids if name == "rows_packed" else None, dtype, plain, chunk)
+            fn = wrap(rl, [model.state, mx.random.state], [mx.random.state])
+        elif name in ("rows_fb", "rows_fb_packed"):   # the gradient of sum_i w_i * log p(row i)
+            def objective(model, inputs, idx, targets, weights, segment_ids, w):
+                return -(w * row_losses(model, inputs, idx, targets, weights, segment_ids, dtype, plain, chunk)).sum()
+            vg = nn.value_and_grad(model, objective)
+
+            def rfb(inputs, idx, targets, weights, segment_ids, w, acc):
+                value, grads = vg(model, inputs, idx, targets, weights,
+                                  segment_ids if name == "rows_fb_packed" else None, w)
+                return value, tree_map(lambda a, g: a + g, acc, grads)
+            fn = wrap(rfb, [model.state, mx.random.state], [model.state, mx.random.state])
         elif name == "update":
             fn = wrap(clipped_update(model, opt), [model.state, opt.state], [model.state, opt.state])
         else:  # pragma: no cover
@@ -274,6 +290,41 @@ class MLXBackend(MLXAdapters, Backend):
             mx.eval(loss, ntok)
         mx.clear_cache()
         return float(loss), int(ntok)
+
+    # ---- per-sequence log-probs (preference tasks: tunerd/tasks) --------------------------------
+    def sequence_logps(self, batch: Batch, reference: bool = False) -> np.ndarray:
+        self._require_model()
+        with self._selected(None if reference else self._target(None)):
+            self.model.eval()
+            packed, arrays = batch_arrays(batch, self.model_type, self.compile)
+            nll = self._fn("rows_packed" if packed else "rows")(*arrays)
+            out = -np.array(nll.astype(mx.float32)).astype(np.float64)[:batch.inputs.shape[0]]
+        mx.clear_cache()
+        return out
+
+    def forward_backward_sequences(self, batch: Batch, loss_fn):
+        """Two passes: the log-probs (the dropout masks of this micro-batch), `loss_fn`'s weights,
+        then the gradient of sum_i w_i * log p(row i) with the same masks; MLX takes no gradient
+        of a value its caller computes after the forward pass."""
+        if self.optimizer is None:
+            raise RuntimeError("mlx backend: add_adapter(cfg) before training")
+        self.model.train()
+        seed = (self.cfg.seed * 1_000_003 + self._micro) % (2 ** 63)
+        self._micro += 1
+        packed, arrays = batch_arrays(batch, self.model_type, self.compile)
+        if self.cfg.lora_dropout > 0:
+            mx.random.seed(seed)
+        nll = self._fn("rows_packed" if packed else "rows")(*arrays)
+        logps = -np.array(nll.astype(mx.float32)).astype(np.float64)[:batch.inputs.shape[0]]
+        value, weights, extra = loss_fn(logps)
+        if self.cfg.lora_dropout > 0:
+            mx.random.seed(seed)
+        if self._acc is None:
+            self._acc = tree_map(mx.zeros_like, self.model.trainable_parameters())
+        w = mx.array(np.pad(np.asarray(weights, dtype=np.float32), (0, arrays[0].shape[0] - len(weights))))
+        _, self._acc = self._fn("rows_fb_packed" if packed else "rows_fb")(*arrays, w, self._acc)
+        mx.eval(self._acc)
+        return value, extra
 
     # ---- checkpoints --------------------------------------------------------------------------
     def save_checkpoint(self, path: Path) -> None:

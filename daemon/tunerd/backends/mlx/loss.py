@@ -70,3 +70,29 @@ def batch_arrays(batch: Batch, model_type: str, compiled: bool):
         extra = extra or 1
         idx, targets, weights = (np.pad(a, (0, extra)) for a in (idx, targets, weights))
     return packed, tuple(mx.array(a) for a in (inputs, idx, targets, weights, seg))
+
+
+def row_losses(model, inputs, idx, targets, weights, segment_ids=None, mask_dtype=mx.float32, plain=True, chunk=0):
+    """The weighted cross-entropy of the supervised positions `idx` summed per batch row ([B]):
+    a preference task's per-sequence log-probs, negated. Same head and chunking as `summed_loss`."""
+    cache = None
+    if segment_ids is not None:
+        cache = [PackedAttention(block_causal_mask(segment_ids, mask_dtype))] * len(model.layers)
+    b, width = inputs.shape
+    onehot = (mx.arange(b)[:, None] == (idx // width)[None, :]).astype(mx.float32)   # [B, N]: each position's row
+    if not plain:
+        logits = model(inputs, cache=cache)
+        logits = logits.reshape(-1, logits.shape[-1])[idx].astype(mx.float32)
+        return onehot @ (nn.losses.cross_entropy(logits, targets, reduction="none") * weights)
+    h = model.model(inputs, cache=cache)
+    h = h.reshape(-1, h.shape[-1])[idx]
+    head = model.lm_head if "lm_head" in model else model.model.embed_tokens.as_linear
+
+    def ce(h, t, w):
+        return nn.losses.cross_entropy(head(h).astype(mx.float32), t, reduction="none") * w
+    if chunk and h.shape[0] > chunk:
+        losses = mx.concatenate([mx.checkpoint(lambda x, t=targets[i:i + chunk], w=weights[i:i + chunk]: ce(x, t, w))(
+            h[i:i + chunk]) for i in range(0, h.shape[0], chunk)])
+    else:
+        losses = ce(h, targets, weights)
+    return onehot @ losses

@@ -30,6 +30,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable, Iterator, Optional
 
+import numpy as np
 import torch
 
 from ... import quantization
@@ -186,6 +187,27 @@ class TorchBackend(TorchAdapters, BatchLoss, Backend):
             self.model.eval()
             loss, n = self._loss(batch)
         return float(loss), n
+
+    # ---- per-sequence log-probs (preference tasks: tunerd/tasks) --------------------------------
+    @torch.no_grad()
+    def sequence_logps(self, batch: Batch, reference: bool = False) -> np.ndarray:
+        self._require_model()
+        with self._selected(None if reference else self._target(None)):
+            was = self.model.training
+            self.model.eval()
+            nll, _ = self._loss(batch, per_row=True)
+            self.model.train(was)
+        return -nll.double().cpu().numpy()
+
+    def forward_backward_sequences(self, batch: Batch, loss_fn):
+        if self.optimizer is None:
+            raise RuntimeError("torch backend: add_adapter(cfg) before training")
+        self.model.train()
+        nll, _ = self._loss(batch, per_row=True)
+        value, weights, extra = loss_fn(-nll.detach().double().cpu().numpy())
+        objective = (nll * torch.from_numpy(-np.asarray(weights, dtype=np.float32)).to(nll.device)).sum()
+        (self._scaler.scale(objective) if self._scaler else objective).backward()
+        return value, extra
 
     # ---- checkpoints --------------------------------------------------------------------------
     def _trainable(self) -> dict:

@@ -32,20 +32,24 @@ PLAIN_HEAD = {"llama", "mistral", "qwen2", "qwen3", "qwen2_moe", "qwen3_moe", "p
               "smollm3", "olmo", "olmo2", "phi", "starcoder2", "stablelm"}
 
 
-def _chunk_loss(hidden: torch.Tensor, head, targets: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+def _chunk_loss(hidden: torch.Tensor, head, targets: torch.Tensor, weights: torch.Tensor,
+                per_position: bool = False) -> torch.Tensor:
     logits = head(hidden).float()
-    return (F.cross_entropy(logits, targets, reduction="none") * weights).sum()
+    losses = F.cross_entropy(logits, targets, reduction="none") * weights
+    return losses if per_position else losses.sum()
 
 
 def head_cross_entropy(hidden: torch.Tensor, head, targets: torch.Tensor, weights: torch.Tensor,
-                       vocab: int, chunk_bytes: int = TORCH_CE_CHUNK_BYTES) -> torch.Tensor:
+                       vocab: int, chunk_bytes: int = TORCH_CE_CHUNK_BYTES, per_position: bool = False) -> torch.Tensor:
+    """The summed weighted cross-entropy (`per_position`: the [N] weighted losses instead)."""
     rows = ce_chunk_rows(vocab, chunk_bytes)
     if hidden.shape[0] <= rows:
-        return _chunk_loss(hidden, head, targets, weights)
+        return _chunk_loss(hidden, head, targets, weights, per_position)
     # with gradients each chunk's logits are recomputed in backward; without (eval) none are kept anyway
     part = partial(checkpoint, _chunk_loss, use_reentrant=False) if torch.is_grad_enabled() else _chunk_loss
-    return sum(part(hidden[i:i + rows], head, targets[i:i + rows], weights[i:i + rows])
-               for i in range(0, hidden.shape[0], rows))
+    parts = [part(hidden[i:i + rows], head, targets[i:i + rows], weights[i:i + rows], per_position)
+             for i in range(0, hidden.shape[0], rows)]
+    return torch.cat(parts) if per_position else sum(parts)
 
 
 class BatchLoss:
@@ -99,7 +103,9 @@ class BatchLoss:
                      self.base.config.model_type, diff)
         self.model.train(was_training)
 
-    def _loss(self, batch: Batch) -> tuple[torch.Tensor, int]:
+    def _loss(self, batch: Batch, per_row: bool = False) -> tuple[torch.Tensor, int]:
+        """(the summed loss over the supervised targets, their count); `per_row`: the [rows] sums
+        (a preference task's per-sequence log-probs, negated) instead of their total."""
         kw = self._model_inputs(batch)
         mask = torch.from_numpy(batch.loss_mask).to(self.device)
         sel = mask > 0
@@ -109,8 +115,13 @@ class BatchLoss:
         head = m.get_output_embeddings()
         if m.config.model_type in PLAIN_HEAD and decoder is not None and head is not None:
             hidden = decoder(**kw).last_hidden_state[sel]
-            loss = head_cross_entropy(hidden, head, targets, mask[sel], vocab=head.weight.shape[0])
+            loss = head_cross_entropy(hidden, head, targets, mask[sel], vocab=head.weight.shape[0],
+                                      per_position=per_row)
         else:
             logits = self.model(**kw).logits[sel].float()
-            loss = (F.cross_entropy(logits, targets, reduction="none") * mask[sel]).sum()
+            loss = F.cross_entropy(logits, targets, reduction="none") * mask[sel]
+            loss = loss if per_row else loss.sum()
+        if per_row:   # the positions' losses summed per batch row
+            rows = torch.nonzero(sel, as_tuple=True)[0]
+            loss = torch.zeros(sel.shape[0], dtype=loss.dtype, device=loss.device).index_add(0, rows, loss)
         return loss, int(batch.loss_mask.sum())
