@@ -63,6 +63,13 @@ def test_two_mlx_ranks_give_the_losses_of_one_process_with_the_same_global_batch
     assert losses == pytest.approx(ref, rel=1e-5, abs=1e-5), (losses, ref)
 
 
+def test_fsdp_is_refused_at_submit_saying_why_and_what_to_use(demo_bundle, tmp_path):
+    cfg = write_config(tmp_path / "fsdp.yaml", demo_bundle, backend="torch", max_steps=4,
+                       **dict(JOB, distributed={"nproc_per_node": 2, "backend": "fsdp"}))
+    with pytest.raises(ValueError, match=r"fsdp is not built yet; use ddp.*same number of micro-batches"):
+        load_config(cfg)
+
+
 def rank_pid(out: Path, r: int) -> int:
     """Rank r's pid in the group's latest launch (its log's last `rank R: pid N`)."""
     return int(re.findall(rf"rank {r}: pid (\d+)", (out / "ranks" / f"rank-{r}.log").read_text())[-1])

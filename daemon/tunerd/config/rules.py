@@ -201,8 +201,10 @@ def _distributed_rules(cfg: TrainConfig) -> list[str]:
         p.append(f"distributed.backend: {d.backend} does not run the {cfg.backend} backend "
                  f"(ddp/fsdp: torch, mlx: mlx; auto picks by the job's backend)")
     elif d.backend == "fsdp":
-        p.append("distributed.backend: fsdp is not available yet; use ddp (the adapter is small: every rank "
-                 "holds the whole model)")
+        p.append("distributed.backend: fsdp is not built yet; use ddp (every rank holds the whole model, the "
+                 "small adapter's gradients are all-reduced). FSDP's forward all-gathers need every rank to run "
+                 "the same number of micro-batches each step, and a step that does not split evenly gives a "
+                 "rank one fewer; only rank 0 writes checkpoints, where FSDP would gather on every rank")
     if not isinstance(d.nproc_per_node, int) or isinstance(d.nproc_per_node, bool) or d.nproc_per_node < 1:
         p.append(f"distributed.nproc_per_node: must be >= 1, got {d.nproc_per_node!r}")
     if not isinstance(d.hosts, list) or not all(isinstance(h, str) and h for h in d.hosts):

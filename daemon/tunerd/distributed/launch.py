@@ -53,7 +53,7 @@ def engine_name(dist, backend: str) -> str:
     if dist.backend == "auto":
         return ENGINES[backend]
     if dist.backend == "fsdp":
-        raise ValueError("distributed.backend: fsdp is not available yet; use ddp")
+        raise ValueError("distributed.backend: fsdp is not built yet; use ddp (config/rules.py says why)")
     if ENGINES[backend] != dist.backend:
         raise ValueError(f"distributed.backend: {dist.backend} does not run the {backend} backend; "
                          f"use {ENGINES[backend]} or auto")
