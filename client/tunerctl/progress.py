@@ -15,6 +15,15 @@ def job_state_name(state: int) -> str:
     return _STATES.get(state, "unknown")
 
 
+def task_metrics(metrics, prefix: str = "") -> str:
+    """A preference task's rewards (task dpo / orpo: TRL's names) in a few words; "" for other tasks."""
+    m = {k[len(prefix):]: v for k, v in metrics.items() if k.startswith(prefix)}
+    if "rewards/accuracies" not in m:
+        return ""
+    return (f"reward accuracy {m['rewards/accuracies']:.2f} margin {m.get('rewards/margins', 0.0):.3f} "
+            f"(chosen {m.get('rewards/chosen', 0.0):.3f}, rejected {m.get('rewards/rejected', 0.0):.3f})")
+
+
 def _eta(seconds: float) -> str:
     if seconds <= 0:
         return "-"
@@ -129,10 +138,10 @@ class JobView:
         self.progress = Progress(
             TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
             TextColumn("loss [cyan]{task.fields[loss]}"), TextColumn("lr {task.fields[lr]}"),
-            TextColumn("{task.fields[tps]}"), TextColumn("ETA {task.fields[eta]}"),
+            TextColumn("{task.fields[tps]}"), TextColumn("{task.fields[rewards]}"), TextColumn("ETA {task.fields[eta]}"),
             TimeElapsedColumn(), console=self.console, transient=False)
         self.progress.start()
-        self.task = self.progress.add_task("train", total=total or None, loss="-", lr="-", tps="-", eta="-")
+        self.task = self.progress.add_task("train", total=total or None, loss="-", lr="-", tps="-", eta="-", rewards="")
 
     def update(self, e: pb.JobEvent) -> None:
         kind = e.WhichOneof("event")
@@ -162,23 +171,26 @@ class JobView:
                 self.progress.update(self.task, completed=s.resumed_from_step)
         elif kind == "step":
             s = e.step
+            rewards = task_metrics(s.metrics)
             if self.progress:
                 self.progress.update(self.task, completed=s.step, total=s.total_steps or None,
                                      loss=f"{s.loss:.4f}", lr=f"{s.learning_rate:.2e}",
                                      tps=f"{s.tokens_per_second:,.0f} tok/s, MFU {100 * s.mfu:.1f}%",
-                                     eta=_eta(s.eta_seconds))
+                                     eta=_eta(s.eta_seconds), rewards=rewards.split(" (")[0])
             else:
                 self._line(f"step {s.step}/{s.total_steps} loss {s.loss:.4f} lr {s.learning_rate:.2e} "
                            f"grad_norm {s.grad_norm:.3f} {s.tokens_per_second:,.0f} tok/s "
                            f"{s.tflops:.3f} TFLOP/s MFU {100 * s.mfu:.1f}% "
-                           f"peak {s.peak_memory_bytes / 2**20:.0f} MiB ETA {_eta(s.eta_seconds)}")
+                           f"peak {s.peak_memory_bytes / 2**20:.0f} MiB ETA {_eta(s.eta_seconds)}"
+                           + (f" {rewards}" if rewards else ""))
         elif kind == "eval":
             v = e.eval
             retain = v.metrics.get("retain_loss")
             self._line(f"[dim]#{e.sequence}[/] step {v.step} eval_loss [bold]{v.eval_loss:.4f}[/] "
                        f"perplexity {v.perplexity:.2f}" + (f"; retain_loss {retain:.4f}" if retain is not None else "")
                        + (f", retain answers changed {v.metrics['retain_changed']:.0f}"
-                          if "retain_changed" in v.metrics else ""))
+                          if "retain_changed" in v.metrics else "")
+                       + (f"; {task_metrics(v.metrics, 'eval_')}" if task_metrics(v.metrics, "eval_") else ""))
         elif kind == "checkpoint":
             self._line(f"[dim]#{e.sequence} checkpoint {e.checkpoint.path}"
                        + (" (best)" if e.checkpoint.is_best else "") + "[/]")
