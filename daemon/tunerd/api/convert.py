@@ -13,7 +13,6 @@ from ..chat import ChatDelta, ChatParams
 from ..evaluation.runs import EvalProgress, EvalResult
 from ..export.progress import ExportProgress, ExportRecord
 from ..jobs.store import JobRecord, StoredEvent
-from ..model_config import context_positions
 from ..models.registry import ModelStatus
 from ..results import AdapterInfo, Info, LoadProgress
 
@@ -76,7 +75,7 @@ def model_status(m: ModelStatus) -> pb.ModelStatus:
                           last_used_at=m.last_used_at, expires_at=m.expires_at, adapters=m.adapters,
                           attached=[pb.AttachedAdapter(**dataclasses.asdict(a)) for a in m.attached],
                           active_sequences=m.active_sequences, peak_active_sequences=m.peak_active_sequences,
-                          context_length=(context_positions(m.model) or (0,))[0])
+                          context_length=m.context_length)
 
 
 def load_progress(p: LoadProgress) -> pb.LoadModelProgress:

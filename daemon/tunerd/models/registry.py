@@ -36,6 +36,7 @@ from ..backends.base import TRAINING, Backend, CannotShare, ModelSpec
 from ..backends.registry import get_backend
 from ..config.schema import TrainConfig
 from ..gguf_file import is_gguf
+from ..model_config import context_positions
 from .download import fetch
 from .fit import check_fits
 
@@ -71,6 +72,7 @@ class ModelStatus:
     training: Optional[AttachedAdapter] = None   # a running job's model: its own adapter, training
     active_sequences: int = 0        # replies decoding on it now (serving.Scheduler's batches)
     peak_active_sequences: int = 0   # the most decoding together since it was loaded
+    context_length: int = 0          # positions the model was trained for (its config.json); 0: unknown
 
     @property
     def attached(self) -> tuple:
@@ -109,6 +111,7 @@ class Resident:
     own_bytes: int = 0      # a lending job's own adapter (Backend.weight_bytes()[1][TRAINING]), at lending
     active: int = 0         # replies decoding on it now (set_active)
     peak_active: int = 0
+    context_length: int = 0  # model_config.context_positions, read once at load
 
     @property
     def expires_at(self) -> float:
@@ -151,7 +154,8 @@ class Resident:
                            self.info.get("dtype_reason", ""), self.key[3], self.memory_bytes, self.base_bytes,
                            self.loaded_at, self.last_used_at, self.expires_at,
                            tuple(AttachedAdapter(a.name, a.path, a.memory_bytes, a.loaded_at)
-                                 for a in self.adapters.values()), training, self.active, self.peak_active)
+                                 for a in self.adapters.values()), training, self.active, self.peak_active,
+                           self.context_length)
 
 
 @dataclass(frozen=True)
@@ -193,7 +197,8 @@ class Lease:
         self.key = (_model_key(cfg.model), self.backend_name, cfg.quantization or "none", dtype, "job", self.job_id)
         self._registry.add(Resident(
             self.key, self.backend, cfg.model, self.backend_name, cfg.quantization or "none", dtype, now, now,
-            keep_alive=-1, job_id=self.job_id, base_bytes=base_bytes, own_bytes=adapters.get(TRAINING, 0)))
+            keep_alive=-1, job_id=self.job_id, base_bytes=base_bytes, own_bytes=adapters.get(TRAINING, 0),
+            context_length=_positions(cfg.model)))
 
     def end(self) -> None:
         """The job is over: chats already streaming finish on its model; new ones load their own."""
@@ -214,6 +219,11 @@ def damaged_adapter(path: str):
         if type(e).__name__ == "SafetensorError" or "safetensors" in type(e).__module__:
             raise ValueError(f"adapter {path} is damaged: its safetensors file does not load ({e})") from e
         raise
+
+
+def _positions(model: str) -> int:
+    """The positions `model` was trained for, read once when it becomes resident (0: unknown)."""
+    return (context_positions(model) or (0,))[0]
 
 
 def _model_key(model: str) -> str:
@@ -311,7 +321,7 @@ class ModelRegistry:
             now = time.time()
             res = Resident(key, b, model, backend_name, cfg.quantization, info.dtype, now, now,
                            self.default_keep_alive, dataclasses.asdict(info), own_adapter=adapter if own else "",
-                           base_bytes=b.weight_bytes()[0])
+                           base_bytes=b.weight_bytes()[0], context_length=_positions(model))
             if own:
                 res.adapters[name or adapter] = Attached(name or adapter, adapter, _stamp(adapter), 0, now)
             self._models[key] = res
