@@ -44,24 +44,29 @@ print(json.dumps({"measured": measured, "estimated": est.total, "parts": est.des
 '''
 
 
-@pytest.fixture(scope="module")
-def mid_model(tmp_path_factory, tiny_model_dir):
-    """A scaled-down mid shape: hidden 256, 4 layers, 8k vocabulary (4.7M parameters), saved in bf16."""
+def _mid_shape(out: Path, tokenizer_dir, vocab: int) -> Path:
+    """A Llama of the scaled-down mid shape (hidden 256, 4 layers) with `vocab` rows, in bf16, with
+    the tiny demo model's tokenizer."""
     import shutil
 
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    out = tmp_path_factory.mktemp("mid") / "model"
     torch.manual_seed(0)
-    LlamaForCausalLM(LlamaConfig(vocab_size=8192, hidden_size=256, intermediate_size=640, num_hidden_layers=4,
+    LlamaForCausalLM(LlamaConfig(vocab_size=vocab, hidden_size=256, intermediate_size=640, num_hidden_layers=4,
                                  num_attention_heads=4, num_key_value_heads=1, max_position_embeddings=1024,
                                  tie_word_embeddings=True, eos_token_id=2, pad_token_id=3,
                                  bos_token_id=None)).to(torch.bfloat16).save_pretrained(out)
-    for f in Path(tiny_model_dir).iterdir():
+    for f in Path(tokenizer_dir).iterdir():
         if f.name.startswith(("tokenizer", "special_tokens", "chat_template")):
             shutil.copy(f, out / f.name)
     return out
+
+
+@pytest.fixture(scope="module")
+def mid_model(tmp_path_factory, tiny_model_dir):
+    """The scaled-down mid shape with an 8k vocabulary (4.7M parameters)."""
+    return _mid_shape(tmp_path_factory.mktemp("mid") / "model", tiny_model_dir, 8192)
 
 
 @pytest.mark.parametrize("backend", ["torch", "mlx"])
@@ -148,21 +153,7 @@ def test_an_oom_mid_run_fails_with_advice_not_an_allocator_message(demo_bundle, 
 @pytest.fixture(scope="module")
 def wide_vocab_model(tmp_path_factory, tiny_model_dir):
     """The mid shape with a 32k vocabulary (12.6M parameters, 8.2M of them the tied embedding)."""
-    import shutil
-
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    out = tmp_path_factory.mktemp("wide") / "model"
-    torch.manual_seed(0)
-    LlamaForCausalLM(LlamaConfig(vocab_size=32000, hidden_size=256, intermediate_size=640, num_hidden_layers=4,
-                                 num_attention_heads=4, num_key_value_heads=1, max_position_embeddings=1024,
-                                 tie_word_embeddings=True, eos_token_id=2, pad_token_id=3,
-                                 bos_token_id=None)).to(torch.bfloat16).save_pretrained(out)
-    for f in Path(tiny_model_dir).iterdir():
-        if f.name.startswith(("tokenizer", "special_tokens", "chat_template")):
-            shutil.copy(f, out / f.name)
-    return out
+    return _mid_shape(tmp_path_factory.mktemp("wide") / "model", tiny_model_dir, 32000)
 
 
 @pytest.mark.parametrize("backend", ["torch", "mlx"])
