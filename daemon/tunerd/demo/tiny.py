@@ -97,35 +97,29 @@ def _family_kwargs(spec: TinyModelSpec) -> dict:
     return kw
 
 
+def _questions(n: int, seed: int) -> list[tuple[str, str, str]]:
+    """`n` made-up (name, thing, value) triples: "What is the THING of NAME?" and its answer's value."""
+    rng = random.Random(seed)
+    pairs = [(name, thing) for name in _NAMES for thing in _THINGS]
+    rng.shuffle(pairs)
+    return [(name, thing, rng.choice(_VALUES)) for name, thing in pairs[:n]]
+
+
 def synthetic_facts(n: int = 32, seed: int = 0) -> list[dict]:
     """Question/answer pairs about made-up places: `{"prompt", "completion"}` rows.
 
     A random model cannot know them; a fine-tuned one can recite them exactly.
     """
-    rng = random.Random(seed)
-    pairs = [(name, thing) for name in _NAMES for thing in _THINGS]
-    rng.shuffle(pairs)
-    rows = []
-    for name, thing in pairs[:n]:
-        value = rng.choice(_VALUES)
-        rows.append({"prompt": f"What is the {thing} of {name}?",
-                     "completion": f"The {thing} of {name} is {value}."})
-    return rows
+    return [{"prompt": f"What is the {thing} of {name}?", "completion": f"The {thing} of {name} is {value}."}
+            for name, thing, value in _questions(n, seed)]
 
 
 def synthetic_preferences(n: int = 64, seed: int = 1) -> list[dict]:
     """Preference pairs about the made-up places, `{"prompt", "chosen", "rejected"}` (task dpo /
     orpo): the chosen answer is a whole sentence, the rejected one the bare value -- a style the
     model can learn to prefer on questions it never saw."""
-    rng = random.Random(seed)
-    pairs = [(name, thing) for name in _NAMES for thing in _THINGS]
-    rng.shuffle(pairs)
-    rows = []
-    for name, thing in pairs[:n]:
-        value = rng.choice(_VALUES)
-        rows.append({"prompt": f"What is the {thing} of {name}?",
-                     "chosen": f"The {thing} of {name} is {value}.", "rejected": f"{value}."})
-    return rows
+    return [{"prompt": f"What is the {thing} of {name}?", "chosen": f"The {thing} of {name} is {value}.",
+             "rejected": f"{value}."} for name, thing, value in _questions(n, seed)]
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> Path:
